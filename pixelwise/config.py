@@ -1,0 +1,157 @@
+"""YAML run configs: sections ``model``, ``data`` and ``train``.
+
+``model`` is ``name`` plus the builder's keyword arguments, one to one (see
+:func:`pixelwise.build_model`); ``data`` and ``train`` take the keys of :data:`DEFAULTS`. Any key
+can be overridden from the command line with ``--set section.key=value`` (value parsed as YAML).
+Unknown sections or keys raise :class:`~pixelwise.errors.ConfigError` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .models import list_models, model_arguments
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "dataset": None,  # folder name under the data root, e.g. "camvid"
+        "root": None,  # data root; else --data-root / $PIXELWISE_DATA / ./data
+        "train_split": "train",
+        "val_split": "val",
+        "batch_size": 4,
+        "val_batch_size": 1,
+        "num_workers": 2,
+        "crop_size": 256,  # int or [height, width]; null trains on whole images
+        "scale_range": [0.5, 2.0],  # random scale factor; null disables
+        "hflip": True,
+        "vflip": False,
+        "color_jitter": 0.0,  # brightness/contrast(/saturation) jitter strength; 0 disables
+        "elastic_p": 0.0,  # probability of the U-Net paper's elastic deformation
+        "elastic_sigma": 10.0,  # std of the coarse-grid displacements, pixels
+        "elastic_grid": 3,
+        "mean": [0.485, 0.456, 0.406],  # per input channel, on [0, 1] images
+        "std": [0.229, 0.224, 0.225],
+    },
+    "train": {
+        "iters": 1000,  # total optimisation steps
+        "eval_interval": 200,  # validate (and checkpoint) every this many steps, and at the end
+        "log_interval": 10,
+        "optimizer": "sgd",  # sgd | adamw
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "lr_schedule": "poly",  # poly | constant
+        "poly_power": 0.9,
+        "warmup_iters": 0,
+        "loss": "cross_entropy",
+        "loss_args": {},  # keyword arguments of the loss
+        "seed": 0,
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
+        "channels_last": False,  # NHWC memory format: faster convolutions on recent CPUs and GPUs
+        "init_from": None,  # checkpoint whose weights initialise the model (same architecture)
+    },
+}
+SECTIONS = ("model", "data", "train")
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if key.endswith("crop_size"):
+            ok = ok or isinstance(value, list)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"config key {key} should be {type(default).__name__}, got {value!r}")
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check sections, keys and value types; return the config with defaults filled in."""
+    if not isinstance(config, dict):
+        raise ConfigError("a config must be a mapping with sections model, data, train")
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+    out: dict[str, Any] = {}
+    for section, defaults in DEFAULTS.items():
+        given = config.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        bad = sorted(set(given) - set(defaults))
+        if bad:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(f'{section}.{k}' for k in bad)}; "
+                f"valid: {', '.join(f'{section}.{k}' for k in defaults)}"
+            )
+        for key, value in given.items():
+            _check_type(f"{section}.{key}", value, defaults[key])
+        out[section] = {**copy.deepcopy(defaults), **given}
+
+    model = dict(config.get("model") or {})
+    if "name" not in model:
+        raise ConfigError(f"config needs model.name; available: {', '.join(list_models())}")
+    if model["name"] not in list_models():
+        raise ConfigError(f"unknown model.name {model['name']!r}; available: {', '.join(list_models())}")
+    valid = model_arguments(model["name"])
+    bad = sorted(set(model) - set(valid) - {"name"})
+    if bad:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join('model.' + k for k in bad)} for model {model['name']!r}; "
+            f"valid: {', '.join('model.' + k for k in ['name', *valid])}"
+        )
+    out["model"] = model
+    if out["data"]["dataset"] is None:
+        raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
+    return out
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a raw config."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.iters=100")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
+        config.setdefault(section, {})
+        if config[section] is None:
+            config[section] = {}
+        config[section][name] = value
+    return config
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with sections model, data, train")
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

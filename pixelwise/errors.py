@@ -1,0 +1,19 @@
+"""Exceptions that the CLI reports as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class PixelwiseError(Exception):
+    """Base class: a problem with the user's input (data, config, checkpoint), not a bug."""
+
+
+class DataError(PixelwiseError, ValueError):
+    """A data set on disk is malformed: names the file and the problem."""
+
+
+class ConfigError(PixelwiseError, ValueError):
+    """A config key or value is wrong: names the key and lists the valid ones."""
+
+
+class CheckpointError(PixelwiseError, ValueError):
+    """A checkpoint cannot be used for what was asked (wrong file, other number of classes...)."""

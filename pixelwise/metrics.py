@@ -1,0 +1,102 @@
+"""Segmentation metrics, all derived from one streaming confusion matrix.
+
+Rows of the matrix are ground-truth classes, columns predicted classes. Pixels whose target is
+``ignore_index`` are skipped. Per class ``c`` with ``TP`` the diagonal, ``GT`` the row sum and
+``PR`` the column sum:
+
+- ``iou = TP / (GT + PR - TP)``, ``recall`` (= per-class accuracy) ``= TP / GT``,
+  ``precision = TP / PR``, ``f1`` (= Dice) ``= 2 TP / (GT + PR)``.
+- A ratio whose denominator is 0 is NaN. So a class absent from both prediction and target has
+  NaN IoU, F1, precision and recall; a class absent from the target but predicted somewhere has
+  IoU 0, F1 0, precision 0 and NaN recall.
+- Means (``miou``, ``mean_accuracy``, ``mean_f1``) average over the non-NaN classes.
+- ``pixel_accuracy = sum TP / sum GT``; ``fwiou = sum_c (GT_c / sum GT) * iou_c`` (frequency-weighted
+  IoU, Long et al. 2015), over the classes present in the target.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
+    """The dim of ``pred`` holding class scores (``N x C x ...`` or ``C x ...``), None for indices."""
+    if pred.dim() != target.dim() + 1:
+        return None
+    for dim in (1, 0):
+        if dim < pred.dim() and pred.shape[:dim] + pred.shape[dim + 1 :] == target.shape:
+            return dim
+    return None
+
+
+class ConfusionMatrix:
+    """Streaming ``num_classes x num_classes`` confusion matrix (int64, on ``device``)."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch. ``pred`` holds class indices shaped like ``target`` (any shape), or scores
+        (logits/probabilities) with one extra class dim (``N x C x H x W`` for ``N x H x W``)."""
+        dim = _class_dim(pred, target)
+        if dim is not None:
+            pred = pred.argmax(dim)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
+        pred = pred.reshape(-1).to(self.matrix.device, torch.int64)
+        target = target.reshape(-1).to(self.matrix.device, torch.int64)
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            pred, target = pred[keep], target[keep]
+        n = self.num_classes
+        for name, values in (("target", target), ("prediction", pred)):
+            if values.numel() and (values.min() < 0 or values.max() >= n):
+                bad = values[(values < 0) | (values >= n)][0].item()
+                raise ValueError(f"{name} holds class {bad}, outside 0..{n - 1} (ignore_index={self.ignore_index})")
+        self.matrix += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over all processes of the default group (no-op when not distributed)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+
+    def compute(self) -> dict[str, Any]:
+        """All metrics as plain Python numbers/lists (NaN where undefined, see module docstring)."""
+        m = self.matrix.double().cpu()
+        tp = m.diag()
+        gt = m.sum(1)
+        pr = m.sum(0)
+        total = gt.sum()
+
+        def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+            return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
+
+        iou = ratio(tp, gt + pr - tp)
+        recall = ratio(tp, gt)
+        precision = ratio(tp, pr)
+        f1 = ratio(2 * tp, gt + pr)
+        present = gt > 0
+        fwiou = float((gt[present] / total * iou[present]).sum()) if total > 0 else math.nan
+        return {
+            "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
+            "mean_accuracy": float(recall.nanmean()),
+            "miou": float(iou.nanmean()),
+            "fwiou": fwiou,
+            "mean_f1": float(f1.nanmean()),
+            "iou": iou.tolist(),
+            "accuracy": recall.tolist(),
+            "recall": recall.tolist(),
+            "precision": precision.tolist(),
+            "f1": f1.tolist(),
+            "confusion_matrix": self.matrix.cpu().tolist(),
+        }

@@ -1,0 +1,64 @@
+"""A flat registry of model builders, by name.
+
+Every builder is a function taking keyword-only arguments and returning an ``nn.Module`` whose
+``forward(x)`` maps an ``N x C_in x H x W`` float tensor to ``N x num_classes x H x W`` logits at the
+input size. A YAML config's ``model`` section is ``name`` plus these keyword arguments, one to one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` under its function name. Builders take keyword-only arguments."""
+    name = fn.__name__
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} is already registered")
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params):
+        raise TypeError(f"builder {name!r} must take keyword-only arguments")
+    _BUILDERS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_BUILDERS)
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _BUILDERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """The builder's keyword arguments and their defaults (``inspect.Parameter.empty`` if required)."""
+    return {p.name: p.default for p in inspect.signature(_builder(name)).parameters.values()}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name.
+
+    Unknown or missing arguments raise :class:`~pixelwise.errors.ConfigError` listing the valid ones.
+    The returned module's ``forward`` gives logits ``N x num_classes x H x W`` at the input size.
+    """
+    builder = _builder(name)
+    valid = model_arguments(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ConfigError(f"model {name!r} needs argument(s) {', '.join(missing)}")
+    return builder(**kwargs)
