@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path:
+    """$PIXELWISE_DATA if set, else ../shared/datasets beside the repository (as in CI)."""
+    env = os.environ.get("PIXELWISE_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = real_data_root()
+    needed = [root / "isbi2012_membrane" / "classes.json", root / "camvid" / "classes.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        pytest.skip(f"real data sets not found ({', '.join(missing)}); set PIXELWISE_DATA to the datasets folder")
+    return root
+
+
+def write_dataset(
+    root: Path,
+    name: str = "toy",
+    splits: dict[str, int] | None = None,
+    size: tuple[int, int] = (24, 20),
+    num_classes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """A tiny data set in the native format: RGB PNG images, index PNG masks."""
+    rng = np.random.default_rng(seed)
+    base = root / name
+    base.mkdir(parents=True, exist_ok=True)
+    palette = [[i * 80 % 256, 255 - i * 60 % 256, i * 30 % 256] for i in range(num_classes)]
+    (base / "classes.json").write_text(
+        json.dumps({"classes": [f"c{i}" for i in range(num_classes)], "palette": palette, "ignore_index": 255})
+    )
+    w, h = size
+    for split, count in (splits or {"train": 4, "val": 2}).items():
+        (base / "images" / split).mkdir(parents=True, exist_ok=True)
+        (base / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            mask = rng.integers(0, num_classes, (h, w), dtype=np.uint8)
+            image = (mask[..., None] * 60 + rng.integers(0, 30, (h, w, 3))).astype(np.uint8)
+            Image.fromarray(image).save(base / "images" / split / f"s{i:02d}.png")
+            Image.fromarray(mask, mode="L").save(base / "masks" / split / f"s{i:02d}.png")
+    return base
+
+
+@pytest.fixture
+def toy_root(tmp_path: Path) -> Path:
+    write_dataset(tmp_path)
+    return tmp_path

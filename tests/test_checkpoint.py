@@ -1,0 +1,70 @@
+import pickle
+
+import pytest
+import torch
+
+from pixelwise import build_model
+from pixelwise.checkpoint import atomic_write, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from pixelwise.errors import CheckpointError
+
+
+def make_ckpt(num_classes=3):
+    model = build_model("unet", num_classes=num_classes, base_channels=4)
+    meta = {
+        "model": {"name": "unet", "num_classes": num_classes, "base_channels": 4},
+        "classes": ["a"] * num_classes,
+        "palette": [[0, 0, 0]] * num_classes,
+        "ignore_index": 255,
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+    }
+    return model, {"model": model.state_dict(), "meta": meta}
+
+
+def test_round_trip(tmp_path):
+    model, ckpt = make_ckpt()
+    save_checkpoint(tmp_path / "a.pt", ckpt)
+    loaded = model_from_checkpoint(load_checkpoint(tmp_path / "a.pt"))
+    x = torch.randn(1, 3, 16, 16)
+    model.eval()
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_other_number_of_classes_is_named(tmp_path):
+    _, ckpt = make_ckpt(num_classes=5)
+    model = build_model("unet", num_classes=2, base_channels=4)
+    with pytest.raises(CheckpointError, match=r"classifier.weight .*a checkpoint for 5 classes, a model for 2"):
+        load_weights(model, ckpt["model"], "x.pt")
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_weights(build_model("unet", num_classes=5, base_channels=4, depth=3), ckpt["model"], "x.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_refuses_pickled_code_and_foreign_files(tmp_path):
+    torch.save({"format": "pixelwise", "model": {}, "meta": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a pixelwise checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind

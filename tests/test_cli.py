@@ -1,0 +1,175 @@
+"""End to end through the command line, on the real ISBI 2012 images, and exact resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pixelwise.checkpoint import load_checkpoint
+from pixelwise.config import load_config
+from pixelwise.engine import train
+
+from .conftest import REPO, write_dataset
+
+
+def run_cli(*args, env_root=None, check=True):
+    env = dict(os.environ)
+    if env_root is not None:
+        env["PIXELWISE_DATA"] = str(env_root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixelwise", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pixelwise {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_train_eval_predict_on_isbi(data_root, tmp_path):
+    run = tmp_path / "run"
+    run_cli(
+        "train",
+        REPO / "configs/isbi2012_unet.yaml",
+        "--run-dir",
+        run,
+        "--no-progress",
+        "--set",
+        "train.iters=4",
+        "--set",
+        "train.eval_interval=2",
+        "--set",
+        "data.crop_size=64",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "model.base_channels=4",
+        "--set",
+        "train.log_interval=1",
+        "--set",
+        "data.num_workers=0",
+        env_root=data_root,
+    )
+    assert {p.name for p in run.iterdir()} >= {"last.pt", "best.pt", "config.yaml", "metrics.jsonl"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]
+    assert [r["iter"] for r in records if r["type"] == "val"] == [2, 4]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["meta"]["classes"] == ["membrane", "cell"] and ckpt["meta"]["model"]["in_channels"] == 1
+
+    out_json = tmp_path / "eval.json"
+    proc = run_cli(
+        "eval", run / "best.pt", "--split", "val", "--json", out_json, "--no-progress", "--data-root", data_root
+    )
+    assert "membrane" in proc.stdout and "miou" in proc.stdout
+    result = json.loads(out_json.read_text())
+    m = result["metrics"]
+    assert result["num_images"] == 6 and result["split"] == "val"
+    assert sum(sum(row) for row in m["confusion_matrix"]) == 6 * 512 * 512  # no ignore pixels in ISBI
+    assert m["miou"] == pytest.approx(np.nanmean([v if v is not None else np.nan for v in m["iou"]]))
+    assert 0 <= m["pixel_accuracy"] <= 1 and len(m["f1"]) == 2
+
+    out = tmp_path / "pred"
+    images = sorted((data_root / "isbi2012_membrane/images/test").glob("*.png"))[:3]
+    run_cli(
+        "predict", run / "best.pt", images[0], str(images[1].parent / "slice_0[12].png"), "--out", out, "--no-progress"
+    )
+    masks = sorted((out / "masks").glob("*.png"))
+    assert [p.name for p in masks] == ["slice_00.png", "slice_01.png", "slice_02.png"]
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 1}
+    assert Image.open(out / "color/slice_00.png").mode == "RGB"
+    assert Image.open(out / "overlay/slice_00.png").size == (512, 512)
+
+
+def test_cli_errors_are_one_line(toy_root, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": "unet"}, "data": {"dataset": "toy"}}))
+    proc = run_cli("train", cfg, "--set", "train.itres=3", env_root=toy_root, check=False)
+    assert proc.returncode == 2
+    assert "unknown config key(s) train.itres; valid:" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(
+        "train", cfg, "--set", "model.num_classes=7", "--run-dir", tmp_path / "r", env_root=toy_root, check=False
+    )
+    assert proc.returncode == 2 and "model.num_classes=7 but data set 'toy' has 3 classes" in proc.stderr
+    proc = run_cli("eval", tmp_path / "nope.pt", check=False)
+    assert proc.returncode == 2 and "nope.pt does not exist" in proc.stderr
+
+
+def test_label_error_from_a_loader_worker_is_one_line(tmp_path):
+    write_dataset(tmp_path)
+    mask = np.full((20, 24), 9, np.uint8)
+    Image.fromarray(mask, mode="L").save(tmp_path / "toy/masks/train/s00.png")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "unet", "base_channels": 2},
+                "data": {"dataset": "toy", "crop_size": 16, "num_workers": 1, "batch_size": 4},
+                "train": {"iters": 2},
+            }
+        )
+    )
+    proc = run_cli("train", cfg, "--run-dir", tmp_path / "r", "--no-progress", env_root=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "s00.png holds label value(s) [9]" in proc.stderr
+
+
+def _toy_config(tmp_path, iters):
+    path = tmp_path / "toy.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "unet", "base_channels": 4, "depth": 2},
+                "data": {
+                    "dataset": "toy",
+                    "crop_size": 16,
+                    "batch_size": 2,
+                    "num_workers": 0,
+                    "color_jitter": 0.2,
+                    "elastic_p": 0.5,
+                },
+                "train": {"iters": iters, "eval_interval": 3, "lr_schedule": "constant", "lr": 0.05},
+            }
+        )
+    )
+    return load_config(path)
+
+
+def test_resume_continues_exactly(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 5, "val": 2}).parent
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = train(_toy_config(tmp_path, 6), run_dir=tmp_path / "a", data_root=root, progress=False)
+        train(_toy_config(tmp_path, 3), run_dir=tmp_path / "b", data_root=root, progress=False)  # "killed" at 3
+        resumed = train(_toy_config(tmp_path, 6), run_dir=tmp_path / "b", data_root=root, progress=False, resume=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = load_checkpoint(tmp_path / "a/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["last"]["confusion_matrix"] == resumed["last"]["confusion_matrix"]
+    log = [json.loads(line) for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if r["type"] == "val"] == [3, 6]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    train(_toy_config(tmp_path, 1), run_dir=tmp_path / "r", data_root=root, progress=False)
+    before = (tmp_path / "r/last.pt").read_bytes()
+    with pytest.raises(Exception, match="already holds a run"):
+        train(_toy_config(tmp_path, 1), run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert (tmp_path / "r/last.pt").read_bytes() == before

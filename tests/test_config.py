@@ -1,0 +1,80 @@
+import pytest
+import yaml
+
+from pixelwise.config import DEFAULTS, load_config
+from pixelwise.data import DatasetInfo
+from pixelwise.engine import model_spec
+from pixelwise.errors import ConfigError
+
+from .conftest import REPO
+
+
+def write(tmp_path, cfg):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+BASE = {"model": {"name": "unet", "base_channels": 8}, "data": {"dataset": "toy"}, "train": {"iters": 5}}
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(
+        write(tmp_path, BASE),
+        [
+            "train.iters=7",
+            "data.crop_size=[32, 48]",
+            "model.num_classes=3",
+            "data.root=/somewhere",
+            "train.eval_interval=2",
+            "data.batch_size=2",
+        ],
+    )
+    assert cfg["train"]["iters"] == 7 and cfg["train"]["eval_interval"] == 2
+    assert cfg["data"]["crop_size"] == [32, 48] and cfg["data"]["batch_size"] == 2
+    assert cfg["data"]["root"] == "/somewhere"
+    assert cfg["model"] == {"name": "unet", "base_channels": 8, "num_classes": 3}
+    assert cfg["train"]["lr"] == DEFAULTS["train"]["lr"]
+
+
+def test_unknown_keys_list_the_valid_ones(tmp_path):
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) train.itres; valid: train.iters"):
+        load_config(path, ["train.itres=3"])
+    with pytest.raises(ConfigError, match=r"model.widht for model 'unet'; valid: model.name, model.num_classes"):
+        load_config(path, ["model.widht=3"])
+    with pytest.raises(ConfigError, match=r"unknown config section\(s\) optim"):
+        load_config(write(tmp_path, {**BASE, "optim": {}}))
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["iters=3"])
+
+
+def test_bad_values(tmp_path):
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match="train.iters should be int"):
+        load_config(path, ["train.iters=many"])
+    with pytest.raises(ConfigError, match="unknown model.name 'resnet'"):
+        load_config(path, ["model.name=resnet"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_num_classes_must_match_dataset(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["model.num_classes=4"])
+    info = DatasetInfo("toy", ["a", "b", "c"], [[0, 0, 0]] * 3)
+    with pytest.raises(ConfigError, match=r"model.num_classes=4 but data set 'toy' has 3 classes"):
+        model_spec(cfg, info)
+    cfg = load_config(write(tmp_path, BASE))
+    assert model_spec(cfg, info)["num_classes"] == 3
+    cfg = load_config(write(tmp_path, BASE), ["model.in_channels=1"])
+    with pytest.raises(ConfigError, match="data.mean has 3 values but the model takes 1 input channel"):
+        model_spec(cfg, info)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg["data"]["dataset"]

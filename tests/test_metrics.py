@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pixelwise.metrics import ConfusionMatrix
+
+
+def test_hand_computed_three_classes_with_ignore():
+    # target row / prediction column; one pixel ignored (its prediction must not count)
+    target = torch.tensor([[0, 0, 1, 1], [1, 2, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 2]])
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(pred, target)
+    assert cm.matrix.tolist() == [[1, 1, 0], [0, 2, 1], [1, 0, 1]]
+    m = cm.compute()
+    # TP = 1, 2, 1; GT = 2, 3, 2; PR = 2, 3, 2
+    assert m["iou"] == pytest.approx([1 / 3, 2 / 4, 1 / 3])
+    assert m["miou"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
+    assert m["pixel_accuracy"] == pytest.approx(4 / 7)
+    assert m["recall"] == pytest.approx([1 / 2, 2 / 3, 1 / 2])
+    assert m["accuracy"] == m["recall"]
+    assert m["mean_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1 / 2) / 3)
+    assert m["precision"] == pytest.approx([1 / 2, 2 / 3, 1 / 2])
+    assert m["f1"] == pytest.approx([2 / 4, 4 / 6, 2 / 4])
+    assert m["mean_f1"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
+    assert m["fwiou"] == pytest.approx(2 / 7 * 1 / 3 + 3 / 7 * 1 / 2 + 2 / 7 * 1 / 3)
+
+
+def test_class_absent_from_both_is_nan_and_excluded_from_means():
+    target = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 1, 1, 1])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    m = cm.compute()
+    assert math.isnan(m["iou"][2]) and math.isnan(m["f1"][2])
+    assert math.isnan(m["precision"][2]) and math.isnan(m["recall"][2])
+    assert m["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["mean_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["fwiou"] == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+
+
+def test_class_predicted_but_absent_from_target_counts_zero():
+    target = torch.tensor([0, 0, 0, 1])
+    pred = torch.tensor([0, 2, 0, 1])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    m = cm.compute()
+    assert m["iou"][2] == 0.0 and m["f1"][2] == 0.0 and m["precision"][2] == 0.0
+    assert math.isnan(m["recall"][2])
+    assert m["miou"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m["mean_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_logits_equal_indices_and_streaming_equals_one_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 7, 5)
+    target = torch.randint(0, 4, (3, 7, 5))
+    target[0, :2] = 255
+    a, b, c = ConfusionMatrix(4), ConfusionMatrix(4), ConfusionMatrix(4)
+    a.update(logits, target)
+    b.update(logits.argmax(1), target)
+    for i in range(3):  # streamed, and unbatched C x H x W scores
+        c.update(logits[i], target[i])
+    assert torch.equal(a.matrix, b.matrix) and torch.equal(a.matrix, c.matrix)
+    assert a.matrix.sum() == 3 * 7 * 5 - 2 * 5
+
+
+def test_reset_and_errors():
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    cm.reset()
+    assert cm.matrix.sum() == 0
+    assert math.isnan(cm.compute()["miou"])
+    with pytest.raises(ValueError, match="target holds class 5"):
+        cm.update(torch.tensor([0]), torch.tensor([5]))
+    with pytest.raises(ValueError, match="does not match"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0]))
+
+
+def _reduce_worker(rank: int, world: int, port: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([rank, 1]), torch.tensor([0, 1]))  # rank 0: both right; rank 1: one wrong
+    cm.all_reduce()
+    queue.put((rank, cm.matrix.tolist()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_reduce_sums_over_processes():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_reduce_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert results[0] == results[1] == [[1, 1], [0, 2]]

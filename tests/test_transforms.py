@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from pixelwise.data import SegmentationDataset, build_transforms
+from pixelwise.data.transforms import ElasticDeformation, JointTransform
+
+from .conftest import write_dataset
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+def blocky_pair(h=90, w=120, block=15, classes=5, seed=0):
+    """An image whose pixel value encodes its class (value = 40 * class + 20), and that mask."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, classes, (-(-h // block), -(-w // block)))
+    mask = np.kron(grid, np.ones((block, block), dtype=np.int64))[:h, :w].astype(np.uint8)
+    image = np.repeat((mask * 40 + 20)[None], 3, axis=0).astype(np.uint8)
+    return torch.from_numpy(image), torch.from_numpy(mask)
+
+
+def class_from_image(image: torch.Tensor) -> torch.Tensor:
+    value = (image[0] * STD[0] + MEAN[0]) * 255
+    return ((value - 20) / 40).round().long()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(crop_size=64, scale_range=(0.5, 2.0), hflip=True, vflip=True),
+        dict(crop_size=(50, 70), scale_range=None, hflip=True, elastic_p=1.0, elastic_sigma=10.0),
+        dict(crop_size=200, scale_range=(1.5, 2.0), hflip=True, vflip=True, elastic_p=1.0),
+    ],
+)
+def test_image_and_mask_stay_aligned(kwargs):
+    transform = build_transforms(train=True, mean=MEAN, std=STD, ignore_index=255, **kwargs)
+    agreements = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        image, mask = transform(*blocky_pair(seed=seed))
+        size = kwargs["crop_size"]
+        assert image.shape[-2:] == mask.shape == ((size, size) if isinstance(size, int) else size)
+        assert image.dtype == torch.float32
+        labelled = mask != 255
+        assert set(mask.unique().tolist()) <= {0, 1, 2, 3, 4, 255}  # nearest: no interpolated labels
+        agreements.append((class_from_image(image)[labelled] == mask[labelled].long()).float().mean().item())
+    # only pixels on block edges (bilinear blends there) may disagree
+    assert min(agreements) > 0.9, agreements
+
+
+def test_flipping_the_image_alone_would_be_caught():
+    image, mask = blocky_pair()
+    image = image.float().div(255).sub(0.5).div(0.25)
+    agree = (class_from_image(image.flip(-1)) == mask.long()).float().mean()
+    assert agree < 0.6  # the alignment check above is not vacuous
+
+
+def test_padding_fills_mask_with_ignore():
+    transform = build_transforms(
+        train=True, mean=MEAN, std=STD, crop_size=(120, 150), scale_range=None, hflip=False, ignore_index=255
+    )
+    image, mask = transform(*blocky_pair(h=90, w=120))
+    assert mask.shape == (120, 150)
+    assert (mask == 255).sum() == 120 * 150 - 90 * 120
+
+
+def test_elastic_deformation_moves_pixels_and_keeps_labels():
+    torch.manual_seed(0)
+    image, mask = blocky_pair(h=96, w=96)
+    t = JointTransform(ElasticDeformation(sigma=10.0, grid=3, p=1.0, fill=0, mask_fill=255))
+    out_image, out_mask = t(image, mask)
+    assert out_mask.shape == mask.shape
+    assert (out_mask != mask).float().mean() > 0.05  # it did deform
+    assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist()) | {255}
+    labelled = out_mask != 255
+    derived = ((out_image[0].float() - 20) / 40).round().long()
+    assert (derived[labelled] == out_mask[labelled].long()).float().mean() > 0.9
+
+
+def test_eval_transform_only_normalises():
+    image, mask = blocky_pair()
+    out_image, out_mask = build_transforms(train=False, mean=MEAN, std=STD)(image, mask)
+    assert torch.equal(out_mask, mask)
+    assert torch.allclose(out_image, (image.float() / 255 - 0.5) / 0.25)
+
+
+def test_seeded_items_are_reproducible(tmp_path):
+    write_dataset(tmp_path, size=(40, 30))
+    transform = build_transforms(train=True, mean=MEAN, std=STD, crop_size=24, elastic_p=0.5, color_jitter=0.3)
+    ds = SegmentationDataset(tmp_path, "toy", "train", transforms=transform)
+    a, b, c = ds[(1, 123)], ds[(1, 123)], ds[(1, 124)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])

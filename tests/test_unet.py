@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from pixelwise import build_model, list_models
+from pixelwise.errors import ConfigError
+from pixelwise.models.modules import mirror_pad
+from pixelwise.models.stats import model_stats
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("size", [(64, 64), (97, 83), (33, 50)])
+def test_output_at_input_size(padding, size):
+    model = build_model("unet", num_classes=3, base_channels=4, padding=padding)
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 3, *size)
+    out.mean().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_paper_architecture_facts():
+    model = build_model("unet", num_classes=2, in_channels=1, padding="valid", batch_norm=False)
+    widths = [block[1][0].out_channels for block in model.encoder]
+    assert widths == [64, 128, 256, 512, 1024]
+    assert all(
+        isinstance(up, nn.ConvTranspose2d) and up.kernel_size == (2, 2) and up.stride == (2, 2) for up in model.up
+    )
+    assert [up.out_channels for up in model.up] == [512, 256, 128, 64]
+    assert [block[0][0].in_channels for block in model.decoder] == [1024, 512, 256, 128]  # skip concat
+    assert model.classifier.kernel_size == (1, 1)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.valid_output_size(572) == 388  # Fig. 1 of the paper
+    assert model.margin == 92
+    assert model.valid_output_size(573) is None
+    # about 31 M parameters, as the paper's network
+    params, _ = model_stats("unet", num_classes=2)
+    assert 31.0e6 < params < 31.1e6
+
+
+def test_valid_unpadded_net_shape():
+    model = build_model("unet", num_classes=2, base_channels=2, padding="valid").eval()
+    with torch.no_grad():
+        assert model._net(torch.randn(1, 3, 572, 572)).shape == (1, 2, 388, 388)
+
+
+def test_overlap_tile_equals_whole_image_prediction():
+    torch.manual_seed(0)
+    whole = build_model("unet", num_classes=2, base_channels=4, padding="valid").eval()
+    tiled = build_model("unet", num_classes=2, base_channels=4, padding="valid", tile_size=36).eval()
+    tiled.load_state_dict(whole.state_dict())
+    x = torch.randn(1, 3, 90, 75)
+    with torch.no_grad():
+        a, b = whole(x), tiled(x)
+    assert a.shape == b.shape == (1, 2, 90, 75)
+    # each output pixel sees only its mirrored receptive field: tiling changes nothing
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_mirror_pad_wider_than_image():
+    x = torch.arange(4.0).view(1, 1, 1, 4)
+    out = mirror_pad(x, 5, 0, 0, 0)
+    assert out.shape[-1] == 9
+    # reflect: ..., 1, 2, 3 | 0 1 2 3 mirrored repeatedly
+    assert out[0, 0, 0].tolist() == [1.0, 2.0, 3.0, 2.0, 1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def test_batch_norm_option_and_same_padding_odd_levels():
+    model = build_model("unet", num_classes=5, base_channels=4, batch_norm=True, depth=3)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.randn(1, 3, 13, 29)).shape == (1, 5, 13, 29)
+
+
+def test_registry_errors():
+    assert "unet" in list_models()
+    with pytest.raises(ConfigError, match="unknown model 'unett'.*available: .*unet"):
+        build_model("unett", num_classes=2)
+    with pytest.raises(ConfigError, match="no argument.*widht.*valid: .*base_channels"):
+        build_model("unet", num_classes=2, widht=3)
+    with pytest.raises(ConfigError, match="needs argument.*num_classes"):
+        build_model("unet")
+    with pytest.raises(ValueError, match="padding"):
+        build_model("unet", num_classes=2, padding="full")
