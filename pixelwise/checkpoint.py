@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .models import build_model
+from .models.registry import build_model
 
 FORMAT = "pixelwise"
 VERSION = 1

@@ -55,7 +55,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
         "channels_last": False,  # NHWC memory format: faster convolutions on recent CPUs and GPUs
-        "init_from": None,  # checkpoint whose weights initialise the model (same architecture)
+        "aux_weight": 0.4,  # weight of the auxiliary head's loss, for models built with aux_head (PSPNet: 0.4)
+        "init_from": None,  # weights to start from: a pixelwise checkpoint or torchvision DeepLab v3 state dict
+        "init_partial": False,  # with init_from: skip tensors whose shape differs (e.g. another class count)
     },
 }
 SECTIONS = ("model", "data", "train")

@@ -25,6 +25,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .losses import build_loss
 from .metrics import ConfusionMatrix
 from .models import build_model, model_arguments
+from .models.convert import is_torchvision_deeplabv3, map_torchvision_deeplabv3
 from .visualize import colorize, overlay
 
 
@@ -135,6 +136,36 @@ def _optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optim
     raise ConfigError(f"train.optimizer={name!r}; valid: sgd, adamw")
 
 
+def init_weights(model: nn.Module, path: str | os.PathLike, *, partial: bool = False) -> None:
+    """Initialise ``model`` from a pixelwise checkpoint or a torchvision DeepLab v3 state dict (read
+    with ``weights_only=True``). ``partial=True`` skips tensors whose shape differs (reported), e.g.
+    the classifier of weights trained for another number of classes."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"train.init_from: cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+    if isinstance(raw, dict) and raw.get("format") == "pixelwise":
+        state = raw["model"]
+    elif isinstance(raw, dict) and is_torchvision_deeplabv3(raw):
+        state = map_torchvision_deeplabv3(raw)
+    elif isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state = raw
+    else:
+        raise CheckpointError(f"train.init_from: {path} is neither a pixelwise checkpoint nor a state dict")
+    if partial:
+        own = model.state_dict()
+        skipped = sorted(k for k, v in state.items() if k not in own or own[k].shape != v.shape)
+        state = {k: v for k, v in state.items() if k not in skipped}
+        missing = sorted(set(own) - set(state))
+        model.load_state_dict(state, strict=False)
+        print(
+            f"init_from {path}: loaded {len(state)} tensors; skipped {len(skipped)} {skipped[:4]}; "
+            f"left as initialised {len(missing)} {missing[:4]}"
+        )
+    else:
+        load_weights(model, state, f"train.init_from {path}")
+
+
 def _rewrite_log(path: Path, upto_iter: int) -> None:
     """On resume, drop log records written after the checkpoint we resume from."""
     if not path.exists():
@@ -229,8 +260,7 @@ def train(
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         _rewrite_log(log_path, state["iter"])
     elif train_cfg["init_from"]:
-        init = load_checkpoint(train_cfg["init_from"], map_location=device)
-        load_weights(model, init["model"], str(train_cfg["init_from"]))
+        init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(config).encode()))
 
@@ -273,8 +303,11 @@ def train(
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
             with autocast(device, amp):
-                logits = model(images)
-            loss = loss_fn(logits, masks)
+                out = model(images)
+            if isinstance(out, dict):  # models with an auxiliary head, in training mode
+                loss = loss_fn(out["out"], masks) + train_cfg["aux_weight"] * loss_fn(out["aux"], masks)
+            else:
+                loss = loss_fn(out, masks)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

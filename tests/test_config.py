@@ -1,6 +1,8 @@
 import pytest
+import torch
 import yaml
 
+from pixelwise import build_model, list_models
 from pixelwise.config import DEFAULTS, load_config
 from pixelwise.data import DatasetInfo
 from pixelwise.engine import model_spec
@@ -78,3 +80,16 @@ def test_num_classes_must_match_dataset(tmp_path):
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg["data"]["dataset"]
+
+
+def test_every_model_has_a_config_that_builds_it():
+    configs = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        configs.setdefault(cfg["model"]["name"], cfg)
+    assert set(configs) == set(list_models())
+    for name, cfg in configs.items():
+        spec = {k: v for k, v in cfg["model"].items() if k != "name"}
+        spec.setdefault("num_classes", 11)
+        with torch.device("meta"):  # structure only, no memory
+            build_model(name, **spec)

@@ -13,12 +13,14 @@ with the missing context mirrored (overlap-tile, Fig. 2).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Backbone, Pretrained, resnet
 from .modules import DoubleConv, center_crop, mirror_pad
 from .registry import register_model
 
@@ -165,4 +167,81 @@ def unet(
         batch_norm=batch_norm,
         dropout=dropout,
         tile_size=tile_size,
+    )
+
+
+class EncoderUNet(nn.Module):
+    """U-Net decoder on a pretrained-able classification encoder (as smp's ``Unet``): at each of the
+    encoder's reductions 1/16, 1/8, 1/4, 1/2 the decoder upsamples 2x, concatenates the encoder
+    feature of that reduction and applies two 3x3 conv-BN-ReLU; a last block reaches 1/1. Channels
+    are read from the backbone's ``feature_info``."""
+
+    def __init__(
+        self, backbone: Backbone, *, num_classes: int, decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        features = sorted(backbone.feature_info, key=lambda f: f.reduction)  # 1/2 ... 1/32
+        self.deepest = features[-1].name
+        self.skips = [f.name for f in reversed(features[:-1])]  # 1/16, 1/8, 1/4, 1/2
+        if len(decoder_channels) != len(self.skips) + 1:
+            raise ValueError(f"decoder_channels needs {len(self.skips) + 1} entries, got {list(decoder_channels)}")
+        channels = features[-1].channels
+        skip_channels = [backbone.info(n).channels for n in self.skips] + [0]
+        self.blocks = nn.ModuleList()
+        for out, skip in zip(decoder_channels, skip_channels, strict=True):
+            self.blocks.append(DoubleConv(channels + skip, out, padding=1, batch_norm=True))
+            channels = out
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        y = f[self.deepest]  # 1/32
+        for i, block in enumerate(self.blocks):
+            target = f[self.skips[i]] if i < len(self.skips) else x  # 1/16 ... 1/2, then 1/1
+            y = F.interpolate(y, size=target.shape[-2:], mode="nearest")
+            y = block(torch.cat([y, target], dim=1) if i < len(self.skips) else y)
+        return self.classifier(y)
+
+
+def _encoder_unet(
+    depth: str, *, num_classes: int, in_channels: int, decoder_channels: Sequence[int], pretrained_backbone: Pretrained
+) -> EncoderUNet:
+    backbone = resnet(depth, in_channels=in_channels, pretrained=pretrained_backbone)
+    return EncoderUNet(backbone, num_classes=num_classes, decoder_channels=decoder_channels)
+
+
+@register_model
+def unet_resnet34(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    pretrained_backbone: Pretrained = False,
+) -> EncoderUNet:
+    """U-Net decoder on a ResNet-34 encoder."""
+    return _encoder_unet(
+        "resnet34",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        decoder_channels=decoder_channels,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+@register_model
+def unet_resnet18(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    pretrained_backbone: Pretrained = False,
+) -> EncoderUNet:
+    """U-Net decoder on a ResNet-18 encoder."""
+    return _encoder_unet(
+        "resnet18",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        decoder_channels=decoder_channels,
+        pretrained_backbone=pretrained_backbone,
     )

@@ -1,0 +1,480 @@
+"""DeepLab v1, v2, v3 and v3+.
+
+- v1: L.-C. Chen, G. Papandreou, I. Kokkinos, K. Murphy, A. L. Yuille, "Semantic Image Segmentation
+  with Deep Convolutional Nets and Fully Connected CRFs", ICLR 2015 (arXiv:1412.7062).
+- v2: same authors, "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous
+  Convolution, and Fully Connected CRFs", TPAMI 2017 (arXiv:1606.00915).
+- v3: L.-C. Chen, G. Papandreou, F. Schroff, H. Adam, "Rethinking Atrous Convolution for Semantic
+  Image Segmentation", arXiv:1706.05587, 2017.
+- v3+: L.-C. Chen, Y. Zhu, G. Papandreou, F. Schroff, H. Adam, "Encoder-Decoder with Atrous
+  Separable Convolution for Semantic Image Segmentation", ECCV 2018 (arXiv:1802.02611).
+
+All return logits at the input size (bilinear upsampling of the stride-8/16/4 scores). Models
+built with ``aux_head=True`` return ``{"out": logits, "aux": aux_logits}`` in training mode, like
+torchvision's, so that the engine can add the auxiliary loss; in eval mode they return logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .backbones import (
+    VGG16,
+    Backbone,
+    Pretrained,
+    TimmBackbone,
+    init_relu_convs,
+    load_state,
+    read_pretrained,
+    resnet,
+    vgg16_fc_weights,
+)
+from .modules import ASPP, ConvNormAct, FCNHead, SeparableConv2d, resize_to
+from .registry import register_model
+
+
+# --- DeepLab v1 / v2 on VGG-16 ------------------------------------------------------------------
+class LargeFOV(nn.Sequential):
+    """DeepLab-LargeFOV's head (v1 sec. 4.1, Table 2; one ASPP-L branch in v2): fc6 as a 3x3 conv
+    with rate ``rate`` and 1024 channels, fc7 as a 1x1 conv with 1024, dropout after each, and fc8
+    scoring the classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, rate: int, width: int = 1024, dropout: float = 0.5):
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.fc7 = nn.Conv2d(width, width, 1)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.fc8 = nn.Conv2d(width, num_classes, 1)
+        init_relu_convs(nn.ModuleList([self.fc6, self.fc7]))
+        nn.init.normal_(self.fc8.weight, std=0.01)  # DeepLab's prototxt: gaussian 0.01, bias 0
+        nn.init.zeros_(self.fc8.bias)
+
+
+def _decimated_fc(state: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """ImageNet fc6/fc7 subsampled for LargeFOV (v1 sec. 4.1): fc6's 7x7 kernel decimated to 3x3
+    and both layers' 4096 channels to ``width`` (every 4th for 1024)."""
+    fc = vgg16_fc_weights(state)
+    if not fc:
+        return {}
+    step = fc["fc6.weight"].shape[0] // width
+    return {
+        "fc6.weight": fc["fc6.weight"][::step, :, ::3, ::3],
+        "fc6.bias": fc["fc6.bias"][::step],
+        "fc7.weight": fc["fc7.weight"][::step, ::step],
+        "fc7.bias": fc["fc7.bias"][::step],
+    }
+
+
+class DeepLabVGG(nn.Module):
+    """DeepLab v1 (one LargeFOV branch, rate 12) and v2-VGG (ASPP-L: branches with rates 6, 12, 18,
+    24 on pool5, their class scores summed, v2 Fig. 4). VGG-16 with stride-1 pool4/pool5 and
+    dilated conv5: output stride 8."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        rates: Sequence[int],
+        in_channels: int = 3,
+        width: int = 1024,
+        dropout: float = 0.5,
+        pretrained_backbone: Pretrained = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = VGG16(in_channels=in_channels, variant="deeplab")
+        channels = self.backbone.info("pool5").channels
+        self.branches = nn.ModuleList(LargeFOV(channels, num_classes, r, width, dropout) for r in rates)
+        if pretrained_backbone:
+            state = read_pretrained(pretrained_backbone, torchvision_name="vgg16")
+            load_state(self.backbone, state)
+            for branch in self.branches:
+                load_state(branch, _decimated_fc(state, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool5 = self.backbone(x)["pool5"]  # 1/8, 512 channels
+        score = sum(branch(pool5) for branch in self.branches)  # 1/8, summed over ASPP-L branches
+        return resize_to(score, x.shape[-2:])  # bilinear to 1/1
+
+
+@register_model
+def deeplabv1_vgg16_largefov(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    rate: int = 12,
+    dropout: float = 0.5,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabVGG:
+    """DeepLab v1 LargeFOV (Chen et al. 2015): VGG-16, fc6 3x3 rate 12 with 1024 channels."""
+    return DeepLabVGG(
+        num_classes=num_classes,
+        rates=(rate,),
+        in_channels=in_channels,
+        dropout=dropout,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+@register_model
+def deeplabv2_vgg16(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    rates: Sequence[int] = (6, 12, 18, 24),
+    dropout: float = 0.5,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabVGG:
+    """DeepLab v2 ASPP-L on VGG-16 (Chen et al. 2017): four LargeFOV branches, rates 6/12/18/24."""
+    return DeepLabVGG(
+        num_classes=num_classes,
+        rates=rates,
+        in_channels=in_channels,
+        dropout=dropout,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+# --- DeepLab v2 on ResNet-101 -------------------------------------------------------------------
+class DeepLabV2ResNet(nn.Module):
+    """DeepLab v2 on ResNet (v2 sec. 4.1): output stride 8 (layer3 rate 2, layer4 rate 4) and ASPP-L
+    as four 3x3 convs with rates 6/12/18/24 from layer4 straight to the classes, summed."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        depth: str = "resnet101",
+        rates: Sequence[int] = (6, 12, 18, 24),
+        in_channels: int = 3,
+        pretrained_backbone: Pretrained = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = resnet(depth, in_channels=in_channels, output_stride=8, pretrained=pretrained_backbone)
+        channels = self.backbone.info("layer4").channels
+        self.aspp = nn.ModuleList(nn.Conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.aspp:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)["layer4"]  # 1/8, 2048 channels
+        return resize_to(sum(conv(f) for conv in self.aspp), x.shape[-2:])
+
+
+@register_model
+def deeplabv2_resnet101(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    rates: Sequence[int] = (6, 12, 18, 24),
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV2ResNet:
+    """DeepLab v2 (Chen et al. 2017) on ResNet-101 with ASPP-L, output stride 8."""
+    return DeepLabV2ResNet(
+        num_classes=num_classes, rates=rates, in_channels=in_channels, pretrained_backbone=pretrained_backbone
+    )
+
+
+# --- DeepLab v3 / v3+ ---------------------------------------------------------------------------
+def default_rates(output_stride: int) -> tuple[int, int, int]:
+    """ASPP rates: (6, 12, 18) at output stride 16, doubled at 8 (v3 sec. 3.3)."""
+    return {16: (6, 12, 18), 8: (12, 24, 36), 32: (3, 6, 9)}[output_stride]
+
+
+class DeepLabV3(nn.Module):
+    """DeepLab v3: backbone (``high`` feature at the output stride), ASPP with image pooling, a 1x1
+    classifier, bilinear upsampling. ``head_conv=True`` adds the extra 3x3 conv (256, BN, ReLU) of
+    torchvision's ``DeepLabHead`` (not in the paper), used to load torchvision's weights."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int,
+        high: str,
+        rates: Sequence[int],
+        aux: str | None = None,
+        head_conv: bool = False,
+        aspp_dropout: float = 0.1,
+        separable: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.high, self.aux_feature = backbone, high, aux
+        self.aspp = ASPP(backbone.info(high).channels, rates, 256, separable=separable, dropout=aspp_dropout)
+        self.head_conv = ConvNormAct(256, 256, 3, padding=1) if head_conv else nn.Identity()
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+        self.aux = FCNHead(backbone.info(aux).channels, num_classes) if aux else None
+
+    def forward(self, x: torch.Tensor, *, return_aux: bool | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits; ``{"out", "aux"}`` when ``return_aux`` (default: in training mode, if there is an aux head)."""
+        f = self.backbone(x)
+        out = resize_to(self.classifier(self.head_conv(self.aspp(f[self.high]))), x.shape[-2:])  # 1/OS -> 1/1
+        if self.aux is not None and (self.training if return_aux is None else return_aux):
+            return {"out": out, "aux": resize_to(self.aux(f[self.aux_feature]), x.shape[-2:])}
+        return out
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLab v3+ (Fig. 2): the v3 encoder (ASPP with depthwise-separable atrous convs), and a
+    decoder: the stride-4 low-level features reduced to 48 channels by a 1x1 conv, concatenated with
+    the encoder output upsampled to stride 4, refined by two 3x3 (separable) convs with 256 channels,
+    scored by a 1x1 conv and upsampled 4x to the input."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int,
+        high: str,
+        low: str,
+        rates: Sequence[int],
+        separable: bool = True,
+        aspp_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.high, self.low = backbone, high, low
+        self.aspp = ASPP(backbone.info(high).channels, rates, 256, separable=separable, dropout=aspp_dropout)
+        self.reduce = ConvNormAct(backbone.info(low).channels, 48, 1)
+        conv = (lambda i, o: SeparableConv2d(i, o, 3)) if separable else (lambda i, o: ConvNormAct(i, o, 3, padding=1))
+        self.decoder = nn.Sequential(conv(256 + 48, 256), conv(256, 256))
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        low = self.reduce(f[self.low])  # 1/4, 48 channels
+        high = resize_to(self.aspp(f[self.high]), low.shape[-2:])  # 1/OS -> 1/4, 256 channels
+        y = self.decoder(torch.cat([high, low], dim=1))  # 1/4, 256 channels
+        return resize_to(self.classifier(y), x.shape[-2:])  # 1/4 -> 1/1
+
+
+def _resnet_v3(
+    depth: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    output_stride: int,
+    multi_grid: Sequence[int] | None,
+    rates: Sequence[int] | None,
+    aux_head: bool,
+    head_conv: bool,
+    pretrained_backbone: Pretrained,
+) -> DeepLabV3:
+    backbone = resnet(
+        depth,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        pretrained=pretrained_backbone,
+    )
+    return DeepLabV3(
+        backbone,
+        num_classes=num_classes,
+        high="layer4",
+        rates=rates or default_rates(output_stride),
+        aux="layer3" if aux_head else None,
+        head_conv=head_conv,
+    )
+
+
+@register_model
+def deeplabv3_resnet50(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    rates: Sequence[int] | None = None,
+    aux_head: bool = False,
+    head_conv: bool = False,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3:
+    """DeepLab v3 (Chen et al. 2017) on ResNet-50: output stride 16 or 8, multi-grid (1, 2, 4)."""
+    return _resnet_v3(
+        "resnet50",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        rates=rates,
+        aux_head=aux_head,
+        head_conv=head_conv,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+@register_model
+def deeplabv3_resnet101(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    rates: Sequence[int] | None = None,
+    aux_head: bool = False,
+    head_conv: bool = False,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3:
+    """DeepLab v3 (Chen et al. 2017) on ResNet-101: output stride 16 or 8, multi-grid (1, 2, 4)."""
+    return _resnet_v3(
+        "resnet101",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        rates=rates,
+        aux_head=aux_head,
+        head_conv=head_conv,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+def _v3plus(
+    backbone: Backbone,
+    high: str,
+    low: str,
+    *,
+    num_classes: int,
+    output_stride: int,
+    rates: Sequence[int] | None,
+    separable: bool,
+) -> DeepLabV3Plus:
+    return DeepLabV3Plus(
+        backbone,
+        num_classes=num_classes,
+        high=high,
+        low=low,
+        rates=rates or default_rates(output_stride),
+        separable=separable,
+    )
+
+
+@register_model
+def deeplabv3plus_xception65(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ (Chen et al. 2018) on aligned Xception-65 (timm ``xception65``), as in the paper."""
+    backbone = TimmBackbone(
+        "xception65", in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
+    )
+    # stage1: entry-flow block 2 before its strided conv (1/4, 256); stage4: exit flow (2048)
+    return _v3plus(
+        backbone,
+        "stage4",
+        "stage1",
+        num_classes=num_classes,
+        output_stride=output_stride,
+        rates=rates,
+        separable=separable,
+    )
+
+
+@register_model
+def deeplabv3plus_mobilenetv2(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ on MobileNetV2 (timm ``mobilenetv2_100``), low-level features at 1/4 (24 channels)."""
+    backbone = TimmBackbone(
+        "mobilenetv2_100", in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
+    )
+    return _v3plus(
+        backbone,
+        "stage4",
+        "stage1",
+        num_classes=num_classes,
+        output_stride=output_stride,
+        rates=rates,
+        separable=separable,
+    )
+
+
+def _resnet_v3plus(
+    depth: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    output_stride: int,
+    multi_grid: Sequence[int] | None,
+    rates: Sequence[int] | None,
+    separable: bool,
+    pretrained_backbone: Pretrained,
+) -> DeepLabV3Plus:
+    backbone = resnet(
+        depth,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        pretrained=pretrained_backbone,
+    )
+    return _v3plus(
+        backbone,
+        "layer4",
+        "layer1",
+        num_classes=num_classes,
+        output_stride=output_stride,
+        rates=rates,
+        separable=separable,
+    )
+
+
+@register_model
+def deeplabv3plus_resnet50(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ on ResNet-50 (low-level features: layer1, 1/4, 256 channels)."""
+    return _resnet_v3plus(
+        "resnet50",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        rates=rates,
+        separable=separable,
+        pretrained_backbone=pretrained_backbone,
+    )
+
+
+@register_model
+def deeplabv3plus_resnet101(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ on ResNet-101 (low-level features: layer1, 1/4, 256 channels)."""
+    return _resnet_v3plus(
+        "resnet101",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        rates=rates,
+        separable=separable,
+        pretrained_backbone=pretrained_backbone,
+    )

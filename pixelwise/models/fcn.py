@@ -1,0 +1,163 @@
+"""Fully convolutional networks: FCN-32s, FCN-16s, FCN-8s.
+
+J. Long, E. Shelhamer, T. Darrell, "Fully Convolutional Networks for Semantic Segmentation",
+CVPR 2015 (arXiv:1411.4038), and the reference Caffe models (fcn.berkeleyvision.org).
+
+VGG-16 with its fully connected layers cast as convolutions (fc6: 7x7, 4096; fc7: 1x1, 4096), a
+1x1 class-score layer on fc7, and learned upsampling by transposed convolutions initialised to
+bilinear interpolation (sec. 3.3). FCN-16s adds the scores of pool4 to the 2x-upsampled fc7
+scores; FCN-8s also those of pool3 (Fig. 3). As in the Caffe models, conv1_1 pads the input by
+100 pixels so that fc6's valid 7x7 conv works on any input, and each fusion crops the larger map
+with the offset that aligns both; here the offsets are derived from the layers' geometry (Caffe's
+``coord_map``), giving the reference values 5/9/31 (8s), 5/27 (16s) and 19 (32s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .backbones import VGG16, Pretrained, init_relu_convs, load_state, read_pretrained, vgg16_fc_weights
+from .modules import BilinearUpsample
+from .registry import register_model
+
+
+def coord_map(layers: Iterable[nn.Module]) -> tuple[float, float]:
+    """``(a, b)`` such that output index ``y`` of the layer chain is centred on input coordinate
+    ``a * y + b`` (layers that do not move pixels, e.g. ReLU, are skipped)."""
+    a, b = 1.0, 0.0
+    for m in layers:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.ConvTranspose2d)):
+            k, s, p, d = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+            if isinstance(m, nn.ConvTranspose2d):  # inverse of a conv's map
+                ga, gb = 1 / s, (p - d * (k - 1) / 2) / s
+            else:
+                ga, gb = s, -p + d * (k - 1) / 2
+            a, b = a * ga, a * gb + b
+    return a, b
+
+
+def crop_offset(crop: tuple[float, float], reference: tuple[float, float]) -> int:
+    """Offset that aligns a map with coordinate map ``crop`` to one with map ``reference``."""
+    if abs(crop[0] - reference[0]) > 1e-9:
+        raise ValueError(f"maps at different scales cannot be aligned: {crop} vs {reference}")
+    offset = (reference[1] - crop[1]) / crop[0]
+    if offset != int(offset) or offset < 0:
+        raise ValueError(f"no integral non-negative crop offset: {offset}")
+    return int(offset)
+
+
+def _crop(x: torch.Tensor, offset: int, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    h, w = like.shape[-2:] if isinstance(like, torch.Tensor) else like
+    return x[..., offset : offset + h, offset : offset + w]
+
+
+class FCN(nn.Module):
+    """FCN-``stride``s (32, 16 or 8) on VGG-16. Returns logits at the input size."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        stride: int = 8,
+        in_channels: int = 3,
+        learnable_upsampling: bool = True,
+        dropout: float = 0.5,
+        pretrained_backbone: Pretrained = False,
+    ) -> None:
+        super().__init__()
+        if stride not in (32, 16, 8):
+            raise ValueError(f"FCN stride must be 32, 16 or 8, got {stride}")
+        self.stride = stride
+        self.backbone = VGG16(in_channels=in_channels, variant="fcn")
+        pool5 = self.backbone.info("pool5").channels
+        self.fc6 = nn.Conv2d(pool5, 4096, 7)  # fc6 as a 7x7 valid conv
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu, self.drop = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        up = dict(learnable=learnable_upsampling)
+        if stride == 32:
+            self.upscore = BilinearUpsample(num_classes, 32, **up)
+        else:
+            self.upscore2 = BilinearUpsample(num_classes, 2, **up)
+            self.score_pool4 = nn.Conv2d(self.backbone.info("pool4").channels, num_classes, 1)
+            if stride == 16:
+                self.upscore16 = BilinearUpsample(num_classes, 16, **up)
+            else:
+                self.upscore_pool4 = BilinearUpsample(num_classes, 2, **up)
+                self.score_pool3 = nn.Conv2d(self.backbone.info("pool3").channels, num_classes, 1)
+                self.upscore8 = BilinearUpsample(num_classes, 8, **up)
+        init_relu_convs(nn.ModuleList([self.fc6, self.fc7]))
+        # new score layers start at zero (the Caffe net surgery), so fusion starts from the coarser net
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            if hasattr(self, name):
+                nn.init.zeros_(getattr(self, name).weight)
+                nn.init.zeros_(getattr(self, name).bias)
+        self.offsets = self._offsets()
+        if pretrained_backbone:
+            state = read_pretrained(pretrained_backbone, torchvision_name="vgg16")
+            load_state(self.backbone, state)
+            load_state(self, vgg16_fc_weights(state))
+
+    def _offsets(self) -> dict[str, int]:
+        features = list(self.backbone.features)
+        taps = {name: i for i, name in self.backbone.taps.items()}
+        pool = {n: coord_map(features[: taps[n] + 1]) for n in ("pool3", "pool4", "pool5")}
+        chain = features[: taps["pool5"] + 1] + [self.fc6, self.fc7, self.score_fr]
+        if self.stride == 32:
+            return {"out": crop_offset(coord_map(chain + [self.upscore]), (1.0, 0.0))}
+        up2 = chain + [self.upscore2]
+        offsets = {"pool4": crop_offset(pool["pool4"], coord_map(up2))}
+        if self.stride == 16:
+            offsets["out"] = crop_offset(coord_map(up2 + [self.upscore16]), (1.0, 0.0))
+            return offsets
+        up4 = up2 + [self.upscore_pool4]
+        offsets["pool3"] = crop_offset(pool["pool3"], coord_map(up4))
+        offsets["out"] = crop_offset(coord_map(up4 + [self.upscore8]), (1.0, 0.0))
+        return offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        f = self.backbone(x)  # pool3 1/8, pool4 1/16, pool5 1/32 (of the 100-px padded input)
+        h = self.drop(self.relu(self.fc6(f["pool5"])))  # 1/32, 6 px smaller (7x7 valid)
+        h = self.drop(self.relu(self.fc7(h)))
+        score = self.score_fr(h)  # 1/32, num_classes
+        if self.stride == 32:
+            return _crop(self.upscore(score), self.offsets["out"], size)
+        up = self.upscore2(score)  # 1/16
+        score = up + _crop(self.score_pool4(f["pool4"]), self.offsets["pool4"], up)
+        if self.stride == 16:
+            return _crop(self.upscore16(score), self.offsets["out"], size)
+        up = self.upscore_pool4(score)  # 1/8
+        score = up + _crop(self.score_pool3(f["pool3"]), self.offsets["pool3"], up)
+        return _crop(self.upscore8(score), self.offsets["out"], size)  # 1/1
+
+
+def _builder(stride: int):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        learnable_upsampling: bool = True,
+        dropout: float = 0.5,
+        pretrained_backbone: Pretrained = False,
+    ) -> FCN:
+        return FCN(
+            num_classes=num_classes,
+            stride=stride,
+            in_channels=in_channels,
+            learnable_upsampling=learnable_upsampling,
+            dropout=dropout,
+            pretrained_backbone=pretrained_backbone,
+        )
+
+    build.__name__ = f"fcn{stride}s_vgg16"
+    build.__doc__ = f"FCN-{stride}s (Long et al. 2015) on VGG-16; ``learnable_upsampling=False`` fixes it bilinear."
+    return register_model(build)
+
+
+fcn32s_vgg16 = _builder(32)
+fcn16s_vgg16 = _builder(16)
+fcn8s_vgg16 = _builder(8)

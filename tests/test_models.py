@@ -1,0 +1,313 @@
+"""The model zoo: every registered model runs; architecture facts from the papers hold."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pixelwise import PixelwiseError, build_model, list_models
+from pixelwise.errors import CheckpointError
+from pixelwise.models import from_torchvision
+from pixelwise.models.backbones import ResNet
+from pixelwise.models.fcn import coord_map, crop_offset
+from pixelwise.models.modules import SeparableConv2d, bilinear_kernel
+from pixelwise.models.stats import model_stats
+
+
+def logits(out):
+    return out["out"] if isinstance(out, dict) else out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_batch1_train_mode_even_and_odd(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3).train()
+    for size in [(64, 64), (97, 83)]:
+        x = torch.randn(1, 3, *size, requires_grad=True)
+        out = logits(model(x))
+        assert out.shape == (1, 3, *size)
+        (out * torch.randn_like(out)).mean().backward()
+        assert torch.isfinite(x.grad).all()  # (FCN's zero-initialised score layers make it 0 at first)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        model.zero_grad()
+
+
+def conv2_dilations(layer):
+    return [block.conv2.dilation[0] for block in layer]
+
+
+def test_resnet_output_stride_and_multi_grid():
+    x = torch.randn(1, 3, 64, 64)
+    for os_, expected in [(32, [4, 8, 16, 32]), (16, [4, 8, 16, 16]), (8, [4, 8, 8, 8])]:
+        net = ResNet("resnet50", output_stride=os_).eval()
+        reductions = [f.reduction for f in net.feature_info if f.name.startswith("layer")]
+        assert reductions == expected
+        with torch.no_grad():
+            f = net(x)
+        assert [f[f"layer{i}"].shape[-1] for i in range(1, 5)] == [64 // r for r in expected]
+        assert [f.channels for f in net.feature_info] == [64, 256, 512, 1024, 2048]
+    # DeepLab v3 multi-grid (1, 2, 4): rates 2, 4, 8 at output stride 16, doubled at 8
+    v3 = build_model("deeplabv3_resnet50", num_classes=3, output_stride=16)
+    assert conv2_dilations(v3.backbone.layer4) == [2, 4, 8]
+    assert conv2_dilations(v3.backbone.layer3) == [1] * 6
+    v3 = build_model("deeplabv3_resnet101", num_classes=3, output_stride=8)
+    assert conv2_dilations(v3.backbone.layer4) == [4, 8, 16]
+    assert conv2_dilations(v3.backbone.layer3) == [1] + [2] * 22  # torchvision's pattern
+    assert v3.backbone.layer4[0].conv2.stride == (1, 1) and v3.backbone.layer2[0].conv2.stride == (2, 2)
+    plain = build_model("deeplabv3_resnet50", num_classes=3, output_stride=8, multi_grid=None)
+    assert conv2_dilations(plain.backbone.layer4) == [2, 4, 4]
+
+
+def test_deeplabv3_aspp():
+    for os_, rates in [(16, (6, 12, 18)), (8, (12, 24, 36))]:
+        model = build_model("deeplabv3_resnet50", num_classes=5, output_stride=os_)
+        convs = model.aspp.convs
+        assert convs[0][0].kernel_size == (1, 1)
+        assert tuple(c[0].dilation[0] for c in convs[1:4]) == rates
+        assert all(c[0].kernel_size == (3, 3) and c[0].out_channels == 256 for c in convs[1:4])
+        assert isinstance(convs[4][0], nn.AdaptiveAvgPool2d)  # image pooling
+        assert model.aspp.project[0].in_channels == 5 * 256
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.aspp.modules())
+        assert model.classifier.in_channels == 256 and model.classifier.out_channels == 5
+    aux = build_model("deeplabv3_resnet50", num_classes=5, aux_head=True).train()
+    out = aux(torch.randn(2, 3, 65, 65))
+    assert set(out) == {"out", "aux"} and out["aux"].shape == (2, 5, 65, 65)
+    assert isinstance(aux.eval()(torch.randn(1, 3, 33, 33)), torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "name,low_channels",
+    [("deeplabv3plus_resnet50", 256), ("deeplabv3plus_xception65", 256), ("deeplabv3plus_mobilenetv2", 24)],
+)
+def test_deeplabv3plus_decoder(name, low_channels):
+    model = build_model(name, num_classes=4)
+    bb = model.backbone
+    assert bb.info(model.low).reduction == 4 and bb.info(model.low).channels == low_channels
+    assert bb.info(model.high).reduction == 16
+    assert model.reduce[0].out_channels == 48 and model.reduce[0].in_channels == low_channels
+    first = model.decoder[0]
+    assert isinstance(first, SeparableConv2d) and first[0].in_channels == 256 + 48
+    assert first[0].groups == 256 + 48  # depthwise
+    assert all(isinstance(c, SeparableConv2d) for c in model.aspp.convs[1:4])
+    assert [c[0].dilation[0] for c in model.aspp.convs[1:4]] == [6, 12, 18]
+    os8 = build_model(name, num_classes=4, output_stride=8)
+    assert os8.backbone.info(os8.high).reduction == 8
+    assert [c[0].dilation[0] for c in os8.aspp.convs[1:4]] == [12, 24, 36]
+    with torch.no_grad():
+        f = os8.eval().backbone(torch.randn(1, 3, 64, 64))
+    assert f[os8.high].shape[-1] == 8 and f[os8.low].shape[-1] == 16
+
+
+def test_xception65_is_the_aligned_xception():
+    model = build_model("deeplabv3plus_xception65", num_classes=2)
+    assert model.backbone.info("stage4").channels == 2048
+    n_sep = sum(1 for m in model.backbone.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    # entry flow 3 x 3 + middle flow 16 x 3 + exit flow 3 + 3 separable convs (aligned Xception-65)
+    assert n_sep == 9 + 48 + 6
+
+
+def test_deeplab_v1_largefov():
+    model = build_model("deeplabv1_vgg16_largefov", num_classes=21)
+    pools = [m for m in model.backbone.features if isinstance(m, nn.MaxPool2d)]
+    assert [p.stride for p in pools] == [2, 2, 2, 1, 1] and all(p.kernel_size == 3 for p in pools)
+    conv5 = [m for m in model.backbone.features if isinstance(m, nn.Conv2d)][-3:]
+    assert all(c.dilation == (2, 2) for c in conv5)
+    (head,) = model.branches
+    assert head.fc6.kernel_size == (3, 3) and head.fc6.dilation == (12, 12) and head.fc6.out_channels == 1024
+    assert head.fc7.kernel_size == (1, 1) and head.fc7.out_channels == 1024
+    assert model.backbone.info("pool5").reduction == 8
+    params, _ = model_stats("deeplabv1_vgg16_largefov", num_classes=21)
+    assert 20.4e6 < params < 20.6e6  # "about 20.5 M"
+
+
+def test_deeplab_v2_aspp_l():
+    vgg = build_model("deeplabv2_vgg16", num_classes=21)
+    assert [b.fc6.dilation[0] for b in vgg.branches] == [6, 12, 18, 24]
+    res = build_model("deeplabv2_resnet101", num_classes=21)
+    assert [c.dilation[0] for c in res.aspp] == [6, 12, 18, 24]
+    assert all(c.in_channels == 2048 and c.out_channels == 21 for c in res.aspp)
+    assert res.backbone.info("layer4").reduction == 8 and len(res.backbone.layer3) == 23
+    # the branches' scores are summed: zeroing all but one leaves that branch's output
+    res.eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        f = res.backbone(x)["layer4"]
+        total = sum(c(f) for c in res.aspp)
+        assert torch.allclose(res(x), torch.nn.functional.interpolate(total, (40, 40), mode="bilinear"), atol=1e-5)
+
+
+def test_fcn_offsets_and_upsampling():
+    # derived crop offsets equal those of the reference Caffe models (voc-fcn{32,16,8}s)
+    assert build_model("fcn32s_vgg16", num_classes=21).offsets == {"out": 19}
+    assert build_model("fcn16s_vgg16", num_classes=21).offsets == {"pool4": 5, "out": 27}
+    fcn8 = build_model("fcn8s_vgg16", num_classes=21)
+    assert fcn8.offsets == {"pool4": 5, "pool3": 9, "out": 31}
+    assert fcn8.backbone.features[0].padding == (100, 100)
+    assert fcn8.fc6.kernel_size == (7, 7) and fcn8.fc6.out_channels == 4096 and fcn8.fc7.kernel_size == (1, 1)
+    assert torch.equal(fcn8.upscore8.weight, bilinear_kernel(21, 16)) and fcn8.upscore8.stride == (8, 8)
+    assert fcn8.upscore2.weight.requires_grad
+    fixed = build_model("fcn8s_vgg16", num_classes=21, learnable_upsampling=False)
+    assert not fixed.upscore8.weight.requires_grad
+    params, _ = model_stats("fcn8s_vgg16", num_classes=21)
+    assert 134.0e6 < params < 134.7e6  # "about 134 M" (Caffe's FCN-8s)
+    # a transposed conv with the bilinear kernel interpolates: constants stay constant inside
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 2, 5, 5), bilinear_kernel(2, 4), stride=2)
+    assert torch.allclose(up[..., 2:-2, 2:-2], torch.ones(1))
+
+
+def test_coord_map_arithmetic():
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    assert coord_map([conv]) == (1.0, 0.0)
+    pool = nn.MaxPool2d(2, 2)
+    assert coord_map([pool]) == (2.0, 0.5)
+    assert coord_map([pool, nn.ConvTranspose2d(1, 1, 4, stride=2)]) == (1.0, -1.0)
+    assert crop_offset((1.0, -1.0), (1.0, 0.0)) == 1
+    with pytest.raises(ValueError):
+        crop_offset((2.0, 0.0), (1.0, 0.0))
+
+
+def test_pyramid_pooling():
+    psp = build_model("pspnet_resnet50", num_classes=3)
+    assert psp.ppm.bins == (1, 2, 3, 6) and psp.ppm.out_channels == 4096
+    assert all(stage[1].out_channels == 512 for stage in psp.ppm.stages)
+    assert psp.backbone.info("layer4").reduction == 8
+    spp = build_model("pspnet_resnet50", num_classes=3, bins=(1, 2, 4))
+    assert [stage[0].output_size for stage in spp.ppm.stages] == [1, 2, 4]
+    with torch.no_grad():
+        y = spp.ppm.eval()(torch.randn(1, 2048, 7, 9))
+    assert y.shape == (1, 2048 + 3 * 682, 7, 9)
+
+
+def test_encoder_unet():
+    model = build_model("unet_resnet34", num_classes=3)
+    assert [b[0][0].in_channels for b in model.blocks] == [512 + 256, 256 + 128, 128 + 64, 64 + 64, 32]
+    assert model.skips == ["layer3", "layer2", "layer1", "stem"]
+
+
+# --- pretrained weights from local files --------------------------------------------------------
+def test_pretrained_resnet_from_torchvision_and_timm_layouts(tmp_path, capsys):
+    import timm
+
+    tv = torchvision.models.resnet50().state_dict()
+    torch.save(tv, tmp_path / "tv.pth")
+    model = build_model("deeplabv3_resnet50", num_classes=3, pretrained_backbone=str(tmp_path / "tv.pth"))
+    assert torch.equal(model.backbone.layer3[2].conv2.weight, tv["layer3.2.conv2.weight"])
+    assert torch.equal(model.backbone.bn1.running_var, tv["bn1.running_var"])
+    assert "unexpected 2 ['fc.bias', 'fc.weight']" in capsys.readouterr().out  # reported
+
+    from safetensors.torch import save_file
+
+    tm = timm.create_model("resnet34").state_dict()
+    save_file(tm, str(tmp_path / "r34.safetensors"))
+    unet = build_model(
+        "unet_resnet34", num_classes=2, in_channels=1, pretrained_backbone=str(tmp_path / "r34.safetensors")
+    )
+    assert torch.equal(unet.backbone.layer4[1].conv1.weight, tm["layer4.1.conv1.weight"])
+    # RGB first conv adapted to one input channel by summing its filters
+    assert torch.allclose(unet.backbone.conv1.weight, tm["conv1.weight"].sum(1, keepdim=True))
+
+
+def test_pretrained_vgg_for_fcn_and_deeplab(tmp_path):
+    vgg = torchvision.models.vgg16().state_dict()
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    fcn = build_model("fcn32s_vgg16", num_classes=2, pretrained_backbone=str(tmp_path / "vgg16.pth"))
+    assert torch.equal(fcn.backbone.features[28].weight, vgg["features.28.weight"])
+    assert torch.equal(fcn.fc6.weight, vgg["classifier.0.weight"].view(4096, 512, 7, 7))
+    assert torch.equal(fcn.fc7.weight[..., 0, 0], vgg["classifier.3.weight"])
+    v1 = build_model("deeplabv1_vgg16_largefov", num_classes=2, pretrained_backbone=str(tmp_path / "vgg16.pth"))
+    fc6 = vgg["classifier.0.weight"].view(4096, 512, 7, 7)
+    assert torch.equal(v1.branches[0].fc6.weight, fc6[::4, :, ::3, ::3])  # decimated 7x7 -> 3x3, 4096 -> 1024
+    assert torch.equal(v1.branches[0].fc7.weight[..., 0, 0], vgg["classifier.3.weight"][::4, ::4])
+
+
+def test_pretrained_timm_xception(tmp_path):
+    import timm
+
+    full = timm.create_model("xception65")
+    state = full.state_dict()
+    torch.save(state, tmp_path / "x65.pth")
+    model = build_model("deeplabv3plus_xception65", num_classes=2, pretrained_backbone=str(tmp_path / "x65.pth"))
+    # timm's features_only net renames blocks.N -> blocks_N; compare tensors by value
+    own = list(model.backbone.body.state_dict().values())
+    ref = [v for k, v in state.items() if not k.startswith("head")]
+    assert len(own) == len(ref) > 300 and all(torch.equal(a, b) for a, b in zip(own, ref, strict=True))
+    bad = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), bad)
+    with pytest.raises(CheckpointError, match=r"r18.pth: none of its 122 tensors fits the model"):
+        build_model("deeplabv3plus_xception65", num_classes=2, pretrained_backbone=str(bad))
+
+
+def test_pretrained_errors(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "none.pth"))
+    torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"conv1.weight has shape \(3, 3\)"):
+        build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "bad.pth"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PixelwiseError, match="could not download torchvision's pretrained weights for resnet50"):
+        build_model("deeplabv3_resnet50", num_classes=2, pretrained_backbone=True)
+
+    import timm
+
+    real = timm.create_model
+    monkeypatch.setattr(
+        timm, "create_model", lambda *a, pretrained=False, **k: offline() if pretrained else real(*a, **k)
+    )
+    with pytest.raises(PixelwiseError, match="offline, pass a local file: pretrained_backbone="):
+        build_model("deeplabv3plus_mobilenetv2", num_classes=2, pretrained_backbone=True)
+
+
+# --- torchvision compatibility ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3_resnet101"])
+def test_from_torchvision_gives_the_same_outputs(name):
+    torch.manual_seed(0)
+    tv = getattr(torchvision.models.segmentation, name)(
+        weights=None, weights_backbone=None, num_classes=6, aux_loss=True
+    )
+    for m in tv.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    tv.eval()
+    model = from_torchvision(tv.state_dict(), name=name)
+    x = torch.randn(2, 3, 97, 83)
+    with torch.no_grad():
+        ref, out = tv(x), model(x, return_aux=True)
+    assert (ref["out"] - out["out"]).abs().max() < 1e-4
+    assert (ref["aux"] - out["aux"]).abs().max() < 1e-4
+    assert ref["out"].abs().max() > 0.1  # not trivially equal
+
+
+def test_from_torchvision_without_aux_and_via_init_from(tmp_path):
+    from pixelwise.engine import init_weights
+
+    tv = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=4, aux_loss=False
+    ).eval()
+    model = from_torchvision(tv)
+    assert model.aux is None
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    same = build_model(
+        "deeplabv3_resnet50", num_classes=4, output_stride=8, multi_grid=None, rates=[12, 24, 36], head_conv=True
+    )
+    init_weights(same, tmp_path / "tv.pth")
+    x = torch.randn(1, 3, 50, 50)
+    with torch.no_grad():
+        assert (tv(x)["out"] - same.eval()(x)).abs().max() < 1e-4
+    other = build_model(
+        "deeplabv3_resnet50", num_classes=7, output_stride=8, multi_grid=None, rates=[12, 24, 36], head_conv=True
+    )
+    with pytest.raises(CheckpointError, match="a checkpoint for 4 classes, a model for 7"):
+        init_weights(other, tmp_path / "tv.pth")
+    init_weights(other, tmp_path / "tv.pth", partial=True)  # everything but the classifier
+    assert torch.equal(other.aspp.project[0].weight, same.aspp.project[0].weight)
