@@ -1,0 +1,144 @@
+"""Joint image/mask transforms built on ``torchvision.transforms.v2`` with ``tv_tensors.Mask``.
+
+Masks are only ever resampled with nearest neighbour (``NEAREST_EXACT``, which samples pixel
+centres like the bilinear image resize does) and padded with the ignore value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as tF
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+
+def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    for inpt in flat_inputs:
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            h, w = F.get_size(inpt)
+            return h, w
+    raise TypeError("expected a tv_tensors.Image or tv_tensors.Mask among the inputs")
+
+
+def _interpolation(inpt: Any) -> InterpolationMode:
+    return InterpolationMode.NEAREST_EXACT if isinstance(inpt, tv_tensors.Mask) else InterpolationMode.BILINEAR
+
+
+class RandomScale(v2.Transform):
+    """Resize by one factor drawn uniformly from ``scale_range`` (aspect ratio kept), as DeepLab's
+    random scale augmentation (0.5-2.0)."""
+
+    def __init__(self, scale_range: Sequence[float] = (0.5, 2.0)) -> None:
+        super().__init__()
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _spatial_size(flat_inputs)
+        lo, hi = self.scale_range
+        s = lo + (hi - lo) * torch.rand(()).item()
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], interpolation=_interpolation(inpt), antialias=True)
+
+
+class ElasticDeformation(v2.Transform):
+    """The U-Net paper's elastic deformation (Ronneberger et al. 2015, sec. 3.1): random displacement
+    vectors on a coarse ``grid x grid`` grid, drawn from a Gaussian with ``sigma`` pixels standard
+    deviation, interpolated bicubically to a per-pixel displacement field. Applied with probability
+    ``p``; images are resampled bilinearly, masks by nearest neighbour, outside pixels filled with
+    ``fill`` (image) and ``mask_fill`` (mask)."""
+
+    def __init__(self, sigma: float = 10.0, grid: int = 3, p: float = 1.0, fill: float = 0,
+                 mask_fill: int = 255) -> None:
+        super().__init__()
+        self.sigma, self.grid, self.p = float(sigma), int(grid), float(p)
+        self.fill, self.mask_fill = fill, mask_fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if torch.rand(()) >= self.p:
+            return {"displacement": None}
+        h, w = _spatial_size(flat_inputs)
+        coarse = torch.randn(1, 2, self.grid, self.grid) * self.sigma  # pixels, (dx, dy)
+        dense = tF.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+        # F.elastic takes displacements in normalised [-1, 1] grid units
+        dense = dense * torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
+        return {"displacement": dense.permute(0, 2, 3, 1)}  # 1 x H x W x 2
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["displacement"] is None:
+            return inpt
+        is_mask = isinstance(inpt, tv_tensors.Mask)
+        return self._call_kernel(
+            F.elastic,
+            inpt,
+            displacement=params["displacement"],
+            interpolation=_interpolation(inpt),
+            fill=self.mask_fill if is_mask else self.fill,
+        )
+
+
+class JointTransform:
+    """Applies a v2 pipeline to a ``(uint8 C x H x W image, H x W mask)`` pair and returns plain
+    tensors (``float32`` normalised image, mask)."""
+
+    def __init__(self, pipeline: v2.Transform) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"JointTransform({self.pipeline})"
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+
+
+def build_transforms(
+    *,
+    train: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    ignore_index: int = 255,
+    crop_size: int | Sequence[int] | None = None,
+    scale_range: Sequence[float] | None = (0.5, 2.0),
+    hflip: bool = True,
+    vflip: bool = False,
+    color_jitter: float = 0.0,
+    elastic_p: float = 0.0,
+    elastic_sigma: float = 10.0,
+    elastic_grid: int = 3,
+) -> JointTransform:
+    """Training (random scale, padded random crop, flips, elastic, colour jitter) or evaluation
+    (normalisation only) pipeline. Order: scale -> crop -> flips -> elastic -> jitter -> normalise;
+    the elastic warp runs on the crop, not on the up-to-2x scaled full image, to stay cheap."""
+    steps: list[v2.Transform] = []
+    if train:
+        if scale_range is not None:
+            steps.append(RandomScale(scale_range))
+        if crop_size is not None:
+            steps.append(
+                v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
+                              fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
+            )
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if vflip:
+            steps.append(v2.RandomVerticalFlip())
+        if elastic_p > 0:
+            steps.append(ElasticDeformation(sigma=elastic_sigma, grid=elastic_grid, p=elastic_p,
+                                            mask_fill=ignore_index))
+        if color_jitter > 0:
+            # saturation/hue need 3 channels; brightness/contrast work on grayscale too
+            colour = {"saturation": color_jitter} if len(mean) == 3 else {}
+            steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, **colour))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return JointTransform(v2.Compose(steps))
