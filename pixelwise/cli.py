@@ -26,8 +26,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference(args: argparse.Namespace):
+    from .inference import InferenceSettings
+
+    return InferenceSettings(
+        mode=args.mode, crop=args.crop, stride=args.stride, blend=args.blend, scales=args.scales, flip=args.flip
+    )
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint, format_metrics_table, write_json
+    from .visualize import plot_confusion_matrix
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -35,6 +44,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         device=args.device,
         num_workers=args.num_workers,
+        amp=args.amp,
+        inference=_inference(args),
         progress=not args.no_progress,
     )
     print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint}")
@@ -42,6 +53,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"metrics written to {args.json}")
+    if args.confusion:
+        plot_confusion_matrix(
+            result["metrics"]["confusion_matrix"],
+            result["classes"],
+            args.confusion,
+            title=f"{result['dataset']} {result['split']}: row-normalised confusion matrix",
+        )
+        print(f"confusion matrix picture written to {args.confusion}")
     return 0
 
 
@@ -49,7 +68,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .engine import predict
 
     written = predict(
-        args.checkpoint, args.inputs, args.out, device=args.device, alpha=args.alpha, progress=not args.no_progress
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        device=args.device,
+        alpha=args.alpha,
+        amp=args.amp,
+        inference=_inference(args),
+        progress=not args.no_progress,
     )
     print(f"{len(written)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay")
     return 0
@@ -73,9 +99,46 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weight_map(args: argparse.Namespace) -> int:
+    from .data.dataset import read_mask
+    from .losses import unet_weight_map
+    from .visualize import save_heatmap
+
+    mask = read_mask(Path(args.mask))
+    w = unet_weight_map(
+        mask,
+        args.w0,
+        args.sigma,
+        foreground=args.foreground,
+        class_balance=not args.no_balance,
+        ignore_index=args.ignore_index,
+    )
+    save_heatmap(w, args.out, title=f"U-Net weights, w0={args.w0}, sigma={args.sigma}: max {w.max():.2f}")
+    print(f"weight map of {args.mask} (min {w.min():.3f}, mean {w.mean():.3f}, max {w.max():.3f}) -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelwise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def inference(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("inference protocol")
+        g.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+        g.add_argument("--crop", type=int, nargs="+", help="sliding window size: S or H W")
+        g.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default 2/3 of crop)")
+        g.add_argument(
+            "--blend", choices=["uniform", "gaussian"], default="uniform", help="how overlapping windows are averaged"
+        )
+        g.add_argument(
+            "--scales",
+            type=float,
+            nargs="+",
+            default=[1.0],
+            help="average over these image scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
+        )
+        g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+        g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         if data:
@@ -102,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--confusion", metavar="PNG", help="also draw the row-normalised confusion matrix here")
+    inference(p)
     common(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -111,8 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    inference(p)
     common(p, data=False)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("weight-map", help="draw the U-Net border weight map of a mask (Ronneberger et al. eq. 2)")
+    p.add_argument("mask", help="a mask PNG of class indices")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--w0", type=float, default=10.0)
+    p.add_argument("--sigma", type=float, default=5.0)
+    p.add_argument("--foreground", type=int, default=1, help="class whose connected components are the objects")
+    p.add_argument("--ignore-index", type=int, default=255)
+    p.add_argument("--no-balance", action="store_true", help="no class-frequency term w_c")
+    p.set_defaults(func=_cmd_weight_map)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     p.add_argument("--num-classes", type=int, default=21)

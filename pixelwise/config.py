@@ -49,8 +49,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lr_schedule": "poly",  # poly | constant
         "poly_power": 0.9,
         "warmup_iters": 0,
-        "loss": "cross_entropy",
-        "loss_args": {},  # keyword arguments of the loss
+        "loss": "cross_entropy",  # a loss name, or a list of {name, weight, **args} terms summed
+        "loss_args": {},  # keyword arguments of the loss (when train.loss is a name)
+        "class_weights": None,  # median_frequency | inverse_frequency | [w_0, ..., w_C-1]: computed once, cached
         "seed": 0,
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
@@ -72,6 +73,8 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         ok = isinstance(value, int) and not isinstance(value, bool)
         if key.endswith("crop_size"):
             ok = ok or isinstance(value, list)
+    elif key == "train.loss":
+        ok = isinstance(value, (str, list))
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:

@@ -22,7 +22,8 @@ from .config import dump_config
 from .data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
 from .data.dataset import IMAGE_EXTENSIONS, read_image
 from .errors import CheckpointError, ConfigError, DataError
-from .losses import build_loss
+from .inference import InferenceSettings, predict_probs
+from .losses import build_loss, class_frequency_weights, list_losses, loss_arguments
 from .metrics import ConfusionMatrix
 from .models import build_model, model_arguments
 from .models.convert import is_torchvision_deeplabv3, map_torchvision_deeplabv3
@@ -136,6 +137,66 @@ def _optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optim
     raise ConfigError(f"train.optimizer={name!r}; valid: sgd, adamw")
 
 
+def resolve_class_weights(
+    setting: str | list | None, dataset: SegmentationDataset, run_dir: Path, progress: bool = True
+) -> list[float] | None:
+    """``train.class_weights`` as a list: given, or computed from the training masks once and cached
+    in ``run_dir/class_weights.json`` (reused on resume)."""
+    if setting is None:
+        return None
+    n = dataset.info.num_classes
+    if isinstance(setting, list):
+        if len(setting) != n:
+            raise ConfigError(f"train.class_weights has {len(setting)} values, the data set has {n} classes")
+        return [float(w) for w in setting]
+    cache = run_dir / "class_weights.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("method") == setting and len(cached["weights"]) == n:
+            return cached["weights"]
+    counts, image_counts = dataset.class_counts(progress=progress)
+    weights = class_frequency_weights(counts, image_counts, setting)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        cache,
+        {
+            "method": setting,
+            "classes": dataset.info.classes,
+            "weights": weights,
+            "pixels": counts,
+            "pixels_of_images_with_class": image_counts,
+        },
+    )
+    return weights
+
+
+def build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None) -> nn.Module:
+    """The loss of ``train.loss`` (a name with ``train.loss_args``, or a list of summed terms), with
+    the data set's ignore index and the class weights given to every term that takes ``weight``."""
+    loss = train_cfg["loss"]
+    if isinstance(loss, str):
+        terms = [{"name": loss, **train_cfg["loss_args"]}]
+    else:
+        if train_cfg["loss_args"]:
+            raise ConfigError("train.loss_args applies to a single named loss; give a list's terms their own args")
+        terms = [dict(t) for t in loss]
+    takes_weight = False
+    for term in terms:
+        if not isinstance(term, dict) or "name" not in term:
+            raise ConfigError(f"train.loss term {term!r} needs a name; available: {', '.join(list_losses())}")
+        args = loss_arguments(term["name"])
+        if "ignore_index" in args:
+            term.setdefault("ignore_index", ignore_index)
+        if class_weights is not None and "weight" in args:
+            term.setdefault("weight", class_weights)
+            takes_weight = True
+    if class_weights is not None and not takes_weight:
+        raise ConfigError("train.class_weights is set but no loss term takes class weights (cross_entropy, ohem do)")
+    if isinstance(loss, str):
+        return build_loss(terms[0].pop("name"), **terms[0])
+    return build_loss("sum", terms=terms, ignore_index=ignore_index)
+
+
 def init_weights(model: nn.Module, path: str | os.PathLike, *, partial: bool = False) -> None:
     """Initialise ``model`` from a pixelwise checkpoint or a torchvision DeepLab v3 state dict (read
     with ``weights_only=True``). ``partial=True`` skips tensors whose shape differs (reported), e.g.
@@ -238,7 +299,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     optimizer = _optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_cfg))
-    loss_fn = build_loss(train_cfg["loss"], ignore_index=info.ignore_index, **train_cfg["loss_args"]).to(device)
+    class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
+    loss_fn = build_criterion(train_cfg, info.ignore_index, class_weights).to(device)
     meta = {
         "model": spec,
         "classes": info.classes,
@@ -393,10 +455,11 @@ def evaluate(
     batch_size: int = 1,
     num_workers: int = 0,
     amp: str = "none",
+    inference: InferenceSettings | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Whole-image evaluation of ``model`` on a labelled split; the metrics of
-    :meth:`pixelwise.metrics.ConfusionMatrix.compute`."""
+    """Evaluate ``model`` on a labelled split: whole images, or the sliding-window / multi-scale /
+    flip protocol of ``inference``. Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -405,9 +468,13 @@ def evaluate(
     for images, masks in tqdm(
         loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
     ):
+        images = images.to(device)
         with autocast(device, amp):
-            logits = model(images.to(device))
-        cm.update(logits, masks.to(device))
+            if inference is None or inference.is_plain:
+                scores = model(images)
+            else:
+                scores = predict_probs(model, images, cm.num_classes, inference)
+        cm.update(scores, masks.to(device))
     cm.all_reduce()
     model.train(was_training)
     return cm.compute()
@@ -435,6 +502,8 @@ def evaluate_checkpoint(
     data_root: str | os.PathLike | None = None,
     device: str = "auto",
     num_workers: int = 2,
+    amp: str = "none",
+    inference: InferenceSettings | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of the data set it was trained on. Returns
@@ -457,7 +526,7 @@ def evaluate_checkpoint(
             f"{checkpoint} is for {len(meta['classes'])} classes but data set "
             f"{ds.info.name!r} under {root} has {ds.info.num_classes}"
         )
-    metrics = evaluate(model, ds, device=dev, num_workers=num_workers, progress=progress)
+    metrics = evaluate(model, ds, device=dev, num_workers=num_workers, amp=amp, inference=inference, progress=progress)
     return {
         "checkpoint": str(checkpoint),
         "dataset": meta["dataset"],
@@ -494,6 +563,8 @@ def predict(
     *,
     device: str = "auto",
     alpha: float = 0.5,
+    amp: str = "none",
+    inference: InferenceSettings | None = None,
     progress: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
@@ -516,7 +587,12 @@ def predict(
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
         image = read_image(path, mode)
         x = torch.from_numpy(image).to(dev).permute(2, 0, 1).float().div_(255).sub_(mean).div_(std)
-        pred = model(x[None]).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        with autocast(dev, amp):
+            if inference is None or inference.is_plain:
+                scores = model(x[None])
+            else:
+                scores = predict_probs(model, x[None], len(meta["classes"]), inference)
+        pred = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
         stem = path.stem
         while stem in used:  # same stem from two folders: keep both
             stem += "_"

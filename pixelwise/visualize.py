@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -24,3 +25,85 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
         image = np.repeat(image, 3, axis=-1)
     out = (1 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a PNG."""
+    plt = _pyplot()
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.8 + 0.55 * n), max(4.0, 1.4 + 0.5 * n)), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(n):
+        for j in range(n):
+            if norm[i, j] >= 0.005:
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * norm[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    ax.set_title(title or "confusion matrix (% of each ground-truth class)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(values: Sequence[float], class_names: Sequence[str], path: str | Path, label: str = "IoU") -> Path:
+    """Horizontal bars of a per-class score (NaN shown as missing)."""
+    plt = _pyplot()
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.35 * len(class_names)), dpi=110)
+    ax.barh(range(len(v)), np.nan_to_num(v * 100), color="#4878a8")
+    ax.set_yticks(range(len(v)), class_names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"{label} (%)")
+    for i, x in enumerate(v):
+        ax.text(
+            (0 if np.isnan(x) else x * 100) + 1, i, "n/a" if np.isnan(x) else f"{100 * x:.1f}", va="center", fontsize=8
+        )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_heatmap(values: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """A 2-D array (e.g. a U-Net weight map) as a colour-mapped PNG with a colour bar."""
+    plt = _pyplot()
+    h, w = values.shape
+    fig, ax = plt.subplots(figsize=(2 + 5 * w / max(h, w), 5 * h / max(h, w)), dpi=110)
+    im = ax.imshow(values, cmap="magma")
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

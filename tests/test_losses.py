@@ -1,56 +1,185 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from pixelwise.errors import ConfigError
-from pixelwise.losses import build_loss
+from pixelwise.losses import build_loss, class_frequency_weights, list_losses, unet_weight_map
+
+ALL_LOSSES = {
+    "cross_entropy": {},
+    "focal": {"gamma": 2.0, "alpha": [0.25, 0.5, 1.0, 2.0]},
+    "dice": {},
+    "lovasz": {},
+    "lovasz_per_image": {"per_image": True},
+    "ohem": {"thresh": 0.7, "min_kept": 10},
+    "unet_weighted": {"foreground": 1},
+    "sum": {"terms": [{"name": "cross_entropy"}, {"name": "dice", "weight": 0.5}]},
+}
 
 
-def test_cross_entropy_hand_computed():
-    # two pixels, two classes; the second pixel is ignored
-    logits = torch.tensor([[[[2.0, 5.0]], [[0.0, -1.0]]]])  # N=1, C=2, H=1, W=2
-    target = torch.tensor([[[0, 255]]])
-    loss = build_loss("cross_entropy")(logits, target)
-    assert loss.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)))
+def make(key):
+    kwargs = dict(ALL_LOSSES[key])
+    return build_loss("lovasz" if key == "lovasz_per_image" else key, **kwargs)
 
 
-def test_cross_entropy_ignores_ignored_pixels():
+def test_every_registered_loss_is_covered():
+    assert set(list_losses()) <= {k.removesuffix("_per_image") for k in ALL_LOSSES}
+
+
+@pytest.mark.parametrize("key", list(ALL_LOSSES))
+def test_ignored_pixels_change_nothing(key):
     torch.manual_seed(0)
-    logits = torch.randn(2, 4, 6, 5, requires_grad=True)
-    target = torch.randint(0, 4, (2, 6, 5))
-    target[:, :2] = 255
-    loss_fn = build_loss("cross_entropy", ignore_index=255)
+    loss_fn = make(key)
+    logits = torch.randn(2, 4, 12, 10, requires_grad=True)
+    target = torch.randint(0, 4, (2, 12, 10))
+    target[:, :3] = 255
+    target[1, 5:, 4:] = 255
     loss = loss_fn(logits, target)
     (grad,) = torch.autograd.grad(loss, logits)
-
     changed = logits.detach().clone()
-    changed[:, :, :2] = torch.randn(2, 4, 2, 5) * 100  # only ignored pixels change
+    ignored = (target == 255).unsqueeze(1).expand_as(changed)
+    changed[ignored] = torch.randn(int(ignored.sum())) * 50
     changed.requires_grad_(True)
     loss2 = loss_fn(changed, target)
     (grad2,) = torch.autograd.grad(loss2, changed)
-    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6)
-    assert torch.allclose(grad, grad2)
-    assert grad[:, :, :2].abs().max() == 0
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(grad, grad2, atol=1e-6)
+    assert grad[ignored].abs().max() == 0
 
 
-def test_cross_entropy_all_ignored_is_zero_not_nan():
-    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
-    loss = build_loss("cross_entropy")(logits, torch.full((1, 2, 2), 255))
+@pytest.mark.parametrize("key", list(ALL_LOSSES))
+def test_all_ignored_is_zero_not_nan(key):
+    logits = torch.randn(1, 4, 3, 3, requires_grad=True)
+    loss = make(key)(logits, torch.full((1, 3, 3), 255))
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
-def test_class_weights():
-    logits = torch.randn(1, 2, 3, 3)
-    target = torch.randint(0, 2, (1, 3, 3))
-    w = build_loss("cross_entropy", weight=[1.0, 3.0])(logits, target)
-    expected = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([1.0, 3.0]))
-    assert w.item() == pytest.approx(expected.item())
+def test_cross_entropy_hand_computed():
+    logits = torch.tensor([[[[2.0, 5.0]], [[0.0, -1.0]]]])  # N=1, C=2, H=1, W=2; second pixel ignored
+    loss = build_loss("cross_entropy")(logits, torch.tensor([[[0, 255]]]))
+    assert loss.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)))
+    weighted = build_loss("cross_entropy", weight=[1.0, 3.0])
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(3.0)]]]])
+    # pixel 0: class 0, p = 1/2, weight 1; pixel 1: class 1, p = 3/4, weight 3 -> weighted mean
+    expected = (1 * math.log(2) + 3 * -math.log(0.75)) / 4
+    assert weighted(logits, torch.tensor([[[0, 1]]])).item() == pytest.approx(expected)
 
 
-def test_unknown_loss_or_argument():
-    with pytest.raises(ConfigError, match="available: cross_entropy"):
-        build_loss("nope")
-    with pytest.raises(ConfigError, match="valid: ignore_index"):
-        build_loss("cross_entropy", gamma=2)
+def test_focal_hand_computed_and_gamma_zero_is_cross_entropy():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 5, 4)
+    target = torch.randint(0, 3, (2, 5, 4))
+    target[0, 0] = 255
+    ce = build_loss("cross_entropy")(logits, target)
+    assert build_loss("focal", gamma=0.0)(logits, target).item() == pytest.approx(ce.item(), rel=1e-6)
+    # one pixel, p_t = 0.8: -(0.2^2) * log 0.8 * alpha
+    logits = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1)
+    loss = build_loss("focal", gamma=2.0, alpha=[0.25, 0.75])(logits, torch.zeros(1, 1, 1, dtype=torch.long))
+    assert loss.item() == pytest.approx(-0.25 * 0.2**2 * math.log(0.8), rel=1e-5)
+
+
+def test_dice_hand_computed():
+    probs = torch.tensor([[0.9, 0.2], [0.1, 0.8]])  # classes x pixels
+    logits = torch.log(probs).view(1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    d0 = (2 * 0.9 + 1) / (0.9 + 0.2 + 1 + 1)
+    d1 = (2 * 0.8 + 1) / (0.1 + 0.8 + 1 + 1)
+    loss = build_loss("dice", smooth=1.0)(logits, target)
+    assert loss.item() == pytest.approx(1 - (d0 + d1) / 2, rel=1e-5)
+    # a class absent from the target is left out with classes="present"
+    only0 = build_loss("dice", smooth=1.0)(logits, torch.tensor([[[0, 0]]]))
+    assert only0.item() == pytest.approx(1 - (2 * 1.1 + 1) / (1.1 + 2 + 1), rel=1e-5)
+
+
+def test_lovasz_hand_computed():
+    probs = torch.tensor([[0.8, 0.3], [0.2, 0.7]])  # classes x pixels; labels 0, 1
+    logits = torch.log(probs).view(1, 2, 1, 2)
+    # class 0: errors (0.2, 0.3) -> sorted 0.3 (bg), 0.2 (fg); Lovasz gradient (0.5, 0.5) -> 0.25
+    # class 1: errors (0.2, 0.3) -> sorted 0.3 (fg), 0.2 (bg); gradient (1, 0) -> 0.3
+    loss = build_loss("lovasz")(logits, torch.tensor([[[0, 1]]]))
+    assert loss.item() == pytest.approx(0.275, rel=1e-5)
+    perfect = build_loss("lovasz")(torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]]), torch.tensor([[[0, 1]]]))
+    assert perfect.item() < 1e-6
+
+
+def test_ohem_keeps_only_hard_pixels():
+    # p_true per pixel: 0.9, 0.6, 0.3, 0.95 -> with thresh 0.7 and min_kept 1, pixels 2 and 3 (0.6, 0.3)
+    p = torch.tensor([0.9, 0.6, 0.3, 0.95])
+    logits = torch.log(torch.stack([p, 1 - p])).view(1, 2, 1, 4)
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    loss = build_loss("ohem", thresh=0.7, min_kept=1)(logits, target)
+    assert loss.item() == pytest.approx(-(math.log(0.6) + math.log(0.3)) / 2, rel=1e-5)
+    # min_kept raises the threshold: the 3 hardest pixels
+    loss = build_loss("ohem", thresh=0.1, min_kept=3)(logits, target)
+    assert loss.item() == pytest.approx(-(math.log(0.6) + math.log(0.3) + math.log(0.9)) / 3, rel=1e-5)
+
+
+def test_weighted_sum():
+    torch.manual_seed(2)
+    logits, target = torch.randn(1, 3, 6, 6), torch.randint(0, 3, (1, 6, 6))
+    total = build_loss("sum", terms=[{"name": "cross_entropy", "weight": 2.0}, {"name": "dice", "smooth": 0.5}])
+    expected = 2 * build_loss("cross_entropy")(logits, target) + build_loss("dice", smooth=0.5)(logits, target)
+    assert total(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="valid: "):
+        build_loss("focal", beta=1)
+    with pytest.raises(ConfigError, match="available: "):
+        build_loss("sum", terms=[{"weight": 1}])
+
+
+def two_cells(gap: int = 4, size: int = 64) -> np.ndarray:
+    """Membrane (0) everywhere, two square cells (1) separated by a ``gap``-pixel membrane."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[10:54, 6:30] = 1
+    mask[10:54, 30 + gap : 58] = 1
+    return mask
+
+
+def test_unet_weight_map_peaks_between_the_cells():
+    mask = two_cells(gap=4)
+    w = unet_weight_map(mask, w0=10.0, sigma=5.0, foreground=1)
+    gap_weight = w[30, 30:34]
+    # across a 4-pixel gap, distances between pixel centres to the two cells add up to d1 + d2 = 5:
+    # w = w_c(membrane) + w0 * exp(-25 / 50)
+    n, n_cell = mask.size, mask.sum()
+    wc_membrane, wc_cell = n / (2 * (n - n_cell)), n / (2 * n_cell)
+    assert gap_weight == pytest.approx(wc_membrane + 10 * math.exp(-(5**2) / 50), rel=1e-4)
+    assert w.max() == pytest.approx(gap_weight.max(), rel=1e-6)
+    assert w[30, 15] == pytest.approx(wc_cell)  # inside a cell: class weight only
+    assert w[2, 2] < wc_membrane + 0.01  # far from both cells: (almost) no border term
+    assert w[5, 31] < gap_weight[0]  # above the gap, further from both cells
+    wide = unet_weight_map(two_cells(gap=12), w0=10.0, sigma=5.0)
+    assert wide[30, 30:42].max() < gap_weight.max()  # wider gap, lower weight
+    # one object: no second-nearest distance, no border term
+    single = np.zeros((20, 20), np.uint8)
+    single[5:15, 5:15] = 1
+    assert unet_weight_map(single, class_balance=False).max() == 1.0
+    ignored = mask.copy()
+    ignored[0, 0] = 255
+    assert unet_weight_map(ignored)[0, 0] == 0
+
+
+def test_class_frequency_weights_hand_computed():
+    counts, image_counts = [10, 30, 0], [40, 40, 0]  # class 2 absent
+    assert class_frequency_weights(counts, method="inverse_frequency") == pytest.approx([2.0, 2 / 3, 0.0])
+    # freq = 10/40, 30/40; median = 0.5 -> 2, 2/3
+    assert class_frequency_weights(counts, image_counts, "median_frequency") == pytest.approx([2.0, 2 / 3, 0.0])
+    counts, image_counts = [10, 30, 5], [40, 40, 10]  # freq .25 .75 .5 -> median .5
+    assert class_frequency_weights(counts, image_counts) == pytest.approx([2.0, 2 / 3, 1.0])
+
+
+@pytest.mark.realdata
+def test_median_frequency_weights_on_camvid_match_segnet(data_root):
+    from pixelwise.data import SegmentationDataset
+
+    ds = SegmentationDataset(data_root, "camvid", "train")
+    counts, image_counts = ds.class_counts()
+    assert counts[2] == 623_349 and counts[3] == 20_076_880  # Pole, Road (classes.json / README)
+    w = dict(zip(ds.info.classes, class_frequency_weights(counts, image_counts), strict=True))
+    # the data set README's own check against SegNet's prototxt: Pole 4.79, Pedestrian 6.37, Road 0.149
+    assert w["Pole"] == pytest.approx(4.79, abs=0.01)
+    assert w["Pedestrian"] == pytest.approx(6.37, abs=0.01)
+    assert w["Road"] == pytest.approx(0.149, abs=0.001)

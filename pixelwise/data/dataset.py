@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 
@@ -213,6 +214,21 @@ class SegmentationDataset(Dataset):
                     torch.manual_seed(seed)
                     img_t, mask_t = self.transforms(img_t, mask_t)
         return img_t, mask_t.long()
+
+    def class_counts(self, progress: bool = False) -> tuple[list[int], list[int]]:
+        """Per class: labelled pixels of that class, and all pixels of the images where it occurs
+        (the denominators of median-frequency balancing, Eigen & Fergus 2015). Reads the masks only."""
+        n = self.info.num_classes
+        counts = np.zeros(n, dtype=np.int64)
+        image_counts = np.zeros(n, dtype=np.int64)
+        for _, mask_path in tqdm(self.samples, desc="class counts", disable=not progress, leave=False):
+            if mask_path is None:
+                continue
+            mask = read_mask(mask_path)
+            c = np.bincount(mask[mask != self.info.ignore_index].ravel(), minlength=n)[:n]
+            counts += c
+            image_counts[c > 0] += mask.size
+        return counts.tolist(), image_counts.tolist()
 
     def name_of(self, index: int) -> str:
         return self.samples[index][0].stem

@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+from pixelwise.errors import ConfigError
+from pixelwise.inference import InferenceSettings, gaussian_window, predict_probs, window_starts
+
+
+def pointwise_model(in_channels=3, classes=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv2d(in_channels, classes, 1).eval()  # translation- and flip-equivariant
+
+
+def test_window_starts_cover_the_image():
+    assert window_starts(10, 10, 5) == [0]
+    assert window_starts(8, 10, 5) == [0]
+    assert window_starts(25, 10, 6) == [0, 6, 12, 15]
+    for size, crop, stride in [(97, 32, 20), (64, 64, 1), (100, 33, 33)]:
+        covered = torch.zeros(size)
+        for s in window_starts(size, crop, stride):
+            covered[s : s + crop] = 1
+            assert s + crop <= size
+        assert covered.all()
+
+
+@pytest.mark.parametrize("blend", ["uniform", "gaussian"])
+def test_sliding_window_equals_whole_image_for_a_pointwise_model(blend):
+    model = pointwise_model()
+    x = torch.randn(2, 3, 45, 61)
+    whole = predict_probs(model, x, 4)
+    slide = predict_probs(model, x, 4, InferenceSettings(mode="slide", crop=(16, 20), stride=(9, 11), blend=blend))
+    assert slide.shape == (2, 4, 45, 61)
+    assert torch.allclose(whole, slide, atol=1e-6)
+    assert torch.allclose(whole.sum(1), torch.ones(2, 45, 61), atol=1e-5)
+
+
+def test_flip_and_scale_one_equal_whole_for_a_pointwise_model():
+    model = pointwise_model()
+    x = torch.randn(1, 3, 30, 40)
+    whole = predict_probs(model, x, 4)
+    assert torch.allclose(predict_probs(model, x, 4, InferenceSettings(flip=True)), whole, atol=1e-6)
+    multi = predict_probs(model, x, 4, InferenceSettings(scales=(0.5, 1.0, 1.5), flip=True))
+    assert multi.shape == whole.shape and torch.allclose(multi.sum(1), torch.ones(1, 30, 40), atol=1e-5)
+
+
+def test_flip_averages_a_position_dependent_model():
+    class LeftBias(nn.Module):  # class 0 on the left half of its input, class 1 on the right
+        def forward(self, x):
+            w = x.shape[-1]
+            left = (torch.arange(w) < w // 2).float()
+            return torch.stack([left, 1 - left])[None, :, None, :].expand(x.shape[0], 2, x.shape[-2], w) * 10
+
+    x = torch.zeros(1, 3, 4, 8)
+    p = predict_probs(LeftBias(), x, 2, InferenceSettings(flip=True))
+    assert torch.allclose(p, torch.full_like(p, 0.5), atol=1e-4)  # the flip undoes the left/right preference
+
+
+def test_gaussian_window_and_settings_errors():
+    g = gaussian_window(9, 9)
+    assert g[4, 4] == 1 and g[0, 0] < g[4, 0] < g[4, 4] and g.min() >= 1e-3
+    with pytest.raises(ConfigError, match="needs a crop"):
+        InferenceSettings(mode="slide")
+    with pytest.raises(ConfigError, match="valid: whole, slide"):
+        InferenceSettings(mode="tiles")
+    assert InferenceSettings().is_plain and not InferenceSettings(flip=True).is_plain
