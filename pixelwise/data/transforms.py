@@ -54,8 +54,9 @@ class ElasticDeformation(v2.Transform):
     ``p``; images are resampled bilinearly, masks by nearest neighbour, outside pixels filled with
     ``fill`` (image) and ``mask_fill`` (mask)."""
 
-    def __init__(self, sigma: float = 10.0, grid: int = 3, p: float = 1.0, fill: float = 0,
-                 mask_fill: int = 255) -> None:
+    def __init__(
+        self, sigma: float = 10.0, grid: int = 3, p: float = 1.0, fill: float = 0, mask_fill: int = 255
+    ) -> None:
         super().__init__()
         self.sigma, self.grid, self.p = float(sigma), int(grid), float(p)
         self.fill, self.mask_fill = fill, mask_fill
@@ -126,16 +127,18 @@ def build_transforms(
             steps.append(RandomScale(scale_range))
         if crop_size is not None:
             steps.append(
-                v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
-                              fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
+                v2.RandomCrop(
+                    _pair(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+                )
             )
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
         if vflip:
             steps.append(v2.RandomVerticalFlip())
         if elastic_p > 0:
-            steps.append(ElasticDeformation(sigma=elastic_sigma, grid=elastic_grid, p=elastic_p,
-                                            mask_fill=ignore_index))
+            steps.append(
+                ElasticDeformation(sigma=elastic_sigma, grid=elastic_grid, p=elastic_p, mask_fill=ignore_index)
+            )
         if color_jitter > 0:
             # saturation/hue need 3 channels; brightness/contrast work on grayscale too
             colour = {"saturation": color_jitter} if len(mean) == 3 else {}
