@@ -34,6 +34,10 @@ def _inference(args: argparse.Namespace):
     )
 
 
+def _class_arg(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint, format_metrics_table, write_json
     from .visualize import plot_confusion_matrix
@@ -46,6 +50,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         amp=args.amp,
         inference=_inference(args),
+        boundary_width=args.boundary_width,
+        instances=_class_arg(args.instances),
+        watershed=args.watershed,
         progress=not args.no_progress,
     )
     print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint}")
@@ -118,6 +125,14 @@ def _cmd_weight_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    summary = write_report(args.run_dir, args.out)
+    print(f"report written to {summary.parent} ({summary.name} and PNG plots)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelwise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--confusion", metavar="PNG", help="also draw the row-normalised confusion matrix here")
+    p.add_argument(
+        "--boundary-width", type=int, metavar="PX", help="also score boundary F1 per class, within this many pixels"
+    )
+    p.add_argument(
+        "--instances",
+        metavar="CLASS",
+        help="also score instances (ISBI 2012 V_rand, V_info): connected components of this class",
+    )
+    p.add_argument("--watershed", action="store_true", help="split predicted instances by distance watershed")
     inference(p)
     common(p)
     p.set_defaults(func=_cmd_eval)
@@ -189,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-index", type=int, default=255)
     p.add_argument("--no-balance", action="store_true", help="no class-frequency term w_c")
     p.set_defaults(func=_cmd_weight_map)
+
+    p = sub.add_parser("report", help="plots (loss, val metrics, per-class IoU, confusion) and a summary of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     p.add_argument("--num-classes", type=int, default=21)

@@ -57,6 +57,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
         "channels_last": False,  # NHWC memory format: faster convolutions on recent CPUs and GPUs
         "aux_weight": 0.4,  # weight of the auxiliary head's loss, for models built with aux_head (PSPNet: 0.4)
+        "grad_clip": 0.0,  # clip the gradient norm to this value (0: off)
+        "checkpoint_interval": 0,  # write last.pt every this many steps (0: at each evaluation)
+        "keep_last": 1,  # also keep the last k checkpoints as iter_NNNNNNN.pt when k > 1
+        "deterministic": False,  # torch.use_deterministic_algorithms: bit-exact resume on CPU
+        "sync_bn": False,  # SyncBatchNorm under torchrun
+        "tensorboard": False,  # TensorBoard scalars and val overlays in RUN_DIR/tensorboard
         "init_from": None,  # weights to start from: a pixelwise checkpoint or torchvision DeepLab v3 state dict
         "init_partial": False,  # with init_from: skip tensors whose shape differs (e.g. another class count)
     },

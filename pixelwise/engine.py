@@ -8,21 +8,25 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
+from .boundary import BoundaryF1
 from .checkpoint import atomic_write, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from .config import dump_config
 from .data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
 from .data.dataset import IMAGE_EXTENSIONS, read_image
 from .errors import CheckpointError, ConfigError, DataError
 from .inference import InferenceSettings, predict_probs
+from .instances import ISBIScores, label_instances
 from .losses import build_loss, class_frequency_weights, list_losses, loss_arguments
 from .metrics import ConfusionMatrix
 from .models import build_model, model_arguments
@@ -93,22 +97,30 @@ def image_mode(in_channels: int) -> str:
 class EpochSampler(Sampler):
     """Infinite stream of ``(index, seed)`` pairs, epoch after epoch, from iteration ``start_iter``.
 
-    Each epoch is a permutation drawn from ``(seed, epoch)`` and truncated to whole batches, so the
-    sample for a given iteration (and its augmentation seed) depends only on the seed: resuming at
-    iteration k replays exactly what an uninterrupted run would have seen, for any worker count.
+    Each epoch is a permutation drawn from ``(seed, epoch)`` and cut into global batches of
+    ``batch_size * world_size`` samples (the remainder is dropped); process ``rank`` takes its
+    ``batch_size`` slice of each. The sample for a given iteration and its augmentation seed depend
+    only on the seed, so resuming at iteration k replays exactly what an uninterrupted run would
+    have seen, for any number of loader workers, and N processes see what one process with the
+    same global batch sees.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_iter: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.size, self.batch_size, self.seed, self.start_iter = size, batch_size, seed, start_iter
-        self.batches_per_epoch = size // batch_size
+        self.rank, self.global_batch = rank, batch_size * world_size
+        self.batches_per_epoch = size // self.global_batch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, batch = divmod(self.start_iter, self.batches_per_epoch)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.size, generator=g)[: self.batches_per_epoch * self.batch_size]
-            for pos in range(batch * self.batch_size, len(order)):
-                yield int(order[pos]), (self.seed * 1_000_003 + epoch) * 100_003 + pos
+            key = self.seed * 1_000_003 + epoch
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(key))
+            for b in range(batch, self.batches_per_epoch):
+                first = b * self.global_batch + self.rank * self.batch_size
+                for pos in range(first, first + self.batch_size):
+                    yield int(order[pos]), key * 100_003 + pos
             epoch, batch = epoch + 1, 0
 
 
@@ -235,6 +247,81 @@ def _rewrite_log(path: Path, upto_iter: int) -> None:
     atomic_write(path, lambda f: f.write("".join(line + "\n" for line in keep).encode()))
 
 
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on
+    CUDA); each process then uses GPU ``LOCAL_RANK``. Without ``torchrun``: one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local), device
+
+
+def _mean_over_processes(value: float, ddp: Distributed, device: torch.device) -> float:
+    if ddp.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / ddp.world_size
+
+
+class _RunFiles:
+    """What rank 0 writes into a run directory; every write is atomic (or an appended log line)."""
+
+    def __init__(self, run_dir: Path, keep_last: int, enabled: bool) -> None:
+        self.dir, self.keep_last, self.enabled = run_dir, keep_last, enabled
+        self.last, self.best, self.log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
+        self._log = None
+
+    def open(self, config: dict[str, Any], resume_iter: int | None) -> None:
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / "config.yaml", lambda f: f.write(dump_config(config).encode()))
+        if resume_iter is not None:
+            _rewrite_log(self.log_path, resume_iter)
+        self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in close())
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(to_jsonable(entry)) + "\n")
+            self._log.flush()
+
+    def save(self, checkpoint: dict[str, Any], it: int, best: bool) -> None:
+        if not self.enabled:
+            return
+        save_checkpoint(self.last, checkpoint)
+        if best:
+            slim = {k: v for k, v in checkpoint.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+            save_checkpoint(self.best, slim)
+        if self.keep_last > 1:  # also keep the last k checkpoints by iteration
+            save_checkpoint(self.dir / f"iter_{it:07d}.pt", checkpoint)
+            for old in sorted(self.dir.glob("iter_*.pt"))[: -self.keep_last]:
+                old.unlink()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
 def train(
     config: dict[str, Any],
     *,
@@ -247,19 +334,23 @@ def train(
 
     Writes ``run_dir/config.yaml``, ``metrics.jsonl`` (one JSON record per log/eval step),
     ``last.pt`` (with optimizer state, for ``resume=True``) and ``best.pt`` (best val mIoU).
-    Returns ``{"best_miou", "best_iter", "last": <last val metrics>, "run_dir"}``.
+    Under ``torchrun`` each process trains on its slice of every global batch (data parallel, with
+    ``train.sync_bn`` optional), metrics are all-reduced, and only rank 0 writes.
+    Returns ``{"best_miou", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``.
     """
     data_cfg, train_cfg = config["data"], config["train"]
     run_dir = Path(run_dir)
-    last_path, best_path, log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
-    if resume and not last_path.exists():
-        raise CheckpointError(f"--resume: {last_path} does not exist")
-    if not resume and last_path.exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or another --run-dir"
-        )
+    if resume and not (run_dir / "last.pt").exists():
+        raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist")
+    if not resume and (run_dir / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir")
+    if train_cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    ddp, device = setup_distributed(resolve_device(train_cfg["device"]))
+    files = _RunFiles(run_dir, train_cfg["keep_last"], enabled=ddp.is_main)
+    progress = progress and ddp.is_main
 
-    device = resolve_device(train_cfg["device"])
     root = resolve_data_root(data_root, data_cfg["root"])
     info = DatasetInfo.load(root, data_cfg["dataset"])
     spec = model_spec(config, info)
@@ -285,17 +376,17 @@ def train(
             root, info.name, data_cfg["val_split"], transforms=build_transforms(train=False, **norm), image_mode=mode
         )
     batch_size = data_cfg["batch_size"]
-    if batch_size > len(train_ds):
+    if batch_size * ddp.world_size > len(train_ds):
         raise ConfigError(
-            f"data.batch_size={batch_size} exceeds the {len(train_ds)} images of split {data_cfg['train_split']!r}"
+            f"data.batch_size={batch_size} x {ddp.world_size} process(es) exceeds the {len(train_ds)} "
+            f"images of split {data_cfg['train_split']!r}"
         )
 
     torch.manual_seed(train_cfg["seed"])
-    model = build_model(**spec).to(device)
     amp = train_cfg["amp"]
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = build_model(**spec).to(device, memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     optimizer = _optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_cfg))
@@ -309,69 +400,65 @@ def train(
         "dataset": info.name,
         **norm,
     }
-    state = {"iter": 0, "best_miou": -1.0, "best_iter": None}
+    state = {"iter": 0, "best_miou": -1.0, "best_iter": None, "train_seconds": 0.0}
     if resume:
-        ckpt = load_checkpoint(last_path, map_location=device)
+        ckpt = load_checkpoint(files.last, map_location=device)
         if ckpt["meta"]["model"] != spec:
-            raise ConfigError(f"--resume: the model in {last_path} ({ckpt['meta']['model']}) differs from the config's")
-        load_weights(model, ckpt["model"], str(last_path))
+            raise ConfigError(f"--resume: the model in {files.last} ({ckpt['meta']['model']}) is not the config's")
+        load_weights(model, ckpt["model"], str(files.last))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        state = dict(ckpt["train_state"])
+        state = {**state, **ckpt["train_state"]}
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        _rewrite_log(log_path, state["iter"])
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(config).encode()))
+    files.open(config, state["iter"] if resume else None)
+    tensorboard = _tensorboard(run_dir, val_ds) if train_cfg["tensorboard"] and ddp.is_main else None
 
-    sampler = EpochSampler(len(train_ds), batch_size, train_cfg["seed"], start_iter=state["iter"])
+    net: nn.Module = model
+    if ddp.world_size > 1:
+        if train_cfg["sync_bn"]:
+            if device.type != "cuda":
+                raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = EpochSampler(
+        len(train_ds), batch_size, train_cfg["seed"], start_iter=state["iter"], rank=ddp.rank, world_size=ddp.world_size
+    )
     loader = DataLoader(
         train_ds,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=data_cfg["num_workers"],
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
-    total, eval_interval, log_interval = train_cfg["iters"], train_cfg["eval_interval"], train_cfg["log_interval"]
+    total, log_interval = train_cfg["iters"], train_cfg["log_interval"]
+    eval_interval = train_cfg["eval_interval"]
+    ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
     last_metrics: dict[str, Any] | None = None
-
-    def checkpoint(it: int) -> None:
-        save_checkpoint(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "meta": meta,
-                "config": config,
-                "train_state": state,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
-            },
-        )
-
-    model.train()
-    bar = tqdm(total=total, initial=state["iter"], desc="train", unit="it", disable=not progress, dynamic_ncols=True)
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-    train_seconds = float(state.get("train_seconds", 0.0))
-    with open(log_path, "a") as log:
-        batches = iter(loader)
+
+    net.train()
+    bar = tqdm(total=total, initial=state["iter"], desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    batches = iter(loader)
+    try:
         while state["iter"] < total:
             step_start = time.perf_counter()
             images, masks = next(batches)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
             with autocast(device, amp):
-                out = model(images)
+                out = net(images)
             if isinstance(out, dict):  # models with an auxiliary head, in training mode
                 loss = loss_fn(out["out"], masks) + train_cfg["aux_weight"] * loss_fn(out["aux"], masks)
             else:
                 loss = loss_fn(out, masks)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if train_cfg["grad_clip"]:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), train_cfg["grad_clip"])
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -381,65 +468,123 @@ def train(
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at iteration {it}; lower train.lr")
             window_loss, window_n = window_loss + loss_value, window_n + 1
-            train_seconds += time.perf_counter() - step_start
+            state["train_seconds"] += time.perf_counter() - step_start
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if it % log_interval == 0 or it == total:
-                elapsed = time.perf_counter() - window_t
-                log.write(
-                    json.dumps(
-                        {
-                            "type": "train",
-                            "iter": it,
-                            "loss": window_loss / window_n,
-                            "lr": scheduler.get_last_lr()[0],
-                            "images_per_s": window_n * batch_size / max(elapsed, 1e-9),
-                            "train_seconds": train_seconds,
-                        }
-                    )
-                    + "\n"
+                mean_loss = _mean_over_processes(window_loss / window_n, ddp, device)
+                speed = window_n * batch_size * ddp.world_size / max(time.perf_counter() - window_t, 1e-9)
+                files.record(
+                    {
+                        "type": "train",
+                        "iter": it,
+                        "loss": mean_loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "images_per_s": speed,
+                        "train_seconds": state["train_seconds"],
+                    }
                 )
-                log.flush()
+                if tensorboard is not None:
+                    tensorboard.add_scalar("train/loss", mean_loss, it)
+                    tensorboard.add_scalar("train/lr", scheduler.get_last_lr()[0], it)
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-            if it % eval_interval == 0 or it == total:
-                state["train_seconds"] = train_seconds
-                if val_ds is not None:
-                    last_metrics = evaluate(
-                        model, val_ds, device=device, progress=progress, amp=amp, num_workers=data_cfg["num_workers"]
-                    )
-                    model.train()
-                    record = {
+            evaluating = val_ds is not None and (it % eval_interval == 0 or it == total)
+            improved = False
+            if evaluating:
+                last_metrics = evaluate(
+                    model,
+                    val_ds,
+                    device=device,
+                    progress=progress,
+                    amp=amp,
+                    num_workers=data_cfg["num_workers"],
+                    shard=(ddp.rank, ddp.world_size),
+                )
+                net.train()
+                files.record(
+                    {
                         "type": "val",
                         "iter": it,
                         **{k: last_metrics[k] for k in SUMMARY_KEYS},
                         "iou": last_metrics["iou"],
+                        "confusion_matrix": last_metrics["confusion_matrix"],
                     }
-                    log.write(json.dumps(to_jsonable(record)) + "\n")
-                    log.flush()
-                    bar.write(
-                        f"iter {it}: val mIoU {last_metrics['miou']:.4f}  "
-                        f"pixel acc {last_metrics['pixel_accuracy']:.4f}"
-                    )
-                    improved = last_metrics["miou"] > state["best_miou"]
-                else:
-                    improved = True
+                )
+                if tensorboard is not None:
+                    _tensorboard_val(tensorboard, model, val_ds, last_metrics, meta, device, it)
+                bar.write(
+                    f"iter {it}: val mIoU {last_metrics['miou']:.4f}  pixel acc {last_metrics['pixel_accuracy']:.4f}"
+                )
+                improved = last_metrics["miou"] > state["best_miou"]
                 if improved:
-                    state["best_miou"] = last_metrics["miou"] if last_metrics else None
-                    state["best_iter"] = it
-                    save_checkpoint(
-                        best_path,
-                        {"model": model.state_dict(), "meta": meta, "config": config, "train_state": dict(state)},
-                    )
-                checkpoint(it)
+                    state["best_miou"], state["best_iter"] = last_metrics["miou"], it
+            elif val_ds is None and (it % eval_interval == 0 or it == total):
+                improved, state["best_iter"] = True, it  # no validation: best = latest
+            if improved or it % ckpt_interval == 0 or it == total:
+                files.save(
+                    {
+                        "model": model.state_dict(),
+                        "meta": meta,
+                        "config": config,
+                        "train_state": dict(state),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": {"torch": torch.get_rng_state()},
+                    },
+                    it,
+                    best=improved,
+                )
+            if evaluating:
                 window_t = time.perf_counter()  # evaluation time is not training speed
-    bar.close()
+    finally:
+        bar.close()
+        files.close()
+        if tensorboard is not None:
+            tensorboard.close()
     return {
         "best_miou": state["best_miou"],
         "best_iter": state["best_iter"],
         "last": last_metrics,
-        "train_seconds": train_seconds,
+        "train_seconds": state["train_seconds"],
         "run_dir": str(run_dir),
     }
+
+
+def _tensorboard(run_dir: Path, val_ds: SegmentationDataset | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _tensorboard_val(
+    writer,
+    model: nn.Module,
+    val_ds: SegmentationDataset,
+    metrics: dict[str, Any],
+    meta: dict[str, Any],
+    device: torch.device,
+    it: int,
+    images: int = 2,
+) -> None:
+    """Val scalars and, for the first ``images`` val images, prediction overlays."""
+    for key in SUMMARY_KEYS:
+        writer.add_scalar(f"val/{key}", metrics[key], it)
+    for name, value in zip(val_ds.info.classes, metrics["iou"], strict=True):
+        if value is not None and math.isfinite(value):
+            writer.add_scalar(f"val_iou/{name}", value, it)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for i in range(min(images, len(val_ds))):
+            x, _ = val_ds[i]
+            pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            raw, _ = val_ds.load(i)
+            picture = overlay(raw, colorize(pred, meta["palette"]))
+            writer.add_image(f"val_overlay/{val_ds.name_of(i)}", picture, it, dataformats="HWC")
+    model.train(was_training)
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -456,15 +601,29 @@ def evaluate(
     num_workers: int = 0,
     amp: str = "none",
     inference: InferenceSettings | None = None,
+    boundary_width: int | None = None,
+    instances: int | None = None,
+    watershed: bool = False,
+    shard: tuple[int, int] = (0, 1),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled split: whole images, or the sliding-window / multi-scale /
-    flip protocol of ``inference``. Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`."""
+    flip protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
+    ``world_size``-th image and the counts are summed over the processes.
+
+    Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, plus ``"boundary"`` (per-class
+    boundary F1 within ``boundary_width`` pixels, :class:`pixelwise.boundary.BoundaryF1`) and
+    ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
+    regions, of class ``instances`` against those of the ground truth), when asked for."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index, device=device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    bf = None if boundary_width is None else BoundaryF1(cm.num_classes, cm.ignore_index, boundary_width, device=device)
+    isbi = None if instances is None else ISBIScores()
+    rank, world = shard
+    subset = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
     for images, masks in tqdm(
         loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
     ):
@@ -474,24 +633,44 @@ def evaluate(
                 scores = model(images)
             else:
                 scores = predict_probs(model, images, cm.num_classes, inference)
-        cm.update(scores, masks.to(device))
+        masks = masks.to(device)
+        pred = scores.argmax(1)
+        cm.update(pred, masks)
+        if bf is not None:
+            bf.update(pred, masks)
+        if isbi is not None:
+            for p, t in zip(pred.cpu().numpy(), masks.cpu().numpy(), strict=True):
+                isbi.update(label_instances(p, instances, watershed=watershed), label_instances(t, instances))
     cm.all_reduce()
+    metrics = cm.compute()
+    if bf is not None:
+        bf.all_reduce()
+        metrics["boundary"] = {k: v for k, v in bf.compute().items() if k != "counts"}
+        metrics["boundary"]["width"] = boundary_width
+    if isbi is not None:
+        metrics["instances"] = {"foreground": instances, "watershed": watershed, **isbi.compute()}
     model.train(was_training)
-    return cm.compute()
+    return metrics
 
 
 def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
-    """Per-class table (IoU, accuracy, F1, in %) followed by the summary metrics."""
-    width = max(len(k) for k in (*class_names, *SUMMARY_KEYS))
+    """Per-class table (IoU, accuracy, F1, and boundary F1 if computed, in %) followed by the
+    summary metrics and, if computed, the instance scores."""
+    boundary = metrics.get("boundary")
+    summary = [(k, metrics[k]) for k in SUMMARY_KEYS]
+    if boundary:
+        summary.append((f"boundary_f1@{boundary['width']}px", boundary["mean_f1"]))
+    if metrics.get("instances"):
+        summary += [(k, metrics["instances"][k]) for k in ("v_rand", "v_info")]
+    width = max(len(k) for k in (*class_names, *(name for name, _ in summary)))
     pct = lambda v: "   n/a" if v is None or not math.isfinite(v) else f"{100 * v:6.2f}"  # noqa: E731
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'F1':>6}"]
+    header = f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'F1':>6}" + ("  {:>6}".format("BF") if boundary else "")
+    lines = [header]
     for i, name in enumerate(class_names):
-        lines.append(
-            f"{name:<{width}}  {pct(metrics['iou'][i])}  {pct(metrics['accuracy'][i])}  {pct(metrics['f1'][i])}"
-        )
+        row = f"{name:<{width}}  {pct(metrics['iou'][i])}  {pct(metrics['accuracy'][i])}  {pct(metrics['f1'][i])}"
+        lines.append(row + (f"  {pct(boundary['f1'][i])}" if boundary else ""))
     lines.append("")
-    for key in SUMMARY_KEYS:
-        lines.append(f"{key:<{width}}  {pct(metrics[key])}")
+    lines += [f"{name:<{width}}  {pct(value)}" for name, value in summary]
     return "\n".join(lines)
 
 
@@ -504,9 +683,13 @@ def evaluate_checkpoint(
     num_workers: int = 2,
     amp: str = "none",
     inference: InferenceSettings | None = None,
+    boundary_width: int | None = None,
+    instances: int | str | None = None,
+    watershed: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split of the data set it was trained on. Returns
+    """Evaluate a checkpoint on a split of the data set it was trained on (options as
+    :func:`evaluate`; ``instances`` may be a class name). Returns
     ``{"checkpoint", "dataset", "split", "num_images", "classes", "metrics"}``."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
@@ -526,7 +709,22 @@ def evaluate_checkpoint(
             f"{checkpoint} is for {len(meta['classes'])} classes but data set "
             f"{ds.info.name!r} under {root} has {ds.info.num_classes}"
         )
-    metrics = evaluate(model, ds, device=dev, num_workers=num_workers, amp=amp, inference=inference, progress=progress)
+    if isinstance(instances, str):
+        if instances not in meta["classes"]:
+            raise ConfigError(f"--instances {instances!r}: no such class; classes: {', '.join(meta['classes'])}")
+        instances = meta["classes"].index(instances)
+    metrics = evaluate(
+        model,
+        ds,
+        device=dev,
+        num_workers=num_workers,
+        amp=amp,
+        inference=inference,
+        boundary_width=boundary_width,
+        instances=instances,
+        watershed=watershed,
+        progress=progress,
+    )
     return {
         "checkpoint": str(checkpoint),
         "dataset": meta["dataset"],

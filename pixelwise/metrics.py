@@ -33,6 +33,25 @@ def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
     return None
 
 
+def as_class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``pred`` as class indices shaped like ``target``: scores with one extra class dim
+    (``N x C x ...`` or ``C x ...``) are arg-maxed; a shape mismatch is an error."""
+    dim = _class_dim(pred, target)
+    if dim is not None:
+        pred = pred.argmax(dim)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
+    return pred
+
+
+def check_class_range(num_classes: int, ignore_index: int | None, **labelled: torch.Tensor) -> None:
+    """ValueError naming the first tensor (keyword) that holds a class outside ``0..num_classes-1``."""
+    for name, values in labelled.items():
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            bad = values[(values < 0) | (values >= num_classes)][0].item()
+            raise ValueError(f"{name} holds class {bad}, outside 0..{num_classes - 1} (ignore_index={ignore_index})")
+
+
 class ConfusionMatrix:
     """Streaming ``num_classes x num_classes`` confusion matrix (int64, on ``device``)."""
 
@@ -48,21 +67,13 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch. ``pred`` holds class indices shaped like ``target`` (any shape), or scores
         (logits/probabilities) with one extra class dim (``N x C x H x W`` for ``N x H x W``)."""
-        dim = _class_dim(pred, target)
-        if dim is not None:
-            pred = pred.argmax(dim)
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
-        pred = pred.reshape(-1).to(self.matrix.device, torch.int64)
+        pred = as_class_indices(pred, target).reshape(-1).to(self.matrix.device, torch.int64)
         target = target.reshape(-1).to(self.matrix.device, torch.int64)
         if self.ignore_index is not None:
             keep = target != self.ignore_index
             pred, target = pred[keep], target[keep]
         n = self.num_classes
-        for name, values in (("target", target), ("prediction", pred)):
-            if values.numel() and (values.min() < 0 or values.max() >= n):
-                bad = values[(values < 0) | (values >= n)][0].item()
-                raise ValueError(f"{name} holds class {bad}, outside 0..{n - 1} (ignore_index={self.ignore_index})")
+        check_class_range(n, self.ignore_index, target=target, prediction=pred)
         self.matrix += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
 
     def all_reduce(self) -> None:

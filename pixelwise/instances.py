@@ -1,0 +1,291 @@
+"""Instances from semantic output, and the ISBI 2012 segmentation scores.
+
+Reference: I. Arganda-Carreras, S. C. Turaga, D. R. Berger et al., "Crowdsourcing the creation of image
+segmentation algorithms for connectomics", Frontiers in Neuroanatomy 9:142, 2015 (the ISBI 2012 EM
+segmentation challenge), and its reference implementation in Fiji's Trainable Weka Segmentation
+(``trainableSegmentation.metrics.RandError`` / ``VariationOfInformation``).
+
+**Instances.** :func:`label_instances` takes the pixels of one semantic class (e.g. class 1 "cell" of ISBI
+2012, whose class 0 is "membrane") and labels their connected components with 4-connectivity (face
+connectivity in N-D: pixels touching only at a corner are separate instances, as in the challenge's own
+evaluation). 0 is background. With ``watershed=True`` touching objects are split by a distance-transform
+watershed: Euclidean distance to the background (``scipy.ndimage.distance_transform_edt``), markers at its local
+maxima (a pixel equal to the maximum of its ``(2 * min_distance + 1)``-wide square window, as
+``skimage.feature.peak_local_max`` does; 8-connected plateaus of maxima form one marker; a component without such
+a maximum gets one at its deepest pixel), then a marker-controlled watershed by immersion (L. Vincent and
+P. Soille, "Watersheds in digital spaces", TPAMI 1991) of the inverted distance quantised to ``levels`` grey
+levels, flooding through 4-neighbours only. Flooding never crosses the background, so an instance never spans
+two connected components, and every foreground pixel gets an instance. Only NumPy and SciPy are needed.
+``scipy.ndimage.watershed_ift`` is deliberately not used: its arc weight is the grey-level *difference*
+``|f(p) - f(q)|`` (it floods a gradient, not a relief) and it breaks cost ties last-in-first-out, so on a distance
+map, whose differences are about 1 everywhere, one marker floods along a line through the other basin.
+
+**Scores.** S is the predicted instance labelling, T the ground truth; both are integer maps with 0 meaning
+background. Everything is restricted to the ground-truth foreground (pixels with ``T > 0``); there are ``n`` of
+them. ``p_ij`` is the fraction of those pixels lying in predicted segment i and ground-truth segment j,
+``s_i = sum_j p_ij`` and ``t_j = sum_i p_ij`` the marginals.
+
+- Rand: ``v_rand_split = sum p_ij^2 / sum t_j^2`` and ``v_rand_merge = sum p_ij^2 / sum s_i^2``;
+  ``v_rand`` is their harmonic mean (the paper's V^Rand with alpha = 1/2; 1 - v_rand is the "adapted Rand
+  error" of SNEMI3D).
+- Information: ``v_info_split = I(S;T) / H(S)`` and ``v_info_merge = I(S;T) / H(T)``; ``v_info`` is their
+  harmonic mean (V^Info with alpha = 1/2). Natural logarithms (the base cancels).
+- **Split/merge naming** (checked against the paper and Fiji): a *split* error (one GT cell cut into several
+  predicted segments) lowers the split scores and leaves the merge scores at 1; a *merge* error (several GT
+  cells in one predicted segment) lowers the merge scores and leaves the split scores at 1. The split score
+  is the Rand/information "recall" (normalised by the GT marginals for Rand, by H(S) for information); the
+  merge score is the "precision".
+- **Predicted background inside GT foreground** (``S == 0`` where ``T > 0``): as in the SNEMI3D/ISBI
+  adapted-Rand reference code, every such pixel is its own singleton segment. It adds ``(1/n)^2`` to both
+  ``sum p_ij^2`` and ``sum s_i^2`` (and nothing to ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and
+  H(S,T) (as Fiji's foreground-restricted VI does). So leaving cell pixels unassigned costs split score, as
+  fragmenting them would.
+- Ground-truth background pixels (``T == 0``) are ignored whatever S says there.
+- Degenerate cases: with no GT foreground every score is NaN. If H(S) = 0 (one predicted segment, nothing can
+  be split) ``v_info_split`` is 1; if H(T) = 0 (one GT segment, nothing can be merged) ``v_info_merge`` is 1
+  (Fiji sets that part to 0 instead, so it scores an exact one-segment match 0). A harmonic mean of two zeros
+  is 0.
+- Label ids are arbitrary integers (permuting them changes nothing); negative ids are rejected.
+
+**Stacks.** The challenge scores 2-D slices. :class:`ISBIScores` accumulates slices: ``mode="pooled"`` (default)
+scores the whole stack's contingency table with label ids made disjoint between slices, which only needs seven
+additive sums per slice (``n``, ``sum n_ij^2``, ``sum n_i^2``, ``sum n_j^2`` and the ``sum x log x`` of the same
+counts); ``mode="mean"`` averages the per-slice scores over slices that have GT foreground. Fiji does both:
+its stack Rand statistics sum the per-slice pair counts (pooled), its stack V_info averages per-slice scores.
+Pooling weights slices by their foreground area and is independent of how the data are split into batches,
+which is why it is the default. Note that the leaderboard values were the maxima over binarisation
+thresholds after thinning the predicted membranes (Fiji's "after thinning" variants); this module scores one
+given instance labelling and does neither the threshold sweep nor the thinning.
+
+:func:`pixel_error` is the plain pixel error of a class map: the fraction of pixels whose class differs from the
+target, i.e. the normalised Hamming distance (the challenge tables report Fiji's variant, 1 - the maximal
+F-score of pixel classification over binarisation thresholds, which needs probabilities, not a class map).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+
+_KEYS = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge")
+
+
+def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Map the nonzero ids of ``labels`` onto 1..K in increasing order, keeping 0 as 0."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int64)
+    return inverse if ids[0] == 0 else inverse + 1
+
+
+def label_instances(
+    semantic: np.ndarray,
+    foreground: int,
+    *,
+    watershed: bool = False,
+    min_distance: int = 3,
+    levels: int = 256,
+) -> np.ndarray:
+    """Instance ids (int64, 0 = background, 1..K) of the pixels of class ``foreground`` in ``semantic``.
+
+    Connected components with 4-connectivity; ``watershed=True`` also splits touching objects with a
+    distance-transform watershed seeded at the maxima of ``(2 * min_distance + 1)``-wide windows (so distinct
+    seeds are normally more than ``min_distance`` apart; larger values split less), flooding the distance
+    quantised to ``levels`` grey levels (see the module docstring).
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(semantic) == foreground
+    structure = ndi.generate_binary_structure(mask.ndim, 1)
+    components, n = ndi.label(mask, structure)
+    components = components.astype(np.int64)
+    if not watershed or n == 0:
+        return components
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be at least 1, got {min_distance}")
+
+    dist = ndi.distance_transform_edt(mask)
+    window_max = ndi.maximum_filter(dist, size=2 * min_distance + 1, mode="constant", cval=0.0)
+    peaks = mask & (dist == window_max)
+    markers, m = ndi.label(peaks, np.ones((3,) * mask.ndim, bool))
+    index = np.arange(1, n + 1)
+    missing = index[ndi.maximum(peaks.astype(np.uint8), components, index) == 0]
+    for k, pos in enumerate(ndi.maximum_position(dist, components, missing), start=1):
+        markers[pos] = m + k
+
+    flooded = _flood(dist, markers.astype(np.int64), mask, structure, levels)
+    return _relabel_consecutive(flooded)
+
+
+def _flood(dist: np.ndarray, markers: np.ndarray, mask: np.ndarray, structure: np.ndarray, levels: int) -> np.ndarray:
+    """Marker-controlled watershed by immersion (L. Vincent and P. Soille, TPAMI 1991) of ``-dist``.
+
+    ``dist`` is quantised to ``levels`` grey levels; from the highest level down, the pixels of ``mask`` at that
+    level join the pending set, and the labelled basins grow into pending pixels in synchronous breadth-first
+    steps over the ``structure`` neighbours (where two basins reach a pixel in the same step the larger label
+    wins). Pending pixels not connected to any basin wait for a lower level; those never reached stay 0.
+    """
+    padded_shape = tuple(n + 2 for n in mask.shape)  # a 0 frame, so flat neighbour offsets never wrap
+    inner = tuple(slice(1, -1) for _ in mask.shape)
+    labels = np.zeros(padded_shape, np.int64)
+    labels[inner] = np.where(mask, markers, 0)
+    strides = np.cumprod((1,) + padded_shape[:0:-1])[::-1]
+    centre = np.array(structure.shape) // 2
+    offsets = np.array([int(np.dot(o - centre, strides)) for o in np.argwhere(structure) if (o != centre).any()])
+
+    in_mask = np.zeros(padded_shape, bool)
+    in_mask[inner] = mask
+    flat = np.flatnonzero(in_mask.ravel() & (labels.ravel() == 0))
+    d = np.zeros(padded_shape)
+    d[inner] = dist
+    level = np.ceil(d.ravel()[flat] / dist.max() * levels).astype(np.int64)
+    order = np.argsort(-level, kind="stable")
+    flat, level = flat[order], level[order]
+    bounds = np.flatnonzero(np.diff(level)) + 1
+    out = labels.ravel()
+    pending = np.empty(0, np.int64)
+    for group in np.split(flat, bounds):
+        pending = np.concatenate([pending, group])
+        while pending.size:
+            best = out[pending[:, None] + offsets[None, :]].max(1)
+            hit = best > 0
+            if not hit.any():
+                break
+            out[pending[hit]] = best[hit]
+            pending = pending[~hit]
+    return labels[inner]
+
+
+def _xlogx(counts: np.ndarray) -> float:
+    c = counts[counts > 0].astype(np.float64)
+    return float(np.sum(c * np.log(c)))
+
+
+def _slice_stats(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The seven additive sums (float64) for one labelling pair: n, sum n_ij^2, sum n_i^2, sum n_j^2,
+    sum n_ij log n_ij, sum n_i log n_i, sum n_j log n_j, over GT foreground with S == 0 pixels as singletons."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match ground truth {gt.shape}")
+    for name, a in (("prediction", pred), ("ground truth", gt)):
+        if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+            raise ValueError(f"{name} must hold integer instance ids, got dtype {a.dtype}")
+        if a.size and a.min() < 0:
+            raise ValueError(f"{name} holds negative instance ids")
+    fg = gt > 0
+    s = pred[fg].astype(np.int64)
+    t = gt[fg].astype(np.int64)
+    n = t.size
+    singles = int(np.count_nonzero(s == 0))
+    _, t_counts = np.unique(t, return_counts=True)
+    keep = s != 0
+    _, s_inv, s_counts = np.unique(s[keep], return_inverse=True, return_counts=True)
+    t_ids, t_inv = np.unique(t[keep], return_inverse=True)
+    _, joint_counts = np.unique(s_inv.astype(np.int64) * len(t_ids) + t_inv, return_counts=True)
+
+    def sq(c: np.ndarray) -> float:
+        return float(np.sum(c.astype(np.float64) ** 2))
+
+    # each singleton adds 1 to the squared sums and 1 * log 1 = 0 to the x log x sums
+    return np.array(
+        [
+            n,
+            sq(joint_counts) + singles,
+            sq(s_counts) + singles,
+            sq(t_counts),
+            _xlogx(joint_counts),
+            _xlogx(s_counts),
+            _xlogx(t_counts),
+        ],
+        np.float64,
+    )
+
+
+def _harmonic(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def _scores(stats: np.ndarray) -> dict[str, float]:
+    """The six scores from the seven sums of :func:`_slice_stats` (summed over slices or not)."""
+    n, j2, s2, t2, jl, sl, tl = (float(v) for v in stats)
+    if n == 0:
+        return dict.fromkeys(_KEYS, math.nan)
+    rand_split, rand_merge = j2 / t2, j2 / s2
+    # H = -sum (c/n) log(c/n) = log n - (1/n) sum c log c
+    log_n = math.log(n)
+    h_s, h_t, h_st = log_n - sl / n, log_n - tl / n, log_n - jl / n
+    mutual = h_s + h_t - h_st
+    eps = 1e-12
+    info_split = mutual / h_s if h_s > eps else 1.0
+    info_merge = mutual / h_t if h_t > eps else 1.0
+    return {
+        "v_rand": _harmonic(rand_split, rand_merge),
+        "v_rand_split": rand_split,
+        "v_rand_merge": rand_merge,
+        "v_info": _harmonic(info_split, info_merge),
+        "v_info_split": info_split,
+        "v_info_merge": info_merge,
+    }
+
+
+def isbi_scores(pred_instances: np.ndarray, gt_instances: np.ndarray) -> dict[str, float]:
+    """Foreground-restricted V_rand and V_info (with split and merge parts) of one labelling pair.
+
+    The arrays are treated as a single labelling of any dimensionality (an id shared by two slices of a 3-D
+    array is one segment); use :class:`ISBIScores` to score a stack of independent 2-D slices.
+    """
+    return _scores(_slice_stats(pred_instances, gt_instances))
+
+
+class ISBIScores:
+    """Accumulates :func:`isbi_scores` over 2-D slices (see "Stacks" in the module docstring)."""
+
+    def __init__(self) -> None:
+        self.slice_stats: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.slice_stats = []
+
+    def update(self, pred_instances: np.ndarray, gt_instances: np.ndarray) -> None:
+        """Add one ``H x W`` slice or an ``N x H x W`` stack; ids are per slice (never shared across slices)."""
+        pred, gt = np.asarray(pred_instances), np.asarray(gt_instances)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} does not match ground truth {gt.shape}")
+        if gt.ndim == 2:
+            pred, gt = pred[None], gt[None]
+        elif gt.ndim != 3:
+            raise ValueError(f"expected H x W or N x H x W instance maps, got shape {gt.shape}")
+        self.slice_stats.extend(_slice_stats(p, g) for p, g in zip(pred, gt, strict=True))
+
+    def compute(self, mode: Literal["pooled", "mean"] = "pooled") -> dict[str, Any]:
+        """Scores over all slices added so far, plus ``num_slices``.
+
+        ``pooled``: the stack's contingency table (per-slice ids kept disjoint); ``mean``: the average of the
+        per-slice scores over slices with GT foreground. NaN when no slice has GT foreground.
+        """
+        if mode == "pooled":
+            total = np.sum(self.slice_stats, axis=0) if self.slice_stats else np.zeros(7)
+            out: dict[str, Any] = _scores(total)
+        elif mode == "mean":
+            per = [_scores(s) for s in self.slice_stats if s[0] > 0]
+            out = {k: float(np.mean([p[k] for p in per])) if per else math.nan for k in _KEYS}
+        else:
+            raise ValueError(f"mode must be 'pooled' or 'mean', got {mode!r}")
+        out["num_slices"] = len(self.slice_stats)
+        return out
+
+
+def pixel_error(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = 255) -> float:
+    """Fraction of pixels whose class in ``pred`` differs from ``target``, over the pixels whose target is not
+    ``ignore_index`` (NaN if there are none)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match target {target.shape}")
+    keep = target != ignore_index if ignore_index is not None else np.ones(target.shape, bool)
+    total = int(np.count_nonzero(keep))
+    if total == 0:
+        return math.nan
+    return int(np.count_nonzero((pred != target) & keep)) / total
