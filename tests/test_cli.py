@@ -7,13 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 from pixelwise.checkpoint import load_checkpoint
-from pixelwise.config import load_config
-from pixelwise.engine import train
 
 from .conftest import REPO, write_dataset
 
@@ -126,50 +123,3 @@ def test_label_error_from_a_loader_worker_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert "s00.png holds label value(s) [9]" in proc.stderr
-
-
-def _toy_config(tmp_path, iters):
-    path = tmp_path / "toy.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name": "unet", "base_channels": 4, "depth": 2},
-                "data": {
-                    "dataset": "toy",
-                    "crop_size": 16,
-                    "batch_size": 2,
-                    "num_workers": 0,
-                    "color_jitter": 0.2,
-                    "elastic_p": 0.5,
-                },
-                "train": {"iters": iters, "eval_interval": 3, "lr_schedule": "constant", "lr": 0.05},
-            }
-        )
-    )
-    return load_config(path)
-
-
-def test_resume_continues_exactly(tmp_path):
-    root = write_dataset(tmp_path / "data", splits={"train": 5, "val": 2}).parent
-    torch.use_deterministic_algorithms(True)
-    try:
-        straight = train(_toy_config(tmp_path, 6), run_dir=tmp_path / "a", data_root=root, progress=False)
-        train(_toy_config(tmp_path, 3), run_dir=tmp_path / "b", data_root=root, progress=False)  # "killed" at 3
-        resumed = train(_toy_config(tmp_path, 6), run_dir=tmp_path / "b", data_root=root, progress=False, resume=True)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    a = load_checkpoint(tmp_path / "a/last.pt")["model"]
-    b = load_checkpoint(tmp_path / "b/last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert straight["last"]["confusion_matrix"] == resumed["last"]["confusion_matrix"]
-    log = [json.loads(line) for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log if r["type"] == "val"] == [3, 6]
-
-
-def test_existing_run_is_not_overwritten(tmp_path):
-    root = write_dataset(tmp_path / "data").parent
-    train(_toy_config(tmp_path, 1), run_dir=tmp_path / "r", data_root=root, progress=False)
-    before = (tmp_path / "r/last.pt").read_bytes()
-    with pytest.raises(Exception, match="already holds a run"):
-        train(_toy_config(tmp_path, 1), run_dir=tmp_path / "r", data_root=root, progress=False)
-    assert (tmp_path / "r/last.pt").read_bytes() == before

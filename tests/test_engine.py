@@ -1,0 +1,188 @@
+"""The training engine: torchrun data parallel, exact resume after SIGKILL, run files and reports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from pixelwise.checkpoint import load_checkpoint
+from pixelwise.config import load_config
+from pixelwise.engine import EpochSampler, train
+from pixelwise.report import write_report
+
+from .conftest import REPO, write_dataset
+
+
+def test_sampler_ranks_split_the_global_batches():
+    one = iter(EpochSampler(10, 4, seed=3))
+    ranks = [iter(EpochSampler(10, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
+    for _ in range(5):  # 2 batches per epoch: crosses epochs
+        whole = [next(one) for _ in range(4)]
+        parts = [next(ranks[0]) for _ in range(2)] + [next(ranks[1]) for _ in range(2)]
+        assert whole == parts
+    resumed = iter(EpochSampler(10, 4, seed=3, start_iter=3))
+    fresh = iter(EpochSampler(10, 4, seed=3))
+    for _ in range(3 * 4):
+        next(fresh)
+    assert [next(resumed) for _ in range(8)] == [next(fresh) for _ in range(8)]
+
+
+DDP_SETTINGS = [
+    "train.iters=3",
+    "train.eval_interval=3",
+    "data.crop_size=64",
+    "model.base_channels=4",
+    "model.batch_norm=false",
+    "data.num_workers=0",
+    "data.scale_range=null",
+    "data.elastic_p=0",
+    "train.amp=none",
+    "train.channels_last=false",
+    "train.warmup_iters=0",
+]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
+    """2 gloo processes x batch 2 end with the weights of 1 process x batch 4 (same global batch).
+    Tolerance 1e-6 absolute: only float summation order differs. (With batch norm the per-process
+    batch statistics differ unless SyncBatchNorm, which PyTorch has on CUDA only.)"""
+    env = {**os.environ, "PIXELWISE_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    sets = [a for s in DDP_SETTINGS for a in ("--set", s)]
+    cfg = REPO / "configs/isbi2012_unet.yaml"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run(
+        [
+            *torchrun,
+            "-m",
+            "pixelwise",
+            "train",
+            cfg,
+            "--run-dir",
+            tmp_path / "two",
+            "--no-progress",
+            "--set",
+            "data.batch_size=2",
+            *sets,
+        ],
+        check=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixelwise",
+            "train",
+            cfg,
+            "--run-dir",
+            tmp_path / "one",
+            "--no-progress",
+            "--set",
+            "data.batch_size=4",
+            *sets,
+        ],
+        check=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+    )
+    a = load_checkpoint(tmp_path / "one/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two/last.pt")["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert sum((a[k] - load_checkpoint(tmp_path / "one/best.pt")["model"][k]).abs().sum() for k in a) == 0
+    logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    assert logs[0][0]["loss"] == pytest.approx(logs[1][0]["loss"], rel=1e-6)  # loss averaged over processes
+    assert logs[0][1]["confusion_matrix"] == logs[1][1]["confusion_matrix"]  # val all-reduced over shards
+    assert not (tmp_path / "two" / "rank1").exists() and len(list((tmp_path / "two").glob("*.pt"))) == 2
+
+
+def toy_config(tmp_path, **train):
+    path = tmp_path / "toy.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "unet", "base_channels": 4, "depth": 2},
+                "data": {
+                    "dataset": "toy",
+                    "crop_size": 16,
+                    "batch_size": 2,
+                    "num_workers": 0,
+                    "color_jitter": 0.2,
+                    "elastic_p": 0.5,
+                },
+                "train": {"eval_interval": 1000, "lr_schedule": "poly", "lr": 0.05, "deterministic": True, **train},
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_point_then_resume_equals_uninterrupted(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = toy_config(tmp_path, iters=150, checkpoint_interval=7)
+    env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--no-progress"]
+    subprocess.run([*base, "--run-dir", str(tmp_path / "straight")], check=True, env=env, timeout=600)
+    killed_at = []
+    for attempt, delay in enumerate((0.0, 0.37)):
+        run = tmp_path / f"killed{attempt}"
+        proc = subprocess.Popen([*base, "--run-dir", str(run)], env=env)
+        deadline = time.time() + 120
+        while not (run / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at.append(load_checkpoint(run / "last.pt")["train_state"]["iter"])
+        subprocess.run([*base, "--run-dir", str(run), "--resume"], check=True, env=env, timeout=600)
+        a = load_checkpoint(tmp_path / "straight/last.pt")
+        b = load_checkpoint(run / "last.pt")
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert a["train_state"]["best_miou"] == b["train_state"]["best_miou"]
+        log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iter"] for r in log if r["type"] == "train"] == list(range(10, 151, 10))
+    assert all(k < 150 for k in killed_at), killed_at  # it really was interrupted mid-run
+
+
+def test_keep_last_report_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(
+        toy_config(
+            tmp_path, iters=6, checkpoint_interval=2, keep_last=2, eval_interval=3, tensorboard=True, log_interval=1
+        )
+    )
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    run = tmp_path / "r"
+    assert sorted(p.name for p in run.glob("iter_*.pt")) == ["iter_0000004.pt", "iter_0000006.pt"]
+    assert "optimizer" not in load_checkpoint(run / "best.pt")
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000  # scalars and two val overlay images
+    summary = write_report(run)
+    text = summary.read_text()
+    assert "Best validation mIoU" in text and "| c0 |" in text
+    for name in ("loss.png", "val.png", "per_class_iou.png", "confusion.png"):
+        assert (summary.parent / name).stat().st_size > 5000
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=1))
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    before = (tmp_path / "r/last.pt").read_bytes()
+    with pytest.raises(Exception, match="already holds a run"):
+        train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert (tmp_path / "r/last.pt").read_bytes() == before
