@@ -78,6 +78,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.inputs,
         args.out,
+        backend=args.backend,
         device=args.device,
         alpha=args.alpha,
         amp=args.amp,
@@ -122,6 +123,27 @@ def _cmd_weight_map(args: argparse.Namespace) -> int:
     )
     save_heatmap(w, args.out, title=f"U-Net weights, w0={args.w0}, sigma={args.sigma}: max {w.max():.2f}")
     print(f"weight map of {args.mask} (min {w.min():.3f}, mean {w.mean():.3f}, max {w.max():.3f}) -> {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    report = export_onnx(
+        args.checkpoint,
+        args.out,
+        height=args.size[0],
+        width=args.size[-1],
+        opset=args.opset,
+        dynamic=not args.static,
+        exporter=args.exporter,
+    )
+    shape = "dynamic batch, height and width" if report["dynamic"] else f"fixed size {args.size[0]}x{args.size[-1]}"
+    print(f"{args.out}: ONNX opset {report['opset']}, {shape}")
+    if "dynamic_failure" in report:
+        print(f"  (dynamic size failed: {report['dynamic_failure']})")
+    for size, diff in report["max_abs_diff"].items():
+        print(f"  onnxruntime vs PyTorch at {size}: max abs difference of the logits {diff:.2e}")
     return 0
 
 
@@ -200,9 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: CHECKPOINT is an .onnx file from pixelwise export",
+    )
     inference(p)
     common(p, data=False)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, checked with onnxruntime")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--size", type=int, nargs="+", default=[512, 512], help="example input size: S or H W")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--static", action="store_true", help="fixed input size (default: dynamic batch/height/width)")
+    p.add_argument(
+        "--exporter",
+        choices=["torchscript", "dynamo"],
+        default="torchscript",
+        help="torch.onnx exporter (torchscript is fast; dynamo is torch.export based)",
+    )
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("weight-map", help="draw the U-Net border weight map of a mask (Ronneberger et al. eq. 2)")
     p.add_argument("mask", help="a mask PNG of class indices")

@@ -25,7 +25,7 @@ from .config import dump_config
 from .data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
 from .data.dataset import IMAGE_EXTENSIONS, read_image
 from .errors import CheckpointError, ConfigError, DataError
-from .inference import InferenceSettings, predict_probs
+from .inference import InferenceSettings, optimize_for_inference, predict_probs
 from .instances import ISBIScores, label_instances
 from .losses import build_loss, class_frequency_weights, list_losses, loss_arguments
 from .metrics import ConfusionMatrix
@@ -694,7 +694,9 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
     meta = ckpt["meta"]
-    model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
+    model = optimize_for_inference(
+        model_from_checkpoint(ckpt, str(checkpoint)).to(dev), in_channels=input_channels(meta["model"])
+    )
     config_root = ckpt.get("config", {}).get("data", {}).get("root")
     root = resolve_data_root(data_root, config_root)
     ds = SegmentationDataset(
@@ -763,14 +765,26 @@ def predict(
     alpha: float = 0.5,
     amp: str = "none",
     inference: InferenceSettings | None = None,
+    backend: str = "torch",
     progress: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
-    (palette colours) and ``overlay/<stem>.png``. One image at a time: memory stays flat."""
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, map_location=dev)
-    meta = ckpt["meta"]
-    model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
+    (palette colours) and ``overlay/<stem>.png``. One image at a time: memory stays flat.
+    ``backend="onnxruntime"`` runs an ONNX file written by ``pixelwise export`` instead of a checkpoint."""
+    if backend == "onnxruntime":
+        from .export import OnnxModel
+
+        dev = torch.device("cpu")
+        model = OnnxModel(checkpoint)
+        meta = model.meta
+    elif backend == "torch":
+        dev = resolve_device(device)
+        ckpt = load_checkpoint(checkpoint, map_location=dev)
+        meta = ckpt["meta"]
+        model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
+        model = optimize_for_inference(model, in_channels=input_channels(meta["model"]))
+    else:
+        raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime")
     mode = image_mode(input_channels(meta["model"]))
     mean = torch.tensor(meta["mean"], device=dev).view(-1, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(-1, 1, 1)

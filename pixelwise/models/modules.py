@@ -123,7 +123,7 @@ def batch_norm_any_batch(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``bn(x)``, except in training with one value per channel (a pooled 1x1 map at batch size 1),
     where batch statistics do not exist: then normalise with the running statistics instead of
     failing (torchvision's DeepLab raises there)."""
-    if bn.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+    if isinstance(bn, nn.BatchNorm2d) and bn.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
     return bn(x)
 

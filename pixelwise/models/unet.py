@@ -88,8 +88,9 @@ class UNet(nn.Module):
             x = up(x)  # 2x up, half the channels
             if self.padding == "valid":
                 skip = center_crop(skip, *x.shape[-2:])  # the paper's "cropping" (grey arrows)
-            elif x.shape[-2:] != skip.shape[-2:]:
-                # odd size at this level: floor in max pooling lost one row/column
+            else:
+                # odd size at this level: max pooling's floor lost a row/column; pad it back (a
+                # no-op pad otherwise: unconditional, so that exported graphs take any size)
                 dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
                 x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
             x = block(torch.cat([skip, x], dim=1))

@@ -1,0 +1,141 @@
+"""ONNX export and an onnxruntime inference backend.
+
+``export_onnx`` writes the model with a dynamic batch, height and width (where the model allows;
+verified by running onnxruntime at a second, odd size), stores the checkpoint's metadata (classes,
+palette, normalisation, model) in the ONNX file's ``metadata_props``, and reports the largest
+absolute difference between onnxruntime's and PyTorch's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import CheckpointError, PixelwiseError
+
+DEFAULT_OPSET = 17
+META_KEY = "pixelwise_meta"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PixelwiseError("onnxruntime is not installed: pip install 'pixelwise[onnx]'") from None
+    return onnxruntime
+
+
+def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic: bool, exporter: str) -> None:
+    names = {"input_names": ["image"], "output_names": ["logits"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dims = None
+            if dynamic:
+                dims = {"x": {i: torch.export.Dim(n) for i, n in ((0, "batch"), (2, "height"), (3, "width"))}}
+            torch.onnx.export(model, (x,), str(out), dynamo=True, opset_version=opset, dynamic_shapes=dims,
+                              verbose=False, **names)
+        elif exporter == "torchscript":
+            axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+            torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=opset,
+                              dynamic_axes=axes if dynamic else None, **names)
+        else:
+            raise PixelwiseError(f"exporter {exporter!r}; valid: torchscript, dynamo")
+
+
+def _add_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.save(model, str(path))
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    height: int = 512,
+    width: int = 512,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    exporter: str = "torchscript",
+) -> dict[str, Any]:
+    """Export a checkpoint's model to ONNX and check it with onnxruntime. Returns a report:
+    ``{"out", "opset", "dynamic", "max_abs_diff": {"HxW": value, ...}}``; ``dynamic`` is False when
+    the model only runs at the export size (then it is re-exported with a static shape)."""
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
+    meta = ckpt["meta"]
+    in_channels = meta["model"].get("in_channels", 3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    x = torch.randn(1, in_channels, height, width)
+    sizes = [(1, height, width)] + ([(2, height - 13, width + 7)] if dynamic else [])
+    _export(model, x, out, opset, dynamic, exporter)
+    report = {"out": str(out), "opset": opset, "exporter": exporter, "dynamic": dynamic, "max_abs_diff": {}}
+    try:
+        report["max_abs_diff"] = verify_onnx(model, out, in_channels, sizes)
+    except Exception as e:  # the graph took the export size as fixed
+        if not dynamic:
+            raise
+        _export(model, x, out, opset, False, exporter)
+        report["dynamic"] = False
+        report["dynamic_failure"] = str(e).strip().splitlines()[0][:300]
+        report["max_abs_diff"] = verify_onnx(model, out, in_channels, sizes[:1])
+    _add_metadata(out, {**meta, "onnx": {k: report[k] for k in ("opset", "dynamic")}})
+    return report
+
+
+def verify_onnx(model: torch.nn.Module, path: Path, in_channels: int, sizes: list[tuple[int, int, int]]
+                ) -> dict[str, float]:
+    """Largest |onnxruntime - PyTorch| of the logits, per input size ``(batch, H, W)``."""
+    session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs = {}
+    for n, h, w in sizes:
+        x = torch.randn(n, in_channels, h, w)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise RuntimeError(f"onnxruntime output {got.shape} != PyTorch {ref.shape} at {n}x{h}x{w}")
+        diffs[f"{n}x{h}x{w}"] = float(np.abs(got - ref).max())
+    return diffs
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime, called like a model: ``N x C x H x W`` tensor -> logits."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        ort = _ort()
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX file {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
+        except Exception as e:
+            raise CheckpointError(f"cannot load ONNX file {path}: {str(e).splitlines()[0]}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise CheckpointError(f"{path} was not exported by pixelwise (no {META_KEY} metadata)")
+        self.meta = json.loads(props[META_KEY])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        return self

@@ -1,0 +1,106 @@
+"""ONNX export with onnxruntime, the onnxruntime prediction backend, batch-norm folding."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pixelwise import build_model
+from pixelwise.checkpoint import save_checkpoint
+from pixelwise.engine import predict
+from pixelwise.errors import CheckpointError
+from pixelwise.inference import fold_batch_norm, optimize_for_inference
+
+pytest.importorskip("onnxruntime")
+
+
+def randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["unet_resnet18", "deeplabv3plus_mobilenetv2", "deeplabv3_resnet50"])
+def test_fold_batch_norm_keeps_outputs(name):
+    torch.manual_seed(0)
+    model = randomise_bn(build_model(name, num_classes=4))
+    reference = copy.deepcopy(model)
+    folded = fold_batch_norm(model, torch.randn(1, 3, 64, 64))
+    assert folded > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 97, 83)
+    with torch.no_grad():
+        ref = reference(x)
+        assert (model(x) - ref).abs().max() <= 1e-5 * ref.abs().max().clamp(min=1)
+
+
+def test_fold_refuses_a_norm_that_is_not_right_after_its_conv():
+    class ConvAddNorm(nn.Module):  # conv output used twice: folding would change the skip
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = randomise_bn(ConvAddNorm())
+    assert fold_batch_norm(model, torch.randn(1, 3, 8, 8)) == 0
+    assert isinstance(model.bn, nn.BatchNorm2d)
+
+
+def checkpoint(tmp_path, name, **kwargs):
+    torch.manual_seed(0)
+    model = randomise_bn(build_model(name, num_classes=3, **kwargs))
+    meta = {
+        "model": {"name": name, "num_classes": 3, **kwargs},
+        "classes": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        "ignore_index": 255,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "dataset": "toy",
+    }
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+    return path
+
+
+@pytest.mark.parametrize("name,kwargs", [("unet", {"base_channels": 8}), ("deeplabv3plus_mobilenetv2", {})])
+def test_export_dynamic_and_onnxruntime_backend(tmp_path, name, kwargs):
+    from pixelwise.export import export_onnx
+
+    ckpt = checkpoint(tmp_path, name, **kwargs)
+    report = export_onnx(ckpt, tmp_path / "m.onnx", height=96, width=128)
+    assert report["dynamic"] and report["opset"] == 17
+    assert set(report["max_abs_diff"]) == {"1x96x128", "2x83x135"}
+    assert max(report["max_abs_diff"].values()) < 1e-4
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(70, 90), (101, 77)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    images = sorted(str(p) for p in tmp_path.glob("img*.png"))
+    predict(ckpt, images, tmp_path / "torch", progress=False)
+    predict(tmp_path / "m.onnx", images, tmp_path / "ort", backend="onnxruntime", progress=False)
+    for i in range(2):
+        a = np.asarray(Image.open(tmp_path / f"torch/masks/img{i}.png"))
+        b = np.asarray(Image.open(tmp_path / f"ort/masks/img{i}.png"))
+        assert (a == b).mean() > 0.999
+
+
+def test_onnx_without_pixelwise_metadata_is_refused(tmp_path):
+    from pixelwise.export import OnnxModel
+
+    torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 4, 4),), str(tmp_path / "plain.onnx"), dynamo=False)
+    with pytest.raises(CheckpointError, match="not exported by pixelwise"):
+        OnnxModel(tmp_path / "plain.onnx")
+
+
+def test_optimize_for_inference_channels_last():
+    model = optimize_for_inference(randomise_bn(build_model("unet_resnet18", num_classes=2)))
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.training
