@@ -32,7 +32,20 @@ def _ort():
     return onnxruntime
 
 
+class LogitsOnly(torch.nn.Module):
+    """``model(x)`` as one tensor: the exported graph's single input and output."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out["out"] if isinstance(out, dict) else out
+
+
 def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic: bool, exporter: str) -> None:
+    model = LogitsOnly(model).eval()
     names = {"input_names": ["image"], "output_names": ["logits"]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -40,12 +53,20 @@ def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dyna
             dims = None
             if dynamic:
                 dims = {"x": {i: torch.export.Dim(n) for i, n in ((0, "batch"), (2, "height"), (3, "width"))}}
-            torch.onnx.export(model, (x,), str(out), dynamo=True, opset_version=opset, dynamic_shapes=dims,
-                              verbose=False, **names)
+            torch.onnx.export(
+                model, (x,), str(out), dynamo=True, opset_version=opset, dynamic_shapes=dims, verbose=False, **names
+            )
         elif exporter == "torchscript":
             axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-            torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=opset,
-                              dynamic_axes=axes if dynamic else None, **names)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(out),
+                dynamo=False,
+                opset_version=opset,
+                dynamic_axes=axes if dynamic else None,
+                **names,
+            )
         else:
             raise PixelwiseError(f"exporter {exporter!r}; valid: torchscript, dynamo")
 
@@ -96,8 +117,9 @@ def export_onnx(
     return report
 
 
-def verify_onnx(model: torch.nn.Module, path: Path, in_channels: int, sizes: list[tuple[int, int, int]]
-                ) -> dict[str, float]:
+def verify_onnx(
+    model: torch.nn.Module, path: Path, in_channels: int, sizes: list[tuple[int, int, int]]
+) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of the logits, per input size ``(batch, H, W)``."""
     session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = {}
