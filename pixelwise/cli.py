@@ -139,11 +139,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         exporter=args.exporter,
     )
     shape = "dynamic batch, height and width" if report["dynamic"] else f"fixed size {args.size[0]}x{args.size[-1]}"
-    print(f"{args.out}: ONNX opset {report['opset']}, {shape}")
-    if "dynamic_failure" in report:
-        print(f"  (dynamic size failed: {report['dynamic_failure']})")
+    print(f"{args.out}: ONNX opset {report['opset']} ({report['exporter']} exporter), {shape}")
+    for failure in report.get("failures", []):
+        print(f"  (first tried {failure})")
     for size, diff in report["max_abs_diff"].items():
-        print(f"  onnxruntime vs PyTorch at {size}: max abs difference of the logits {diff:.2e}")
+        if size != "relative":
+            print(f"  onnxruntime vs PyTorch at {size}: max abs difference of the logits {diff:.2e}")
+    print(f"  (relative to the largest logit: {report['max_abs_diff']['relative']:.1e})")
     return 0
 
 
