@@ -34,6 +34,22 @@ def _inference(args: argparse.Namespace):
     )
 
 
+CRF_FLAGS = ("iterations", "w1", "theta_alpha", "theta_beta", "w2", "theta_gamma")
+
+
+def _crf(args: argparse.Namespace, checkpoint: str):
+    """CRF settings when --crf is given: flags over the run's config.yaml over the checkpoint's config."""
+    if not args.crf:
+        return None
+    from .checkpoint import load_checkpoint
+    from .refine import settings_for
+
+    stored = {}
+    if not str(checkpoint).endswith(".onnx"):
+        stored = load_checkpoint(checkpoint).get("config", {}).get("crf")
+    return settings_for(checkpoint, stored, {k: getattr(args, f"crf_{k}") for k in CRF_FLAGS})
+
+
 def _class_arg(value: str | None) -> int | str | None:
     return int(value) if value is not None and value.isdigit() else value
 
@@ -53,8 +69,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         boundary_width=args.boundary_width,
         instances=_class_arg(args.instances),
         watershed=args.watershed,
+        crf=_crf(args, args.checkpoint),
         progress=not args.no_progress,
     )
+    if "crf" in result["metrics"]:
+        print("dense CRF: " + ", ".join(f"{k}={v}" for k, v in result["metrics"]["crf"].items()))
     print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint}")
     print(format_metrics_table(result["metrics"], result["classes"]))
     if args.json:
@@ -79,6 +98,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         backend=args.backend,
+        crf=_crf(args, args.checkpoint),
         device=args.device,
         alpha=args.alpha,
         amp=args.amp,
@@ -149,6 +169,59 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crf_search(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import SegmentationDataset, build_transforms, resolve_data_root
+    from .engine import image_mode, input_channels, resolve_device, write_json
+    from .refine import crf_search, settings_for, write_crf_to_run_config
+
+    ckpt = load_checkpoint(args.checkpoint)
+    meta = ckpt["meta"]
+    device = resolve_device(args.device)
+    model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
+    root = resolve_data_root(args.data_root, ckpt.get("config", {}).get("data", {}).get("root"))
+    ds = SegmentationDataset(
+        root,
+        meta["dataset"],
+        args.split,
+        image_mode=image_mode(input_channels(meta["model"])),
+        transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
+    )
+    base = settings_for(args.checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": args.iterations})
+    grid = {
+        "w1": args.w1,
+        "theta_alpha": args.theta_alpha,
+        "theta_beta": args.theta_beta,
+        "w2": args.w2,
+        "theta_gamma": args.theta_gamma,
+    }
+    grid = {k: v for k, v in grid.items() if v}
+    result = crf_search(
+        model,
+        ds,
+        mean=meta["mean"],
+        std=meta["std"],
+        grid=grid,
+        base=base,
+        num_images=args.num_images,
+        device=device,
+        progress=not args.no_progress,
+    )
+    for r in sorted(result["results"], key=lambda r: -r["miou"])[:10]:
+        print("  " + ", ".join(f"{k}={r[k]}" for k in grid) + f": mIoU {100 * r['miou']:.2f}")
+    print(
+        f"{result['num_images']} {args.split} images: mIoU {100 * result['no_crf_miou']:.2f} without the CRF, "
+        f"{100 * result['best_miou']:.2f} with the best: " + ", ".join(f"{k}={v}" for k, v in result["best"].items())
+    )
+    if result["best_miou"] < result["no_crf_miou"]:
+        print("note: on these images every CRF setting tried lowers the mIoU; eval/predict run without --crf then")
+    run_config = Path(args.checkpoint).parent / "config.yaml"
+    write_crf_to_run_config(run_config, result["best"])
+    write_json(Path(args.checkpoint).parent / "crf_search.json", result)
+    print(f"best CRF settings written to the crf section of {run_config} (used by eval/predict --crf)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -178,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
         g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+
+    def crf_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")
+        g.add_argument("--crf", action="store_true", help="refine the probabilities with the fully connected CRF")
+        g.add_argument("--crf-iterations", type=int, help="mean-field iterations")
+        g.add_argument("--crf-w1", type=float, help="appearance (bilateral) kernel weight")
+        g.add_argument("--crf-theta-alpha", type=float, help="appearance kernel: position std (pixels)")
+        g.add_argument("--crf-theta-beta", type=float, help="appearance kernel: colour std")
+        g.add_argument("--crf-w2", type=float, help="smoothness kernel weight")
+        g.add_argument("--crf-theta-gamma", type=float, help="smoothness kernel: position std (pixels)")
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         if data:
@@ -214,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score instances (ISBI 2012 V_rand, V_info): connected components of this class",
     )
     p.add_argument("--watershed", action="store_true", help="split predicted instances by distance watershed")
+    crf_options(p)
     inference(p)
     common(p)
     p.set_defaults(func=_cmd_eval)
@@ -231,8 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnxruntime: CHECKPOINT is an .onnx file from pixelwise export",
     )
     inference(p)
+    crf_options(p)
     common(p, data=False)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("crf-search", help="grid-search the dense CRF's parameters on a val subset (as DeepLab)")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="val")
+    p.add_argument("--num-images", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--w1", type=float, nargs="+", default=[3.0, 4.0, 5.0])
+    p.add_argument("--theta-alpha", type=float, nargs="+", default=[30.0, 50.0, 70.0, 90.0])
+    p.add_argument("--theta-beta", type=float, nargs="+", default=[3.0, 5.0, 10.0])
+    p.add_argument("--w2", type=float, nargs="+", default=[3.0], help="fixed by default, as DeepLab")
+    p.add_argument("--theta-gamma", type=float, nargs="+", default=[3.0], help="fixed by default, as DeepLab")
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(func=_cmd_crf_search)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, checked with onnxruntime")
     p.add_argument("checkpoint")

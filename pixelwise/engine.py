@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .losses import build_loss, class_frequency_weights, list_losses, loss_argum
 from .metrics import ConfusionMatrix
 from .models import build_model, model_arguments
 from .models.convert import is_torchvision_deeplabv3, map_torchvision_deeplabv3
+from .refine import CRFSettings, apply_crf
 from .visualize import colorize, overlay
 
 
@@ -604,6 +605,7 @@ def evaluate(
     boundary_width: int | None = None,
     instances: int | None = None,
     watershed: bool = False,
+    crf: tuple[CRFSettings, Sequence[float], Sequence[float]] | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -614,7 +616,9 @@ def evaluate(
     Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, plus ``"boundary"`` (per-class
     boundary F1 within ``boundary_width`` pixels, :class:`pixelwise.boundary.BoundaryF1`) and
     ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
-    regions, of class ``instances`` against those of the ground truth), when asked for."""
+    regions, of class ``instances`` against those of the ground truth), when asked for.
+    ``crf=(settings, mean, std)`` refines the probabilities with the dense CRF first (``mean``/``std``
+    undo the input normalisation to give the CRF the RGB image)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -628,11 +632,7 @@ def evaluate(
         loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
     ):
         images = images.to(device)
-        with autocast(device, amp):
-            if inference is None or inference.is_plain:
-                scores = model(images)
-            else:
-                scores = predict_probs(model, images, cm.num_classes, inference)
+        scores = _scores(model, images, cm.num_classes, device, amp, inference, crf)
         masks = masks.to(device)
         pred = scores.argmax(1)
         cm.update(pred, masks)
@@ -651,6 +651,29 @@ def evaluate(
         metrics["instances"] = {"foreground": instances, "watershed": watershed, **isbi.compute()}
     model.train(was_training)
     return metrics
+
+
+def _scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    amp: str,
+    inference: InferenceSettings | None,
+    crf: tuple[CRFSettings, Sequence[float], Sequence[float]] | None,
+) -> torch.Tensor:
+    """Logits, or probabilities (inference protocol, CRF), of a batch; only their argmax is used."""
+    with autocast(device, amp):
+        if (inference is None or inference.is_plain) and crf is None:
+            return model(images)
+        if inference is None or inference.is_plain:
+            out = model(images)
+            scores = torch.softmax((out["out"] if isinstance(out, dict) else out).float(), 1)
+        else:
+            scores = predict_probs(model, images, num_classes, inference)
+    if crf is not None:
+        scores = apply_crf(scores, images, crf[1], crf[2], crf[0])
+    return scores
 
 
 def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
@@ -686,10 +709,11 @@ def evaluate_checkpoint(
     boundary_width: int | None = None,
     instances: int | str | None = None,
     watershed: bool = False,
+    crf: CRFSettings | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of the data set it was trained on (options as
-    :func:`evaluate`; ``instances`` may be a class name). Returns
+    :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF). Returns
     ``{"checkpoint", "dataset", "split", "num_images", "classes", "metrics"}``."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
@@ -725,8 +749,11 @@ def evaluate_checkpoint(
         boundary_width=boundary_width,
         instances=instances,
         watershed=watershed,
+        crf=None if crf is None else (crf, meta["mean"], meta["std"]),
         progress=progress,
     )
+    if crf is not None:
+        metrics["crf"] = asdict(crf)
     return {
         "checkpoint": str(checkpoint),
         "dataset": meta["dataset"],
@@ -765,6 +792,7 @@ def predict(
     alpha: float = 0.5,
     amp: str = "none",
     inference: InferenceSettings | None = None,
+    crf: CRFSettings | None = None,
     backend: str = "torch",
     progress: bool = True,
 ) -> list[dict[str, str]]:
@@ -799,11 +827,8 @@ def predict(
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
         image = read_image(path, mode)
         x = torch.from_numpy(image).to(dev).permute(2, 0, 1).float().div_(255).sub_(mean).div_(std)
-        with autocast(dev, amp):
-            if inference is None or inference.is_plain:
-                scores = model(x[None])
-            else:
-                scores = predict_probs(model, x[None], len(meta["classes"]), inference)
+        crf_args = None if crf is None else (crf, meta["mean"], meta["std"])
+        scores = _scores(model, x[None], len(meta["classes"]), dev, amp, inference, crf_args)
         pred = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
         stem = path.stem
         while stem in used:  # same stem from two folders: keep both
