@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,29 +37,17 @@ import torch
 from PIL import Image
 
 from pixelwise.crf import (
-    DEFAULT_ITERATIONS,
-    DEFAULT_THETA_ALPHA,
-    DEFAULT_THETA_BETA,
-    DEFAULT_THETA_GAMMA,
-    DEFAULT_W1,
-    DEFAULT_W2,
     PermutohedralLattice,
     dense_crf,
 )
+from pixelwise.refine import CRFSettings
 
 try:
     import pydensecrf.densecrf as dcrf
 except ImportError:
     dcrf = None
 
-PARAMS = dict(
-    iterations=DEFAULT_ITERATIONS,
-    w1=DEFAULT_W1,
-    theta_alpha=DEFAULT_THETA_ALPHA,
-    theta_beta=DEFAULT_THETA_BETA,
-    w2=DEFAULT_W2,
-    theta_gamma=DEFAULT_THETA_GAMMA,
-)
+PARAMS = asdict(CRFSettings())  # DeepLab-v2's released settings, pixelwise's defaults
 
 
 def noisy_probs(labels: np.ndarray, classes: int, seed: int) -> np.ndarray:

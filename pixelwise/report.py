@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .errors import DataError
-from .visualize import _pyplot, plot_confusion_matrix, plot_per_class
+from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
 
 def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -43,9 +43,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png")
-    plt.close(fig)
+    _save(fig, out / "loss.png")
 
     lines = [f"# Run report: {run_dir}", ""]
     if val:
@@ -56,9 +54,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         ax.set_ylabel("validation (%)")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "val.png")
-        plt.close(fig)
+        _save(fig, out / "val.png")
         best = max(val, key=lambda r: -1 if r["miou"] is None else r["miou"])
         plot_per_class(best["iou"], classes, out / "per_class_iou.png")
         if "confusion_matrix" in best:

@@ -36,6 +36,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    fig.clf()
+    _pyplot().close(fig)
+    return path
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
@@ -65,11 +74,7 @@ def plot_confusion_matrix(
                 )
     ax.set_title(title or "confusion matrix (% of each ground-truth class)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_class(values: Sequence[float], class_names: Sequence[str], path: str | Path, label: str = "IoU") -> Path:
@@ -86,11 +91,7 @@ def plot_per_class(values: Sequence[float], class_names: Sequence[str], path: st
         ax.text(
             (0 if np.isnan(x) else x * 100) + 1, i, "n/a" if np.isnan(x) else f"{100 * x:.1f}", va="center", fontsize=8
         )
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_heatmap(values: np.ndarray, path: str | Path, title: str = "") -> Path:
@@ -102,8 +103,4 @@ def save_heatmap(values: np.ndarray, path: str | Path, title: str = "") -> Path:
     ax.set_axis_off()
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

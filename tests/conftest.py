@@ -59,3 +59,34 @@ def write_dataset(
 def toy_root(tmp_path: Path) -> Path:
     write_dataset(tmp_path)
     return tmp_path
+
+
+def _gloo_worker(rank: int, world: int, port: int, fn, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        queue.put((rank, fn(rank)))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_processes(fn, world: int = 2) -> dict[int, object]:
+    """Run ``fn(rank)`` in ``world`` spawned processes joined in a gloo group; ``{rank: result}``.
+    ``fn`` must be a module-level function (it is pickled)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_gloo_worker, args=(r, world, port, fn, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    return results

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pixelwise.boundary import BoundaryF1, disk_offsets, label_boundaries
+
+from .conftest import run_in_processes
 
 
 def _square(shift: tuple[int, int] = (0, 0), size: int = 10) -> torch.Tensor:
@@ -230,29 +230,15 @@ def test_reset_and_errors():
         BoundaryF1(2, width=-1)
 
 
-def _reduce_worker(rank: int, world: int, port: int, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _reduced_counts(rank: int) -> list:
     m = BoundaryF1(2, width=0)
     m.update(_square((0, rank)), _square())  # rank 0: perfect; rank 1: one column off
     m.all_reduce()
-    queue.put((rank, m.counts.tolist()))
-    dist.destroy_process_group()
+    return m.counts.tolist()
 
 
 @pytest.mark.slow
 def test_all_reduce_sums_over_processes():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_reduce_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
+    results = run_in_processes(_reduced_counts)
     # perfect: [16, 16, 16, 16] / [12, 12, 12, 12]; shifted: [6, 16, 6, 16] / [6, 12, 6, 12]
     assert results[0] == results[1] == [[22, 18], [32, 24], [22, 18], [32, 24]]

@@ -4,6 +4,7 @@ against an O(N^2) brute force, behaviour, batching, gradients, and pydensecrf2 w
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from pixelwise.crf import PermutohedralLattice, dense_crf, dense_crf_batch, permutohedral_filter
+from pixelwise.refine import CRFSettings
 
 try:  # optional reference implementation (pip install pydensecrf2); never a dependency
     import pydensecrf.densecrf as dcrf
@@ -265,23 +267,8 @@ def test_against_pydensecrf2_on_camvid(data_root):
     """DeepLab's parameters (the defaults) on real 480x360 images.  Measured: the 'lattice' smoothness
     filter reproduces pydensecrf2 to 3.4e-6 (100 % argmax agreement); the default exact Gaussian
     smoothness agrees on 99.95 % of the pixels (mean of the first 20 test images, lowest 99.93 %)."""
-    from pixelwise.crf import (
-        DEFAULT_ITERATIONS,
-        DEFAULT_THETA_ALPHA,
-        DEFAULT_THETA_BETA,
-        DEFAULT_THETA_GAMMA,
-        DEFAULT_W1,
-        DEFAULT_W2,
-    )
 
-    params = dict(
-        iterations=DEFAULT_ITERATIONS,
-        w1=DEFAULT_W1,
-        theta_alpha=DEFAULT_THETA_ALPHA,
-        theta_beta=DEFAULT_THETA_BETA,
-        w2=DEFAULT_W2,
-        theta_gamma=DEFAULT_THETA_GAMMA,
-    )
+    params = asdict(CRFSettings())
     for stem in CAMVID_STEMS:
         image, probs = camvid_case(data_root, stem)
         reference = pydensecrf_reference(image, probs, **params)

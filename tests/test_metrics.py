@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pixelwise.metrics import ConfusionMatrix
+
+from .conftest import run_in_processes
 
 
 def test_hand_computed_three_classes_with_ignore():
@@ -80,28 +80,14 @@ def test_reset_and_errors():
         cm.update(torch.tensor([0, 1]), torch.tensor([0]))
 
 
-def _reduce_worker(rank: int, world: int, port: int, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _reduced_matrix(rank: int) -> list:
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([rank, 1]), torch.tensor([0, 1]))  # rank 0: both right; rank 1: one wrong
     cm.all_reduce()
-    queue.put((rank, cm.matrix.tolist()))
-    dist.destroy_process_group()
+    return cm.matrix.tolist()
 
 
 @pytest.mark.slow
 def test_all_reduce_sums_over_processes():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_reduce_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
+    results = run_in_processes(_reduced_matrix)
     assert results[0] == results[1] == [[1, 1], [0, 2]]

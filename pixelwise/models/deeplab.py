@@ -251,230 +251,105 @@ class DeepLabV3Plus(nn.Module):
         return resize_to(self.classifier(y), x.shape[-2:])  # 1/4 -> 1/1
 
 
-def _resnet_v3(
-    depth: str,
-    *,
-    num_classes: int,
-    in_channels: int,
-    output_stride: int,
-    multi_grid: Sequence[int] | None,
-    rates: Sequence[int] | None,
-    aux_head: bool,
-    head_conv: bool,
-    pretrained_backbone: Pretrained,
-) -> DeepLabV3:
-    backbone = resnet(
-        depth,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        pretrained=pretrained_backbone,
-    )
-    return DeepLabV3(
-        backbone,
-        num_classes=num_classes,
-        high="layer4",
-        rates=rates or default_rates(output_stride),
-        aux="layer3" if aux_head else None,
-        head_conv=head_conv,
-    )
+def _register_resnet_v3(depth: str):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = (1, 2, 4),
+        rates: Sequence[int] | None = None,
+        aux_head: bool = False,
+        head_conv: bool = False,
+        pretrained_backbone: Pretrained = False,
+    ) -> DeepLabV3:
+        backbone = resnet(
+            depth,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            multi_grid=multi_grid,
+            pretrained=pretrained_backbone,
+        )
+        return DeepLabV3(
+            backbone,
+            num_classes=num_classes,
+            high="layer4",
+            rates=rates or default_rates(output_stride),
+            aux="layer3" if aux_head else None,
+            head_conv=head_conv,
+        )
+
+    build.__name__ = f"deeplabv3_{depth}"
+    build.__doc__ = f"DeepLab v3 (Chen et al. 2017) on {depth}: output stride 16 or 8, multi-grid (1, 2, 4)."
+    return register_model(build)
 
 
-@register_model
-def deeplabv3_resnet50(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    rates: Sequence[int] | None = None,
-    aux_head: bool = False,
-    head_conv: bool = False,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3:
-    """DeepLab v3 (Chen et al. 2017) on ResNet-50: output stride 16 or 8, multi-grid (1, 2, 4)."""
-    return _resnet_v3(
-        "resnet50",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        rates=rates,
-        aux_head=aux_head,
-        head_conv=head_conv,
-        pretrained_backbone=pretrained_backbone,
-    )
+def _register_resnet_v3plus(depth: str):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = (1, 2, 4),
+        rates: Sequence[int] | None = None,
+        separable: bool = True,
+        pretrained_backbone: Pretrained = False,
+    ) -> DeepLabV3Plus:
+        backbone = resnet(
+            depth,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            multi_grid=multi_grid,
+            pretrained=pretrained_backbone,
+        )
+        # low-level features: layer1 (1/4, 256 channels)
+        return DeepLabV3Plus(
+            backbone,
+            num_classes=num_classes,
+            high="layer4",
+            low="layer1",
+            rates=rates or default_rates(output_stride),
+            separable=separable,
+        )
+
+    build.__name__ = f"deeplabv3plus_{depth}"
+    build.__doc__ = f"DeepLab v3+ (Chen et al. 2018) on {depth}, decoder on layer1 (1/4)."
+    return register_model(build)
 
 
-@register_model
-def deeplabv3_resnet101(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    rates: Sequence[int] | None = None,
-    aux_head: bool = False,
-    head_conv: bool = False,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3:
-    """DeepLab v3 (Chen et al. 2017) on ResNet-101: output stride 16 or 8, multi-grid (1, 2, 4)."""
-    return _resnet_v3(
-        "resnet101",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        rates=rates,
-        aux_head=aux_head,
-        head_conv=head_conv,
-        pretrained_backbone=pretrained_backbone,
-    )
+def _register_timm_v3plus(name: str, timm_name: str, note: str):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        output_stride: int = 16,
+        rates: Sequence[int] | None = None,
+        separable: bool = True,
+        pretrained_backbone: Pretrained = False,
+    ) -> DeepLabV3Plus:
+        backbone = TimmBackbone(
+            timm_name, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
+        )
+        # stage1: 1/4 (Xception-65: entry-flow block 2 before its strided conv, 256 ch.; MobileNetV2: 24 ch.)
+        return DeepLabV3Plus(
+            backbone,
+            num_classes=num_classes,
+            high="stage4",
+            low="stage1",
+            rates=rates or default_rates(output_stride),
+            separable=separable,
+        )
+
+    build.__name__ = name
+    build.__doc__ = f"DeepLab v3+ (Chen et al. 2018) on {note} (timm ``{timm_name}``)."
+    return register_model(build)
 
 
-def _v3plus(
-    backbone: Backbone,
-    high: str,
-    low: str,
-    *,
-    num_classes: int,
-    output_stride: int,
-    rates: Sequence[int] | None,
-    separable: bool,
-) -> DeepLabV3Plus:
-    return DeepLabV3Plus(
-        backbone,
-        num_classes=num_classes,
-        high=high,
-        low=low,
-        rates=rates or default_rates(output_stride),
-        separable=separable,
-    )
-
-
-@register_model
-def deeplabv3plus_xception65(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    rates: Sequence[int] | None = None,
-    separable: bool = True,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3Plus:
-    """DeepLab v3+ (Chen et al. 2018) on aligned Xception-65 (timm ``xception65``), as in the paper."""
-    backbone = TimmBackbone(
-        "xception65", in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
-    )
-    # stage1: entry-flow block 2 before its strided conv (1/4, 256); stage4: exit flow (2048)
-    return _v3plus(
-        backbone,
-        "stage4",
-        "stage1",
-        num_classes=num_classes,
-        output_stride=output_stride,
-        rates=rates,
-        separable=separable,
-    )
-
-
-@register_model
-def deeplabv3plus_mobilenetv2(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    rates: Sequence[int] | None = None,
-    separable: bool = True,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3Plus:
-    """DeepLab v3+ on MobileNetV2 (timm ``mobilenetv2_100``), low-level features at 1/4 (24 channels)."""
-    backbone = TimmBackbone(
-        "mobilenetv2_100", in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
-    )
-    return _v3plus(
-        backbone,
-        "stage4",
-        "stage1",
-        num_classes=num_classes,
-        output_stride=output_stride,
-        rates=rates,
-        separable=separable,
-    )
-
-
-def _resnet_v3plus(
-    depth: str,
-    *,
-    num_classes: int,
-    in_channels: int,
-    output_stride: int,
-    multi_grid: Sequence[int] | None,
-    rates: Sequence[int] | None,
-    separable: bool,
-    pretrained_backbone: Pretrained,
-) -> DeepLabV3Plus:
-    backbone = resnet(
-        depth,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        pretrained=pretrained_backbone,
-    )
-    return _v3plus(
-        backbone,
-        "layer4",
-        "layer1",
-        num_classes=num_classes,
-        output_stride=output_stride,
-        rates=rates,
-        separable=separable,
-    )
-
-
-@register_model
-def deeplabv3plus_resnet50(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    rates: Sequence[int] | None = None,
-    separable: bool = True,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3Plus:
-    """DeepLab v3+ on ResNet-50 (low-level features: layer1, 1/4, 256 channels)."""
-    return _resnet_v3plus(
-        "resnet50",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        rates=rates,
-        separable=separable,
-        pretrained_backbone=pretrained_backbone,
-    )
-
-
-@register_model
-def deeplabv3plus_resnet101(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    rates: Sequence[int] | None = None,
-    separable: bool = True,
-    pretrained_backbone: Pretrained = False,
-) -> DeepLabV3Plus:
-    """DeepLab v3+ on ResNet-101 (low-level features: layer1, 1/4, 256 channels)."""
-    return _resnet_v3plus(
-        "resnet101",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        rates=rates,
-        separable=separable,
-        pretrained_backbone=pretrained_backbone,
-    )
+deeplabv3_resnet50 = _register_resnet_v3("resnet50")
+deeplabv3_resnet101 = _register_resnet_v3("resnet101")
+deeplabv3plus_resnet50 = _register_resnet_v3plus("resnet50")
+deeplabv3plus_resnet101 = _register_resnet_v3plus("resnet101")
+deeplabv3plus_xception65 = _register_timm_v3plus(
+    "deeplabv3plus_xception65", "xception65", "aligned Xception-65, as in the paper"
+)
+deeplabv3plus_mobilenetv2 = _register_timm_v3plus("deeplabv3plus_mobilenetv2", "mobilenetv2_100", "MobileNetV2")

@@ -205,44 +205,21 @@ class EncoderUNet(nn.Module):
         return self.classifier(y)
 
 
-def _encoder_unet(
-    depth: str, *, num_classes: int, in_channels: int, decoder_channels: Sequence[int], pretrained_backbone: Pretrained
-) -> EncoderUNet:
-    backbone = resnet(depth, in_channels=in_channels, pretrained=pretrained_backbone)
-    return EncoderUNet(backbone, num_classes=num_classes, decoder_channels=decoder_channels)
+def _register_encoder_unet(depth: str):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        pretrained_backbone: Pretrained = False,
+    ) -> EncoderUNet:
+        backbone = resnet(depth, in_channels=in_channels, pretrained=pretrained_backbone)
+        return EncoderUNet(backbone, num_classes=num_classes, decoder_channels=decoder_channels)
+
+    build.__name__ = f"unet_{depth}"
+    build.__doc__ = f"U-Net decoder on a {depth} encoder."
+    return register_model(build)
 
 
-@register_model
-def unet_resnet34(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-    pretrained_backbone: Pretrained = False,
-) -> EncoderUNet:
-    """U-Net decoder on a ResNet-34 encoder."""
-    return _encoder_unet(
-        "resnet34",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        decoder_channels=decoder_channels,
-        pretrained_backbone=pretrained_backbone,
-    )
-
-
-@register_model
-def unet_resnet18(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-    pretrained_backbone: Pretrained = False,
-) -> EncoderUNet:
-    """U-Net decoder on a ResNet-18 encoder."""
-    return _encoder_unet(
-        "resnet18",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        decoder_channels=decoder_channels,
-        pretrained_backbone=pretrained_backbone,
-    )
+unet_resnet18 = _register_encoder_unet("resnet18")
+unet_resnet34 = _register_encoder_unet("resnet34")
