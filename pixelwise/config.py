@@ -58,6 +58,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
         "channels_last": False,  # NHWC memory format: faster convolutions on recent CPUs and GPUs
         "aux_weight": 0.4,  # weight of the auxiliary head's loss, for models built with aux_head (PSPNet: 0.4)
+        "head_lr_mult": 1.0,  # learning-rate multiple for the parameters outside the backbone (DeepLab: 10)
+        "accumulate": 1,  # batches per optimizer step (gradient accumulation)
+        "compile": False,  # torch.compile the model for training
         "grad_clip": 0.0,  # clip the gradient norm to this value (0: off)
         "checkpoint_interval": 0,  # write last.pt every this many steps (0: at each evaluation)
         "keep_last": 1,  # also keep the last k checkpoints as iter_NNNNNNN.pt when k > 1

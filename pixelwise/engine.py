@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -142,11 +143,21 @@ def _lr_lambda(train_cfg: dict[str, Any]) -> Any:
 
 
 def _optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD or AdamW; with ``train.head_lr_mult`` the parameters outside ``model.backbone`` (the
+    newly initialised head) get that multiple of the learning rate, as DeepLab's 10x."""
     name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
+    mult = train_cfg["head_lr_mult"]
+    backbone = getattr(model, "backbone", None)
+    if mult != 1 and isinstance(backbone, nn.Module):
+        in_backbone = {id(p) for p in backbone.parameters()}
+        head = [p for p in model.parameters() if id(p) not in in_backbone]
+        params = [{"params": list(backbone.parameters()), "lr": lr}, {"params": head, "lr": lr * mult}]
+    else:
+        params = [{"params": list(model.parameters()), "lr": lr}]
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     raise ConfigError(f"train.optimizer={name!r}; valid: sgd, adamw")
 
 
@@ -418,14 +429,25 @@ def train(
     tensorboard = _tensorboard(run_dir, val_ds) if train_cfg["tensorboard"] and ddp.is_main else None
 
     net: nn.Module = model
+    if train_cfg["compile"]:
+        net = torch.compile(net)  # the same parameters: checkpoints keep saving `model`
     if ddp.world_size > 1:
         if train_cfg["sync_bn"]:
             if device.type != "cuda":
                 raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    accumulate = train_cfg["accumulate"]
+    if accumulate < 1:
+        raise ConfigError(f"train.accumulate={accumulate}: must be >= 1")
+    # the sampler counts batches; an iteration (optimizer step) takes `accumulate` of them
     sampler = EpochSampler(
-        len(train_ds), batch_size, train_cfg["seed"], start_iter=state["iter"], rank=ddp.rank, world_size=ddp.world_size
+        len(train_ds),
+        batch_size,
+        train_cfg["seed"],
+        start_iter=state["iter"] * accumulate,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
     loader = DataLoader(
         train_ds,
@@ -446,17 +468,23 @@ def train(
     try:
         while state["iter"] < total:
             step_start = time.perf_counter()
-            images, masks = next(batches)
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            masks = masks.to(device, non_blocking=True)
-            with autocast(device, amp):
-                out = net(images)
-            if isinstance(out, dict):  # models with an auxiliary head, in training mode
-                loss = loss_fn(out["out"], masks) + train_cfg["aux_weight"] * loss_fn(out["aux"], masks)
-            else:
-                loss = loss_fn(out, masks)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss_value = 0.0
+            for micro in range(accumulate):  # gradient accumulation: one optimizer step per `accumulate` batches
+                images, masks = next(batches)
+                images = images.to(device, non_blocking=True, memory_format=memory_format)
+                masks = masks.to(device, non_blocking=True)
+                with autocast(device, amp):
+                    out = net(images)
+                if isinstance(out, dict):  # models with an auxiliary head, in training mode
+                    loss = loss_fn(out["out"], masks) + train_cfg["aux_weight"] * loss_fn(out["aux"], masks)
+                else:
+                    loss = loss_fn(out, masks)
+                # DDP: synchronise gradients only on the last micro-batch
+                sync = ddp.world_size == 1 or micro == accumulate - 1
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    scaler.scale(loss / accumulate).backward()
+                loss_value += float(loss.detach()) / accumulate
             if train_cfg["grad_clip"]:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg["grad_clip"])
@@ -465,7 +493,6 @@ def train(
             scheduler.step()
             state["iter"] += 1
             it = state["iter"]
-            loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at iteration {it}; lower train.lr")
             window_loss, window_n = window_loss + loss_value, window_n + 1
@@ -474,7 +501,8 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if it % log_interval == 0 or it == total:
                 mean_loss = _mean_over_processes(window_loss / window_n, ddp, device)
-                speed = window_n * batch_size * ddp.world_size / max(time.perf_counter() - window_t, 1e-9)
+                images_seen = window_n * accumulate * batch_size * ddp.world_size
+                speed = images_seen / max(time.perf_counter() - window_t, 1e-9)
                 files.record(
                     {
                         "type": "train",

@@ -186,3 +186,66 @@ def test_existing_run_is_not_overwritten(tmp_path):
     with pytest.raises(Exception, match="already holds a run"):
         train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
     assert (tmp_path / "r/last.pt").read_bytes() == before
+
+
+def _plain_toy(tmp_path, **train_cfg):
+    """No batch norm, no ignored pixels: the gradient of a batch is the mean of its halves'."""
+    path = tmp_path / f"plain{len(list(tmp_path.glob('plain*.yaml')))}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "unet", "base_channels": 4, "depth": 2, "batch_norm": False},
+                "data": {"dataset": "toy", "crop_size": 16, "num_workers": 0, "scale_range": None},
+                "train": {
+                    "eval_interval": 100,
+                    "lr": 0.05,
+                    "lr_schedule": "constant",
+                    "deterministic": True,
+                    **train_cfg,
+                },
+            }
+        )
+    )
+    return load_config(path)
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2}).parent
+    big = _plain_toy(tmp_path, iters=3)
+    big["data"]["batch_size"] = 4
+    small = _plain_toy(tmp_path, iters=3, accumulate=2)
+    small["data"]["batch_size"] = 2
+    train(big, run_dir=tmp_path / "big", data_root=root, progress=False)
+    train(small, run_dir=tmp_path / "small", data_root=root, progress=False)
+    a = load_checkpoint(tmp_path / "big/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "small/last.pt")["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    halves = _plain_toy(tmp_path, iters=6)  # the same 12 batches of 2, one step each: not the same
+    halves["data"]["batch_size"] = 2
+    train(halves, run_dir=tmp_path / "halves", data_root=root, progress=False)
+    c = load_checkpoint(tmp_path / "halves/last.pt")["model"]
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
+
+
+def test_head_learning_rate_multiplier():
+    from pixelwise import build_model
+    from pixelwise.config import DEFAULTS
+    from pixelwise.engine import _optimizer
+
+    model = build_model("deeplabv3plus_mobilenetv2", num_classes=3)
+    opt = _optimizer(model, {**DEFAULTS["train"], "lr": 0.01, "head_lr_mult": 10.0})
+    backbone, head = opt.param_groups
+    assert backbone["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
+    assert len(backbone["params"]) == len(list(model.backbone.parameters()))
+    assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
+    assert len(_optimizer(model, {**DEFAULTS["train"]}).param_groups) == 1
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_and_saves_plain_keys(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = _plain_toy(tmp_path, iters=2, compile=True)
+    cfg["data"]["batch_size"] = 2
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    keys = list(load_checkpoint(tmp_path / "r/last.pt")["model"])
+    assert keys and not any(k.startswith("_orig_mod") for k in keys)
