@@ -426,7 +426,7 @@ def train(
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
     files.open(config, state["iter"] if resume else None)
-    tensorboard = _tensorboard(run_dir, val_ds) if train_cfg["tensorboard"] and ddp.is_main else None
+    tensorboard = _tensorboard(run_dir) if train_cfg["tensorboard"] and ddp.is_main else None
 
     net: nn.Module = model
     if train_cfg["compile"]:
@@ -580,7 +580,7 @@ def train(
     }
 
 
-def _tensorboard(run_dir: Path, val_ds: SegmentationDataset | None):
+def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
