@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import CheckpointError, PixelwiseError
@@ -159,11 +160,25 @@ class OnnxModel:
         if META_KEY not in props:
             raise CheckpointError(f"{path} was not exported by pixelwise (no {META_KEY} metadata)")
         self.meta = json.loads(props[META_KEY])
-        self.input = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input = first.name
+        # Dimensions fixed at export are ints; dynamic ones are names (or None).
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        fixed_hw = first.shape[2:]
+        self.fixed_size = tuple(fixed_hw) if all(isinstance(d, int) for d in fixed_hw) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out)
+        """Logits at the input's size. A graph exported at a fixed size (e.g. PSPNet's adaptive pooling)
+        gets the input resized (bilinear) to that size and returns logits resized back."""
+        x = x.detach().float().cpu()
+        size = tuple(x.shape[-2:])
+        if self.fixed_size is not None and size != self.fixed_size:
+            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
+        chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
+        out = torch.cat([torch.from_numpy(self.session.run(None, {self.input: c.numpy()})[0]) for c in chunks])
+        if out.shape[-2:] != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
 
     def eval(self) -> OnnxModel:
         return self

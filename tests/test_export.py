@@ -104,3 +104,25 @@ def test_optimize_for_inference_channels_last():
     model = optimize_for_inference(randomise_bn(build_model("unet_resnet18", num_classes=2)))
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.training
+
+
+def test_fixed_size_onnx_resizes_any_input(tmp_path):
+    """A graph exported at a fixed size (as PSPNet must be) still takes any batch and size: the input
+    is resized to the export size and the logits back, as PyTorch would with the same resizing."""
+    import torch.nn.functional as F
+
+    from pixelwise.checkpoint import load_checkpoint, model_from_checkpoint
+    from pixelwise.export import OnnxModel, export_onnx
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    report = export_onnx(ckpt, tmp_path / "m.onnx", height=64, width=96, dynamic=False)
+    assert not report["dynamic"]
+    onnx_model = OnnxModel(tmp_path / "m.onnx")
+    assert onnx_model.fixed_size == (64, 96) and onnx_model.fixed_batch == 1
+    x = torch.randn(2, 3, 70, 90)
+    got = onnx_model(x)
+    model = model_from_checkpoint(load_checkpoint(ckpt), ckpt).eval()
+    with torch.no_grad():
+        ref = F.interpolate(model(F.interpolate(x, size=(64, 96), mode="bilinear")), size=(70, 90), mode="bilinear")
+    assert got.shape == (2, 3, 70, 90)
+    assert (got - ref).abs().max() < 1e-4 * ref.abs().max().clamp(min=1)
