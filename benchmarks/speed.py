@@ -11,7 +11,8 @@ Pairs (same input, same number of classes):
 
 Inference: the peer as a user runs it by default (``eval()``, ``torch.no_grad()``, fp32) against
 pixelwise's default inference path (``optimize_for_inference``: batch norm folded, channels-last,
-``torch.inference_mode()``, fp32), its bf16 autocast option, and onnxruntime on the exported model.
+``torch.inference_mode()``, fp32), its ``--compile`` option (the same, through torch.compile with frozen
+weights; fp32), its bf16 autocast option, and onnxruntime on the exported model.
 Training: one SGD step (forward, cross entropy, backward, update) in fp32 for both, and pixelwise
 with its ``train.channels_last`` + ``train.amp: bf16`` options.
 
@@ -103,7 +104,15 @@ def inference_times(pw, peer, size: int, repeats: int) -> dict[str, float]:
         t_pw = timeit(lambda: fast(xc), repeats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             t_bf16 = timeit(lambda: fast(xc), repeats)
-    out = {"peer_eager_fp32": t_peer, "pixelwise_fp32": t_pw, "pixelwise_bf16": t_bf16}
+    compiled = optimize_for_inference(copy.deepcopy(pw).eval(), compile=True)
+    with torch.inference_mode():
+        t_compiled = timeit(lambda: compiled(xc), repeats)  # the warm-up runs include the compilation
+    out = {
+        "peer_eager_fp32": t_peer,
+        "pixelwise_fp32": t_pw,
+        "pixelwise_bf16": t_bf16,
+        "pixelwise_compiled_fp32": t_compiled,
+    }
     try:
         import onnxruntime as ort
 
@@ -173,11 +182,11 @@ def main() -> int:
         "pairs": [],
     }
     print(
-        "| architecture | peer | inference: peer eager fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise bf16 "
-        "(ms) | ratio | onnxruntime (ms) | vs pixelwise eager | train step: peer (ms) | pixelwise fp32 (ms) | "
-        "ratio | pixelwise CL+bf16 (ms) | ratio |"
+        "| architecture | peer | inference: peer eager fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise "
+        "compiled fp32 (ms) | ratio | pixelwise bf16 (ms) | ratio | onnxruntime (ms) | vs pixelwise eager | "
+        "train step: peer (ms) | pixelwise fp32 (ms) | ratio | pixelwise CL+bf16 (ms) | ratio |"
     )
-    print("|---" * 15 + "|")
+    print("|---|---" + "|---:" * 15 + "|")
     for arch, make_pw, peer_name, make_peer in peers(args.num_classes):
         pw, peer = make_pw(), make_peer()
         inf = inference_times(pw, peer, args.size, args.repeats)
@@ -200,7 +209,8 @@ def main() -> int:
         )
         print(
             f"| {arch} | {peer_name} | {ms(inf['peer_eager_fp32'])} | {ms(inf['pixelwise_fp32'])} | "
-            f"{inf['peer_eager_fp32'] / inf['pixelwise_fp32']:.2f}x | {ms(inf['pixelwise_bf16'])} | "
+            f"{inf['peer_eager_fp32'] / inf['pixelwise_fp32']:.2f}x | {ms(inf['pixelwise_compiled_fp32'])} | "
+            f"{inf['peer_eager_fp32'] / inf['pixelwise_compiled_fp32']:.2f}x | {ms(inf['pixelwise_bf16'])} | "
             f"{inf['peer_eager_fp32'] / inf['pixelwise_bf16']:.2f}x | {ort_ms} | {ort_ratio} | "
             f"{ms(tr['peer_fp32'])} | {ms(tr['pixelwise_fp32'])} | {tr['peer_fp32'] / tr['pixelwise_fp32']:.2f}x | "
             f"{ms(tr['pixelwise_channels_last_bf16'])} | "

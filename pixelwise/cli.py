@@ -70,6 +70,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         instances=_class_arg(args.instances),
         watershed=args.watershed,
         crf=_crf(args, args.checkpoint),
+        compile=args.compile,
         progress=not args.no_progress,
     )
     if "crf" in result["metrics"]:
@@ -103,6 +104,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         amp=args.amp,
         inference=_inference(args),
+        compile=args.compile,
         progress=not args.no_progress,
     )
     print(f"{len(written)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay")
@@ -251,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
         g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+        g.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the folded model (Inductor, frozen weights): faster, compiles once per input size",
+        )
 
     def crf_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")

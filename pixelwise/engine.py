@@ -738,16 +738,18 @@ def evaluate_checkpoint(
     instances: int | str | None = None,
     watershed: bool = False,
     crf: CRFSettings | None = None,
+    compile: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of the data set it was trained on (options as
-    :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF). Returns
+    :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF;
+    ``compile`` as :func:`pixelwise.inference.optimize_for_inference`). Returns
     ``{"checkpoint", "dataset", "split", "num_images", "classes", "metrics"}``."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
     meta = ckpt["meta"]
     model = optimize_for_inference(
-        model_from_checkpoint(ckpt, str(checkpoint)).to(dev), in_channels=input_channels(meta["model"])
+        model_from_checkpoint(ckpt, str(checkpoint)).to(dev), in_channels=input_channels(meta["model"]), compile=compile
     )
     config_root = ckpt.get("config", {}).get("data", {}).get("root")
     root = resolve_data_root(data_root, config_root)
@@ -822,11 +824,13 @@ def predict(
     inference: InferenceSettings | None = None,
     crf: CRFSettings | None = None,
     backend: str = "torch",
+    compile: bool = False,
     progress: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png``. One image at a time: memory stays flat.
-    ``backend="onnxruntime"`` runs an ONNX file written by ``pixelwise export`` instead of a checkpoint."""
+    ``backend="onnxruntime"`` runs an ONNX file written by ``pixelwise export`` instead of a checkpoint;
+    ``compile`` as :func:`pixelwise.inference.optimize_for_inference` (torch backend)."""
     if backend == "onnxruntime":
         from .export import OnnxModel
 
@@ -838,7 +842,7 @@ def predict(
         ckpt = load_checkpoint(checkpoint, map_location=dev)
         meta = ckpt["meta"]
         model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
-        model = optimize_for_inference(model, in_channels=input_channels(meta["model"]))
+        model = optimize_for_inference(model, in_channels=input_channels(meta["model"]), compile=compile)
     else:
         raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime")
     mode = image_mode(input_channels(meta["model"]))

@@ -1,6 +1,7 @@
 """ONNX export with onnxruntime, the onnxruntime prediction backend, batch-norm folding."""
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -126,3 +127,17 @@ def test_fixed_size_onnx_resizes_any_input(tmp_path):
         ref = F.interpolate(model(F.interpolate(x, size=(64, 96), mode="bilinear")), size=(70, 90), mode="bilinear")
     assert got.shape == (2, 3, 70, 90)
     assert (got - ref).abs().max() < 1e-4 * ref.abs().max().clamp(min=1)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="Inductor needs a C++ compiler")
+def test_compiled_inference_matches_eager():
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("unet", num_classes=3, base_channels=8))
+    reference = copy.deepcopy(model)
+    fast = optimize_for_inference(model, compile=True)
+    assert hasattr(fast, "_orig_mod")  # torch.compile's wrapper
+    x = torch.randn(2, 3, 64, 80)
+    with torch.inference_mode():
+        ref = reference(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1)
