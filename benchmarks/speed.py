@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from pixelwise import build_model
 from pixelwise.export import LogitsOnly
-from pixelwise.inference import optimize_for_inference
+from pixelwise.inference import model_logits, optimize_for_inference
 
 warnings.filterwarnings("ignore")
 
@@ -52,10 +52,6 @@ def timeit(fn, repeats: int, warmup: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def logits(out):
-    return out["out"] if isinstance(out, dict) else out
 
 
 def peers(num_classes: int):
@@ -97,7 +93,7 @@ def inference_times(pw, peer, size: int, repeats: int) -> dict[str, float]:
     x = torch.randn(1, 3, size, size)
     peer.eval()
     with torch.no_grad():
-        t_peer = timeit(lambda: logits(peer(x)), repeats)
+        t_peer = timeit(lambda: model_logits(peer, x), repeats)
     fast = optimize_for_inference(copy.deepcopy(pw).eval())
     xc = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -145,7 +141,7 @@ def train_times(pw, peer, size: int, batch: int, repeats: int, num_classes: int)
 
         def step():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = logits(model(xx))
+                out = model_logits(model, xx)
             loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,20 +20,14 @@ from typing import Any
 
 import yaml
 
-
-def _last_train_record(log: Path) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("type") == "train":
-            last = record
-    return last
+from pixelwise.report import read_log
 
 
 def summarize(run_dir: Path, eval_json: str) -> dict[str, Any]:
     """The numbers of one run: its model and loss, length and time, and the eval's metrics."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    last = _last_train_record(run_dir / "metrics.jsonl")
+    train_records, _ = read_log(run_dir)
+    last = train_records[-1] if train_records else {}
     result = json.loads((run_dir / eval_json).read_text())
     m = result["metrics"]
     out: dict[str, Any] = {

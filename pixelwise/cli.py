@@ -173,31 +173,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_crf_search(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data import SegmentationDataset, build_transforms, resolve_data_root
-    from .engine import image_mode, input_channels, resolve_device, write_json
+    from .engine import checkpoint_dataset, resolve_device, write_json
     from .refine import crf_search, settings_for, write_crf_to_run_config
 
     ckpt = load_checkpoint(args.checkpoint)
     meta = ckpt["meta"]
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    root = resolve_data_root(args.data_root, ckpt.get("config", {}).get("data", {}).get("root"))
-    ds = SegmentationDataset(
-        root,
-        meta["dataset"],
-        args.split,
-        image_mode=image_mode(input_channels(meta["model"])),
-        transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
-    )
+    ds = checkpoint_dataset(ckpt, args.checkpoint, args.split, args.data_root)
     base = settings_for(args.checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": args.iterations})
-    grid = {
-        "w1": args.w1,
-        "theta_alpha": args.theta_alpha,
-        "theta_beta": args.theta_beta,
-        "w2": args.w2,
-        "theta_gamma": args.theta_gamma,
-    }
-    grid = {k: v for k, v in grid.items() if v}
+    grid = {k: getattr(args, k) for k in CRF_FLAGS if k != "iterations"}  # nargs="+": each a non-empty list
     result = crf_search(
         model,
         ds,

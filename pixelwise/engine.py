@@ -26,7 +26,7 @@ from .config import dump_config
 from .data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
 from .data.dataset import IMAGE_EXTENSIONS, read_image
 from .errors import CheckpointError, ConfigError, DataError
-from .inference import InferenceSettings, optimize_for_inference, predict_probs
+from .inference import InferenceSettings, model_logits, optimize_for_inference, predict_probs
 from .instances import ISBIScores, label_instances
 from .losses import build_loss, class_frequency_weights, list_losses, loss_arguments
 from .metrics import ConfusionMatrix
@@ -692,11 +692,11 @@ def _scores(
 ) -> torch.Tensor:
     """Logits, or probabilities (inference protocol, CRF), of a batch; only their argmax is used."""
     with autocast(device, amp):
-        if (inference is None or inference.is_plain) and crf is None:
-            return model(images)
         if inference is None or inference.is_plain:
-            out = model(images)
-            scores = torch.softmax((out["out"] if isinstance(out, dict) else out).float(), 1)
+            scores = model_logits(model, images)
+            if crf is None:
+                return scores
+            scores = torch.softmax(scores.float(), 1)
         else:
             scores = predict_probs(model, images, num_classes, inference)
     if crf is not None:
@@ -725,6 +725,28 @@ def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) ->
     return "\n".join(lines)
 
 
+def checkpoint_dataset(
+    ckpt: dict[str, Any], checkpoint: str | os.PathLike, split: str, data_root: str | os.PathLike | None
+) -> SegmentationDataset:
+    """The labelled ``split`` of the data set a checkpoint was trained on, with its evaluation
+    transforms; a data set with another number of classes is a :class:`CheckpointError`."""
+    meta = ckpt["meta"]
+    root = resolve_data_root(data_root, ckpt.get("config", {}).get("data", {}).get("root"))
+    ds = SegmentationDataset(
+        root,
+        meta["dataset"],
+        split,
+        image_mode=image_mode(input_channels(meta["model"])),
+        transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
+    )
+    if ds.info.num_classes != len(meta["classes"]):
+        raise CheckpointError(
+            f"{checkpoint} is for {len(meta['classes'])} classes but data set "
+            f"{ds.info.name!r} under {root} has {ds.info.num_classes}"
+        )
+    return ds
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -751,20 +773,7 @@ def evaluate_checkpoint(
     model = optimize_for_inference(
         model_from_checkpoint(ckpt, str(checkpoint)).to(dev), in_channels=input_channels(meta["model"]), compile=compile
     )
-    config_root = ckpt.get("config", {}).get("data", {}).get("root")
-    root = resolve_data_root(data_root, config_root)
-    ds = SegmentationDataset(
-        root,
-        meta["dataset"],
-        split,
-        image_mode=image_mode(input_channels(meta["model"])),
-        transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
-    )
-    if ds.info.num_classes != len(meta["classes"]):
-        raise CheckpointError(
-            f"{checkpoint} is for {len(meta['classes'])} classes but data set "
-            f"{ds.info.name!r} under {root} has {ds.info.num_classes}"
-        )
+    ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     if isinstance(instances, str):
         if instances not in meta["classes"]:
             raise ConfigError(f"--instances {instances!r}: no such class; classes: {', '.join(meta['classes'])}")
@@ -856,10 +865,10 @@ def predict(
         raise DataError(f"no images found in {', '.join(map(str, inputs))}")
     written: list[dict[str, str]] = []
     used: set[str] = set()
+    crf_args = None if crf is None else (crf, meta["mean"], meta["std"])
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
         image = read_image(path, mode)
         x = torch.from_numpy(image).to(dev).permute(2, 0, 1).float().div_(255).sub_(mean).div_(std)
-        crf_args = None if crf is None else (crf, meta["mean"], meta["std"])
         scores = _scores(model, x[None], len(meta["classes"]), dev, amp, inference, crf_args)
         pred = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
         stem = path.stem

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import CheckpointError, PixelwiseError
+from .inference import model_logits
 
 DEFAULT_OPSET = 17
 META_KEY = "pixelwise_meta"
@@ -41,8 +42,7 @@ class LogitsOnly(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out["out"] if isinstance(out, dict) else out
+        return model_logits(self.model, x)
 
 
 def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic: bool, exporter: str) -> None:

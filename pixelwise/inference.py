@@ -56,7 +56,8 @@ class InferenceSettings:
         return self.mode == "whole" and list(self.scales) == [1.0] and not self.flip
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` as one tensor: the main output of models that return ``{"out", "aux"}``."""
     out = model(x)
     return out["out"] if isinstance(out, dict) else out
 
@@ -98,7 +99,7 @@ def slide_probs(
     for i in range(0, len(boxes), window_batch):
         chunk = boxes[i : i + window_batch]
         windows = torch.cat([image[..., y : y + ch, x : x + cw] for y, x in chunk])
-        p = F.softmax(_logits(model, windows).float(), dim=1) * weight
+        p = F.softmax(model_logits(model, windows).float(), dim=1) * weight
         for j, (y, x) in enumerate(chunk):
             probs[..., y : y + ch, x : x + cw] += p[j * n : (j + 1) * n]
             norm[..., y : y + ch, x : x + cw] += weight
@@ -124,7 +125,7 @@ def predict_probs(
                 stride = _pair(s.stride) if s.stride is not None else tuple(max(1, c * 2 // 3) for c in crop)
                 p = slide_probs(model, x, num_classes, crop, stride, s.blend, s.window_batch)
             else:
-                p = F.softmax(_logits(model, x).float(), dim=1)
+                p = F.softmax(model_logits(model, x).float(), dim=1)
             if flip:
                 p = p.flip(-1)
             if p.shape[-2:] != (h, w):
@@ -159,7 +160,7 @@ def fold_batch_norm(model: nn.Module, example: torch.Tensor) -> int:
     hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     try:
         with torch.no_grad():
-            reference = _logits(model, example)
+            reference = model_logits(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -176,7 +177,7 @@ def fold_batch_norm(model: nn.Module, example: torch.Tensor) -> int:
         rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if isinstance(m, nn.Module)]
         setattr(parent, name, (nn.Sequential(*rest) if rest else nn.Identity()).eval())
     with torch.no_grad():
-        folded = _logits(model, example)
+        folded = model_logits(model, example)
     scale = reference.abs().max().clamp(min=1.0)
     if not torch.allclose(folded, reference, atol=1e-4 * float(scale), rtol=1e-4):  # a pair was not conv -> bn only
         for (conv, bn), (weight, bias) in zip(pairs, saved, strict=True):

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import crf as _crf
 from .checkpoint import atomic_write
 from .errors import ConfigError
+from .inference import model_logits
 
 
 @dataclass
@@ -102,9 +103,7 @@ def crf_search(
         for i in tqdm(range(n), desc="network", disable=not progress, leave=False):
             x, y = dataset[i]
             x = x[None].to(device)
-            out = model(x)
-            out = out["out"] if isinstance(out, dict) else out
-            cached.append((torch.softmax(out.float(), 1), x, y[None].to(device)))
+            cached.append((torch.softmax(model_logits(model, x).float(), 1), x, y[None].to(device)))
     k = dataset.info.num_classes
 
     def score(settings: CRFSettings | None) -> float:

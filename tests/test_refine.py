@@ -98,6 +98,14 @@ def test_eval_with_crf_and_crf_search(toy_checkpoint, capsys):
     assert json.loads((ckpt.parent / "e.json").read_text())["metrics"]["crf"] == written
 
 
+def test_data_set_with_another_class_count_is_refused(toy_checkpoint, tmp_path, capsys):
+    ckpt, _ = toy_checkpoint
+    other = write_dataset(tmp_path / "other", splits={"val": 1}, num_classes=4).parent
+    for command in (["eval", str(ckpt)], ["crf-search", str(ckpt), "--num-images", "1"]):
+        assert main([*command, "--data-root", str(other), "--no-progress"]) == 2
+        assert "is for 3 classes but data set 'toy'" in capsys.readouterr().err
+
+
 def test_predict_with_crf(toy_checkpoint, tmp_path):
     ckpt, root = toy_checkpoint
     images = sorted(str(p) for p in (root / "toy/images/val").glob("*.png"))
