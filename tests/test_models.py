@@ -1,5 +1,7 @@
 """The model zoo: every registered model runs; architecture facts from the papers hold."""
 
+import subprocess
+import sys
 import urllib.error
 
 import pytest
@@ -311,3 +313,26 @@ def test_from_torchvision_without_aux_and_via_init_from(tmp_path):
         init_weights(other, tmp_path / "tv.pth")
     init_weights(other, tmp_path / "tv.pth", partial=True)  # everything but the classifier
     assert torch.equal(other.aspp.project[0].weight, same.aspp.project[0].weight)
+
+
+BF16_FCN_TRAIN = """
+import torch
+from pixelwise import build_model
+torch.manual_seed(0)
+model = build_model("fcn8s_vgg16", num_classes=3).train()
+for _ in range(4):
+    x = torch.randn(2, 3, 65, 79, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    (out.float() * torch.randn_like(out, dtype=torch.float32)).mean().backward()
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_fcn_bf16_training_on_cpu_does_not_corrupt_memory():
+    """oneDNN's bf16 weight gradient of a 4096-input conv with under 16 outputs (FCN's score_fr) corrupts
+    the heap on CPU (PyTorch 2.14; the process aborts within a few steps). FCN keeps that layer in fp32.
+    In a subprocess: the failure is a crash."""
+    proc = subprocess.run([sys.executable, "-c", BF16_FCN_TRAIN], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]

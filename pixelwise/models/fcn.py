@@ -123,7 +123,10 @@ class FCN(nn.Module):
         f = self.backbone(x)  # pool3 1/8, pool4 1/16, pool5 1/32 (of the 100-px padded input)
         h = self.drop(self.relu(self.fc6(f["pool5"])))  # 1/32, 6 px smaller (7x7 valid)
         h = self.drop(self.relu(self.fc7(h)))
-        score = self.score_fr(h)  # 1/32, num_classes
+        # score_fr in fp32 even under autocast: on CPU, oneDNN's bf16 weight gradient of a conv with 4096
+        # inputs and under 16 outputs corrupts the heap (PyTorch 2.14; tests/test_models.py). Costs ~nothing.
+        with torch.autocast(h.device.type, enabled=False):
+            score = self.score_fr(h.float())  # 1/32, num_classes
         if self.stride == 32:
             return _crop(self.upscore(score), self.offsets["out"], size)
         up = self.upscore2(score)  # 1/16
