@@ -237,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="average over these image scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
         )
         g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-        g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+        g.add_argument(
+            "--amp",
+            choices=["none", "bf16", "fp16"],
+            default="none",
+            help="mixed precision (on CUDA the weights are held in that precision too)",
+        )
         g.add_argument(
             "--compile",
             action="store_true",

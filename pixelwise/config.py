@@ -64,7 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "grad_clip": 0.0,  # clip the gradient norm to this value (0: off)
         "checkpoint_interval": 0,  # write last.pt every this many steps (0: at each evaluation)
         "keep_last": 1,  # also keep the last k checkpoints as iter_NNNNNNN.pt when k > 1
-        "deterministic": False,  # torch.use_deterministic_algorithms: bit-exact resume on CPU
+        "deterministic": False,  # torch.use_deterministic_algorithms: bit-exact resume on CPU (CUDA: best effort)
         "sync_bn": False,  # SyncBatchNorm under torchrun
         "tensorboard": False,  # TensorBoard scalars and val overlays in RUN_DIR/tensorboard
         "init_from": None,  # weights to start from: a pixelwise checkpoint or torchvision DeepLab v3 state dict

@@ -55,6 +55,15 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
+def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Weights' dtype for evaluation/prediction under ``amp``: half precision on CUDA, where autocast
+    would otherwise cast every weight on every call (benchmarks/results/cuda); fp32 on CPU, where
+    bf16 weights measured no faster."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
 def to_jsonable(obj: Any) -> Any:
     """NaN/inf -> None, recursively, so that the output is strict JSON."""
     if isinstance(obj, float):
@@ -266,6 +275,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    enabled: bool = False  # in a process group (under torchrun, also with one process)
 
     @property
     def is_main(self) -> bool:
@@ -274,9 +284,9 @@ class Distributed:
 
 def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on
-    CUDA); each process then uses GPU ``LOCAL_RANK``. Without ``torchrun``: one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    CUDA); each process then uses GPU ``LOCAL_RANK``. Without ``torchrun``: one process, no group.
+    (``torchrun --nproc_per_node=1`` joins a group of one: the DDP/SyncBatchNorm path on one GPU.)"""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Distributed(), device
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -284,7 +294,7 @@ def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), local), device
+    return Distributed(dist.get_rank(), dist.get_world_size(), local, enabled=True), device
 
 
 def _mean_over_processes(value: float, ddp: Distributed, device: torch.device) -> float:
@@ -356,10 +366,13 @@ def train(
         raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist")
     if not resume and (run_dir / "last.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir")
-    if train_cfg["deterministic"]:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     ddp, device = setup_distributed(resolve_device(train_cfg["device"]))
+    if train_cfg["deterministic"]:
+        # Bit-exact on CPU. On CUDA some kernels have no deterministic version (2-D NLL loss, bilinear
+        # upsampling backward): those warn instead of stopping the run; cuBLAS gets its deterministic workspace.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
     files = _RunFiles(run_dir, train_cfg["keep_last"], enabled=ddp.is_main)
     progress = progress and ddp.is_main
 
@@ -431,7 +444,7 @@ def train(
     net: nn.Module = model
     if train_cfg["compile"]:
         net = torch.compile(net)  # the same parameters: checkpoints keep saving `model`
-    if ddp.world_size > 1:
+    if ddp.enabled:
         if train_cfg["sync_bn"]:
             if device.type != "cuda":
                 raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
@@ -481,7 +494,7 @@ def train(
                 else:
                     loss = loss_fn(out, masks)
                 # DDP: synchronise gradients only on the last micro-batch
-                sync = ddp.world_size == 1 or micro == accumulate - 1
+                sync = not ddp.enabled or micro == accumulate - 1
                 with contextlib.nullcontext() if sync else net.no_sync():
                     scaler.scale(loss / accumulate).backward()
                 loss_value += float(loss.detach()) / accumulate
@@ -771,7 +784,10 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint, map_location=dev)
     meta = ckpt["meta"]
     model = optimize_for_inference(
-        model_from_checkpoint(ckpt, str(checkpoint)).to(dev), in_channels=input_channels(meta["model"]), compile=compile
+        model_from_checkpoint(ckpt, str(checkpoint)).to(dev),
+        in_channels=input_channels(meta["model"]),
+        compile=compile,
+        dtype=inference_dtype(dev, amp),
     )
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     if isinstance(instances, str):
@@ -851,7 +867,9 @@ def predict(
         ckpt = load_checkpoint(checkpoint, map_location=dev)
         meta = ckpt["meta"]
         model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
-        model = optimize_for_inference(model, in_channels=input_channels(meta["model"]), compile=compile)
+        model = optimize_for_inference(
+            model, in_channels=input_channels(meta["model"]), compile=compile, dtype=inference_dtype(dev, amp)
+        )
     else:
         raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime")
     mode = image_mode(input_channels(meta["model"]))

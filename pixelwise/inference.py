@@ -189,12 +189,19 @@ def fold_batch_norm(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def optimize_for_inference(
-    model: nn.Module, *, in_channels: int = 3, channels_last: bool = True, compile: bool = False
+    model: nn.Module,
+    *,
+    in_channels: int = 3,
+    channels_last: bool = True,
+    compile: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Eval mode, batch norm folded into the convolutions, channels-last weights: what ``pixelwise
     predict``/``eval`` run by default (identical outputs up to float rounding). ``compile=True`` adds
     ``torch.compile`` with Inductor's freezing (weights become constants, so convolutions are prepacked
-    and fused with what follows): faster, at the cost of a compilation per new input size."""
+    and fused with what follows): faster, at the cost of a compilation per new input size. ``dtype``
+    (float16/bfloat16, for use under autocast) stores the folded weights in that precision, so that
+    autocast does not cast every weight again on every call."""
     model.eval()
     try:
         device = next(model.parameters()).device
@@ -203,6 +210,8 @@ def optimize_for_inference(
     fold_batch_norm(model, torch.randn(1, in_channels, 64, 64, device=device))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        model = model.to(dtype)
     if compile:
         # Freezing for this model only (not a global setting: a training net compiled in the same process
         # must not see its weights frozen by a no-grad validation pass).

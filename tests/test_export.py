@@ -107,6 +107,21 @@ def test_optimize_for_inference_channels_last():
     assert not model.training
 
 
+def test_optimize_for_inference_half_precision_weights():
+    """``dtype`` (eval/predict --amp on CUDA) stores the folded weights in half precision; under
+    autocast the logits stay close to fp32's."""
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("unet_resnet18", num_classes=2))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    half = optimize_for_inference(copy.deepcopy(model), dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = half(x.contiguous(memory_format=torch.channels_last)).float()
+    assert (got - ref).norm() / ref.norm() < 3e-2
+
+
 def test_fixed_size_onnx_resizes_any_input(tmp_path):
     """A graph exported at a fixed size (as PSPNet must be) still takes any batch and size: the input
     is resized to the export size and the logits back, as PyTorch would with the same resizing."""
