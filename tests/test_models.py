@@ -38,6 +38,17 @@ def test_forward_backward_batch1_train_mode_even_and_odd(name):
         model.zero_grad()
 
 
+def test_backbone_returns_only_the_features_its_head_reads():
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert set(build_model("deeplabv3_resnet50", num_classes=3).backbone(x)) == {"layer4"}
+        assert set(build_model("deeplabv3plus_resnet50", num_classes=3).backbone(x)) == {"layer1", "layer4"}
+        assert set(build_model("fcn16s_vgg16", num_classes=3).backbone(x)) == {"pool4", "pool5"}
+        assert len(build_model("unet_resnet18", num_classes=3).backbone(x)) == 5  # every reduction
+    with pytest.raises(KeyError, match="has no feature 'layer9'"):
+        ResNet("resnet18").keep("layer4", "layer9")
+
+
 def conv2_dilations(layer):
     return [block.conv2.dilation[0] for block in layer]
 

@@ -86,6 +86,7 @@ class DeepLabVGG(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = VGG16(in_channels=in_channels, variant="deeplab")
+        self.backbone.keep("pool5")
         channels = self.backbone.info("pool5").channels
         self.branches = nn.ModuleList(LargeFOV(channels, num_classes, r, width, dropout) for r in rates)
         if pretrained_backbone:
@@ -154,6 +155,7 @@ class DeepLabV2ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = resnet(depth, in_channels=in_channels, output_stride=8, pretrained=pretrained_backbone)
+        self.backbone.keep("layer4")
         channels = self.backbone.info("layer4").channels
         self.aspp = nn.ModuleList(nn.Conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.aspp:
@@ -204,6 +206,7 @@ class DeepLabV3(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, self.high, self.aux_feature = backbone, high, aux
+        backbone.keep(high, aux)
         self.aspp = ASPP(backbone.info(high).channels, rates, 256, separable=separable, dropout=aspp_dropout)
         self.head_conv = ConvNormAct(256, 256, 3, padding=1) if head_conv else nn.Identity()
         self.classifier = nn.Conv2d(256, num_classes, 1)
@@ -237,6 +240,7 @@ class DeepLabV3Plus(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, self.high, self.low = backbone, high, low
+        backbone.keep(high, low)
         self.aspp = ASPP(backbone.info(high).channels, rates, 256, separable=separable, dropout=aspp_dropout)
         self.reduce = ConvNormAct(backbone.info(low).channels, 48, 1)
         conv = (lambda i, o: SeparableConv2d(i, o, 3)) if separable else (lambda i, o: ConvNormAct(i, o, 3, padding=1))

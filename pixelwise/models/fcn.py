@@ -72,6 +72,7 @@ class FCN(nn.Module):
             raise ValueError(f"FCN stride must be 32, 16 or 8, got {stride}")
         self.stride = stride
         self.backbone = VGG16(in_channels=in_channels, variant="fcn")
+        self.backbone.keep("pool5", "pool4" if stride <= 16 else None, "pool3" if stride == 8 else None)
         pool5 = self.backbone.info("pool5").channels
         self.fc6 = nn.Conv2d(pool5, 4096, 7)  # fc6 as a 7x7 valid conv
         self.fc7 = nn.Conv2d(4096, 4096, 1)
@@ -123,10 +124,10 @@ class FCN(nn.Module):
         f = self.backbone(x)  # pool3 1/8, pool4 1/16, pool5 1/32 (of the 100-px padded input)
         h = self.drop(self.relu(self.fc6(f["pool5"])))  # 1/32, 6 px smaller (7x7 valid)
         h = self.drop(self.relu(self.fc7(h)))
-        # score_fr in fp32 even under autocast: on CPU, oneDNN's bf16 weight gradient of a conv with 4096
-        # inputs and under 16 outputs corrupts the heap (PyTorch 2.14; tests/test_models.py). Costs ~nothing.
-        with torch.autocast(h.device.type, enabled=False):
-            score = self.score_fr(h.float())  # 1/32, num_classes
+        # score_fr in fp32 under CPU autocast: oneDNN's bf16 weight gradient of a conv with 4096 inputs and
+        # under 16 outputs corrupts the heap (PyTorch 2.14; tests/test_models.py). Costs ~nothing.
+        with torch.autocast("cpu", enabled=False):
+            score = self.score_fr(h.float() if h.device.type == "cpu" else h)  # 1/32, num_classes
         if self.stride == 32:
             return _crop(self.upscore(score), self.offsets["out"], size)
         up = self.upscore2(score)  # 1/16

@@ -39,6 +39,7 @@ class PSPNet(nn.Module):
         self.backbone = resnet(
             depth, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
         )
+        self.backbone.keep("layer4", "layer3" if aux_head else None)
         channels = self.backbone.info("layer4").channels
         self.ppm = PyramidPooling(channels, bins)
         self.bottleneck = ConvNormAct(self.ppm.out_channels, 512, 3, padding=1)
