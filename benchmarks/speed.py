@@ -9,15 +9,19 @@ Pairs (same input, same number of classes):
   one separable conv in its decoder instead of the paper's two, an extra one after ASPP);
 - pixelwise ``unet_resnet34`` vs ``smp.Unet("resnet34")``.
 
-Inference: the peer as a user runs it by default (``eval()``, ``torch.no_grad()``, fp32) against
-pixelwise's default inference path (``optimize_for_inference``: batch norm folded, channels-last,
-``torch.inference_mode()``, fp32), its ``--compile`` option (the same, through torch.compile with frozen
-weights; fp32), its bf16 autocast option, and onnxruntime on the exported model.
+Inference: the peer as a user runs it by default (``eval()``, ``torch.no_grad()``, fp32; on CUDA with
+PyTorch's default TF32 convolutions) against pixelwise's default inference path
+(``optimize_for_inference``: batch norm folded, channels-last, ``torch.inference_mode()``, fp32), its
+``--compile`` option (the same through torch.compile with frozen weights), its ``--amp`` option (bf16
+autocast on CPU; fp16 autocast with fp16 weights on CUDA, as eval/predict run it) and, on CPU,
+onnxruntime on the exported model. Variants are timed in turns (median of ``--repeats``); on CUDA
+with device synchronisation, and each variant's peak memory is recorded.
 Training: one SGD step (forward, cross entropy, backward, update) in fp32 for both, and pixelwise
-with its ``train.channels_last`` + ``train.amp: bf16`` options.
+with its ``train.channels_last`` + ``train.amp`` options (bf16 on CPU, fp16 with a gradient scaler on CUDA).
 
     pip install -e '.[bench,onnx]'
     python benchmarks/speed.py --threads 2 --size 512 --train-size 256 --train-batch 4
+    python benchmarks/speed.py --device cuda --size 512 --batch 16 --train-size 512 --train-batch 16
 """
 
 from __future__ import annotations
@@ -31,27 +35,53 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pixelwise import build_model
+from pixelwise.engine import inference_dtype
 from pixelwise.export import LogitsOnly
 from pixelwise.inference import model_logits, optimize_for_inference
 
 warnings.filterwarnings("ignore")
 
 
-def timeit(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 3):
+    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) so that a slow spell of
+    the machine falls on all of them alike; on CUDA the device is synchronised around each call."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak CUDA memory allocated during one call, in MiB (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def peers(num_classes: int):
@@ -89,104 +119,143 @@ def peers(num_classes: int):
     ]
 
 
-def inference_times(pw, peer, size: int, repeats: int) -> dict[str, float]:
-    x = torch.randn(1, 3, size, size)
-    peer.eval()
-    with torch.no_grad():
-        t_peer = timeit(lambda: model_logits(peer, x), repeats)
-    fast = optimize_for_inference(copy.deepcopy(pw).eval())
+def inference_times(
+    pw, peer, *, size: int, batch: int, repeats: int, device: torch.device, amp: torch.dtype, compile: bool
+) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Seconds per forward pass of each variant (timed in turns), and on CUDA each one's peak memory."""
+    x = torch.randn(batch, 3, size, size, device=device)
     xc = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        t_pw = timeit(lambda: fast(xc), repeats)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t_bf16 = timeit(lambda: fast(xc), repeats)
-    compiled = optimize_for_inference(copy.deepcopy(pw).eval(), compile=True)
-    with torch.inference_mode():
-        t_compiled = timeit(lambda: compiled(xc), repeats)  # the warm-up runs include the compilation
-    out = {
-        "peer_eager_fp32": t_peer,
-        "pixelwise_fp32": t_pw,
-        "pixelwise_bf16": t_bf16,
-        "pixelwise_compiled_fp32": t_compiled,
+    peer = peer.to(device).eval()
+    eager = LogitsOnly(copy.deepcopy(pw)).to(device).eval()  # pixelwise without its inference path
+    fast = optimize_for_inference(copy.deepcopy(pw).to(device).eval())
+
+    def run(model, inp, no_grad=torch.no_grad, dtype=None):
+        def fn():
+            with no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return model_logits(model, inp)
+
+        return fn
+
+    fns = {
+        "peer_eager_fp32": run(peer, x),
+        "pixelwise_eager_fp32": run(eager, x),
+        "pixelwise_fp32": run(fast, xc, torch.inference_mode),
+        "pixelwise_amp": run(fast, xc, torch.inference_mode, amp),
     }
-    try:
-        import onnxruntime as ort
+    weights_dtype = inference_dtype(device, "fp16" if amp == torch.float16 else "bf16")
+    if weights_dtype is not None:  # what eval/predict --amp run on this device: half-precision weights
+        fns["pixelwise_amp_fp32_weights"] = fns["pixelwise_amp"]
+        half = optimize_for_inference(copy.deepcopy(pw).to(device).eval(), dtype=weights_dtype)
+        fns["pixelwise_amp"] = run(half, xc, torch.inference_mode, amp)
+    if compile:  # the warm-up calls include the compilation
+        compiled = optimize_for_inference(copy.deepcopy(pw).to(device).eval(), compile=True)
+        fns["pixelwise_compiled_fp32"] = run(compiled, xc, torch.inference_mode)
+    with tempfile.TemporaryDirectory() as tmp:
+        if device.type == "cpu":
+            try:
+                import onnxruntime as ort
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.onnx"
-            model = LogitsOnly(pw).eval()
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feed = {"image": x.numpy()}
-            out["pixelwise_onnxruntime"] = timeit(lambda: session.run(None, feed), repeats)
-            with torch.no_grad():
-                out["pixelwise_eager_fp32"] = timeit(lambda: model(x), repeats)
-    except ImportError:
-        pass
-    return out
+                path = Path(tmp) / "m.onnx"
+                torch.onnx.export(eager, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = torch.get_num_threads()
+                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                feed = {"image": x.numpy()}
+                fns["pixelwise_onnxruntime"] = lambda: session.run(None, feed)
+            except ImportError:
+                pass
+        times = time_interleaved(fns, repeats, device)
+    memory = {k: peak_mib(fn, device) for k, fn in fns.items() if k != "pixelwise_onnxruntime"}
+    return times, memory
 
 
-def train_times(pw, peer, size: int, batch: int, repeats: int, num_classes: int) -> dict[str, float]:
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, num_classes, (batch, size, size))
+def train_times(
+    pw, peer, *, size: int, batch: int, repeats: int, num_classes: int, device: torch.device, amp: torch.dtype
+) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Seconds per SGD step (forward, cross entropy, backward, update), timed in turns; CUDA peak memory."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch, size, size), device=device)
 
-    def stepper(model, channels_last=False, bf16=False):
-        model = copy.deepcopy(model).train()
+    def stepper(model, channels_last=False, dtype=None):
+        model = copy.deepcopy(model).to(device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
         xx = x.contiguous(memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as the engine's fp16
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = model_logits(model, xx)
             loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         return step
 
-    return {
-        "peer_fp32": timeit(stepper(peer), repeats, warmup=1),
-        "pixelwise_fp32": timeit(stepper(pw), repeats, warmup=1),
-        "pixelwise_channels_last_bf16": timeit(stepper(pw, channels_last=True, bf16=True), repeats, warmup=1),
+    fns = {
+        "peer_fp32": stepper(peer),
+        "pixelwise_fp32": stepper(pw),
+        "pixelwise_channels_last_amp": stepper(pw, channels_last=True, dtype=amp),
     }
+    times = time_interleaved(fns, repeats, device, warmup=2)
+    return times, {k: peak_mib(fn, device) for k, fn in fns.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--size", type=int, default=512, help="inference input size")
+    ap.add_argument("--batch", type=int, default=1, help="inference batch size")
     ap.add_argument("--train-size", type=int, default=256)
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--num-classes", type=int, default=21)
-    ap.add_argument("--out", default="benchmarks/results/speed.json")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--out", default=None, help="JSON results (default benchmarks/results/speed[_cuda].json)")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    amp = torch.float16 if device.type == "cuda" else torch.bfloat16  # fp16 + GradScaler on GPUs, bf16 on CPUs
+    out_path = Path(args.out or f"benchmarks/results/speed{'_cuda' if device.type == 'cuda' else ''}.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
-        "args": vars(args),
-        "pairs": [],
-    }
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+        machine["tf32_conv"] = torch.backends.cudnn.allow_tf32  # PyTorch's default, left as a user has it
+    results = {"machine": machine, "args": vars(args), "amp_dtype": str(amp), "pairs": []}
+    a = "fp16" if amp == torch.float16 else "bf16"
     print(
         "| architecture | peer | inference: peer eager fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise "
-        "compiled fp32 (ms) | ratio | pixelwise bf16 (ms) | ratio | onnxruntime (ms) | vs pixelwise eager | "
-        "train step: peer (ms) | pixelwise fp32 (ms) | ratio | pixelwise CL+bf16 (ms) | ratio |"
+        f"compiled fp32 (ms) | ratio | pixelwise {a} (ms) | ratio | onnxruntime (ms) | vs pixelwise eager | "
+        f"train step: peer fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise CL+{a} (ms) | ratio |"
     )
     print("|---|---" + "|---:" * 15 + "|")
     for arch, make_pw, peer_name, make_peer in peers(args.num_classes):
         pw, peer = make_pw(), make_peer()
-        inf = inference_times(pw, peer, args.size, args.repeats)
-        tr = train_times(pw, peer, args.train_size, args.train_batch, max(3, args.repeats // 2), args.num_classes)
+        inf, inf_mem = inference_times(
+            pw,
+            peer,
+            size=args.size,
+            batch=args.batch,
+            repeats=args.repeats,
+            device=device,
+            amp=amp,
+            compile=not args.no_compile,
+        )
+        tr, tr_mem = train_times(
+            pw,
+            peer,
+            size=args.train_size,
+            batch=args.train_batch,
+            repeats=max(3, args.repeats // 2),
+            num_classes=args.num_classes,
+            device=device,
+            amp=amp,
+        )
         row = {
             "architecture": arch,
             "peer": peer_name,
@@ -195,27 +264,27 @@ def main() -> int:
             "params_pixelwise_m": sum(p.numel() for p in pw.parameters()) / 1e6,
             "params_peer_m": sum(p.numel() for p in peer.parameters()) / 1e6,
         }
+        if device.type == "cuda":
+            row["inference_peak_mib"], row["train_peak_mib"] = inf_mem, tr_mem
         results["pairs"].append(row)
-        ms = lambda v: f"{1000 * v:.0f}"  # noqa: E731
-        ort_ms = ms(inf["pixelwise_onnxruntime"]) if "pixelwise_onnxruntime" in inf else "n/a"
-        ort_ratio = (
-            f"{inf['pixelwise_eager_fp32'] / inf['pixelwise_onnxruntime']:.2f}x"
-            if "pixelwise_onnxruntime" in inf
-            else "n/a"
-        )
+        ms = lambda key, d=inf: f"{1000 * d[key]:.1f}" if key in d else "n/a"  # noqa: E731
+        ratio = lambda num, key, d=inf: f"{d[num] / d[key]:.2f}x" if key in d else "n/a"  # noqa: E731
         print(
-            f"| {arch} | {peer_name} | {ms(inf['peer_eager_fp32'])} | {ms(inf['pixelwise_fp32'])} | "
-            f"{inf['peer_eager_fp32'] / inf['pixelwise_fp32']:.2f}x | {ms(inf['pixelwise_compiled_fp32'])} | "
-            f"{inf['peer_eager_fp32'] / inf['pixelwise_compiled_fp32']:.2f}x | {ms(inf['pixelwise_bf16'])} | "
-            f"{inf['peer_eager_fp32'] / inf['pixelwise_bf16']:.2f}x | {ort_ms} | {ort_ratio} | "
-            f"{ms(tr['peer_fp32'])} | {ms(tr['pixelwise_fp32'])} | {tr['peer_fp32'] / tr['pixelwise_fp32']:.2f}x | "
-            f"{ms(tr['pixelwise_channels_last_bf16'])} | "
-            f"{tr['peer_fp32'] / tr['pixelwise_channels_last_bf16']:.2f}x |",
+            f"| {arch} | {peer_name} | {ms('peer_eager_fp32')} | {ms('pixelwise_fp32')} | "
+            f"{ratio('peer_eager_fp32', 'pixelwise_fp32')} | {ms('pixelwise_compiled_fp32')} | "
+            f"{ratio('peer_eager_fp32', 'pixelwise_compiled_fp32')} | {ms('pixelwise_amp')} | "
+            f"{ratio('peer_eager_fp32', 'pixelwise_amp')} | {ms('pixelwise_onnxruntime')} | "
+            f"{ratio('pixelwise_eager_fp32', 'pixelwise_onnxruntime')} | {ms('peer_fp32', tr)} | "
+            f"{ms('pixelwise_fp32', tr)} | {ratio('peer_fp32', 'pixelwise_fp32', tr)} | "
+            f"{ms('pixelwise_channels_last_amp', tr)} | {ratio('peer_fp32', 'pixelwise_channels_last_amp', tr)} |",
             flush=True,
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"(ratio = peer time / pixelwise time; > 1 means pixelwise is faster) results in {args.out}")
+        del pw, peer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2))
+    print(f"(ratio = peer time / pixelwise time; > 1 means pixelwise is faster) results in {out_path}")
     return 0
 
 
