@@ -212,7 +212,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1, help="inference batch size")
     ap.add_argument("--train-size", type=int, default=256)
     ap.add_argument("--train-batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed inference calls per variant")
+    ap.add_argument("--train-repeats", type=int, default=5, help="timed training steps per variant")
     ap.add_argument("--num-classes", type=int, default=21)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--out", default=None, help="JSON results (default benchmarks/results/speed[_cuda].json)")
@@ -251,7 +252,7 @@ def main() -> int:
             peer,
             size=args.train_size,
             batch=args.train_batch,
-            repeats=max(3, args.repeats // 2),
+            repeats=args.train_repeats,
             num_classes=args.num_classes,
             device=device,
             amp=amp,

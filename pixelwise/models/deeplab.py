@@ -32,7 +32,7 @@ from .backbones import (
     resnet,
     vgg16_fc_weights,
 )
-from .modules import ASPP, ConvNormAct, FCNHead, SeparableConv2d, resize_to
+from .modules import ASPP, ConvNormAct, FCNHead, SeparableConv2d, conv2d, resize_to
 from .registry import register_model
 
 
@@ -44,7 +44,7 @@ class LargeFOV(nn.Sequential):
 
     def __init__(self, in_channels: int, num_classes: int, rate: int, width: int = 1024, dropout: float = 0.5):
         super().__init__()
-        self.fc6 = nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate)
+        self.fc6 = conv2d(in_channels, width, 3, padding=rate, dilation=rate)
         self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
         self.fc7 = nn.Conv2d(width, width, 1)
         self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
@@ -157,7 +157,7 @@ class DeepLabV2ResNet(nn.Module):
         self.backbone = resnet(depth, in_channels=in_channels, output_stride=8, pretrained=pretrained_backbone)
         self.backbone.keep("layer4")
         channels = self.backbone.info("layer4").channels
-        self.aspp = nn.ModuleList(nn.Conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        self.aspp = nn.ModuleList(conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.aspp:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
