@@ -389,3 +389,33 @@ def test_atrous_conv_traces_the_full_convolution(tmp_path):
     got = ort.InferenceSession(str(tmp_path / "c.onnx")).run(None, {"x": x.numpy()})[0]
     with torch.no_grad():
         assert (torch.from_numpy(got) - conv(x)).abs().max() < 1e-4
+
+
+def test_atrous_conv_bf16_tap_products_on_cpu(monkeypatch):
+    """In bf16 on CPU a 1024+-channel conv with a large rate runs as per-tap matrix products (oneDNN's
+    dilated bf16 kernels are slow there): same function as the fp32 conv within bf16 rounding, gradients too."""
+    from pixelwise.models import modules
+
+    calls = []
+    real = modules._conv_as_tap_products
+    monkeypatch.setattr(modules, "_conv_as_tap_products", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    ref = nn.Conv2d(1024, 16, 3, padding=12, dilation=12)
+    atrous = AtrousConv2d(1024, 16, 3, padding=12, dilation=12)
+    atrous.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1024, 20, 27, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    r = ref(x)
+    g = torch.randn_like(r)
+    (r * g).sum().backward()
+    assert not calls and torch.allclose(atrous(x2), r, atol=1e-5)  # fp32: oneDNN's conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = atrous(x2)
+    assert calls and a.dtype == torch.bfloat16 and a.shape == r.shape
+
+    def rel(u, v):
+        return float((u.float() - v).norm() / v.norm())
+
+    assert rel(a, r) < 1e-2
+    (a.float() * g).sum().backward()
+    assert rel(x2.grad, x.grad) < 2e-2 and rel(atrous.weight.grad, ref.weight.grad) < 2e-2
