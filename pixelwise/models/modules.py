@@ -46,7 +46,8 @@ class AtrousConv2d(nn.Conv2d):
                 weight = weight.narrow(2 + dim, k // 2, 1)
                 padding[dim] = 0
         low = _cpu_low_precision(x)
-        if low is not None and self.groups == 1 and self.in_channels >= 1024 and max(self.dilation) >= 4:
+        slow_in_onednn = self.groups == 1 and self.in_channels >= 1024 and max(self.dilation) >= 4
+        if low is not None and slow_in_onednn and x.dim() == 4:
             return _conv_as_tap_products(x, weight, self.bias, self.dilation, low)
         if weight is self.weight:
             return super().forward(x)
@@ -57,10 +58,13 @@ def _cpu_low_precision(x: torch.Tensor) -> torch.dtype | None:
     """bf16/fp16 if a conv of ``x`` would run in it on the CPU (its dtype, or CPU autocast's), else None."""
     if x.device.type != "cpu":
         return None
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-    else:
-        dtype = x.dtype
+    try:
+        autocast = torch.is_autocast_enabled("cpu")
+        autocast_dtype = torch.get_autocast_dtype("cpu") if autocast else None
+    except TypeError:  # PyTorch < 2.4
+        autocast = torch.is_autocast_cpu_enabled()
+        autocast_dtype = torch.get_autocast_cpu_dtype() if autocast else None
+    dtype = autocast_dtype if autocast else x.dtype
     return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 
