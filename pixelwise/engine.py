@@ -367,6 +367,8 @@ def train(
     if not resume and (run_dir / "last.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir")
     ddp, device = setup_distributed(resolve_device(train_cfg["device"]))
+    if ddp.enabled and ddp.is_main:
+        print(f"distributed: {ddp.world_size} process(es), {dist.get_backend()} on {device.type}")
     if train_cfg["deterministic"]:
         # Bit-exact on CPU. On CUDA some kernels have no deterministic version (2-D NLL loss, bilinear
         # upsampling backward): those warn instead of stopping the run; cuBLAS gets its deterministic workspace.

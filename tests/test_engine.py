@@ -108,6 +108,26 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     assert not (tmp_path / "two" / "rank1").exists() and len(list((tmp_path / "two").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow
+def test_torchrun_one_process_joins_a_group_and_matches_a_plain_run(tmp_path):
+    """``torchrun --nproc_per_node=1`` runs the distributed path (a gloo group of one, DistributedDataParallel;
+    on a GPU, NCCL and SyncBatchNorm: tests/test_cuda.py) and ends with the plain run's weights."""
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
+    cfg = toy_config(tmp_path, iters=4, eval_interval=4, deterministic=True)
+    env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
+    common = ["-m", "pixelwise", "train", str(cfg), "--no-progress"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    for cmd, run in (([*torchrun, *common], "ddp"), ([sys.executable, *common], "plain")):
+        proc = subprocess.run(
+            [*cmd, "--run-dir", str(tmp_path / run)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("distributed: 1 process(es), gloo on cpu" in proc.stdout) == (run == "ddp"), proc.stdout[-2000:]
+    a = load_checkpoint(tmp_path / "ddp/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "plain/last.pt")["model"]
+    assert a.keys() == b.keys() and max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
+
+
 def toy_config(tmp_path, **train):
     path = tmp_path / "toy.yaml"
     path.write_text(
