@@ -4,6 +4,7 @@
 #      fp16 + GradScaler and bf16 training, GPU vs CPU evaluation, deterministic mode, torchrun/NCCL/SyncBN);
 #   2. benchmarks/speed.py on the GPU: batch 1 latency and batch 16 throughput at 512x512, training steps,
 #      peak memory, then the torch.compile variant (bounded by a timeout: compilation can take minutes).
+# Check the tests' own logic first on any machine: PIXELWISE_TEST_DEVICE=cpu python -m pytest -m cuda
 # Usage, from the repository root, with pixelwise and the peers importable (pip install -e '.[test,bench]'):
 #   OUT=results_dir bash benchmarks/cuda_check.sh
 set -uo pipefail

@@ -28,7 +28,14 @@ from .conftest import REPO, write_dataset
 from .test_crf import SMALL, scene
 from .test_engine import toy_config
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+# PIXELWISE_TEST_DEVICE=cpu runs these tests' logic on the CPU (bf16 for fp16, no SyncBatchNorm): a check of the
+# tests themselves before spending GPU time on them; the comparisons are then trivially CPU against CPU.
+DEVICE = os.environ.get("PIXELWISE_TEST_DEVICE", "cuda")
+HALF = torch.float16 if DEVICE == "cuda" else torch.bfloat16
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA device"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -65,19 +72,19 @@ def test_model_on_cuda_matches_cpu(name):
     for h in hooks:
         h.remove()
     # untrained ResNet-101s' activations exceed fp16's range (65504): those in bf16
-    dtype = torch.float16 if max(peak) < 3e4 else torch.bfloat16
-    gpu = model.cuda()
-    xg = x.cuda()
+    dtype = HALF if max(peak) < 3e4 else torch.bfloat16
+    gpu = model.to(DEVICE)
+    xg = x.to(DEVICE)
     with torch.no_grad():
         assert rel(model_logits(gpu, xg), ref) < 1e-4
         fast = optimize_for_inference(copy.deepcopy(gpu))  # folded BN, channels-last: the eval/predict path
         assert rel(fast(xg.contiguous(memory_format=torch.channels_last)), ref) < 1e-4
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.autocast(DEVICE, dtype=dtype):
             half = model_logits(gpu, xg)
         assert rel(half, ref) < 3e-2, dtype
     gpu.train()
     xg.requires_grad_(True)
-    with torch.autocast("cuda", dtype=dtype):
+    with torch.autocast(DEVICE, dtype=dtype):
         out = model_logits(gpu, xg)
     (out.float() * torch.randn_like(out, dtype=torch.float32)).mean().backward()
     grads = [p.grad for p in gpu.parameters() if p.grad is not None]
@@ -88,15 +95,15 @@ def test_model_on_cuda_matches_cpu(name):
 def test_dense_crf_on_cuda_matches_cpu(smoothness_filter):
     image, probs, _ = scene(0, height=37, width=53)
     cpu = dense_crf(image, probs, **SMALL, smoothness_filter=smoothness_filter)
-    gpu = dense_crf(image, probs.cuda(), **SMALL, smoothness_filter=smoothness_filter)
-    assert gpu.device.type == "cuda"
+    gpu = dense_crf(image, probs.to(DEVICE), **SMALL, smoothness_filter=smoothness_filter)
+    assert gpu.device.type == DEVICE
     diff = (gpu.cpu() - cpu).abs()
     same = (gpu.cpu().argmax(0) == cpu.argmax(0)).float().mean()
     # measured on an H100: max 4e-4, so not the 1e-6 of CPU-only runs; the labels agree
     assert diff.max() < 2e-3 and diff.mean() < 1e-5 and same > 0.999, (diff.max(), diff.mean(), same)
     # batched and differentiable on the GPU too
-    images = torch.as_tensor(np.stack([image, image[::-1].copy()])).cuda()
-    p = torch.stack([probs, probs.flip(1)]).cuda().requires_grad_(True)
+    images = torch.as_tensor(np.stack([image, image[::-1].copy()])).to(DEVICE)
+    p = torch.stack([probs, probs.flip(1)]).to(DEVICE).requires_grad_(True)
     out = dense_crf_batch(images, p, **SMALL, smoothness_filter=smoothness_filter)
     assert (out[0] - gpu).abs().max() < 1e-5
     out[:, 1].sum().backward()
@@ -107,16 +114,18 @@ def test_confusion_matrix_on_cuda_matches_cpu():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randint(0, 5, (3, 40, 30), generator=g), torch.randint(0, 5, (3, 40, 30), generator=g)
     target[0, :5] = 255
-    a, b = ConfusionMatrix(5, 255), ConfusionMatrix(5, 255, device="cuda")
+    a, b = ConfusionMatrix(5, 255), ConfusionMatrix(5, 255, device=DEVICE)
     a.update(pred, target)
-    b.update(pred.cuda(), target.cuda())
-    assert b.matrix.device.type == "cuda" and torch.equal(a.matrix, b.matrix.cpu())
+    b.update(pred.to(DEVICE), target.to(DEVICE))
+    assert b.matrix.device.type == DEVICE and torch.equal(a.matrix, b.matrix.cpu())
 
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_train_with_amp_on_cuda_then_eval_matches_cpu(tmp_path, amp):
+    if amp == "fp16" and DEVICE != "cuda":
+        pytest.skip("fp16 training needs CUDA")
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 3}, size=(48, 40)).parent
-    settings = dict(iters=40, eval_interval=40, device="cuda", amp=amp, channels_last=True, deterministic=False)
+    settings = dict(iters=40, eval_interval=40, device=DEVICE, amp=amp, channels_last=True, deterministic=False)
     cfg = load_config(toy_config(tmp_path, **settings))
     result = train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
     ckpt = load_checkpoint(tmp_path / "run/last.pt")
@@ -126,12 +135,12 @@ def test_train_with_amp_on_cuda_then_eval_matches_cpu(tmp_path, amp):
     losses = [r["loss"] for r in log if r["type"] == "train"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert result["best_miou"] > 0.25  # above chance (a constant prediction scores about 0.11)
-    on_gpu = evaluate_checkpoint(tmp_path / "run/best.pt", data_root=root, device="cuda", num_workers=0, progress=False)
+    on_gpu = evaluate_checkpoint(tmp_path / "run/best.pt", data_root=root, device=DEVICE, num_workers=0, progress=False)
     on_cpu = evaluate_checkpoint(tmp_path / "run/best.pt", data_root=root, device="cpu", num_workers=0, progress=False)
     a, b = np.array(on_gpu["metrics"]["confusion_matrix"]), np.array(on_cpu["metrics"]["confusion_matrix"])
     assert a.sum() == b.sum() and np.abs(a - b).sum() <= 0.002 * a.sum()  # rounding can flip a near-tie pixel
     gpu_amp = evaluate_checkpoint(
-        tmp_path / "run/best.pt", data_root=root, device="cuda", amp=amp, num_workers=0, progress=False
+        tmp_path / "run/best.pt", data_root=root, device=DEVICE, amp=amp, num_workers=0, progress=False
     )
     assert abs(gpu_amp["metrics"]["miou"] - on_cpu["metrics"]["miou"]) < 0.02
 
@@ -140,7 +149,7 @@ def test_deterministic_mode_runs_on_cuda(tmp_path):
     """2-D NLL loss and bilinear upsampling backward have no deterministic CUDA kernels: deterministic mode
     warns about them and runs."""
     root = write_dataset(tmp_path / "data").parent
-    cfg = load_config(toy_config(tmp_path, iters=2, device="cuda", deterministic=True))
+    cfg = load_config(toy_config(tmp_path, iters=2, device=DEVICE, deterministic=True))
     try:
         train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
     finally:
@@ -152,12 +161,12 @@ def test_torchrun_nccl_ddp_sync_bn_one_process_equals_plain_run(tmp_path):
     """torchrun with one process on the GPU: NCCL group, DistributedDataParallel and SyncBatchNorm
     (which in a group of one normalises like BatchNorm) end where a plain single-process run ends."""
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}, size=(48, 40)).parent
-    cfg = toy_config(tmp_path, iters=8, eval_interval=4, device="cuda", deterministic=False)
+    cfg = toy_config(tmp_path, iters=8, eval_interval=4, device=DEVICE, deterministic=False)
     env = {**os.environ, "PIXELWISE_DATA": str(root)}
     common = ["-m", "pixelwise", "train", str(cfg), "--no-progress", "--set", "data.scale_range=null"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     for cmd, run in (
-        ([*torchrun, *common, "--set", "train.sync_bn=true"], "ddp"),
+        ([*torchrun, *common, "--set", f"train.sync_bn={str(DEVICE == 'cuda').lower()}"], "ddp"),
         ([sys.executable, *common], "plain"),
     ):
         proc = subprocess.run(
