@@ -156,3 +156,11 @@ def test_compiled_inference_matches_eager():
         ref = reference(x)
         got = fast(x.contiguous(memory_format=torch.channels_last))
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1)
+
+
+def test_inference_weights_dtype_follows_amp_on_cuda_only():
+    from pixelwise.engine import inference_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype(cpu, "bf16") is None and inference_dtype(gpu, "none") is None
+    assert inference_dtype(gpu, "fp16") == torch.float16 and inference_dtype(gpu, "bf16") == torch.bfloat16
