@@ -762,6 +762,17 @@ def checkpoint_dataset(
     return ds
 
 
+def inference_model(
+    ckpt: dict[str, Any], checkpoint: str | os.PathLike, device: torch.device, *, amp: str, compile: bool
+) -> nn.Module:
+    """A loaded checkpoint's model on ``device``, prepared as eval/predict run it
+    (:func:`pixelwise.inference.optimize_for_inference`; half-precision weights under ``amp`` on CUDA)."""
+    model = model_from_checkpoint(ckpt, str(checkpoint)).to(device)
+    return optimize_for_inference(
+        model, in_channels=input_channels(ckpt["meta"]["model"]), compile=compile, dtype=inference_dtype(device, amp)
+    )
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -785,12 +796,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
     meta = ckpt["meta"]
-    model = optimize_for_inference(
-        model_from_checkpoint(ckpt, str(checkpoint)).to(dev),
-        in_channels=input_channels(meta["model"]),
-        compile=compile,
-        dtype=inference_dtype(dev, amp),
-    )
+    model = inference_model(ckpt, checkpoint, dev, amp=amp, compile=compile)
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     if isinstance(instances, str):
         if instances not in meta["classes"]:
@@ -868,10 +874,7 @@ def predict(
         dev = resolve_device(device)
         ckpt = load_checkpoint(checkpoint, map_location=dev)
         meta = ckpt["meta"]
-        model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev)
-        model = optimize_for_inference(
-            model, in_channels=input_channels(meta["model"]), compile=compile, dtype=inference_dtype(dev, amp)
-        )
+        model = inference_model(ckpt, checkpoint, dev, amp=amp, compile=compile)
     else:
         raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime")
     mode = image_mode(input_channels(meta["model"]))
