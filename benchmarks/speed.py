@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwise import build_model
-from pixelwise.engine import inference_dtype
+from pixelwise.engine import autocast, inference_dtype
 from pixelwise.export import LogitsOnly
 from pixelwise.inference import model_logits, optimize_for_inference
 
@@ -120,7 +120,7 @@ def peers(num_classes: int):
 
 
 def inference_times(
-    pw, peer, *, size: int, batch: int, repeats: int, device: torch.device, amp: torch.dtype, compile: bool
+    pw, peer, *, size: int, batch: int, repeats: int, device: torch.device, amp: str, compile: bool
 ) -> tuple[dict[str, float], dict[str, float | None]]:
     """Seconds per forward pass of each variant (timed in turns), and on CUDA each one's peak memory."""
     x = torch.randn(batch, 3, size, size, device=device)
@@ -129,9 +129,9 @@ def inference_times(
     eager = LogitsOnly(copy.deepcopy(pw)).to(device).eval()  # pixelwise without its inference path
     fast = optimize_for_inference(copy.deepcopy(pw).to(device).eval())
 
-    def run(model, inp, no_grad=torch.no_grad, dtype=None):
+    def run(model, inp, no_grad=torch.no_grad, amp="none"):
         def fn():
-            with no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with no_grad(), autocast(device, amp):
                 return model_logits(model, inp)
 
         return fn
@@ -142,7 +142,7 @@ def inference_times(
         "pixelwise_fp32": run(fast, xc, torch.inference_mode),
         "pixelwise_amp": run(fast, xc, torch.inference_mode, amp),
     }
-    weights_dtype = inference_dtype(device, "fp16" if amp == torch.float16 else "bf16")
+    weights_dtype = inference_dtype(device, amp)
     if weights_dtype is not None:  # what eval/predict --amp run on this device: half-precision weights
         fns["pixelwise_amp_fp32_weights"] = fns["pixelwise_amp"]
         half = optimize_for_inference(copy.deepcopy(pw).to(device).eval(), dtype=weights_dtype)
@@ -170,22 +170,22 @@ def inference_times(
 
 
 def train_times(
-    pw, peer, *, size: int, batch: int, repeats: int, num_classes: int, device: torch.device, amp: torch.dtype
+    pw, peer, *, size: int, batch: int, repeats: int, num_classes: int, device: torch.device, amp: str
 ) -> tuple[dict[str, float], dict[str, float | None]]:
     """Seconds per SGD step (forward, cross entropy, backward, update), timed in turns; CUDA peak memory."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, num_classes, (batch, size, size), device=device)
 
-    def stepper(model, channels_last=False, dtype=None):
+    def stepper(model, channels_last=False, amp="none"):
         model = copy.deepcopy(model).to(device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
         xx = x.contiguous(memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as the engine's fp16
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # as the engine's fp16
 
         def step():
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, amp):
                 out = model_logits(model, xx)
             loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -198,7 +198,7 @@ def train_times(
     fns = {
         "peer_fp32": stepper(peer),
         "pixelwise_fp32": stepper(pw),
-        "pixelwise_channels_last_amp": stepper(pw, channels_last=True, dtype=amp),
+        "pixelwise_channels_last_amp": stepper(pw, channels_last=True, amp=amp),
     }
     times = time_interleaved(fns, repeats, device, warmup=2)
     return times, {k: peak_mib(fn, device) for k, fn in fns.items()}
@@ -219,7 +219,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON results (default benchmarks/results/speed[_cuda].json)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    amp = torch.float16 if device.type == "cuda" else torch.bfloat16  # fp16 + GradScaler on GPUs, bf16 on CPUs
+    amp = "fp16" if device.type == "cuda" else "bf16"  # fp16 + GradScaler on GPUs, bf16 on CPUs
     out_path = Path(args.out or f"benchmarks/results/speed{'_cuda' if device.type == 'cuda' else ''}.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -227,12 +227,11 @@ def main() -> int:
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
         machine["tf32_conv"] = torch.backends.cudnn.allow_tf32  # PyTorch's default, left as a user has it
-    results = {"machine": machine, "args": vars(args), "amp_dtype": str(amp), "pairs": []}
-    a = "fp16" if amp == torch.float16 else "bf16"
+    results = {"machine": machine, "args": vars(args), "amp": amp, "pairs": []}
     print(
         "| architecture | peer | inference: peer eager fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise "
-        f"compiled fp32 (ms) | ratio | pixelwise {a} (ms) | ratio | onnxruntime (ms) | vs pixelwise eager | "
-        f"train step: peer fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise CL+{a} (ms) | ratio |"
+        f"compiled fp32 (ms) | ratio | pixelwise {amp} (ms) | ratio | onnxruntime (ms) | vs pixelwise eager | "
+        f"train step: peer fp32 (ms) | pixelwise fp32 (ms) | ratio | pixelwise CL+{amp} (ms) | ratio |"
     )
     print("|---|---" + "|---:" * 15 + "|")
     for arch, make_pw, peer_name, make_peer in peers(args.num_classes):
