@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,9 +22,9 @@ from pixelwise.engine import evaluate_checkpoint, train
 from pixelwise.inference import model_logits, optimize_for_inference
 from pixelwise.metrics import ConfusionMatrix
 
-from .conftest import REPO, write_dataset
+from .conftest import write_dataset
 from .test_crf import SMALL, scene
-from .test_engine import toy_config
+from .test_engine import torchrun_one_process_and_plain, toy_config
 
 # PIXELWISE_TEST_DEVICE=cpu runs these tests' logic on the CPU (bf16 for fp16, no SyncBatchNorm): a check of the
 # tests themselves before spending GPU time on them; the comparisons are then trivially CPU against CPU.
@@ -163,17 +161,14 @@ def test_torchrun_nccl_ddp_sync_bn_one_process_equals_plain_run(tmp_path):
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}, size=(48, 40)).parent
     cfg = toy_config(tmp_path, iters=8, eval_interval=4, device=DEVICE, deterministic=False)
     env = {**os.environ, "PIXELWISE_DATA": str(root)}
-    common = ["-m", "pixelwise", "train", str(cfg), "--no-progress", "--set", "data.scale_range=null"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    for cmd, run in (
-        ([*torchrun, *common, "--set", f"train.sync_bn={str(DEVICE == 'cuda').lower()}"], "ddp"),
-        ([sys.executable, *common], "plain"),
-    ):
-        proc = subprocess.run(
-            [*cmd, "--run-dir", str(tmp_path / run)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    a = load_checkpoint(tmp_path / "ddp/last.pt")["model"]
-    b = load_checkpoint(tmp_path / "plain/last.pt")["model"]
+    runs = torchrun_one_process_and_plain(
+        tmp_path,
+        cfg,
+        env,
+        ddp_args=["--set", f"train.sync_bn={str(DEVICE == 'cuda').lower()}"],
+        args=["--set", "data.scale_range=null"],
+        timeout=300,
+    )
+    a, b = runs["ddp"][0], runs["plain"][0]
     assert a.keys() == b.keys()
     assert max(rel(a[k], b[k]) for k in a if a[k].is_floating_point() and b[k].norm() > 0) < 1e-3

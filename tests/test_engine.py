@@ -108,6 +108,21 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     assert not (tmp_path / "two" / "rank1").exists() and len(list((tmp_path / "two").glob("*.pt"))) == 2
 
 
+def torchrun_one_process_and_plain(tmp_path, cfg, env, *, ddp_args=(), args=(), timeout=600):
+    """Train ``cfg`` under ``torchrun --nproc_per_node=1`` (with ``ddp_args``) and as a plain process;
+    both runs' final weights and standard outputs: ``{"ddp": (state, stdout), "plain": (state, stdout)}``."""
+    common = ["-m", "pixelwise", "train", str(cfg), "--no-progress", *args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    runs = {}
+    for cmd, run in (([*torchrun, *common, *ddp_args], "ddp"), ([sys.executable, *common], "plain")):
+        proc = subprocess.run(
+            [*cmd, "--run-dir", str(tmp_path / run)], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[run] = (load_checkpoint(tmp_path / run / "last.pt")["model"], proc.stdout)
+    return runs
+
+
 @pytest.mark.slow
 def test_torchrun_one_process_joins_a_group_and_matches_a_plain_run(tmp_path):
     """``torchrun --nproc_per_node=1`` runs the distributed path (a gloo group of one, DistributedDataParallel;
@@ -115,16 +130,10 @@ def test_torchrun_one_process_joins_a_group_and_matches_a_plain_run(tmp_path):
     root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
     cfg = toy_config(tmp_path, iters=4, eval_interval=4, deterministic=True)
     env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
-    common = ["-m", "pixelwise", "train", str(cfg), "--no-progress"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    for cmd, run in (([*torchrun, *common], "ddp"), ([sys.executable, *common], "plain")):
-        proc = subprocess.run(
-            [*cmd, "--run-dir", str(tmp_path / run)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ("distributed: 1 process(es), gloo on cpu" in proc.stdout) == (run == "ddp"), proc.stdout[-2000:]
-    a = load_checkpoint(tmp_path / "ddp/last.pt")["model"]
-    b = load_checkpoint(tmp_path / "plain/last.pt")["model"]
+    runs = torchrun_one_process_and_plain(tmp_path, cfg, env)
+    for run, (_, stdout) in runs.items():
+        assert ("distributed: 1 process(es), gloo on cpu" in stdout) == (run == "ddp"), stdout[-2000:]
+    a, b = runs["ddp"][0], runs["plain"][0]
     assert a.keys() == b.keys() and max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
 
 
