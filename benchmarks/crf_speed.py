@@ -37,10 +37,10 @@ import torch
 from PIL import Image
 
 from pixelwise.crf import (
+    CRFSettings,
     PermutohedralLattice,
     dense_crf,
 )
-from pixelwise.refine import CRFSettings
 
 try:
     import pydensecrf.densecrf as dcrf

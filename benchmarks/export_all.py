@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from pixelwise import build_model, list_models
-from pixelwise.checkpoint import save_checkpoint
 from pixelwise.export import export_onnx
+from pixelwise.models.weights import save_checkpoint
 
 
 def main() -> int:

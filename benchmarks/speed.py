@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from pixelwise import build_model
-from pixelwise.engine import autocast, inference_dtype
+from pixelwise.device import autocast, inference_dtype
 from pixelwise.export import LogitsOnly
-from pixelwise.inference import model_logits, optimize_for_inference
+from pixelwise.inference import optimize_for_inference
+from pixelwise.models import model_logits
 
 warnings.filterwarnings("ignore")
 

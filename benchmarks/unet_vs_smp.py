@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from pixelwise.checkpoint import load_checkpoint, model_from_checkpoint
 from pixelwise.config import load_config, validate_config
 from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
-from pixelwise.engine import autocast, evaluate_checkpoint, image_mode, input_channels, model_spec, train
+from pixelwise.device import autocast
+from pixelwise.engine import evaluate_checkpoint, image_mode, model_spec, train
 from pixelwise.losses import build_loss
-from pixelwise.models import build_model, register_model
+from pixelwise.models import build_model, input_channels, register_model
+from pixelwise.models.weights import load_checkpoint, model_from_checkpoint
 
 
 @register_model

@@ -1,14 +1,31 @@
-"""Command line: ``pixelwise {train,eval,predict,models}`` (also ``python -m pixelwise``)."""
+"""The command line (also ``python -m pixelwise``): argument parsing and printing only; each verb is one
+library call a Python user can make too."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .errors import PixelwiseError
+
+DESCRIPTION = """Semantic segmentation with the classic architectures built to their papers.
+
+verbs:
+  train       train a model from a YAML config
+  eval        evaluate a checkpoint on a labelled split
+  predict     predict masks for images
+  crf-search  grid-search the dense CRF's parameters on a val subset
+  export      export a checkpoint to ONNX, checked with onnxruntime
+  report      plots and a summary of a run
+  weight-map  draw the U-Net border weight map of a mask
+  models      list the registered models
+
+Run "pixelwise VERB --help" for a verb's options."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -34,20 +51,11 @@ def _inference(args: argparse.Namespace):
     )
 
 
-CRF_FLAGS = ("iterations", "w1", "theta_alpha", "theta_beta", "w2", "theta_gamma")
+def _crf(args: argparse.Namespace) -> dict | None:
+    """With --crf: the --crf-* flags given, over the run's settings (resolved by the library)."""
+    from .crf import CRFSettings
 
-
-def _crf(args: argparse.Namespace, checkpoint: str):
-    """CRF settings when --crf is given: flags over the run's config.yaml over the checkpoint's config."""
-    if not args.crf:
-        return None
-    from .checkpoint import load_checkpoint
-    from .refine import settings_for
-
-    stored = {}
-    if not str(checkpoint).endswith(".onnx"):
-        stored = load_checkpoint(checkpoint).get("config", {}).get("crf")
-    return settings_for(checkpoint, stored, {k: getattr(args, f"crf_{k}") for k in CRF_FLAGS})
+    return {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()} if args.crf else None
 
 
 def _class_arg(value: str | None) -> int | str | None:
@@ -55,7 +63,9 @@ def _class_arg(value: str | None) -> int | str | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate_checkpoint, format_metrics_table, write_json
+    from .engine import evaluate_checkpoint
+    from .fileio import write_json
+    from .metrics import format_metrics_table
     from .visualize import plot_confusion_matrix
 
     result = evaluate_checkpoint(
@@ -69,7 +79,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         boundary_width=args.boundary_width,
         instances=_class_arg(args.instances),
         watershed=args.watershed,
-        crf=_crf(args, args.checkpoint),
+        crf=_crf(args),
         compile=args.compile,
         progress=not args.no_progress,
     )
@@ -99,7 +109,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         backend=args.backend,
-        crf=_crf(args, args.checkpoint),
+        crf=_crf(args),
         device=args.device,
         alpha=args.alpha,
         amp=args.amp,
@@ -172,26 +182,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_crf_search(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .engine import checkpoint_dataset, resolve_device, write_json
-    from .refine import crf_search, settings_for, write_crf_to_run_config
+    from .crf.search import DEFAULT_GRID
+    from .engine import crf_search
 
-    ckpt = load_checkpoint(args.checkpoint)
-    meta = ckpt["meta"]
-    device = resolve_device(args.device)
-    model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    ds = checkpoint_dataset(ckpt, args.checkpoint, args.split, args.data_root)
-    base = settings_for(args.checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": args.iterations})
-    grid = {k: getattr(args, k) for k in CRF_FLAGS if k != "iterations"}  # nargs="+": each a non-empty list
+    grid = {k: getattr(args, k) for k in DEFAULT_GRID}  # nargs="+": each a non-empty list
     result = crf_search(
-        model,
-        ds,
-        mean=meta["mean"],
-        std=meta["std"],
-        grid=grid,
-        base=base,
+        args.checkpoint,
+        split=args.split,
+        data_root=args.data_root,
         num_images=args.num_images,
-        device=device,
+        iterations=args.iterations,
+        grid=grid,
+        device=args.device,
         progress=not args.no_progress,
     )
     for r in sorted(result["results"], key=lambda r: -r["miou"])[:10]:
@@ -202,10 +204,7 @@ def _cmd_crf_search(args: argparse.Namespace) -> int:
     )
     if result["best_miou"] < result["no_crf_miou"]:
         print("note: on these images every CRF setting tried lowers the mIoU; eval/predict run without --crf then")
-    run_config = Path(args.checkpoint).parent / "config.yaml"
-    write_crf_to_run_config(run_config, result["best"])
-    write_json(Path(args.checkpoint).parent / "crf_search.json", result)
-    print(f"best CRF settings written to the crf section of {run_config} (used by eval/predict --crf)")
+    print(f"best CRF settings written to the crf section of {result['run_config']} (used by eval/predict --crf)")
     return 0
 
 
@@ -217,9 +216,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# one line of help per CRF parameter; the parameters themselves are pixelwise.crf.CRFSettings's fields
+CRF_HELP = {
+    "iterations": (int, "mean-field iterations"),
+    "w1": (float, "appearance (bilateral) kernel weight"),
+    "theta_alpha": (float, "appearance kernel: position std (pixels)"),
+    "theta_beta": (float, "appearance kernel: colour std"),
+    "w2": (float, "smoothness kernel weight"),
+    "theta_gamma": (float, "smoothness kernel: position std (pixels)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelwise", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .crf import CRFSettings
+    from .crf.search import DEFAULT_GRID
+
+    assert list(CRF_HELP) == CRFSettings.names(), "CRF_HELP must list CRFSettings's fields"
+    parser = argparse.ArgumentParser(
+        prog="pixelwise", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"pixelwise {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
 
     def inference(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("inference protocol")
@@ -252,12 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     def crf_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")
         g.add_argument("--crf", action="store_true", help="refine the probabilities with the fully connected CRF")
-        g.add_argument("--crf-iterations", type=int, help="mean-field iterations")
-        g.add_argument("--crf-w1", type=float, help="appearance (bilateral) kernel weight")
-        g.add_argument("--crf-theta-alpha", type=float, help="appearance kernel: position std (pixels)")
-        g.add_argument("--crf-theta-beta", type=float, help="appearance kernel: colour std")
-        g.add_argument("--crf-w2", type=float, help="smoothness kernel weight")
-        g.add_argument("--crf-theta-gamma", type=float, help="smoothness kernel: position std (pixels)")
+        for name, (kind, text) in CRF_HELP.items():
+            g.add_argument(f"--crf-{name.replace('_', '-')}", type=kind, help=text)
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         if data:
@@ -320,12 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--split", default="val")
     p.add_argument("--num-images", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--w1", type=float, nargs="+", default=[3.0, 4.0, 5.0])
-    p.add_argument("--theta-alpha", type=float, nargs="+", default=[30.0, 50.0, 70.0, 90.0])
-    p.add_argument("--theta-beta", type=float, nargs="+", default=[3.0, 5.0, 10.0])
-    p.add_argument("--w2", type=float, nargs="+", default=[3.0], help="fixed by default, as DeepLab")
-    p.add_argument("--theta-gamma", type=float, nargs="+", default=[3.0], help="fixed by default, as DeepLab")
+    p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (default 10)")
+    for name, values in DEFAULT_GRID.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=float, nargs="+", default=values, help=f"{CRF_HELP[name][1]} (grid)"
+        )
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(func=_cmd_crf_search)
@@ -376,8 +389,31 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+class _TqdmHandler(logging.Handler):
+    """Log records as lines that do not break a progress bar: info to stdout, warnings to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        tqdm.write(prefix + self.format(record), file=stream)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Show the library's log records (``pixelwise.*``) as plain lines; once per process."""
+    logger = logging.getLogger("pixelwise")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
     try:
         return args.func(args)
     except PixelwiseError as e:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import crf
+from .crf.settings import CRFSettings
 from .errors import ConfigError
 from .models import list_models, model_arguments
 
@@ -70,15 +71,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "init_from": None,  # weights to start from: a pixelwise checkpoint or torchvision DeepLab v3 state dict
         "init_partial": False,  # with init_from: skip tensors whose shape differs (e.g. another class count)
     },
-    # dense CRF post-processing for eval/predict --crf (pixelwise.crf; DeepLab-v2's released settings)
-    "crf": {
-        "iterations": crf.DEFAULT_ITERATIONS,
-        "w1": crf.DEFAULT_W1,
-        "theta_alpha": crf.DEFAULT_THETA_ALPHA,
-        "theta_beta": crf.DEFAULT_THETA_BETA,
-        "w2": crf.DEFAULT_W2,
-        "theta_gamma": crf.DEFAULT_THETA_GAMMA,
-    },
+    # dense CRF post-processing for eval/predict --crf (pixelwise.crf.CRFSettings: DeepLab-v2's released settings)
+    "crf": asdict(CRFSettings()),
 }
 SECTIONS = ("model", "data", "train", "crf")
 

@@ -1,4 +1,4 @@
-"""ONNX export and an onnxruntime inference backend.
+"""ONNX export (the onnxruntime backend that runs the result: :mod:`pixelwise.inference.onnx_backend`).
 
 ``export_onnx`` writes the model with a dynamic batch, height and width (where the model allows;
 verified by running onnxruntime at a second, odd size), stores the checkpoint's metadata (classes,
@@ -16,22 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .errors import CheckpointError, PixelwiseError
-from .inference import model_logits
+from .errors import PixelwiseError
+from .inference.onnx_backend import META_KEY, onnxruntime_module
+from .models import input_channels, load_checkpoint, model_from_checkpoint, model_logits
 
 DEFAULT_OPSET = 17
-META_KEY = "pixelwise_meta"
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise PixelwiseError("onnxruntime is not installed: pip install 'pixelwise[onnx]'") from None
-    return onnxruntime
 
 
 class LogitsOnly(torch.nn.Module):
@@ -98,7 +88,7 @@ def export_onnx(
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
     meta = ckpt["meta"]
-    in_channels = meta["model"].get("in_channels", 3)
+    in_channels = input_channels(meta["model"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -127,7 +117,7 @@ def verify_onnx(
     model: torch.nn.Module, path: Path, in_channels: int, sizes: list[tuple[int, int, int]]
 ) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of the logits, per input size ``(batch, H, W)``."""
-    session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime_module().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs: dict[str, float] = {}
     relative = 0.0
     for n, h, w in sizes:
@@ -142,46 +132,3 @@ def verify_onnx(
         if relative > 1e-3:
             raise RuntimeError(f"onnxruntime's logits differ from PyTorch's at {n}x{h}x{w} (relative {relative:.1e})")
     return {**diffs, "relative": relative}
-
-
-class OnnxModel:
-    """An ONNX file run by onnxruntime, called like a model: ``N x C x H x W`` tensor -> logits."""
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
-        ort = _ort()
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"ONNX file {path} does not exist")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
-        except Exception as e:
-            raise CheckpointError(f"cannot load ONNX file {path}: {str(e).splitlines()[0]}") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in props:
-            raise CheckpointError(f"{path} was not exported by pixelwise (no {META_KEY} metadata)")
-        self.meta = json.loads(props[META_KEY])
-        first = self.session.get_inputs()[0]
-        self.input = first.name
-        # Dimensions fixed at export are ints; dynamic ones are names (or None).
-        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
-        fixed_hw = first.shape[2:]
-        self.fixed_size = tuple(fixed_hw) if all(isinstance(d, int) for d in fixed_hw) else None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the input's size. A graph exported at a fixed size (e.g. PSPNet's adaptive pooling)
-        gets the input resized (bilinear) to that size and returns logits resized back."""
-        x = x.detach().float().cpu()
-        size = tuple(x.shape[-2:])
-        if self.fixed_size is not None and size != self.fixed_size:
-            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
-        chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
-        out = torch.cat([torch.from_numpy(self.session.run(None, {self.input: c.numpy()})[0]) for c in chunks])
-        if out.shape[-2:] != size:
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        return out
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
-        return self

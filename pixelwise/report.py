@@ -94,7 +94,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 def _class_names(run_dir: Path, config: dict[str, Any], val: list[dict[str, Any]]) -> list[str]:
-    from .checkpoint import load_checkpoint
+    from .models import load_checkpoint
 
     for name in ("best.pt", "last.pt"):
         if (run_dir / name).exists():

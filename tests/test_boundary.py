@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.boundary import BoundaryF1, disk_offsets, label_boundaries
+from pixelwise.metrics import BoundaryF1, disk_offsets, label_boundaries
 
 from .conftest import run_in_processes
 

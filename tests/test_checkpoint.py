@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pixelwise import build_model
-from pixelwise.checkpoint import atomic_write, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from pixelwise.errors import CheckpointError
+from pixelwise.fileio import atomic_write
+from pixelwise.models.weights import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 
 
 def make_ckpt(num_classes=3):

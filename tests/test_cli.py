@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint
+from pixelwise.models.weights import load_checkpoint
 
 from .conftest import REPO, write_dataset
 

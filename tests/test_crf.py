@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.crf import PermutohedralLattice, dense_crf, dense_crf_batch, permutohedral_filter
-from pixelwise.refine import CRFSettings
+from pixelwise.crf import CRFSettings, PermutohedralLattice, dense_crf, dense_crf_batch, permutohedral_filter
 
 try:  # optional reference implementation (pip install pydensecrf2); never a dependency
     import pydensecrf.densecrf as dcrf

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from pixelwise import build_model, list_models
-from pixelwise.checkpoint import load_checkpoint
 from pixelwise.config import load_config
 from pixelwise.crf import dense_crf, dense_crf_batch
 from pixelwise.engine import evaluate_checkpoint, train
-from pixelwise.inference import model_logits, optimize_for_inference
+from pixelwise.inference import optimize_for_inference
 from pixelwise.metrics import ConfusionMatrix
+from pixelwise.models import model_logits
+from pixelwise.models.weights import load_checkpoint
 
 from .conftest import write_dataset
 from .test_crf import SMALL, scene

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from pixelwise.checkpoint import load_checkpoint
 from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
+from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import write_report
 
 from .conftest import REPO, write_dataset
@@ -259,7 +259,7 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
 def test_head_learning_rate_multiplier():
     from pixelwise import build_model
     from pixelwise.config import DEFAULTS
-    from pixelwise.engine import _optimizer
+    from pixelwise.engine import build_optimizer as _optimizer
 
     model = build_model("deeplabv3plus_mobilenetv2", num_classes=3)
     opt = _optimizer(model, {**DEFAULTS["train"], "lr": 0.01, "head_lr_mult": 10.0})

@@ -10,10 +10,10 @@ from PIL import Image
 from torch import nn
 
 from pixelwise import build_model
-from pixelwise.checkpoint import save_checkpoint
 from pixelwise.engine import predict
 from pixelwise.errors import CheckpointError
 from pixelwise.inference import fold_batch_norm, optimize_for_inference
+from pixelwise.models.weights import save_checkpoint
 
 pytest.importorskip("onnxruntime")
 
@@ -94,7 +94,7 @@ def test_export_dynamic_and_onnxruntime_backend(tmp_path, name, kwargs):
 
 
 def test_onnx_without_pixelwise_metadata_is_refused(tmp_path):
-    from pixelwise.export import OnnxModel
+    from pixelwise.inference.onnx_backend import OnnxModel
 
     torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 4, 4),), str(tmp_path / "plain.onnx"), dynamo=False)
     with pytest.raises(CheckpointError, match="not exported by pixelwise"):
@@ -127,8 +127,9 @@ def test_fixed_size_onnx_resizes_any_input(tmp_path):
     is resized to the export size and the logits back, as PyTorch would with the same resizing."""
     import torch.nn.functional as F
 
-    from pixelwise.checkpoint import load_checkpoint, model_from_checkpoint
-    from pixelwise.export import OnnxModel, export_onnx
+    from pixelwise.export import export_onnx
+    from pixelwise.inference.onnx_backend import OnnxModel
+    from pixelwise.models.weights import load_checkpoint, model_from_checkpoint
 
     ckpt = checkpoint(tmp_path, "unet", base_channels=8)
     report = export_onnx(ckpt, tmp_path / "m.onnx", height=64, width=96, dynamic=False)
@@ -159,7 +160,7 @@ def test_compiled_inference_matches_eager():
 
 
 def test_inference_weights_dtype_follows_amp_on_cuda_only():
-    from pixelwise.engine import inference_dtype
+    from pixelwise.device import inference_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype(cpu, "bf16") is None and inference_dtype(gpu, "none") is None

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from pixelwise.instances import ISBIScores, isbi_scores, label_instances, pixel_error
+from pixelwise.inference import label_instances
+from pixelwise.metrics import ISBIScores, isbi_scores, pixel_error
 
 KEYS = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge")
 

@@ -12,9 +12,10 @@ from torch import nn
 from pixelwise import PixelwiseError, build_model, list_models
 from pixelwise.errors import CheckpointError
 from pixelwise.models import from_torchvision
+from pixelwise.models.atrous_conv import AtrousConv2d
 from pixelwise.models.backbones import ResNet
 from pixelwise.models.fcn import coord_map, crop_offset
-from pixelwise.models.modules import AtrousConv2d, SeparableConv2d, bilinear_kernel
+from pixelwise.models.modules import SeparableConv2d, bilinear_kernel
 from pixelwise.models.stats import model_stats
 
 
@@ -202,15 +203,19 @@ def test_encoder_unet():
 
 
 # --- pretrained weights from local files --------------------------------------------------------
-def test_pretrained_resnet_from_torchvision_and_timm_layouts(tmp_path, capsys):
+def test_pretrained_resnet_from_torchvision_and_timm_layouts(tmp_path, caplog):
+    import logging
+
     import timm
+
+    caplog.set_level(logging.INFO, logger="pixelwise")
 
     tv = torchvision.models.resnet50().state_dict()
     torch.save(tv, tmp_path / "tv.pth")
     model = build_model("deeplabv3_resnet50", num_classes=3, pretrained_backbone=str(tmp_path / "tv.pth"))
     assert torch.equal(model.backbone.layer3[2].conv2.weight, tv["layer3.2.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_var, tv["bn1.running_var"])
-    assert "unexpected 2 ['fc.bias', 'fc.weight']" in capsys.readouterr().out  # reported
+    assert "unexpected 2 ['fc.bias', 'fc.weight']" in caplog.text  # reported
 
     from safetensors.torch import save_file
 
@@ -303,7 +308,7 @@ def test_from_torchvision_gives_the_same_outputs(name):
 
 
 def test_from_torchvision_without_aux_and_via_init_from(tmp_path):
-    from pixelwise.engine import init_weights
+    from pixelwise.models.weights import init_weights
 
     tv = torchvision.models.segmentation.deeplabv3_resnet50(
         weights=None, weights_backbone=None, num_classes=4, aux_loss=False
@@ -394,7 +399,7 @@ def test_atrous_conv_traces_the_full_convolution(tmp_path):
 def test_atrous_conv_bf16_tap_products_on_cpu(monkeypatch):
     """In bf16 on CPU a 1024+-channel conv with a large rate runs as per-tap matrix products (oneDNN's
     dilated bf16 kernels are slow there): same function as the fp32 conv within bf16 rounding, gradients too."""
-    from pixelwise.models import modules
+    from pixelwise.models import atrous_conv as modules
 
     calls = []
     real = modules._conv_as_tap_products

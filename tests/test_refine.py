@@ -9,9 +9,9 @@ import yaml
 
 from pixelwise.cli import main
 from pixelwise.config import load_config
+from pixelwise.crf import CRFSettings, rgb_uint8, settings_for
 from pixelwise.engine import evaluate_checkpoint, train
 from pixelwise.errors import ConfigError
-from pixelwise.refine import CRFSettings, rgb_uint8, settings_for
 
 from .conftest import write_dataset
 

@@ -6,6 +6,7 @@ centres like the bilinear image resize does) and padded with the ignore value.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,3 +146,8 @@ def build_transforms(
             steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, **colour))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return JointTransform(v2.Compose(steps))
+
+
+# The data-config keys that reach build_transforms: its keyword arguments, less those a run fills in itself.
+_RUN_FILLED = ("train", "mean", "std", "ignore_index")
+AUGMENTATION_KEYS = tuple(name for name in inspect.signature(build_transforms).parameters if name not in _RUN_FILLED)

@@ -2,9 +2,9 @@
 
 from . import deeplab, fcn, pspnet, unet  # noqa: F401  (registers the builders)
 from .backbones import Backbone, FeatureInfo
-from .convert import from_torchvision
-from .registry import build_model, list_models, model_arguments, register_model
+from .registry import build_model, input_channels, list_models, model_arguments, model_logits, register_model
 from .unet import UNet
+from .weights import from_torchvision, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 __all__ = [
     "Backbone",
@@ -12,7 +12,12 @@ __all__ = [
     "UNet",
     "build_model",
     "from_torchvision",
+    "input_channels",
     "list_models",
+    "load_checkpoint",
     "model_arguments",
+    "model_from_checkpoint",
+    "model_logits",
     "register_model",
+    "save_checkpoint",
 ]

@@ -14,17 +14,14 @@ replacing strides with dilation.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PixelwiseError
-
-Pretrained = bool | str | os.PathLike | None
+from ..errors import PixelwiseError
+from .weights import Pretrained, load_state, read_pretrained, timm_features_layout
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,7 @@ class FeatureInfo:
 class Backbone(nn.Module):
     """``forward(x) -> {name: feature}`` for every entry of ``feature_info``, or for those named in
     ``out_features`` once a head has called :meth:`keep`: the others are then freed as soon as the next
-    stage is computed (DeepLab v3/v3+ ResNet-50 inference, batch 4 at 512x512 on CPU: 23-25 % less peak
-    memory)."""
+    stage is computed, which lowers the peak memory of inference (benchmarks/results/memory.md)."""
 
     feature_info: list[FeatureInfo]
     out_features: frozenset[str] | None = None
@@ -312,98 +308,11 @@ class TimmBackbone(Backbone):
             FeatureInfo(f"stage{i}", c, r) for i, (c, r) in enumerate(zip(fi.channels(), fi.reduction(), strict=True))
         ]
         if pretrained and pretrained is not True:
-            own = self.body.state_dict()
-            state = {}
-            for key, value in read_pretrained(pretrained).items():
-                flat = key.replace(".", "_", 1)  # features_only nets flatten module lists: blocks.0.x -> blocks_0.x
-                state[flat if key not in own and flat in own else key] = value
+            state = timm_features_layout(read_pretrained(pretrained), self.body.state_dict())
             load_state(self.body, state, what=f"pretrained_backbone {pretrained}")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {f.name: y for f, y in zip(self.feature_info, self.body(x), strict=True) if self._wanted(f.name)}
-
-
-# --- pretrained weights -----------------------------------------------------------------------
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"pretrained_backbone: {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"pretrained_backbone: cannot load {path}: {str(e).splitlines()[0]}") from None
-    for key in ("state_dict", "model"):  # common wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"pretrained_backbone: {path} holds no state dict of tensors")
-    return state
-
-
-def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        return weights.get_state_dict(progress=True)
-    except Exception as e:
-        raise PixelwiseError(
-            f"could not download torchvision's pretrained weights for {name} ({type(e).__name__}: {e}); "
-            f"offline, pass a local file: pretrained_backbone=/path/to/{name}.pth"
-        ) from None
-
-
-def read_pretrained(pretrained: Pretrained, torchvision_name: str | None = None) -> dict[str, torch.Tensor]:
-    """``True``: torchvision's ImageNet weights for ``torchvision_name`` (downloaded once to the torch
-    hub cache); a path: a local state dict (``.pth``/``.pt`` read with ``weights_only=True``, or
-    ``.safetensors``) in torchvision or timm key layout."""
-    if pretrained is True:
-        if torchvision_name is None:
-            raise PixelwiseError("this backbone downloads its weights through timm")
-        state = _torchvision_state(torchvision_name)
-    else:
-        state = _read_state_dict(Path(pretrained))
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def load_state(
-    module: nn.Module, state: dict[str, torch.Tensor], *, what: str = "pretrained_backbone"
-) -> dict[str, list[str]]:
-    """Load the tensors of ``state`` whose keys ``module`` has. Keys the module lacks (a classifier
-    ``fc.*``, say) and keys missing from ``state`` are reported, not fatal; shape mismatches are
-    errors. A first conv made for RGB is adapted to the module's input channels (summed for 1
-    channel, repeated and rescaled for more)."""
-    own = module.state_dict()
-    usable = {}
-    for key, value in state.items():
-        if key not in own:
-            continue
-        target = own[key].shape
-        if value.dim() == 4 and len(target) == 4 and value.shape[1] == 3 and target[1] != 3:
-            c = target[1]
-            value = value.sum(1, keepdim=True) if c == 1 else value.repeat(1, -(-c // 3), 1, 1)[:, :c] * 3 / c
-        if value.shape != target:
-            raise CheckpointError(
-                f"{what}: {key} has shape {tuple(value.shape)} in the weights, {tuple(target)} in the model"
-            )
-        usable[key] = value
-    if not usable:
-        raise CheckpointError(
-            f"{what}: none of its {len(state)} tensors fits the model (keys like "
-            f"{list(state)[:2]}, the model has {list(own)[:2]})"
-        )
-    module.load_state_dict(usable, strict=False)
-    report = {"missing": sorted(set(own) - set(usable)), "unexpected": sorted(set(state) - set(own))}
-    if report["missing"] or report["unexpected"]:
-        print(
-            f"{what}: {len(usable)} tensors loaded; missing {len(report['missing'])} {report['missing'][:4]}; "
-            f"unexpected {len(report['unexpected'])} {report['unexpected'][:4]}"
-        )
-    return report
 
 
 def vgg16_fc_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

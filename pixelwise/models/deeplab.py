@@ -21,19 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbones import (
-    VGG16,
-    Backbone,
-    Pretrained,
-    TimmBackbone,
-    init_relu_convs,
-    load_state,
-    read_pretrained,
-    resnet,
-    vgg16_fc_weights,
-)
-from .modules import ASPP, ConvNormAct, FCNHead, SeparableConv2d, conv2d, resize_to
+from .aspp import ASPP
+from .atrous_conv import conv2d
+from .backbones import VGG16, Backbone, TimmBackbone, init_relu_convs, resnet, vgg16_fc_weights
+from .modules import ConvNormAct, FCNHead, SeparableConv2d, resize_to
 from .registry import register_model
+from .weights import Pretrained, load_state, read_pretrained
 
 
 # --- DeepLab v1 / v2 on VGG-16 ------------------------------------------------------------------

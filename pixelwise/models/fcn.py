@@ -19,9 +19,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .backbones import VGG16, Pretrained, init_relu_convs, load_state, read_pretrained, vgg16_fc_weights
+from .backbones import VGG16, init_relu_convs, vgg16_fc_weights
 from .modules import BilinearUpsample
 from .registry import register_model
+from .weights import Pretrained, load_state, read_pretrained
 
 
 def coord_map(layers: Iterable[nn.Module]) -> tuple[float, float]:

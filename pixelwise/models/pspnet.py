@@ -17,9 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbones import Pretrained, resnet
-from .modules import ConvNormAct, FCNHead, PyramidPooling, resize_to
+from .backbones import resnet
+from .modules import ConvNormAct, FCNHead, resize_to
+from .pyramid_pooling import PyramidPooling
 from .registry import register_model
+from .weights import Pretrained
 
 
 class PSPNet(nn.Module):

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -62,3 +63,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     if missing:
         raise ConfigError(f"model {name!r} needs argument(s) {', '.join(missing)}")
     return builder(**kwargs)
+
+
+def input_channels(spec: dict[str, Any]) -> int:
+    """The ``in_channels`` of a model spec (``{"name": ..., **kwargs}``): given, or the builder's default."""
+    return spec.get("in_channels", model_arguments(spec["name"]).get("in_channels", 3))
+
+
+def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` as one tensor: the main output of models that return ``{"out", "aux"}``."""
+    out = model(x)
+    return out["out"] if isinstance(out, dict) else out

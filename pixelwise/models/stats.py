@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import build_model, model_arguments
+from .registry import build_model, input_channels
 
 
 def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[int, int]:
@@ -13,8 +13,7 @@ def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[i
     counted on the meta device: no memory or compute is spent on the activations."""
     with torch.device("meta"):
         model = build_model(name, num_classes=num_classes).eval()
-        in_channels = model_arguments(name).get("in_channels", 3)
-        x = torch.empty(1, in_channels, size, size)
+        x = torch.empty(1, input_channels({"name": name}), size, size)
     params = sum(p.numel() for p in model.parameters())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)

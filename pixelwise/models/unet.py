@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, Pretrained, resnet
+from .backbones import Backbone, resnet
 from .modules import DoubleConv, center_crop, mirror_pad
 from .registry import register_model
+from .weights import Pretrained
 
 
 class UNet(nn.Module):

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pixelwise.metrics import as_class_indices, check_class_range
+from .confusion import as_class_indices, check_class_range
 
 
 def disk_offsets(width: int) -> list[tuple[int, int]]:

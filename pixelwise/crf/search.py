@@ -1,0 +1,83 @@
+"""Grid search of the dense CRF's parameters by mIoU on held-out images, as DeepLab v1/v2 (sec. 4.1)
+cross-validate w1, theta_alpha and theta_beta with w2 and theta_gamma fixed (so does :data:`DEFAULT_GRID`).
+The network's probabilities are computed once (:func:`pixelwise.engine.crf_search`); every combination
+refines those."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..fileio import atomic_write_text
+from ..metrics import ConfusionMatrix
+from .postprocess import apply_crf
+from .settings import CRFSettings
+
+DEFAULT_GRID: dict[str, list[float]] = {
+    "w1": [3.0, 4.0, 5.0],
+    "theta_alpha": [30.0, 50.0, 70.0, 90.0],
+    "theta_beta": [3.0, 5.0, 10.0],
+    "w2": [3.0],  # fixed, as DeepLab
+    "theta_gamma": [3.0],  # fixed, as DeepLab
+}
+
+Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
+
+
+def grid_search(
+    cached: Cached,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    grid: dict[str, Sequence[float]],
+    base: CRFSettings,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mIoU of every combination of ``grid`` (the other parameters from ``base``) on ``cached`` network
+    outputs. Returns ``{"best": settings dict, "best_miou", "no_crf_miou", "num_images", "results": [...]}``."""
+    device = cached[0][0].device if cached else torch.device("cpu")
+
+    def score(settings: CRFSettings | None) -> float:
+        cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+        for probs, x, y in cached:
+            cm.update(probs if settings is None else apply_crf(probs, x, mean, std, settings), y)
+        return cm.compute()["miou"]
+
+    names = list(grid)
+    combos = list(itertools.product(*(grid[name] for name in names)))
+    results = []
+    no_crf = score(None)
+    bar = tqdm(combos, desc="crf-search", disable=not progress)
+    for values in bar:
+        settings = CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))})
+        t = time.perf_counter()
+        miou = score(settings)
+        results.append({**asdict(settings), "miou": miou, "seconds": time.perf_counter() - t})
+        bar.set_postfix(best=f"{max(r['miou'] for r in results):.4f}")
+    best = max(results, key=lambda r: r["miou"])
+    return {
+        "best": {name: best[name] for name in CRFSettings.names()},
+        "best_miou": best["miou"],
+        "no_crf_miou": no_crf,
+        "num_images": len(cached),
+        "results": results,
+    }
+
+
+def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Put ``settings`` into the ``crf`` section of a run's ``config.yaml`` (atomically)."""
+    run_config = Path(run_config)
+    config = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
+    config["crf"] = settings
+    atomic_write_text(run_config, yaml.safe_dump(config, sort_keys=False))

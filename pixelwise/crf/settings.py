@@ -1,0 +1,69 @@
+"""The dense CRF's six parameters: their one set of defaults, and where a run's values come from.
+
+Defaults: DeepLab-v2 (ResNet-101, PASCAL VOC 2012) CRF settings, w1 = 4, theta_alpha = 67,
+theta_beta = 3, w2 = 3, theta_gamma = 1, 10 iterations (bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std,
+max_iter of the DenseCRF layer of the released DeepLab-v2 ResNet-101 model, as reproduced in
+kazuto1011/deeplab-pytorch, configs/voc12.yaml).  The DeepLab papers (Chen et al., ICLR 2015 and TPAMI
+2018, sec. 4.1) fix w2 = 3, theta_gamma = 3 and cross-validate w1, theta_alpha, theta_beta per model; other
+published sets are 4/65/3/2/2 (DeepLab-v2 VGG-16, as listed by re-implementations) and 4/49/5/3/3 (the
+example in deeplab-public-ver2's run_densecrf.sh).
+They are tuned for ~500-pixel PASCAL images; pass other values for other data (``pixelwise crf-search``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass
+class CRFSettings:
+    """Mean-field iterations; appearance kernel weight ``w1``, position std ``theta_alpha`` (pixels) and
+    colour std ``theta_beta``; smoothness kernel weight ``w2`` and position std ``theta_gamma`` (pixels)."""
+
+    iterations: int = 10  # max_iter
+    w1: float = 4.0  # bi_w
+    theta_alpha: float = 67.0  # bi_xy_std
+    theta_beta: float = 3.0  # bi_rgb_std
+    w2: float = 3.0  # pos_w
+    theta_gamma: float = 1.0  # pos_xy_std
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, source: str = "crf") -> CRFSettings:
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.names()))
+        if unknown:
+            raise ConfigError(f"unknown {source} key(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
+        return cls(**values)
+
+    @classmethod
+    def resolve(cls, settings: CRFSettings | None, overrides: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` (or the defaults) with ``overrides`` by name, as a dict in field order."""
+        base = asdict(settings) if settings is not None else {}
+        unknown = sorted(set(overrides) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"unknown dense CRF parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
+        return asdict(cls(**{**base, **overrides}))
+
+
+def settings_for(
+    checkpoint: str | os.PathLike, stored: dict[str, Any] | None, overrides: dict[str, Any] | None = None
+) -> CRFSettings:
+    """CRF parameters: ``overrides`` (CLI flags) over the ``crf`` section of ``config.yaml`` beside the
+    checkpoint (where ``crf-search`` writes), over the checkpoint's own config, over the defaults."""
+    values = dict(stored or {})
+    beside = Path(checkpoint).parent / "config.yaml"
+    if beside.is_file():
+        values.update((yaml.safe_load(beside.read_text()) or {}).get("crf") or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return CRFSettings.from_dict(values)

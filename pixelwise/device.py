@@ -1,0 +1,39 @@
+"""Devices and numeric precision: which device a run uses, its autocast context, and the weights' dtype
+for inference."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU; else the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """Mixed-precision context for ``amp`` in none | bf16 | fp16."""
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"train.amp={amp!r}; valid: {', '.join(AMP_CHOICES)}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+
+
+def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Weights' dtype for evaluation/prediction under ``amp``: half precision on CUDA, where autocast
+    would otherwise cast every weight on every call; fp32 on CPU, where bf16 weights measured no faster
+    (benchmarks/results/cuda)."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16

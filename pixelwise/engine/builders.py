@@ -1,0 +1,144 @@
+"""From a run config to the objects a training needs: the model spec, optimizer, learning-rate schedule,
+class weights and criterion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DatasetInfo, SegmentationDataset
+from ..errors import ConfigError
+from ..fileio import write_json
+from ..losses import build_loss, class_frequency_weights, list_losses, loss_arguments
+from ..models import input_channels
+
+
+def model_spec(config: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
+    """The config's model section with ``num_classes`` filled from the data set and checked."""
+    spec = dict(config["model"])
+    n = spec.setdefault("num_classes", info.num_classes)
+    if n != info.num_classes:
+        raise ConfigError(
+            f"model.num_classes={n} but data set {info.name!r} has {info.num_classes} classes "
+            f"({', '.join(info.classes)})"
+        )
+    in_channels = input_channels(spec)
+    for key in ("mean", "std"):
+        if len(config["data"][key]) != in_channels:
+            raise ConfigError(
+                f"data.{key} has {len(config['data'][key])} values but the model takes {in_channels} input channel(s)"
+            )
+    return spec
+
+
+def image_mode(in_channels: int) -> str:
+    """The Pillow mode images are read in for a model with ``in_channels`` inputs."""
+    if in_channels not in (1, 3):
+        raise ConfigError(f"in_channels={in_channels}: images are read as grayscale (1) or RGB (3)")
+    return "L" if in_channels == 1 else "RGB"
+
+
+def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD or AdamW; with ``train.head_lr_mult`` the parameters outside ``model.backbone`` (the
+    newly initialised head) get that multiple of the learning rate, as DeepLab's 10x."""
+    name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
+    mult = train_cfg["head_lr_mult"]
+    backbone = getattr(model, "backbone", None)
+    if mult != 1 and isinstance(backbone, nn.Module):
+        in_backbone = {id(p) for p in backbone.parameters()}
+        head = [p for p in model.parameters() if id(p) not in in_backbone]
+        params = [{"params": list(backbone.parameters()), "lr": lr}, {"params": head, "lr": lr * mult}]
+    else:
+        params = [{"params": list(model.parameters()), "lr": lr}]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise ConfigError(f"train.optimizer={name!r}; valid: sgd, adamw")
+
+
+def lr_factor(train_cfg: dict[str, Any]) -> Callable[[int], float]:
+    """The learning-rate multiplier per iteration: linear warmup, then poly (power ``train.poly_power``) or
+    constant."""
+    iters, warmup = train_cfg["iters"], train_cfg["warmup_iters"]
+    power, schedule = train_cfg["poly_power"], train_cfg["lr_schedule"]
+    if schedule not in ("poly", "constant"):
+        raise ConfigError(f"train.lr_schedule={schedule!r}; valid: poly, constant")
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return (1 - min(it, iters - 1) / iters) ** power  # poly: (1 - iter/max_iter)^power
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train_cfg))
+
+
+def resolve_class_weights(
+    setting: str | list | None, dataset: SegmentationDataset, run_dir: Path, progress: bool = True
+) -> list[float] | None:
+    """``train.class_weights`` as a list: given, or computed from the training masks once and cached
+    in ``run_dir/class_weights.json`` (reused on resume)."""
+    if setting is None:
+        return None
+    n = dataset.info.num_classes
+    if isinstance(setting, list):
+        if len(setting) != n:
+            raise ConfigError(f"train.class_weights has {len(setting)} values, the data set has {n} classes")
+        return [float(w) for w in setting]
+    cache = run_dir / "class_weights.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("method") == setting and len(cached["weights"]) == n:
+            return cached["weights"]
+    counts, image_counts = dataset.class_counts(progress=progress)
+    weights = class_frequency_weights(counts, image_counts, setting)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        cache,
+        {
+            "method": setting,
+            "classes": dataset.info.classes,
+            "weights": weights,
+            "pixels": counts,
+            "pixels_of_images_with_class": image_counts,
+        },
+    )
+    return weights
+
+
+def build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None) -> nn.Module:
+    """The loss of ``train.loss`` (a name with ``train.loss_args``, or a list of summed terms), with
+    the data set's ignore index and the class weights given to every term that takes ``weight``."""
+    loss = train_cfg["loss"]
+    if isinstance(loss, str):
+        terms = [{"name": loss, **train_cfg["loss_args"]}]
+    else:
+        if train_cfg["loss_args"]:
+            raise ConfigError("train.loss_args applies to a single named loss; give a list's terms their own args")
+        terms = [dict(t) for t in loss]
+    takes_weight = False
+    for term in terms:
+        if not isinstance(term, dict) or "name" not in term:
+            raise ConfigError(f"train.loss term {term!r} needs a name; available: {', '.join(list_losses())}")
+        args = loss_arguments(term["name"])
+        if "ignore_index" in args:
+            term.setdefault("ignore_index", ignore_index)
+        if class_weights is not None and "weight" in args:
+            term.setdefault("weight", class_weights)
+            takes_weight = True
+    if class_weights is not None and not takes_weight:
+        raise ConfigError("train.class_weights is set but no loss term takes class weights (cross_entropy, ohem do)")
+    if isinstance(loss, str):
+        return build_loss(terms[0].pop("name"), **terms[0])
+    return build_loss("sum", terms=terms, ignore_index=ignore_index)

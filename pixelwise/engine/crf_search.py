@@ -1,0 +1,64 @@
+"""``pixelwise crf-search``: the dense CRF's parameters searched on a val subset of a checkpoint's data set
+(the network runs once per image, :func:`pixelwise.crf.search.grid_search` does the rest), the best
+written into the run's ``config.yaml`` where ``--crf`` reads them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..crf import settings_for
+from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
+from ..fileio import write_json
+from ..models import model_logits
+from .evaluator import checkpoint_dataset
+from .predictor import Predictor
+
+
+def crf_search(
+    checkpoint: str | os.PathLike,
+    *,
+    split: str = "val",
+    data_root: str | os.PathLike | None = None,
+    num_images: int = 20,
+    iterations: int | None = None,
+    grid: dict[str, Sequence[float]] | None = None,
+    device: str = "auto",
+    write: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Grid-search ``grid`` (default :data:`~pixelwise.crf.search.DEFAULT_GRID`) on the first ``num_images``
+    of ``split``; with ``write`` the best settings go into the ``crf`` section of the run's ``config.yaml``
+    and the whole search into ``crf_search.json`` beside the checkpoint. Returns the search result."""
+    predictor = Predictor(checkpoint, device=device)
+    meta, ckpt = predictor.meta, predictor.ckpt
+    ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
+    base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
+    cached = []
+    with torch.inference_mode():
+        for i in tqdm(range(min(num_images, len(ds))), desc="network", disable=not progress, leave=False):
+            x, y = ds[i]
+            x = x[None].to(predictor.device)
+            probs = torch.softmax(model_logits(predictor.model, x).float(), 1)
+            cached.append((probs, x, y[None].to(predictor.device)))
+    result = grid_search(
+        cached,
+        num_classes=ds.info.num_classes,
+        ignore_index=ds.info.ignore_index,
+        mean=meta["mean"],
+        std=meta["std"],
+        grid=dict(grid or DEFAULT_GRID),
+        base=base,
+        progress=progress,
+    )
+    if write:
+        run_dir = Path(checkpoint).parent
+        result["run_config"] = str(run_dir / "config.yaml")
+        write_crf_to_run_config(run_dir / "config.yaml", result["best"])
+        write_json(run_dir / "crf_search.json", result)
+    return result

@@ -1,0 +1,52 @@
+"""Data-parallel set-up under ``torchrun``: this process's rank, its device, and reductions over processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    enabled: bool = False  # in a process group (under torchrun, also with one process)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on
+    CUDA); each process then uses GPU ``LOCAL_RANK``. Without ``torchrun``: one process, no group.
+    (``torchrun --nproc_per_node=1`` joins a group of one: the DDP/SyncBatchNorm path on one GPU.)"""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Distributed(), device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    ddp = Distributed(dist.get_rank(), dist.get_world_size(), local, enabled=True)
+    if ddp.is_main:
+        log.info("distributed: %d process(es), %s on %s", ddp.world_size, dist.get_backend(), device.type)
+    return ddp, device
+
+
+def mean_over_processes(value: float, ddp: Distributed, device: torch.device) -> float:
+    if ddp.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / ddp.world_size

@@ -1,0 +1,66 @@
+"""The onnxruntime backend: an ONNX file written by ``pixelwise export``, called like a model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, PixelwiseError
+
+META_KEY = "pixelwise_meta"  # the ONNX metadata entry holding the checkpoint's meta (classes, palette, ...)
+
+
+def onnxruntime_module():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PixelwiseError("onnxruntime is not installed: pip install 'pixelwise[onnx]'") from None
+    return onnxruntime
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime, called like a model: ``N x C x H x W`` tensor -> logits."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        ort = onnxruntime_module()
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX file {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
+        except Exception as e:
+            raise CheckpointError(f"cannot load ONNX file {path}: {str(e).splitlines()[0]}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise CheckpointError(f"{path} was not exported by pixelwise (no {META_KEY} metadata)")
+        self.meta = json.loads(props[META_KEY])
+        first = self.session.get_inputs()[0]
+        self.input = first.name
+        # Dimensions fixed at export are ints; dynamic ones are names (or None).
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        fixed_hw = first.shape[2:]
+        self.fixed_size = tuple(fixed_hw) if all(isinstance(d, int) for d in fixed_hw) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the input's size. A graph exported at a fixed size (e.g. PSPNet's adaptive pooling)
+        gets the input resized (bilinear) to that size and returns logits resized back."""
+        x = x.detach().float().cpu()
+        size = tuple(x.shape[-2:])
+        if self.fixed_size is not None and size != self.fixed_size:
+            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
+        chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
+        out = torch.cat([torch.from_numpy(self.session.run(None, {self.input: c.numpy()})[0]) for c in chunks])
+        if out.shape[-2:] != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        return self

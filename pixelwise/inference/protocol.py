@@ -1,0 +1,112 @@
+"""Inference protocols: whole image, sliding window, multi-scale and flip, all composable.
+
+``predict_probs`` averages softmax probabilities over the scales and flips; each scale is
+predicted on the whole (rescaled) image or by sliding windows (:mod:`.sliding_window`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..crf import CRFSettings, apply_crf
+from ..device import autocast
+from ..errors import ConfigError
+from ..models import model_logits
+from .sliding_window import slide_probs
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, (int, float)):
+        return int(v), int(v)
+    return int(v[0]), int(v[-1])  # [S] or [H, W]
+
+
+@dataclass
+class InferenceSettings:
+    """How to turn a model into per-pixel probabilities.
+
+    mode: ``whole`` or ``slide``; crop/stride: window size and step for ``slide`` (stride defaults
+    to 2/3 of the crop); blend: ``uniform`` or ``gaussian``; scales: image scale factors (e.g.
+    0.5-1.75 as DeepLab); flip: also predict the horizontally flipped image.
+    """
+
+    mode: str = "whole"
+    crop: int | tuple[int, int] | None = None
+    stride: int | tuple[int, int] | None = None
+    blend: str = "uniform"
+    scales: Sequence[float] = field(default_factory=lambda: (1.0,))
+    flip: bool = False
+    window_batch: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ConfigError(f"inference mode {self.mode!r}; valid: whole, slide")
+        if self.blend not in ("uniform", "gaussian"):
+            raise ConfigError(f"inference blend {self.blend!r}; valid: uniform, gaussian")
+        if self.mode == "slide" and self.crop is None:
+            raise ConfigError("sliding-window inference needs a crop size")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"inference scales must be positive, got {list(self.scales)}")
+
+    @property
+    def is_plain(self) -> bool:
+        return self.mode == "whole" and list(self.scales) == [1.0] and not self.flip
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module, image: torch.Tensor, num_classes: int, settings: InferenceSettings | None = None
+) -> torch.Tensor:
+    """Softmax probabilities ``N x K x H x W`` for a normalised ``N x C x H x W`` batch, averaged
+    over ``settings.scales`` and (if ``settings.flip``) horizontal flips."""
+    s = settings or InferenceSettings()
+    h, w = image.shape[-2:]
+    total = None
+    for scale in s.scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True) if s.flip else (False,):
+            x = scaled.flip(-1) if flip else scaled
+            if s.mode == "slide":
+                crop = _pair(s.crop)
+                stride = _pair(s.stride) if s.stride is not None else tuple(max(1, c * 2 // 3) for c in crop)
+                p = slide_probs(model, x, num_classes, crop, stride, s.blend, s.window_batch)
+            else:
+                p = F.softmax(model_logits(model, x).float(), dim=1)
+            if flip:
+                p = p.flip(-1)
+            if p.shape[-2:] != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            total = p if total is None else total + p
+    return total / (len(s.scales) * (2 if s.flip else 1))
+
+
+def batch_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_classes: int,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    settings: InferenceSettings | None = None,
+    crf: tuple[CRFSettings, Sequence[float], Sequence[float]] | None = None,
+) -> torch.Tensor:
+    """Class scores of a normalised batch whose argmax is the prediction: logits for the plain protocol,
+    probabilities for the others or after the dense CRF (``crf=(settings, mean, std)``; ``mean``/``std``
+    undo the normalisation to give the CRF the RGB image)."""
+    with autocast(device, amp):
+        if settings is None or settings.is_plain:
+            scores = model_logits(model, images)
+            if crf is None:
+                return scores
+            scores = torch.softmax(scores.float(), 1)
+        else:
+            scores = predict_probs(model, images, num_classes, settings)
+    if crf is not None:
+        scores = apply_crf(scores, images, crf[1], crf[2], crf[0])
+    return scores

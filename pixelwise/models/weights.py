@@ -1,0 +1,291 @@
+"""Every way weights come into a model: pixelwise checkpoints, local state-dict files (``.pth``/``.pt``
+read with ``torch.load(weights_only=True)``, or ``.safetensors``), torchvision's and timm's key layouts and
+downloads, and partial initialisation. Nothing here unpickles code.
+
+A pixelwise checkpoint is a dict of plain types and tensors::
+
+    {"format": "pixelwise", "version": 1,
+     "model": state_dict,
+     "meta": {"model": {"name": ..., **builder_kwargs}, "classes": [...], "palette": [...],
+              "ignore_index": 255, "mean": [...], "std": [...], "dataset": ...},
+     "config": the resolved run config,
+     # in last.pt only, for --resume (pixelwise.engine.resume):
+     "train_state": {...}, "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, PixelwiseError
+from ..fileio import atomic_write
+from .registry import build_model
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pixelwise"
+VERSION = 1
+Pretrained = bool | str | os.PathLike | None
+
+
+# --- reading files --------------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain types only; any failure (a truncated
+    file, a pickle of other objects, not a torch file) is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot load {what} {path}: {_first_line(e)}") from None
+
+
+def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a local file (``.safetensors``, or a torch file whose dict may wrap it
+    under ``state_dict`` or ``model``); ``module.`` prefixes (DataParallel) are removed."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"{what} {path} does not exist")
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        state = torch_load(path, what)
+    for key in ("state_dict", "model"):  # common wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what}: {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# --- pixelwise checkpoints ------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (:func:`pixelwise.fileio.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a pixelwise checkpoint safely (``weights_only=True``); CheckpointError if it is not one."""
+    ckpt = torch_load(path, "checkpoint", map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(f"{path} is not a pixelwise checkpoint (no 'format': 'pixelwise' / 'model' / 'meta')")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model recorded in ``ckpt['meta']`` and load its weights (eval mode)."""
+    spec = dict(ckpt["meta"]["model"])
+    model = build_model(spec.pop("name"), **spec)
+    load_weights(model, ckpt["model"], source)
+    return model.eval()
+
+
+# --- loading a state dict into a module -----------------------------------------------------------
+def _adapt_input_conv(value: torch.Tensor, channels: int) -> torch.Tensor:
+    """An RGB first conv for ``channels`` inputs: summed for 1 channel, repeated and rescaled for more."""
+    if channels == 1:
+        return value.sum(1, keepdim=True)
+    return value.repeat(1, -(-channels // 3), 1, 1)[:, :channels] * 3 / channels
+
+
+def load_state_dict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    strict: bool = True,
+    skip_mismatched: bool = False,
+    adapt_input_channels: bool = False,
+) -> dict[str, list[str]]:
+    """Load ``state`` into ``module`` with one-line errors naming ``source``.
+
+    - ``strict``: missing or unexpected keys are errors; otherwise only the keys both have are loaded
+      (at least one must be), and the rest is reported in the log.
+    - ``skip_mismatched``: tensors whose shape differs are skipped (reported) instead of an error, e.g. the
+      classifier of weights trained for another number of classes.
+    - ``adapt_input_channels``: a 4-D tensor made for 3 input channels is adapted to the module's (an RGB
+      first conv for grey or multi-channel images).
+
+    Returns ``{"missing", "unexpected", "skipped"}`` key lists."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if strict and not skip_mismatched and (missing or unexpected):
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(missing)} missing key(s) {missing[:3]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:3]}"
+        )
+    classifier = [k for k in own if k.endswith(("weight", "bias"))][-2:]  # the last weight/bias pair
+    usable, skipped = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        target = own[key].shape
+        if adapt_input_channels and value.dim() == 4 and len(target) == 4 and value.shape[1] == 3 != target[1]:
+            value = _adapt_input_conv(value, target[1])
+        if value.shape != target:
+            if skip_mismatched:
+                skipped.append(key)
+                continue
+            hint = ""
+            if key in classifier and value.shape[1:] == target[1:]:
+                hint = f" (a checkpoint for {value.shape[0]} classes, a model for {target[0]})"
+            raise CheckpointError(
+                f"{source} does not fit the model: {key} has shape {tuple(value.shape)} in the weights, "
+                f"{tuple(target)} in the model{hint}"
+            )
+        usable[key] = value
+    if not usable:
+        raise CheckpointError(
+            f"{source}: none of its {len(state)} tensors fits the model (keys like "
+            f"{list(state)[:2]}, the model has {list(own)[:2]})"
+        )
+    module.load_state_dict(usable, strict=False)
+    report = {"missing": sorted(set(own) - set(usable)), "unexpected": unexpected, "skipped": sorted(skipped)}
+    if report["missing"] or report["unexpected"] or report["skipped"]:
+        log.info(
+            "%s: %d tensors loaded; skipped %d %s; unexpected %d %s; left as initialised %d %s",
+            source,
+            len(usable),
+            len(report["skipped"]),
+            report["skipped"][:4],
+            len(unexpected),
+            unexpected[:4],
+            len(report["missing"]),
+            report["missing"][:4],
+        )
+    return report
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict loading: every key and shape must match (a class-count mismatch is named as such)."""
+    load_state_dict(model, state, source=source)
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], *, what: str = "pretrained_backbone") -> None:
+    """Lenient loading of pretrained weights into a backbone or head: the keys both have (a classifier
+    ``fc.*`` the module lacks is fine), an RGB first conv adapted to the module's input channels."""
+    load_state_dict(module, state, source=what, strict=False, adapt_input_channels=True)
+
+
+def init_weights(model: nn.Module, path: str | os.PathLike, *, partial: bool = False) -> None:
+    """``train.init_from``: a pixelwise checkpoint, a torchvision DeepLab v3 state dict or a plain state dict
+    in the model's own layout. ``partial=True`` skips tensors whose shape differs (reported)."""
+    what = "train.init_from"
+    raw = torch_load(path, what)
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        state = raw["model"]
+    elif isinstance(raw, dict) and is_torchvision_deeplabv3(raw):
+        state = map_torchvision_deeplabv3(raw)
+    elif isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state = raw
+    else:
+        raise CheckpointError(f"{what}: {path} is neither a pixelwise checkpoint nor a state dict")
+    load_state_dict(model, state, source=f"{what} {path}", skip_mismatched=partial)
+
+
+# --- pretrained backbones -------------------------------------------------------------------------
+def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        return weights.get_state_dict(progress=True)
+    except Exception as e:
+        raise PixelwiseError(
+            f"could not download torchvision's pretrained weights for {name} ({type(e).__name__}: {e}); "
+            f"offline, pass a local file: pretrained_backbone=/path/to/{name}.pth"
+        ) from None
+
+
+def read_pretrained(pretrained: Pretrained, torchvision_name: str | None = None) -> dict[str, torch.Tensor]:
+    """``True``: torchvision's ImageNet weights for ``torchvision_name`` (downloaded once to the torch
+    hub cache); a path: a local state dict in torchvision or timm key layout (:func:`read_state_file`)."""
+    if pretrained is True:
+        if torchvision_name is None:
+            raise PixelwiseError("this backbone downloads its weights through timm")
+        return {k.removeprefix("module."): v for k, v in _torchvision_state(torchvision_name).items()}
+    return read_state_file(Path(pretrained), "pretrained_backbone")
+
+
+def timm_features_layout(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A timm model's state dict in the key layout of its ``features_only`` version, which flattens module
+    lists (``blocks.0.x`` -> ``blocks_0.x``)."""
+    out = {}
+    for key, value in state.items():
+        flat = key.replace(".", "_", 1)
+        out[flat if key not in own and flat in own else key] = value
+    return out
+
+
+# --- torchvision's DeepLab v3 ---------------------------------------------------------------------
+# torchvision DeepLabV3 -> pixelwise DeepLabV3 (built with head_conv=True), by key prefix
+_TORCHVISION_PREFIXES = (
+    ("classifier.0.", "aspp."),
+    ("classifier.1.", "head_conv.0."),
+    ("classifier.2.", "head_conv.1."),
+    ("classifier.4.", "classifier."),
+    ("aux_classifier.", "aux."),
+    ("backbone.", "backbone."),
+)
+TORCHVISION_DEEPLABV3 = ("deeplabv3_resnet50", "deeplabv3_resnet101")
+
+
+def is_torchvision_deeplabv3(state: dict[str, Any]) -> bool:
+    return "classifier.0.convs.0.0.weight" in state and "backbone.layer4.0.conv1.weight" in state
+
+
+def torchvision_deeplabv3_kwargs(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The pixelwise builder arguments that reproduce torchvision's DeepLab v3: output stride 8 with
+    its dilation pattern (no multi-grid), ASPP rates 12/24/36, the extra 3x3 head conv."""
+    return {
+        "num_classes": state["classifier.4.weight"].shape[0],
+        "output_stride": 8,
+        "multi_grid": None,
+        "rates": (12, 24, 36),
+        "head_conv": True,
+        "aux_head": any(k.startswith("aux_classifier.") for k in state),
+    }
+
+
+def map_torchvision_deeplabv3(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision ``deeplabv3_resnet*`` state dict -> pixelwise key layout."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _TORCHVISION_PREFIXES:
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            raise CheckpointError(f"unexpected key {key!r} in a torchvision DeepLab v3 state dict")
+    return out
+
+
+def from_torchvision(
+    model_or_state_dict: nn.Module | dict[str, torch.Tensor], name: str = "deeplabv3_resnet50"
+) -> nn.Module:
+    """A pixelwise DeepLab v3 with the weights of torchvision's ``deeplabv3_resnet50/101`` (a model
+    or its state dict, e.g. the published COCO-with-VOC-labels weights). The result gives the same
+    outputs as the torchvision model (``out``; ``aux`` too in training mode if it has one)."""
+    if name not in TORCHVISION_DEEPLABV3:
+        raise ValueError(f"from_torchvision supports {TORCHVISION_DEEPLABV3}, not {name!r}")
+    state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+    if not is_torchvision_deeplabv3(state):
+        raise CheckpointError("not a torchvision DeepLab v3 state dict (no classifier.0.convs / backbone.layer4)")
+    model = build_model(name, **torchvision_deeplabv3_kwargs(state))
+    load_weights(model, map_torchvision_deeplabv3(state), f"torchvision {name} weights")
+    return model.eval()
