@@ -13,19 +13,8 @@ from pathlib import Path
 from . import __version__
 from .errors import PixelwiseError
 
-DESCRIPTION = """Semantic segmentation with the classic architectures built to their papers.
-
-verbs:
-  train       train a model from a YAML config
-  eval        evaluate a checkpoint on a labelled split
-  predict     predict masks for images
-  crf-search  grid-search the dense CRF's parameters on a val subset
-  export      export a checkpoint to ONNX, checked with onnxruntime
-  report      plots and a summary of a run
-  weight-map  draw the U-Net border weight map of a mask
-  models      list the registered models
-
-Run "pixelwise VERB --help" for a verb's options."""
+DESCRIPTION = "Semantic segmentation with the classic architectures built to their papers."
+EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -232,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .crf.search import DEFAULT_GRID
 
     assert list(CRF_HELP) == CRFSettings.names(), "CRF_HELP must list CRFSettings's fields"
-    parser = argparse.ArgumentParser(
-        prog="pixelwise", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"pixelwise {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")

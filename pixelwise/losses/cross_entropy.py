@@ -1,0 +1,99 @@
+"""Pixel-wise classification losses: cross entropy (class-weighted), focal (Lin et al. 2017) and online hard
+example mining (OHEM, as PSPNet's / mmsegmentation's)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import _as_weight, _valid, _zero, register_loss
+
+
+@register_loss("cross_entropy")
+class CrossEntropyLoss(nn.Module):
+    """Pixel-wise cross entropy, averaged over the non-ignored pixels; with ``weight`` (one per
+    class) the average is weighted, as ``torch.nn.functional.cross_entropy``."""
+
+    def __init__(
+        self, *, ignore_index: int = 255, weight: Sequence[float] | None = None, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", _as_weight(weight))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not _valid(target, self.ignore_index).any():
+            return _zero(logits)
+        return F.cross_entropy(
+            logits.float(),
+            target.long(),
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+@register_loss("focal")
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t`` averaged over the
+    non-ignored pixels. ``alpha`` is one weight per class (or one number for all); ``gamma=0`` and
+    no ``alpha`` is plain cross entropy."""
+
+    def __init__(self, *, gamma: float = 2.0, alpha: float | Sequence[float] | None = None, ignore_index: int = 255):
+        super().__init__()
+        self.gamma, self.ignore_index = gamma, ignore_index
+        alpha_t = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
+        self.register_buffer("alpha", alpha_t)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = _valid(target, self.ignore_index)
+        if not valid.any():
+            return _zero(logits)
+        logp = F.log_softmax(logits.float(), dim=1)
+        t = target.long().clamp(min=0, max=logits.shape[1] - 1).unsqueeze(1)
+        logp_t = logp.gather(1, t).squeeze(1)[valid]
+        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
+        if self.alpha is not None:
+            loss = loss * (self.alpha if self.alpha.numel() > 1 else self.alpha.expand(logits.shape[1]))[target[valid]]
+        return loss.mean()
+
+
+@register_loss("ohem")
+class OHEMCrossEntropy(nn.Module):
+    """Online hard example mining cross entropy (as PSPNet's / mmsegmentation's OHEM): only the
+    pixels whose probability of the true class is below ``thresh`` count, but at least the
+    ``min_kept`` hardest non-ignored pixels (the threshold is raised to keep them)."""
+
+    def __init__(
+        self,
+        *,
+        thresh: float = 0.7,
+        min_kept: int = 100_000,
+        ignore_index: int = 255,
+        weight: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.thresh, self.min_kept, self.ignore_index = thresh, min_kept, ignore_index
+        self.register_buffer("weight", _as_weight(weight))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = _valid(target, self.ignore_index)
+        if not valid.any():
+            return _zero(logits)
+        logits = logits.float()
+        with torch.no_grad():
+            t = target.long().clamp(min=0, max=logits.shape[1] - 1).unsqueeze(1)
+            p_true = F.softmax(logits, dim=1).gather(1, t).squeeze(1)
+            p_valid = p_true[valid]
+            threshold = self.thresh
+            k = min(self.min_kept, p_valid.numel())
+            if k > 0:
+                kth = p_valid.kthvalue(k).values.item()
+                threshold = max(threshold, kth)
+            keep = valid & (p_true <= threshold)
+        hard = torch.where(keep, target.long(), torch.full_like(target.long(), self.ignore_index))
+        return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore_index)

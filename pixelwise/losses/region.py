@@ -1,0 +1,85 @@
+"""Region losses that optimise the overlap measures directly: soft Dice and Lovász-softmax (Berman, Rannen
+Triki, Blaschko, CVPR 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .registry import _valid, _zero, register_loss
+
+
+@register_loss("dice")
+class DiceLoss(nn.Module):
+    """Soft multi-class Dice loss: ``1 - mean_c (2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth)``
+    with softmax probabilities ``p``, one-hot targets ``g``, sums over the batch's non-ignored pixels,
+    the mean over the classes present in the target (``classes="present"``) or all."""
+
+    def __init__(self, *, smooth: float = 1.0, classes: str = "present", ignore_index: int = 255) -> None:
+        super().__init__()
+        if classes not in ("present", "all"):
+            raise ConfigError(f"dice: classes must be 'present' or 'all', got {classes!r}")
+        self.smooth, self.classes, self.ignore_index = smooth, classes, ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = _valid(target, self.ignore_index)
+        if not valid.any():
+            return _zero(logits)
+        num_classes = logits.shape[1]
+        probs = F.softmax(logits.float(), dim=1).movedim(1, -1)[valid]  # P x C
+        onehot = F.one_hot(target[valid].long(), num_classes).float()
+        inter = (probs * onehot).sum(0)
+        denom = probs.sum(0) + onehot.sum(0)
+        dice = (2 * inter + self.smooth) / (denom + self.smooth)
+        if self.classes == "present":
+            dice = dice[onehot.sum(0) > 0]
+        return 1 - dice.mean()
+
+
+def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al. alg. 1)."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+@register_loss("lovasz")
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovász-softmax (Berman, Rannen Triki, Blaschko 2018): the convex surrogate of the per-class
+    Jaccard loss, ``mean_c <sorted errors of class c, Lovász gradient>``, over the classes present in
+    the target (``classes="present"``) or all, over the whole batch or averaged per image."""
+
+    def __init__(self, *, classes: str = "present", per_image: bool = False, ignore_index: int = 255) -> None:
+        super().__init__()
+        if classes not in ("present", "all"):
+            raise ConfigError(f"lovasz: classes must be 'present' or 'all', got {classes!r}")
+        self.classes, self.per_image, self.ignore_index = classes, per_image, ignore_index
+
+    def _flat(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        losses = []
+        for c in range(probs.shape[1]):
+            fg = (labels == c).float()
+            if self.classes == "present" and fg.sum() == 0:
+                continue
+            errors, order = (fg - probs[:, c]).abs().sort(descending=True)
+            losses.append(torch.dot(errors, _lovasz_grad(fg[order])))
+        return torch.stack(losses).mean() if losses else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(logits.float(), dim=1)
+        if self.per_image:
+            groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(len(target))]
+        else:
+            groups = [(probs, target)]
+        losses = []
+        for p, t in groups:
+            valid = _valid(t, self.ignore_index)
+            loss = self._flat(p.movedim(1, -1)[valid], t[valid])
+            if loss is not None:
+                losses.append(loss)
+        return torch.stack(losses).mean() if losses else _zero(logits)

@@ -1,0 +1,79 @@
+"""The loss registry: ``build_loss(name, **kwargs)`` and the helpers every loss shares (the ignore index
+never counts)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        _LOSSES[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+def loss_arguments(name: str) -> list[str]:
+    if name not in _LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
+    return [p for p in inspect.signature(_LOSSES[name].__init__).parameters if p != "self"]
+
+
+def build_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Build a loss by name; unknown names or arguments raise ConfigError listing the valid ones."""
+    valid = loss_arguments(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"loss {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return _LOSSES[name](**kwargs)
+
+
+def _valid(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    return target != ignore_index
+
+
+def _zero(logits: torch.Tensor) -> torch.Tensor:
+    return logits.sum() * 0.0  # no labelled pixel: 0 with a (zero) gradient, not 0/0 = NaN
+
+
+def _as_weight(weight: Sequence[float] | None) -> torch.Tensor | None:
+    return None if weight is None else torch.as_tensor(list(weight), dtype=torch.float32)
+
+
+@register_loss("sum")
+class WeightedSum(nn.Module):
+    """``sum_i weight_i * loss_i``; ``terms`` is a list of ``{"name": ..., "weight": ..., **kwargs}``."""
+
+    def __init__(self, *, terms: Sequence[dict[str, Any]], ignore_index: int = 255) -> None:
+        super().__init__()
+        if not terms:
+            raise ConfigError("loss 'sum' needs at least one term")
+        self.weights: list[float] = []
+        modules = []
+        for term in terms:
+            term = dict(term)
+            if "name" not in term:
+                raise ConfigError(f"loss term {term} has no 'name'; available: {', '.join(list_losses())}")
+            self.weights.append(float(term.pop("weight", 1.0)))
+            name = term.pop("name")
+            if "ignore_index" in loss_arguments(name):
+                term.setdefault("ignore_index", ignore_index)
+            modules.append(build_loss(name, **term))
+        self.terms = nn.ModuleList(modules)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms, strict=True))
