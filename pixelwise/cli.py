@@ -24,7 +24,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     start = time.perf_counter()
-    result = train(config, run_dir=run_dir, resume=args.resume, data_root=args.data_root, progress=not args.no_progress)
+    result = train(
+        config,
+        run_dir=run_dir,
+        resume=args.resume,
+        allow_changes=args.allow_changes,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+    )
     minutes = (time.perf_counter() - start) / 60
     best = result["best_miou"]
     best_text = f"{best:.4f} at iteration {result['best_iter']}" if best is not None and best >= 0 else "n/a"
@@ -104,9 +111,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         amp=args.amp,
         inference=_inference(args),
         compile=args.compile,
+        overwrite=args.overwrite,
+        skip_errors=args.skip_errors,
         progress=not args.no_progress,
     )
-    print(f"{len(written)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay")
+    print(
+        f"{len(written)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay ({args.out}/manifest.json)"
+    )
     return 0
 
 
@@ -276,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: apply settings that differ from the run's (learning rate, schedule, data...)",
+    )
     common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -306,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder, replacing files")
+    p.add_argument(
+        "--skip-errors", action="store_true", help="carry on past unreadable images; list them at the end (exit 2)"
+    )
     p.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
@@ -401,8 +421,13 @@ def setup_logging(quiet: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    from .engine.trainer import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"pixelwise {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except PixelwiseError as e:
         print(f"pixelwise {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""YAML run configs: sections ``model``, ``data`` and ``train``.
+"""YAML run configs: sections ``model``, ``data``, ``train`` and ``crf``.
 
 ``model`` is ``name`` plus the builder's keyword arguments, one to one (see
-:func:`pixelwise.build_model`); ``data`` and ``train`` take the keys of :data:`DEFAULTS`. Any key
+:func:`pixelwise.build_model`); ``data``, ``train`` and ``crf`` take the keys of :data:`DEFAULTS`.
+Values are checked at load time (types, and ranges such as a positive batch size). Any key
 can be overridden from the command line with ``--set section.key=value`` (value parsed as YAML).
 Unknown sections or keys raise :class:`~pixelwise.errors.ConfigError` listing the valid ones.
 """
@@ -64,6 +65,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "compile": False,  # torch.compile the model for training
         "grad_clip": 0.0,  # clip the gradient norm to this value (0: off)
         "checkpoint_interval": 0,  # write last.pt every this many steps (0: at each evaluation)
+        "checkpoint_minutes": 10.0,  # also write last.pt after this many minutes without one (0: off)
         "keep_last": 1,  # also keep the last k checkpoints as iter_NNNNNNN.pt when k > 1
         "deterministic": False,  # torch.use_deterministic_algorithms: bit-exact resume on CPU (CUDA: best effort)
         "sync_bn": False,  # SyncBatchNorm under torchrun
@@ -94,6 +96,50 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         ok = isinstance(value, type(default))
     if not ok:
         raise ConfigError(f"config key {key} should be {type(default).__name__}, got {value!r}")
+
+
+# (key, lowest allowed value, whether the bound itself is allowed)
+_RANGES = (
+    ("data.batch_size", 1, True),
+    ("data.val_batch_size", 1, True),
+    ("data.num_workers", 0, True),
+    ("train.iters", 1, True),
+    ("train.eval_interval", 1, True),
+    ("train.log_interval", 1, True),
+    ("train.lr", 0, False),
+    ("train.momentum", 0, True),
+    ("train.weight_decay", 0, True),
+    ("train.warmup_iters", 0, True),
+    ("train.accumulate", 1, True),
+    ("train.grad_clip", 0, True),
+    ("train.checkpoint_interval", 0, True),
+    ("train.checkpoint_minutes", 0, True),
+    ("train.keep_last", 1, True),
+    ("train.aux_weight", 0, True),
+    ("train.head_lr_mult", 0, False),
+)
+
+
+def _check_ranges(config: dict[str, Any]) -> None:
+    """Values out of range stop at load time with the key named (not as a traceback mid-run)."""
+    for key, low, inclusive in _RANGES:
+        section, name = key.split(".")
+        value = config[section][name]
+        if value is None:
+            continue
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{key}={value}: must be {bound}")
+    crop = config["data"]["crop_size"]
+    if crop is not None:
+        sides = [crop] if isinstance(crop, int) else crop
+        if not (1 <= len(sides) <= 2) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
+            raise ConfigError(f"data.crop_size={crop!r}: give one size or [height, width] in pixels, or null")
+        if min(sides) <= 0:
+            raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
+    scale = config["data"]["scale_range"]
+    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
+        raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, or null")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +179,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     out["model"] = model
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
+    _check_ranges(out)
     return out
 
 

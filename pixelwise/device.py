@@ -37,3 +37,18 @@ def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     if device.type != "cuda" or amp == "none":
         return None
     return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's figure; CPU: the kernel's MemAvailable),
+    or None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

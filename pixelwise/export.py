@@ -8,6 +8,7 @@ absolute difference between onnxruntime's and PyTorch's logits.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -85,6 +86,9 @@ def export_onnx(
     ``{"out", "opset", "exporter", "dynamic", "max_abs_diff": {"NxHxW": value, ..., "relative": r}}``.
     If the graph does not take other sizes (or an op lacks dynamic-shape support), it is exported
     with the fixed example size, then with the other exporter; ``"failures"`` says why."""
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PixelwiseError(f"ONNX export needs {', '.join(missing)}: pip install 'pixelwise[onnx]'")
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
     meta = ckpt["meta"]

@@ -17,6 +17,23 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_color: S
     return lut[mask.astype(np.uint8)]
 
 
+# Vivid colours (matplotlib's tab10, then its tab20 lights) for overlays of data sets whose palette is grey
+VIVID = [
+    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+    [140, 86, 75], [227, 119, 194], [188, 189, 34], [23, 190, 207], [174, 199, 232],
+    [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213], [196, 156, 148],
+]  # fmt: skip
+
+
+def overlay_palette(palette: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The palette to blend over an image: the data set's, unless its colours are all grey (black/white
+    membranes, say), which vanish over a grey image at any opacity; then vivid colours, one per class."""
+    colours = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    if len(colours) and (colours.max(1) - colours.min(1)).max() > 24:
+        return [list(map(int, c)) for c in colours]
+    return [VIVID[i % len(VIVID)] for i in range(len(colours))]
+
+
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a colour mask over an image (``H x W x 1`` or ``H x W x 3`` uint8)."""
     if image.ndim == 2:

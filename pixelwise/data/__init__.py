@@ -1,15 +1,44 @@
-"""Data sets in the native format and joint image/mask transforms."""
+"""Data sets in the native format, image/mask reading, the data check, and joint image/mask transforms."""
 
-from .dataset import DATA_ROOT_ENV, DatasetInfo, SegmentationDataset, resolve_data_root
+from .check import DataCheckReport, Problem, SplitReport, check_dataset
+from .dataset import SegmentationDataset, SplitFiles, list_split
+from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
+from .io import (
+    IMAGE_EXTENSIONS,
+    MOSTLY_IGNORE,
+    count_pages,
+    image_to_tensor,
+    image_to_uint8,
+    read_image,
+    read_image_stack,
+    read_instances,
+    read_mask,
+)
 from .transforms import ElasticDeformation, JointTransform, RandomScale, build_transforms
 
 __all__ = [
     "DATA_ROOT_ENV",
+    "IMAGE_EXTENSIONS",
+    "MOSTLY_IGNORE",
+    "DataCheckReport",
     "DatasetInfo",
     "ElasticDeformation",
     "JointTransform",
+    "Problem",
     "RandomScale",
     "SegmentationDataset",
+    "SplitFiles",
+    "SplitReport",
     "build_transforms",
+    "check_dataset",
+    "count_pages",
+    "default_palette",
+    "image_to_tensor",
+    "image_to_uint8",
+    "list_split",
+    "read_image",
+    "read_image_stack",
+    "read_instances",
+    "read_mask",
     "resolve_data_root",
 ]

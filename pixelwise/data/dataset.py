@@ -4,135 +4,180 @@
 
     <root>/<name>/classes.json                  {"classes": [...], "palette": [[r,g,b],...], "ignore_index": 255}
     <root>/<name>/images/<split>/<stem>.<ext>   any image Pillow reads (png, jpg, webp, tif, bmp)
-    <root>/<name>/masks/<split>/<stem>.png      single-channel, value = class index, ignore_index = unlabelled
+    <root>/<name>/masks/<split>/<stem>.png      single-channel 8-bit, value = class index, ignore_index = unlabelled
+    <root>/<name>/instances/<split>/<stem>.png  optional: 16-bit instance maps (0 = background, 1..K)
 
-An image and its mask share a stem. A split without a ``masks/<split>`` folder is unlabelled
-(usable for prediction only).
+An image and its mask share a stem; two files of one stem in a split folder are an error, and so is a mask
+that is not a PNG. Files whose name starts with ``.`` (``.DS_Store``, macOS ``._x.png``) are skipped. A split
+without a ``masks/<split>`` folder is unlabelled (usable for prediction only). ``classes.json`` is described
+in :mod:`pixelwise.data.info`, image and mask reading in :mod:`pixelwise.data.io`; :func:`pixelwise.data.check
+.check_dataset` checks every file of a data set at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
+from .io import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSION,
+    check_mask_values,
+    count_pages,
+    image_size,
+    image_to_tensor,
+    image_to_uint8,
+    mask_histogram,
+    mask_size,
+    multipage_message,
+    probe_image,
+    read_image,
+    read_image_stack,
+    read_mask,
+)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-DATA_ROOT_ENV = "PIXELWISE_DATA"
+__all__ = [
+    "DATA_ROOT_ENV",
+    "IMAGE_EXTENSIONS",
+    "DatasetInfo",
+    "SegmentationDataset",
+    "SplitFiles",
+    "count_pages",
+    "default_palette",
+    "image_size",
+    "image_to_tensor",
+    "image_to_uint8",
+    "list_split",
+    "read_image",
+    "read_image_stack",
+    "read_mask",
+    "resolve_data_root",
+]
+
+_image_size = image_size  # the name this module had before pixelwise.data.io
 
 
-def resolve_data_root(*candidates: str | os.PathLike | None) -> Path:
-    """The first of ``candidates`` that is set, else ``$PIXELWISE_DATA``, else ``./data``.
-
-    Callers pass, in order of precedence, the ``--data-root`` flag and the config's ``data.root``.
-    """
-    for value in (*candidates, os.environ.get(DATA_ROOT_ENV)):
-        if value:
-            return Path(value).expanduser()
-    return Path("data")
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @dataclass
-class DatasetInfo:
-    """What ``classes.json`` says: class names, palette (RGB per class) and the ignore value."""
+class SplitFiles:
+    """The files of one split, paired by stem, and what is wrong with the pairing.
 
-    name: str
-    classes: list[str]
-    palette: list[list[int]]
-    ignore_index: int = 255
-    extra: dict[str, Any] = field(default_factory=dict)
+    ``problems`` lists ``(file, message)`` in the order the data set reports them (duplicate stems, masks that
+    are not PNGs, masks without an image, images without a mask); ``instance_problems`` the same for the
+    optional ``instances/<split>`` folder. ``masks``/``instances`` are None when their folder does not exist."""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    split: str
+    image_dir: Path
+    mask_dir: Path
+    instance_dir: Path
+    images: dict[str, Path]
+    masks: dict[str, Path] | None
+    instances: dict[str, Path] | None
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    instance_problems: list[tuple[Path, str]] = field(default_factory=list)
 
-    @classmethod
-    def load(cls, root: str | os.PathLike, name: str) -> DatasetInfo:
-        path = Path(root) / name / "classes.json"
-        if not path.is_file():
-            raise DataError(
-                f"no data set {name!r} under data root {str(root)!r}: {path} does not exist "
-                f"(set --data-root or ${DATA_ROOT_ENV})"
+
+def _by_stem(folder: Path, kind: str, split: str, problems: list[tuple[Path, str]]) -> dict[str, Path]:
+    """Stem -> file for the image files in ``folder``; duplicate stems are added to ``problems``."""
+    found: dict[str, list[Path]] = {}
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith(".") or not e.is_file():
+                continue
+            p = Path(e.path)
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                found.setdefault(p.stem, []).append(p)
+    out = {}
+    for stem in sorted(found):
+        files = sorted(found[stem])
+        if len(files) > 1:
+            problems.append(
+                (
+                    files[0],
+                    f"{kind}s {_and([str(f) for f in files])} share the stem {stem!r} in split {split!r} "
+                    f"({kind}s pair by stem): remove or rename all but one",
+                )
             )
-        try:
-            raw = json.loads(path.read_text())
-            classes = [str(c) for c in raw["classes"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: not a valid classes.json ({e}); it needs a 'classes' list") from None
-        palette = raw.get("palette") or default_palette(len(classes))
-        if len(palette) != len(classes):
-            raise DataError(f"{path}: {len(classes)} classes but {len(palette)} palette entries")
-        return cls(name, classes, [list(map(int, c)) for c in palette], int(raw.get("ignore_index", 255)), raw)
-
-
-def default_palette(n: int) -> list[list[int]]:
-    """Pascal VOC's bit-interleaved colour map, for data sets without a palette."""
-    out = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out.append([r, g, b])
+        out[stem] = files[0]
     return out
 
 
-def read_image(path: Path, mode: str) -> np.ndarray:
-    """``H x W x C`` uint8 array (C = 3 for ``"RGB"``, 1 for ``"L"``); DataError if unreadable."""
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert(mode))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """``H x W`` uint8 array of class indices; DataError unless a single-channel 8-bit image."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise DataError(
-                    f"mask {path} has mode {im.mode!r}; masks must be single-channel 8-bit PNGs of class indices"
+def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
+    """The images, masks and instance maps of a split. DataError if the split is missing or has no images;
+    every other problem is collected in the result."""
+    base = Path(root) / name
+    image_dir, mask_dir, instance_dir = base / "images" / split, base / "masks" / split, base / "instances" / split
+    if not image_dir.is_dir():
+        raise DataError(f"data set {name!r} has no split {split!r}: {image_dir} does not exist")
+    problems: list[tuple[Path, str]] = []
+    images = _by_stem(image_dir, "image", split, problems)
+    if not images:
+        raise DataError(f"split {split!r} is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+    masks = None
+    if mask_dir.is_dir():
+        found = _by_stem(mask_dir, "mask", split, problems)
+        masks = {stem: path for stem, path in found.items() if path.suffix.lower() == MASK_EXTENSION}
+        for stem, path in found.items():
+            if stem not in masks:
+                problems.append(
+                    (path, f"mask {path} is not a PNG: masks must be lossless PNGs (save it as {stem}.png)")
                 )
-            return np.array(im)  # for mode "P" these are the palette indices
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
+        for stem in sorted(set(found) - set(images)):
+            problems.append((found[stem], f"mask {found[stem]} has no image (expected {image_dir / stem}.<ext>)"))
+        for stem, image in images.items():
+            if stem not in found:
+                problems.append((image, f"image {image} has no mask (expected {mask_dir / stem}.png)"))
+    instances = None
+    instance_problems: list[tuple[Path, str]] = []
+    if instance_dir.is_dir():
+        instances = _by_stem(instance_dir, "instance map", split, instance_problems)
+        for stem in sorted(set(instances) - set(images)):
+            path = instances[stem]
+            instance_problems.append((path, f"instance map {path} has no image (expected {image_dir / stem}.<ext>)"))
+        for stem, image in images.items():
+            if stem not in instances:
+                instance_problems.append(
+                    (image, f"image {image} has no instance map (expected {instance_dir / stem}.png)")
+                )
+    return SplitFiles(split, image_dir, mask_dir, instance_dir, images, masks, instances, problems, instance_problems)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+def size_mismatch_message(
+    mask: Path, msize: tuple[int, int], image: Path, isize: tuple[int, int], orientation: int = 1
+) -> str:
+    """The DataError message for a mask whose ``(width, height)`` differs from its image's."""
+    rotated = f" (after its EXIF orientation {orientation})" if orientation != 1 else ""
+    return f"mask {mask} is {msize[0]}x{msize[1]} but image {image} is {isize[0]}x{isize[1]}{rotated}"
 
 
 class SegmentationDataset(Dataset):
     """One split of a data set in the native format.
 
     Items are ``(image, mask)``: ``image`` a float tensor ``C x H x W`` and ``mask`` an int64 tensor
-    ``H x W`` after ``transforms(image, mask)`` (which receives a uint8 ``C x H x W`` image tensor
-    and a uint8 ``H x W`` mask tensor). An index may also be an ``(index, seed)`` pair: the
-    transforms then draw their randomness from ``seed`` alone, which makes augmentation
-    reproducible whatever the number of loader workers (exact resume relies on it).
+    ``H x W`` after ``transforms(image, mask)``, which receives a ``C x H x W`` image tensor (uint8 for
+    8-bit images; float32 in [0, 1] for 16-bit and float ones) and a uint8 ``H x W`` mask tensor (the
+    ``value_map`` applied). An index may also be an ``(index, seed)`` pair: the transforms then draw
+    their randomness from ``seed`` alone, which makes augmentation reproducible whatever the number of
+    loader workers (exact resume relies on it).
 
-    Checked at construction (naming the file): missing dataset or split, empty split, an image
-    without a mask or a mask without an image, unreadable images, image/mask size mismatch. Checked
-    when loaded: label values >= num_classes that are not the ignore value.
+    Checked at construction (naming the file): missing dataset or split, empty split, two files of one
+    stem, an image without a mask or a mask without an image, unreadable images, multi-page images,
+    image/mask size mismatch (the image's EXIF orientation applied). Checked when loaded (one
+    ``bincount`` per mask): label values >= num_classes that are not the ignore value, and 0/255 masks
+    in a 2-class data set without a value_map. The per-split scan (classes that never occur, mostly
+    ignored masks, small images) is :func:`pixelwise.data.check.check_dataset`.
     """
 
     def __init__(
@@ -150,53 +195,39 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transforms = transforms
         self.image_mode = image_mode
-        image_dir = self.root / name / "images" / split
-        mask_dir = self.root / name / "masks" / split
-        if not image_dir.is_dir():
-            raise DataError(f"data set {name!r} has no split {split!r}: {image_dir} does not exist")
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
-        if not images:
-            raise DataError(f"split {split!r} is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
-        self.has_masks = mask_dir.is_dir()
+        self._lut = self.info.mask_lut()
+        files = list_split(root, name, split)
+        self.has_masks = files.masks is not None
         if require_masks and not self.has_masks:
-            raise DataError(f"split {split!r} of {name!r} has no masks: {mask_dir} does not exist")
+            raise DataError(f"split {split!r} of {name!r} has no masks: {files.mask_dir} does not exist")
+        if files.problems:
+            raise DataError(files.problems[0][1])
         self.samples: list[tuple[Path, Path | None]] = []
-        if self.has_masks:
-            masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
-            orphans = sorted(set(masks) - set(images))
-            if orphans:
-                raise DataError(f"mask {masks[orphans[0]]} has no image (expected {image_dir / orphans[0]}.<ext>)")
-            for stem, image in images.items():
-                if stem not in masks:
-                    raise DataError(f"image {image} has no mask (expected {mask_dir / stem}.png)")
-                isize, msize = _image_size(image), _image_size(masks[stem])
+        for stem, image in files.images.items():
+            isize, pages, orientation = probe_image(image)
+            if pages > 1:
+                raise DataError(multipage_message(image, pages))
+            mask = files.masks[stem] if files.masks is not None else None
+            if mask is not None:
+                msize = mask_size(mask)
                 if isize != msize:
-                    raise DataError(
-                        f"mask {masks[stem]} is {msize[0]}x{msize[1]} but image {image} is {isize[0]}x{isize[1]}"
-                    )
-                self.samples.append((image, masks[stem]))
-        else:
-            for image in images.values():
-                _image_size(image)
-                self.samples.append((image, None))
+                    raise DataError(size_mismatch_message(mask, msize, image, isize, orientation))
+            self.samples.append((image, mask))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The raw ``H x W x C`` uint8 image and ``H x W`` uint8 mask (None if unlabelled), label-checked."""
+        """The raw ``H x W x C`` image (uint8, or float32 in [0, 1] for 16-bit/float files) and ``H x W`` uint8
+        mask (value_map applied; None if unlabelled), label-checked."""
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path, self.image_mode)
+        image = read_image(image_path, self.image_mode, image_range=self.info.image_range)
         if mask_path is None:
             return image, None
-        mask = read_mask(mask_path)
-        bad = (mask >= self.info.num_classes) & (mask != self.info.ignore_index)
-        if bad.any():
-            values = sorted(set(np.unique(mask[bad]).tolist()))
-            raise DataError(
-                f"mask {mask_path} holds label value(s) {values[:5]} but {self.info.name!r} has "
-                f"{self.info.num_classes} classes (0..{self.info.num_classes - 1}, ignore {self.info.ignore_index})"
-            )
+        mask = read_mask(mask_path, lut=self._lut)
+        if mask.shape != image.shape[:2]:
+            raise DataError(size_mismatch_message(mask_path, mask.shape[::-1], image_path, image.shape[1::-1]))
+        check_mask_values(mask_histogram(mask), self.info, mask_path)
         return image, mask
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,15 +248,18 @@ class SegmentationDataset(Dataset):
 
     def class_counts(self, progress: bool = False) -> tuple[list[int], list[int]]:
         """Per class: labelled pixels of that class, and all pixels of the images where it occurs
-        (the denominators of median-frequency balancing, Eigen & Fergus 2015). Reads the masks only."""
+        (the denominators of median-frequency balancing, Eigen & Fergus 2015). Reads the masks only
+        (value_map applied)."""
         n = self.info.num_classes
         counts = np.zeros(n, dtype=np.int64)
         image_counts = np.zeros(n, dtype=np.int64)
         for _, mask_path in tqdm(self.samples, desc="class counts", disable=not progress, leave=False):
             if mask_path is None:
                 continue
-            mask = read_mask(mask_path)
-            c = np.bincount(mask[mask != self.info.ignore_index].ravel(), minlength=n)[:n]
+            mask = read_mask(mask_path, lut=self._lut)
+            c = mask_histogram(mask)[:n]
+            if self.info.ignore_index < n:
+                c[self.info.ignore_index] = 0
             counts += c
             image_counts[c > 0] += mask.size
         return counts.tolist(), image_counts.tolist()

@@ -104,6 +104,16 @@ def checkpoint_dataset(
             f"{checkpoint} is for {len(meta['classes'])} classes but data set "
             f"{ds.info.name!r} under {root} has {ds.info.num_classes}"
         )
+    if list(ds.info.classes) != list(meta["classes"]):
+        differ = [
+            f"{i}: {a!r} vs {b!r}"
+            for i, (a, b) in enumerate(zip(meta["classes"], ds.info.classes, strict=True))
+            if a != b
+        ]
+        raise CheckpointError(
+            f"{checkpoint} was trained with other class names than data set {ds.info.name!r} under {root} has "
+            f"(checkpoint vs data set, {', '.join(differ[:3])}): the class indices would mean other things"
+        )
     return ds
 
 

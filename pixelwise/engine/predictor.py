@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -18,18 +20,23 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import __version__
 from ..crf import CRFSettings, settings_for
 from ..data.dataset import IMAGE_EXTENSIONS, read_image
-from ..device import inference_dtype, resolve_device
+from ..device import available_memory, inference_dtype, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import write_json
 from ..inference import InferenceSettings, batch_scores, optimize_for_inference
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
-from ..visualize import colorize, overlay
+from ..models.registry import smallest_input
+from ..models.stats import inference_bytes
+from ..visualize import colorize, overlay, overlay_palette
 from .builders import image_mode
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime")
+MEMORY_SHARE = 0.7  # whole-image inference may use this share of the free memory before windows take over
 CRFOption = CRFSettings | dict[str, Any] | bool | None
 
 
@@ -81,6 +88,7 @@ class Predictor:
         else:
             raise ConfigError(f"backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.crf = self._crf_settings(crf)
+        self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
         self._mean = torch.tensor(self.meta["mean"], device=self.device).view(-1, 1, 1)
         self._std = torch.tensor(self.meta["std"], device=self.device).view(-1, 1, 1)
@@ -116,10 +124,58 @@ class Predictor:
         x = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255)
         return x.sub_(self._mean).div_(self._std)
 
+    def check_size(self, height: int, width: int, source: str) -> None:
+        """A one-line DataError for an image smaller than the model's total stride."""
+        if self.ckpt is None:
+            return
+        if self._smallest is None:
+            self._smallest = smallest_input(self.meta["model"])
+        if min(height, width) < self._smallest:
+            side = self._smallest
+            raise DataError(
+                f"image {source} is {width}x{height}, smaller than model {self.meta['model']['name']} takes "
+                f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
+            )
+
+    def settings_for_size(self, height: int, width: int, source: str) -> InferenceSettings | None:
+        """The protocol for an image of this size: the configured one, except that a whole-image pass that
+        would not fit in memory becomes a sliding window (said in the log)."""
+        s = self.inference
+        if self.ckpt is None or (s is not None and s.mode == "slide"):
+            return s
+        free = available_memory(self.device)
+        need = inference_bytes(self.meta["model"], height, width) * (1 + (s is not None and s.flip))
+        if free is None or need <= MEMORY_SHARE * free:
+            return s
+        scale = math.sqrt(MEMORY_SHARE * free / need)
+        crop = max(self._smallest or 1, 32, min(1024, int(min(height, width) * scale) // 32 * 32))
+        log.warning(
+            "image %s (%dx%d): a whole-image pass needs about %.1f GiB, more than the %.1f GiB free: predicting it "
+            "in %dx%d sliding windows (set --mode slide --crop N yourself to choose)",
+            source,
+            width,
+            height,
+            need / 2**30,
+            free / 2**30,
+            crop,
+            crop,
+        )
+        base = s or InferenceSettings()
+        return InferenceSettings(
+            mode="slide", crop=crop, blend="gaussian", scales=base.scales, flip=base.flip, window_batch=1
+        )
+
     @torch.inference_mode()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """``H x W`` uint8 class indices of one ``H x W x C`` uint8 image."""
-        return self.scores(self.normalise(image)[None]).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    def predict(self, image: np.ndarray, source: str = "image") -> np.ndarray:
+        """``H x W`` uint8 class indices of one ``H x W x C`` image."""
+        h, w = image.shape[:2]
+        self.check_size(h, w, source)
+        settings = self.settings_for_size(h, w, source)
+        x = self.normalise(image)[None].to(self.device)
+        scores = batch_scores(
+            self.model, x, len(self.classes), device=self.device, amp=self.amp, settings=settings, crf=self.crf_args
+        )
+        return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "crf": None if self.crf is None else asdict(self.crf)}
@@ -142,6 +198,42 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PredictionErrors(DataError):
+    """Some inputs could not be predicted (``skip_errors``); the others were written."""
+
+    def __init__(self, message: str, written: list[dict[str, str]], failed: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.written, self.failed = written, failed
+
+
+OUTPUT_FOLDERS = ("masks", "color", "overlay")
+MANIFEST = "manifest.json"
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
+    ``overwrite`` (another run's files would be mixed with these)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file: give a folder for the masks, colours and overlays")
+    if out_dir.is_dir() and not overwrite:
+        existing = sorted(p for p in out_dir.rglob("*") if p.is_file())
+        if existing:
+            raise DataError(
+                f"--out {out_dir} is not empty ({len(existing)} files, e.g. {existing[0].relative_to(out_dir)}): "
+                "pass --overwrite to replace what is there, or choose another folder"
+            )
+    for sub in OUTPUT_FOLDERS:
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
 def predict(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -154,35 +246,72 @@ def predict(
     crf: CRFOption = None,
     backend: str = "torch",
     compile: bool = False,
+    overwrite: bool = False,
+    skip_errors: bool = False,
     progress: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
-    (palette colours) and ``overlay/<stem>.png``. One image at a time: memory stays flat.
-    ``backend="onnxruntime"`` runs an ONNX file written by ``pixelwise export`` instead of a checkpoint;
-    ``compile`` as :func:`pixelwise.inference.optimize_for_inference` (torch backend); ``crf`` as
-    :class:`Predictor`."""
-    predictor = Predictor(
-        checkpoint, device=device, amp=amp, compile=compile, backend=backend, inference=inference, crf=crf
-    )
+    (palette colours) and ``overlay/<stem>.png``, and ``out_dir/manifest.json`` (the checkpoint's path and
+    sha256, the settings, every file written and every input that failed). One image at a time: memory stays
+    flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
+    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` runs an ONNX file written by
+    ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
+    (torch backend); ``crf`` as :class:`Predictor`."""
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-    for sub in ("masks", "color", "overlay"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(
+        checkpoint, device=device, amp=amp, compile=compile, backend=backend, inference=inference, crf=crf
+    )
+    prepare_out_dir(out_dir, overwrite)
     written: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = []
     used: set[str] = set()
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
-        image = read_image(path, predictor.image_mode)
-        pred = predictor.predict(image)
-        stem = path.stem
-        while stem in used:  # same stem from two folders: keep both
-            stem += "_"
-        used.add(stem)
-        color = colorize(pred, predictor.meta["palette"])
-        files = {"image": str(path)}
-        for sub, array in (("masks", pred), ("color", color), ("overlay", overlay(image, color, alpha))):
-            files[sub] = str(out_dir / sub / f"{stem}.png")
-            Image.fromarray(array).save(files[sub])
-        written.append(files)
+    manifest = {
+        "pixelwise": __version__,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "sha256": file_sha256(checkpoint),
+        "backend": backend,
+        "settings": {
+            "amp": amp,
+            "alpha": alpha,
+            "inference": None if inference is None else asdict(inference),
+            "crf": None if predictor.crf is None else asdict(predictor.crf),
+        },
+        "files": written,
+        "failed": failed,
+    }
+    try:
+        for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
+            try:
+                image = read_image(path, predictor.image_mode)
+                pred = predictor.predict(image, str(path))
+            except DataError as e:
+                if not skip_errors:
+                    raise
+                failed.append({"image": str(path), "error": str(e)})
+                log.warning("skipped: %s", e)
+                continue
+            stem = path.stem
+            while stem in used:  # same stem from two folders: keep both
+                stem += "_"
+            used.add(stem)
+            color = colorize(pred, predictor.meta["palette"])
+            blend = overlay(image, colorize(pred, overlay_palette(predictor.meta["palette"])), alpha)
+            files = {"image": str(path)}
+            for sub, array in (("masks", pred), ("color", color), ("overlay", blend)):
+                files[sub] = str(out_dir / sub / f"{stem}.png")
+                Image.fromarray(array).save(files[sub])
+            written.append(files)
+    finally:
+        write_json(out_dir / MANIFEST, manifest)
+    if failed:
+        names = "; ".join(f"{Path(f['image']).name}" for f in failed[:5])
+        raise PredictionErrors(
+            f"{len(failed)} of {len(paths)} image(s) could not be predicted ({names}"
+            f"{'; ...' if len(failed) > 5 else ''}); the others were written, see {out_dir / MANIFEST}",
+            written,
+            failed,
+        )
     return written

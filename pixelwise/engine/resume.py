@@ -9,6 +9,7 @@ uninterrupted one. ``best.pt`` is the same without the training-only entries."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..models.weights import load_checkpoint, load_weights
+
+log = logging.getLogger(__name__)
 
 TRAINING_ONLY = ("train_state", "optimizer", "scheduler", "scaler", "rng")
 
@@ -47,8 +50,10 @@ def pack(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
+    rng: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of a training at ``state.iter`` (``last.pt``)."""
+    """The checkpoint dict of a training at ``state.iter`` (``last.pt``); ``rng``: the torch RNG state at that
+    iteration (default: now)."""
     return {
         "model": model.state_dict(),
         "meta": meta,
@@ -57,7 +62,7 @@ def pack(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state()},
+        "rng": {"torch": torch.get_rng_state() if rng is None else rng},
     }
 
 
@@ -71,22 +76,42 @@ def restore(
     *,
     model: nn.Module,
     spec: dict[str, Any],
+    config: dict[str, Any],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
     scaler: torch.amp.GradScaler,
     device: torch.device,
-) -> tuple[TrainState, dict[str, Any]]:
-    """Load ``path`` (a ``last.pt``) into the training objects and the RNG; returns its state and the
-    checkpoint (for the caller's comparisons of its config)."""
+    allow_changes: bool = False,
+) -> TrainState:
+    """Load ``path`` (a ``last.pt``) into the training objects and the RNG; returns its state.
+
+    Settings of ``config`` that differ from the checkpoint's (:func:`changed_settings`) stop the resume with
+    the list, unless ``allow_changes``: then they are applied for real (optimizer settings by
+    :func:`apply_optimizer_changes`, a new optimizer type with a fresh optimizer state) and logged. A changed
+    model never resumes (its weights would not fit)."""
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt["meta"]["model"] != spec:
         raise ConfigError(f"--resume: the model in {path} ({ckpt['meta']['model']}) is not the config's")
+    changes = changed_settings(ckpt.get("config") or {}, config)
+    if changes and not allow_changes:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ConfigError(
+            f"--resume: the config changes settings that {path} was trained with ({listed}); "
+            "resume with the run's own settings, or add --allow-changes to apply these from here on"
+        )
     load_weights(model, ckpt["model"], str(path))
-    optimizer.load_state_dict(ckpt["optimizer"])
+    if "train.optimizer" in changes:
+        log.warning("--allow-changes: a new %s optimizer starts with a fresh state", config["train"]["optimizer"])
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-    return TrainState.from_dict(ckpt["train_state"]), ckpt
+    if changes:
+        apply_optimizer_changes(changes, optimizer, scheduler, config["train"])
+        for key, (old, new) in changes.items():
+            log.warning("--allow-changes: %s %r -> %r from iteration %d", key, old, new, ckpt["train_state"]["iter"])
+    return TrainState.from_dict(ckpt["train_state"])
 
 
 def truncate_log(path: Path, upto_iter: int) -> None:
@@ -100,3 +125,54 @@ def truncate_log(path: Path, upto_iter: int) -> None:
 def sampler_start(state: TrainState, accumulate: int) -> int:
     """The sampler's first batch: an iteration (optimizer step) takes ``accumulate`` batches."""
     return state.iter * accumulate
+
+
+# Keys whose change does not contradict a restored state: where things are and how often to report or save.
+FREE_ON_RESUME = {
+    "data.root",
+    "data.num_workers",
+    "data.val_batch_size",
+    "train.log_interval",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.checkpoint_minutes",
+    "train.keep_last",
+    "train.tensorboard",
+    "train.device",
+}
+
+
+def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (saved value, new value)}`` for the settings of ``config`` that differ from those the
+    checkpoint was trained with (the ``crf`` section and :data:`FREE_ON_RESUME` excepted)."""
+    out = {}
+    for section in ("model", "data", "train"):
+        old, new = saved.get(section) or {}, config.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            name = f"{section}.{key}"
+            if name not in FREE_ON_RESUME and old.get(key) != new.get(key):
+                out[name] = (old.get(key), new.get(key))
+    return out
+
+
+def apply_optimizer_changes(
+    changes: dict[str, tuple[Any, Any]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    train_cfg: dict[str, Any],
+) -> None:
+    """Make a restored optimizer and schedule follow the new ``train`` settings (``--allow-changes``): the base
+    learning rates (and the head multiple), momentum and weight decay; the schedule's shape (iters, warmup,
+    poly power) already comes from the new config, only its base values are restored from the checkpoint."""
+    lr = train_cfg["lr"]
+    mults = [1.0, train_cfg["head_lr_mult"]] if len(optimizer.param_groups) == 2 else [1.0]
+    for group, mult in zip(optimizer.param_groups, mults, strict=True):
+        group["initial_lr"] = lr * mult
+        if "momentum" in group:
+            group["momentum"] = train_cfg["momentum"]
+        group["weight_decay"] = train_cfg["weight_decay"]
+    scheduler.base_lrs = [lr * m for m in mults]
+    step = scheduler.last_epoch
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

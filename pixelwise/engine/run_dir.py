@@ -4,7 +4,11 @@ write atomic or an appended log line."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,88 @@ from torch import nn
 from ..config import dump_config
 from ..data import SegmentationDataset
 from ..errors import ConfigError
-from ..fileio import atomic_write_text, to_jsonable
+from ..fileio import TEMP_SUFFIX, atomic_write_text, to_jsonable
 from ..metrics import SUMMARY_KEYS
 from ..models.weights import save_checkpoint
-from ..visualize import colorize, overlay
+from ..visualize import colorize, overlay, overlay_palette
 from .resume import truncate_log, weights_only
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """``RUN_DIR/.lock`` holding the pid and host of the training that owns the directory. A second training
+    into a live run stops with an error naming the owner; a lock left by a dead process on this host is
+    taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or (owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1)))):
+                    log.warning("taking over the stale lock %s %s", self.path, owner or "(unreadable)")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ConfigError(
+                    f"{self.path.parent} is in use by the training with pid {owner.get('pid')} on host "
+                    f"{owner.get('host')} (since {owner.get('started')}): wait for it, stop it, or choose another "
+                    f"--run-dir (delete {self.path} only if that process is gone)"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise ConfigError(f"cannot take the lock {self.path}: another process keeps creating it")
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files of writes that a kill interrupted (``.NAME.XXXX.tmp``, see
+    :func:`pixelwise.fileio.atomic_write`): with the lock held, nothing else can be writing them."""
+    stale = sorted(run_dir.glob(f".*{TEMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", path)
+    return stale
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to the first free ``NAME.old-N.SUFFIX`` (an old log is kept, never appended to)."""
+    n = 1
+    while (target := path.with_name(f"{path.stem}.old-{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(target)
+    return target
 
 
 class RunFiles:
@@ -30,6 +111,13 @@ class RunFiles:
         self.last, self.best, self.log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
         self._log = None
         self.tensorboard = None
+        self.lock = RunLock(run_dir)
+
+    def claim(self) -> None:
+        """Take the directory's lock and clean up after an interrupted run (rank 0 only)."""
+        if self.enabled:
+            self.lock.acquire()
+            remove_stale_temporaries(self.dir)
 
     def open(self, config: dict[str, Any], resume_iter: int | None, tensorboard: bool = False) -> None:
         if not self.enabled:
@@ -38,6 +126,12 @@ class RunFiles:
         atomic_write_text(self.dir / "config.yaml", dump_config(config))
         if resume_iter is not None:
             truncate_log(self.log_path, resume_iter)
+        elif self.log_path.exists():
+            log.warning(
+                "%s is from an earlier run without a checkpoint: kept as %s",
+                self.log_path,
+                _set_aside(self.log_path).name,
+            )
         self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             self.tensorboard = _summary_writer(self.dir)
@@ -70,6 +164,7 @@ class RunFiles:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        self.lock.release()
 
 
 def _summary_writer(run_dir: Path):
@@ -103,6 +198,6 @@ def tensorboard_val(
             x, _ = val_ds[i]
             pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
             raw, _ = val_ds.load(i)
-            picture = overlay(raw, colorize(pred, meta["palette"]))
+            picture = overlay(raw, colorize(pred, overlay_palette(meta["palette"])))
             writer.add_image(f"val_overlay/{val_ds.name_of(i)}", picture, it, dataformats="HWC")
     model.train(was_training)

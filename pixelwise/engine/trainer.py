@@ -7,6 +7,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ from tqdm.auto import tqdm
 from ..data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels
+from ..models.registry import input_size_problem
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import mean_over_processes, setup_distributed
@@ -49,11 +52,38 @@ def _datasets(
     return train_ds, val_ds
 
 
+def _summary(
+    run_dir: Path,
+    device: torch.device,
+    info: DatasetInfo,
+    train_ds: SegmentationDataset,
+    val_ds: SegmentationDataset | None,
+    spec: dict[str, Any],
+    model: nn.Module,
+    state: TrainState,
+    total: int,
+    amp: str,
+    world_size: int,
+) -> None:
+    """What the run is about to do, before its first step."""
+    params = sum(p.numel() for p in model.parameters())
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    splits = f"{len(train_ds)} {train_ds.split}" + (f", {len(val_ds)} {val_ds.split}" if val_ds is not None else "")
+    start = f"iterations {state.iter + 1}-{total}" if state.iter else f"{total} iterations"
+    log.info("run directory %s", run_dir)
+    log.info(
+        "device %s (%s), %d process(es), precision %s", device, threads, world_size, "fp32" if amp == "none" else amp
+    )
+    log.info("data %s under %s: %s images, %d classes", info.name, train_ds.root, splits, info.num_classes)
+    log.info("model %s: %.2f M parameters; %s", spec["name"], params / 1e6, start)
+
+
 def train(
     config: dict[str, Any],
     *,
     run_dir: str | os.PathLike,
     resume: bool = False,
+    allow_changes: bool = False,
     data_root: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -63,9 +93,13 @@ def train(
     ``last.pt`` (with optimizer state, for ``resume=True``) and ``best.pt`` (best val mIoU).
     Under ``torchrun`` each process trains on its slice of every global batch (data parallel, with
     ``train.sync_bn`` optional), metrics are all-reduced, and only rank 0 writes.
+    ``resume=True`` continues from ``last.pt`` exactly; settings that differ from the run's are refused unless
+    ``allow_changes`` (:func:`pixelwise.engine.resume.restore`). The run directory is locked while training
+    (``.lock``); SIGINT and SIGTERM end the run after the current step with ``last.pt`` written (raising
+    :class:`TrainingInterrupted`), and ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
     Returns ``{"best_miou", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``.
     """
-    data_cfg, train_cfg = config["data"], config["train"]
+    train_cfg = config["train"]
     run_dir = Path(run_dir)
     if resume and not (run_dir / "last.pt").exists():
         raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist")
@@ -79,11 +113,66 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
     files = RunFiles(run_dir, train_cfg["keep_last"], enabled=ddp.is_main)
-    progress = progress and ddp.is_main
+    files.claim()
+    try:
+        return _train(config, files, ddp, device, resume, allow_changes, data_root, progress and ddp.is_main)
+    finally:
+        files.close()
 
+
+class TrainingInterrupted(PixelwiseError):
+    """SIGINT/SIGTERM ended a training after writing ``last.pt``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT/SIGTERM set a flag the loop checks after each step (a second SIGINT interrupts at once)."""
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        log.warning("%s: stopping after this step and writing last.pt", signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield caught
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _train(
+    config: dict[str, Any],
+    files: RunFiles,
+    ddp: Any,
+    device: torch.device,
+    resume: bool,
+    allow_changes: bool,
+    data_root: str | os.PathLike | None,
+    progress: bool,
+) -> dict[str, Any]:
+    data_cfg, train_cfg = config["data"], config["train"]
+    run_dir = files.dir
     root = resolve_data_root(data_root, data_cfg["root"])
     info = DatasetInfo.load(root, data_cfg["dataset"])
     spec = model_spec(config, info)
+    crop = data_cfg["crop_size"]
+    if crop is not None:
+        h, w = (crop, crop) if isinstance(crop, int) else crop
+        problem = input_size_problem(spec, h, w)
+        if problem:
+            raise ConfigError(f"data.crop_size={crop}: {problem}; use a larger crop")
+    # eval/predict find the data where training found it (unless given another --data-root)
+    config = {**config, "data": {**data_cfg, "root": str(root.resolve())}}
     train_ds, val_ds = _datasets(config, info, root, image_mode(input_channels(spec)))
     batch_size = data_cfg["batch_size"]
     if batch_size * ddp.world_size > len(train_ds):
@@ -92,8 +181,6 @@ def train(
             f"images of split {data_cfg['train_split']!r}"
         )
     accumulate = train_cfg["accumulate"]
-    if accumulate < 1:
-        raise ConfigError(f"train.accumulate={accumulate}: must be >= 1")
 
     torch.manual_seed(train_cfg["seed"])
     amp = train_cfg["amp"]
@@ -116,8 +203,16 @@ def train(
     }
     state = TrainState()
     if resume:
-        state, _ = restore(
-            files.last, model=model, spec=spec, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=device
+        state = restore(
+            files.last,
+            model=model,
+            spec=spec,
+            config=config,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            device=device,
+            allow_changes=allow_changes,
         )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
@@ -180,13 +275,47 @@ def train(
         scheduler.step()
         return loss_value
 
+    def save(best: bool, rng: torch.Tensor | None = None) -> None:
+        checkpoint = pack(
+            model=model,
+            meta=meta,
+            config=config,
+            state=state,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            rng=rng,
+        )
+        files.save(checkpoint, state.iter, best=best)
+
+    if ddp.is_main:
+        _summary(run_dir, device, info, train_ds, val_ds, spec, model, state, total, amp, ddp.world_size)
     net.train()
     bar = tqdm(total=total, initial=state.iter, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
     batches = iter(loader)
-    try:
+    minutes = train_cfg["checkpoint_minutes"]
+    last_save = time.monotonic()
+    with _stop_on_signals() as caught:
         while state.iter < total:
             step_start = time.perf_counter()
-            loss_value = step(batches)
+            rng = torch.get_rng_state()
+            try:
+                loss_value = step(batches)
+            except Exception:
+                if not caught:
+                    raise
+                loss_value = None  # a signal also stopped the loader's workers mid-step: nothing was stepped
+            if caught:
+                if loss_value is not None:
+                    state.iter += 1
+                    rng = None
+                save(best=False, rng=rng)
+                name = signal.Signals(caught[0]).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} at iteration {state.iter}: {files.last} written; "
+                    f"continue with --resume --run-dir {run_dir}",
+                    caught[0],
+                )
             state.iter += 1
             it = state.iter
             if not math.isfinite(loss_value):
@@ -244,22 +373,13 @@ def train(
                     state.best_miou, state.best_iter = last_metrics["miou"], it
             elif val_ds is None and due:
                 improved, state.best_iter = True, it  # no validation: best = latest
-            if improved or it % ckpt_interval == 0 or it == total:
-                checkpoint = pack(
-                    model=model,
-                    meta=meta,
-                    config=config,
-                    state=state,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                )
-                files.save(checkpoint, it, best=improved)
+            timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
+            if improved or it % ckpt_interval == 0 or it == total or timed:
+                save(best=improved)
+                last_save = time.monotonic()
             if val_ds is not None and due:
                 window_t = time.perf_counter()  # evaluation time is not training speed
-    finally:
-        bar.close()
-        files.close()
+    bar.close()
     return {
         "best_miou": state.best_miou,
         "best_iter": state.best_iter,

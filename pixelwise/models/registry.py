@@ -7,7 +7,9 @@ input size. A YAML config's ``model`` section is ``name`` plus these keyword arg
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -74,3 +76,38 @@ def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` as one tensor: the main output of models that return ``{"out", "aux"}``."""
     out = model(x)
     return out["out"] if isinstance(out, dict) else out
+
+
+@functools.lru_cache(maxsize=32)
+def _runs_at(spec_json: str, height: int, width: int) -> bool:
+    spec = json.loads(spec_json)
+    with torch.device("meta"):  # shapes only: no memory, no compute
+        model = build_model(**spec).eval()
+        x = torch.empty(1, input_channels(spec), height, width)
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError:
+        return False
+    return True
+
+
+def smallest_input(spec: dict[str, Any], limit: int = 512) -> int:
+    """The smallest square side the model of ``spec`` takes (its total stride sets it, e.g. 16 for the 4-pooling
+    U-Net); found by running the model on the meta device."""
+    text = json.dumps(spec, sort_keys=True)
+    lo, hi = 1, limit
+    if not _runs_at(text, hi, hi):
+        return limit + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs_at(text, mid, mid) else (mid + 1, hi)
+    return lo
+
+
+def input_size_problem(spec: dict[str, Any], height: int, width: int) -> str | None:
+    """``None`` if the model of ``spec`` takes a ``height x width`` input, else why not (one phrase)."""
+    if _runs_at(json.dumps(spec, sort_keys=True), height, width):
+        return None
+    side = smallest_input(spec)
+    return f"model {spec['name']} needs inputs of at least {side}x{side} pixels (its total stride)"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from typing import Any
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -18,3 +22,33 @@ def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[i
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return params, counter.get_total_flops()
+
+
+@functools.lru_cache(maxsize=32)
+def _largest_output_per_pixel(spec_json: str, size: int) -> float:
+    spec = json.loads(spec_json)
+    with torch.device("meta"):
+        model = build_model(**spec).eval()
+        x = torch.empty(1, input_channels(spec), size, size)
+    largest = [0]
+
+    def hook(module: torch.nn.Module, args: tuple, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0] / (size * size)
+
+
+def inference_bytes(spec: dict[str, Any], height: int, width: int) -> int:
+    """A rough estimate of the peak memory of one ``height x width`` whole-image forward pass in fp32: three
+    times the largest layer output (its input, itself and a held skip feature), scaled from a 128x128 pass on
+    the meta device. Meant to tell a 50-megapixel photo from a tile, not for accounting."""
+    return int(3 * _largest_output_per_pixel(json.dumps(spec, sort_keys=True), 128) * height * width)

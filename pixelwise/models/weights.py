@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """Our own reason for a failed ``torch.load``: torch's messages for these cases advise turning
+    ``weights_only`` off, which pixelwise never does nor suggests."""
+    if path.suffix.lower() == ".onnx":
+        return "it is an ONNX file, not a checkpoint: run it with --backend onnxruntime"
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        if zipfile.is_zipfile(path):
+            return (
+                "it holds Python objects besides tensors and plain types (a pickled model or optimizer?), and "
+                "pixelwise never unpickles code: save a state dict (model.state_dict()) or a pixelwise checkpoint"
+            )
+        return "it is not a PyTorch file (truncated, or another format)"
+    return _first_line(error)
+
+
 def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain types only; any failure (a truncated
     file, a pickle of other objects, not a torch file) is a one-line :class:`CheckpointError`."""
@@ -47,9 +65,11 @@ def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.dev
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes on foreign files
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot load {what} {path}: {_first_line(e)}") from None
+        raise CheckpointError(f"cannot load {what} {path}: {_why_unreadable(path, e)}") from None
 
 
 def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") -> dict[str, torch.Tensor]:

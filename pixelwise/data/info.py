@@ -1,0 +1,162 @@
+"""A data set's ``classes.json`` (:class:`DatasetInfo`) and where data sets live (:func:`resolve_data_root`).
+
+Keys read from ``classes.json``:
+
+``classes``
+    the class names, in index order (required).
+``palette``
+    an ``[r, g, b]`` per class (default: Pascal VOC's colour map).
+``ignore_index``
+    the mask value that marks unlabelled pixels (default 255).
+``num_classes``
+    optional; must equal the number of ``classes``.
+``value_map``
+    optional ``{"stored value": class index or the ignore value}``: masks are mapped through it when read
+    (values not named keep their value), e.g. ``{"255": 1}`` for 0/255 binary masks.
+``image_range``
+    optional ``[low, high]``: 16-bit, 32-bit integer and float images are mapped to ``[0, 1]`` by
+    ``(x - low) / (high - low)`` (values outside are clipped). Default: the type's range (16-bit: 0..65535;
+    float: taken as already in [0, 1]). 8-bit images are always read as they are.
+
+Every other key is kept in :attr:`DatasetInfo.extra`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+DATA_ROOT_ENV = "PIXELWISE_DATA"
+
+
+def resolve_data_root(*candidates: str | os.PathLike | None) -> Path:
+    """The first of ``candidates`` that is set, else ``$PIXELWISE_DATA``, else ``./data``.
+
+    Callers pass, in order of precedence, the ``--data-root`` flag and the config's ``data.root``.
+    """
+    for value in (*candidates, os.environ.get(DATA_ROOT_ENV)):
+        if value:
+            return Path(value).expanduser()
+    return Path("data")
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """Pascal VOC's bit-interleaved colour map, for data sets without a palette."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append([r, g, b])
+    return out
+
+
+@dataclass
+class DatasetInfo:
+    """What ``classes.json`` says: class names, palette (RGB per class), the ignore value, the optional
+    mask value map and image value range; ``path`` is the file it came from (None if built by hand)."""
+
+    name: str
+    classes: list[str]
+    palette: list[list[int]]
+    ignore_index: int = 255
+    extra: dict[str, Any] = field(default_factory=dict)
+    value_map: dict[int, int] = field(default_factory=dict)
+    image_range: tuple[float, float] | None = None
+    path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def source(self) -> str:
+        """The classes.json file, for messages."""
+        return str(self.path) if self.path is not None else f"the classes.json of {self.name!r}"
+
+    def mask_lut(self) -> np.ndarray | None:
+        """The 256-entry uint8 lookup table of :attr:`value_map` (identity elsewhere), None without one."""
+        if not self.value_map:
+            return None
+        lut = np.arange(256, dtype=np.uint8)
+        for stored, target in self.value_map.items():
+            lut[stored] = target
+        return lut
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, name: str) -> DatasetInfo:
+        path = Path(root) / name / "classes.json"
+        if not path.is_file():
+            raise DataError(
+                f"no data set {name!r} under data root {str(root)!r}: {path} does not exist "
+                f"(set --data-root or ${DATA_ROOT_ENV})"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            classes = [str(c) for c in raw["classes"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: not a valid classes.json ({e}); it needs a 'classes' list") from None
+        if "num_classes" in raw and raw["num_classes"] != len(classes):
+            raise DataError(
+                f'{path}: "num_classes" is {raw["num_classes"]!r} but "classes" lists {len(classes)} names; '
+                f'make them agree (or drop "num_classes")'
+            )
+        palette = raw.get("palette") or default_palette(len(classes))
+        if len(palette) != len(classes):
+            raise DataError(f"{path}: {len(classes)} classes but {len(palette)} palette entries")
+        ignore = int(raw.get("ignore_index", 255))
+        return cls(
+            name,
+            classes,
+            [list(map(int, c)) for c in palette],
+            ignore,
+            raw,
+            value_map=_value_map(raw.get("value_map"), len(classes), ignore, path),
+            image_range=_image_range(raw.get("image_range"), path),
+            path=path,
+        )
+
+
+def _value_map(raw: Any, num_classes: int, ignore: int, path: Path) -> dict[int, int]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DataError(f'{path}: "value_map" must be an object {{"stored value": class index}}, not {raw!r}')
+    out: dict[int, int] = {}
+    for key, value in raw.items():
+        try:
+            stored = int(key)
+        except (TypeError, ValueError):
+            stored = -1
+        if not 0 <= stored <= 255:
+            raise DataError(f'{path}: "value_map" key {key!r} is not a mask value (0..255)')
+        if isinstance(value, bool) or not isinstance(value, int) or not (0 <= value < num_classes or value == ignore):
+            raise DataError(
+                f'{path}: "value_map" maps {key} to {value!r}, which is neither a class index '
+                f"(0..{num_classes - 1}) nor the ignore value {ignore}"
+            )
+        out[stored] = value
+    return out
+
+
+def _image_range(raw: Any, path: Path) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in raw)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not lo < hi:  # also false for NaN
+        raise DataError(f'{path}: "image_range" must be [low, high] with low < high, not {raw!r}')
+    return lo, hi

@@ -1,0 +1,294 @@
+"""The one home of image, mask and instance-map reading.
+
+Images (:func:`read_image`) come back ``H x W x C`` (C = 3 for ``"RGB"``, 1 for ``"L"``):
+
+- 8-bit images (grey, RGB, palette, bilevel, CMYK...) as uint8, unchanged. RGBA / LA: the alpha channel is
+  dropped (not composited).
+- 16-bit grey (PNG or TIFF) and 32-bit integer images as float32 in [0, 1]: value / 65535, or
+  ``(value - low) / (high - low)`` with a data set's ``"image_range": [low, high]`` (clipped to [0, 1]);
+  an integer image with values outside 0..65535 and no image_range is a DataError.
+- float TIFFs (mode ``F``) as float32 as they are, which must be in [0, 1] (else a DataError pointing
+  to ``image_range``); NaN or infinite values are a DataError.
+- 16-bit colour images are read at 8 bits per channel: Pillow has no 16-bit colour mode (logged once).
+- an EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose``), so sizes are the oriented ones.
+- a multi-page file (TIFF stack, animated PNG/WebP) is a DataError; :func:`read_image_stack` reads every
+  page. A JPEG's MPO extra pictures (previews, depth maps) are not pages: the first picture is the image.
+
+:func:`image_to_tensor` turns what :func:`read_image` returns into the model's normalised input.
+
+Masks (:func:`read_mask`) are single-channel 8-bit (mode ``L``, or ``P`` for palette indices), mapped
+through the data set's ``value_map``; :func:`mask_histogram` + :func:`check_mask_values` are the per-mask
+label check (one ``bincount``) that loading and the data check share.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from ..errors import DataError
+from .info import DatasetInfo
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+MASK_EXTENSION = ".png"
+MOSTLY_IGNORE = 0.5
+"""A mask is "mostly ignore" when more than this fraction of its pixels is the ignore value."""
+
+_GREY_8BIT = ("1", "L", "LA", "La")
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_warned_16bit_colour = False
+
+
+def multipage_message(path: Path, pages: int) -> str:
+    """The DataError message for a multi-page image where one image is expected."""
+    return (
+        f"image {path} has {pages} pages; split the stack into one file per slice, "
+        "or predict it with pixelwise predict, which writes a mask stack"
+    )
+
+
+def _open(path: Path, kind: str = "image") -> Image.Image:
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read {kind} {path}: {e}") from None
+
+
+def _pages(im: Image.Image) -> int:
+    if im.format == "MPO":  # a JPEG with extra pictures (previews, depth): the first one is the image
+        return 1
+    return int(getattr(im, "n_frames", 1) or 1)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = none), from what the header holds (never decodes the pixels)."""
+    try:
+        return int(Image.Image.getexif(im).get(_ORIENTATION, 1) or 1)
+    except Exception:  # a malformed EXIF block is not worth refusing the image for
+        return 1
+
+
+def count_pages(path: Path) -> int:
+    """The number of pages (frames) of an image file; DataError if unreadable."""
+    with _open(Path(path)) as im:
+        return _pages(im)
+
+
+def probe_image(path: Path) -> tuple[tuple[int, int], int, int]:
+    """``((width, height) after the EXIF orientation, pages, orientation)`` from the header alone."""
+    with _open(Path(path)) as im:
+        w, h = im.size
+        orientation = _orientation(im)
+        return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), _pages(im), orientation
+
+
+def mask_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of a mask (or instance map) from its header; DataError if unreadable."""
+    with _open(Path(path), "mask") as im:
+        return im.size
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` returns it (EXIF orientation applied)."""
+    return probe_image(path)[0]
+
+
+def _channels(arr: np.ndarray, mode: str | None) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if mode == "RGB" and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return arr
+
+
+def _high_depth(im: Image.Image, path: Path, image_range: tuple[float, float] | None) -> np.ndarray:
+    arr = np.asarray(im).astype(np.float32)
+    lo_v, hi_v = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+        raise DataError(f"image {path} holds NaN or infinite values")
+    if image_range is not None:
+        lo, hi = image_range
+        arr -= lo
+        arr *= 1.0 / (hi - lo)
+        return np.clip(arr, 0.0, 1.0, out=arr)
+    if im.mode == "F":
+        if lo_v < 0.0 or hi_v > 1.0:
+            raise DataError(
+                f"float image {path} holds values {lo_v:g}..{hi_v:g}, outside [0, 1] (float images are read as "
+                'they are): set "image_range": [low, high] (the range of the images\' values) in classes.json'
+            )
+        return arr
+    if lo_v < 0.0 or hi_v > 65535.0:
+        raise DataError(
+            f"{im.mode!r} image {path} holds values {lo_v:g}..{hi_v:g}, outside 0..65535: "
+            'set "image_range": [low, high] (the range of the images\' values) in classes.json'
+        )
+    arr *= 1.0 / 65535.0
+    return arr
+
+
+def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[float, float] | None) -> np.ndarray:
+    global _warned_16bit_colour
+    if mode not in ("RGB", "L", None):
+        raise ValueError(f"mode must be 'RGB', 'L' or None, not {mode!r}")
+    # the raw mode of the undecoded tiles tells a 16-bit colour file (Pillow decodes it to 8 bits)
+    colour16 = im.mode in ("RGB", "RGBA") and any(len(t) > 3 and ";16" in str(t[3]) for t in im.tile or [])
+    try:
+        im.load()
+        method = _TRANSPOSE.get(_orientation(im))
+        if method is not None:
+            im = im.transpose(method)
+        if im.mode in _INT_MODES or im.mode == "F":
+            return _channels(_high_depth(im, path, image_range), mode)
+        if colour16 and not _warned_16bit_colour:
+            _warned_16bit_colour = True
+            log.warning("%s has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode)", path)
+        target = mode or ("L" if im.mode in _GREY_8BIT else "RGB")
+        if im.mode != target:
+            im = im.convert(target)  # RGBA/LA -> RGB/L drops alpha; P maps the palette
+        return _channels(np.array(im), mode)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def read_image(path: Path, mode: str | None = "RGB", *, image_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``H x W x C`` array: uint8 for 8-bit images, float32 in [0, 1] for 16-bit/integer/float ones.
+
+    ``mode``: ``"RGB"`` (C = 3; grey is repeated), ``"L"`` (C = 1) or None (C as stored: 1 for grey, else 3).
+    ``image_range``: the data set's ``[low, high]`` for non-8-bit images (see the module docstring).
+    DataError if unreadable or multi-page (:func:`read_image_stack` reads stacks)."""
+    path = Path(path)
+    with _open(path) as im:
+        pages = _pages(im)
+        if pages > 1:
+            raise DataError(multipage_message(path, pages))
+        return _decode(im, path, mode, image_range)
+
+
+def read_image_stack(
+    path: Path, mode: str | None = "RGB", *, image_range: tuple[float, float] | None = None
+) -> list[np.ndarray]:
+    """Every page of a (multi-page) image, each as :func:`read_image` returns one; one item for a single image."""
+    path = Path(path)
+    with _open(path) as im:
+        if _pages(im) == 1:
+            return [_decode(im, path, mode, image_range)]
+        try:
+            return [_decode(page, path, mode, image_range) for page in ImageSequence.Iterator(im)]
+        except (EOFError, OSError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def image_to_tensor(
+    image: np.ndarray,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The model's input ``C x H x W`` float32 tensor from an ``H x W x C`` image of :func:`read_image`:
+    uint8 / 255 or float as is, then ``(x - mean) / std`` per channel (what the eval transforms do).
+    With ``device`` the raw image is moved first (uint8 travels 4x smaller)."""
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if device is not None:
+        x = x.to(device)
+    x = x.permute(2, 0, 1)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    else:
+        x = x.to(torch.float32, copy=True)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def image_to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image of :func:`read_image` as uint8 (float [0, 1] scaled to 0..255), for overlays and pictures."""
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_mask(path: Path, info: DatasetInfo | None = None, *, lut: np.ndarray | None = None) -> np.ndarray:
+    """``H x W`` uint8 array of class indices, mapped through ``info``'s value_map (or ``lut``, a 256-entry
+    table); DataError unless a single-channel 8-bit image."""
+    path = Path(path)
+    with _open(path, "mask") as im:
+        if im.mode not in ("L", "P"):
+            raise DataError(
+                f"mask {path} has mode {im.mode!r}; masks must be single-channel 8-bit PNGs of class indices"
+            )
+        try:
+            if lut is None and info is not None:
+                lut = info.mask_lut()
+            # for mode "P" these are the palette indices; np.array copies (writable), lut[...] makes a new array
+            return np.array(im) if lut is None else lut[np.asarray(im)]
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read mask {path}: {e}") from None
+
+
+def read_instances(path: Path) -> np.ndarray:
+    """``H x W`` integer instance map (0 = background, one id per object): 16-bit (or 8-bit) single channel."""
+    path = Path(path)
+    with _open(path, "instance map") as im:
+        if im.mode not in (*_INT_MODES, "L"):
+            raise DataError(
+                f"instance map {path} has mode {im.mode!r}; instance maps must be single-channel 16-bit PNGs "
+                "(0 = background, 1..K = one id per object)"
+            )
+        try:
+            return np.array(im)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read instance map {path}: {e}") from None
+
+
+def count_instances(instances: np.ndarray) -> int:
+    """The number of distinct non-zero ids of an instance map."""
+    if instances.dtype in (np.uint8, np.uint16):
+        return int(np.count_nonzero(np.bincount(instances.ravel())[1:]))
+    ids = np.unique(instances)
+    return int(np.count_nonzero(ids))
+
+
+def mask_histogram(mask: np.ndarray) -> np.ndarray:
+    """Pixels per stored value 0..255 of a uint8 mask (int64, 256 bins)."""
+    return np.bincount(mask.ravel(), minlength=256)
+
+
+def check_mask_values(hist: np.ndarray, info: DatasetInfo, path: Path) -> None:
+    """DataError if a mask (given by its :func:`mask_histogram`, value_map applied) holds values that are no
+    class and not the ignore value, or holds only 0 and 255 in a 2-class data set without a value_map."""
+    n, ignore = info.num_classes, info.ignore_index
+    present = np.flatnonzero(hist)
+    bad = [int(v) for v in present if v >= n and v != ignore]
+    if bad:
+        raise DataError(
+            f"mask {path} holds label value(s) {bad[:5]} but {info.name!r} has {n} classes "
+            f"(0..{n - 1}, ignore {ignore}): fix the masks, or map the stored values to classes with "
+            f'"value_map" in {info.source}'
+        )
+    if n == 2 and ignore == 255 and not info.value_map and present.tolist() == [0, 255]:
+        raise DataError(
+            f"mask {path} holds only the values 0 and 255 but {info.name!r} has 2 classes (255 is the ignore "
+            f'value): add "value_map": {{"255": 1}} to {info.source}, or save the masks as 0/1 '
+            f'(if 255 really is unlabelled here, add "value_map": {{"255": 255}})'
+        )

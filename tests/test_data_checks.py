@@ -1,0 +1,508 @@
+"""Nothing silently wrong, nothing lost: masks (value_map, 0/255), classes.json, image bit depths and pages,
+duplicate stems, and the whole-data-set check (check_dataset)."""
+
+import json
+import logging
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from pixelwise.data import (
+    DatasetInfo,
+    SegmentationDataset,
+    build_transforms,
+    check_dataset,
+    count_pages,
+    image_to_tensor,
+    image_to_uint8,
+    read_image,
+    read_image_stack,
+    read_mask,
+)
+from pixelwise.errors import DataError
+
+from .conftest import write_dataset
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+# ---- helpers (tiny fixtures written into tmp_path) ----
+
+
+def set_classes(root: Path, name: str = "toy", **keys) -> Path:
+    """Add/replace keys of ``root/name/classes.json``."""
+    path = root / name / "classes.json"
+    raw = json.loads(path.read_text())
+    raw.update(keys)
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(path)
+
+
+def save_stack(path: Path, pages: list[np.ndarray]) -> None:
+    frames = [Image.fromarray(p) for p in pages]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+def save_png16_rgb(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def one_split(root: Path, images: dict[str, np.ndarray], masks: dict[str, np.ndarray], num_classes: int = 3) -> Path:
+    """A data set 'toy' whose only split 'train' holds exactly these images (saved as PNG) and masks."""
+    write_dataset(root, splits={"train": 0}, num_classes=num_classes)
+    for stem, image in images.items():
+        Image.fromarray(image).save(root / "toy/images/train" / f"{stem}.png")
+    for stem, mask in masks.items():
+        save_mask(root / "toy/masks/train" / f"{stem}.png", mask)
+    return root / "toy"
+
+
+# ---- 1. masks: 0/255 binary masks, value_map ----
+
+
+def test_binary_0_255_masks_stop_with_the_fix(tmp_path):
+    write_dataset(tmp_path, splits={"train": 2}, num_classes=2)
+    for i in range(2):
+        mask = np.zeros((20, 24), np.uint8)
+        mask[5:, 10:] = 255
+        save_mask(tmp_path / f"toy/masks/train/s{i:02d}.png", mask)
+    ds = SegmentationDataset(tmp_path, "toy", "train")
+    m0 = tmp_path / "toy/masks/train/s00.png"
+    expected = (
+        f"mask {m0} holds only the values 0 and 255 but 'toy' has 2 classes (255 is the ignore value): "
+        f'add "value_map": {{"255": 1}} to {tmp_path}/toy/classes.json, or save the masks as 0/1 '
+        '(if 255 really is unlabelled here, add "value_map": {"255": 255})'
+    )
+    with pytest.raises(DataError) as e:
+        ds[0]
+    assert str(e.value) == expected
+    # the suggested fix works: 255 becomes class 1
+    set_classes(tmp_path, value_map={"255": 1})
+    image, mask = SegmentationDataset(tmp_path, "toy", "train")[0]
+    assert set(mask.unique().tolist()) == {0, 1} and int((mask == 1).sum()) == 15 * 14
+
+
+def test_value_map_is_applied_on_read(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1}, num_classes=3)
+    stored = np.zeros((20, 24), np.uint8)
+    stored[0, :] = 10  # -> class 2
+    stored[1, :] = 20  # -> ignore
+    stored[2, :] = 1  # not in the map: stays 1
+    save_mask(tmp_path / "toy/masks/train/s00.png", stored)
+    set_classes(tmp_path, value_map={"10": 2, "20": 255})
+    ds = SegmentationDataset(tmp_path, "toy", "train")
+    _, mask = ds.load(0)
+    assert (mask[0] == 2).all() and (mask[1] == 255).all() and (mask[2] == 1).all() and (mask[3:] == 0).all()
+    assert (read_mask(tmp_path / "toy/masks/train/s00.png", ds.info) == mask).all()
+    assert (read_mask(tmp_path / "toy/masks/train/s00.png") == stored).all()  # no info: as stored
+    counts, _ = ds.class_counts()
+    assert counts == [17 * 24, 24, 24]
+    assert check_dataset(tmp_path, "toy", progress=False).splits["train"].histogram == [17 * 24, 24, 24]
+
+
+def test_value_map_to_no_class_is_refused(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1}, num_classes=2)
+    path = set_classes(tmp_path, value_map={"255": 5})
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(tmp_path, "toy")
+    assert str(e.value) == (
+        f'{path}: "value_map" maps 255 to 5, which is neither a class index (0..1) nor the ignore value 255'
+    )
+    set_classes(tmp_path, value_map={"300": 1})
+    with pytest.raises(DataError, match=re.escape("\"value_map\" key '300' is not a mask value (0..255)")):
+        DatasetInfo.load(tmp_path, "toy")
+
+
+def test_label_out_of_range_names_the_value_map_fix(toy_root):
+    mask = np.zeros((20, 24), np.uint8)
+    mask[3, 4] = 7
+    path = toy_root / "toy/masks/train/s00.png"
+    save_mask(path, mask)
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(toy_root, "toy", "train")[0]
+    assert str(e.value) == (
+        f"mask {path} holds label value(s) [7] but 'toy' has 3 classes (0..2, ignore 255): fix the masks, "
+        f'or map the stored values to classes with "value_map" in {toy_root}/toy/classes.json'
+    )
+
+
+# ---- 2. classes.json ----
+
+
+def test_num_classes_must_match_the_classes(toy_root):
+    path = set_classes(toy_root, num_classes=4)
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == (
+        f'{path}: "num_classes" is 4 but "classes" lists 3 names; make them agree (or drop "num_classes")'
+    )
+    set_classes(toy_root, num_classes=3)
+    assert DatasetInfo.load(toy_root, "toy").num_classes == 3
+
+
+# ---- 3. images: bit depths, alpha, palette, EXIF, pages ----
+
+
+def test_16bit_grey_png_and_tiff_read_as_float_in_0_1(tmp_path):
+    values = np.array([[0, 1, 255, 256], [1000, 32768, 65534, 65535]], np.uint16)
+    for ext in ("png", "tif"):
+        path = tmp_path / f"g16.{ext}"
+        Image.fromarray(values).save(path)
+        grey = read_image(path, "L")
+        assert grey.dtype == np.float32 and grey.shape == (2, 4, 1)
+        np.testing.assert_allclose(grey[..., 0], values / 65535.0, rtol=1e-6)  # not clipped to 8 bits
+        assert grey[0, 3, 0] > grey[0, 2, 0] > 0  # 256 > 255 > 0: all 16 bits kept
+        rgb = read_image(path, "RGB")
+        assert rgb.shape == (2, 4, 3) and (rgb == grey).all()
+
+
+def test_16bit_images_reach_the_transforms_as_float_in_0_1(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1})
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65536, (20, 24), dtype=np.uint16)
+    (tmp_path / "toy/images/train/s00.png").unlink()
+    Image.fromarray(values).save(tmp_path / "toy/images/train/s00.png")
+    seen = {}
+
+    def spy(image, mask):
+        seen["image"] = image
+        return image, mask
+
+    ds = SegmentationDataset(tmp_path, "toy", "train", transforms=spy, image_mode="L")
+    image, _ = ds[0]
+    assert seen["image"].dtype == torch.float32 and seen["image"].shape == (1, 20, 24)
+    np.testing.assert_allclose(image[0].numpy(), values / 65535.0, rtol=1e-6)
+    # ToDtype(float32, scale=True) leaves float input as it is, so the eval pipeline = image_to_tensor
+    assert torch.equal(v2.ToDtype(torch.float32, scale=True)(image), image)
+    tf = build_transforms(train=False, mean=[0.5], std=[0.25])
+    ds = SegmentationDataset(tmp_path, "toy", "train", transforms=tf, image_mode="L")
+    raw, _ = ds.load(0)
+    torch.testing.assert_close(ds[0][0], image_to_tensor(raw, [0.5], [0.25]))
+
+
+def test_8bit_images_still_reach_the_transforms_as_uint8_and_image_to_tensor_matches(toy_root):
+    seen = {}
+
+    def spy(image, mask):
+        seen["dtype"] = image.dtype
+        return image, mask
+
+    SegmentationDataset(toy_root, "toy", "train", transforms=spy)[0]
+    assert seen["dtype"] == torch.uint8
+    ds = SegmentationDataset(toy_root, "toy", "train", transforms=build_transforms(train=False, mean=MEAN, std=STD))
+    raw, _ = ds.load(0)
+    assert raw.dtype == np.uint8
+    engine_way = torch.from_numpy(raw).permute(2, 0, 1).float().div_(255).sub_(0.5).div_(0.25)
+    torch.testing.assert_close(image_to_tensor(raw, MEAN, STD), engine_way)
+    torch.testing.assert_close(ds[0][0], engine_way)
+    assert image_to_uint8(raw) is raw and (image_to_uint8(raw / 255.0) == raw).all()
+
+
+def test_float_tiff(tmp_path):
+    values = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(values).save(path)
+    image = read_image(path, "L")
+    assert image.dtype == np.float32 and (image[..., 0] == values).all()  # as is
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(values * 4000 - 100).save(wide)
+    with pytest.raises(DataError) as e:
+        read_image(wide, "L")
+    assert str(e.value) == (
+        f"float image {wide} holds values -100..3900, outside [0, 1] (float images are read as they are): "
+        'set "image_range": [low, high] (the range of the images\' values) in classes.json'
+    )
+    scaled = read_image(wide, "L", image_range=(-100.0, 3900.0))
+    np.testing.assert_allclose(scaled[..., 0], values, atol=1e-6)
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(np.array([[np.nan, 0.5]], np.float32)).save(nan)
+    with pytest.raises(DataError, match=re.escape(f"image {nan} holds NaN or infinite values")):
+        read_image(nan, "L")
+
+
+def test_image_range_from_classes_json(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1})
+    (tmp_path / "toy/images/train/s00.png").unlink()
+    values = np.full((20, 24), 2000.0, np.float32)
+    values[0, 0] = 4000.0
+    Image.fromarray(values).save(tmp_path / "toy/images/train/s00.tif")
+    set_classes(tmp_path, image_range=[0, 4000])
+    image, _ = SegmentationDataset(tmp_path, "toy", "train", image_mode="L").load(0)
+    assert image[0, 0, 0] == 1.0 and image[1, 1, 0] == 0.5
+    path = set_classes(tmp_path, image_range=[5, 5])
+    with pytest.raises(DataError, match=re.escape(f'{path}: "image_range" must be [low, high] with low < high')):
+        DatasetInfo.load(tmp_path, "toy")
+
+
+def test_rgba_drops_alpha_and_palette_maps_colours(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50
+    rgba[0, 0, 3] = 0  # fully transparent: its colour is kept (alpha dropped, not composited)
+    rgba[1:, :, 3] = 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    rgb = read_image(tmp_path / "a.png", "RGB")
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3) and (rgb == [200, 100, 50]).all()
+    assert read_image(tmp_path / "a.png", "L").shape == (2, 3, 1)
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    pal.putpalette([10, 20, 30, 250, 240, 230])
+    pal.save(tmp_path / "p.png")
+    assert (read_image(tmp_path / "p.png", "RGB")[0, 1] == [250, 240, 230]).all()
+
+
+def test_16bit_colour_is_read_at_8_bits_and_logged_once(tmp_path, caplog, monkeypatch):
+    import pixelwise.data.io as io
+
+    monkeypatch.setattr(io, "_warned_16bit_colour", False)
+    arr = np.full((3, 4, 3), 0x1234, np.uint16)
+    for name in ("a.png", "b.png"):
+        save_png16_rgb(tmp_path / name, arr)
+    with caplog.at_level(logging.WARNING, logger="pixelwise.data.io"):
+        out = [read_image(tmp_path / name, "RGB") for name in ("a.png", "b.png")]
+    assert all(o.dtype == np.uint8 and (o == 0x12).all() for o in out)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'a.png'} has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode)"
+    ]
+
+
+def test_exif_rotated_jpeg_is_oriented_and_its_mask_checked_at_the_oriented_size(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1}, size=(30, 20))
+    (tmp_path / "toy/images/train/s00.png").unlink()
+    stored = np.zeros((20, 30, 3), np.uint8)  # stored 30 wide x 20 high, bright top-left corner
+    stored[:6, :6] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "toy/images/train/s00.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    image = read_image(path, "RGB")
+    assert image.shape == (30, 20, 3)  # 20 wide x 30 high
+    assert image[:6, -6:].mean() > 200 and image[:6, :6].mean() < 50  # the corner went to the top right
+    mask_path = tmp_path / "toy/masks/train/s00.png"
+    with pytest.raises(DataError) as e:  # the 30x20 mask of write_dataset fits the stored, not the shown image
+        SegmentationDataset(tmp_path, "toy", "train")
+    assert str(e.value) == f"mask {mask_path} is 30x20 but image {path} is 20x30 (after its EXIF orientation 6)"
+    save_mask(mask_path, np.zeros((30, 20), np.uint8))
+    ds = SegmentationDataset(tmp_path, "toy", "train")
+    img, mask = ds[0]
+    assert img.shape == (3, 30, 20) and mask.shape == (30, 20)
+
+
+def test_multipage_tiff(tmp_path):
+    pages = [np.full((20, 24), 10 * (i + 1), np.uint8) for i in range(3)]
+    write_dataset(tmp_path, splits={"train": 1})
+    (tmp_path / "toy/images/train/s00.png").unlink()
+    path = tmp_path / "toy/images/train/s00.tif"
+    save_stack(path, pages)
+    assert count_pages(path) == 3
+    stack = read_image_stack(path, "L")
+    assert len(stack) == 3 and [int(p[0, 0, 0]) for p in stack] == [10, 20, 30]
+    assert all(p.shape == (20, 24, 1) and p.dtype == np.uint8 for p in stack)
+    save_stack(tmp_path / "s16.tif", [np.full((4, 5), 1000 * (i + 1), np.uint16) for i in range(2)])
+    np.testing.assert_allclose(
+        [p[0, 0, 0] for p in read_image_stack(tmp_path / "s16.tif", "L")], [1000 / 65535, 2000 / 65535]
+    )
+    expected = (
+        f"image {path} has 3 pages; split the stack into one file per slice, "
+        "or predict it with pixelwise predict, which writes a mask stack"
+    )
+    for call in (lambda: SegmentationDataset(tmp_path, "toy", "train"), lambda: read_image(path, "L")):
+        with pytest.raises(DataError) as e:
+            call()
+        assert str(e.value) == expected
+    assert len(read_image_stack(tmp_path / "toy/masks/train/s00.png", "L")) == 1  # one page: one item
+
+
+# ---- 4. duplicate stems ----
+
+
+def test_duplicate_image_stems_name_both_files(toy_root):
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(toy_root / "toy/images/train/s01.jpg")
+    d = toy_root / "toy/images/train"
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(toy_root, "toy", "train")
+    assert str(e.value) == (
+        f"images {d}/s01.jpg and {d}/s01.png share the stem 's01' in split 'train' (images pair by stem): "
+        "remove or rename all but one"
+    )
+
+
+def test_duplicate_mask_stems_name_both_files_and_masks_must_be_png(toy_root):
+    d = toy_root / "toy/masks/train"
+    save_mask(d / "s02.tif", np.zeros((20, 24), np.uint8))
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(toy_root, "toy", "train")
+    assert str(e.value) == (
+        f"masks {d}/s02.png and {d}/s02.tif share the stem 's02' in split 'train' (masks pair by stem): "
+        "remove or rename all but one"
+    )
+    (d / "s02.png").unlink()
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(toy_root, "toy", "train")
+    assert str(e.value) == f"mask {d}/s02.tif is not a PNG: masks must be lossless PNGs (save it as s02.png)"
+
+
+def test_dot_files_are_skipped(toy_root):
+    (toy_root / "toy/images/train/._s00.png").write_bytes(b"macOS resource fork")
+    (toy_root / "toy/masks/train/.DS_Store").write_bytes(b"")
+    assert len(SegmentationDataset(toy_root, "toy", "train")) == 4
+
+
+# ---- 5. check_dataset ----
+
+
+def test_check_dataset_lists_every_bad_file_and_counts_pixels(tmp_path):
+    good = np.zeros((20, 24), np.uint8)
+    good[:5] = 1
+    good[5:7] = 2
+    good[7] = 255  # 24 ignore pixels
+    image = np.full((20, 24, 3), 90, np.uint8)
+    base = one_split(
+        tmp_path,
+        images={"good": image, "bigmask": image, "badlabel": image, "nomask": image},
+        masks={"good": good, "bigmask": np.zeros((21, 24), np.uint8), "badlabel": np.full((20, 24), 9), "orphan": good},
+    )
+    img, msk = base / "images/train", base / "masks/train"
+    (img / "broken.png").write_bytes(b"not a png")
+    save_mask(msk / "broken.png", good)
+    save_stack(img / "stack.tif", [image, image])
+    save_mask(msk / "stack.png", good)
+    report = check_dataset(tmp_path, "toy", progress=False)
+    assert not report.ok
+    errors = dict(report.errors)
+    assert len(report.errors) == 6 and set(errors) == {
+        str(msk / "bigmask.png"),
+        str(msk / "badlabel.png"),
+        str(img / "nomask.png"),
+        str(msk / "orphan.png"),
+        str(img / "broken.png"),
+        str(img / "stack.tif"),
+    }
+    assert errors[str(msk / "bigmask.png")] == f"mask {msk}/bigmask.png is 24x21 but image {img}/bigmask.png is 24x20"
+    assert errors[str(msk / "badlabel.png")].startswith(f"mask {msk}/badlabel.png holds label value(s) [9] but 'toy'")
+    assert errors[str(img / "nomask.png")] == f"image {img}/nomask.png has no mask (expected {msk}/nomask.png)"
+    assert errors[str(msk / "orphan.png")] == f"mask {msk}/orphan.png has no image (expected {img}/orphan.<ext>)"
+    assert errors[str(img / "broken.png")].startswith(f"cannot read image {img}/broken.png: ")
+    assert (
+        errors[str(img / "stack.tif")] == f"image {img}/stack.tif has 2 pages; split the stack into one file per "
+        "slice, or predict it with pixelwise predict, which writes a mask stack"
+    )
+    train = report.splits["train"]
+    assert train.images == 6 and train.masks == 6  # orphan has no image, nomask no mask
+    # pixels: good, broken's and stack's masks are read (3 x good); bigmask 504 zeros; badlabel none in range
+    assert train.histogram == [3 * 12 * 24 + 21 * 24, 3 * 5 * 24, 3 * 2 * 24]
+    assert train.ignore_pixels == 3 * 24
+    text = report.format()
+    assert "6 error(s)" in text and f"error [train] mask {msk}/bigmask.png is 24x21" in text
+
+
+def test_check_dataset_warns_once_per_split(tmp_path, caplog):
+    write_dataset(tmp_path, splits={"train": 4, "val": 3}, num_classes=3, size=(40, 40))
+    for split, count in (("train", 4), ("val", 3)):
+        for i in range(count):
+            mask = np.zeros((40, 40), np.uint8)  # class 2 never occurs
+            mask[:, :4] = 1
+            if i < 2:
+                mask[:30] = 255  # 75 % ignore: mostly ignore
+            save_mask(tmp_path / f"toy/masks/{split}/s{i:02d}.png", mask)
+    with caplog.at_level(logging.WARNING, logger="pixelwise.data.check"):
+        report = check_dataset(tmp_path, "toy", progress=False)
+    assert report.ok
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4, messages  # per split: one "never occur", one "mostly ignore"
+    for split, count in (("train", 4), ("val", 3)):
+        assert f"class(es) 'c2' never occur in split {split!r} of 'toy' ({count} masks)" in messages
+        assert (
+            f"2 of {count} masks of split {split!r} of 'toy' are mostly ignore (more than 50 % of their pixels): "
+            "s00.png, s01.png"
+        ) in messages
+    # the report keeps one warning per mostly-ignore file, and one per split for the absent class
+    m = tmp_path / "toy/masks/train"
+    assert (str(m / "s00.png"), f"mask {m}/s00.png is 75 % ignore (255)") in report.warnings
+    assert len(report.warnings) == 2 * 3
+    assert report.splits["val"].never_occurring == ["c2"]
+
+
+def test_check_dataset_small_images_and_unlabelled_split(tmp_path, caplog):
+    write_dataset(tmp_path, splits={"train": 2}, size=(40, 16))
+    (tmp_path / "toy/images/test").mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "toy/images/test/a.jpg")
+    with caplog.at_level(logging.WARNING, logger="pixelwise.data.check"):
+        report = check_dataset(tmp_path, "toy", progress=False)
+    img = tmp_path / "toy/images/train"
+    assert report.ok and report.warnings == [
+        (str(img / "s00.png"), f"image {img}/s00.png is 40x16, smaller than 32 px"),
+        (str(img / "s01.png"), f"image {img}/s01.png is 40x16, smaller than 32 px"),
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 of 2 images of split 'train' of 'toy' are smaller than 32 px: s00.png, s01.png"
+    ]
+    test = report.splits["test"]
+    assert list(report.splits) == ["train", "test"] and not test.labelled and test.images == 1
+    only = check_dataset(tmp_path, "toy", ["nosuch"], progress=False)
+    assert only.errors == [
+        (
+            str(tmp_path / "toy/images/nosuch"),
+            f"data set 'toy' has no split 'nosuch': {tmp_path}/toy/images/nosuch does not exist",
+        )
+    ]
+
+
+def test_check_dataset_reads_instance_maps(tmp_path):
+    write_dataset(tmp_path, splits={"train": 2})
+    inst_dir = tmp_path / "toy/instances/train"
+    inst_dir.mkdir(parents=True)
+    a = np.zeros((20, 24), np.uint16)
+    a[:5, :5], a[10:, 10:], a[0, 23] = 1, 300, 2  # 3 instances, ids beyond 8 bits
+    Image.fromarray(a).save(inst_dir / "s00.png")
+    Image.fromarray(np.zeros((5, 5), np.uint16)).save(inst_dir / "s01.png")
+    report = check_dataset(tmp_path, "toy", progress=False)
+    assert report.splits["train"].instances == 3
+    img = tmp_path / "toy/images/train"
+    assert report.errors == [
+        (str(inst_dir / "s01.png"), f"instance map {inst_dir}/s01.png is 5x5 but image {img}/s01.png is 24x20")
+    ]
+    (inst_dir / "s01.png").unlink()
+    assert check_dataset(tmp_path, "toy", progress=False).errors == [
+        (str(img / "s01.png"), f"image {img}/s01.png has no instance map (expected {inst_dir}/s01.png)")
+    ]
+
+
+@pytest.mark.realdata
+def test_check_real_datasets(data_root):
+    camvid = check_dataset(data_root, "camvid", progress=False)
+    assert camvid.ok and not camvid.warnings, camvid.format()
+    info = json.loads((data_root / "camvid/classes.json").read_text())
+    for split in ("train", "val", "test"):
+        counts = info["pixel_counts"][split]
+        assert camvid.splits[split].histogram == [counts[c] for c in info["classes"]]
+        assert camvid.splits[split].ignore_pixels == counts["void(255)"]
+    isbi = check_dataset(data_root, "isbi2012_membrane", progress=False)
+    assert isbi.ok and not isbi.splits["test"].labelled, isbi.format()
+    assert isbi.splits["train"].histogram == [1418245, 4873211]
+    if (data_root / "dsb2018/classes.json").is_file():
+        dsb = check_dataset(data_root, "dsb2018", progress=False)
+        assert dsb.ok, dsb.format()
+        meta = json.loads((data_root / "dsb2018/classes.json").read_text())["splits"]
+        for split in ("train", "val", "test"):
+            assert dsb.splits[split].histogram == meta[split]["pixels"]
+            assert dsb.splits[split].instances == meta[split]["instances"]

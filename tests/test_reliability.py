@@ -1,0 +1,395 @@
+"""Nothing silently wrong, nothing lost: each bad input a user brings gets its exact one-line message, run
+directories are locked and survive signals, kills and restarts, prediction never mixes or overwrites outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pixelwise.config import load_config
+from pixelwise.engine import evaluate_checkpoint, predict, train
+from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
+from pixelwise.models.weights import load_checkpoint
+from pixelwise.visualize import overlay_palette
+
+from .conftest import write_dataset
+from .test_cli import run_cli
+from .test_engine import toy_config
+
+
+def config_error(tmp_path, *overrides):
+    with pytest.raises(ConfigError) as e:
+        load_config(toy_config(tmp_path, iters=3), list(overrides))
+    return str(e.value)
+
+
+# --- config values are checked at load time, with the key named ------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
+        ("data.batch_size=-2", "data.batch_size=-2: must be >= 1"),
+        ("train.eval_interval=0", "train.eval_interval=0: must be >= 1"),
+        ("train.lr=-0.1", "train.lr=-0.1: must be > 0"),
+        ("train.lr=0", "train.lr=0: must be > 0"),
+        ("train.iters=0", "train.iters=0: must be >= 1"),
+        ("train.iters=-5", "train.iters=-5: must be >= 1"),
+        ("data.crop_size=0", "data.crop_size=0: must be positive (or null for whole images)"),
+        ("data.crop_size=[32, -1]", "data.crop_size=[32, -1]: must be positive (or null for whole images)"),
+        ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5]: give [low, high] with 0 < low <= high, or null"),
+    ],
+)
+def test_bad_config_values(tmp_path, override, message):
+    assert config_error(tmp_path, override) == message
+
+
+def test_crop_smaller_than_the_model_stride(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2), ["data.crop_size=10", "model.depth=4"])
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert str(e.value) == (
+        "data.crop_size=10: model unet needs inputs of at least 16x16 pixels (its total stride); use a larger crop"
+    )
+    assert not (tmp_path / "r" / ".lock").exists()  # released on the error
+
+
+# --- run directories -------------------------------------------------------------------------------------
+@pytest.fixture
+def toy_run(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    return tmp_path / "run", root, cfg
+
+
+def test_a_live_run_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2))
+    run = tmp_path / "run"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.mkdir()
+        (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename, "started": "t0"}))
+        with pytest.raises(ConfigError) as e:
+            train(cfg, run_dir=run, data_root=root, progress=False)
+        assert str(e.value) == (
+            f"{run} is in use by the training with pid {sleeper.pid} on host {os.uname().nodename} (since t0): "
+            f"wait for it, stop it, or choose another --run-dir (delete {run / '.lock'} only if that process is gone)"
+        )
+        assert (run / ".lock").exists() and not (run / "last.pt").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    train(cfg, run_dir=run, data_root=root, progress=False)  # the owner is dead now: taken over
+    assert "taking over the stale lock" in caplog.text
+    assert (run / "last.pt").exists() and not (run / ".lock").exists()
+
+
+def test_two_concurrent_trainings_into_one_directory(tmp_path):
+    write_dataset(tmp_path / "data", splits={"train": 6, "val": 2})
+    cfg = toy_config(tmp_path, iters=100000, eval_interval=100000)
+    env = {**os.environ, "PIXELWISE_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--no-progress", "--run-dir", str(tmp_path / "r")]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "r" / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert second.returncode == 2
+    assert f"pixelwise train: error: {tmp_path / 'r'} is in use by the training with pid {first.pid}" in second.stderr
+    assert second.stderr.strip().count("\n") == 0
+
+
+def test_rerun_without_resume_keeps_the_old_log_and_cleans_temporaries(tmp_path, caplog):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"type": "train", "iter": 99}\n')  # a run killed before its checkpoint
+    (run / ".last.pt.abc123.tmp").write_bytes(b"x" * 1000)  # a write a kill interrupted
+    caplog.set_level(logging.INFO, logger="pixelwise")
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    assert (run / "metrics.old-1.jsonl").read_text() == '{"type": "train", "iter": 99}\n'
+    assert all(json.loads(line)["iter"] <= 2 for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert not list(run.glob(".*.tmp"))
+    assert f"{run / '.last.pt.abc123.tmp'}, left by an interrupted write" in caplog.text
+
+
+def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):
+    run, root, _ = toy_run
+    changed = load_config(toy_config(tmp_path, iters=4, eval_interval=2), ["train.lr=0.01"])
+    with pytest.raises(ConfigError) as e:
+        train(changed, run_dir=run, resume=True, data_root=root, progress=False)
+    assert str(e.value) == (
+        f"--resume: the config changes settings that {run / 'last.pt'} was trained with "
+        "(train.iters: 2 -> 4; train.lr: 0.05 -> 0.01); resume with the run's own settings, "
+        "or add --allow-changes to apply these from here on"
+    )
+    train(changed, run_dir=run, resume=True, allow_changes=True, data_root=root, progress=False)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["train_state"]["iter"] == 4
+    group = ckpt["optimizer"]["param_groups"][0]
+    # the new base lr, under the new schedule: poly (1 - 4/4)^0.9 clipped at iters - 1 -> (1 - 3/4)^0.9
+    assert group["initial_lr"] == pytest.approx(0.01)
+    assert group["lr"] == pytest.approx(0.01 * (1 - 3 / 4) ** 0.9)
+    assert ckpt["config"]["train"]["lr"] == 0.01
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.01
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = toy_config(tmp_path, iters=120, checkpoint_interval=1000, eval_interval=1000, checkpoint_minutes=0)
+    env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--no-progress"]
+    subprocess.run([*base, "--run-dir", str(tmp_path / "straight")], check=True, env=env, timeout=600)
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen([*base, "--run-dir", str(run)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    log = run / "metrics.jsonl"
+    while not (log.exists() and log.stat().st_size) and time.time() < deadline:  # the first 10 steps are done
+        time.sleep(0.01)
+    assert not (run / "last.pt").exists()  # no checkpoint yet: only the signal writes one
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped_at = load_checkpoint(run / "last.pt")["train_state"]["iter"]
+    assert 10 <= stopped_at < 120
+    assert f"pixelwise train: stopped by SIGTERM at iteration {stopped_at}: {run / 'last.pt'} written" in err
+    assert not (run / ".lock").exists()
+    subprocess.run([*base, "--run-dir", str(run), "--resume"], check=True, env=env, timeout=600)
+    a, b = load_checkpoint(tmp_path / "straight/last.pt"), load_checkpoint(run / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import pixelwise.models.weights as weights
+real, count = weights.torch.save, [0]
+def save_then_die(obj, f, *args, **kwargs):
+    count[0] += 1
+    if count[0] == int(os.environ["KILL_AT_SAVE"]):
+        f.write(b"half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *args, **kwargs)
+weights.torch.save = save_then_die
+from pixelwise.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_checkpoint_write_then_resume_equals_uninterrupted(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = toy_config(tmp_path, iters=30, checkpoint_interval=10, eval_interval=1000)
+    env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1", "KILL_AT_SAVE": "2"}
+    args = ["train", str(cfg), "--no-progress"]
+    subprocess.run([sys.executable, "-m", "pixelwise", *args, "--run-dir", str(tmp_path / "straight")], check=True,
+                   env=env, timeout=600)  # fmt: skip
+    run = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, *args, "--run-dir", str(run)], env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["train_state"]["iter"] == 10  # the write at 20 never replaced it
+    assert len(list(run.glob(".last.pt.*.tmp"))) == 1 and (run / ".lock").exists()
+    subprocess.run([sys.executable, "-m", "pixelwise", *args, "--run-dir", str(run), "--resume"], check=True,
+                   env=env, timeout=600)  # fmt: skip
+    assert not list(run.glob(".*.tmp")) and not (run / ".lock").exists()
+    a, b = load_checkpoint(tmp_path / "straight/last.pt"), load_checkpoint(run / "last.pt")
+    assert b["train_state"]["iter"] == 30
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_checkpoint_minutes_bounds_the_lost_work(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(
+        toy_config(tmp_path, iters=4, eval_interval=1000, checkpoint_interval=1000, keep_last=10),
+        ["train.checkpoint_minutes=0.000001"],
+    )
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").glob("iter_*.pt")) == [f"iter_000000{i}.pt" for i in (1, 2, 3, 4)]
+
+
+# --- checkpoints and foreign files -----------------------------------------------------------------------
+class Thing:
+    pass
+
+
+def test_foreign_files_get_their_own_messages(tmp_path, toy_run):
+    (tmp_path / "random.pt").write_bytes(os.urandom(2000))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    (tmp_path / "pickle.pt").write_bytes(pickle.dumps({"x": Thing()}))
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    cases = {
+        "random.pt": "it is not a PyTorch file (truncated, or another format)",
+        "pickle.pt": "it is not a PyTorch file (truncated, or another format)",
+        "module.pt": "it holds Python objects besides tensors and plain types (a pickled model or optimizer?), "
+        "and pixelwise never unpickles code: save a state dict (model.state_dict()) or a pixelwise checkpoint",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            evaluate_checkpoint(tmp_path / name, progress=False)
+        assert str(e.value) == f"cannot load checkpoint {tmp_path / name}: {reason}"
+        assert "weights_only=False" not in str(e.value)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
+    with pytest.raises(CheckpointError) as e:
+        predict(tmp_path / "model.onnx", [tmp_path / "image.png"], tmp_path / "out", progress=False)
+    assert str(e.value) == f"{tmp_path / 'model.onnx'} is an ONNX file: run it with --backend onnxruntime"
+
+
+def test_class_names_of_checkpoint_and_data_set_are_compared(toy_run):
+    run, root, _ = toy_run
+    info = json.loads((root / "toy" / "classes.json").read_text())
+    info["classes"] = ["c0", "road", "c2"]
+    (root / "toy" / "classes.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError) as e:
+        evaluate_checkpoint(run / "best.pt", data_root=root, progress=False)
+    assert str(e.value) == (
+        f"{run / 'best.pt'} was trained with other class names than data set 'toy' under {root} has "
+        "(checkpoint vs data set, 1: 'c1' vs 'road'): the class indices would mean other things"
+    )
+
+
+def test_eval_reuses_the_data_root_of_the_run(toy_run, monkeypatch, tmp_path):
+    run, root, _ = toy_run
+    monkeypatch.delenv("PIXELWISE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = evaluate_checkpoint(run / "best.pt", progress=False)  # no --data-root: the run's
+    assert result["num_images"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(root.resolve())
+
+
+def test_export_without_onnx_names_the_extra(toy_run, monkeypatch):
+    import importlib.util
+
+    from pixelwise.export import export_onnx
+
+    run, _, _ = toy_run
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(PixelwiseError) as e:
+        export_onnx(run / "best.pt", run / "m.onnx")
+    assert str(e.value) == "ONNX export needs onnx: pip install 'pixelwise[onnx]'"
+
+
+# --- prediction --------------------------------------------------------------------------------------------
+def test_predict_out_folder_rules_and_manifest(toy_run, tmp_path):
+    run, root, _ = toy_run
+    images = root / "toy" / "images" / "val"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError) as e:
+        predict(run / "best.pt", [images], tmp_path / "a_file", progress=False)
+    assert str(e.value) == f"--out {tmp_path / 'a_file'} is a file: give a folder for the masks, colours and overlays"
+    out = tmp_path / "out"
+    written = predict(run / "best.pt", [images], out, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    import hashlib
+
+    assert manifest["sha256"] == hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    assert manifest["checkpoint"] == str((run / "best.pt").resolve())
+    assert manifest["files"] == written and len(written) == 2 and manifest["failed"] == []
+    with pytest.raises(DataError) as e:
+        predict(run / "best.pt", [images], out, progress=False)
+    assert str(e.value) == (
+        f"--out {out} is not empty (7 files, e.g. color/s00.png): pass --overwrite to replace what is there, "
+        "or choose another folder"
+    )
+    assert predict(run / "best.pt", [images], out, overwrite=True, progress=False) == written
+
+
+def test_predict_skip_errors_and_tiny_images(toy_run, tmp_path):
+    from pixelwise.engine.predictor import PredictionErrors
+
+    run, root, _ = toy_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(folder / "tiny.png")
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        predict(run / "best.pt", [folder], tmp_path / "o1", progress=False)
+    with pytest.raises(PredictionErrors) as e:
+        predict(run / "best.pt", [folder], tmp_path / "o2", skip_errors=True, progress=False)
+    assert str(e.value) == (
+        f"2 of 3 image(s) could not be predicted (broken.png; tiny.png); the others were written, "
+        f"see {tmp_path / 'o2' / 'manifest.json'}"
+    )
+    assert [Path(w["image"]).name for w in e.value.written] == ["good.png"]
+    assert (tmp_path / "o2" / "masks" / "good.png").exists()
+    failed = json.loads((tmp_path / "o2" / "manifest.json").read_text())["failed"]
+    assert failed[1]["error"] == (
+        f"image {folder / 'tiny.png'} is 3x3, smaller than model unet takes (at least 4x4 pixels, its total "
+        "stride): upscale it or pad it"
+    )
+
+
+def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_path, monkeypatch, caplog):
+    import pixelwise.engine.predictor as predictor_module
+    from pixelwise.engine import Predictor
+    from pixelwise.inference import InferenceSettings
+
+    run, root, _ = toy_run
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    p = Predictor(run / "best.pt", device="cpu")
+    whole = p.predict(image)
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    switched = p.predict(image, "big.png")
+    assert "image big.png (128x96): a whole-image pass needs about" in caplog.text
+    assert "predicting it in 32x32 sliding windows" in caplog.text
+    p.inference = InferenceSettings(mode="slide", crop=32, blend="gaussian", window_batch=1)
+    assert np.array_equal(switched, p.predict(image))  # the same as asking for those windows
+    assert (switched == whole).mean() > 0.5  # and still a prediction of the same image
+
+
+def test_overlay_colours_contrast_with_grey_images():
+    assert overlay_palette([[0, 0, 0], [255, 255, 255]]) == [[31, 119, 180], [255, 127, 14]]  # ISBI's palette
+    camvid = [[128, 128, 128], [128, 0, 0], [192, 192, 128]]
+    assert overlay_palette(camvid) == camvid
+
+
+def test_training_prints_a_summary_before_its_first_step(tmp_path):
+    write_dataset(tmp_path / "data")
+    cfg = toy_config(tmp_path, iters=2, eval_interval=2)
+    proc = run_cli("train", cfg, "--no-progress", "--run-dir", tmp_path / "r", env_root=tmp_path / "data")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"run directory {tmp_path / 'r'}"
+    assert lines[1].startswith("device cpu (") and lines[1].endswith("1 process(es), precision fp32")
+    assert lines[2] == f"data toy under {tmp_path / 'data'}: 4 train, 2 val images, 3 classes"
+    assert lines[3] == "model unet: 0.01 M parameters; 2 iterations"
+
+
+def test_help_and_version():
+    proc = run_cli("--help")
+    for verb in ("train", "eval", "predict", "crf-search", "export", "report", "weight-map", "models"):
+        assert f"    {verb}" in proc.stdout
+    assert ":func:" not in proc.stdout and "``" not in proc.stdout
+    assert run_cli("--version").stdout.strip() == "pixelwise 0.1.0"
+
+
+def test_cli_messages_for_a_file_out_and_an_onnx_checkpoint(toy_run, tmp_path):
+    run, root, _ = toy_run
+    (tmp_path / "x.onnx").write_bytes(b"\x08\x07")
+    proc = run_cli("predict", tmp_path / "x.onnx", root / "toy/images/val", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"pixelwise predict: error: {tmp_path / 'x.onnx'} is an ONNX file: run it with --backend onnxruntime"
+    )
