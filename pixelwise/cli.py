@@ -30,6 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         allow_changes=args.allow_changes,
         data_root=args.data_root,
+        check_data=not args.no_check_data,
         progress=not args.no_progress,
     )
     minutes = (time.perf_counter() - start) / 60
@@ -137,6 +138,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:<32} {r['params_m']:>11.2f} {r['gflops']:>14.1f}")
     print(f"(num_classes={args.num_classes}; GFLOPs = 2 x multiply-adds of one {args.size}x{args.size} image)")
     return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import check_dataset, resolve_data_root
+    from .fileio import write_json
+
+    root = resolve_data_root(args.data_root, None)
+    report = check_dataset(root, args.name, args.split or None, progress=not args.no_progress, warn=False)
+    print(report.format(max_problems=None))
+    if args.json:
+        write_json(args.json, report.to_dict())
+    return 0 if report.ok else 1
 
 
 def _cmd_weight_map(args: argparse.Namespace) -> int:
@@ -292,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: apply settings that differ from the run's (learning rate, schedule, data...)",
     )
+    p.add_argument(
+        "--no-check-data",
+        action="store_true",
+        help="skip the pre-flight read of every train/val file (pixelwise data check)",
+    )
     common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -364,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.onnx exporter (torchscript is fast; dynamo is torch.export based)",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("data", help="data set tools: check")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    p = data_sub.add_parser(
+        "check",
+        help="read every image, mask and instance map of a data set; list every problem (exit 1 if any error)",
+    )
+    p.add_argument("name", help="the data set's folder name under the data root")
+    p.add_argument("--split", action="append", help="check only this split (repeatable; default: every split)")
+    p.add_argument("--json", help="also write the report (per-split counts, class pixels, problems) to this file")
+    common(p)
+    p.set_defaults(func=_cmd_data_check)
 
     p = sub.add_parser("weight-map", help="draw the U-Net border weight map of a mask (Ronneberger et al. eq. 2)")
     p.add_argument("mask", help="a mask PNG of class indices")

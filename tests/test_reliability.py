@@ -393,3 +393,68 @@ def test_cli_messages_for_a_file_out_and_an_onnx_checkpoint(toy_run, tmp_path):
     assert proc.stderr.strip() == (
         f"pixelwise predict: error: {tmp_path / 'x.onnx'} is an ONNX file: run it with --backend onnxruntime"
     )
+
+
+# --- data check: the CLI verb lists every bad file; train runs it first ---------------------------------
+def test_data_check_cli_lists_every_bad_file(tmp_path):
+    root = tmp_path / "data"
+    base = write_dataset(root, splits={"train": 3, "val": 1})
+    (base / "images/train/s00.png").write_bytes(b"not a png")
+    Image.fromarray(np.full((20, 24), 7, np.uint8), mode="L").save(base / "masks/train/s01.png")
+    report_path = tmp_path / "r.json"
+    proc = run_cli("data", "check", "toy", "--data-root", root, "--no-progress", "--json", report_path, check=False)
+    assert proc.returncode == 1
+    assert f"cannot read image {base / 'images/train/s00.png'}" in proc.stdout
+    assert f"{base / 'masks/train/s01.png'}" in proc.stdout  # the second bad file is listed too
+    report = json.loads(report_path.read_text())
+    assert report["ok"] is False and report["splits"]["train"]["images"] == 3
+    assert sorted(Path(p["file"]).name for p in report["problems"] if p["level"] == "error") == ["s00.png", "s01.png"]
+    ok = run_cli("data", "check", "toy", "--data-root", root, "--split", "val", "--no-progress")
+    assert ok.returncode == 0 and "val" in ok.stdout
+
+
+def test_training_stops_on_a_bad_file_before_its_first_step(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    Image.fromarray(np.full((20, 24), 9, np.uint8), mode="L").save(root / "toy/masks/val/s01.png")
+    Image.fromarray(np.full((20, 24), 8, np.uint8), mode="L").save(root / "toy/masks/train/s02.png")
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2))
+    with pytest.raises(DataError) as e:
+        train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    message = str(e.value)
+    assert message.startswith("data check of 'toy' (train, val): ")
+    assert "s02.png" in message and message.endswith(
+        " (and 1 more); `pixelwise data check toy` lists every problem "
+        "(or train with --no-check-data to skip the check)"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# --- predict: stacks and 16-bit images -----------------------------------------------------------------
+def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_run, tmp_path):
+    from pixelwise.engine.predictor import Predictor
+
+    run, root, _ = toy_run
+    slices = [np.asarray(Image.open(root / f"toy/images/val/s0{i}.png")) for i in range(2)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.fromarray(s) for s in slices]
+    frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    written = predict(run / "best.pt", [folder], out, progress=False)
+    assert written[0]["pages"] == "2" and written[0]["masks"] == str(out / "masks/stack.tif")
+    stack = Image.open(out / "masks/stack.tif")
+    assert stack.n_frames == 2
+    predictor = Predictor(run / "best.pt")
+    for z in range(2):
+        stack.seek(z)
+        np.testing.assert_array_equal(np.asarray(stack), predictor.predict(slices[z]))  # each slice, in order
+        assert (out / f"overlay/stack_z000{z}.png").exists() and (out / f"color/stack_z000{z}.png").exists()
+    # a 16-bit grey image is scaled by 65535, not clipped to 8 bits: holding the 8-bit values x 257
+    # (= 65535 / 255), it is predicted as its 8-bit twin
+    grey = slices[0].mean(axis=2).round().astype(np.uint8)
+    Image.fromarray(grey, mode="L").save(tmp_path / "grey8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    page16, page8 = predictor.read(tmp_path / "grey16.png"), predictor.read(tmp_path / "grey8.png")
+    assert page16[0].dtype == np.float32 and page16[0].max() <= 1.0 and page16[0].max() > 0.1
+    np.testing.assert_array_equal(predictor.predict(page16[0]), predictor.predict(page8[0]))

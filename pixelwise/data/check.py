@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,6 +102,18 @@ class DataCheckReport:
     def ok(self) -> bool:
         """True when there are no errors (warnings allowed)."""
         return not any(p.level == "error" for p in self.problems)
+
+    def to_dict(self) -> dict:
+        """The report as JSON-ready data: data set, classes, per-split summaries, problems."""
+        return {
+            "root": str(self.root),
+            "dataset": self.name,
+            "classes": list(self.info.classes),
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "splits": {name: asdict(s) for name, s in self.splits.items()},
+            "problems": [p._asdict() for p in self.problems],
+        }
 
     def format(self, max_problems: int | None = 50) -> str:
         """A readable text report: splits, pixels per class per split, then the problems (at most
@@ -340,4 +352,20 @@ def check_dataset(
                 )
             summary.seconds = time.perf_counter() - t0
     report.seconds = time.perf_counter() - start
+    return report
+
+
+def require_valid(
+    root: str | os.PathLike, name: str, splits: list[str] | tuple[str, ...], *, progress: bool = True
+) -> DataCheckReport:
+    """:func:`check_dataset` as a pre-flight (``pixelwise train`` runs it): a DataError naming the first error
+    and how many there are, so that a bad file stops the run before its first step, not hours into it."""
+    report = check_dataset(root, name, splits, progress=progress)
+    errors = report.errors
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(
+            f"data check of {name!r} ({', '.join(splits)}): {errors[0][1]}{more}; "
+            f"`pixelwise data check {name}` lists every problem (or train with --no-check-data to skip the check)"
+        )
     return report

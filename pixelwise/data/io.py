@@ -208,6 +208,8 @@ def image_to_tensor(
     """The model's input ``C x H x W`` float32 tensor from an ``H x W x C`` image of :func:`read_image`:
     uint8 / 255 or float as is, then ``(x - mean) / std`` per channel (what the eval transforms do).
     With ``device`` the raw image is moved first (uint8 travels 4x smaller)."""
+    if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. from np.asarray(PIL))
+        image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image))
     if device is not None:
         x = x.to(device)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..crf import CRFSettings, settings_for
-from ..data.dataset import IMAGE_EXTENSIONS, read_image
+from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
 from ..device import available_memory, inference_dtype, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
@@ -90,8 +90,8 @@ class Predictor:
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
-        self._mean = torch.tensor(self.meta["mean"], device=self.device).view(-1, 1, 1)
-        self._std = torch.tensor(self.meta["std"], device=self.device).view(-1, 1, 1)
+        image_range = self.meta.get("image_range")
+        self.image_range = tuple(image_range) if image_range else None
 
     def _crf_settings(self, crf: CRFOption) -> CRFSettings | None:
         if crf is None or crf is False or isinstance(crf, CRFSettings):
@@ -120,9 +120,14 @@ class Predictor:
         )
 
     def normalise(self, image: np.ndarray) -> torch.Tensor:
-        """An ``H x W x C`` uint8 image as the ``C x H x W`` network input."""
-        x = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255)
-        return x.sub_(self._mean).div_(self._std)
+        """An ``H x W x C`` image of :func:`pixelwise.data.read_image` (uint8, or float in [0, 1] for 16-bit
+        and float sources) as the ``C x H x W`` network input."""
+        return image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
+
+    def read(self, path: str | os.PathLike) -> list[np.ndarray]:
+        """The pages of an image file as this model takes them (one for a plain image; every slice of a
+        TIFF stack), with the run's ``image_range`` for 16-bit and float images."""
+        return read_image_stack(Path(path), self.image_mode, image_range=self.image_range)
 
     def check_size(self, height: int, width: int, source: str) -> None:
         """A one-line DataError for an image smaller than the model's total stride."""
@@ -234,6 +239,40 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+def _write_prediction(
+    out_dir: Path,
+    stem: str,
+    source: Path,
+    pages: list[np.ndarray],
+    preds: list[np.ndarray],
+    palette: Sequence[Sequence[int]],
+    alpha: float,
+) -> dict[str, str]:
+    """``masks/<stem>.png``, ``color/<stem>.png``, ``overlay/<stem>.png`` of one image; for a stack of
+    ``n`` pages the masks as one multi-page ``masks/<stem>.tif`` (slice order kept) and the pictures as
+    ``color/<stem>_z0000.png`` ... per slice."""
+    files = {"image": str(source)}
+    contrast = overlay_palette(palette)
+    pictures = [
+        (colorize(pred, palette), overlay(image_to_uint8(page), colorize(pred, contrast), alpha))
+        for page, pred in zip(pages, preds, strict=True)
+    ]
+    if len(pages) == 1:
+        for sub, array in (("masks", preds[0]), ("color", pictures[0][0]), ("overlay", pictures[0][1])):
+            files[sub] = str(out_dir / sub / f"{stem}.png")
+            Image.fromarray(array).save(files[sub])
+        return files
+    files["pages"] = str(len(pages))
+    files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
+    first, *rest = (Image.fromarray(p) for p in preds)
+    first.save(files["masks"], save_all=True, append_images=rest, compression="tiff_deflate")
+    for sub, index in (("color", 0), ("overlay", 1)):
+        files[sub] = str(out_dir / sub / f"{stem}_z0000.png")
+        for z, picture in enumerate(pictures):
+            Image.fromarray(picture[index]).save(out_dir / sub / f"{stem}_z{z:04d}.png")
+    return files
+
+
 def predict(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -251,7 +290,8 @@ def predict(
     progress: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
-    (palette colours) and ``overlay/<stem>.png``, and ``out_dir/manifest.json`` (the checkpoint's path and
+    (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
+    :func:`_write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's path and
     sha256, the settings, every file written and every input that failed). One image at a time: memory stays
     flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
     raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` runs an ONNX file written by
@@ -285,8 +325,8 @@ def predict(
     try:
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
             try:
-                image = read_image(path, predictor.image_mode)
-                pred = predictor.predict(image, str(path))
+                pages = predictor.read(path)
+                preds = [predictor.predict(page, str(path)) for page in pages]
             except DataError as e:
                 if not skip_errors:
                     raise
@@ -297,13 +337,7 @@ def predict(
             while stem in used:  # same stem from two folders: keep both
                 stem += "_"
             used.add(stem)
-            color = colorize(pred, predictor.meta["palette"])
-            blend = overlay(image, colorize(pred, overlay_palette(predictor.meta["palette"])), alpha)
-            files = {"image": str(path)}
-            for sub, array in (("masks", pred), ("color", color), ("overlay", blend)):
-                files[sub] = str(out_dir / sub / f"{stem}.png")
-                Image.fromarray(array).save(files[sub])
-            written.append(files)
+            written.append(_write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha))
     finally:
         write_json(out_dir / MANIFEST, manifest)
     if failed:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
+from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_valid, resolve_data_root
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device
 from ..errors import CheckpointError, ConfigError, PixelwiseError
@@ -85,6 +85,7 @@ def train(
     resume: bool = False,
     allow_changes: bool = False,
     data_root: str | os.PathLike | None = None,
+    check_data: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train from a validated config (see :func:`pixelwise.config.load_config`).
@@ -95,8 +96,10 @@ def train(
     ``train.sync_bn`` optional), metrics are all-reduced, and only rank 0 writes.
     ``resume=True`` continues from ``last.pt`` exactly; settings that differ from the run's are refused unless
     ``allow_changes`` (:func:`pixelwise.engine.resume.restore`). The run directory is locked while training
-    (``.lock``); SIGINT and SIGTERM end the run after the current step with ``last.pt`` written (raising
-    :class:`TrainingInterrupted`), and ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
+    (``.lock``). ``check_data`` first reads every file of the train and val splits
+    (:func:`pixelwise.data.require_valid`) and stops on any bad one. SIGINT and SIGTERM end the run after
+    the current step with ``last.pt`` written (raising :class:`TrainingInterrupted`), and
+    ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
     Returns ``{"best_miou", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``.
     """
     train_cfg = config["train"]
@@ -115,7 +118,9 @@ def train(
     files = RunFiles(run_dir, train_cfg["keep_last"], enabled=ddp.is_main)
     files.claim()
     try:
-        return _train(config, files, ddp, device, resume, allow_changes, data_root, progress and ddp.is_main)
+        return _train(
+            config, files, ddp, device, resume, allow_changes, data_root, check_data, progress and ddp.is_main
+        )
     finally:
         files.close()
 
@@ -158,6 +163,7 @@ def _train(
     resume: bool,
     allow_changes: bool,
     data_root: str | os.PathLike | None,
+    check_data: bool,
     progress: bool,
 ) -> dict[str, Any]:
     data_cfg, train_cfg = config["data"], config["train"]
@@ -171,6 +177,9 @@ def _train(
         problem = input_size_problem(spec, h, w)
         if problem:
             raise ConfigError(f"data.crop_size={crop}: {problem}; use a larger crop")
+    if check_data:
+        splits = [s for s in (data_cfg["train_split"], data_cfg["val_split"]) if s]
+        require_valid(root, info.name, splits, progress=progress)
     # eval/predict find the data where training found it (unless given another --data-root)
     config = {**config, "data": {**data_cfg, "root": str(root.resolve())}}
     train_ds, val_ds = _datasets(config, info, root, image_mode(input_channels(spec)))
@@ -200,6 +209,7 @@ def _train(
         "dataset": info.name,
         "mean": data_cfg["mean"],
         "std": data_cfg["std"],
+        "image_range": list(info.image_range) if info.image_range else None,
     }
     state = TrainState()
     if resume:
