@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--split", default="val")
     p.add_argument("--num-images", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (default 10)")
+    p.add_argument("--iterations", type=int, help="mean-field iterations (default: the run's crf section, else 10)")
     for name, values in DEFAULT_GRID.items():
         p.add_argument(
             f"--{name.replace('_', '-')}", type=float, nargs="+", default=values, help=f"{CRF_HELP[name][1]} (grid)"
