@@ -474,6 +474,7 @@ def test_check_dataset_reads_instance_maps(tmp_path):
     a = np.zeros((20, 24), np.uint16)
     a[:5, :5], a[10:, 10:], a[0, 23] = 1, 300, 2  # 3 instances, ids beyond 8 bits
     Image.fromarray(a).save(inst_dir / "s00.png")
+    Image.fromarray((a > 0).astype(np.uint8), mode="L").save(tmp_path / "toy/masks/train/s00.png")  # one class each
     Image.fromarray(np.zeros((5, 5), np.uint16)).save(inst_dir / "s01.png")
     report = check_dataset(tmp_path, "toy", progress=False)
     assert report.splits["train"].instances == 3
@@ -485,6 +486,12 @@ def test_check_dataset_reads_instance_maps(tmp_path):
     assert check_dataset(tmp_path, "toy", progress=False).errors == [
         (str(img / "s01.png"), f"image {img}/s01.png has no instance map (expected {inst_dir}/s01.png)")
     ]
+    a[7, 0] = 300  # instance 300 now also covers a pixel of class 0
+    Image.fromarray(a).save(inst_dir / "s00.png")
+    assert (
+        str(inst_dir / "s00.png"),
+        f"instance map {inst_dir}/s00.png: instance 300 spans classes [0, 1] of its mask; an instance has one class",
+    ) in check_dataset(tmp_path, "toy", progress=False).errors
 
 
 @pytest.mark.realdata

@@ -33,6 +33,7 @@ from .dataset import list_split, size_mismatch_message
 from .info import DatasetInfo
 from .io import (
     MOSTLY_IGNORE,
+    check_instance_classes,
     check_mask_values,
     count_instances,
     count_pages,
@@ -190,6 +191,7 @@ class _Item:
 def _check_item(image: Path, mask: Path | None, instances: Path | None, info: DatasetInfo) -> _Item:
     item = _Item()
     size: tuple[int, int] | None = None  # (width, height) as read
+    m: np.ndarray | None = None
     try:
         pages = count_pages(image)
         if pages > 1:
@@ -224,16 +226,13 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
     if instances is not None:
         try:
             inst = read_instances(instances)
-            if size is not None and (inst.shape[1], inst.shape[0]) != size:
-                item.problems.append(
-                    (
-                        str(instances),
-                        f"instance map {instances} is {inst.shape[1]}x{inst.shape[0]} but image {image} is "
-                        f"{size[0]}x{size[1]}",
-                        "error",
-                    )
-                )
+            isize = (inst.shape[1], inst.shape[0])
             item.instances = count_instances(inst)
+            if size is not None and isize != size:
+                message = size_mismatch_message(instances, isize, image, size, kind="instance map")
+                item.problems.append((str(instances), message, "error"))
+            elif m is not None and m.shape == inst.shape:
+                check_instance_classes(inst, m, info.ignore_index, instances)
         except DataError as e:
             item.problems.append((str(instances), str(e), "error"))
     return item

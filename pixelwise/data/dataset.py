@@ -16,10 +16,12 @@ in :mod:`pixelwise.data.info`, image and mask reading in :mod:`pixelwise.data.io
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
 from .io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSION,
+    check_instance_classes,
     check_mask_values,
     count_pages,
     image_size,
@@ -42,6 +45,7 @@ from .io import (
     probe_image,
     read_image,
     read_image_stack,
+    read_instances,
     read_mask,
 )
 
@@ -155,11 +159,16 @@ def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
 
 
 def size_mismatch_message(
-    mask: Path, msize: tuple[int, int], image: Path, isize: tuple[int, int], orientation: int = 1
+    mask: Path,
+    msize: tuple[int, int],
+    image: Path,
+    isize: tuple[int, int],
+    orientation: int = 1,
+    kind: str = "mask",
 ) -> str:
-    """The DataError message for a mask whose ``(width, height)`` differs from its image's."""
+    """The DataError message for a mask (or instance map) whose ``(width, height)`` differs from its image's."""
     rotated = f" (after its EXIF orientation {orientation})" if orientation != 1 else ""
-    return f"mask {mask} is {msize[0]}x{msize[1]} but image {image} is {isize[0]}x{isize[1]}{rotated}"
+    return f"{kind} {mask} is {msize[0]}x{msize[1]} but image {image} is {isize[0]}x{isize[1]}{rotated}"
 
 
 class SegmentationDataset(Dataset):
@@ -178,6 +187,12 @@ class SegmentationDataset(Dataset):
     ``bincount`` per mask): label values >= num_classes that are not the ignore value, and 0/255 masks
     in a 2-class data set without a value_map. The per-split scan (classes that never occur, mostly
     ignored masks, small images) is :func:`pixelwise.data.check.check_dataset`.
+
+    With ``instances=True`` the split's ``instances/<split>`` maps are read too (a DataError if there are
+    none) and move through the transforms with the mask (:class:`~pixelwise.data.transforms.InstanceMap`);
+    items are ``(image, mask, instances)``, or ``(image, target(mask, instances))`` with a ``target``
+    builder (:mod:`pixelwise.data.instance_targets`). Each instance map is checked when loaded: no instance
+    on ignore pixels, none spanning two classes.
     """
 
     def __init__(
@@ -189,11 +204,14 @@ class SegmentationDataset(Dataset):
         transforms: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         image_mode: str = "RGB",
         require_masks: bool = True,
+        instances: bool = False,
+        target: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     ) -> None:
         self.root = Path(root)
         self.info = DatasetInfo.load(root, name)
         self.split = split
         self.transforms = transforms
+        self.target = target
         self.image_mode = image_mode
         self._lut = self.info.mask_lut()
         files = list_split(root, name, split)
@@ -202,6 +220,16 @@ class SegmentationDataset(Dataset):
             raise DataError(f"split {split!r} of {name!r} has no masks: {files.mask_dir} does not exist")
         if files.problems:
             raise DataError(files.problems[0][1])
+        self.with_instances = instances
+        if instances:
+            if files.instances is None:
+                raise DataError(
+                    f"split {split!r} of {name!r} has no instance maps ({files.instance_dir} does not exist), "
+                    "which instance segmentation needs: add 16-bit PNGs there (0 = none, 1..K one id per object)"
+                )
+            if files.instance_problems:
+                raise DataError(files.instance_problems[0][1])
+        self.instance_paths: list[Path] = []
         self.samples: list[tuple[Path, Path | None]] = []
         for stem, image in files.images.items():
             isize, pages, orientation = probe_image(image)
@@ -212,6 +240,13 @@ class SegmentationDataset(Dataset):
                 msize = mask_size(mask)
                 if isize != msize:
                     raise DataError(size_mismatch_message(mask, msize, image, isize, orientation))
+            if instances:
+                inst = files.instances[stem]
+                if mask_size(inst) != isize:
+                    raise DataError(
+                        size_mismatch_message(inst, mask_size(inst), image, isize, orientation, kind="instance map")
+                    )
+                self.instance_paths.append(inst)
             self.samples.append((image, mask))
 
     def __len__(self) -> int:
@@ -230,21 +265,37 @@ class SegmentationDataset(Dataset):
         check_mask_values(mask_histogram(mask), self.info, mask_path)
         return image, mask
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_instances(self, index: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """The ``H x W`` int32 instance map of item ``index`` (0 = none); with its ``mask``, checked that no
+        instance lies on ignore pixels or spans two classes."""
+        path = self.instance_paths[index]
+        inst = read_instances(path).astype(np.int32)
+        if mask is not None:
+            check_instance_classes(inst, mask, self.info.ignore_index, path)
+        return inst
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if mask is None:
             mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.uint8)
-        img_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask))
+        tensors = [
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            torch.from_numpy(np.ascontiguousarray(mask)),
+        ]
+        if self.with_instances:
+            tensors.append(torch.from_numpy(self.load_instances(index, mask)))
         if self.transforms is not None:
-            if seed is None:
-                img_t, mask_t = self.transforms(img_t, mask_t)
-            else:
-                with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+                if seed is not None:
                     torch.manual_seed(seed)
-                    img_t, mask_t = self.transforms(img_t, mask_t)
-        return img_t, mask_t.long()
+                tensors = list(self.transforms(*tensors))
+        tensors[1] = tensors[1].long()
+        if self.with_instances:
+            tensors[2] = tensors[2].long()
+            if self.target is not None:
+                return tensors[0], self.target(tensors[1], tensors[2])
+        return tuple(tensors)
 
     def class_counts(self, progress: bool = False) -> tuple[list[int], list[int]]:
         """Per class: labelled pixels of that class, and all pixels of the images where it occurs

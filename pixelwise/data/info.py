@@ -74,11 +74,20 @@ class DatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     value_map: dict[int, int] = field(default_factory=dict)
     image_range: tuple[float, float] | None = None
+    instance_classes: list[str] = field(default_factory=list)
     path: Path | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def thing_classes(self) -> list[int]:
+        """Indices of the classes whose objects are counted one by one (``"instance_classes"`` of
+        classes.json, the "things" of panoptic segmentation); default: every class but the first."""
+        if self.instance_classes:
+            return [self.classes.index(c) for c in self.instance_classes]
+        return list(range(1, self.num_classes))
 
     @property
     def source(self) -> str:
@@ -124,6 +133,7 @@ class DatasetInfo:
             raw,
             value_map=_value_map(raw.get("value_map"), len(classes), ignore, path),
             image_range=_image_range(raw.get("image_range"), path),
+            instance_classes=_instance_classes(raw.get("instance_classes"), classes, path),
             path=path,
         )
 
@@ -148,6 +158,20 @@ def _value_map(raw: Any, num_classes: int, ignore: int, path: Path) -> dict[int,
             )
         out[stored] = value
     return out
+
+
+def _instance_classes(raw: Any, classes: list[str], path: Path) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise DataError(f'{path}: "instance_classes" must be a list of class names, not {raw!r}')
+    unknown = [c for c in raw if c not in classes]
+    if unknown:
+        raise DataError(
+            f'{path}: "instance_classes" names {", ".join(map(repr, unknown))}, not among the classes '
+            f"({', '.join(classes)})"
+        )
+    return list(raw)
 
 
 def _image_range(raw: Any, path: Path) -> tuple[float, float] | None:

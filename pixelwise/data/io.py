@@ -263,6 +263,27 @@ def read_instances(path: Path) -> np.ndarray:
             raise DataError(f"cannot read instance map {path}: {e}") from None
 
 
+def check_instance_classes(instances: np.ndarray, mask: np.ndarray, ignore_index: int, path: Path) -> None:
+    """DataError for an instance that lies on ignore pixels of the mask or spans two classes (an instance's
+    class is the mask's class under it). One ``np.unique`` over (id, class) pairs, not a mask per instance."""
+    fg = instances > 0
+    pairs = np.unique(instances[fg].astype(np.int64) * 256 + mask[fg])
+    ids, classes = pairs // 256, pairs % 256
+    on_ignore = ids[classes == ignore_index]
+    if on_ignore.size:
+        raise DataError(
+            f"instance map {path}: instance {on_ignore[0]} lies on ignore pixels ({ignore_index}) of its mask; "
+            "give those pixels the instance's class in the mask, or 0 in the instance map"
+        )
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        bad = uniq[counts > 1][0]
+        raise DataError(
+            f"instance map {path}: instance {bad} spans classes {classes[ids == bad].tolist()} of its mask; "
+            "an instance has one class"
+        )
+
+
 def count_instances(instances: np.ndarray) -> int:
     """The number of distinct non-zero ids of an instance map."""
     if instances.dtype in (np.uint8, np.uint16):

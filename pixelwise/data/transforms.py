@@ -1,7 +1,9 @@
 """Joint image/mask transforms built on ``torchvision.transforms.v2`` with ``tv_tensors.Mask``.
 
 Masks are only ever resampled with nearest neighbour (``NEAREST_EXACT``, which samples pixel
-centres like the bilinear image resize does) and padded with the ignore value.
+centres like the bilinear image resize does) and padded with the ignore value. Instance maps
+(:class:`InstanceMap`, a ``tv_tensors.Mask``) move exactly as masks do, ids preserved, padded with 0 (no
+instance); the mask is the ignore value there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+
+class InstanceMap(tv_tensors.Mask):
+    """An ``H x W`` map of instance ids (0 = none): resampled as a mask, but filled with 0, not the ignore value."""
 
 
 def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
@@ -75,26 +81,28 @@ class ElasticDeformation(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["displacement"] is None:
             return inpt
-        is_mask = isinstance(inpt, tv_tensors.Mask)
+        if isinstance(inpt, InstanceMap):
+            fill = 0
+        else:
+            fill = self.mask_fill if isinstance(inpt, tv_tensors.Mask) else self.fill
         return self._call_kernel(
-            F.elastic,
-            inpt,
-            displacement=params["displacement"],
-            interpolation=_interpolation(inpt),
-            fill=self.mask_fill if is_mask else self.fill,
+            F.elastic, inpt, displacement=params["displacement"], interpolation=_interpolation(inpt), fill=fill
         )
 
 
 class JointTransform:
-    """Applies a v2 pipeline to a ``(uint8 C x H x W image, H x W mask)`` pair and returns plain
-    tensors (``float32`` normalised image, mask)."""
+    """Applies a v2 pipeline to a ``(uint8 C x H x W image, H x W mask)`` pair, or a triple with an
+    ``H x W`` instance map, and returns plain tensors (``float32`` normalised image, mask[, instances])."""
 
     def __init__(self, pipeline: v2.Transform) -> None:
         self.pipeline = pipeline
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, instances: torch.Tensor | None = None) -> tuple:
+        if instances is None:
+            image, mask = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        out = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask), InstanceMap(instances))
+        return tuple(t.as_subclass(torch.Tensor) for t in out)
 
     def __repr__(self) -> str:
         return f"JointTransform({self.pipeline})"
@@ -129,7 +137,9 @@ def build_transforms(
         if crop_size is not None:
             steps.append(
                 v2.RandomCrop(
-                    _pair(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+                    _pair(crop_size),
+                    pad_if_needed=True,
+                    fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, InstanceMap: 0},
                 )
             )
         if hflip:
