@@ -8,6 +8,9 @@ Names: ``cross_entropy`` (optionally class-weighted), ``focal`` (Lin et al. 2017
 multi-class Dice), ``lovasz`` (Lovász-softmax, Berman et al. 2018), ``ohem`` (online hard example
 mining cross entropy), ``unet_weighted`` (cross entropy with the U-Net border weight map,
 Ronneberger et al. 2015 eq. 2), and ``sum`` (a weighted sum of any of these).
+
+:class:`PanopticLoss` (Panoptic-DeepLab, Cheng et al. 2020: a semantic criterion plus MSE on the centre heatmap and
+L1 on the offsets) has no name: it wraps one of the above and is built in code for models with an instance head.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from . import border_weights, cross_entropy, region  # noqa: F401  (registers th
 from .border_weights import UNetWeightedCrossEntropy, unet_weight_map
 from .class_weights import class_frequency_weights
 from .cross_entropy import CrossEntropyLoss, FocalLoss, OHEMCrossEntropy
+from .panoptic import PanopticLoss
 from .region import DiceLoss, LovaszSoftmaxLoss
 from .registry import WeightedSum, build_loss, list_losses, loss_arguments, register_loss
 
@@ -25,6 +29,7 @@ __all__ = [
     "FocalLoss",
     "LovaszSoftmaxLoss",
     "OHEMCrossEntropy",
+    "PanopticLoss",
     "UNetWeightedCrossEntropy",
     "WeightedSum",
     "build_loss",

@@ -12,6 +12,8 @@
 All return logits at the input size (bilinear upsampling of the stride-8/16/4 scores). Models
 built with ``aux_head=True`` return ``{"out": logits, "aux": aux_logits}`` in training mode, like
 torchvision's, so that the engine can add the auxiliary loss; in eval mode they return logits.
+DeepLab v3+ built with ``instance_head="panoptic"`` adds Panoptic-DeepLab's instance branch (Cheng et al.,
+CVPR 2020; :mod:`.panoptic`) and returns ``{"out", "center", "offset"}`` in both modes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .aspp import ASPP
 from .atrous_conv import conv2d
 from .backbones import VGG16, Backbone, TimmBackbone, init_relu_convs, resnet, vgg16_fc_weights
 from .modules import ConvNormAct, FCNHead, SeparableConv2d, resize_to
+from .panoptic import PanopticDeepLabInstanceBranch, check_instance_head
 from .registry import register_model
 from .weights import Pretrained, load_state, read_pretrained
 
@@ -218,7 +221,14 @@ class DeepLabV3Plus(nn.Module):
     """DeepLab v3+ (Fig. 2): the v3 encoder (ASPP with depthwise-separable atrous convs), and a
     decoder: the stride-4 low-level features reduced to 48 channels by a 1x1 conv, concatenated with
     the encoder output upsampled to stride 4, refined by two 3x3 (separable) convs with 256 channels,
-    scored by a 1x1 conv and upsampled 4x to the input."""
+    scored by a 1x1 conv and upsampled 4x to the input.
+
+    ``instance_head="panoptic"``: Panoptic-DeepLab (Cheng et al., CVPR 2020, Fig. 2) with its dual ASPP and
+    dual decoder: ``instance`` has its own ASPP on the ``high`` feature and its own decoder (128 channels)
+    through the backbone's 1/8 feature (the first of ``feature_info`` with twice the reduction of ``low``, if
+    any) and ``low`` (1/4), and the centre and offset heads. Deviation from the paper: the semantic branch stays
+    the DeepLab v3+ decoder above (1/4 features only, 48 + 256 channels, no extra 5x5 head conv), so that the
+    model without the branch is unchanged and the semantic half of a panoptic model is a plain v3+."""
 
     def __init__(
         self,
@@ -230,6 +240,7 @@ class DeepLabV3Plus(nn.Module):
         rates: Sequence[int],
         separable: bool = True,
         aspp_dropout: float = 0.1,
+        instance_head: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone, self.high, self.low = backbone, high, low
@@ -239,13 +250,32 @@ class DeepLabV3Plus(nn.Module):
         conv = (lambda i, o: SeparableConv2d(i, o, 3)) if separable else (lambda i, o: ConvNormAct(i, o, 3, padding=1))
         self.decoder = nn.Sequential(conv(256 + 48, 256), conv(256, 256))
         self.classifier = nn.Conv2d(256, num_classes, 1)
+        self.instance: PanopticDeepLabInstanceBranch | None = None
+        self.mid: str | None = None
+        if check_instance_head(instance_head) == "panoptic":
+            reduction = 2 * backbone.info(low).reduction
+            self.mid = next((f.name for f in backbone.feature_info if f.reduction == reduction), None)
+            lows = [n for n in (self.mid, low) if n is not None]  # deepest first: 1/8, 1/4
+            backbone.keep(high, *lows)
+            self.instance = PanopticDeepLabInstanceBranch(
+                backbone.info(high).channels,
+                [backbone.info(n).channels for n in lows],
+                rates,
+                separable=separable,
+                aspp_dropout=aspp_dropout,
+            )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits; with the instance branch ``{"out": logits, "center", "offset"}``."""
         f = self.backbone(x)
         low = self.reduce(f[self.low])  # 1/4, 48 channels
         high = resize_to(self.aspp(f[self.high]), low.shape[-2:])  # 1/OS -> 1/4, 256 channels
         y = self.decoder(torch.cat([high, low], dim=1))  # 1/4, 256 channels
-        return resize_to(self.classifier(y), x.shape[-2:])  # 1/4 -> 1/1
+        out = resize_to(self.classifier(y), x.shape[-2:])  # 1/4 -> 1/1
+        if self.instance is None:
+            return out
+        lows = [f[n] for n in (self.mid, self.low) if n is not None]  # 1/8, 1/4
+        return {"out": out, **self.instance(f[self.high], lows, x.shape[-2:])}  # 1/1
 
 
 def _register_resnet_v3(depth: str):
@@ -290,8 +320,10 @@ def _register_resnet_v3plus(depth: str):
         multi_grid: Sequence[int] | None = (1, 2, 4),
         rates: Sequence[int] | None = None,
         separable: bool = True,
+        instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> DeepLabV3Plus:
+        check_instance_head(instance_head)  # before building the backbone
         backbone = resnet(
             depth,
             in_channels=in_channels,
@@ -307,10 +339,14 @@ def _register_resnet_v3plus(depth: str):
             low="layer1",
             rates=rates or default_rates(output_stride),
             separable=separable,
+            instance_head=instance_head,
         )
 
     build.__name__ = f"deeplabv3plus_{depth}"
-    build.__doc__ = f"DeepLab v3+ (Chen et al. 2018) on {depth}, decoder on layer1 (1/4)."
+    build.__doc__ = (
+        f"DeepLab v3+ (Chen et al. 2018) on {depth}, decoder on layer1 (1/4); "
+        'instance_head="panoptic" adds Panoptic-DeepLab\'s instance branch (Cheng et al. 2020).'
+    )
     return register_model(build)
 
 
@@ -322,8 +358,10 @@ def _register_timm_v3plus(name: str, timm_name: str, note: str):
         output_stride: int = 16,
         rates: Sequence[int] | None = None,
         separable: bool = True,
+        instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> DeepLabV3Plus:
+        check_instance_head(instance_head)  # before building the backbone
         backbone = TimmBackbone(
             timm_name, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
         )
@@ -335,10 +373,14 @@ def _register_timm_v3plus(name: str, timm_name: str, note: str):
             low="stage1",
             rates=rates or default_rates(output_stride),
             separable=separable,
+            instance_head=instance_head,
         )
 
     build.__name__ = name
-    build.__doc__ = f"DeepLab v3+ (Chen et al. 2018) on {note} (timm ``{timm_name}``)."
+    build.__doc__ = (
+        f"DeepLab v3+ (Chen et al. 2018) on {note} (timm ``{timm_name}``); "
+        'instance_head="panoptic" adds Panoptic-DeepLab\'s instance branch (Cheng et al. 2020).'
+    )
     return register_model(build)
 
 

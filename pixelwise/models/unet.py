@@ -9,6 +9,11 @@ convolution" halving the channels, concatenation with the (cropped) feature map 
 two 3x3 convs. A 1x1 conv maps the 64 channels to the classes. The paper's net uses unpadded
 ("valid") convs, so a 572x572 input gives a 388x388 output, and predicts large images tile by tile
 with the missing context mirrored (overlap-tile, Fig. 2).
+
+``instance_head="panoptic"`` adds Panoptic-DeepLab's class-agnostic instance branch (B. Cheng et al., CVPR 2020;
+:mod:`.panoptic`) as a second expansive path of the same shape, on the shared contracting path, ending in 1x1
+convs to the centre heatmap (1 channel) and the offsets (2 channels, dy and dx in input pixels); the model then
+returns ``{"out": logits, "center", "offset"}`` at the input size.
 """
 
 from __future__ import annotations
@@ -22,17 +27,40 @@ from torch import nn
 
 from .backbones import Backbone, resnet
 from .modules import DoubleConv, center_crop, mirror_pad
+from .panoptic import check_instance_head, prediction_conv
 from .registry import register_model
 from .weights import Pretrained
+
+
+class InstanceDecoder(nn.Module):
+    """Panoptic-DeepLab's instance branch on a U-Net: a second decoder (``modules``: the same layers as the
+    semantic decoder's, under the same names) ending in the centre (1 channel) and offset (2 channels) 1x1 convs
+    instead of the classifier."""
+
+    def __init__(self, channels: int, **modules: nn.Module) -> None:
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.center = prediction_conv(channels, 1)
+        self.offset = prediction_conv(channels, 2)
+
+    def predict(self, y: torch.Tensor) -> torch.Tensor:
+        """Centre and offsets as one ``N x 3 x H x W`` tensor (the overlap-tile assembles it like logits)."""
+        return torch.cat([self.center(y), self.offset(y)], dim=1)
+
+
+def _instance_outputs(logits: torch.Tensor, instance: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"out": logits, "center": instance[:, :1], "offset": instance[:, 1:]}
 
 
 class UNet(nn.Module):
     """U-Net with ``padding="same"`` (output = input size at any size) or ``"valid"`` (the paper's).
 
-    ``forward`` always returns logits ``N x num_classes x H x W`` at the input size. With
-    ``padding="valid"`` it does so by overlap-tile: the input is mirror-padded by the net's
-    receptive-field margin (92 px per side for depth 4) and, if ``tile_size`` is set, predicted in
-    output tiles of that size, so that memory stays bounded on large images.
+    ``forward`` always returns logits ``N x num_classes x H x W`` at the input size (with an instance
+    head: ``{"out": logits, "center", "offset"}``, each at the input size). With ``padding="valid"`` it
+    does so by overlap-tile: the input is mirror-padded by the net's receptive-field margin (92 px per
+    side for depth 4) and, if ``tile_size`` is set, predicted in output tiles of that size, so that
+    memory stays bounded on large images.
     """
 
     def __init__(
@@ -46,6 +74,7 @@ class UNet(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.0,
         tile_size: int | None = None,
+        instance_head: str | None = None,
     ) -> None:
         super().__init__()
         if padding not in ("same", "valid"):
@@ -71,6 +100,19 @@ class UNet(nn.Module):
             DoubleConv(2 * widths[i], widths[i], padding=pad, batch_norm=batch_norm) for i in reversed(range(depth))
         )
         self.classifier = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.instance: InstanceDecoder | None = None
+        if check_instance_head(instance_head) == "panoptic":
+            self.instance = InstanceDecoder(
+                widths[0],
+                up=nn.ModuleList(
+                    nn.ConvTranspose2d(widths[i + 1], widths[i], kernel_size=2, stride=2)
+                    for i in reversed(range(depth))
+                ),
+                decoder=nn.ModuleList(
+                    DoubleConv(2 * widths[i], widths[i], padding=pad, batch_norm=batch_norm)
+                    for i in reversed(range(depth))
+                ),
+            )
         if padding == "valid":
             self.margin = self._valid_margin()
             if tile_size is not None and self.valid_output_size(tile_size + 2 * self.margin) != tile_size:
@@ -78,6 +120,7 @@ class UNet(nn.Module):
 
     # --- the network itself -------------------------------------------------------------------
     def _net(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; with the instance branch, logits followed by the centre and offset channels."""
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)  # level l: 1/2^l of the input
@@ -85,7 +128,19 @@ class UNet(nn.Module):
                 skips.append(x)
                 x = self.pool(x)
         x = self.dropout(x)  # bottom: 1/2^depth, widths[-1] channels
-        for up, block, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
+        logits = self.classifier(self._expand(x, skips, self.up, self.decoder))
+        if self.instance is None:
+            return logits
+        # the second expansive path reads the same contracting path
+        return torch.cat(
+            [logits, self.instance.predict(self._expand(x, skips, self.instance.up, self.instance.decoder))], 1
+        )
+
+    def _expand(
+        self, x: torch.Tensor, skips: list[torch.Tensor], ups: nn.ModuleList, blocks: nn.ModuleList
+    ) -> torch.Tensor:
+        """The expansive path: from the bottom ``x`` back to 1/1, ``widths[0]`` channels."""
+        for up, block, skip in zip(ups, blocks, reversed(skips), strict=True):
             x = up(x)  # 2x up, half the channels
             if self.padding == "valid":
                 skip = center_crop(skip, *x.shape[-2:])  # the paper's "cropping" (grey arrows)
@@ -95,12 +150,13 @@ class UNet(nn.Module):
                 dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
                 x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
             x = block(torch.cat([skip, x], dim=1))
-        return self.classifier(x)
+        return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding == "same":
-            return self._net(x)
-        return self._overlap_tile(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        y = self._net(x) if self.padding == "same" else self._overlap_tile(x)
+        if self.instance is None:
+            return y
+        return _instance_outputs(y[:, :-3], y[:, -3:])  # offsets need no rescaling: the output is at 1/1
 
     # --- valid padding: sizes and overlap-tile ------------------------------------------------
     def valid_output_size(self, size: int) -> int | None:
@@ -158,8 +214,10 @@ def unet(
     batch_norm: bool = True,
     dropout: float = 0.0,
     tile_size: int | None = None,
+    instance_head: str | None = None,
 ) -> UNet:
-    """U-Net (Ronneberger et al. 2015). The paper's net: ``padding="valid", batch_norm=False``."""
+    """U-Net (Ronneberger et al. 2015). The paper's net: ``padding="valid", batch_norm=False``.
+    ``instance_head="panoptic"``: Panoptic-DeepLab's centre and offset outputs on a second decoder."""
     return UNet(
         in_channels=in_channels,
         num_classes=num_classes,
@@ -169,6 +227,7 @@ def unet(
         batch_norm=batch_norm,
         dropout=dropout,
         tile_size=tile_size,
+        instance_head=instance_head,
     )
 
 
@@ -176,10 +235,16 @@ class EncoderUNet(nn.Module):
     """U-Net decoder on a pretrained-able classification encoder (as smp's ``Unet``): at each of the
     encoder's reductions 1/16, 1/8, 1/4, 1/2 the decoder upsamples 2x, concatenates the encoder
     feature of that reduction and applies two 3x3 conv-BN-ReLU; a last block reaches 1/1. Channels
-    are read from the backbone's ``feature_info``."""
+    are read from the backbone's ``feature_info``. ``instance_head="panoptic"`` adds a second decoder of
+    the same shape ending in the centre and offset convs (Panoptic-DeepLab, Cheng et al. 2020)."""
 
     def __init__(
-        self, backbone: Backbone, *, num_classes: int, decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        instance_head: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -188,22 +253,35 @@ class EncoderUNet(nn.Module):
         self.skips = [f.name for f in reversed(features[:-1])]  # 1/16, 1/8, 1/4, 1/2
         if len(decoder_channels) != len(self.skips) + 1:
             raise ValueError(f"decoder_channels needs {len(self.skips) + 1} entries, got {list(decoder_channels)}")
-        channels = features[-1].channels
         skip_channels = [backbone.info(n).channels for n in self.skips] + [0]
-        self.blocks = nn.ModuleList()
-        for out, skip in zip(decoder_channels, skip_channels, strict=True):
-            self.blocks.append(DoubleConv(channels + skip, out, padding=1, batch_norm=True))
-            channels = out
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(x)
+        def decoder() -> nn.ModuleList:
+            blocks, channels = nn.ModuleList(), features[-1].channels
+            for out, skip in zip(decoder_channels, skip_channels, strict=True):
+                blocks.append(DoubleConv(channels + skip, out, padding=1, batch_norm=True))
+                channels = out
+            return blocks
+
+        self.blocks = decoder()
+        self.classifier = nn.Conv2d(decoder_channels[-1], num_classes, 1)
+        self.instance: InstanceDecoder | None = None
+        if check_instance_head(instance_head) == "panoptic":
+            self.instance = InstanceDecoder(decoder_channels[-1], blocks=decoder())
+
+    def _decode(self, f: dict[str, torch.Tensor], x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
         y = f[self.deepest]  # 1/32
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks):
             target = f[self.skips[i]] if i < len(self.skips) else x  # 1/16 ... 1/2, then 1/1
             y = F.interpolate(y, size=target.shape[-2:], mode="nearest")
             y = block(torch.cat([y, target], dim=1) if i < len(self.skips) else y)
-        return self.classifier(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        f = self.backbone(x)
+        logits = self.classifier(self._decode(f, x, self.blocks))
+        if self.instance is None:
+            return logits
+        return _instance_outputs(logits, self.instance.predict(self._decode(f, x, self.instance.blocks)))  # 1/1
 
 
 def _register_encoder_unet(depth: str):
@@ -212,13 +290,17 @@ def _register_encoder_unet(depth: str):
         num_classes: int,
         in_channels: int = 3,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> EncoderUNet:
+        check_instance_head(instance_head)  # before building the backbone
         backbone = resnet(depth, in_channels=in_channels, pretrained=pretrained_backbone)
-        return EncoderUNet(backbone, num_classes=num_classes, decoder_channels=decoder_channels)
+        return EncoderUNet(
+            backbone, num_classes=num_classes, decoder_channels=decoder_channels, instance_head=instance_head
+        )
 
     build.__name__ = f"unet_{depth}"
-    build.__doc__ = f"U-Net decoder on a {depth} encoder."
+    build.__doc__ = f'U-Net decoder on a {depth} encoder; instance_head="panoptic" adds a second decoder.'
     return register_model(build)
 
 
