@@ -27,4 +27,22 @@ def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) ->
         lines.append(row + (f"  {pct(boundary['f1'][i])}" if boundary else ""))
     lines.append("")
     lines += [f"{name:<{width}}  {pct(value)}" for name, value in summary]
+    if metrics.get("instances") and "ap" in metrics["instances"]:
+        lines += ["", format_instance_table(metrics["instances"])]
+    return "\n".join(lines)
+
+
+def format_instance_table(scores: dict[str, Any]) -> str:
+    """The matching scores per IoU threshold (AP = TP / (TP + FP + FN), precision, recall, F1; the StarDist
+    paper's table) and the panoptic and COCO summaries, as :class:`~pixelwise.metrics.InstanceMetrics` gives
+    them; values as fractions (3 decimals, as the StarDist paper prints them)."""
+    taus = list(scores["ap"])
+    num = lambda v: "  n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'IoU':<10}" + " ".join(f"{t:>5}" for t in taus)]
+    for key in ("ap", "precision", "recall", "f1"):
+        lines.append(f"{key:<10}" + " ".join(f"{num(scores[key][t]):>5}" for t in taus))
+    summary = [("mean AP", scores["mean_ap"]), ("PQ", scores["pq"]), ("SQ", scores["sq"]), ("RQ", scores["rq"])]
+    summary += [(name, scores[key]) for name, key in (("COCO AP", "coco_ap"), ("AP50", "coco_ap50")) if key in scores]
+    lines.append("  ".join(f"{name} {num(value)}" for name, value in summary))
+    lines.append(f"{scores['num_true']} true and {scores['num_pred']} predicted instances")
     return "\n".join(lines)
