@@ -36,7 +36,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     best = result["best_miou"]
     best_text = f"{best:.4f} at iteration {result['best_iter']}" if best is not None and best >= 0 else "n/a"
-    print(f"done in {minutes:.1f} min; best val mIoU {best_text}; checkpoints in {run_dir}")
+    name = "mean AP" if result.get("best_metric") == "mean_ap" else "mIoU"
+    print(f"done in {minutes:.1f} min; best val {name} {best_text}; checkpoints in {run_dir}")
     return 0
 
 

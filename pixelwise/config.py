@@ -19,6 +19,7 @@ import yaml
 
 from .crf.settings import CRFSettings
 from .errors import ConfigError
+from .inference.instance_settings import InstanceSettings
 from .models import list_models, model_arguments
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -75,8 +76,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # dense CRF post-processing for eval/predict --crf (pixelwise.crf.CRFSettings: DeepLab-v2's released settings)
     "crf": asdict(CRFSettings()),
+    # instance segmentation (pixelwise.inference.InstanceSettings): method none | connected_components | boundary |
+    # panoptic, and its parameters
+    "instances": InstanceSettings().to_dict(),
 }
-SECTIONS = ("model", "data", "train", "crf")
+SECTIONS = ("model", "data", "train", "crf", "instances")
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -180,6 +184,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
+    InstanceSettings.from_dict(out["instances"])  # method name and ranges
     return out
 
 

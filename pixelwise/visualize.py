@@ -44,6 +44,42 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
     return out.round().clip(0, 255).astype(np.uint8)
 
 
+def instance_colors(count: int) -> np.ndarray:
+    """``count + 1`` x 3 uint8 colours: black for 0 (no instance), then hues spaced by the golden angle, so
+    neighbouring ids (often touching objects) differ and an id keeps its colour between pictures."""
+    import colorsys
+
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    out = np.zeros((count + 1, 3), np.uint8)
+    for i, h in enumerate(hues):
+        out[i + 1] = np.round(np.asarray(colorsys.hsv_to_rgb(h, 0.85, 1.0)) * 255)
+    return out
+
+
+def instance_contours(instances: np.ndarray) -> np.ndarray:
+    """``H x W`` bool: the pixels of an instance with a 4-neighbour of another id (its one-pixel contour)."""
+    inst = np.asarray(instances)
+    edge = np.zeros(inst.shape, bool)
+    diff_y = inst[1:] != inst[:-1]
+    diff_x = inst[:, 1:] != inst[:, :-1]
+    edge[1:] |= diff_y
+    edge[:-1] |= diff_y
+    edge[:, 1:] |= diff_x
+    edge[:, :-1] |= diff_x
+    return edge & (inst > 0)
+
+
+def instance_overlay(image: np.ndarray, instances: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Each instance in its own colour (:func:`instance_colors`) blended over the image, with a white contour;
+    pixels of no instance keep the image."""
+    inst = np.asarray(instances).astype(np.int64)
+    colors = instance_colors(int(inst.max()) if inst.size else 0)[inst]
+    base = overlay(image, np.zeros_like(colors), 0.0)  # the image as H x W x 3 uint8
+    out = np.where((inst > 0)[..., None], overlay(base, colors, alpha), base)
+    out[instance_contours(inst)] = 255
+    return out
+
+
 def _pyplot():
     import matplotlib
 

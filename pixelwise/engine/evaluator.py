@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -15,12 +16,25 @@ from tqdm.auto import tqdm
 
 from ..crf import CRFSettings
 from ..data import SegmentationDataset, build_transforms, resolve_data_root
+from ..device import autocast
 from ..errors import CheckpointError, ConfigError
-from ..inference import InferenceSettings, batch_scores, label_instances
-from ..metrics import BoundaryF1, ConfusionMatrix, ISBIScores
+from ..inference import InferenceSettings, InstanceSettings, batch_scores, label_instances
+from ..metrics import BoundaryF1, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
+from .instance_methods import InstanceOutput, decode
 from .predictor import CRFOption, Predictor
+
+MAX_DETECTIONS = 1000
+"""Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
+
+
+def _components(pred: np.ndarray, foreground: int, watershed: bool) -> InstanceOutput:
+    """The connected components (or watershed regions) of one class of a semantic prediction, as instances
+    scored 1 (a semantic model gives no per-object confidence)."""
+    inst = label_instances(pred, foreground, watershed=watershed).astype(np.int32)
+    k = int(inst.max())
+    return InstanceOutput(pred, inst, np.full(k, foreground, np.int64), np.ones(k, np.float32))
 
 
 @torch.inference_mode()
@@ -37,6 +51,7 @@ def evaluate(
     instances: int | None = None,
     watershed: bool = False,
     crf: tuple[CRFSettings, Sequence[float], Sequence[float]] | None = None,
+    instance_method: InstanceSettings | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -49,55 +64,88 @@ def evaluate(
     ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
     regions, of class ``instances`` against those of the ground truth), when asked for.
     ``crf=(settings, mean, std)`` refines the probabilities with the dense CRF first (``mean``/``std``
-    undo the input normalisation to give the CRF the RGB image)."""
+    undo the input normalisation to give the CRF the RGB image).
+
+    Instances: with ``instance_method`` (a model trained for instances, whole images) or ``instances`` (the
+    connected components, or watershed regions, of that class of a semantic model), ``"instances"`` also holds
+    :class:`pixelwise.metrics.InstanceMetrics` (matching AP, precision, recall, F1 per IoU threshold, PQ, COCO
+    mask AP) against the data set's instance maps (``dataset`` built with ``instances=True``; without them, the
+    connected components of the true mask's class ``instances``), and the ISBI 2012 V_rand / V_info."""
     device = torch.device(device)
     was_training = getattr(model, "training", False)
     model.eval()
-    cm = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index, device=device)
+    info = dataset.info
+    cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     bf = None if boundary_width is None else BoundaryF1(cm.num_classes, cm.ignore_index, boundary_width, device=device)
-    isbi = None if instances is None else ISBIScores()
+    method = instance_method if instance_method is not None and instance_method.enabled else None
+    counting = method is not None or instances is not None
+    isbi = ISBIScores() if counting else None
+    # nuclei images hold hundreds of objects: COCO's cap of 100 detections per image would cut recall
+    matching = InstanceMetrics(ignore_index=info.ignore_index, max_detections=MAX_DETECTIONS) if counting else None
+    things = [instances] if method is None and instances is not None else info.thing_classes
     rank, world = shard
     subset = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
-    for images, masks in tqdm(
+    for batch in tqdm(
         loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
     ):
-        images = images.to(device)
-        scores = batch_scores(model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf)
-        masks = masks.to(device)
-        pred = scores.argmax(1)
+        images, masks = batch[0].to(device), batch[1].to(device)
+        true_instances = batch[2].numpy() if len(batch) > 2 else None
+        if method is not None:  # whole images: the instance branch and decoding need the model's own output
+            with autocast(device, amp):
+                output = model(images)
+            decoded = decode(method, output, info.num_classes, things)
+            pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
+        else:
+            scores = batch_scores(model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf)
+            pred = scores.argmax(1)
+            if counting:
+                decoded = [_components(p, instances, watershed) for p in pred.cpu().numpy()]
         cm.update(pred, masks)
         if bf is not None:
             bf.update(pred, masks)
-        if isbi is not None:
-            for p, t in zip(pred.cpu().numpy(), masks.cpu().numpy(), strict=True):
-                isbi.update(label_instances(p, instances, watershed=watershed), label_instances(t, instances))
+        if counting:
+            for i, (d, t) in enumerate(zip(decoded, masks.cpu().numpy(), strict=True)):
+                truth = true_instances[i] if true_instances is not None else label_instances(t, things[0])
+                isbi.update(d.instances, truth)
+                scores_by_id = {k + 1: float(v) for k, v in enumerate(d.scores)}
+                classes_by_id = {k + 1: int(v) for k, v in enumerate(d.classes)}
+                matching.update(truth, d.instances, true_classes=t, pred_classes=classes_by_id, scores=scores_by_id)
     cm.all_reduce()
     metrics = cm.compute()
     if bf is not None:
         bf.all_reduce()
         metrics["boundary"] = {k: v for k, v in bf.compute().items() if k != "counts"}
         metrics["boundary"]["width"] = boundary_width
-    if isbi is not None:
-        metrics["instances"] = {"foreground": instances, "watershed": watershed, **isbi.compute()}
+    if counting:
+        how = {"method": method.method} if method is not None else {"foreground": instances, "watershed": watershed}
+        metrics["instances"] = {**how, **matching.compute(), **isbi.compute()}
     if was_training:
         model.train()
     return metrics
 
 
 def checkpoint_dataset(
-    ckpt: dict[str, Any], checkpoint: str | os.PathLike, split: str, data_root: str | os.PathLike | None
+    ckpt: dict[str, Any],
+    checkpoint: str | os.PathLike,
+    split: str,
+    data_root: str | os.PathLike | None,
+    instances: bool | None = False,
 ) -> SegmentationDataset:
     """The labelled ``split`` of the data set a checkpoint was trained on, with its evaluation
-    transforms; a data set with another number of classes is a :class:`CheckpointError`."""
+    transforms; a data set with another number of classes is a :class:`CheckpointError`. ``instances``:
+    with the split's instance maps (True: required; None: where the split has them)."""
     meta = ckpt["meta"]
     root = resolve_data_root(data_root, ckpt.get("config", {}).get("data", {}).get("root"))
+    if instances is None:
+        instances = (root / meta["dataset"] / "instances" / split).is_dir()
     ds = SegmentationDataset(
         root,
         meta["dataset"],
         split,
         image_mode=image_mode(input_channels(meta["model"])),
         transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
+        instances=instances,
     )
     if ds.info.num_classes != len(meta["classes"]):
         raise CheckpointError(
@@ -149,7 +197,10 @@ def evaluate_checkpoint(
     ``{"checkpoint", "dataset", "split", "num_images", "classes", "metrics"}``."""
     predictor = Predictor(checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf)
     meta = predictor.meta
-    ds = checkpoint_dataset(predictor.ckpt, checkpoint, split, data_root)
+    method = predictor.instance_method
+    # instance maps: required for an instance model, used where present for --instances, else not read
+    with_maps = True if method.enabled else (None if instances is not None else False)
+    ds = checkpoint_dataset(predictor.ckpt, checkpoint, split, data_root, instances=with_maps)
     if instances is not None:
         instances = class_index(instances, meta["classes"], "--instances")
     metrics = evaluate(
@@ -163,6 +214,7 @@ def evaluate_checkpoint(
         instances=instances,
         watershed=watershed,
         crf=predictor.crf_args,
+        instance_method=method,
         progress=progress,
     )
     if predictor.crf is not None:

@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..crf import CRFSettings, settings_for
 from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
-from ..device import available_memory, inference_dtype, resolve_device
+from ..device import autocast, available_memory, inference_dtype, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
-from ..inference import InferenceSettings, batch_scores, optimize_for_inference
+from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
-from ..visualize import colorize, overlay, overlay_palette
+from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
+from .instance_methods import InstanceOutput, decode
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Predictor:
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
+        self.instance_method = InstanceSettings.from_dict(self.meta.get("instances"))
         image_range = self.meta.get("image_range")
         self.image_range = tuple(image_range) if image_range else None
 
@@ -170,9 +172,32 @@ class Predictor:
             mode="slide", crop=crop, blend="gaussian", scales=base.scales, flip=base.flip, window_batch=1
         )
 
+    @property
+    def thing_classes(self) -> list[int]:
+        """The classes whose objects an instance model counts (recorded at training)."""
+        return list(self.meta.get("thing_classes") or range(1, len(self.classes)))
+
+    @torch.inference_mode()
+    def predict_instances(self, image: np.ndarray, source: str = "image") -> InstanceOutput:
+        """Semantic classes and instances of one ``H x W x C`` image: the model's instance method (whole image),
+        or for a semantic model the connected components of its thing classes."""
+        h, w = image.shape[:2]
+        self.check_size(h, w, source)
+        method = self.instance_method
+        if not method.enabled:
+            method = InstanceSettings(method="connected_components")
+        if self.ckpt is None and self.instance_method.enabled:
+            raise CheckpointError(f"{self.checkpoint}: instance outputs need the checkpoint (--backend torch)")
+        x = self.normalise(image)[None]
+        with autocast(self.device, self.amp):
+            output = self.model(x)
+        return decode(method, output, len(self.classes), self.thing_classes)[0]
+
     @torch.inference_mode()
     def predict(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """``H x W`` uint8 class indices of one ``H x W x C`` image."""
+        if self.instance_method.enabled:
+            return self.predict_instances(image, source).semantic.astype(np.uint8)
         h, w = image.shape[:2]
         self.check_size(h, w, source)
         settings = self.settings_for_size(h, w, source)
@@ -273,6 +298,32 @@ def _write_prediction(
     return files
 
 
+def _write_instances(
+    out_dir: Path, stem: str, pages: list[np.ndarray], found: list[InstanceOutput], alpha: float
+) -> dict[str, str]:
+    """``instances/<stem>.png`` (16-bit ids, 0 = none; a multi-page TIFF for a stack) and
+    ``instance_overlay/<stem>.png`` (each instance its own colour, with its contour)."""
+    for sub in ("instances", "instance_overlay"):
+        (out_dir / sub).mkdir(exist_ok=True)
+    if any(int(f.instances.max(initial=0)) > 65535 for f in found):
+        raise DataError(f"{stem}: more than 65535 instances, beyond a 16-bit instance map")
+    maps = [Image.fromarray(f.instances.astype(np.uint16)) for f in found]
+    files = {"instance_count": str(sum(int(f.classes.size) for f in found))}
+    if len(maps) == 1:
+        files["instances"] = str(out_dir / "instances" / f"{stem}.png")
+        maps[0].save(files["instances"])
+    else:
+        files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
+        maps[0].save(files["instances"], save_all=True, append_images=maps[1:], compression="tiff_deflate")
+    for z, (page, f) in enumerate(zip(pages, found, strict=True)):
+        name = f"{stem}.png" if len(pages) == 1 else f"{stem}_z{z:04d}.png"
+        picture = instance_overlay(image_to_uint8(page), f.instances, alpha)
+        Image.fromarray(picture).save(out_dir / "instance_overlay" / name)
+        if z == 0:
+            files["instance_overlay"] = str(out_dir / "instance_overlay" / name)
+    return files
+
+
 def predict(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -326,7 +377,11 @@ def predict(
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
             try:
                 pages = predictor.read(path)
-                preds = [predictor.predict(page, str(path)) for page in pages]
+                if predictor.instance_method.enabled:
+                    found = [predictor.predict_instances(page, str(path)) for page in pages]
+                    preds = [f.semantic.astype(np.uint8) for f in found]
+                else:
+                    found, preds = None, [predictor.predict(page, str(path)) for page in pages]
             except DataError as e:
                 if not skip_errors:
                     raise
@@ -337,7 +392,10 @@ def predict(
             while stem in used:  # same stem from two folders: keep both
                 stem += "_"
             used.add(stem)
-            written.append(_write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha))
+            files = _write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
+            if found is not None:
+                files.update(_write_instances(out_dir, stem, pages, found, alpha))
+            written.append(files)
     finally:
         write_json(out_dir / MANIFEST, manifest)
     if failed:

@@ -22,6 +22,7 @@ from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_v
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device
 from ..errors import CheckpointError, ConfigError, PixelwiseError
+from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels
 from ..models.registry import input_size_problem
@@ -29,26 +30,41 @@ from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import mean_over_processes, setup_distributed
 from .evaluator import evaluate
+from .instance_methods import TargetBuilder, model_arguments
+from .instance_methods import build_loss as build_instance_loss
 from .resume import TrainState, pack, restore, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
 
 log = logging.getLogger(__name__)
+INSTANCE_LOG_KEYS = ("ap", "mean_ap", "pq", "sq", "rq", "num_true", "num_pred")
 
 
 def _datasets(
-    config: dict[str, Any], info: DatasetInfo, root: Path, mode: str
+    config: dict[str, Any], info: DatasetInfo, root: Path, mode: str, method: InstanceSettings
 ) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """The training split (with the instance method's targets) and the validation split (with its instance
+    maps when the run is evaluated on instances)."""
     data_cfg = config["data"]
     norm = {"mean": data_cfg["mean"], "std": data_cfg["std"]}
     train_tf = build_transforms(
         train=True, ignore_index=info.ignore_index, **norm, **{k: data_cfg[k] for k in AUGMENTATION_KEYS}
     )
-    train_ds = SegmentationDataset(root, info.name, data_cfg["train_split"], transforms=train_tf, image_mode=mode)
+    train_ds = SegmentationDataset(
+        root,
+        info.name,
+        data_cfg["train_split"],
+        transforms=train_tf,
+        image_mode=mode,
+        instances=method.trains_on_instances,
+        target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
+    )
     val_ds = None
     if data_cfg["val_split"]:
         val_tf = build_transforms(train=False, **norm)
-        val_ds = SegmentationDataset(root, info.name, data_cfg["val_split"], transforms=val_tf, image_mode=mode)
+        val_ds = SegmentationDataset(
+            root, info.name, data_cfg["val_split"], transforms=val_tf, image_mode=mode, instances=method.enabled
+        )
     return train_ds, val_ds
 
 
@@ -100,7 +116,8 @@ def train(
     (:func:`pixelwise.data.require_valid`) and stops on any bad one. SIGINT and SIGTERM end the run after
     the current step with ``last.pt`` written (raising :class:`TrainingInterrupted`), and
     ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
-    Returns ``{"best_miou", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``.
+    Returns ``{"best_miou", "best_metric", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``
+    (``best_miou`` holds the best value of ``best_metric``: ``"miou"``, or ``"mean_ap"`` for instance methods).
     """
     train_cfg = config["train"]
     run_dir = Path(run_dir)
@@ -170,7 +187,8 @@ def _train(
     run_dir = files.dir
     root = resolve_data_root(data_root, data_cfg["root"])
     info = DatasetInfo.load(root, data_cfg["dataset"])
-    spec = model_spec(config, info)
+    method = InstanceSettings.from_dict(config["instances"])
+    spec = {**model_spec(config, info), **model_arguments(method, info)}
     crop = data_cfg["crop_size"]
     if crop is not None:
         h, w = (crop, crop) if isinstance(crop, int) else crop
@@ -182,7 +200,7 @@ def _train(
         require_valid(root, info.name, splits, progress=progress)
     # eval/predict find the data where training found it (unless given another --data-root)
     config = {**config, "data": {**data_cfg, "root": str(root.resolve())}}
-    train_ds, val_ds = _datasets(config, info, root, image_mode(input_channels(spec)))
+    train_ds, val_ds = _datasets(config, info, root, image_mode(input_channels(spec)), method)
     batch_size = data_cfg["batch_size"]
     if batch_size * ddp.world_size > len(train_ds):
         raise ConfigError(
@@ -200,7 +218,7 @@ def _train(
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
     class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
-    loss_fn = build_criterion(train_cfg, info.ignore_index, class_weights).to(device)
+    loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
     meta = {
         "model": spec,
         "classes": info.classes,
@@ -210,6 +228,8 @@ def _train(
         "mean": data_cfg["mean"],
         "std": data_cfg["std"],
         "image_range": list(info.image_range) if info.image_range else None,
+        "instances": method.to_dict(),
+        "thing_classes": info.thing_classes,
     }
     state = TrainState()
     if resume:
@@ -263,15 +283,18 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         for micro in range(accumulate):  # gradient accumulation: one optimizer step per `accumulate` batches
-            images, masks = next(batches)
+            images, targets = next(batches)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
-            masks = masks.to(device, non_blocking=True)
+            if isinstance(targets, dict):  # Panoptic-DeepLab: the mask, centre and offset targets and weights
+                targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            else:
+                targets = targets.to(device, non_blocking=True)
             with autocast(device, amp):
                 out = net(images)
-            if isinstance(out, dict):  # models with an auxiliary head, in training mode
-                loss = loss_fn(out["out"], masks) + train_cfg["aux_weight"] * loss_fn(out["aux"], masks)
+            if isinstance(out, dict) and "aux" in out:  # models with an auxiliary head, in training mode
+                loss = loss_fn(out["out"], targets) + train_cfg["aux_weight"] * loss_fn(out["aux"], targets)
             else:
-                loss = loss_fn(out, masks)
+                loss = loss_fn(out, targets)
             # DDP: synchronise gradients only on the last micro-batch
             sync = not ddp.enabled or micro == accumulate - 1
             with contextlib.nullcontext() if sync else net.no_sync():
@@ -361,9 +384,11 @@ def _train(
                     progress=progress,
                     amp=amp,
                     num_workers=data_cfg["num_workers"],
+                    instance_method=method,
                     shard=(ddp.rank, ddp.world_size),
                 )
                 net.train()
+                counted = last_metrics.get("instances") or {}
                 files.record(
                     {
                         "type": "val",
@@ -371,6 +396,7 @@ def _train(
                         **{k: last_metrics[k] for k in SUMMARY_KEYS},
                         "iou": last_metrics["iou"],
                         "confusion_matrix": last_metrics["confusion_matrix"],
+                        **({"instances": {k: counted[k] for k in INSTANCE_LOG_KEYS}} if counted else {}),
                     }
                 )
                 if files.tensorboard is not None:
@@ -378,9 +404,13 @@ def _train(
                 log.info(
                     "iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"]
                 )
-                improved = last_metrics["miou"] > state.best_miou
+                # best.pt: the best val mIoU, or for an instance method the best mean matching AP (tau 0.5..0.9)
+                score = counted["mean_ap"] if method.enabled else last_metrics["miou"]
+                if method.enabled:
+                    log.info("iter %d: val AP@0.5 %.4f  mean AP %.4f", it, counted["ap"]["0.50"], score)
+                improved = score > state.best_miou
                 if improved:
-                    state.best_miou, state.best_iter = last_metrics["miou"], it
+                    state.best_miou, state.best_iter = score, it
             elif val_ds is None and due:
                 improved, state.best_iter = True, it  # no validation: best = latest
             timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
@@ -392,6 +422,7 @@ def _train(
     bar.close()
     return {
         "best_miou": state.best_miou,
+        "best_metric": "mean_ap" if method.enabled else "miou",
         "best_iter": state.best_iter,
         "last": last_metrics,
         "train_seconds": state.train_seconds,

@@ -1,0 +1,153 @@
+"""The instance segmentation methods a run's ``instances`` config section
+(:class:`~pixelwise.inference.InstanceSettings`) selects, from training targets to
+decoded instances: one place that says what each method changes in the model, the data, the loss and the output.
+
+``method``:
+
+- ``none``: semantic segmentation only (the default).
+- ``connected_components``: a semantic model; each connected component of a thing class is an instance (the
+  StarDist paper's "U-Net (2 class)" baseline; touching objects merge).
+- ``boundary``: a semantic model with one more class, the instances' boundaries (``boundary_width`` pixels on
+  each side of where two objects or an object and the background meet,
+  :func:`pixelwise.data.instance_targets.boundary_classes`); instances are the connected components of the
+  interior grown back over the boundary (:func:`pixelwise.inference.instances_from_boundary`); the StarDist
+  paper's "U-Net (3 class)".
+- ``panoptic``: Panoptic-DeepLab (Cheng et al., CVPR 2020): the model's instance branch
+  (``instance_head="panoptic"``) predicts a centre heatmap and offsets, trained with
+  :class:`pixelwise.losses.PanopticLoss`, decoded by :func:`pixelwise.inference.panoptic_postprocess`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from torch import nn
+
+from ..data import DatasetInfo
+from ..data.instance_targets import boundary_classes, panoptic_targets
+from ..inference import InstanceSettings, instances_from_boundary, panoptic_postprocess
+from ..losses import PanopticLoss
+
+
+def model_arguments(settings: InstanceSettings, info: DatasetInfo) -> dict[str, Any]:
+    """What the method adds to the model's builder arguments: one more class for ``boundary``, the instance
+    branch for ``panoptic``."""
+    if settings.method == "boundary":
+        return {"num_classes": info.num_classes + 1}
+    if settings.method == "panoptic":
+        return {"instance_head": "panoptic"}
+    return {}
+
+
+class TargetBuilder:
+    """``(mask, instances) -> target`` after augmentation (runs in the data loader's workers): the mask with
+    the boundary class (``boundary``), or a dict with the mask and Panoptic-DeepLab's targets (``panoptic``)."""
+
+    def __init__(self, settings: InstanceSettings, num_classes: int, ignore_index: int) -> None:
+        self.settings, self.num_classes, self.ignore_index = settings, num_classes, ignore_index
+
+    def __call__(self, mask: torch.Tensor, instances: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        ignore = mask == self.ignore_index
+        if self.settings.method == "boundary":
+            border = boundary_classes(instances, self.settings.boundary_width, ignore=ignore) == 2
+            return torch.where(border, self.num_classes, mask)
+        if self.settings.method == "panoptic":
+            targets = panoptic_targets(instances, self.settings.center_sigma, ignore=ignore)
+            return {"mask": mask, **{k: targets[k] for k in ("center", "center_weights", "offset", "offset_weights")}}
+        return mask
+
+
+def build_loss(settings: InstanceSettings, semantic: nn.Module) -> nn.Module:
+    """The training criterion: the semantic one, or Panoptic-DeepLab's sum for ``panoptic``."""
+    if settings.method == "panoptic":
+        return PanopticLoss(semantic, center_weight=settings.center_weight, offset_weight=settings.offset_weight)
+    return semantic
+
+
+@dataclass
+class InstanceOutput:
+    """One image's decoded output: ``semantic`` (H x W int64 classes of the data set), ``instances`` (H x W
+    int32, 0 = none, 1..K), ``classes`` and ``scores`` (K each)."""
+
+    semantic: np.ndarray
+    instances: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+
+
+def _components(semantic: np.ndarray, probs: np.ndarray, things: list[int], min_size: int) -> InstanceOutput:
+    """Connected components of each thing class (8-connected), scored by their mean class probability."""
+    instances = np.zeros(semantic.shape, np.int32)
+    classes, scores = [], []
+    for c in things:
+        labels, k = ndi.label(semantic == c, structure=np.ones((3, 3), bool))
+        if k == 0:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=k + 1)
+        score = np.bincount(labels.ravel(), weights=probs[c].ravel(), minlength=k + 1) / np.maximum(sizes, 1)
+        keep = np.flatnonzero(sizes >= max(min_size, 1))
+        keep = keep[keep > 0]
+        lut = np.zeros(k + 1, np.int32)
+        lut[keep] = len(classes) + 1 + np.arange(keep.size)
+        instances = np.where(labels > 0, lut[labels], instances)
+        classes += [c] * keep.size
+        scores += score[keep].tolist()
+    return InstanceOutput(semantic, instances, np.asarray(classes, np.int64), np.asarray(scores, np.float32))
+
+
+def decode(
+    settings: InstanceSettings,
+    output: torch.Tensor | dict[str, torch.Tensor],
+    num_classes: int,
+    thing_classes: list[int],
+) -> list[InstanceOutput]:
+    """Instances of a batch of model outputs (logits ``N x C x H x W``, or the panoptic model's dict)."""
+    if settings.method == "panoptic":
+        results = panoptic_postprocess(
+            output["out"].float(),
+            output["center"].float(),
+            output["offset"].float(),
+            thing_classes,
+            threshold=settings.center_threshold,
+            nms_kernel=settings.nms_kernel,
+            top_k=settings.top_k,
+        )
+        decoded = []
+        for r in results:
+            inst, classes, scores = r.instances.cpu().numpy(), r.classes.cpu().numpy(), r.scores.cpu().numpy()
+            if settings.min_size > 1 and classes.size:
+                sizes = np.bincount(inst.ravel(), minlength=classes.size + 1)
+                keep = np.flatnonzero(sizes[1:] >= settings.min_size)
+                lut = np.zeros(classes.size + 1, np.int32)
+                lut[keep + 1] = np.arange(1, keep.size + 1)
+                inst, classes, scores = lut[inst], classes[keep], scores[keep]
+            decoded.append(InstanceOutput(r.semantic.cpu().numpy(), inst.astype(np.int32), classes, scores))
+        return decoded
+    logits = output["out"] if isinstance(output, dict) else output
+    probs = torch.softmax(logits.float(), 1).cpu().numpy()
+    decoded = []
+    for p in probs:
+        semantic = p[:num_classes].argmax(0)
+        if settings.method == "boundary":
+            label = p.argmax(0)
+            thing = np.isin(label, thing_classes)
+            three = np.where(label == num_classes, 2, np.where(thing, 1, 0))
+            inst, scores = instances_from_boundary(three, min_size=settings.min_size)
+            # an instance's class: the majority of the semantic argmax over its pixels (among the thing classes)
+            votes = np.zeros((int(inst.max()) + 1, num_classes), np.int64)
+            np.add.at(votes, (inst.ravel(), semantic.ravel()), 1)
+            masked = votes[1:, thing_classes]
+            classes = np.asarray(thing_classes, np.int64)[masked.argmax(1)] if masked.size else np.zeros(0, np.int64)
+            fg_prob = p[[*thing_classes, num_classes]].sum(0)
+            sizes = np.maximum(np.bincount(inst.ravel(), minlength=len(classes) + 1), 1)
+            scores = (np.bincount(inst.ravel(), weights=fg_prob.ravel(), minlength=len(classes) + 1) / sizes)[1:]
+            # the semantic map agrees with the instances: their pixels (boundary ones too) take their class
+            semantic = np.where(inst > 0, np.concatenate([[0], classes])[inst], semantic)
+            decoded.append(InstanceOutput(semantic, inst.astype(np.int32), classes, scores.astype(np.float32)))
+        else:
+            decoded.append(_components(semantic, p, thing_classes, settings.min_size))
+    return decoded

@@ -1,0 +1,56 @@
+"""The ``instances`` section of a run config: which instance method a model is trained and decoded with, and
+that method's parameters (what each method does: :mod:`pixelwise.engine.instance_methods`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+METHODS = ("none", "connected_components", "boundary", "panoptic")
+
+
+@dataclass
+class InstanceSettings:
+    """The ``instances`` section of a run config (keys one to one)."""
+
+    method: str = "none"
+    boundary_width: int = 2  # boundary: pixels on each side of a contact
+    center_sigma: float = 8.0  # panoptic: std of the centre Gaussians, pixels (the paper's 8)
+    center_weight: float = 200.0  # panoptic: weight of the centre MSE (the paper's 200)
+    offset_weight: float = 0.01  # panoptic: weight of the offset L1 (the paper's 0.01)
+    center_threshold: float = 0.1  # panoptic decoding: centres above this heatmap value
+    nms_kernel: int = 7  # panoptic decoding: max-pooling window of the keypoint NMS
+    top_k: int = 200  # panoptic decoding: at most this many centres per image
+    min_size: int = 0  # decoding: drop instances with fewer pixels
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"instances.method={self.method!r}; valid: {', '.join(METHODS)}")
+        for key in ("boundary_width", "nms_kernel", "top_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"instances.{key}={getattr(self, key)}: must be >= 1")
+        if self.center_sigma <= 0:
+            raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> InstanceSettings:
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            valid = ", ".join(f"instances.{f.name}" for f in fields(cls))
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid: {valid}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def trains_on_instances(self) -> bool:
+        """Whether training reads the instance maps (the targets come from them)."""
+        return self.method in ("boundary", "panoptic")
