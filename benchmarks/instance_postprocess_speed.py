@@ -35,20 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from pixelwise.data.instance_targets import boundary_classes, panoptic_targets, relabel_consecutive
 from pixelwise.data.io import read_instances
 from pixelwise.inference import instances_from_boundary, label_instances, panoptic_postprocess
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synthetic_maps(count: int, h: int = 520, w: int = 696, n: int = 120) -> list[np.ndarray]:

@@ -32,21 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy
+from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from PIL import Image
 
 from pixelwise.metrics import InstanceMetrics
 
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/matching_speed.py --data-root ../shared/datasets"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def perturb(true: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[int, float]]:
