@@ -43,7 +43,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "std": [0.229, 0.224, 0.225],
     },
     "train": {
-        "iters": 1000,  # total optimisation steps
+        "iters": 1000,  # total optimisation steps (with max_minutes: at most this many)
+        "max_minutes": 0.0,  # stop after this many minutes of training time; the poly schedule follows it (0: off)
         "eval_interval": 200,  # validate (and checkpoint) every this many steps, and at the end
         "log_interval": 10,
         "optimizer": "sgd",  # sgd | adamw
@@ -108,6 +109,7 @@ _RANGES = (
     ("data.val_batch_size", 1, True),
     ("data.num_workers", 0, True),
     ("train.iters", 1, True),
+    ("train.max_minutes", 0, True),
     ("train.eval_interval", 1, True),
     ("train.log_interval", 1, True),
     ("train.lr", 0, False),

@@ -62,26 +62,35 @@ def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.
     raise ConfigError(f"train.optimizer={name!r}; valid: sgd, adamw")
 
 
-def lr_factor(train_cfg: dict[str, Any]) -> Callable[[int], float]:
+def lr_factor(train_cfg: dict[str, Any], elapsed: Callable[[], float] | None = None) -> Callable[[int], float]:
     """The learning-rate multiplier per iteration: linear warmup, then poly (power ``train.poly_power``) or
-    constant."""
+    constant. With ``train.max_minutes`` (a time budget) the poly schedule follows the training time so far,
+    ``elapsed()`` seconds, instead of the iteration, as time-budgeted benchmarks do."""
     iters, warmup = train_cfg["iters"], train_cfg["warmup_iters"]
     power, schedule = train_cfg["poly_power"], train_cfg["lr_schedule"]
+    budget = 60.0 * train_cfg["max_minutes"]
     if schedule not in ("poly", "constant"):
         raise ConfigError(f"train.lr_schedule={schedule!r}; valid: poly, constant")
+    if budget > 0 and elapsed is None:
+        raise ValueError("train.max_minutes needs the training clock (elapsed)")
 
     def factor(it: int) -> float:
         if it < warmup:
             return (it + 1) / warmup
         if schedule == "constant":
             return 1.0
+        if budget > 0:
+            return max(0.0, 1 - elapsed() / budget) ** power
         return (1 - min(it, iters - 1) / iters) ** power  # poly: (1 - iter/max_iter)^power
 
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train_cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], elapsed: Callable[[], float] | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of :func:`lr_factor`; ``elapsed`` returns the training seconds so far (for ``max_minutes``)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train_cfg, elapsed))
 
 
 def resolve_class_weights(

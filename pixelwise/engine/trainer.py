@@ -216,7 +216,9 @@ def _train(
     model = build_model(**spec).to(device, memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    state = TrainState()
+    # the time budget's clock: the training seconds so far (`state` is rebound on resume; the closure follows it)
+    scheduler = build_scheduler(optimizer, train_cfg, elapsed=lambda: state.train_seconds)
     class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
     loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
     meta = {
@@ -231,7 +233,6 @@ def _train(
         "instances": method.to_dict(),
         "thing_classes": info.thing_classes,
     }
-    state = TrainState()
     if resume:
         state = restore(
             files.last,
@@ -273,6 +274,11 @@ def _train(
         pin_memory=device.type == "cuda",
     )
     total, log_interval = train_cfg["iters"], train_cfg["log_interval"]
+    budget = 60.0 * train_cfg["max_minutes"]
+
+    def out_of_time() -> bool:
+        """The time budget is spent (the same answer on every process: rank 0's clock decides under DDP)."""
+        return budget > 0 and mean_over_processes(float(state.train_seconds >= budget), ddp, device) > 0
     eval_interval = train_cfg["eval_interval"]
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
     last_metrics: dict[str, Any] | None = None
@@ -329,7 +335,7 @@ def _train(
     minutes = train_cfg["checkpoint_minutes"]
     last_save = time.monotonic()
     with _stop_on_signals() as caught:
-        while state.iter < total:
+        while state.iter < total and not out_of_time():
             step_start = time.perf_counter()
             rng = torch.get_rng_state()
             try:
@@ -358,7 +364,8 @@ def _train(
             bar.update(1)
             lr = scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if it % log_interval == 0 or it == total:
+            last = it == total or out_of_time()
+            if it % log_interval == 0 or last:
                 mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
                 speed = images_seen / max(time.perf_counter() - window_t, 1e-9)
@@ -374,7 +381,7 @@ def _train(
                 )
                 files.scalars({"train/loss": mean_loss, "train/lr": lr}, it)
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-            due = it % eval_interval == 0 or it == total
+            due = it % eval_interval == 0 or last
             improved = False
             if val_ds is not None and due:
                 last_metrics = evaluate(
@@ -414,7 +421,7 @@ def _train(
             elif val_ds is None and due:
                 improved, state.best_iter = True, it  # no validation: best = latest
             timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
-            if improved or it % ckpt_interval == 0 or it == total or timed:
+            if improved or it % ckpt_interval == 0 or last or timed:
                 save(best=improved)
                 last_save = time.monotonic()
             if val_ds is not None and due:
