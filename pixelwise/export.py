@@ -36,9 +36,37 @@ class LogitsOnly(torch.nn.Module):
         return model_logits(self.model, x)
 
 
-def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic: bool, exporter: str) -> None:
-    model = LogitsOnly(model).eval()
-    names = {"input_names": ["image"], "output_names": ["logits"]}
+INSTANCE_OUTPUTS = ("logits", "center", "offset")
+
+
+class InstanceOutputs(torch.nn.Module):
+    """A model with a Panoptic-DeepLab instance branch as the graph's three outputs: the semantic logits, the
+    centre heatmap and the offsets. The post-processing (centre NMS, grouping, class vote) stays in torch:
+    :func:`pixelwise.inference.panoptic_postprocess` runs on onnxruntime's outputs (``predict --backend
+    onnxruntime``); :class:`pixelwise.inference.PanopticPostProcess` exports on its own where a graph must
+    hold it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        return out["out"], out["center"], out["offset"]
+
+
+def _graph(model: torch.nn.Module, meta: dict[str, Any]) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """The module to export and its output names: the logits, plus the instance branch's outputs."""
+    if meta["model"].get("instance_head"):
+        return InstanceOutputs(model).eval(), INSTANCE_OUTPUTS
+    return LogitsOnly(model).eval(), ("logits",)
+
+
+def _export(
+    model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic: bool, exporter: str, meta: dict[str, Any]
+) -> None:
+    model, outputs = _graph(model, meta)
+    names = {"input_names": ["image"], "output_names": list(outputs)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
@@ -49,7 +77,7 @@ def _export(model: torch.nn.Module, x: torch.Tensor, out: Path, opset: int, dyna
                 model, (x,), str(out), dynamo=True, opset_version=opset, dynamic_shapes=dims, verbose=False, **names
             )
         elif exporter == "torchscript":
-            axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+            axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ("image", *outputs)}
             torch.onnx.export(
                 model,
                 (x,),
@@ -103,8 +131,8 @@ def export_onnx(
     failures = []
     for how, dyn in attempts:
         try:
-            _export(model, x, out, opset, dyn, how)
-            diffs = verify_onnx(model, out, in_channels, sizes if dyn else sizes[:1])
+            _export(model, x, out, opset, dyn, how, meta)
+            diffs = verify_onnx(_graph(model, meta)[0], out, in_channels, sizes if dyn else sizes[:1])
             break
         except Exception as e:  # an op without (dynamic-shape) support, or a graph that fixed the export size
             failures.append(f"{how}{' dynamic' if dyn else ''}: {type(e).__name__}: {str(e).strip()[:160]}")
@@ -120,19 +148,25 @@ def export_onnx(
 def verify_onnx(
     model: torch.nn.Module, path: Path, in_channels: int, sizes: list[tuple[int, int, int]]
 ) -> dict[str, float]:
-    """Largest |onnxruntime - PyTorch| of the logits, per input size ``(batch, H, W)``."""
+    """Largest |onnxruntime - PyTorch| over the outputs (the logits; also the instance branch's), per input
+    size ``(batch, H, W)``; ``model`` is the exported module (:class:`LogitsOnly` or :class:`InstanceOutputs`)."""
     session = onnxruntime_module().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs: dict[str, float] = {}
     relative = 0.0
     for n, h, w in sizes:
         x = torch.randn(n, in_channels, h, w)
         with torch.no_grad():
-            ref = model(x).numpy()
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise RuntimeError(f"onnxruntime output {got.shape} != PyTorch {ref.shape} at {n}x{h}x{w}")
-        diffs[f"{n}x{h}x{w}"] = float(np.abs(got - ref).max())
-        relative = max(relative, diffs[f"{n}x{h}x{w}"] / max(float(np.abs(ref).max()), 1e-12))
+            refs = model(x)
+        refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+        gots = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        key = f"{n}x{h}x{w}"
+        diffs[key] = 0.0
+        for got, ref in zip(gots, refs, strict=True):
+            if got.shape != ref.shape:
+                raise RuntimeError(f"onnxruntime output {got.shape} != PyTorch {ref.shape} at {key}")
+            diff = float(np.abs(got - ref).max())
+            diffs[key] = max(diffs[key], diff)
+            relative = max(relative, diff / max(float(np.abs(ref).max()), 1e-12))
         if relative > 1e-3:
-            raise RuntimeError(f"onnxruntime's logits differ from PyTorch's at {n}x{h}x{w} (relative {relative:.1e})")
+            raise RuntimeError(f"onnxruntime's outputs differ from PyTorch's at {key} (relative {relative:.1e})")
     return {**diffs, "relative": relative}

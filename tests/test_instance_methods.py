@@ -83,7 +83,7 @@ def test_instances_config_section():
     assert str(e.value).startswith("unknown config key(s) sigma; valid: instances.method, instances.boundary_width")
 
 
-def instance_config(tmp_path, method: str) -> dict:
+def instance_config(tmp_path, method: str, **instances) -> dict:
     path = tmp_path / f"{method}.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -91,7 +91,7 @@ def instance_config(tmp_path, method: str) -> dict:
                 "model": {"name": "unet", "base_channels": 4, "depth": 2},
                 "data": {"dataset": "toy", "crop_size": 32, "batch_size": 2, "num_workers": 0, "elastic_p": 0.5},
                 "train": {"iters": 2, "eval_interval": 2, "lr": 0.01},
-                "instances": {"method": method, "boundary_width": 1, "center_sigma": 2.0},
+                "instances": {"method": method, "boundary_width": 1, "center_sigma": 2.0, **instances},
             }
         )
     )
@@ -154,3 +154,25 @@ def test_ground_truth_components_on_dsb2018_score_the_published_merge_loss(data_
     ap = metrics.compute()["ap"]
     assert len(maps) == 50
     assert round(ap["0.50"], 3) == 0.749 and round(ap["0.90"], 3) == 0.611
+
+
+def test_onnx_export_carries_the_instance_branch_and_predicts_the_same_instances(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pixelwise.export import export_onnx
+
+    data = tmp_path / "data"
+    instance_dataset(data, splits={"train": 3, "val": 2})
+    run = tmp_path / "run"
+    # every local maximum of the (untrained) heatmap a centre, so that there are instances to compare
+    train(instance_config(tmp_path, "panoptic", center_threshold=-1.0), run_dir=run, data_root=data, progress=False)
+    report = export_onnx(run / "best.pt", tmp_path / "model.onnx", height=40, width=48)
+    assert report["dynamic"] and report["max_abs_diff"]["relative"] < 1e-3
+    import onnx
+
+    assert [o.name for o in onnx.load(str(tmp_path / "model.onnx")).graph.output] == ["logits", "center", "offset"]
+    images = [data / "toy/images/val"]
+    by_torch = predict(run / "best.pt", images, tmp_path / "torch", progress=False)
+    by_onnx = predict(tmp_path / "model.onnx", images, tmp_path / "onnx", backend="onnxruntime", progress=False)
+    assert all(int(a["instance_count"]) > 1 for a in by_torch)
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(a["instances"])), np.asarray(Image.open(b["instances"])))

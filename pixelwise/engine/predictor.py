@@ -186,8 +186,6 @@ class Predictor:
         method = self.instance_method
         if not method.enabled:
             method = InstanceSettings(method="connected_components")
-        if self.ckpt is None and self.instance_method.enabled:
-            raise CheckpointError(f"{self.checkpoint}: instance outputs need the checkpoint (--backend torch)")
         x = self.normalise(image)[None]
         with autocast(self.device, self.amp):
             output = self.model(x)

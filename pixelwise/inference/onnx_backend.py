@@ -46,18 +46,24 @@ class OnnxModel:
         fixed_hw = first.shape[2:]
         self.fixed_size = tuple(fixed_hw) if all(isinstance(d, int) for d in fixed_hw) else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the input's size. A graph exported at a fixed size (e.g. PSPNet's adaptive pooling)
-        gets the input resized (bilinear) to that size and returns logits resized back."""
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits at the input's size; for a graph with the instance branch (outputs ``logits``, ``center``,
+        ``offset``) the model's dict ``{"out", "center", "offset"}``. A graph exported at a fixed size (e.g.
+        PSPNet's adaptive pooling) gets the input resized (bilinear) to that size and returns logits resized back."""
         x = x.detach().float().cpu()
         size = tuple(x.shape[-2:])
         if self.fixed_size is not None and size != self.fixed_size:
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
-        out = torch.cat([torch.from_numpy(self.session.run(None, {self.input: c.numpy()})[0]) for c in chunks])
-        if out.shape[-2:] != size:
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        return out
+        runs = [self.session.run(None, {self.input: c.numpy()}) for c in chunks]
+        outs = [torch.cat([torch.from_numpy(r[i]) for r in runs]) for i in range(len(runs[0]))]
+        if outs[0].shape[-2:] != size:
+            if len(outs) > 1:
+                raise CheckpointError("an instance graph exported at a fixed size cannot take other sizes")
+            outs[0] = F.interpolate(outs[0], size=size, mode="bilinear", align_corners=False)
+        if len(outs) == 3:
+            return dict(zip(("out", "center", "offset"), outs, strict=True))
+        return outs[0]
 
     def eval(self) -> OnnxModel:
         return self
