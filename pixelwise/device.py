@@ -3,6 +3,8 @@ for inference."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import ConfigError
@@ -28,6 +30,26 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
         raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+
+
+def native_precisions(device: torch.device) -> tuple[str, ...]:
+    """The half precisions ``device`` computes natively: on CUDA bf16 where supported and fp16; on a CPU bf16
+    where it has AVX-512 BF16 or AMX (Linux's CPU flags), else none (bf16 would be emulated, slower)."""
+    if device.type == "cuda":
+        return ("bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp16",)
+    if not os.path.exists("/proc/cpuinfo"):
+        return ()
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return ("bf16",) if {"avx512_bf16", "amx_bf16"} & set(flags) else ()
+
+
+def resolve_amp(amp: str, run_amp: str | None, device: torch.device) -> str:
+    """``amp="auto"`` (what eval and predict default to): the precision the run trained in, where ``device``
+    runs it natively, else fp32 (``"none"``); any other value as given."""
+    if amp != "auto":
+        return amp
+    return run_amp if run_amp in native_precisions(device) else "none"
 
 
 def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:

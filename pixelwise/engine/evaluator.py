@@ -208,7 +208,7 @@ def evaluate_checkpoint(
         ds,
         device=predictor.device,
         num_workers=num_workers,
-        amp=amp,
+        amp=predictor.amp,
         inference=inference,
         boundary_width=boundary_width,
         instances=instances,
@@ -225,5 +225,6 @@ def evaluate_checkpoint(
         "split": split,
         "num_images": len(ds),
         "classes": meta["classes"],
+        "amp": predictor.amp,
         "metrics": metrics,
     }

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..crf import CRFSettings, settings_for
 from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
-from ..device import autocast, available_memory, inference_dtype, resolve_device
+from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference
@@ -79,12 +79,15 @@ class Predictor:
             self.device = torch.device("cpu")
             self.model: Any = OnnxModel(checkpoint)
             self.meta = self.model.meta
+            self.amp = "none" if amp == "auto" else amp  # onnxruntime runs the graph as exported
         elif backend == "torch":
             if str(checkpoint).lower().endswith(".onnx"):
                 raise CheckpointError(f"{checkpoint} is an ONNX file: run it with --backend onnxruntime")
             self.device = resolve_device(device)
             self.ckpt = load_checkpoint(checkpoint, map_location=self.device)
             self.meta = self.ckpt["meta"]
+            run_amp = (self.ckpt.get("config") or {}).get("train", {}).get("amp")
+            self.amp = amp = resolve_amp(amp, run_amp, self.device)
             self.model = inference_model(self.ckpt, checkpoint, self.device, amp=amp, compile=compile)
         else:
             raise ConfigError(f"backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -363,7 +366,7 @@ def predict(
         "sha256": file_sha256(checkpoint),
         "backend": backend,
         "settings": {
-            "amp": amp,
+            "amp": predictor.amp,
             "alpha": alpha,
             "inference": None if inference is None else asdict(inference),
             "crf": None if predictor.crf is None else asdict(predictor.crf),

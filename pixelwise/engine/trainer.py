@@ -277,8 +277,9 @@ def _train(
     budget = 60.0 * train_cfg["max_minutes"]
 
     def out_of_time() -> bool:
-        """The time budget is spent (the same answer on every process: rank 0's clock decides under DDP)."""
+        """The time budget is spent (the same answer on every process: under DDP the first to run out stops all)."""
         return budget > 0 and mean_over_processes(float(state.train_seconds >= budget), ddp, device) > 0
+
     eval_interval = train_cfg["eval_interval"]
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
     last_metrics: dict[str, Any] | None = None

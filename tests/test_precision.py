@@ -1,0 +1,44 @@
+"""eval and predict default to the run's training precision where the device computes it natively (bf16 on CPUs
+with AVX-512 BF16 or AMX), fp32 otherwise or with --amp none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pixelwise.device as device_module
+from pixelwise.config import load_config
+from pixelwise.device import resolve_amp
+from pixelwise.engine import evaluate_checkpoint, train
+
+from .conftest import write_dataset
+from .test_engine import toy_config
+
+
+def test_resolve_amp(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "native_precisions", lambda d: ("bf16",))
+    assert resolve_amp("auto", "bf16", cpu) == "bf16"
+    assert resolve_amp("auto", "none", cpu) == "none"  # a run trained in fp32 stays fp32
+    assert resolve_amp("none", "bf16", cpu) == "none"  # the flag for fp32
+    monkeypatch.setattr(device_module, "native_precisions", lambda d: ())
+    assert resolve_amp("auto", "bf16", cpu) == "none"  # emulated bf16 would be slower: fp32
+    assert resolve_amp("bf16", "none", cpu) == "bf16"  # asked for explicitly
+
+
+def test_native_precisions_follow_the_cpu_flags():
+    flags = open("/proc/cpuinfo").read() if device_module.os.path.exists("/proc/cpuinfo") else ""
+    native = device_module.native_precisions(torch.device("cpu"))
+    assert native == (("bf16",) if ("avx512_bf16" in flags or "amx_bf16" in flags) else ())
+
+
+@pytest.mark.parametrize("native", [("bf16",), ()])
+def test_eval_defaults_to_the_runs_precision_where_native(tmp_path, monkeypatch, native):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2, amp="bf16"))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    monkeypatch.setattr(device_module, "native_precisions", lambda d: native)
+    auto = evaluate_checkpoint(tmp_path / "run/best.pt", amp="auto", progress=False, num_workers=0)
+    assert auto["amp"] == ("bf16" if native else "none")
+    fp32 = evaluate_checkpoint(tmp_path / "run/best.pt", amp="none", progress=False, num_workers=0)
+    assert fp32["amp"] == "none"
