@@ -138,8 +138,9 @@ def decode(
             three = np.where(label == num_classes, 2, np.where(thing, 1, 0))
             inst, scores = instances_from_boundary(three, min_size=settings.min_size)
             # an instance's class: the majority of the semantic argmax over its pixels (among the thing classes)
-            votes = np.zeros((int(inst.max()) + 1, num_classes), np.int64)
-            np.add.at(votes, (inst.ravel(), semantic.ravel()), 1)
+            k = int(inst.max())
+            pairs = inst.ravel().astype(np.int64) * num_classes + semantic.ravel()
+            votes = np.bincount(pairs, minlength=(k + 1) * num_classes).reshape(k + 1, num_classes)
             masked = votes[1:, thing_classes]
             classes = np.asarray(thing_classes, np.int64)[masked.argmax(1)] if masked.size else np.zeros(0, np.int64)
             fg_prob = p[[*thing_classes, num_classes]].sum(0)
