@@ -83,7 +83,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     if "crf" in result["metrics"]:
         print("dense CRF: " + ", ".join(f"{k}={v}" for k, v in result["metrics"]["crf"].items()))
-    print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint}")
+    precision = "fp32" if result["amp"] == "none" else result["amp"]
+    print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint} ({precision})")
     print(format_metrics_table(result["metrics"], result["classes"]))
     if args.json:
         write_json(args.json, result)
@@ -127,6 +128,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.stats import model_stats
 
+    if args.backbones:
+        from .models.backbones import TIMM_NOT_WORKING, backbone_rows
+
+        table = backbone_rows()
+        if args.json:
+            print(json.dumps(table, indent=2))
+            return 0
+        width = max(len(r["name"]) for r in table) + 2
+        for kind, title in (("pixelwise", "backbone: NAME"), ("timm", "backbone: timm/<model>, families checked")):
+            print(f"{title:<{width}} {'output strides':<15} {'source' if kind == 'pixelwise' else 'e.g.'}")
+            for r in (r for r in table if r["kind"] == kind):
+                print(f"{r['name']:<{width}} {', '.join(map(str, r['output_strides'])):<15} {r['details']}")
+            print()
+        print(
+            "backbone=... in deeplabv3, deeplabv3plus, pspnet, fcn8s/16s/32s and unet (FCN and U-Net at output "
+            "stride 32); timm/<model> takes any timm model with features_only, the families above are checked. "
+            f"Known not to work: {TIMM_NOT_WORKING}."
+        )
+        return 0
     rows = []
     for name in list_models():
         params, flops = model_stats(name, num_classes=args.num_classes, size=args.size)
@@ -151,6 +171,27 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, report.to_dict())
     return 0 if report.ok else 1
+
+
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from .data.importers import import_dataset
+    from .fileio import write_json
+
+    summary = import_dataset(
+        args.format,
+        args.src,
+        args.dst,
+        name=args.name,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        palette=args.palette,
+        link=args.link,
+        progress=not args.no_progress,
+    )
+    print(summary.format_text())
+    if args.json:
+        write_json(args.json, summary.to_dict())
+    return 0
 
 
 def _cmd_weight_map(args: argparse.Namespace) -> int:
@@ -269,9 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
         g.add_argument(
             "--amp",
-            choices=["none", "bf16", "fp16"],
-            default="none",
-            help="mixed precision (on CUDA the weights are held in that precision too)",
+            choices=["auto", "none", "bf16", "fp16"],
+            default="auto",
+            help="precision: auto (default) = the run's training precision where this device computes it natively "
+            "(bf16 on CPUs with AVX-512 BF16 or AMX), else fp32; none = fp32 "
+            "(on CUDA the weights are held in the half precision too)",
         )
         g.add_argument(
             "--compile",
@@ -384,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("data", help="data set tools: check")
+    p = sub.add_parser("data", help="data set tools: check, import")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     p = data_sub.add_parser(
         "check",
@@ -395,6 +438,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report (per-split counts, class pixels, problems) to this file")
     common(p)
     p.set_defaults(func=_cmd_data_check)
+    from .data.importers import FORMATS  # the format names only; the readers' own dependencies load when used
+
+    p = data_sub.add_parser(
+        "import",
+        help="import a data set from its own format (VOC, SBD, Cityscapes, ADE20K, COCO, RGB masks, LabelMe) into "
+        "the native layout",
+        description="Read SRC in FORMAT's own layout (never altering it) and write DST/NAME in pixelwise's native "
+        "layout: images, masks, instance maps where the format has objects, classes.json; then print what was "
+        "written and skipped. docs/importers.md describes each format's split and class mapping.",
+    )
+    p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("src", metavar="SRC", help="the folder the format's documentation starts from")
+    p.add_argument("dst", metavar="DST", help="the data root to write DST/NAME into")
+    p.add_argument("--name", help="the data set's folder name under DST (default: the format's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST/NAME")
+    p.add_argument("--workers", type=int, help="threads converting images (default: the CPUs, at most 8)")
+    p.add_argument(
+        "--palette",
+        metavar="FILE",
+        help="rgb, labelme: a classes.json giving the classes, their colours (and rgb's optional ignore_color)",
+    )
+    p.add_argument(
+        "--link", action="store_true", help="hard-link the images instead of copying them (same file system)"
+    )
+    p.add_argument("--json", help="also write the summary to this file")
+    common(p, data=False)
+    p.set_defaults(func=_cmd_data_import)
 
     p = sub.add_parser("weight-map", help="draw the U-Net border weight map of a mask (Ronneberger et al. eq. 2)")
     p.add_argument("mask", help="a mask PNG of class indices")
@@ -415,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--backbones", action="store_true", help="list the backbones instead, with the output strides each supports"
+    )
     p.set_defaults(func=_cmd_models)
     return parser
 

@@ -10,17 +10,24 @@ replacing strides with dilation.
   FCN and DeepLab need: Caffe's 100-pixel padding of conv1_1 (FCN), 3x3 stride-1 pool4/pool5 and
   dilated conv5 (DeepLab).
 - Aligned Xception-65 and MobileNetV2 come from timm (``features_only``, ``output_stride``).
+- Any timm model with ``features_only`` is a backbone under the name ``timm/<model>`` (R. Wightman,
+  "PyTorch Image Models", github.com/huggingface/pytorch-image-models): channels and reductions from its
+  ``feature_info``, output stride 8/16 through timm's ``output_stride`` where the model supports it.
+
+:func:`build_backbone` resolves a ``backbone`` name of the family builders; :data:`TIMM_FAMILIES` is the
+list of timm families checked to work (``pixelwise models --backbones``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import PixelwiseError
+from ..errors import ConfigError, PixelwiseError
 from .weights import Pretrained, load_state, read_pretrained, timm_features_layout
 
 
@@ -38,6 +45,7 @@ class Backbone(nn.Module):
 
     feature_info: list[FeatureInfo]
     out_features: frozenset[str] | None = None
+    name: str = "backbone"  # as given to build_backbone, for messages
 
     def keep(self, *names: str | None) -> None:
         """Return only these features (``None`` entries are skipped: optional heads)."""
@@ -54,6 +62,15 @@ class Backbone(nn.Module):
             if f.name == name:
                 return f
         raise KeyError(f"{type(self).__name__} has no feature {name!r}; it has {[f.name for f in self.feature_info]}")
+
+    def at_reduction(self, reduction: int, purpose: str) -> str:
+        """The deepest feature with this reduction (heads pick features by reduction, never by name); a
+        one-line ConfigError naming the reductions the backbone has if there is none."""
+        names = [f.name for f in self.feature_info if f.reduction == reduction]
+        if not names:
+            have = ", ".join(f"1/{r}" for r in sorted({f.reduction for f in self.feature_info}))
+            raise ConfigError(f"{purpose} needs the backbone's 1/{reduction} feature; {self.name} has {have}")
+        return names[-1]
 
 
 def _dilations(output_stride: int) -> list[bool]:
@@ -228,8 +245,8 @@ VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 
 
 class VGG16(Backbone):
-    """VGG-16 convolutional part in torchvision's layout (``features.N``), with features ``pool3``
-    (1/8), ``pool4`` (1/16), ``pool5`` (1/32) and the variants of the segmentation papers:
+    """VGG-16 convolutional part in torchvision's layout (``features.N``), with features ``pool1`` (1/2)
+    ... ``pool5`` (1/32) and the variants of the segmentation papers:
 
     - ``variant="fcn"``: conv1_1 padded by 100 pixels and ceil-mode pooling, as the Caffe FCN
       models (so that any input size survives fc6's 7x7 valid conv; the heads crop back).
@@ -258,9 +275,8 @@ class VGG16(Backbone):
                     stride = 2
                     layers.append(nn.MaxPool2d(2, 2, ceil_mode=variant == "fcn"))
                 reduction *= stride
-                if pool >= 3:
-                    self.taps[len(layers) - 1] = f"pool{pool}"
-                    self.feature_info.append(FeatureInfo(f"pool{pool}", channels, reduction))
+                self.taps[len(layers) - 1] = f"pool{pool}"
+                self.feature_info.append(FeatureInfo(f"pool{pool}", channels, reduction))
             else:
                 padding = 100 if variant == "fcn" and not layers else dilation
                 layers += [nn.Conv2d(channels, v, 3, padding=padding, dilation=dilation), nn.ReLU(inplace=True)]
@@ -278,31 +294,114 @@ class VGG16(Backbone):
 
 
 # --- timm backbones ---------------------------------------------------------------------------
+TIMM_PREFIX = "timm/"
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def check_output_stride(output_stride: int) -> int:
+    """``output_stride`` if it is 8, 16 or 32, else a one-line ConfigError."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}; got {output_stride!r}")
+    return output_stride
+
+
+def stride_message(label: str, output_stride: int, supported: Sequence[int]) -> str:
+    """The one-line error for a backbone asked for an output stride it is not built at."""
+    have = ", ".join(map(str, supported)) if supported else f"none of {', '.join(map(str, OUTPUT_STRIDES))}"
+    return f"backbone {label} does not support output_stride {output_stride}; it supports {have}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _create_timm(model_name: str, *, in_channels: int, output_stride: int, pretrained: bool = False) -> nn.Module:
+    """timm's ``features_only`` model. ``output_stride`` is passed only below 32: models that lack the argument
+    (DenseNet, most ViT-like ones) then still build at their native stride."""
+    import timm
+
+    kwargs: dict = {"features_only": True, "in_chans": in_channels, "pretrained": pretrained}
+    if output_stride != 32:
+        kwargs["output_stride"] = output_stride
+    return timm.create_model(model_name, **kwargs)
+
+
+def _deepest_reduction(body: nn.Module) -> int:
+    return max(body.feature_info.reduction())
+
+
+@functools.lru_cache(maxsize=64)
+def timm_output_strides(model_name: str) -> tuple[int, ...]:
+    """The output strides (of 8, 16, 32) timm builds ``model_name`` at: built on the meta device (no memory, no
+    weights) with each, it must accept the argument and its deepest feature must then have that reduction (so a
+    model that silently ignores ``output_stride`` is not counted)."""
+    supported = []
+    for stride in OUTPUT_STRIDES:
+        try:
+            with torch.device("meta"):
+                body = _create_timm(model_name, in_channels=3, output_stride=stride)
+        except Exception:
+            continue
+        if _deepest_reduction(body) == stride:
+            supported.append(stride)
+    return tuple(supported)
+
+
+def _timm_problem(model_name: str, label: str, output_stride: int) -> str | None:
+    """Why timm's ``model_name`` cannot be a backbone at ``output_stride`` (one line), or ``None``."""
+    import timm
+
+    if not timm.is_model(model_name):
+        return f"unknown backbone {label}: timm {timm.__version__} has no model {model_name!r} (see timm.list_models())"
+    try:
+        with torch.device("meta"):
+            _create_timm(model_name, in_channels=3, output_stride=32)
+    except Exception as e:
+        return f"backbone {label}: timm cannot build {model_name} with features_only ({_first_line(e)})"
+    supported = timm_output_strides(model_name)
+    return None if output_stride in supported else stride_message(label, output_stride, supported)
+
+
 class TimmBackbone(Backbone):
     """A timm model with ``features_only=True``; features ``stage0..stageN`` with the channels and
-    reductions of timm's ``feature_info``. ``pretrained=True`` downloads timm's weights through timm
-    (Hugging Face hub); a path loads a local state dict of the timm model (``weights_only``)."""
+    reductions of timm's ``feature_info``. Output stride 8/16 through timm's ``output_stride`` (dilation), where
+    the model has it; elsewhere a one-line ConfigError naming the strides it supports. ``pretrained=True``
+    downloads timm's weights through timm (Hugging Face hub); a path loads a local state dict of the timm model
+    (``weights_only``, :mod:`.weights`)."""
 
     def __init__(
-        self, model_name: str, *, in_channels: int = 3, output_stride: int = 32, pretrained: Pretrained = False
+        self,
+        model_name: str,
+        *,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        pretrained: Pretrained = False,
+        label: str | None = None,
     ) -> None:
         super().__init__()
-        import timm
-
-        _dilations(output_stride)
-        kwargs: dict = {"features_only": True, "output_stride": output_stride, "in_chans": in_channels}
-        if pretrained is True:
-            kwargs["pretrained"] = True
+        check_output_stride(output_stride)
+        self.name = label or TIMM_PREFIX + model_name
+        if pretrained is True:  # the architecture first: no download for a model that cannot be built
+            problem = _timm_problem(model_name, self.name, output_stride)
+            if problem:
+                raise ConfigError(problem)
         try:
-            self.body = timm.create_model(model_name, **kwargs)
+            self.body = _create_timm(
+                model_name, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained is True
+            )
         except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            problem = None if pretrained is True else _timm_problem(model_name, self.name, output_stride)
+            if problem:
+                raise ConfigError(problem) from None
             if pretrained is True:
                 raise PixelwiseError(
-                    f"could not get timm's pretrained weights for {model_name} ({reason}); "
+                    f"could not get timm's pretrained weights for {model_name} ({_first_line(e)}); "
                     f"offline, pass a local file: pretrained_backbone=/path/to/{model_name}.pth"
                 ) from None
             raise
+        if _deepest_reduction(self.body) != output_stride:  # took the argument and ignored it
+            raise ConfigError(stride_message(self.name, output_stride, timm_output_strides(model_name)))
         fi = self.body.feature_info
         self.feature_info = [
             FeatureInfo(f"stage{i}", c, r) for i, (c, r) in enumerate(zip(fi.channels(), fi.reduction(), strict=True))
@@ -313,6 +412,155 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {f.name: y for f, y in zip(self.feature_info, self.body(x), strict=True) if self._wanted(f.name)}
+
+
+# --- backbones by name --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OwnBackbone:
+    output_strides: tuple[int, ...]
+    source: str
+
+
+# the names a family builder's ``backbone`` takes besides timm/<model>
+OWN_BACKBONES: dict[str, OwnBackbone] = {
+    **{
+        depth: OwnBackbone(OUTPUT_STRIDES, "pixelwise, torchvision's layout; DeepLab v3's multi_grid")
+        for depth in RESNETS
+    },
+    # DeepLab's stride-1 pool4/pool5 and dilated conv5 (8) or torchvision's VGG (32): no 1/16 variant
+    "vgg16": OwnBackbone((8, 32), "pixelwise, torchvision's layout; FCN's and DeepLab's variants"),
+    "xception65": OwnBackbone(OUTPUT_STRIDES, "timm xception65 (aligned Xception-65, DeepLab v3+)"),
+    "mobilenetv2": OwnBackbone(OUTPUT_STRIDES, "timm mobilenetv2_100"),
+}
+_FROM_TIMM = {"xception65": "xception65", "mobilenetv2": "mobilenetv2_100"}
+
+
+def build_backbone(
+    name: str,
+    *,
+    in_channels: int = 3,
+    output_stride: int = 32,
+    multi_grid: Sequence[int] | None = None,
+    pretrained: Pretrained = False,
+) -> Backbone:
+    """The backbone ``name`` (one of :data:`OWN_BACKBONES`, or ``timm/<model>``) at ``output_stride``; an
+    unknown name or an unsupported stride is a one-line ConfigError naming the valid ones. ``multi_grid``: the
+    unit rates of the last stage's blocks (DeepLab v3 sec. 3.2), pixelwise's ResNets only."""
+    check_output_stride(output_stride)
+    timm_name = name.removeprefix(TIMM_PREFIX) if isinstance(name, str) and name.startswith(TIMM_PREFIX) else None
+    if not timm_name and (not isinstance(name, str) or name not in OWN_BACKBONES):
+        raise ConfigError(
+            f"unknown backbone {name!r}; valid: {', '.join(OWN_BACKBONES)}, or timm/<model> for a timm model with "
+            "features_only (pixelwise models --backbones)"
+        )
+    if multi_grid is not None:
+        if name not in RESNETS:
+            raise ConfigError(f"multi_grid applies to the backbones {', '.join(RESNETS)}, not to {name}")
+        blocks = RESNETS[name][1][3]
+        if not isinstance(multi_grid, Sequence) or len(multi_grid) != blocks:
+            raise ConfigError(f"multi_grid needs {blocks} unit rates for {name}'s last stage, got {multi_grid!r}")
+    if timm_name:
+        return TimmBackbone(
+            timm_name,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            pretrained=pretrained,
+            label=name,
+        )
+    if output_stride not in OWN_BACKBONES[name].output_strides:
+        raise ConfigError(stride_message(name, output_stride, OWN_BACKBONES[name].output_strides))
+    if name in RESNETS:
+        net: Backbone = resnet(
+            name, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid, pretrained=pretrained
+        )
+    elif name == "vgg16":
+        net = VGG16(in_channels=in_channels, variant="deeplab" if output_stride == 8 else "plain")
+        if pretrained:
+            state = read_pretrained(pretrained, torchvision_name="vgg16")
+            load_state(net, state, what=f"pretrained_backbone {pretrained}")
+    else:
+        net = TimmBackbone(
+            _FROM_TIMM[name], in_channels=in_channels, output_stride=output_stride, pretrained=pretrained
+        )
+    net.name = name
+    return net
+
+
+@dataclass(frozen=True)
+class TimmFamily:
+    """A timm model family checked to work as a backbone: each of ``examples`` builds at each of
+    ``output_strides`` and runs at an odd input size, and the other strides are refused
+    (tests/test_backbones_timm.py)."""
+
+    family: str
+    examples: tuple[str, ...]
+    output_strides: tuple[int, ...]
+    note: str = ""
+
+
+_BATCH2 = "training needs batches of 2 or more: batch norm on pooled vectors inside its blocks"
+TIMM_FAMILIES: tuple[TimmFamily, ...] = (
+    TimmFamily(
+        "ResNet, ResNet-D, SE-ResNeXt", ("resnet10t", "resnet50", "resnet50d", "seresnext26d_32x4d"), OUTPUT_STRIDES
+    ),
+    TimmFamily("ResNeSt", ("resnest14d", "resnest50d"), OUTPUT_STRIDES, _BATCH2),
+    TimmFamily("Res2Net", ("res2net50_14w_8s",), OUTPUT_STRIDES),
+    TimmFamily("ResNet v2 (BiT)", ("resnetv2_50",), OUTPUT_STRIDES),
+    TimmFamily(
+        "EfficientNet, EfficientNetV2, EfficientNet-Lite",
+        ("efficientnet_b0", "efficientnet_b3", "efficientnetv2_rw_t", "tf_efficientnet_lite0"),
+        OUTPUT_STRIDES,
+    ),
+    TimmFamily(
+        "MobileNetV2, V3, V4",
+        ("mobilenetv2_100", "mobilenetv3_small_050", "mobilenetv3_large_100", "mobilenetv4_conv_small"),
+        OUTPUT_STRIDES,
+    ),
+    TimmFamily("MNASNet, FBNetV3, LCNet", ("mnasnet_100", "fbnetv3_b", "lcnet_050"), OUTPUT_STRIDES),
+    TimmFamily("RegNetX, RegNetY, RegNetZ", ("regnetx_002", "regnety_016", "regnetz_b16"), OUTPUT_STRIDES),
+    TimmFamily("ConvNeXt", ("convnext_atto", "convnext_tiny"), OUTPUT_STRIDES),
+    TimmFamily("Xception (aligned)", ("xception41", "xception65"), OUTPUT_STRIDES),
+    TimmFamily("CSPNet, DarkNet", ("cspresnet50", "cspdarknet53", "darknet53"), OUTPUT_STRIDES),
+    TimmFamily("NFNet", ("nfnet_l0",), OUTPUT_STRIDES),
+    TimmFamily("RepVGG", ("repvgg_a0",), OUTPUT_STRIDES),
+    TimmFamily("MobileViT", ("mobilevit_xxs",), OUTPUT_STRIDES),
+    TimmFamily("ReXNet", ("rexnet_100",), OUTPUT_STRIDES, _BATCH2),
+    TimmFamily("DenseNet", ("densenet121",), (32,)),
+    TimmFamily("GhostNet", ("ghostnet_100",), (32,)),
+    TimmFamily("DPN", ("dpn68",), (32,)),
+    TimmFamily("HGNetV2", ("hgnetv2_b0",), (32,)),
+    TimmFamily("EdgeNeXt", ("edgenext_xx_small",), (32,)),
+    TimmFamily("FastViT", ("fastvit_t8",), (32,)),
+    TimmFamily("PVT v2", ("pvt_v2_b0",), (32,)),
+    TimmFamily("FocalNet", ("focalnet_tiny_srf",), (32,)),
+    TimmFamily("MetaFormer (CAFormer, PoolFormer v2)", ("caformer_s18", "poolformerv2_s12"), (32,)),
+    TimmFamily("TinyViT", ("tiny_vit_5m_224",), (32,)),
+)
+# families that build with features_only but do not work as backbones here (checked at a 65 x 97 input)
+TIMM_NOT_WORKING = (
+    "a fixed input size: ViT, DeiT, Swin, NesT, CoAtNet, LeViT, EfficientFormerV2; sizes not divisible by their "
+    "stride or window fail: HRNet, DLA, MaxViT, TResNet"
+)
+
+
+def backbone_rows() -> list[dict]:
+    """What ``pixelwise models --backbones`` lists: pixelwise's backbones (``kind="pixelwise"``), then the timm
+    families known to work (``kind="timm"``), each with the output strides it is built at."""
+    rows = [
+        {"kind": "pixelwise", "name": name, "output_strides": list(own.output_strides), "details": own.source}
+        for name, own in OWN_BACKBONES.items()
+    ]
+    for fam in TIMM_FAMILIES:
+        examples = ", ".join(TIMM_PREFIX + e for e in fam.examples)
+        rows.append(
+            {
+                "kind": "timm",
+                "name": fam.family,
+                "output_strides": list(fam.output_strides),
+                "details": examples + (f" ({fam.note})" if fam.note else ""),
+            }
+        )
+    return rows
 
 
 def vgg16_fc_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,9 @@ built with ``aux_head=True`` return ``{"out": logits, "aux": aux_logits}`` in tr
 torchvision's, so that the engine can add the auxiliary loss; in eval mode they return logits.
 DeepLab v3+ built with ``instance_head="panoptic"`` adds Panoptic-DeepLab's instance branch (Cheng et al.,
 CVPR 2020; :mod:`.panoptic`) and returns ``{"out", "center", "offset"}`` in both modes.
+
+``deeplabv3`` and ``deeplabv3plus`` take any backbone (``backbone="resnet101"``, ``"timm/convnext_tiny"``;
+:func:`.backbones.build_backbone`); ``deeplabv3_resnet50``, ``deeplabv3plus_xception65`` etc. are their presets.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .aspp import ASPP
 from .atrous_conv import conv2d
-from .backbones import VGG16, Backbone, TimmBackbone, init_relu_convs, resnet, vgg16_fc_weights
+from .backbones import RESNETS, VGG16, Backbone, build_backbone, init_relu_convs, resnet, vgg16_fc_weights
 from .modules import ConvNormAct, FCNHead, SeparableConv2d, resize_to
 from .panoptic import PanopticDeepLabInstanceBranch, check_instance_head
 from .registry import register_model
@@ -278,32 +282,114 @@ class DeepLabV3Plus(nn.Module):
         return {"out": out, **self.instance(f[self.high], lows, x.shape[-2:])}  # 1/1
 
 
+MULTI_GRID = (1, 2, 4)  # DeepLab v3's unit rates (sec. 3.2, Table 3: the best of the grids tried)
+
+
+def resolve_multi_grid(backbone: str, multi_grid: Sequence[int] | str | None) -> Sequence[int] | None:
+    """A family builder's ``multi_grid``: ``"auto"`` is DeepLab v3's (1, 2, 4) on the ResNets whose last stage
+    has three blocks (timm's ``output_stride`` dilates every block of a stage alike, ResNet-18's last stage has two);
+    ``None`` none (torchvision's pattern); a list the unit rates."""
+    if multi_grid == "auto":
+        three_blocks = isinstance(backbone, str) and backbone in RESNETS and RESNETS[backbone][1][3] == len(MULTI_GRID)
+        return MULTI_GRID if three_blocks else None
+    if isinstance(multi_grid, str):
+        raise ConfigError(
+            f"multi_grid must be 'auto', null or a list of unit rates such as [1, 2, 4]; got {multi_grid!r}"
+        )
+    return multi_grid
+
+
+@register_model
+def deeplabv3(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | str | None = "auto",
+    rates: Sequence[int] | None = None,
+    aux_head: bool = False,
+    head_conv: bool = False,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3:
+    """DeepLab v3 (Chen et al. 2017) on any backbone (``pixelwise models --backbones``; ``timm/<model>`` for timm's):
+    ASPP on its last feature, rates for the output stride unless given; ``aux_head`` on the feature before."""
+    net = build_backbone(
+        backbone,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=resolve_multi_grid(backbone, multi_grid),
+        pretrained=pretrained_backbone,
+    )
+    names = [f.name for f in net.feature_info]  # shallow to deep
+    return DeepLabV3(
+        net,
+        num_classes=num_classes,
+        high=names[-1],
+        rates=rates or default_rates(output_stride),
+        aux=names[-2] if aux_head else None,
+        head_conv=head_conv,
+    )
+
+
+@register_model
+def deeplabv3plus(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | str | None = "auto",
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    instance_head: str | None = None,
+    pretrained_backbone: Pretrained = False,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ (Chen et al. 2018) on any backbone (``timm/<model>`` for timm's): ASPP on its last feature,
+    the decoder on its 1/4 feature; ``instance_head="panoptic"`` adds Panoptic-DeepLab's instance branch
+    (Cheng et al. 2020)."""
+    check_instance_head(instance_head)  # before building the backbone
+    net = build_backbone(
+        backbone,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=resolve_multi_grid(backbone, multi_grid),
+        pretrained=pretrained_backbone,
+    )
+    return DeepLabV3Plus(
+        net,
+        num_classes=num_classes,
+        high=net.feature_info[-1].name,
+        low=net.at_reduction(4, "DeepLab v3+'s decoder"),  # ResNet layer1, Xception-65 entry-flow block 2 (256 ch.)
+        rates=rates or default_rates(output_stride),
+        separable=separable,
+        instance_head=instance_head,
+    )
+
+
+# --- presets: today's names, the family builders with one backbone ----------------------------------
 def _register_resnet_v3(depth: str):
     def build(
         *,
         num_classes: int,
         in_channels: int = 3,
         output_stride: int = 16,
-        multi_grid: Sequence[int] | None = (1, 2, 4),
+        multi_grid: Sequence[int] | None = MULTI_GRID,
         rates: Sequence[int] | None = None,
         aux_head: bool = False,
         head_conv: bool = False,
         pretrained_backbone: Pretrained = False,
     ) -> DeepLabV3:
-        backbone = resnet(
-            depth,
+        return deeplabv3(
+            num_classes=num_classes,
+            backbone=depth,
             in_channels=in_channels,
             output_stride=output_stride,
             multi_grid=multi_grid,
-            pretrained=pretrained_backbone,
-        )
-        return DeepLabV3(
-            backbone,
-            num_classes=num_classes,
-            high="layer4",
-            rates=rates or default_rates(output_stride),
-            aux="layer3" if aux_head else None,
+            rates=rates,
+            aux_head=aux_head,
             head_conv=head_conv,
+            pretrained_backbone=pretrained_backbone,
         )
 
     build.__name__ = f"deeplabv3_{depth}"
@@ -317,29 +403,22 @@ def _register_resnet_v3plus(depth: str):
         num_classes: int,
         in_channels: int = 3,
         output_stride: int = 16,
-        multi_grid: Sequence[int] | None = (1, 2, 4),
+        multi_grid: Sequence[int] | None = MULTI_GRID,
         rates: Sequence[int] | None = None,
         separable: bool = True,
         instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> DeepLabV3Plus:
-        check_instance_head(instance_head)  # before building the backbone
-        backbone = resnet(
-            depth,
+        return deeplabv3plus(
+            num_classes=num_classes,
+            backbone=depth,
             in_channels=in_channels,
             output_stride=output_stride,
             multi_grid=multi_grid,
-            pretrained=pretrained_backbone,
-        )
-        # low-level features: layer1 (1/4, 256 channels)
-        return DeepLabV3Plus(
-            backbone,
-            num_classes=num_classes,
-            high="layer4",
-            low="layer1",
-            rates=rates or default_rates(output_stride),
+            rates=rates,
             separable=separable,
             instance_head=instance_head,
+            pretrained_backbone=pretrained_backbone,
         )
 
     build.__name__ = f"deeplabv3plus_{depth}"
@@ -350,7 +429,7 @@ def _register_resnet_v3plus(depth: str):
     return register_model(build)
 
 
-def _register_timm_v3plus(name: str, timm_name: str, note: str):
+def _register_timm_v3plus(backbone: str, note: str):
     def build(
         *,
         num_classes: int,
@@ -361,24 +440,21 @@ def _register_timm_v3plus(name: str, timm_name: str, note: str):
         instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> DeepLabV3Plus:
-        check_instance_head(instance_head)  # before building the backbone
-        backbone = TimmBackbone(
-            timm_name, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone
-        )
-        # stage1: 1/4 (Xception-65: entry-flow block 2 before its strided conv, 256 ch.; MobileNetV2: 24 ch.)
-        return DeepLabV3Plus(
-            backbone,
+        return deeplabv3plus(
             num_classes=num_classes,
-            high="stage4",
-            low="stage1",
-            rates=rates or default_rates(output_stride),
+            backbone=backbone,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            multi_grid=None,
+            rates=rates,
             separable=separable,
             instance_head=instance_head,
+            pretrained_backbone=pretrained_backbone,
         )
 
-    build.__name__ = name
+    build.__name__ = f"deeplabv3plus_{backbone}"
     build.__doc__ = (
-        f"DeepLab v3+ (Chen et al. 2018) on {note} (timm ``{timm_name}``); "
+        f"DeepLab v3+ (Chen et al. 2018) on {note}; "
         'instance_head="panoptic" adds Panoptic-DeepLab\'s instance branch (Cheng et al. 2020).'
     )
     return register_model(build)
@@ -389,6 +465,6 @@ deeplabv3_resnet101 = _register_resnet_v3("resnet101")
 deeplabv3plus_resnet50 = _register_resnet_v3plus("resnet50")
 deeplabv3plus_resnet101 = _register_resnet_v3plus("resnet101")
 deeplabv3plus_xception65 = _register_timm_v3plus(
-    "deeplabv3plus_xception65", "xception65", "aligned Xception-65, as in the paper"
+    "xception65", "aligned Xception-65 (timm ``xception65``), as in the paper"
 )
-deeplabv3plus_mobilenetv2 = _register_timm_v3plus("deeplabv3plus_mobilenetv2", "mobilenetv2_100", "MobileNetV2")
+deeplabv3plus_mobilenetv2 = _register_timm_v3plus("mobilenetv2", "MobileNetV2 (timm ``mobilenetv2_100``)")

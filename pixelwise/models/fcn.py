@@ -10,6 +10,10 @@ scores; FCN-8s also those of pool3 (Fig. 3). As in the Caffe models, conv1_1 pad
 100 pixels so that fc6's valid 7x7 conv works on any input, and each fusion crops the larger map
 with the offset that aligns both; here the offsets are derived from the layers' geometry (Caffe's
 ``coord_map``), giving the reference values 5/9/31 (8s), 5/27 (16s) and 19 (32s).
+
+The family builders ``fcn8s``, ``fcn16s``, ``fcn32s`` take any backbone: ``vgg16`` is the paper's net above
+(``fcn8s_vgg16`` etc. are these presets); on another backbone the same skip architecture reads its 1/32, 1/16 and
+1/8 features (:class:`BackboneFCN`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .backbones import VGG16, init_relu_convs, vgg16_fc_weights
+from .backbones import VGG16, Backbone, build_backbone, init_relu_convs, vgg16_fc_weights
 from .modules import BilinearUpsample
 from .registry import register_model
 from .weights import Pretrained, load_state, read_pretrained
@@ -53,6 +58,23 @@ def crop_offset(crop: tuple[float, float], reference: tuple[float, float]) -> in
 def _crop(x: torch.Tensor, offset: int, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
     h, w = like.shape[-2:] if isinstance(like, torch.Tensor) else like
     return x[..., offset : offset + h, offset : offset + w]
+
+
+def score_in_fp32(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+    """``conv(h)`` in fp32 under CPU autocast: oneDNN's bf16 weight gradient of a conv with 4096 inputs and under
+    16 outputs corrupts the heap (PyTorch 2.14; tests/test_models.py). Costs ~nothing."""
+    with torch.autocast("cpu", enabled=False):
+        return conv(h.float() if h.device.type == "cpu" else h)
+
+
+def upsample_to(up: nn.ConvTranspose2d, x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """``up`` (a :class:`BilinearUpsample` by ``f``: kernel ``2f``, stride ``f``) on ``x`` replicate-padded by one
+    pixel, cropped to ``size``: at initialisation exactly bilinear interpolation by ``f`` (``align_corners=False``,
+    edges clamped), for any map size. Without the padding the border outputs would get half the kernel's weight."""
+    f = up.stride[0]
+    y = up(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+    offset = 3 * f // 2  # output y sits at input (y + 0.5) / f - 0.5, as bilinear interpolation's
+    return y[..., offset : offset + size[0], offset : offset + size[1]]
 
 
 class FCN(nn.Module):
@@ -125,10 +147,7 @@ class FCN(nn.Module):
         f = self.backbone(x)  # pool3 1/8, pool4 1/16, pool5 1/32 (of the 100-px padded input)
         h = self.drop(self.relu(self.fc6(f["pool5"])))  # 1/32, 6 px smaller (7x7 valid)
         h = self.drop(self.relu(self.fc7(h)))
-        # score_fr in fp32 under CPU autocast: oneDNN's bf16 weight gradient of a conv with 4096 inputs and
-        # under 16 outputs corrupts the heap (PyTorch 2.14; tests/test_models.py). Costs ~nothing.
-        with torch.autocast("cpu", enabled=False):
-            score = self.score_fr(h.float() if h.device.type == "cpu" else h)  # 1/32, num_classes
+        score = score_in_fp32(self.score_fr, h)  # 1/32, num_classes
         if self.stride == 32:
             return _crop(self.upscore(score), self.offsets["out"], size)
         up = self.upscore2(score)  # 1/16
@@ -140,7 +159,82 @@ class FCN(nn.Module):
         return _crop(self.upscore8(score), self.offsets["out"], size)  # 1/1
 
 
-def _builder(stride: int):
+class BackboneFCN(nn.Module):
+    """FCN-``stride``s' skip architecture (Fig. 3) on any backbone at output stride 32: a 1x1 score layer on its
+    1/32 feature (a classifier's pooling and linear layer cast as a convolution, as FCN casts VGG's fc layers),
+    learned 2x upsampling initialised to bilinear with the scores of the 1/16 (FCN-16s) and then 1/8 (FCN-8s)
+    features added, and a last learned upsampling to the input. Today's backbones pad their convolutions, so the
+    maps need neither Caffe's 100-pixel padding nor crop offsets: each upsampling is fitted to the map it joins
+    (:func:`upsample_to`). Score layers start at zero, as in the Caffe net surgery."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int,
+        stride: int = 8,
+        learnable_upsampling: bool = True,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if stride not in (32, 16, 8):
+            raise ValueError(f"FCN stride must be 32, 16 or 8, got {stride}")
+        self.stride = stride
+        self.backbone = backbone
+        self.levels = [r for r in (32, 16, 8) if r >= stride]  # deepest first
+        self.features = [backbone.at_reduction(r, f"FCN-{stride}s") for r in self.levels]
+        backbone.keep(*self.features)
+        self.drop = nn.Dropout2d(dropout)
+        self.score = nn.ModuleList(nn.Conv2d(backbone.info(n).channels, num_classes, 1) for n in self.features)
+        up = dict(learnable=learnable_upsampling)
+        self.up2 = nn.ModuleList(BilinearUpsample(num_classes, 2, **up) for _ in self.features[1:])
+        self.upscore = BilinearUpsample(num_classes, stride, **up)
+        for conv in self.score:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        score = score_in_fp32(self.score[0], self.drop(f[self.features[0]]))  # 1/32, num_classes
+        for name, conv, up in zip(self.features[1:], self.score[1:], self.up2, strict=True):
+            skip = score_in_fp32(conv, f[name])  # 1/16, then 1/8
+            score = upsample_to(up, score, skip.shape[-2:]) + skip
+        return upsample_to(self.upscore, score, x.shape[-2:])  # 1/stride -> 1/1
+
+
+def _family(stride: int):
+    def build(
+        *,
+        num_classes: int,
+        backbone: str = "vgg16",
+        in_channels: int = 3,
+        learnable_upsampling: bool = True,
+        dropout: float = 0.5,
+        pretrained_backbone: Pretrained = False,
+    ) -> FCN | BackboneFCN:
+        if backbone == "vgg16":  # the paper's net: fc6/fc7 as convolutions, Caffe's padding and crops
+            return FCN(
+                num_classes=num_classes,
+                stride=stride,
+                in_channels=in_channels,
+                learnable_upsampling=learnable_upsampling,
+                dropout=dropout,
+                pretrained_backbone=pretrained_backbone,
+            )
+        net = build_backbone(backbone, in_channels=in_channels, output_stride=32, pretrained=pretrained_backbone)
+        return BackboneFCN(
+            net, num_classes=num_classes, stride=stride, learnable_upsampling=learnable_upsampling, dropout=dropout
+        )
+
+    build.__name__ = f"fcn{stride}s"
+    build.__doc__ = (
+        f"FCN-{stride}s (Long et al. 2015) on any backbone (``timm/<model>`` for timm's; ``vgg16``: the paper's net); "
+        "``learnable_upsampling=False`` fixes it bilinear."
+    )
+    return register_model(build)
+
+
+def _preset(family):
     def build(
         *,
         num_classes: int,
@@ -149,20 +243,24 @@ def _builder(stride: int):
         dropout: float = 0.5,
         pretrained_backbone: Pretrained = False,
     ) -> FCN:
-        return FCN(
+        return family(
             num_classes=num_classes,
-            stride=stride,
+            backbone="vgg16",
             in_channels=in_channels,
             learnable_upsampling=learnable_upsampling,
             dropout=dropout,
             pretrained_backbone=pretrained_backbone,
         )
 
-    build.__name__ = f"fcn{stride}s_vgg16"
+    stride = family.__name__.removeprefix("fcn").removesuffix("s")
+    build.__name__ = f"{family.__name__}_vgg16"
     build.__doc__ = f"FCN-{stride}s (Long et al. 2015) on VGG-16; ``learnable_upsampling=False`` fixes it bilinear."
     return register_model(build)
 
 
-fcn32s_vgg16 = _builder(32)
-fcn16s_vgg16 = _builder(16)
-fcn8s_vgg16 = _builder(8)
+fcn32s = _family(32)
+fcn16s = _family(16)
+fcn8s = _family(8)
+fcn32s_vgg16 = _preset(fcn32s)
+fcn16s_vgg16 = _preset(fcn16s)
+fcn8s_vgg16 = _preset(fcn8s)

@@ -14,6 +14,10 @@ with the missing context mirrored (overlap-tile, Fig. 2).
 :mod:`.panoptic`) as a second expansive path of the same shape, on the shared contracting path, ending in 1x1
 convs to the centre heatmap (1 channel) and the offsets (2 channels, dy and dx in input pixels); the model then
 returns ``{"out": logits, "center", "offset"}`` at the input size.
+
+``unet(backbone=...)`` puts the U-Net decoder on a classification encoder instead (:class:`EncoderUNet`, as
+segmentation_models_pytorch's ``Unet``): one of pixelwise's backbones or any timm model (``timm/<model>``);
+``unet_resnet18`` and ``unet_resnet34`` are its presets. Without a backbone ``unet`` is the paper's network.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, resnet
+from ..errors import ConfigError
+from .backbones import Backbone, build_backbone
 from .modules import DoubleConv, center_crop, mirror_pad
 from .panoptic import check_instance_head, prediction_conv
 from .registry import register_model
@@ -203,6 +208,16 @@ class UNet(nn.Module):
         return out[..., :h, :w]
 
 
+PAPER_UNET_DEFAULTS = {
+    "base_channels": 64,
+    "depth": 4,
+    "padding": "same",
+    "batch_norm": True,
+    "dropout": 0.0,
+    "tile_size": None,
+}
+
+
 @register_model
 def unet(
     *,
@@ -215,20 +230,39 @@ def unet(
     dropout: float = 0.0,
     tile_size: int | None = None,
     instance_head: str | None = None,
-) -> UNet:
+    backbone: str | None = None,
+    decoder_channels: Sequence[int] | None = None,
+    pretrained_backbone: Pretrained = False,
+) -> UNet | EncoderUNet:
     """U-Net (Ronneberger et al. 2015). The paper's net: ``padding="valid", batch_norm=False``.
-    ``instance_head="panoptic"``: Panoptic-DeepLab's centre and offset outputs on a second decoder."""
-    return UNet(
-        in_channels=in_channels,
-        num_classes=num_classes,
+    ``instance_head="panoptic"``: Panoptic-DeepLab's centre and offset outputs on a second decoder.
+    ``backbone``: the U-Net decoder on that encoder (``timm/<model>`` for timm's) at output stride 32, reading
+    every level; ``decoder_channels`` default to 16 x the level's reduction, at most 256 (256, 128, 64, 32, 16 on
+    a ResNet, as smp's)."""
+    paper_args = dict(
         base_channels=base_channels,
         depth=depth,
         padding=padding,
         batch_norm=batch_norm,
         dropout=dropout,
         tile_size=tile_size,
-        instance_head=instance_head,
     )
+    if backbone is None:
+        given = [
+            k for k, v in (("decoder_channels", decoder_channels), ("pretrained_backbone", pretrained_backbone)) if v
+        ]
+        if given:
+            raise ConfigError(f"unet takes {', '.join(given)} only with a backbone (e.g. backbone: resnet34)")
+        return UNet(in_channels=in_channels, num_classes=num_classes, instance_head=instance_head, **paper_args)
+    changed = [k for k, v in paper_args.items() if v != PAPER_UNET_DEFAULTS[k]]
+    if changed:
+        raise ConfigError(f"unet with backbone {backbone} takes no {', '.join(changed)} (the paper's U-Net's)")
+    check_instance_head(instance_head)  # before building the backbone
+    net = build_backbone(backbone, in_channels=in_channels, output_stride=32, pretrained=pretrained_backbone)
+    if decoder_channels is None:
+        levels = sorted(f.reduction for f in net.feature_info)[:-1]  # the skips, as EncoderUNet reads them
+        decoder_channels = [min(16 * r, 256) for r in reversed(levels)] + [16]  # the last block at 1/1
+    return EncoderUNet(net, num_classes=num_classes, decoder_channels=decoder_channels, instance_head=instance_head)
 
 
 class EncoderUNet(nn.Module):
@@ -293,10 +327,13 @@ def _register_encoder_unet(depth: str):
         instance_head: str | None = None,
         pretrained_backbone: Pretrained = False,
     ) -> EncoderUNet:
-        check_instance_head(instance_head)  # before building the backbone
-        backbone = resnet(depth, in_channels=in_channels, pretrained=pretrained_backbone)
-        return EncoderUNet(
-            backbone, num_classes=num_classes, decoder_channels=decoder_channels, instance_head=instance_head
+        return unet(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            backbone=depth,
+            decoder_channels=decoder_channels,
+            instance_head=instance_head,
+            pretrained_backbone=pretrained_backbone,
         )
 
     build.__name__ = f"unet_{depth}"

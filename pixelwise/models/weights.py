@@ -109,6 +109,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
     """Rebuild the model recorded in ``ckpt['meta']`` and load its weights (eval mode)."""
     spec = dict(ckpt["meta"]["model"])
+    # the checkpoint's weights replace the backbone's: no download, no need for the training machine's file
+    spec.pop("pretrained_backbone", None)
     model = build_model(spec.pop("name"), **spec)
     load_weights(model, ckpt["model"], source)
     return model.eval()

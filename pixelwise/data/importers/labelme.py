@@ -1,0 +1,206 @@
+"""LabelMe JSON annotations (``wkentaro/labelme``): the JSON its editor saves, read as its own
+``labelme_json_to_dataset`` and ``utils/shape.py`` read it.
+
+One JSON per image: ``imagePath`` (relative to the JSON file), optional ``imageData`` (the image, base64), and
+``imageHeight``/``imageWidth``, and ``shapes``: each with ``label``, ``points`` (``[[x, y], ...]``),
+``shape_type`` (``polygon``, the default; ``rectangle``: two corners; ``circle``: the centre and a point on the
+circle; ``line``, ``linestrip``, ``point`` and others enclose no area and are skipped, reported) and ``group_id``
+(shapes sharing a label and a group id are the parts of one object). Shapes are drawn in file order, later ones on
+top, with PIL's polygon, rectangle and ellipse (outline included), as LabelMe's ``shape_to_mask`` does.
+
+Classes come from ``--palette FILE`` (a classes.json; labels it does not name are listed and fail the import,
+uncovered pixels get class 0) or are collected from the labels: ``background`` at 0 (LabelMe's ``_background_``
+label, or ``background``, maps there), then the other labels sorted. Each shape of a thing class (the palette's
+``instance_classes``, default every class but 0) is one instance, except that shapes with one label and one
+``group_id`` are one; instance ids follow the order of first appearance.
+
+Splits: SRC's ``train``/``val``/``test`` folders if it has any (JSON files found recursively in each), else every
+JSON file under SRC goes to train. Output stems are the JSON file names'. LabelMe draws on the image as EXIF
+orients it, so masks are not turned.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from ...errors import DataError
+from ..info import default_palette
+from .core import Converted, Item, Plan, describe_unknown, relabel
+from .rgb import load_palette_file
+
+BACKGROUND = "background"
+BACKGROUND_LABELS = ("_background_", "background")
+AREA_SHAPES = ("polygon", "rectangle", "circle")
+_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+        raise DataError(f"{path} is not a LabelMe file (no 'shapes' list)")
+    return data
+
+
+def _label(shape: dict[str, Any]) -> str:
+    label = str(shape.get("label", ""))
+    return BACKGROUND if label in BACKGROUND_LABELS else label
+
+
+def _draw(draw: ImageDraw.ImageDraw, kind: str, xy: list[tuple[float, float]], value: int) -> None:
+    if kind == "circle":
+        (cx, cy), (px, py) = xy
+        d = float(np.hypot(cx - px, cy - py))
+        draw.ellipse([cx - d, cy - d, cx + d, cy + d], outline=value, fill=value)
+    elif kind == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=value, fill=value)
+    else:
+        draw.polygon(xy, outline=value, fill=value)
+
+
+def _image(data: dict[str, Any], json_path: Path) -> tuple[Path | None, bytes | None, str | None]:
+    """The image file the JSON names (``imagePath``), else its embedded ``imageData`` with a suffix."""
+    name = data.get("imagePath")
+    if isinstance(name, str) and name:
+        path = (json_path.parent / name.replace("\\", "/")).resolve()
+        if path.is_file():
+            return path, None, None
+    encoded = data.get("imageData")
+    if isinstance(encoded, str) and encoded:
+        try:
+            raw = base64.b64decode(encoded, validate=False)
+            with Image.open(io.BytesIO(raw)) as im:
+                suffix = _SUFFIX.get(str(im.format), ".png")
+        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"{json_path}: imageData is not an image ({e})") from None
+        return None, raw, suffix
+    raise DataError(f"{json_path}: image {name!r} not found beside it, and no imageData")
+
+
+def _converter(class_index: dict[str, int], things: set[int]) -> Any:
+    def convert(item: Item) -> Converted:
+        path = item.label
+        assert path is not None
+        data = _read(path)
+        image, raw, suffix = _image(data, path)
+        try:
+            h, w = int(data["imageHeight"]), int(data["imageWidth"])
+        except (KeyError, TypeError, ValueError):
+            if image is not None:
+                with Image.open(image) as im:
+                    w, h = im.size
+            else:
+                with Image.open(io.BytesIO(raw or b"")) as im:
+                    w, h = im.size
+        cls_img = Image.new("L", (w, h), 0)
+        ins_img = Image.new("I", (w, h), 0)
+        cls_draw, ins_draw = ImageDraw.Draw(cls_img), ImageDraw.Draw(ins_img)
+        conv = Converted(image=image, image_bytes=raw, image_suffix=suffix)
+        objects: dict[Any, int] = {}
+        for i, shape in enumerate(data["shapes"]):
+            if not isinstance(shape, dict):
+                continue
+            label = _label(shape)
+            kind = str(shape.get("shape_type") or "polygon")
+            where = f"shape {i} ({label!r}, {kind})"
+            if kind not in AREA_SHAPES:
+                conv.skipped.append((str(path), f"{kind} shapes enclose no area: left out"))
+                continue
+            try:
+                xy = [(float(p[0]), float(p[1])) for p in shape.get("points", [])]
+            except (TypeError, ValueError, IndexError):
+                conv.skipped.append((str(path), f"{where}: points are not [x, y] pairs; left out"))
+                continue
+            if (kind == "polygon" and len(xy) < 3) or (kind != "polygon" and len(xy) != 2):
+                conv.skipped.append((str(path), f"{where}: {len(xy)} point(s), too few for a {kind}; left out"))
+                continue
+            cls = class_index.get(label)
+            if cls is None:
+                conv.unknown[label] = conv.unknown.get(label, 0) + 1
+                continue
+            inst = 0
+            if cls in things:
+                group = shape.get("group_id")
+                key = (label, group) if group is not None else ("shape", i)
+                inst = objects.setdefault(key, len(objects) + 1)
+            _draw(cls_draw, kind, xy, cls)
+            _draw(ins_draw, kind, xy, inst)
+        conv.mask = np.array(cls_img)
+        conv.instances = relabel(np.array(ins_img))
+        return conv
+
+    return convert
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.json") if not any(part.startswith(".") for part in p.parts))
+
+
+def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
+    """LabelMe JSON files (see the module docstring)."""
+    split_dirs = {s: src / s for s in ("train", "val", "test") if (src / s).is_dir()}
+    files = {s: _json_files(d) for s, d in split_dirs.items()} if split_dirs else {"train": _json_files(src)}
+    if not any(files.values()):
+        raise DataError(f"no LabelMe .json files under {src}")
+    skipped: list[tuple[str, str]] = []
+    if palette is not None:
+        spec = load_palette_file(palette)
+        classes = spec["classes"]
+        colours = [list(c) for c in spec["colours"]] if spec["colours"] else default_palette(len(classes))
+        ignore = spec["ignore_index"]
+        thing_names = spec["instance_classes"] if spec["instance_classes"] is not None else classes[1:]
+        note = f"classes from {palette}; pixels no shape covers -> class 0 ({classes[0]!r})"
+        valid = {s: fs for s, fs in files.items()}
+    else:
+        labels: set[str] = set()
+        valid = {}
+        for split, fs in files.items():
+            valid[split] = []
+            for f in fs:
+                try:
+                    data = _read(f)
+                except DataError as e:
+                    skipped.append((str(f), str(e)))
+                    continue
+                valid[split].append(f)
+                labels.update(_label(s) for s in data["shapes"] if isinstance(s, dict))
+        classes = [BACKGROUND, *sorted(labels - {BACKGROUND})]
+        colours = default_palette(len(classes))
+        ignore = 255
+        thing_names = classes[1:]
+        note = "classes collected from the shapes' labels: 0 = background (also '_background_'), then sorted"
+    class_index = {name: i for i, name in enumerate(classes)}
+    things = {class_index[t] for t in thing_names}
+    plan = Plan(classes, colours, {}, _converter(class_index, things), ignore_index=ignore)
+    plan.instance_classes = list(thing_names)
+    plan.stored_frame = False
+    plan.skipped = skipped
+    plan.notes.append(note)
+    plan.notes.append(
+        "shapes drawn in file order (later on top); each shape an instance, shapes sharing a group_id one"
+    )
+    if palette is not None:
+        plan.unknown_message = lambda unknown: describe_unknown(
+            "shape label(s)", f"the classes of {palette}", "add them to its classes", unknown, unit="shapes"
+        )
+    for split, fs in valid.items():
+        if not fs:
+            continue
+        plan.splits[split] = [Item(split, f.stem, None, f) for f in fs]
+        plan.instance_splits.add(split)
+    if split_dirs:
+        plan.notes.append(f"SRC folders {', '.join(split_dirs)} -> splits of the same names")
+    else:
+        plan.notes.append("no train/val/test folders in SRC: every file -> train")
+    return plan

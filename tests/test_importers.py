@@ -1,0 +1,659 @@
+"""pixelwise.data.importers: each format's tiny fixture in its exact on-disk layout, imported and checked pixel for
+pixel against arrays computed by hand; the source unchanged; the destination rules; the summary; the CLI."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelwise.data import check_dataset, default_palette, read_instances, read_mask
+from pixelwise.data.importers import import_dataset
+from pixelwise.data.importers.ade20k import ADE20K_CLASSES
+from pixelwise.data.importers.cityscapes import TRAIN_CLASSES
+from pixelwise.data.importers.coco import COCO_STUFF_CLASSES, COCO_STUFF_THINGS
+from pixelwise.errors import ConfigError, DataError, PixelwiseError
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 6, 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256 of its bytes)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rgb_image(h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def save_jpeg(path: Path, h: int = H, w: int = W, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb_image(h, w, seed)).save(path, quality=95)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def save_palette_png(path: Path, indices: np.ndarray, palette: list[list[int]]) -> None:
+    """A palette ("P" mode) PNG, as VOC stores its annotations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = indices.shape
+    im = Image.frombytes("P", (w, h), indices.astype(np.uint8).tobytes())
+    flat = [v for c in palette for v in c]
+    im.putpalette(flat + [0] * (768 - len(flat)))
+    im.save(path)
+
+
+def imported(
+    tmp_path: Path, fmt: str, src: Path, **kwargs
+) -> tuple[Path, object]:  # the data set folder and the summary
+    """Import ``src`` and check what every import must satisfy: SRC unchanged, no staging folder left, and a
+    data set that passes the data check with no errors."""
+    before = tree_hash(src)
+    dst = tmp_path / "dst"
+    summary = import_dataset(fmt, src, dst, progress=False, **kwargs)
+    assert tree_hash(src) == before, "the import altered SRC"
+    name = kwargs.get("name") or fmt
+    assert sorted(p.name for p in dst.iterdir()) == [name], "staging folders left behind"
+    report = check_dataset(dst, name, progress=False, warn=False)
+    assert report.ok, report.errors
+    return dst / name, summary
+
+
+def mask_of(base: Path, split: str, stem: str) -> np.ndarray:
+    return read_mask(base / "masks" / split / f"{stem}.png")
+
+
+def instances_of(base: Path, split: str, stem: str) -> np.ndarray:
+    return read_instances(base / "instances" / split / f"{stem}.png").astype(np.int64)
+
+
+def classes_json(base: Path) -> dict:
+    return json.loads((base / "classes.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pascal VOC 2012
+
+VOC_PAL = default_palette(256)
+
+
+def voc_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """A person (15, object 1) with a void border on its right, a car (7, object 2), background."""
+    cls = np.zeros((H, W), np.uint8)
+    obj = np.zeros((H, W), np.uint8)
+    cls[1:4, 1:5], obj[1:4, 1:5] = 15, 1
+    cls[1:4, 5], obj[1:4, 5] = 255, 255
+    cls[4:6, 0:3], obj[4:6, 0:3] = 7, 2
+    return cls, obj
+
+
+def make_voc(root: Path, stems_train=("2007_000032",), stems_val=("2007_000033",), extra=("2007_000027",)) -> Path:
+    voc = root / "VOC2012"
+    cls, obj = voc_arrays()
+    for i, stem in enumerate((*stems_train, *stems_val, *extra)):
+        save_jpeg(voc / "JPEGImages" / f"{stem}.jpg", seed=i)
+        if stem in extra:
+            continue
+        save_palette_png(voc / "SegmentationClass" / f"{stem}.png", cls, VOC_PAL)
+        save_palette_png(voc / "SegmentationObject" / f"{stem}.png", obj, VOC_PAL)
+    lists = voc / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("".join(f"{s}\n" for s in stems_train))
+    (lists / "val.txt").write_text("".join(f"{s}\n" for s in stems_val))
+    (lists / "trainval.txt").write_text("".join(f"{s}\n" for s in (*stems_train, *stems_val)))
+    return voc
+
+
+def test_voc(tmp_path):
+    src = make_voc(tmp_path / "src")
+    base, summary = imported(tmp_path, "voc", src, workers=2)
+    cls, obj = voc_arrays()
+    expected_inst = obj.astype(np.int64)
+    expected_inst[obj == 255] = 0  # void is no object
+    for split, stem in (("train", "2007_000032"), ("val", "2007_000033")):
+        np.testing.assert_array_equal(mask_of(base, split, stem), cls)
+        np.testing.assert_array_equal(instances_of(base, split, stem), expected_inst)
+        # the JPEG copied byte for byte
+        assert (base / "images" / split / f"{stem}.jpg").read_bytes() == (
+            src / "JPEGImages" / f"{stem}.jpg"
+        ).read_bytes()
+    info = classes_json(base)
+    assert info["classes"][0] == "background" and info["classes"][15] == "person" and len(info["classes"]) == 21
+    assert info["palette"] == default_palette(21) and info["ignore_index"] == 255
+    assert info["instance_classes"] == info["classes"][1:]
+    # the summary: images per split, pixels per class, the image in no segmentation list
+    assert summary.images == {"train": 1, "val": 1}
+    assert summary.instances == {"train": 2, "val": 2}
+    hist = summary.histogram["train"]
+    assert (hist[0], hist[7], hist[15], summary.ignore_pixels["train"]) == (H * W - 12 - 3 - 6, 6, 12, 3)
+    assert any("in no segmentation list" in reason for _, reason in summary.skipped)
+    text = summary.format_text()
+    assert "imported voc" in text and "person" in text and "in no segmentation list" in text
+
+
+def test_non_empty_destination_is_refused_with_overwrite_replacing_it(tmp_path):
+    src = make_voc(tmp_path / "src")
+    dst = tmp_path / "dst"
+    import_dataset("voc", src, dst, progress=False, workers=1)
+    stale = dst / "voc" / "images" / "train" / "stale.png"
+    stale.write_bytes(b"x")
+    with pytest.raises(DataError) as e:
+        import_dataset("voc", src, dst, progress=False, workers=1)
+    assert str(e.value) == f"{dst / 'voc'} is not empty: pass --overwrite to replace it, or choose another --name"
+    assert stale.exists()  # refused: nothing touched
+    import_dataset("voc", src, dst, overwrite=True, progress=False, workers=1)
+    assert not stale.exists()  # replaced by the new import, not merged into the old one
+    assert sorted(p.name for p in dst.iterdir()) == ["voc"]
+    assert check_dataset(dst, "voc", progress=False, warn=False).ok
+    # another name is another data set; a destination inside SRC is refused
+    import_dataset("voc", src, dst, name="voc2012", link=True, progress=False, workers=1)
+    assert (dst / "voc2012" / "classes.json").is_file()
+    linked = dst / "voc2012" / "images" / "train" / "2007_000032.jpg"  # --link: the same file, not a copy
+    assert linked.stat().st_ino == (src / "JPEGImages" / "2007_000032.jpg").stat().st_ino
+    with pytest.raises(ConfigError, match="overlap"):
+        import_dataset("voc", src, src / "out", progress=False)
+    with pytest.raises(ConfigError, match="palette"):
+        import_dataset("voc", src, dst, name="x", palette=src / "x.json", progress=False)
+
+
+def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+    from pixelwise.data.importers import voc
+
+    src = make_voc(tmp_path / "src", stems_train=tuple(f"2007_{i:06d}" for i in range(6)))
+    calls = []
+    original = voc._voc_converter
+
+    def failing(item):
+        calls.append(item.stem)
+        if len(calls) == 3:  # a bug in a converter, not a data problem: it stops the import
+            raise RuntimeError("boom")
+        return original(item)
+
+    monkeypatch.setattr(voc, "_voc_converter", failing)
+    dst = tmp_path / "dst"
+    with pytest.raises(RuntimeError, match="boom"):
+        import_dataset("voc", src, dst, progress=False, workers=2)
+    assert list(dst.iterdir()) == []  # the staging folder removed after the pool stopped
+
+
+def test_voc_test_split_without_masks(tmp_path):
+    src = make_voc(tmp_path / "src")
+    save_jpeg(src / "JPEGImages" / "2008_000001.jpg")
+    (src / "ImageSets" / "Segmentation" / "test.txt").write_text("2008_000001\n")
+    base, summary = imported(tmp_path, "voc", src, workers=1)
+    assert summary.images == {"train": 1, "val": 1, "test": 1}
+    assert (base / "images" / "test" / "2008_000001.jpg").is_file()
+    assert not (base / "masks" / "test").exists() and "test" not in summary.histogram
+
+
+def test_voc_missing_files_are_skipped_and_listed(tmp_path):
+    src = make_voc(tmp_path / "src")
+    with (src / "ImageSets" / "Segmentation" / "val.txt").open("a") as f:
+        f.write("2009_999999\n")  # listed, but neither its image nor its annotations exist
+    base, summary = imported(tmp_path, "voc", src, workers=1)
+    assert summary.images == {"train": 1, "val": 1}
+    cls_path, image = src / "SegmentationClass" / "2009_999999.png", src / "JPEGImages" / "2009_999999.jpg"
+    assert (str(cls_path), f"no class annotation {cls_path} for image {image}") in summary.skipped
+    # instance maps for a whole split or none: val loses them, and says so
+    assert summary.instance_maps == {"train": 1} and not (base / "instances" / "val").exists()
+    assert any("split 'val': no instance maps" in n for n in summary.notes)
+    assert "no class annotation" in summary.format_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SBD + VOC: train_aug
+
+
+def save_mat(path: Path, key: str, seg: np.ndarray) -> None:
+    from scipy.io import savemat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    struct = {"Segmentation": seg.astype(np.uint8), "Boundaries": np.zeros((1,), dtype=object)}
+    struct["CategoriesPresent" if key == "GTcls" else "Categories"] = np.unique(seg[seg > 0]).astype(np.uint8)
+    savemat(path, {key: struct})
+
+
+def test_sbd_train_aug(tmp_path):
+    root = tmp_path / "src"
+    # VOC: c in train, d in val; SBD: a, c (train), b, d (val)
+    make_voc(root / "VOCdevkit", stems_train=("c",), stems_val=("d",), extra=())
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    sbd_cls = np.zeros((H, W), np.uint8)
+    sbd_cls[0:3, 0:4] = 12  # a dog
+    sbd_cls[3:6, 4:8] = 12  # another dog
+    sbd_inst = np.zeros((H, W), np.uint8)
+    sbd_inst[0:3, 0:4], sbd_inst[3:6, 4:8] = 1, 2
+    for i, stem in enumerate("abcd"):
+        save_jpeg(sbd / "img" / f"{stem}.jpg", seed=10 + i)
+        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", sbd_cls)
+        save_mat(sbd / "inst" / f"{stem}.mat", "GTinst", sbd_inst)
+    (sbd / "train.txt").write_text("a\nc\n")
+    (sbd / "val.txt").write_text("b\nd\n")
+    base, summary = imported(tmp_path, "sbd", root, workers=2)
+    assert sorted(p.stem for p in (base / "images" / "train").iterdir()) == ["a", "b", "c"]
+    assert sorted(p.stem for p in (base / "images" / "val").iterdir()) == ["d"]
+    for stem in "ab":  # SBD's annotation
+        np.testing.assert_array_equal(mask_of(base, "train", stem), sbd_cls)
+        np.testing.assert_array_equal(instances_of(base, "train", stem), sbd_inst)
+    voc_cls, voc_obj = voc_arrays()
+    voc_inst = np.where(voc_obj == 255, 0, voc_obj)
+    np.testing.assert_array_equal(mask_of(base, "train", "c"), voc_cls)  # VOC train keeps VOC's annotation
+    np.testing.assert_array_equal(instances_of(base, "train", "c"), voc_inst)
+    np.testing.assert_array_equal(mask_of(base, "val", "d"), voc_cls)
+    assert summary.images == {"train": 3, "val": 1}
+    assert any("train_aug = SBD train + SBD val + VOC train, minus VOC val" in n for n in summary.notes)
+    assert any("in VOC val, left out of train_aug" in reason for _, reason in summary.skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cityscapes
+
+
+def test_cityscapes(tmp_path):
+    src = tmp_path / "src"
+    label = np.full((H, W), 7, np.uint8)  # road
+    inst = label.astype(np.uint16).copy()
+    label[0, :] = 0  # unlabeled
+    label[1, 0:4], inst[1, 0:4] = 26, 26002  # car 2
+    label[1, 4:8], inst[1, 4:8] = 26, 26001  # car 1
+    label[2, 0:3], inst[2, 0:3] = 24, 24001  # person 1
+    label[2, 3:6], inst[2, 3:6] = 26, 26  # a car group: a label id without an instance
+    label[3, 0:4], inst[3, 0:4] = 29, 29001  # caravan: ignored in training, its instance dropped
+    label[4, :] = 18  # polegroup -> ignore
+    inst[label == 18] = 18
+    inst[label == 0] = 0
+    stem = "aachen_000000_000019"
+    save_png(src / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png", rgb_image())
+    gt = src / "gtFine" / "train" / "aachen"
+    save_png(gt / f"{stem}_gtFine_labelIds.png", label)
+    save_png(gt / f"{stem}_gtFine_instanceIds.png", inst)
+    save_png(src / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png", rgb_image(seed=3))
+    base, summary = imported(tmp_path, "cityscapes", src, workers=2)
+    expected = np.full((H, W), 0, np.uint8)  # road = train id 0
+    expected[0, :] = 255
+    expected[1, :] = 13  # car
+    expected[2, 0:3] = 11  # person
+    expected[2, 3:6] = 13
+    expected[3, 0:4] = 255  # caravan
+    expected[4, :] = 255
+    np.testing.assert_array_equal(mask_of(base, "train", stem), expected)
+    expected_inst = np.zeros((H, W), np.int64)
+    expected_inst[2, 0:3] = 1  # 24001, then 26001, then 26002 in id order
+    expected_inst[1, 4:8] = 2
+    expected_inst[1, 0:4] = 3
+    np.testing.assert_array_equal(instances_of(base, "train", stem), expected_inst)
+    info = classes_json(base)
+    assert info["classes"] == TRAIN_CLASSES and len(TRAIN_CLASSES) == 19
+    assert info["palette"][0] == [128, 64, 128] and info["palette"][13] == [0, 0, 142]
+    assert info["instance_classes"] == ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+    assert summary.images == {"train": 1, "test": 1} and "test" not in summary.masks
+    assert (base / "images" / "test" / "berlin_000000_000019.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ADE20K
+
+
+def test_ade20k(tmp_path):
+    src = tmp_path / "ADEChallengeData2016"
+    raw = np.zeros((H, W), np.uint8)  # 0 = other objects
+    raw[0:2, :] = 1  # wall
+    raw[2:4, :] = 150  # flag
+    raw[4, :] = 13  # person
+    for folder, stem in (("training", "ADE_train_00000001"), ("validation", "ADE_val_00000001")):
+        save_jpeg(src / "images" / folder / f"{stem}.jpg")
+        save_png(src / "annotations" / folder / f"{stem}.png", raw)
+    base, summary = imported(tmp_path, "ade20k", src, workers=1)
+    expected = np.full((H, W), 255, np.uint8)
+    expected[0:2, :], expected[2:4, :], expected[4, :] = 0, 149, 12
+    np.testing.assert_array_equal(mask_of(base, "train", "ADE_train_00000001"), expected)
+    np.testing.assert_array_equal(mask_of(base, "val", "ADE_val_00000001"), expected)
+    info = classes_json(base)
+    assert len(info["classes"]) == 150 == len(set(ADE20K_CLASSES))
+    assert (info["classes"][0], info["classes"][12], info["classes"][149]) == ("wall", "person", "flag")
+    assert summary.images == {"train": 1, "val": 1} and summary.ignore_pixels["train"] == W
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO instances
+
+
+# pycocotools' decode warns under numpy 2 (its __array__ lacks the copy keyword); not ours to fix
+COCO_WARNING = "ignore:__array__ implementation:DeprecationWarning"
+
+
+def coco_fixture(src: Path) -> None:
+    mask_api = pytest.importorskip("pycocotools.mask")  # a test extra; the coco format needs it
+
+    save_jpeg(src / "train2017" / "000000000001.jpg")
+    save_jpeg(src / "val2017" / "000000000002.jpg", seed=1)
+    crowd = np.zeros((H, W), np.uint8, order="F")
+    crowd[:, 5:8] = 1  # columns 5..7, all rows
+    crowd_rle = mask_api.encode(np.asfortranarray(crowd))
+    crowd_rle["counts"] = crowd_rle["counts"].decode()  # compressed RLE as the JSON holds it
+    data = {
+        "images": [{"id": 1, "file_name": "000000000001.jpg", "height": H, "width": W}],
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person"},
+            {"id": 3, "name": "car", "supercategory": "vehicle"},
+            {"id": 18, "name": "dog", "supercategory": "animal"},
+        ],
+        "annotations": [
+            # polygon: the rectangle x 0..6, y 0..5 covers pixel columns 0..5, rows 0..4
+            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 0, 6, 0, 6, 5, 0, 5]]},
+            # uncompressed RLE (column-major runs): a car at rows 2..4 of columns 1..3, smaller: drawn on top
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "segmentation": {"size": [H, W], "counts": [H + 2, 3, 3, 3, 3, 3, H * W - H - 2 - 15]},
+            },
+            # crowd of dogs, compressed RLE: ignore where no other annotation lies
+            {"id": 12, "image_id": 1, "category_id": 18, "iscrowd": 1, "segmentation": crowd_rle},
+        ],
+    }
+    (src / "annotations").mkdir(parents=True)
+    (src / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    val = dict(data, images=[{"id": 2, "file_name": "000000000002.jpg", "height": H, "width": W}], annotations=[])
+    (src / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_instances(tmp_path):
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    base, summary = imported(tmp_path, "coco", src, workers=2)
+    expected = np.zeros((H, W), np.uint8)
+    expected[:, 5:8] = 255  # crowd
+    expected[0:5, 0:6] = 1  # person over the crowd
+    expected[2:5, 1:4] = 2  # car over the person
+    np.testing.assert_array_equal(mask_of(base, "train", "000000000001"), expected)
+    expected_inst = np.zeros((H, W), np.int64)
+    expected_inst[0:5, 0:6] = 1
+    expected_inst[2:5, 1:4] = 2
+    np.testing.assert_array_equal(instances_of(base, "train", "000000000001"), expected_inst)
+    np.testing.assert_array_equal(mask_of(base, "val", "000000000002"), np.zeros((H, W), np.uint8))
+    info = classes_json(base)
+    assert info["classes"] == ["background", "person", "car", "dog"]
+    assert info["instance_classes"] == ["person", "car", "dog"]
+    assert summary.images == {"train": 1, "val": 1} and summary.instances == {"train": 2, "val": 0}
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_masks_follow_the_exif_orientation(tmp_path):
+    """COCO's annotations are drawn on the stored pixels; pixelwise reads images turned by their EXIF orientation,
+    so the mask is turned with its image (here orientation 6: the stored 8x6 image is read 6 wide, 8 high)."""
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    image = Image.fromarray(rgb_image())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(src / "train2017" / "000000000001.jpg", exif=exif.tobytes())
+    base, summary = imported(tmp_path, "coco", src, workers=1)
+    stored = np.zeros((H, W), np.uint8)
+    stored[:, 5:8] = 255
+    stored[0:5, 0:6] = 1
+    stored[2:5, 1:4] = 2
+    expected = np.rot90(stored, k=-1)  # orientation 6: turned 90 degrees clockwise
+    np.testing.assert_array_equal(mask_of(base, "train", "000000000001"), expected)
+    assert any("EXIF orientation" in n for n in summary.notes)
+
+
+def test_coco_without_pycocotools_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    src = tmp_path / "coco"
+    (src / "annotations").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import pycocotools now raises ImportError
+    with pytest.raises(PixelwiseError) as e:
+        import_dataset("coco", src, tmp_path / "dst", progress=False)
+    assert (
+        str(e.value) == "the coco format needs pycocotools: pip install 'pixelwise[coco]' (or pip install pycocotools)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO panoptic
+
+
+def test_coco_panoptic(tmp_path):
+    src = tmp_path / "coco"
+    save_jpeg(src / "val2017" / "000000000002.jpg")
+    person, crowd, tree, car = 5, 7, 1000, 3 + 256 * 1 + 256 * 256 * 2  # car's id needs all three channels
+    ids = np.zeros((H, W), np.int64)  # 0 = unlabelled
+    ids[0:2, :] = tree
+    ids[2:4, 0:4] = person
+    ids[2:4, 4:8] = car
+    ids[4, 0:4] = crowd
+    png = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    save_png(src / "annotations" / "panoptic_val2017" / "000000000002.png", png)
+    data = {
+        "images": [{"id": 2, "file_name": "000000000002.jpg", "height": H, "width": W}],
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person", "isthing": 1, "color": [220, 20, 60]},
+            {"id": 3, "name": "car", "supercategory": "vehicle", "isthing": 1, "color": [0, 0, 142]},
+            {"id": 184, "name": "tree-merged", "supercategory": "plant", "isthing": 0, "color": [107, 142, 35]},
+        ],
+        "annotations": [
+            {
+                "image_id": 2,
+                "file_name": "000000000002.png",
+                "segments_info": [
+                    {"id": person, "category_id": 1, "iscrowd": 0, "area": 8, "bbox": [0, 2, 4, 2]},
+                    {"id": crowd, "category_id": 1, "iscrowd": 1, "area": 4, "bbox": [0, 4, 4, 1]},
+                    {"id": car, "category_id": 3, "iscrowd": 0, "area": 8, "bbox": [4, 2, 4, 2]},
+                    {"id": tree, "category_id": 184, "iscrowd": 0, "area": 16, "bbox": [0, 0, 8, 2]},
+                ],
+            }
+        ],
+    }
+    (src / "annotations" / "panoptic_val2017.json").write_text(json.dumps(data))
+    base, summary = imported(tmp_path, "coco-panoptic", src, workers=1)
+    expected = np.full((H, W), 255, np.uint8)  # unlabelled and crowd
+    expected[0:2, :] = 2  # tree-merged (stuff)
+    expected[2:4, 0:4] = 0  # person
+    expected[2:4, 4:8] = 1  # car
+    np.testing.assert_array_equal(mask_of(base, "val", "000000000002"), expected)
+    expected_inst = np.zeros((H, W), np.int64)
+    expected_inst[2:4, 0:4] = 1  # things only, numbered in segment id order
+    expected_inst[2:4, 4:8] = 2
+    np.testing.assert_array_equal(instances_of(base, "val", "000000000002"), expected_inst)
+    info = classes_json(base)
+    assert info["classes"] == ["person", "car", "tree-merged"] and info["instance_classes"] == ["person", "car"]
+    assert info["palette"] == [[220, 20, 60], [0, 0, 142], [107, 142, 35]]
+    assert summary.instances == {"val": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO-Stuff
+
+
+def test_coco_stuff(tmp_path):
+    src = tmp_path / "cocostuff"
+    save_jpeg(src / "images" / "train2017" / "000000000009.jpg")
+    raw = np.full((H, W), 255, np.uint8)  # unlabeled
+    raw[0, :] = 0  # person (id 1)
+    raw[1, :] = 91  # banner (id 92), the first stuff class
+    raw[2, :] = 181  # wood (id 182)
+    raw[3, 0:2] = 11  # street sign (id 12): no annotation in COCO, never a class
+    save_png(src / "annotations" / "train2017" / "000000000009.png", raw)
+    base, summary = imported(tmp_path, "coco-stuff", src, workers=1)
+    expected = np.full((H, W), 255, np.uint8)
+    expected[0, :], expected[1, :], expected[2, :] = 0, 80, 170
+    np.testing.assert_array_equal(mask_of(base, "train", "000000000009"), expected)
+    info = classes_json(base)
+    assert len(info["classes"]) == 171 == len(COCO_STUFF_CLASSES) and len(COCO_STUFF_THINGS) == 80
+    assert (info["classes"][0], info["classes"][80], info["classes"][170]) == ("person", "banner", "wood")
+    assert "street sign" not in info["classes"]
+    assert any("no COCO-Stuff class" in reason for _, reason in summary.skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# colour masks
+
+
+RGB_CLASSES = {"classes": ["sky", "road", "car"], "palette": [[128, 128, 128], [128, 64, 128], [64, 0, 128]]}
+
+
+def make_rgb(root: Path, stray: bool = False) -> tuple[Path, Path, np.ndarray]:
+    src = root / "camvid_rgb"
+    index = np.zeros((H, W), np.int64)
+    index[2:4, :] = 1
+    index[4:6, 3:7] = 2
+    index[0, 0:2] = 3  # ignore_color
+    colours = np.array([*RGB_CLASSES["palette"], [0, 0, 0]], np.uint8)
+    rgb = colours[index]
+    for split, stem in (("train", "0001TP_006690"), ("val", "0016E5_07959")):
+        save_png(src / "images" / split / f"{stem}.png", rgb_image())
+        mask = rgb.copy()
+        if stray:
+            mask[5, 0 : 2 if split == "train" else 1] = [1, 2, 3]
+        save_png(src / "masks" / split / f"{stem}.png", mask)
+    palette = root / "camvid_classes.json"
+    palette.write_text(json.dumps({**RGB_CLASSES, "ignore_color": [0, 0, 0]}))
+    expected = np.where(index == 3, 255, index).astype(np.uint8)
+    return src, palette, expected
+
+
+def test_rgb(tmp_path):
+    src, palette, expected = make_rgb(tmp_path)
+    base, summary = imported(tmp_path, "rgb", src, palette=palette, workers=2)
+    np.testing.assert_array_equal(mask_of(base, "train", "0001TP_006690"), expected)
+    np.testing.assert_array_equal(mask_of(base, "val", "0016E5_07959"), expected)
+    info = classes_json(base)
+    assert info["classes"] == RGB_CLASSES["classes"] and info["palette"] == RGB_CLASSES["palette"]
+    assert summary.ignore_pixels == {"train": 2, "val": 2}
+
+
+def test_rgb_unknown_colours_are_listed_not_guessed(tmp_path):
+    src, palette, _ = make_rgb(tmp_path, stray=True)
+    dst = tmp_path / "dst"
+    before = tree_hash(src)
+    with pytest.raises(DataError) as e:
+        import_dataset("rgb", src, dst, palette=palette, progress=False, workers=1)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"1 mask colour(s) not in the palette of {palette}: (1, 2, 3) (3 px in ")
+    assert "0001TP_006690.png" in message and "0016E5_07959.png" in message
+    assert 'name the unlabelled colour "ignore_color"' in message
+    assert list(dst.iterdir()) == []  # nothing written, not even a half data set
+    assert tree_hash(src) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LabelMe
+
+
+def labelme_doc(image_path: str, shapes: list[dict], h: int = 7, w: int = 10, data: str | None = None) -> dict:
+    return {
+        "version": "5.4.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": data,
+        "imageHeight": h,
+        "imageWidth": w,
+    }
+
+
+def shape(label: str, points: list, kind: str = "polygon", group=None) -> dict:
+    return {"label": label, "points": points, "group_id": group, "shape_type": kind, "flags": {}, "description": ""}
+
+
+def test_labelme(tmp_path):
+    src = tmp_path / "labelme"
+    h, w = 7, 10
+    save_png(src / "images" / "cats.png", rgb_image(h, w))
+    shapes = [
+        shape("cat", [[1, 1], [5, 1], [5, 4], [1, 4]]),  # pixels x 1..5, y 1..4 (outline included)
+        shape("dog", [[3, 2], [7, 2], [7, 5], [3, 5]]),  # later: on top of the cat
+        shape("cat", [[8, 0], [9, 1]], "rectangle", group=7),  # two parts of one cat
+        shape("cat", [[8, 4], [9, 4], [9, 6], [8, 6]], group=7),
+        shape("dog", [[0, 6], [4, 6]], "line"),  # no area: skipped
+    ]
+    (src / "cats.json").write_text(json.dumps(labelme_doc("images/cats.png", shapes)))
+    # a second file with its image embedded (imageData) and no image file
+    buf = io.BytesIO()
+    Image.fromarray(rgb_image(h, w, seed=5)).save(buf, format="PNG")
+    embedded = labelme_doc("missing.png", [shape("_background_", [[0, 0], [9, 0], [9, 6], [0, 6]])])
+    embedded["imageData"] = base64.b64encode(buf.getvalue()).decode()
+    (src / "embedded.json").write_text(json.dumps(embedded))
+    base, summary = imported(tmp_path, "labelme", src, workers=2)
+    info = classes_json(base)
+    assert info["classes"] == ["background", "cat", "dog"] and info["instance_classes"] == ["cat", "dog"]
+    expected = np.zeros((h, w), np.uint8)
+    expected[1:5, 1:6] = 1
+    expected[2:6, 3:8] = 2
+    expected[0:2, 8:10] = 1
+    expected[4:7, 8:10] = 1
+    np.testing.assert_array_equal(mask_of(base, "train", "cats"), expected)
+    expected_inst = np.zeros((h, w), np.int64)
+    expected_inst[1:5, 1:6] = 1
+    expected_inst[2:6, 3:8] = 2
+    expected_inst[0:2, 8:10] = 3  # one instance for both parts of group 7
+    expected_inst[4:7, 8:10] = 3
+    np.testing.assert_array_equal(instances_of(base, "train", "cats"), expected_inst)
+    np.testing.assert_array_equal(mask_of(base, "train", "embedded"), np.zeros((h, w), np.uint8))
+    assert (base / "images" / "train" / "embedded.png").read_bytes() == buf.getvalue()
+    assert summary.instances == {"train": 3}
+    assert any("line shapes enclose no area" in reason for _, reason in summary.skipped)
+
+
+def test_labelme_with_a_palette_lists_unknown_labels(tmp_path):
+    src = tmp_path / "labelme"
+    save_png(src / "train" / "a.png", rgb_image(7, 10))
+    save_png(src / "val" / "b.png", rgb_image(7, 10))
+    (src / "train" / "a.json").write_text(json.dumps(labelme_doc("a.png", [shape("cat", [[1, 1], [3, 1], [3, 3]])])))
+    (src / "val" / "b.json").write_text(json.dumps(labelme_doc("b.png", [shape("cow", [[1, 1], [3, 1], [3, 3]])])))
+    palette = tmp_path / "classes.json"
+    palette.write_text(json.dumps({"classes": ["background", "cat", "dog"]}))
+    with pytest.raises(DataError, match=r"^1 shape label\(s\) not in the classes of .*: cow \(1 shapes in b.json\)"):
+        import_dataset("labelme", src, tmp_path / "dst", palette=palette, progress=False, workers=1)
+    (src / "val" / "b.json").write_text(json.dumps(labelme_doc("b.png", [shape("dog", [[1, 1], [3, 1], [3, 3]])])))
+    base, summary = imported(tmp_path, "labelme", src, palette=palette, workers=1)
+    assert summary.images == {"train": 1, "val": 1}  # the train/val folders are the splits
+    assert classes_json(base)["classes"] == ["background", "cat", "dog"]
+    assert mask_of(base, "val", "b")[2, 2] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_import_and_refusal(tmp_path):
+    src = make_voc(tmp_path / "src")
+    dst = tmp_path / "dst"
+    cmd = [sys.executable, "-m", "pixelwise", "data", "import", "voc", str(src), str(dst), "--workers", "1"]
+    report = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [*cmd, "--no-progress", "--json", str(report)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"imported voc from {src} into {dst / 'voc'}" in proc.stdout
+    assert "train" in proc.stdout and "person" in proc.stdout and "in no segmentation list" in proc.stdout
+    written = json.loads(report.read_text())
+    assert written["images"] == {"train": 1, "val": 1} and written["histogram"]["train"][15] == 12
+    proc = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"pixelwise data: error: {dst / 'voc'} is not empty: pass --overwrite to replace it, or choose another --name"
+    )
