@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,10 +118,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         skip_errors=args.skip_errors,
         progress=not args.no_progress,
+        effect=args.effect,
+        foreground=args.foreground,
+        smooth=args.smooth,
+        video_masks=None if args.video_masks == "none" else args.video_masks,
+        batch_size=args.batch_size,
+        audio=not args.no_audio,
     )
-    print(
-        f"{len(written)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay ({args.out}/manifest.json)"
-    )
+    videos = [w for w in written if "video" in w]
+    if len(videos) < len(written):
+        effect = f", {args.out}/effect" if args.effect else ""
+        print(
+            f"{len(written) - len(videos)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay{effect} "
+            f"({args.out}/manifest.json)"
+        )
+    for v in videos:
+        outputs = ", ".join(os.path.relpath(v[k], args.out) for k in ("overlay", "effect", "masks") if k in v)
+        print(
+            f"{v['video']}: {v['frames']} frames {v['size']} at {v['fps']} fps -> {outputs} in {args.out} "
+            f"({v['codec']}; audio {v['audio']}; {v['frames_per_second']} frames/s)"
+        )
     return 0
 
 
@@ -378,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="predict masks for images")
+    p = sub.add_parser("predict", help="predict masks for images and videos")
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
@@ -394,6 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="onnxruntime: CHECKPOINT is an .onnx file from pixelwise export",
     )
+    g = p.add_argument_group("effects and video")
+    g.add_argument(
+        "--effect",
+        metavar="EFFECT",
+        help="also write the picture with an effect (DIR/effect/<stem>.png; DIR/<stem>_effect.mp4 for a video): "
+        "blur[=SIGMA] (the background blurred; Gaussian sigma in pixels, default 2%% of the longer side), "
+        "replace=IMAGE_OR_COLOUR (e.g. beach.jpg, #00b140, 0,177,64), cutout (RGBA), highlight[=OPACITY]",
+    )
+    g.add_argument(
+        "--foreground",
+        metavar="CLASS[,CLASS...]",
+        help="the classes the effect keeps (highlight: tints), by name or index "
+        "(default: all but a class named background)",
+    )
+    g.add_argument(
+        "--smooth",
+        type=float,
+        metavar="A",
+        help="video: smooth the class probabilities in time, s_t = A * p_t + (1 - A) * s_(t-1) (0 < A <= 1; "
+        "smaller is smoother; default: none)",
+    )
+    g.add_argument(
+        "--video-masks",
+        choices=["none", "video", "png"],
+        default="none",
+        help="video: also write the class indices losslessly, as DIR/<stem>_masks.mkv (FFV1) or as "
+        "DIR/masks/<stem>/000000.png ... (default: none)",
+    )
+    g.add_argument("--batch-size", type=int, default=4, help="video: frames per forward pass (default 4)")
+    g.add_argument("--no-audio", action="store_true", help="video: drop the audio (default: passed through)")
     inference(p)
     crf_options(p)
     common(p, data=False)

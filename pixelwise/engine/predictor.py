@@ -23,16 +23,19 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..crf import CRFSettings, settings_for
 from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
+from ..data.video import VIDEO_EXTENSIONS, is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference
+from ..inference.effects import Effect
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
+from .video import image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +216,12 @@ class Predictor:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in order."""
+    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
         elif p.is_file():
             paths.append(p)
         else:
@@ -325,6 +328,17 @@ def _write_instances(
     return files
 
 
+def _write_effect(
+    out_dir: Path, stem: str, pages: list[np.ndarray], probs: list[torch.Tensor], effect: Effect
+) -> dict[str, str]:
+    """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice."""
+    (out_dir / "effect").mkdir(exist_ok=True)
+    names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
+    for name, page, p in zip(names, pages, probs, strict=True):
+        Image.fromarray(effect.apply(page, p)).save(out_dir / "effect" / name)
+    return {"effect": str(out_dir / "effect" / names[0])}
+
+
 def predict(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -340,6 +354,12 @@ def predict(
     overwrite: bool = False,
     skip_errors: bool = False,
     progress: bool = True,
+    effect: str | None = None,
+    foreground: str | Sequence[str | int] | None = None,
+    smooth: float | None = None,
+    video_masks: str | None = None,
+    batch_size: int = 4,
+    audio: bool = True,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
@@ -348,14 +368,24 @@ def predict(
     flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
     raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` runs an ONNX file written by
     ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
-    (torch backend); ``crf`` as :class:`Predictor`."""
+    (torch backend); ``crf`` as :class:`Predictor`.
+
+    ``effect`` (``blur[=SIGMA]``, ``replace=IMAGE_OR_COLOUR``, ``cutout``, ``highlight[=OPACITY]``) on the
+    ``foreground`` classes (names or indices; :meth:`pixelwise.inference.effects.Effect.from_spec`) also writes
+    ``effect/<stem>.png``. A video input (:data:`pixelwise.data.video.VIDEO_EXTENSIONS`) is predicted frame by
+    frame by :func:`pixelwise.engine.video.predict_video`: ``<stem>_overlay.mp4``, the effect as
+    ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
+    and ``audio`` as there."""
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
     if not paths:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+        raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
     predictor = Predictor(
         checkpoint, device=device, amp=amp, compile=compile, backend=backend, inference=inference, crf=crf
     )
+    chosen = None
+    if effect is not None:  # checked before anything is written
+        chosen = Effect.from_spec(effect, predictor.classes, predictor.meta["palette"], foreground)
     prepare_out_dir(out_dir, overwrite)
     written: list[dict[str, str]] = []
     failed: list[dict[str, str]] = []
@@ -370,17 +400,44 @@ def predict(
             "alpha": alpha,
             "inference": None if inference is None else asdict(inference),
             "crf": None if predictor.crf is None else asdict(predictor.crf),
+            "effect": None if chosen is None else chosen.describe(),
+            "smooth": smooth,
         },
         "files": written,
         "failed": failed,
     }
     try:
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
+            stem = path.stem
+            while stem in used:  # same stem from two folders: keep both
+                stem += "_"
             try:
+                if is_video(path):
+                    video = predict_video(
+                        predictor,
+                        path,
+                        out_dir,
+                        stem=stem,
+                        alpha=alpha,
+                        batch_size=batch_size,
+                        smooth=smooth,
+                        effect=chosen,
+                        masks=video_masks,
+                        audio=audio,
+                        progress=progress,
+                    )
+                    used.add(stem)
+                    written.append(video)
+                    continue
                 pages = predictor.read(path)
+                probs = None
+                if chosen is not None:  # the effect needs probabilities: their argmax is the prediction
+                    probs = [image_probabilities(predictor, page, str(path)) for page in pages]
                 if predictor.instance_method.enabled:
                     found = [predictor.predict_instances(page, str(path)) for page in pages]
                     preds = [f.semantic.astype(np.uint8) for f in found]
+                elif probs is not None:
+                    found, preds = None, [p.argmax(0).to(torch.uint8).cpu().numpy() for p in probs]
                 else:
                     found, preds = None, [predictor.predict(page, str(path)) for page in pages]
             except DataError as e:
@@ -389,13 +446,12 @@ def predict(
                 failed.append({"image": str(path), "error": str(e)})
                 log.warning("skipped: %s", e)
                 continue
-            stem = path.stem
-            while stem in used:  # same stem from two folders: keep both
-                stem += "_"
             used.add(stem)
             files = _write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
             if found is not None:
                 files.update(_write_instances(out_dir, stem, pages, found, alpha))
+            if probs is not None and chosen is not None:
+                files.update(_write_effect(out_dir, stem, pages, probs, chosen))
             written.append(files)
     finally:
         write_json(out_dir / MANIFEST, manifest)

@@ -1,0 +1,358 @@
+"""Video in and out with PyAV (the optional extra ``pixelwise[video]``; its wheels carry their own FFmpeg, so no
+system FFmpeg is needed).
+
+- :func:`read_frames` decodes any container PyAV reads (mp4, mov, mkv, webm, avi, ...) one frame at a time, as
+  a generator: memory stays flat in the video's length. A rotation recorded by the camera (phone videos) is
+  applied, so frames come upright, as :func:`pixelwise.data.read_image` applies an EXIF orientation.
+- :class:`VideoWriter` encodes frames as they come: H.264 (libx264) in an .mp4 where PyAV's FFmpeg has it, else
+  MPEG-4 part 2; FFV1 (lossless) grey for class-index masks in an .mkv; PNG-in-MOV (lossless RGBA) for cut-outs,
+  since H.264 in MP4 has no alpha channel. With ``audio_from`` the input's audio goes along: its packets copied
+  as they are when the output container takes the codec, else re-encoded as AAC; what happened is in
+  :attr:`VideoWriter.audio`.
+
+PyAV is imported on first use, so that the rest of pixelwise works without it (:func:`require_av`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, PixelwiseError
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
+INSTALL_HINT = "pip install 'pixelwise[video]' (or pip install av)"
+H264 = "libx264"
+FALLBACK = "mpeg4"
+# libx264: a quality target (crf) rather than a bit rate, and a preset fast enough not to cost more than the model
+X264_OPTIONS = {"preset": "veryfast", "crf": "18"}
+MPEG4_BITS_PER_PIXEL = 0.25  # about 1.3 Mbit/s at 480x360, 30 fps: no visible blocks on overlays
+
+
+def require_av() -> ModuleType:
+    """The ``av`` module, or a one-line PixelwiseError saying how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise PixelwiseError(f"video needs PyAV: {INSTALL_HINT}") from None
+    return av
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video by its extension (:data:`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's container says of its first video stream (sizes are upright, after any rotation)."""
+
+    path: str
+    width: int
+    height: int
+    fps: Fraction
+    frames: int | None  # as the container records it; None when it does not (some mkv/webm)
+    codec: str
+    rotation: int
+    audio: str | None  # the first audio stream's codec, None without audio
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def _open_input(path: Path) -> Any:
+    av = require_av()
+    if not path.is_file():
+        raise DataError(f"video {path} does not exist")
+    try:
+        container = av.open(str(path), "r")
+    except av.FFmpegError as e:
+        raise DataError(f"cannot read video {path}: not a video PyAV can decode ({_reason(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"cannot read video {path}: it has no video stream")
+    return container
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return str(text).splitlines()[0] if text else type(e).__name__
+
+
+def _rate(stream: Any) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else Fraction(25)  # no rate recorded (rare): FFmpeg's own default
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """The size, frame rate, frame count, codec and audio of a video, from its header (decodes one frame only
+    to learn the rotation)."""
+    path = Path(path)
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        rotation = 0
+        try:
+            first = next(container.decode(stream), None)
+            rotation = int(getattr(first, "rotation", 0) or 0) % 360 if first is not None else 0
+        except require_av().FFmpegError:
+            pass  # read_frames reports a broken stream with its frame number
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            w, h = h, w
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        return VideoInfo(
+            str(path), w, h, _rate(stream), stream.frames or None, stream.codec_context.name, rotation, audio
+        )
+    finally:
+        container.close()
+
+
+def _upright(frame: Any, array: np.ndarray) -> np.ndarray:
+    # FFmpeg's rotation is the counter-clockwise angle to display the frame upright
+    turns = (int(getattr(frame, "rotation", 0) or 0) % 360) // 90
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+
+
+def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[float | None, np.ndarray]]:
+    """``(time in seconds, frame)`` for each frame of ``path`` in display order: ``H x W x 3`` uint8 for
+    ``mode="RGB"``, ``H x W x 1`` for ``"L"``. A generator: one decoded frame at a time in memory."""
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    av = require_av()
+    path = Path(path)
+    container = _open_input(path)
+    fmt = "rgb24" if mode == "RGB" else "gray"
+    index = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except av.FFmpegError as e:
+                raise DataError(f"cannot decode video {path} at frame {index}: {_reason(e)}") from None
+            array = frame.to_ndarray(format=fmt)
+            if array.ndim == 2:
+                array = array[..., None]
+            yield frame.time, _upright(frame, array)
+            index += 1
+    finally:
+        container.close()
+
+
+def read_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[np.ndarray]:
+    """The frames of a video, one at a time (:func:`decode_frames` without the times)."""
+    for _, frame in decode_frames(path, mode):
+        yield frame
+
+
+def choose_codec(codec: str = "auto") -> str:
+    """``auto``: H.264 (libx264) where PyAV's FFmpeg has the encoder (PyPI's wheels do), else MPEG-4 part 2,
+    which every FFmpeg build has; any other name is checked to exist."""
+    av = require_av()
+    names = (H264, FALLBACK) if codec == "auto" else (codec,)
+    for name in names:
+        try:
+            av.Codec(name, "w")
+            return name
+        except (av.FFmpegError, ValueError):
+            continue
+    raise PixelwiseError(f"video codec {codec!r} is not in PyAV's FFmpeg build: use auto, {H264} or {FALLBACK}")
+
+
+class VideoWriter:
+    """Frames encoded into ``path`` as they are written (``with VideoWriter(...) as w: w.write(frame)``).
+
+    ``kind``: ``"rgb"`` (H.264/MPEG-4 video, :func:`choose_codec`; frames ``H x W x 3`` uint8), ``"mask"``
+    (lossless FFV1 grey, frames ``H x W`` uint8 class indices; use an .mkv) or ``"rgba"`` (lossless PNG-in-MOV
+    with alpha, frames ``H x W x 4``; use a .mov). ``fps`` is the frame rate; a frame's ``time`` (seconds, the
+    input's timestamp) places it on that rate's grid, so the output keeps the input's timing and stays in step
+    with passed-through audio; without times frames are spaced 1 / fps apart. ``audio_from``: a video whose
+    first audio stream to carry along (``rgb`` and ``rgba`` only)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: Fraction | float,
+        width: int,
+        height: int,
+        kind: str = "rgb",
+        codec: str = "auto",
+        audio_from: str | os.PathLike | None = None,
+    ) -> None:
+        av = require_av()
+        if kind not in ("rgb", "mask", "rgba"):
+            raise ValueError(f"kind must be rgb, mask or rgba, got {kind!r}")
+        self.path, self.kind, self.width, self.height = Path(path), kind, width, height
+        self.fps = Fraction(fps).limit_denominator(1001000)
+        self.frames = 0
+        self._last_pts = -1
+        self.container = av.open(str(self.path), "w")
+        try:
+            self.codec = {"rgb": choose_codec(codec), "mask": "ffv1", "rgba": "png"}[kind]
+            stream = self.container.add_stream(self.codec, rate=self.fps)
+            stream.width, stream.height = width, height
+            self._time_base = 1 / self.fps  # frames' clock; the muxer may choose another for the stream's
+            stream.time_base = stream.codec_context.time_base = self._time_base
+            stream.pix_fmt, self._frame_format = self._formats()
+            if self.codec == H264:
+                stream.options = dict(X264_OPTIONS)
+            elif self.codec == FALLBACK:
+                stream.bit_rate = int(MPEG4_BITS_PER_PIXEL * width * height * float(self.fps))
+            self.stream = stream
+            self.audio = "none (the input has no audio)" if audio_from is not None else "none"
+            self._audio: _AudioCarrier | None = None
+            if audio_from is not None and kind != "mask":
+                self._audio = _AudioCarrier.open(Path(audio_from), self.container)
+                if self._audio is not None:
+                    self.audio = self._audio.description
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _formats(self) -> tuple[str, str]:
+        """(the stream's pixel format, the frames' array format)."""
+        if self.kind == "mask":
+            return "gray", "gray"
+        if self.kind == "rgba":
+            return "rgba", "rgba"
+        if self.codec == H264 and (self.width % 2 or self.height % 2):
+            # 4:2:0 needs even sizes; 4:4:4 keeps the input's exact size (some players only play 4:2:0)
+            log.warning("%s: odd size %dx%d, encoded as H.264 4:4:4", self.path, self.width, self.height)
+            return "yuv444p", "rgb24"
+        return "yuv420p", "rgb24"
+
+    def write(self, frame: np.ndarray, time: float | None = None) -> None:
+        """Encode one frame (and mux the input's audio up to its time)."""
+        av = require_av()
+        expected = (self.height, self.width)
+        if frame.shape[:2] != expected:
+            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.width}x{self.height}")
+        if self.kind == "mask" and frame.ndim == 3:
+            frame = frame[..., 0]
+        pts = self._last_pts + 1 if time is None else max(self._last_pts + 1, round(time * self.fps))
+        self._last_pts = pts
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=self._frame_format)
+        vf.pts = pts
+        vf.time_base = self._time_base
+        if self._audio is not None:
+            self._audio.mux_until(float(pts / self.fps))
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder (and the rest of the audio) and finish the file."""
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+            if self._audio is not None:
+                self._audio.finish()
+        finally:
+            if self._audio is not None:
+                self._audio.close()
+            self.container.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if error is None:
+            self.close()
+        else:  # do not hide the error behind one from flushing a half-written file
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing %s after an error failed too", self.path, exc_info=True)
+
+
+class _AudioCarrier:
+    """The first audio stream of an input, read through a second handle on the file and muxed in step with the
+    video being written (so nothing piles up in memory): packets copied when the output container takes the
+    codec, else decoded and re-encoded as AAC."""
+
+    def __init__(self, source: Any, stream: Any, output: Any, copy: bool) -> None:
+        self.source, self.in_stream, self.output, self.copy = source, stream, output, copy
+        name = stream.codec_context.name
+        if copy:
+            self.out_stream = output.add_stream_from_template(stream)
+            self.description = f"passed through ({name}, copied)"
+        else:
+            self.out_stream = output.add_stream("aac", rate=stream.codec_context.sample_rate or 48000)
+            self.description = f"passed through ({name} re-encoded as aac)"
+        self.packets = source.demux(stream)
+        self.pending: Any = None
+        self.done = False
+
+    @classmethod
+    def open(cls, path: Path, output: Any) -> _AudioCarrier | None:
+        av = require_av()
+        try:
+            source = av.open(str(path), "r")
+        except av.FFmpegError:
+            return None
+        if not source.streams.audio:
+            source.close()
+            return None
+        stream = source.streams.audio[0]
+        copy = stream.codec_context.name in output.supported_codecs
+        try:
+            return cls(source, stream, output, copy)
+        except (av.FFmpegError, ValueError) as e:
+            log.warning("%s: audio dropped (%s)", path, _reason(e))
+            source.close()
+            return None
+
+    def _next(self) -> Any:
+        for packet in self.packets:
+            if packet.size:  # demux ends with an empty flushing packet
+                return packet
+        self.done = True
+        return None
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Mux the audio packets that start before ``seconds`` (all that are left for None)."""
+        while not self.done:
+            packet = self.pending or self._next()
+            self.pending = None
+            if packet is None:
+                break
+            start = float(packet.pts * packet.time_base) if packet.pts is not None else None
+            if seconds is not None and start is not None and start >= seconds:
+                self.pending = packet
+                break
+            self._mux(packet)
+
+    def _mux(self, packet: Any) -> None:
+        if self.copy:
+            packet.stream = self.out_stream
+            self.output.mux(packet)
+            return
+        for frame in packet.decode():
+            for out in self.out_stream.encode(frame):
+                self.output.mux(out)
+
+    def finish(self) -> None:
+        self.mux_until(None)
+        if not self.copy:
+            for out in self.out_stream.encode(None):
+                self.output.mux(out)
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,0 +1,301 @@
+"""Prediction on videos: frames decoded one at a time (:mod:`pixelwise.data.video`), batched through a
+:class:`~pixelwise.engine.Predictor`, optionally smoothed in time, and written as videos at the input's frame
+rate and size:
+
+- ``DIR/<stem>_overlay.mp4``: the class colours blended over each frame (H.264, else MPEG-4 part 2), with the
+  input's audio passed through (copied, or re-encoded as AAC where the container does not take the codec);
+- on request the class indices, losslessly: ``DIR/<stem>_masks.mkv`` (FFV1 grey, pixel value = class index) or
+  ``DIR/masks/<stem>/000000.png`` ... (one PNG per frame);
+- on request an effect (:mod:`pixelwise.inference.effects`): ``DIR/<stem>_effect.mp4``, or for ``cutout``
+  ``DIR/<stem>_effect.mov`` (lossless RGBA: MP4's codecs have no alpha channel).
+
+Temporal smoothing (:class:`TemporalEMA`) is an exponential moving average of the class probabilities,
+``s_t = a * p_t + (1 - a) * s_(t-1)`` with ``s_0 = p_0``; ``a = 1`` is no smoothing. Flicker
+(:func:`label_change_rate`) is the fraction of pixels whose label changes between consecutive frames.
+
+The still-image path uses :func:`image_probabilities` for effects (``DIR/effect/<stem>.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.video import VideoWriter, decode_frames, probe_video
+from ..errors import ConfigError
+from ..inference import batch_scores
+from ..inference.effects import Effect
+from ..metrics import ConfusionMatrix
+from ..visualize import colorize, overlay, overlay_palette
+
+if TYPE_CHECKING:  # the predictor imports this module for still-image effects: no import back at run time
+    from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+MASK_OUTPUTS = ("video", "png")
+DEFAULT_BATCH = 4
+
+
+def batch_probabilities(predictor: Predictor, batch: torch.Tensor, settings: Any = None) -> torch.Tensor:
+    """``N x K x H x W`` float32 class probabilities of a normalised batch, with the predictor's protocol and
+    CRF (``settings`` overrides its protocol, e.g. :meth:`Predictor.settings_for_size`)."""
+    settings = predictor.inference if settings is None else settings
+    scores = batch_scores(
+        predictor.model,
+        batch.to(predictor.device),
+        len(predictor.classes),
+        device=predictor.device,
+        amp=predictor.amp,
+        settings=settings,
+        crf=predictor.crf_args,
+    )
+    # batch_scores gives logits for the plain whole-image pass, probabilities for the other protocols and the CRF
+    if predictor.crf is None and (settings is None or settings.is_plain):
+        return torch.softmax(scores.float(), 1)
+    return scores.float()
+
+
+@torch.inference_mode()
+def image_probabilities(predictor: Predictor, image: np.ndarray, source: str = "image") -> torch.Tensor:
+    """``K x H x W`` float32 probabilities of one ``H x W x C`` image, as :meth:`Predictor.predict` runs it (size
+    checked, sliding windows when memory is short): its argmax is that method's prediction."""
+    h, w = image.shape[:2]
+    predictor.check_size(h, w, source)
+    settings = predictor.settings_for_size(h, w, source)
+    return batch_probabilities(predictor, predictor.normalise(image)[None], settings)[0]
+
+
+class TemporalEMA:
+    """Exponential moving average of class probabilities over a frame sequence: ``s_0 = p_0``,
+    ``s_t = alpha * p_t + (1 - alpha) * s_(t-1)``. ``alpha`` in (0, 1]; smaller is smoother and lags more;
+    1 returns the input. Call it on consecutive batches of one video; :meth:`reset` before another."""
+
+    def __init__(self, alpha: float) -> None:
+        if not 0 < alpha <= 1:
+            raise ConfigError(f"--smooth {alpha}: the moving average's factor must be in (0, 1] (1 = no smoothing)")
+        self.alpha = float(alpha)
+        self.state: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        """The smoothed ``N x K x H x W`` probabilities of the next ``N`` frames."""
+        if self.alpha == 1.0:
+            return probs
+        out = torch.empty_like(probs)
+        for i in range(probs.shape[0]):  # sequential by nature: each frame needs the one before
+            p = probs[i]
+            self.state = p.clone() if self.state is None else torch.lerp(self.state, p, self.alpha)
+            out[i] = self.state
+        return out
+
+
+def label_change_rate(previous: np.ndarray | torch.Tensor, current: np.ndarray | torch.Tensor) -> float:
+    """The fraction of pixels whose label differs between two ``H x W`` label maps."""
+    a, b = np.asarray(previous), np.asarray(current)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps of different sizes: {a.shape} and {b.shape}")
+    return float(np.count_nonzero(a != b)) / max(1, a.size)
+
+
+@dataclass
+class FlickerMeter:
+    """Flicker of a label sequence: the mean of :func:`label_change_rate` over consecutive frames (``update``
+    frame by frame; memory holds one frame)."""
+
+    total: float = 0.0
+    pairs: int = 0
+    _last: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def update(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        if self._last is not None:
+            self.total += label_change_rate(self._last, labels)
+            self.pairs += 1
+        self._last = labels.copy()
+
+    @property
+    def value(self) -> float:
+        """Mean changed fraction per frame pair (NaN for fewer than two frames)."""
+        return self.total / self.pairs if self.pairs else float("nan")
+
+
+def flicker(labels: Iterable[np.ndarray]) -> float:
+    """The mean fraction of pixels whose label changes between consecutive frames of ``labels``."""
+    meter = FlickerMeter()
+    for frame in labels:
+        meter.update(frame)
+    return meter.value
+
+
+def sequence_scores(
+    predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, ignore_index: int = 255
+) -> dict[str, Any]:
+    """A predicted sequence against its ground truth: the mIoU of each frame (classes absent from both
+    prediction and truth of that frame left out, as :class:`~pixelwise.metrics.ConfusionMatrix` does), their
+    mean, the whole sequence's mIoU, and the flicker of the prediction beside that of the ground truth (the
+    label changes the scene itself makes; ignored pixels counted as their own label)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} ground-truth frames")
+    whole = ConfusionMatrix(num_classes, ignore_index)
+    per_frame = []
+    for pred, target in zip(predictions, targets, strict=True):
+        p, t = torch.as_tensor(np.asarray(pred)).long(), torch.as_tensor(np.asarray(target)).long()
+        cm = ConfusionMatrix(num_classes, ignore_index)
+        cm.update(p, t)
+        whole.update(p, t)
+        per_frame.append(cm.compute()["miou"])
+    return {
+        "frames": len(predictions),
+        "miou_per_frame": per_frame,
+        "mean_frame_miou": float(np.nanmean(per_frame)) if per_frame else float("nan"),
+        "miou": whole.compute()["miou"],
+        "flicker": flicker(predictions),
+        "flicker_ground_truth": flicker(targets),
+    }
+
+
+def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    if size < 1:
+        raise ConfigError(f"batch size {size}: must be >= 1")
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _fps_text(fps: Any) -> str:
+    return str(fps) if getattr(fps, "denominator", 1) != 1 else str(int(fps))
+
+
+def predict_video(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    stem: str | None = None,
+    alpha: float = 0.5,
+    batch_size: int = DEFAULT_BATCH,
+    smooth: float | None = None,
+    effect: Effect | None = None,
+    masks: str | None = None,
+    overlay_video: bool = True,
+    codec: str = "auto",
+    audio: bool = True,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Predict every frame of the video ``path`` and write, in ``out_dir``, ``<stem>_overlay.mp4`` (class colours
+    at opacity ``alpha``), and with ``masks="video"`` ``<stem>_masks.mkv`` (lossless) or ``masks="png"``
+    ``masks/<stem>/000000.png`` ..., and with ``effect`` ``<stem>_effect.mp4`` (``.mov`` for cutout): the input's
+    frame rate, size and timing. Frames go through the model ``batch_size`` at a time; memory stays flat in the
+    video's length. ``smooth``: the factor of :class:`TemporalEMA` (None: none). ``audio``: pass the input's
+    audio through (else dropped). Returns the manifest entry: the files, frame count, rate, size, codec, what
+    happened to the audio, frames per second and the flicker of the written labels."""
+    path, out_dir = Path(path), Path(out_dir)
+    stem = stem or path.stem
+    if masks not in (None, *MASK_OUTPUTS):
+        raise ConfigError(f"video masks {masks!r}; valid: {', '.join(MASK_OUTPUTS)}")
+    if not overlay_video and masks is None and effect is None:
+        raise ConfigError("nothing to write: ask for the overlay, the masks or an effect")
+    info = probe_video(path)
+    predictor.check_size(info.height, info.width, str(path))
+    ema = TemporalEMA(smooth) if smooth is not None else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {"video": str(path)}
+    writers: dict[str, VideoWriter] = {}
+    audio_from = path if audio else None
+    palette = predictor.meta["palette"]
+    contrast = overlay_palette(palette)
+    mask_dir = out_dir / "masks" / stem
+    meter = FlickerMeter()
+    frames = 0
+    start = time.perf_counter()
+    try:
+        size = {"fps": info.fps, "width": info.width, "height": info.height}
+        if overlay_video:
+            files["overlay"] = str(out_dir / f"{stem}_overlay.mp4")
+            writers["overlay"] = VideoWriter(files["overlay"], codec=codec, audio_from=audio_from, **size)
+        if effect is not None:
+            files["effect"] = str(out_dir / f"{stem}_effect.{'mov' if effect.rgba else 'mp4'}")
+            kind = "rgba" if effect.rgba else "rgb"
+            writers["effect"] = VideoWriter(files["effect"], kind=kind, codec=codec, audio_from=audio_from, **size)
+        if masks == "video":
+            files["masks"] = str(out_dir / f"{stem}_masks.mkv")
+            writers["masks"] = VideoWriter(files["masks"], kind="mask", **size)
+        elif masks == "png":
+            mask_dir.mkdir(parents=True, exist_ok=True)
+            files["masks"] = str(mask_dir)
+        bar = tqdm(total=info.frames, desc=stem, unit="frame", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+        with bar, torch.inference_mode():
+            for batch in batches(decode_frames(path, predictor.image_mode), batch_size):
+                images = [image for _, image in batch]
+                x = torch.stack([predictor.normalise(image) for image in images])
+                probs = batch_probabilities(predictor, x)
+                if ema is not None:
+                    probs = ema(probs)
+                labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                for (t, image), label, p in zip(batch, labels, probs, strict=True):
+                    meter.update(label)
+                    if "overlay" in writers:
+                        writers["overlay"].write(overlay(image, colorize(label, contrast), alpha), t)
+                    if "effect" in writers:
+                        writers["effect"].write(effect.apply(image, p), t)  # type: ignore[union-attr]
+                    if "masks" in writers:
+                        writers["masks"].write(label, t)
+                    elif masks == "png":
+                        Image.fromarray(label).save(mask_dir / f"{frames:06d}.png")
+                    frames += 1
+                bar.update(len(batch))
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                log.debug("closing %s failed", writer.path, exc_info=True)
+        raise
+    seconds = time.perf_counter() - start
+    rgb = writers.get("overlay") or writers.get("effect")
+    audio_text = "dropped (asked for)" if not audio else (rgb.audio if rgb is not None else "none (no picture video)")
+    files.update(
+        {
+            "frames": str(frames),
+            "fps": _fps_text(info.fps),
+            "size": info.size,
+            "codec": rgb.codec if rgb is not None else "ffv1",
+            "audio": audio_text,
+            "smooth": "none" if smooth is None else str(smooth),
+            "flicker": f"{meter.value:.6f}",
+            "frames_per_second": f"{frames / seconds:.2f}" if seconds > 0 else "nan",
+        }
+    )
+    log.debug(  # the CLI prints the same facts from the returned entry
+        "%s: %d frames %s at %s fps -> %s (%s; audio %s), %.1f frames/s",
+        path,
+        frames,
+        info.size,
+        files["fps"],
+        out_dir,
+        files["codec"],
+        audio_text,
+        frames / max(seconds, 1e-9),
+    )
+    return files

@@ -1,0 +1,210 @@
+"""The effects at the pixel level: where alpha is 1 the output is the input exactly, where it is 0 the blurred or
+replaced background exactly, in between the blend; the cutout's alpha is round(255 * p); highlight leaves the
+other classes' pixels alone; and the --effect / --foreground parsing with its one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelwise.errors import ConfigError
+from pixelwise.inference.effects import (
+    Effect,
+    blur,
+    composite,
+    cutout,
+    default_sigma,
+    fit_background,
+    foreground_alpha,
+    gaussian_blur,
+    highlight,
+    one_hot,
+    parse_classes,
+    parse_colour,
+    replace,
+)
+
+CLASSES = ["background", "person", "car"]
+PALETTE = [[0, 0, 0], [220, 20, 60], [0, 0, 142]]
+
+
+@pytest.fixture
+def scene():
+    """A random image, softmax probabilities of three classes and an alpha with exact 0s, 1s and values between."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    probs = torch.softmax(torch.from_numpy(rng.normal(0, 2, (3, 30, 40))).float(), 0).numpy()
+    alpha = rng.uniform(0, 1, (30, 40)).astype(np.float32)
+    alpha[:10] = 1.0
+    alpha[10:20] = 0.0
+    return image, probs, alpha
+
+
+def blend(image, background, alpha):
+    """The documented formula, written out independently of composite()."""
+    a = alpha.astype(np.float32)[..., None]
+    return np.rint(a * image.astype(np.float32) + (1 - a) * background.astype(np.float32)).astype(np.uint8)
+
+
+def test_blur_keeps_the_foreground_and_blurs_the_background_exactly(scene):
+    image, _, alpha = scene
+    out = blur(image, alpha, sigma=3.0)
+    background = gaussian_blur(image, 3.0)
+    assert not np.array_equal(background, image)
+    np.testing.assert_array_equal(out[:10], image[:10])  # alpha = 1
+    np.testing.assert_array_equal(out[10:20], background[10:20])  # alpha = 0
+    np.testing.assert_array_equal(out[20:], blend(image, background, alpha)[20:])  # in between
+    assert np.abs(out[20:].astype(int) - image[20:]).sum() > 0
+
+
+def test_blur_strength_default_and_large_sigmas():
+    flat = np.full((48, 64, 3), 77, np.uint8)
+    for sigma in (0.5, 3.0, 20.0, 200.0):  # replicated borders: a flat image stays flat at any strength
+        np.testing.assert_array_equal(gaussian_blur(flat, sigma), flat)
+    assert default_sigma(360, 480) == pytest.approx(9.6)
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    spread = [gaussian_blur(noise, s).astype(float).std() for s in (1.0, 4.0, 16.0)]
+    assert spread[0] > spread[1] > spread[2]  # stronger is smoother, through the shrink path too
+    with pytest.raises(ConfigError, match="must be > 0"):
+        gaussian_blur(noise, 0)
+
+
+def test_replace_with_a_colour_and_with_an_image(scene):
+    image, _, alpha = scene
+    out = replace(image, alpha, (0, 177, 64))
+    green = np.broadcast_to(np.array([0, 177, 64], np.uint8), image.shape)
+    np.testing.assert_array_equal(out[:10], image[:10])
+    np.testing.assert_array_equal(out[10:20], green[10:20])
+    np.testing.assert_array_equal(out[20:], blend(image, green, alpha)[20:])
+
+    picture = np.random.default_rng(2).integers(0, 256, (60, 120, 3), dtype=np.uint8)  # other size and aspect
+    fitted = fit_background(picture, 30, 40)
+    assert fitted.shape == (30, 40, 3)
+    out = replace(image, alpha, picture)
+    np.testing.assert_array_equal(out[:10], image[:10])
+    np.testing.assert_array_equal(out[10:20], fitted[10:20])
+    np.testing.assert_array_equal(out[20:], blend(image, fitted, alpha)[20:])
+
+
+def test_fit_background_covers_without_stretching():
+    # a 2:1 picture, half red half blue left to right, into a square: scaled to cover, centre kept
+    picture = np.zeros((50, 100, 3), np.uint8)
+    picture[:, :50, 0] = 255
+    picture[:, 50:, 2] = 255
+    fitted = fit_background(picture, 40, 40)
+    assert fitted.shape == (40, 40, 3)
+    assert (fitted[:, :15, 0] == 255).all() and (fitted[:, 25:, 2] == 255).all()
+    np.testing.assert_array_equal(fit_background(picture, 50, 100), picture)  # same size: as is
+
+
+def test_cutout_alpha_is_the_rounded_probability(scene):
+    image, probs, _ = scene
+    alpha = foreground_alpha(probs, [1, 2])
+    np.testing.assert_allclose(alpha, probs[1] + probs[2], atol=1e-6)
+    out = cutout(image, alpha)
+    assert out.shape == (30, 40, 4) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., :3], image)
+    np.testing.assert_array_equal(out[..., 3], np.rint(255 * (probs[1] + probs[2])).clip(0, 255).astype(np.uint8))
+
+
+def test_foreground_alpha_of_tensors_equals_numpy(scene):
+    _, probs, _ = scene
+    np.testing.assert_allclose(foreground_alpha(torch.from_numpy(probs), [2]), foreground_alpha(probs, [2]))
+    assert foreground_alpha(probs, [0, 1, 2]).max() <= 1.0  # sums just over 1 by rounding are clipped
+
+
+def test_highlight_tints_the_chosen_classes_and_leaves_the_others():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (20, 30))
+    mask[0, 0] = 255  # an ignored pixel belongs to no class
+    probs = one_hot(mask, 3)
+    out = highlight(image, probs, [1, 2], PALETTE, opacity=0.4)
+    others = ~np.isin(mask, [1, 2])
+    np.testing.assert_array_equal(out[others], image[others])
+    for c in (1, 2):
+        sel = mask == c
+        want = np.rint(0.6 * image[sel].astype(np.float32) + 0.4 * np.float32(PALETTE[c])).astype(np.uint8)
+        np.testing.assert_array_equal(out[sel], want)
+    only_car = highlight(image, probs, [2], PALETTE)
+    np.testing.assert_array_equal(only_car[mask == 1], image[mask == 1])
+
+
+def test_soft_edges_follow_the_probability():
+    image = np.full((1, 5, 3), 200, np.uint8)
+    background = np.zeros((1, 5, 3), np.uint8)
+    alpha = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], np.float32)
+    assert composite(image, background, alpha)[0, :, 0].tolist() == [0, 50, 100, 150, 200]
+
+
+def test_grey_and_float_images_become_rgb():
+    grey = np.full((4, 5, 1), 0.5, np.float32)  # as read_image gives a 16-bit grey image
+    out = cutout(grey, np.ones((4, 5), np.float32))
+    assert out.shape == (4, 5, 4) and (out[..., :3] == 128).all() and (out[..., 3] == 255).all()
+
+
+def test_parse_classes_by_name_or_index():
+    assert parse_classes("person,car", CLASSES) == [1, 2]
+    assert parse_classes("Car, 1 ,car", CLASSES) == [2, 1]
+    assert parse_classes(["PERSON", 2], CLASSES) == [1, 2]
+    with pytest.raises(ConfigError) as e:
+        parse_classes("person,dog", CLASSES)
+    assert str(e.value) == "--foreground 'dog': no such class; the model's classes are 0 background, 1 person, 2 car"
+    with pytest.raises(ConfigError, match="'7': no such class"):
+        parse_classes("7", CLASSES)
+    with pytest.raises(ConfigError, match="names no class"):
+        parse_classes(" , ", CLASSES)
+
+
+def test_parse_colour():
+    assert parse_colour("#00b140") == (0, 177, 64)
+    assert parse_colour("0,177,64") == (0, 177, 64)
+    assert parse_colour("green") == (0, 128, 0)
+    assert parse_colour("0,300,0") is None and parse_colour("beach.jpg") is None
+
+
+def test_effect_from_spec(tmp_path, scene):
+    image, probs, _ = scene
+    e = Effect.from_spec("blur=4", CLASSES, PALETTE)
+    assert (e.name, e.sigma, e.foreground) == ("blur", 4.0, [1, 2])  # default: all but "background"
+    np.testing.assert_array_equal(e.apply(image, probs), blur(image, probs[1] + probs[2], 4.0))
+    e = Effect.from_spec("highlight=0.7", CLASSES, PALETTE, foreground="car")
+    assert (e.opacity, e.foreground) == (0.7, [2])
+    assert Effect.from_spec("cutout", CLASSES, PALETTE).rgba
+    e = Effect.from_spec("replace=#ff0000", CLASSES, PALETTE, foreground="person")
+    assert e.background == (255, 0, 0) and e.describe()["background"] == "#ff0000"
+    picture = np.random.default_rng(4).integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "beach.png")
+    e = Effect.from_spec(f"replace={tmp_path / 'beach.png'}", CLASSES, PALETTE)
+    want = replace(image, foreground_alpha(probs, [1, 2]), picture)
+    np.testing.assert_array_equal(e.apply(image, probs), want)
+    np.testing.assert_array_equal(e.apply(image, torch.from_numpy(probs)), want)
+
+
+@pytest.mark.parametrize(
+    ("spec", "foreground", "message"),
+    [
+        ("sepia", None, "--effect 'sepia'; valid: blur[=SIGMA], replace=IMAGE_OR_COLOUR, cutout, highlight[=OPACITY]"),
+        ("blur=strong", None, "--effect 'blur=strong': 'strong' is not a number; valid: blur[=SIGMA], "),
+        ("blur=0", None, "--effect blur=0.0: the strength must be > 0 (a Gaussian sigma in pixels)"),
+        ("highlight=2", None, "--effect highlight=2.0: the opacity must be in (0, 1]"),
+        ("replace", None, "--effect 'replace': give the background, replace=IMAGE_OR_COLOUR"),
+        ("replace=nowhere.jpg", None, "--effect replace=nowhere.jpg: no such image file, and not a colour"),
+        ("cutout", "dog", "--foreground 'dog': no such class; the model's classes are 0 background, 1 person, 2 car"),
+    ],
+)
+def test_effect_spec_errors(spec, foreground, message):
+    with pytest.raises(ConfigError) as e:
+        Effect.from_spec(spec, CLASSES, PALETTE, foreground=foreground)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_model_without_a_background_class_needs_foreground():
+    with pytest.raises(ConfigError) as e:
+        Effect.from_spec("blur", ["Sky", "Road", "Car"], PALETTE)
+    assert str(e.value) == (
+        "--effect blur needs --foreground CLASS[,CLASS...]; the model's classes are 0 Sky, 1 Road, 2 Car"
+    )

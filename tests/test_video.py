@@ -1,0 +1,282 @@
+"""Video prediction end to end on tiny videos written here with PyAV (a moving square, 12 frames of 64x48): the
+outputs' frame count, rate and size, the lossless masks equal to predicting the frames one by one, the audio
+passed through, the effect video, temporal smoothing against flicker, and the one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from pixelwise.config import load_config
+from pixelwise.engine import Predictor, train
+from pixelwise.errors import ConfigError, DataError, PixelwiseError
+from pixelwise.inference import InferenceSettings
+
+from .conftest import write_dataset
+from .test_engine import toy_config
+
+av = pytest.importorskip("av", reason="video needs PyAV: pip install 'pixelwise[video]'")
+
+from pixelwise.data.video import VideoWriter, choose_codec, is_video, probe_video, read_frames  # noqa: E402
+from pixelwise.engine.video import (  # noqa: E402
+    FlickerMeter,
+    TemporalEMA,
+    batches,
+    flicker,
+    image_probabilities,
+    label_change_rate,
+    predict_video,
+    sequence_scores,
+)
+from pixelwise.inference.effects import Effect, cutout, foreground_alpha  # noqa: E402
+
+W, H, N, FPS = 64, 48, 12, 25
+
+
+def square_frames(n: int = N) -> list[np.ndarray]:
+    """A grey square (the toy model's class 2) moving right over a dark textured background (classes 0 and 1)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 40, (H, W, 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        f[12:32, 4 + 3 * i : 24 + 3 * i] = 140
+        frames.append(f)
+    return frames
+
+
+def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None, sample_rate: int = 8000):
+    """``frames`` encoded with PyAV, with a sine tone in ``audio`` (an audio codec name) for the video's length."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    astream = out.add_stream(audio, rate=sample_rate) if audio else None
+    for i, frame in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = i
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    if astream is not None:
+        t = np.arange(int(sample_rate * len(frames) / fps)) / sample_rate
+        fmt = astream.codec_context.format.name
+        tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+        samples = (tone * 127 + 128).astype(np.uint8) if fmt == "u8" else tone.astype(np.float32)
+        for k in range(0, len(samples), 1024):
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[None, k : k + 1024]), format=fmt, layout="mono"
+            )
+            af.sample_rate, af.pts = sample_rate, k
+            for packet in astream.encode(af):
+                out.mux(packet)
+        for packet in astream.encode(None):
+            out.mux(packet)
+    out.close()
+    return path
+
+
+def stream_facts(path):
+    """(decoded frame count, average frame rate, width, height, audio codec or None) read back with PyAV."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        count = sum(1 for _ in c.decode(v))
+        audio = c.streams.audio[0].codec_context.name if c.streams.audio else None
+        return count, v.average_rate, v.codec_context.width, v.codec_context.height, audio
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    """tests/test_reliability.py's toy model trained for 100 iterations instead of 2 (about a second): at 2 it
+    predicts one class everywhere, and comparing label maps would prove nothing. Dark pixels come out as
+    classes 0 and 1, the square as class 2."""
+    tmp = tmp_path_factory.mktemp("toy")
+    root = write_dataset(tmp / "data").parent
+    train(
+        load_config(toy_config(tmp, iters=100, eval_interval=100)), run_dir=tmp / "run", data_root=root, progress=False
+    )
+    return Predictor(tmp / "run" / "best.pt", device="cpu")
+
+
+def test_predict_video_writes_overlay_masks_and_effect(predictor, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", square_frames())
+    effect = Effect.from_spec("blur=2", predictor.classes, predictor.meta["palette"], foreground="c1,c2")
+    files = predict_video(
+        predictor, clip, tmp_path / "out", masks="video", effect=effect, batch_size=5, progress=False
+    )  # 5 does not divide 12: a short last batch
+    assert files["overlay"] == str(tmp_path / "out" / "clip_overlay.mp4")
+    assert files["effect"] == str(tmp_path / "out" / "clip_effect.mp4")
+    assert files["masks"] == str(tmp_path / "out" / "clip_masks.mkv")
+    assert (files["frames"], files["fps"], files["size"]) == ("12", "25", "64x48")
+    assert files["codec"] == choose_codec() == "libx264"
+    for key in ("overlay", "effect", "masks"):
+        assert stream_facts(files[key])[:4] == (N, FPS, W, H), key
+    # lossless: the mask video holds exactly the labels of predicting each decoded frame on its own
+    decoded = list(read_frames(clip))
+    labels = [m[..., 0] for m in read_frames(files["masks"], "L")]
+    assert len(labels) == N and set(np.unique(np.stack(labels))) == {0, 1, 2}
+    for frame, label in zip(decoded, labels, strict=True):
+        np.testing.assert_array_equal(label, predictor.predict(frame))
+    assert float(files["flicker"]) == pytest.approx(flicker(labels), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("ext", "codec"), [("mov", "libx264"), ("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4")]
+)
+def test_other_containers(predictor, tmp_path, ext, codec):
+    clip = write_video(tmp_path / f"clip.{ext}", square_frames(), codec=codec)
+    files = predict_video(predictor, clip, tmp_path / "out", progress=False)
+    assert stream_facts(files["overlay"])[:4] == (N, FPS, W, H)
+
+
+def test_masks_as_pngs_and_rgba_cutout(predictor, tmp_path):
+    from PIL import Image
+
+    clip = write_video(tmp_path / "clip.mkv", square_frames(), codec="ffv1")  # another container, lossless input
+    effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="2")
+    files = predict_video(
+        predictor, clip, tmp_path / "out", masks="png", effect=effect, overlay_video=False, progress=False
+    )
+    assert "overlay" not in files and files["effect"].endswith("clip_effect.mov")
+    pngs = sorted((tmp_path / "out" / "masks" / "clip").iterdir())
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(N)]
+    frames = list(read_frames(clip))
+    with av.open(files["effect"]) as c:
+        rgba = [f.to_ndarray(format="rgba") for f in c.decode(video=0)]
+    assert len(rgba) == N
+    for frame, png, out in zip(frames, pngs, rgba, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), predictor.predict(frame))
+        want = cutout(frame, foreground_alpha(image_probabilities(predictor, frame), [2]))
+        np.testing.assert_array_equal(out[..., :3], frame)  # PNG in MOV: lossless, alpha kept
+        # batched and single-image probabilities agree to float rounding: at most one step of 255
+        assert np.abs(out[..., 3].astype(int) - want[..., 3]).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"crf": True}, {"inference": InferenceSettings(scales=(0.75, 1.0), flip=True)}], ids=str
+)
+def test_image_probabilities_argmax_is_the_prediction(predictor, options):
+    """Effects take probabilities (the CRF's with --crf): they sum to 1 and their argmax is predict's mask,
+    whether the protocol returns logits (plain) or probabilities (CRF, scales and flip)."""
+    p = Predictor(predictor.checkpoint, device="cpu", **options)
+    frame = square_frames()[3]
+    probs = image_probabilities(p, frame)
+    torch.testing.assert_close(probs.sum(0), torch.ones(H, W), atol=1e-4, rtol=0)
+    assert (probs.argmax(0).numpy() == p.predict(frame)).mean() > 0.999  # ties may break either way
+
+
+def test_audio_is_copied_re_encoded_or_dropped(predictor, tmp_path):
+    aac = write_video(tmp_path / "aac.mp4", square_frames(), audio="aac")
+    files = predict_video(predictor, aac, tmp_path / "a", progress=False)
+    assert files["audio"] == "passed through (aac, copied)"
+    assert stream_facts(files["overlay"])[4] == "aac"
+    with av.open(files["overlay"]) as c:
+        a, v = c.streams.audio[0], c.streams.video[0]
+        assert float(a.duration * a.time_base) == pytest.approx(float(v.duration * v.time_base), abs=0.15)
+
+    u8 = write_video(tmp_path / "u8.mkv", square_frames(), audio="pcm_u8")  # MP4 does not take 8-bit PCM
+    files = predict_video(predictor, u8, tmp_path / "b", progress=False)
+    assert files["audio"] == "passed through (pcm_u8 re-encoded as aac)"
+    assert stream_facts(files["overlay"])[:5] == (N, FPS, W, H, "aac")
+
+    files = predict_video(predictor, aac, tmp_path / "c", audio=False, progress=False)
+    assert files["audio"] == "dropped (asked for)" and stream_facts(files["overlay"])[4] is None
+
+    silent = write_video(tmp_path / "silent.mp4", square_frames())
+    assert predict_video(predictor, silent, tmp_path / "d", progress=False)["audio"] == "none (the input has no audio)"
+
+
+def test_smoothing_factor_one_is_no_smoothing(predictor, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", square_frames())
+    plain = predict_video(predictor, clip, tmp_path / "a", masks="video", overlay_video=False, progress=False)
+    same = predict_video(
+        predictor, clip, tmp_path / "b", masks="video", overlay_video=False, smooth=1.0, progress=False
+    )
+    smoothed = predict_video(
+        predictor, clip, tmp_path / "c", masks="video", overlay_video=False, smooth=0.3, progress=False
+    )
+    a, b = list(read_frames(plain["masks"], "L")), list(read_frames(same["masks"], "L"))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert smoothed["smooth"] == "0.3" and stream_facts(smoothed["masks"])[0] == N
+    assert plain["smooth"] == "none" and float(smoothed["flicker"]) < float(plain["flicker"])
+
+
+def noisy_sequence(frames=30, classes=3, size=(24, 32), noise=1.5, seed=0):
+    """Probabilities of a still scene (a fixed label map) with fresh noise on the logits in every frame."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randint(0, classes, size, generator=g)
+    clean = torch.nn.functional.one_hot(truth, classes).permute(2, 0, 1).float()
+    logits = clean[None] + noise * torch.randn((frames, classes, *size), generator=g)
+    return torch.softmax(logits, 1), truth
+
+
+def test_smoothing_reduces_flicker_and_carries_across_batches():
+    probs, truth = noisy_sequence()
+    raw = flicker(p.argmax(0).numpy() for p in probs)
+    ema = TemporalEMA(0.3)
+    smoothed = torch.cat([ema(b) for b in probs.split(7)])  # batches of 7: the state carries over
+    assert torch.equal(smoothed[0], probs[0])  # the first frame as is
+    torch.testing.assert_close(smoothed[1], 0.3 * probs[1] + 0.7 * probs[0])
+    whole = TemporalEMA(0.3)(probs)
+    torch.testing.assert_close(smoothed, whole)
+    calm = flicker(p.argmax(0).numpy() for p in smoothed)
+    assert raw > 0.2 and calm < 0.5 * raw
+    scores = sequence_scores([p.argmax(0).numpy() for p in smoothed], [truth.numpy()] * len(probs), 3)
+    assert scores["flicker_ground_truth"] == 0.0 and scores["flicker"] == pytest.approx(calm)
+    raw_scores = sequence_scores([p.argmax(0).numpy() for p in probs], [truth.numpy()] * len(probs), 3)
+    assert scores["mean_frame_miou"] > raw_scores["mean_frame_miou"]
+    assert torch.equal(TemporalEMA(1.0)(probs), probs)
+    with pytest.raises(ConfigError, match=r"--smooth 0: the moving average's factor must be in \(0, 1\]"):
+        TemporalEMA(0)
+
+
+def test_flicker_measures():
+    a = np.zeros((4, 5), np.uint8)
+    b = a.copy()
+    b[0, :2] = 1
+    assert label_change_rate(a, b) == pytest.approx(0.1)
+    meter = FlickerMeter()
+    for m in (a, b, b, a):
+        meter.update(m)
+    assert meter.pairs == 3 and meter.value == pytest.approx(0.2 / 3)
+    assert np.isnan(flicker([a]))
+    truth = [a, b]
+    s = sequence_scores(truth, truth, 2)
+    assert s["miou_per_frame"] == [1.0, 1.0] and s["miou"] == 1.0 and s["flicker"] == s["flicker_ground_truth"]
+    assert [len(x) for x in batches(range(12), 5)] == [5, 5, 2]
+
+
+def test_writer_keeps_odd_sizes_and_rates(tmp_path):
+    frames = [np.full((33, 47, 3), 10 * i, np.uint8) for i in range(6)]
+    with VideoWriter(tmp_path / "odd.mp4", fps=Fraction(30000, 1001), width=47, height=33) as w:
+        for f in frames:
+            w.write(f)
+    info = probe_video(tmp_path / "odd.mp4")
+    assert (info.width, info.height, info.fps, info.frames) == (47, 33, Fraction(30000, 1001), 6)
+    with pytest.raises(ValueError, match="frame is 10x10, the video 47x33"):
+        with VideoWriter(tmp_path / "bad.mp4", fps=25, width=47, height=33) as w:
+            w.write(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_not_a_video_and_missing_pyav(predictor, tmp_path, monkeypatch):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    with pytest.raises(DataError) as e:
+        predict_video(predictor, fake, tmp_path / "out", progress=False)
+    assert str(e.value) == (
+        f"cannot read video {fake}: not a video PyAV can decode (Invalid data found when processing input)"
+    )
+    with pytest.raises(DataError) as e:
+        predict_video(predictor, tmp_path / "gone.mp4", tmp_path / "out", progress=False)
+    assert str(e.value) == f"video {tmp_path / 'gone.mp4'} does not exist"
+    assert is_video("a/B.MOV") and is_video("x.webm") and not is_video("x.png")
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed: import av raises ImportError
+    clip = tmp_path / "clip.mp4"
+    with pytest.raises(PixelwiseError) as e:
+        predict_video(predictor, clip, tmp_path / "out", progress=False)
+    assert str(e.value) == "video needs PyAV: pip install 'pixelwise[video]' (or pip install av)"
