@@ -139,7 +139,7 @@ class DataCheckReport:
                     f"{s.seconds:.1f}",
                 ]
             )
-        lines += ["", *_table(rows)]
+        lines += ["", *text_table(rows)]
         labelled = [s for s in splits if s.labelled and s.histogram]
         if labelled:
             rows = [["class", *(f"{s.split} pixels" for s in labelled), *(f"{s.split} %" for s in labelled)]]
@@ -154,7 +154,7 @@ class DataCheckReport:
                         *(f"{100 * v / t:.2f}" for v, t in zip(values, totals, strict=True)),
                     ]
                 )
-            lines += ["", *_table(rows)]
+            lines += ["", *text_table(rows)]
         if self.problems:
             lines.append("")
             for split in dict.fromkeys(p.split for p in self.problems):
@@ -169,7 +169,8 @@ class DataCheckReport:
         return "\n".join(lines)
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def text_table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned text lines (first column left, the others right), a rule under the header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))

@@ -56,6 +56,15 @@ _TRANSPOSE = {
 _warned_16bit_colour = False
 
 
+def orient_array(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (a mask or an id map of a stored image) turned as :func:`read_image` turns an image with this
+    EXIF orientation (PIL's transposes on a 32-bit integer image, so that ids survive)."""
+    method = _TRANSPOSE.get(orientation)
+    if method is None:
+        return array
+    return np.array(Image.fromarray(array.astype(np.int32)).transpose(method)).astype(array.dtype)
+
+
 def multipage_message(path: Path, pages: int) -> str:
     """The DataError message for a multi-page image where one image is expected."""
     return (

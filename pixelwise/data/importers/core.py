@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError, DataError
 from ...fileio import write_json
+from ..check import text_table
 from ..info import DatasetInfo
-from ..io import IMAGE_EXTENSIONS, check_instance_classes, probe_image
+from ..io import IMAGE_EXTENSIONS, check_instance_classes, orient_array, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ SPLIT_ORDER = ("train", "val", "test")
 IGNORE_COLOUR = (255, 255, 255)
 """The colour the written palette PNG masks show ignore pixels in (only their look: the pixels hold the index)."""
 
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -178,7 +170,7 @@ class ImportSummary:
                     str(self.instances.get(s, 0)) if has_inst else "-",
                 ]
             )
-        lines += ["", *_table(rows)]
+        lines += ["", *text_table(rows)]
         labelled = [s for s in splits if s in self.histogram]
         if labelled:
             rows = [["class", *(f"{s} pixels" for s in labelled), *(f"{s} %" for s in labelled)]]
@@ -193,7 +185,7 @@ class ImportSummary:
                         *(f"{100 * v / t:.2f}" for v, t in zip(values, totals, strict=True)),
                     ]
                 )
-            lines += ["", *_table(rows)]
+            lines += ["", *text_table(rows)]
         if self.skipped:
             groups: dict[str, list[str]] = {}
             for file, reason in self.skipped:
@@ -207,16 +199,6 @@ class ImportSummary:
         else:
             lines += ["", "skipped: nothing"]
         return "\n".join(lines)
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,15 +251,6 @@ class _Result:
     oriented: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unknown: dict[Any, int] = field(default_factory=dict)
-
-
-def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
-    """``array`` turned as pixelwise's image reader turns an image with this EXIF orientation (PIL's transposes
-    on a 32-bit integer image, so that ids survive)."""
-    method = _TRANSPOSE.get(orientation)
-    if method is None:
-        return array
-    return np.array(Image.fromarray(array.astype(np.int32)).transpose(method)).astype(array.dtype)
 
 
 def _mask_palette(palette: list[list[int]], ignore_index: int) -> list[int]:
@@ -366,8 +339,8 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
                 raise DataError(
                     f"annotation {source} is {mask.shape[1]}x{mask.shape[0]} but image {image_src} is {raw[0]}x{raw[1]}"
                 )
-            mask = _orient(mask, orientation)
-            inst = None if inst is None else _orient(inst, orientation)
+            mask = orient_array(mask, orientation)
+            inst = None if inst is None else orient_array(inst, orientation)
             res.oriented = True
         if mask.shape != (h, w):
             raise DataError(
