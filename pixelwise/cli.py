@@ -141,6 +141,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run
+
+    run(
+        args.checkpoint,
+        args.host,
+        args.port,
+        backend=args.backend,
+        device=args.device,
+        amp=args.amp,
+        max_queue=args.max_queue,
+        max_bytes=int(args.max_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        timeout_s=args.timeout,
+        log_level="warning" if args.quiet else "info",
+    )
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.stats import model_stats
@@ -536,6 +555,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbones", action="store_true", help="list the backbones instead, with the output strides each supports"
     )
     p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("serve", help="serve a model: an HTTP API and a web page (needs the [serve] extra)")
+    p.add_argument("checkpoint", help="RUN/best.pt, or an .onnx file from pixelwise export")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="auto (default): onnxruntime for an .onnx file, else torch",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        default="auto",
+        help="precision (default auto: the run's where this device runs it natively, else fp32)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=8, help="requests waiting behind the running one; more get 503 (default 8)"
+    )
+    p.add_argument("--max-mb", type=float, default=20, help="largest request body, MiB; larger get 413 (default 20)")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=25,
+        help="largest image, width x height in millions of pixels; larger get 413 (default 25)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30,
+        help="seconds a request may take, upload, queue and prediction together; longer get 408/504 (default 30)",
+    )
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -80,6 +80,19 @@ def _open(path: Path, kind: str = "image") -> Image.Image:
         raise DataError(f"cannot read {kind} {path}: {e}") from None
 
 
+def page_count(im: Image.Image) -> int:
+    """Pages of an opened image (a TIFF stack's slices, an animation's frames); a JPEG's MPO extras are not pages."""
+    return _pages(im)
+
+
+def decode_image(
+    im: Image.Image, path: Path, mode: str | None = "RGB", image_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """An opened one-page image decoded by :func:`read_image`'s rules (bit depths, EXIF orientation, channels);
+    for images that come as bytes, e.g. an upload, with ``path`` naming them in messages."""
+    return _decode(im, path, mode, image_range)
+
+
 def _pages(im: Image.Image) -> int:
     if im.format == "MPO":  # a JPEG with extra pictures (previews, depth): the first one is the image
         return 1

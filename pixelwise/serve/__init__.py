@@ -1,0 +1,126 @@
+"""``pixelwise serve``: a trained model behind an HTTP API and a web page (FastAPI on uvicorn).
+
+- :func:`create_app` -> the FastAPI application (the model loaded once; ``POST /v1/segment``, ``GET /v1/model``,
+  ``GET /healthz``, ``GET /``), for tests or another ASGI server;
+- :func:`run` serves it on ``host:port`` until interrupted (what the CLI calls);
+- :func:`make_server` binds the socket and returns the uvicorn server without running it (tests, benchmarks).
+
+FastAPI, uvicorn and python-multipart come with the ``[serve]`` extra; importing this package needs none of
+them, calling it does (a one-line :class:`~pixelwise.errors.PixelwiseError` says what to install)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, PixelwiseError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pixelwise serve needs FastAPI, uvicorn and python-multipart: pip install 'pixelwise[serve]'"
+
+
+def _require() -> None:
+    # python-multipart (which parses the upload form) is the module python_multipart, formerly multipart
+    for names in (("fastapi",), ("uvicorn",), ("python_multipart", "multipart")):
+        if not any(importlib.util.find_spec(name) for name in names):
+            raise PixelwiseError(f"{INSTALL_HINT} ({names[0]} is missing)")
+
+
+def create_app(checkpoint: Any, **options: Any) -> FastAPI:
+    """The FastAPI application of one model; see :func:`pixelwise.serve.app.create_app` for the options
+    (``backend``, ``device``, ``amp``, ``max_queue``, ``max_bytes``, ``max_pixels``, ``timeout_s``)."""
+    _require()
+    from .app import create_app as _create_app
+
+    return _create_app(checkpoint, **options)
+
+
+def check_host(host: str) -> None:
+    """Warn when ``host`` is reachable from other machines (a wildcard or a non-loopback address): the server
+    has no authentication, and anyone who reaches the port can send it work."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name: loopback only if it is "localhost"
+        if host != "localhost":
+            log.warning("serving on %s: every machine that can reach that name can use the model", host)
+        return
+    if address.is_unspecified:
+        log.warning(
+            "serving on %s listens on every network interface: anyone who can reach this machine can send images "
+            "to the model (there is no authentication); use 127.0.0.1 unless that is meant",
+            host,
+        )
+    elif not address.is_loopback:
+        log.warning("serving on %s: every machine that can reach that address can use the model", host)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to exactly ``host:port`` (port 0: a free one); a one-line ConfigError if it cannot be."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def make_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **config: Any) -> tuple[Any, socket.socket]:
+    """``(uvicorn.Server, bound socket)`` for ``app``: start it with ``server.run(sockets=[sock])`` (in a thread
+    for tests), stop it with ``server.should_exit = True``. Binding here, not in uvicorn, gives a one-line error
+    for a busy port and the real port of ``port=0`` (``sock.getsockname()[1]``)."""
+    _require()
+    import uvicorn
+
+    check_host(host)
+    sock = bind(host, port)
+    limits = getattr(app.state, "limits", None)
+    settings: dict[str, Any] = {
+        # bodies are read before a request joins the queue: bounding the connections bounds the memory that
+        # uploads in flight can hold (at most this many x max_bytes); uvicorn answers 503 beyond it
+        "limit_concurrency": 16 + 2 * (1 + limits.max_queue) if limits is not None else None,
+        "log_level": "info",
+        "server_header": False,
+        "proxy_headers": False,  # no proxy in front by default: log the real client address
+        "timeout_graceful_shutdown": 5,
+        **config,
+    }
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, **settings)), sock
+
+
+def run(
+    checkpoint: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    access_log: bool = True,
+    **options: Any,
+) -> None:
+    """Serve ``checkpoint`` on ``host:port`` (127.0.0.1 by default: this machine only) until interrupted.
+    ``options`` as :func:`create_app` (backend, device, amp, and the limits)."""
+    app = create_app(checkpoint, **options)
+    server, sock = make_server(app, host, port, log_level=log_level, access_log=access_log)
+    bound = sock.getsockname()
+    log.info("pixelwise serve: http://%s:%d/ (Ctrl+C stops it)", host if ":" not in host else f"[{host}]", bound[1])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+__all__ = ["INSTALL_HINT", "bind", "check_host", "create_app", "make_server", "run"]
