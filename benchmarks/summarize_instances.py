@@ -25,7 +25,10 @@ def run_row(run: Path) -> tuple[str, list[float], dict]:
     scores = result["metrics"]["instances"]
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in log if r["type"] == "train"]
+    vals = [r for r in log if r["type"] == "val" and "instances" in r]
+    best = max(vals, key=lambda r: r["instances"]["mean_ap"], default=None)  # best.pt: the best val mean AP
     info = {
+        "best_iter": best["iter"] if best else None,
         "iters": train[-1]["iter"] if train else 0,
         "minutes": train[-1]["train_seconds"] / 60 if train else 0.0,
         "pq": scores["pq"],
@@ -40,7 +43,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     lines = [
-        "| method | " + " | ".join(TAUS) + " | PQ | training |",
+        "| method | " + " | ".join(TAUS) + " | PQ | training (best.pt at) |",
         "|---|" + "---:|" * (len(TAUS) + 2),
     ]
     for name, values in PAPER.items():
@@ -52,7 +55,7 @@ def main() -> None:
         lines.append(
             f"| {name} | "
             + " | ".join(f"{v:.3f}" for v in values)
-            + f" | {info['pq']:.3f} | {info['iters']} it, {info['minutes']:.1f} min |"
+            + f" | {info['pq']:.3f} | {info['iters']} it, {info['minutes']:.1f} min ({info['best_iter']}) |"
         )
     print("\n".join(lines))
 
