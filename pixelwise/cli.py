@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .errors import PixelwiseError
 
-DESCRIPTION = "Semantic segmentation with the classic architectures built to their papers."
+DESCRIPTION = "Semantic and instance segmentation with the classic architectures built to their papers."
 EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
