@@ -48,13 +48,15 @@ def _why_unreadable(path: Path, error: Exception) -> str:
     if path.suffix.lower() == ".onnx":
         return "it is an ONNX file, not a checkpoint: run it with --backend onnxruntime"
     text = str(error)
-    if "Weights only load failed" in text or "weights_only" in text:
-        if zipfile.is_zipfile(path):
-            return (
-                "it holds Python objects besides tensors and plain types (a pickled model or optimizer?), and "
-                "pixelwise never unpickles code: save a state dict (model.state_dict()) or a pixelwise checkpoint"
-            )
+    if not zipfile.is_zipfile(path):
+        # torch.save writes zip archives; anything else that fails to load (random bytes fail in many ways, e.g.
+        # "pop from empty list" from the unpickler) is no PyTorch file, or a truncated one
         return "it is not a PyTorch file (truncated, or another format)"
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (
+            "it holds Python objects besides tensors and plain types (a pickled model or optimizer?), and "
+            "pixelwise never unpickles code: save a state dict (model.state_dict()) or a pixelwise checkpoint"
+        )
     return _first_line(error)
 
 
