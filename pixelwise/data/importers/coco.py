@@ -114,6 +114,18 @@ def _sets(files: list[Path], prefix: str) -> dict[str, tuple[str, Path]]:
     return out
 
 
+def _annotation_sets(src: Path, prefix: str, hint: str) -> dict[str, tuple[str, Path]]:
+    """split -> (set name, file) of ``SRC/annotations/<prefix><set>.json``; a DataError (with ``hint`` on what SRC
+    holds) when there are none, or none of a train, val or test set."""
+    files = sorted((src / "annotations").glob(f"{prefix}*.json"))
+    if not files:
+        raise DataError(f"no annotations/{prefix}<set>.json under {src}: {hint}")
+    sets = _sets(files, prefix)
+    if not sets:
+        raise DataError(f"none of {', '.join(p.name for p in files)} is a train, val or test set")
+    return sets
+
+
 def _image_dir(src: Path, set_name: str) -> Path:
     for folder in (src / set_name, src / "images" / set_name):
         if folder.is_dir():
@@ -202,12 +214,7 @@ def _instances_converter(api: Any) -> Any:
 def plan_coco(src: Path, palette: Path | None = None) -> Plan:
     """COCO instance annotations (see the module docstring)."""
     api = mask_api()
-    files = sorted((src / "annotations").glob("instances_*.json"))
-    if not files:
-        raise DataError(f"no annotations/instances_<set>.json under {src}: coco SRC holds annotations/ and the images")
-    sets = _sets(files, "instances_")
-    if not sets:
-        raise DataError(f"none of {', '.join(p.name for p in files)} is a train, val or test set")
+    sets = _annotation_sets(src, "instances_", "coco SRC holds annotations/ and the images")
     plan: Plan | None = None
     reference: list[tuple[int, str]] = []
     for split, (set_name, path) in sorted(sets.items()):
@@ -289,12 +296,7 @@ def _panoptic_converter(item: Item) -> Converted:
 
 def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
     """COCO panoptic annotations (see the module docstring)."""
-    files = sorted(p for p in (src / "annotations").glob("panoptic_*.json"))
-    if not files:
-        raise DataError(f"no annotations/panoptic_<set>.json under {src}: coco-panoptic SRC holds annotations/")
-    sets = _sets(files, "panoptic_")
-    if not sets:
-        raise DataError(f"none of {', '.join(p.name for p in files)} is a train, val or test set")
+    sets = _annotation_sets(src, "panoptic_", "coco-panoptic SRC holds annotations/")
     plan: Plan | None = None
     reference: list[tuple[int, str]] = []
     for split, (set_name, path) in sorted(sets.items()):
