@@ -32,16 +32,13 @@ from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, r
 from pixelwise.device import autocast
 from pixelwise.engine import evaluate_checkpoint, image_mode, model_spec, train
 from pixelwise.losses import build_loss
-from pixelwise.models import build_model, input_channels, register_model
+from pixelwise.models import build_model, input_channels
 from pixelwise.models.weights import load_checkpoint, model_from_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers_smp import register_smp_peers  # noqa: E402
 
-@register_model
-def smp_unet_resnet34(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
-    """segmentation_models_pytorch.Unet with a randomly initialised ResNet-34 encoder (smp defaults)."""
-    import segmentation_models_pytorch as smp
-
-    return smp.Unet("resnet34", encoder_weights=None, in_channels=in_channels, classes=num_classes)
+register_smp_peers()
 
 
 def step_time(config: dict, root: Path, steps: int = 8) -> float:

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "class_weights": None,  # median_frequency | inverse_frequency | [w_0, ..., w_C-1]: computed once, cached
         "seed": 0,
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
+        "amp": "none",  # none | auto | bf16 | fp16 (auto: bf16 where native; fp16 on CUDA only, with a gradient scaler)
         "channels_last": False,  # NHWC memory format: faster convolutions on recent CPUs and GPUs
         "aux_weight": 0.4,  # weight of the auxiliary head's loss, for models built with aux_head (PSPNet: 0.4)
         "head_lr_mult": 1.0,  # learning-rate multiple for the parameters outside the backbone (DeepLab: 10)

@@ -3,13 +3,18 @@ for inference."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 AMP_CHOICES = ("none", "bf16", "fp16")
+# train.amp also takes "auto": the half precision the device computes natively, else fp32 (training_amp)
+TRAIN_AMP_CHOICES = ("auto", *AMP_CHOICES)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -49,7 +54,27 @@ def resolve_amp(amp: str, run_amp: str | None, device: torch.device) -> str:
     runs it natively, else fp32 (``"none"``); any other value as given."""
     if amp != "auto":
         return amp
+    if run_amp == "auto":
+        return training_amp("auto", device)
     return run_amp if run_amp in native_precisions(device) else "none"
+
+
+def training_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` as training runs it. ``"auto"``: bf16 where ``device`` computes it natively (CPUs with
+    AVX-512 BF16 or AMX, CUDA GPUs with bf16), fp16 on older CUDA GPUs, else fp32 (``"none"``). An explicit
+    bf16 on a CPU without native bf16 is kept but warned about: emulated bf16 convolutions are many times
+    slower than fp32 there (benchmarks/results/amp_emulated.json)."""
+    if amp not in TRAIN_AMP_CHOICES:
+        raise ConfigError(f"train.amp={amp!r}; valid: {', '.join(TRAIN_AMP_CHOICES)}")
+    native = native_precisions(device)
+    if amp == "auto":
+        return native[0] if native else "none"
+    if amp == "bf16" and device.type == "cpu" and "bf16" not in native:
+        log.warning(
+            "train.amp=bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 is emulated and many "
+            "times slower than fp32; set train.amp=auto (bf16 only where native) or none"
+        )
+    return amp
 
 
 def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:

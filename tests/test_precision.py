@@ -8,7 +8,8 @@ import torch
 
 import pixelwise.device as device_module
 from pixelwise.config import load_config
-from pixelwise.device import resolve_amp
+from pixelwise.device import resolve_amp, training_amp
+from pixelwise.errors import ConfigError
 from pixelwise.engine import evaluate_checkpoint, train
 
 from .conftest import write_dataset
@@ -24,6 +25,22 @@ def test_resolve_amp(monkeypatch):
     monkeypatch.setattr(device_module, "native_precisions", lambda d: ())
     assert resolve_amp("auto", "bf16", cpu) == "none"  # emulated bf16 would be slower: fp32
     assert resolve_amp("bf16", "none", cpu) == "bf16"  # asked for explicitly
+
+
+def test_training_amp_auto_is_bf16_only_where_native(monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "native_precisions", lambda d: ("bf16",))
+    assert training_amp("auto", cpu) == "bf16"
+    assert resolve_amp("auto", "auto", cpu) == "bf16"  # eval of a run trained with train.amp=auto
+    monkeypatch.setattr(device_module, "native_precisions", lambda d: ())
+    assert training_amp("auto", cpu) == "none"
+    assert resolve_amp("auto", "auto", cpu) == "none"
+    assert training_amp("none", cpu) == "none"
+    with caplog.at_level("WARNING", logger="pixelwise.device"):
+        assert training_amp("bf16", cpu) == "bf16"  # kept as asked, but warned about
+    assert "this CPU has no native bf16" in caplog.text and "train.amp=auto" in caplog.text
+    with pytest.raises(ConfigError, match=r"^train.amp='half'; valid: auto, none, bf16, fp16$"):
+        training_amp("half", cpu)
 
 
 def test_native_precisions_follow_the_cpu_flags():

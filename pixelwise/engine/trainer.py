@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_valid, resolve_data_root
 from ..data.transforms import AUGMENTATION_KEYS
-from ..device import autocast, resolve_device
+from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
@@ -116,7 +116,8 @@ def train(
     (:func:`pixelwise.data.require_valid`) and stops on any bad one. SIGINT and SIGTERM end the run after
     the current step with ``last.pt`` written (raising :class:`TrainingInterrupted`), and
     ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
-    Returns ``{"best_miou", "best_metric", "best_iter", "last": <last val metrics>, "train_seconds", "run_dir"}``
+    Returns ``{"best_miou", "best_metric", "best_iter", "last": <last val metrics>, "train_seconds", "iterations",
+    "run_dir"}``
     (``best_miou`` holds the best value of ``best_metric``: ``"miou"``, or ``"mean_ap"`` for instance methods).
     """
     train_cfg = config["train"]
@@ -210,7 +211,7 @@ def _train(
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
-    amp = train_cfg["amp"]
+    amp = training_amp(train_cfg["amp"], device)  # "auto": bf16 only where the device computes it natively
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
     model = build_model(**spec).to(device, memory_format=memory_format)
@@ -434,5 +435,6 @@ def _train(
         "best_iter": state.best_iter,
         "last": last_metrics,
         "train_seconds": state.train_seconds,
+        "iterations": state.iter,
         "run_dir": str(run_dir),
     }

@@ -1,0 +1,33 @@
+"""smp's models registered as pixelwise models, so that a config trains them with pixelwise's own engine
+(``model.name: smp_unet_resnet34``): the peers of ``unet_vs_smp.py``, ``peer_same_budget.py`` and
+``train_throughput.py``. Random initialisation (no pretrained weights), smp's defaults otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from pixelwise.models import list_models, register_model
+
+
+def smp_unet_resnet34(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.Unet with a randomly initialised ResNet-34 encoder."""
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet("resnet34", encoder_weights=None, in_channels=in_channels, classes=num_classes)
+
+
+def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.DeepLabV3Plus with a randomly initialised MobileNetV2 encoder (output stride 16)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, in_channels=in_channels, classes=num_classes)
+
+
+PEERS = (smp_unet_resnet34, smp_deeplabv3plus_mobilenet_v2)
+
+
+def register_smp_peers() -> None:
+    """Register the peers (once per process)."""
+    for builder in PEERS:
+        if builder.__name__ not in list_models():
+            register_model(builder)
