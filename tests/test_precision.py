@@ -9,8 +9,8 @@ import torch
 import pixelwise.device as device_module
 from pixelwise.config import load_config
 from pixelwise.device import resolve_amp, training_amp
-from pixelwise.errors import ConfigError
 from pixelwise.engine import evaluate_checkpoint, train
+from pixelwise.errors import ConfigError
 
 from .conftest import write_dataset
 from .test_engine import toy_config

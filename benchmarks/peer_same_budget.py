@@ -1,0 +1,159 @@
+"""A pixelwise config against smp's model with the same minutes of training on the same machine, in one run.
+
+Both sides are trained by pixelwise's engine from the same config (data, crops, augmentation, optimizer,
+schedule, precision), the peer with ``model.name`` swapped for one of smp's models (``peers_smp.py``; random
+initialisation), each with ``train.max_minutes = --minutes`` so that the poly schedule follows the clock. By
+default the two train at the same time, each pinned to its own core with one thread, so that both see the same
+machine (whatever else runs on it slows both); ``--sequential`` trains them one after the other with
+``--threads``. Each side is then evaluated at the end of its budget (``last.pt``; no checkpoint selection on the
+reported split) on whole images with the same confusion matrix, with the same ``--flip``/``--scales``.
+
+    pip install -e '.[bench]'
+    python benchmarks/peer_same_budget.py configs/isbi2012_cpu.yaml --minutes 30 --split val
+    python benchmarks/peer_same_budget.py configs/camvid_cpu.yaml --minutes 60 --split test --flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+from peers_smp import register_smp_peers  # noqa: E402
+
+
+def child(args: argparse.Namespace) -> int:
+    """Train and evaluate one side (in its own process, pinned by the parent)."""
+    from pixelwise.config import load_config, validate_config
+    from pixelwise.engine import evaluate_checkpoint, train
+    from pixelwise.inference import InferenceSettings
+    from pixelwise.models import input_channels
+
+    register_smp_peers()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config, args.set)
+    if args.model:
+        config = validate_config(
+            {**config, "model": {"name": args.model, "in_channels": input_channels(config["model"])}}
+        )
+    config["train"]["max_minutes"] = args.minutes
+    config["train"]["iters"] = 10**7
+    run_dir = Path(args.run_dir)
+    result = train(
+        config, run_dir=run_dir, data_root=args.data_root, progress=False, resume=(run_dir / "last.pt").exists()
+    )
+    inference = InferenceSettings(scales=tuple(args.scales), flip=args.flip)
+    ev = evaluate_checkpoint(
+        run_dir / "last.pt", split=args.split, data_root=args.data_root, progress=False, inference=inference
+    )
+    m = ev["metrics"]
+    out = {
+        "model": config["model"]["name"],
+        "iterations": result["iterations"],
+        "train_minutes": result["train_seconds"] / 60,
+        "miou": m["miou"],
+        "pixel_accuracy": m["pixel_accuracy"],
+        "pixel_error": 1 - m["pixel_accuracy"],
+        "iou": dict(zip(ev["classes"], m["iou"], strict=True)),
+    }
+    (run_dir / "peer_result.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("--peer", default="smp_unet_resnet34", help="the peer model (peers_smp.py)")
+    ap.add_argument("--minutes", type=float, required=True, help="training minutes for each side")
+    ap.add_argument("--split", default="val", help="split to report (CamVid: test)")
+    ap.add_argument("--flip", action="store_true", help="evaluate both with horizontal-flip averaging")
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0], help="evaluation scales, for both")
+    ap.add_argument("--data-root")
+    ap.add_argument("--out-dir", default="runs/peer", help="run directories go here")
+    ap.add_argument("--results", help="JSON results (default benchmarks/results/<config>_peer_<minutes>min.json)")
+    ap.add_argument("--sequential", action="store_true", help="one after the other, with --threads each")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="config overrides, for both sides")
+    ap.add_argument("--model", help=argparse.SUPPRESS)  # child: the model swapped in
+    ap.add_argument("--run-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    name = Path(args.config).stem
+    out_dir = Path(args.out_dir) / f"{name}_{args.minutes:g}min"
+    sides = {"pixelwise": None, args.peer: args.peer}
+    procs = {}
+    for core, (label, model) in enumerate(sides.items()):
+        cmd = [
+            sys.executable,
+            __file__,
+            args.config,
+            "--child",
+            "--minutes",
+            str(args.minutes),
+            "--split",
+            args.split,
+            "--run-dir",
+            str(out_dir / label),
+            "--threads",
+            str(args.threads),
+            "--scales",
+            *map(str, args.scales),
+        ]
+        cmd += ["--flip"] if args.flip else []
+        cmd += ["--data-root", args.data_root] if args.data_root else []
+        cmd += [x for s in args.set for x in ("--set", s)]
+        cmd += ["--model", model] if model else []
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        if not args.sequential:
+            cmd = ["taskset", "-c", str(core % os.cpu_count()), *cmd]
+        print("+", " ".join(cmd), flush=True)
+        procs[label] = subprocess.Popen(cmd, env=env)
+        if args.sequential and procs[label].wait() != 0:
+            return 1
+    if any(p.wait() != 0 for p in procs.values()):
+        return 1
+
+    runs = {label: json.loads((out_dir / label / "peer_result.json").read_text()) for label in sides}
+    results = {
+        "config": args.config,
+        "overrides": args.set,
+        "minutes": args.minutes,
+        "split": args.split,
+        "inference": {"scales": args.scales, "flip": args.flip},
+        "schedule": "sequential" if args.sequential else "concurrent, one core each",
+        "machine": {
+            "cpu": cpu_model(),
+            "machine": platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
+        "runs": runs,
+    }
+    path = Path(args.results or f"benchmarks/results/{name}_peer_{args.minutes:g}min.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    classes = list(next(iter(runs.values()))["iou"])
+    print(f"\n| model | iterations | training (min) | {args.split} mIoU | pixel error | " + " | ".join(classes) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(classes))
+    for label, r in runs.items():
+        print(
+            f"| {label} ({r['model']}) | {r['iterations']} | {r['train_minutes']:.1f} | {100 * r['miou']:.1f} | "
+            f"{r['pixel_error']:.4f} | " + " | ".join(f"{100 * v:.1f}" for v in r["iou"].values()) + " |"
+        )
+    print(f"results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""Training throughput of each config, and of smp's models as the peer, in one run.
+
+For each entry (a config, or a config with its model swapped for a peer's), a fresh process builds the
+config's real training pipeline (data set, augmentation, DataLoader with the config's workers, model, optimizer,
+autocast as ``train.amp`` resolves on this machine, channels-last) and times ``--steps`` optimisation steps after
+``--warmup``. It reports:
+
+- images per second (batch size / median step time, data wait included);
+- the share of a step spent waiting for the next batch (``next(loader)``) rather than computing;
+- GFLOP/s of the compute part: the FLOPs of one forward + backward pass counted by
+  ``torch.utils.flop_counter`` on the same batch shape, divided by the compute time, and that rate as a share
+  of this CPU's measured fp32 peak (``roofline.py``'s largest convolutions and matrix products, same threads);
+- peak memory: the process's maximum resident set size (each entry runs in its own process).
+
+    pip install -e '.[bench]'
+    python benchmarks/train_throughput.py --threads 2 --out benchmarks/results/train_throughput.json
+    python benchmarks/train_throughput.py configs/isbi2012_cpu.yaml configs/isbi2012_cpu.yaml@smp_unet_resnet34
+
+An entry ``CONFIG@MODEL`` trains ``CONFIG`` with ``model.name`` set to ``MODEL`` (its other model keys dropped):
+the smp peers registered here are ``smp_unet_resnet34`` and ``smp_deeplabv3plus_mobilenet_v2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+from peers_smp import register_smp_peers  # noqa: E402
+
+DEFAULT_ENTRIES = (
+    "configs/camvid_cpu.yaml",
+    "configs/camvid_cpu.yaml@smp_unet_resnet34",
+    "configs/camvid_cpu.yaml@smp_deeplabv3plus_mobilenet_v2",
+    "configs/camvid_unet.yaml",
+    "configs/camvid_deeplabv3plus_mobilenetv2_os16.yaml",
+    "configs/isbi2012_cpu.yaml",
+    "configs/isbi2012_cpu.yaml@smp_unet_resnet34",
+    "configs/isbi2012_unet.yaml",
+)
+
+
+def load_entry(entry: str, data_root: str | None) -> dict:
+    from pixelwise.config import load_config
+
+    path, _, peer = entry.partition("@")
+    config = load_config(path)
+    if peer:
+        config["model"] = {"name": peer}
+    if data_root:
+        config["data"]["root"] = data_root
+    return config
+
+
+def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
+    """Times one entry in this process (run through ``--one``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
+    from pixelwise.data.transforms import AUGMENTATION_KEYS
+    from pixelwise.device import autocast, training_amp
+    from pixelwise.engine import build_optimizer, image_mode, model_spec
+    from pixelwise.losses import build_loss
+    from pixelwise.models import build_model, input_channels
+
+    register_smp_peers()
+    config = load_entry(entry, data_root)
+    data, tr = config["data"], config["train"]
+    root = resolve_data_root(data["root"])
+    info = DatasetInfo.load(root, data["dataset"])
+    spec = model_spec(config, info)
+    tf = build_transforms(
+        train=True,
+        mean=data["mean"],
+        std=data["std"],
+        ignore_index=info.ignore_index,
+        **{k: data[k] for k in AUGMENTATION_KEYS},
+    )
+    ds = SegmentationDataset(
+        root, info.name, data["train_split"], transforms=tf, image_mode=image_mode(input_channels(spec))
+    )
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=data["batch_size"],
+        shuffle=True,
+        num_workers=data["num_workers"],
+        drop_last=True,
+        persistent_workers=data["num_workers"] > 0,
+    )
+    device = torch.device("cpu")
+    amp = training_amp(tr["amp"], device)
+    fmt = torch.channels_last if tr["channels_last"] else torch.contiguous_format
+    model = build_model(**spec).to(memory_format=fmt).train()
+    optimizer = build_optimizer(model, tr)
+    loss_fn = build_loss("cross_entropy", ignore_index=info.ignore_index)
+
+    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
+        with autocast(device, amp):
+            logits = model(images.to(memory_format=fmt))
+        logits = logits["out"] if isinstance(logits, dict) else logits
+        loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    waits, computes = [], []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        images, masks = next(it)
+        t1 = time.perf_counter()
+        step(images, masks)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            waits.append(t1 - t0)
+            computes.append(t2 - t1)
+    with FlopCounterMode(display=False) as counter:
+        step(images, masks)
+    flops = counter.get_total_flops()
+    totals = [w + c for w, c in zip(waits, computes, strict=True)]
+    step_s = statistics.median(totals)
+    compute_s = statistics.median(computes)
+    return {
+        "entry": entry,
+        "model": spec["name"],
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "batch_size": data["batch_size"],
+        "crop_size": data["crop_size"],
+        "num_workers": data["num_workers"],
+        "amp": amp,
+        "channels_last": tr["channels_last"],
+        "step_s": step_s,
+        "images_per_s": data["batch_size"] / step_s,
+        "data_wait_share": sum(waits) / sum(totals),
+        "gflop_per_step": flops / 1e9,
+        "gflops": flops / compute_s / 1e9,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("entries", nargs="*", default=list(DEFAULT_ENTRIES), help="CONFIG or CONFIG@MODEL")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(measure(args.entries[0], args.data_root, args.steps, args.warmup)))
+        return 0
+
+    from roofline import conv_peak
+
+    peak = max(conv_peak().values())
+    rows = []
+    for entry in args.entries:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            entry,
+            "--threads",
+            str(args.threads),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ] + (["--data-root", args.data_root] if args.data_root else [])
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            print(f"{entry}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row["peak_share"] = row["gflops"] / peak
+        rows.append(row)
+        print(
+            f"{entry}: {row['images_per_s']:.2f} img/s, data wait {100 * row['data_wait_share']:.0f} %, "
+            f"{row['gflops']:.0f} GFLOP/s ({100 * row['peak_share']:.0f} % of {peak:.0f}), "
+            f"peak RSS {row['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+    print(
+        "\n| entry | model | params (M) | batch x crop | precision | images/s | data wait | GFLOP/step | GFLOP/s | "
+        "of peak | peak RSS (MiB) |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for r in rows:
+        print(
+            f"| {r['entry']} | {r['model']} | {r['params_m']:.1f} | {r['batch_size']} x {r['crop_size']} | "
+            f"{'fp32' if r['amp'] == 'none' else r['amp']} | {r['images_per_s']:.2f} | "
+            f"{100 * r['data_wait_share']:.0f} % | {r['gflop_per_step']:.0f} | {r['gflops']:.0f} | "
+            f"{100 * r['peak_share']:.0f} % | {r['peak_rss_mib']:.0f} |"
+        )
+    result = {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "peak_gflops": peak,
+        "steps": args.steps,
+        "rows": rows,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
