@@ -17,7 +17,9 @@ autocast as ``train.amp`` resolves on this machine, channels-last) and times ``-
     python benchmarks/train_throughput.py configs/isbi2012_cpu.yaml configs/isbi2012_cpu.yaml@smp_unet_resnet34
 
 An entry ``CONFIG@MODEL`` trains ``CONFIG`` with ``model.name`` set to ``MODEL`` (its other model keys dropped):
-the smp peers registered here are ``smp_unet_resnet34`` and ``smp_deeplabv3plus_mobilenet_v2``.
+the smp peers registered here are ``smp_unet_resnet34`` and ``smp_deeplabv3plus_mobilenet_v2``; ``#key=value``
+appended (repeatable) overrides a config key as ``--set`` does:
+``configs/camvid_cpu.yaml#train.channels_last=false``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from peers_smp import register_smp_peers  # noqa: E402
 
 DEFAULT_ENTRIES = (
     "configs/camvid_cpu.yaml",
+    "configs/camvid_cpu.yaml#train.channels_last=false",
     "configs/camvid_cpu.yaml@smp_unet_resnet34",
     "configs/camvid_cpu.yaml@smp_deeplabv3plus_mobilenet_v2",
     "configs/camvid_unet.yaml",
@@ -54,8 +57,9 @@ DEFAULT_ENTRIES = (
 def load_entry(entry: str, data_root: str | None) -> dict:
     from pixelwise.config import load_config
 
+    entry, *overrides = entry.split("#")
     path, _, peer = entry.partition("@")
-    config = load_config(path)
+    config = load_config(path, overrides)
     if peer:
         config["model"] = {"name": peer}
     if data_root:

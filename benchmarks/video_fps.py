@@ -43,6 +43,7 @@ from pixelwise.data import read_image, read_mask, resolve_data_root  # noqa: E40
 from pixelwise.data.video import VideoWriter, choose_codec, probe_video, read_frames  # noqa: E402
 from pixelwise.engine import Predictor  # noqa: E402
 from pixelwise.engine.video import batch_probabilities, batches, predict_video, sequence_scores  # noqa: E402
+from pixelwise.inference import InferenceSettings  # noqa: E402
 from pixelwise.models.weights import save_checkpoint  # noqa: E402
 from pixelwise.visualize import colorize, overlay, overlay_palette  # noqa: E402
 
@@ -174,6 +175,9 @@ def main() -> None:
         "--onnx", nargs="?", const="export", help="also onnxruntime: this .onnx file, or exported from the checkpoint"
     )
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="run the model at this image scale (e.g. 0.5), probabilities upsampled"
+    )
     parser.add_argument("--smooth", type=float, default=0.5, help="EMA factor whose flicker is measured")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "video_fps.json"))
     args = parser.parse_args()
@@ -202,7 +206,9 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
     variants: dict[str, dict] = {}
     fp32 = None
     for precision in args.precisions:
-        predictor = Predictor(checkpoint, device="cpu", amp="none" if precision == "fp32" else "bf16")
+        inference = InferenceSettings(scales=(args.scale,)) if args.scale != 1.0 else None
+        amp = "none" if precision == "fp32" else "bf16"
+        predictor = Predictor(checkpoint, device="cpu", amp=amp, inference=inference)
         fp32 = predictor if precision == "fp32" else fp32
         variants[precision] = run_variant(predictor, video, warm, args.batch_size, tmp, precision)
     onnx_file = None
@@ -247,6 +253,7 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
         "fps_of_video": str(Fraction(info.fps)),
         "codec": choose_codec(),
         "batch_size": args.batch_size,
+        "model_scale": args.scale,
         "variants": variants,
         "onnx": str(args.onnx) if args.onnx else None,
         "flicker_and_accuracy": quality,

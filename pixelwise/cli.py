@@ -12,6 +12,14 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .cli_options import (
+    CRF_HELP,
+    add_common_options,
+    add_crf_options,
+    add_inference_options,
+    crf_overrides,
+    inference_settings,
+)
 from .errors import PixelwiseError
 
 DESCRIPTION = "Semantic and instance segmentation with the classic architectures built to their papers."
@@ -42,21 +50,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference(args: argparse.Namespace):
-    from .inference import InferenceSettings
-
-    return InferenceSettings(
-        mode=args.mode, crop=args.crop, stride=args.stride, blend=args.blend, scales=args.scales, flip=args.flip
-    )
-
-
-def _crf(args: argparse.Namespace) -> dict | None:
-    """With --crf: the --crf-* flags given, over the run's settings (resolved by the library)."""
-    from .crf import CRFSettings
-
-    return {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()} if args.crf else None
-
-
 def _class_arg(value: str | None) -> int | str | None:
     return int(value) if value is not None and value.isdigit() else value
 
@@ -74,11 +67,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         amp=args.amp,
-        inference=_inference(args),
+        inference=inference_settings(args),
         boundary_width=args.boundary_width,
         instances=_class_arg(args.instances),
         watershed=args.watershed,
-        crf=_crf(args),
+        crf=crf_overrides(args),
         compile=args.compile,
         progress=not args.no_progress,
     )
@@ -109,11 +102,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         backend=args.backend,
-        crf=_crf(args),
+        crf=crf_overrides(args),
         device=args.device,
         alpha=args.alpha,
         amp=args.amp,
-        inference=_inference(args),
+        inference=inference_settings(args),
         compile=args.compile,
         overwrite=args.overwrite,
         skip_errors=args.skip_errors,
@@ -307,17 +300,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# one line of help per CRF parameter; the parameters themselves are pixelwise.crf.CRFSettings's fields
-CRF_HELP = {
-    "iterations": (int, "mean-field iterations"),
-    "w1": (float, "appearance (bilateral) kernel weight"),
-    "theta_alpha": (float, "appearance kernel: position std (pixels)"),
-    "theta_beta": (float, "appearance kernel: colour std"),
-    "w2": (float, "smoothness kernel weight"),
-    "theta_gamma": (float, "smoothness kernel: position std (pixels)"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .crf import CRFSettings
     from .crf.search import DEFAULT_GRID
@@ -327,47 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pixelwise {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
-
-    def inference(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("inference protocol")
-        g.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
-        g.add_argument("--crop", type=int, nargs="+", help="sliding window size: S or H W")
-        g.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default 2/3 of crop)")
-        g.add_argument(
-            "--blend", choices=["uniform", "gaussian"], default="uniform", help="how overlapping windows are averaged"
-        )
-        g.add_argument(
-            "--scales",
-            type=float,
-            nargs="+",
-            default=[1.0],
-            help="average over these image scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
-        )
-        g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-        g.add_argument(
-            "--amp",
-            choices=["auto", "none", "bf16", "fp16"],
-            default="auto",
-            help="precision: auto (default) = the run's training precision where this device computes it natively "
-            "(bf16 on CPUs with AVX-512 BF16 or AMX), else fp32; none = fp32 "
-            "(on CUDA the weights are held in the half precision too)",
-        )
-        g.add_argument(
-            "--compile",
-            action="store_true",
-            help="torch.compile the folded model (Inductor, frozen weights): faster, compiles once per input size",
-        )
-
-    def crf_options(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")
-        g.add_argument("--crf", action="store_true", help="refine the probabilities with the fully connected CRF")
-        for name, (kind, text) in CRF_HELP.items():
-            g.add_argument(f"--crf-{name.replace('_', '-')}", type=kind, help=text)
-
-    def common(p: argparse.ArgumentParser, data: bool = True) -> None:
-        if data:
-            p.add_argument("--data-root", help="folder holding the data sets (default: $PIXELWISE_DATA, then ./data)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config with sections model, data, train")
@@ -390,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the pre-flight read of every train/val file (pixelwise data check)",
     )
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a labelled split")
@@ -409,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score instances (ISBI 2012 V_rand, V_info): connected components of this class",
     )
     p.add_argument("--watershed", action="store_true", help="split predicted instances by distance watershed")
-    crf_options(p)
-    inference(p)
-    common(p)
+    add_crf_options(p)
+    add_inference_options(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="predict masks for images and videos")
@@ -460,9 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--batch-size", type=int, default=4, help="video: frames per forward pass (default 4)")
     g.add_argument("--no-audio", action="store_true", help="video: drop the audio (default: passed through)")
-    inference(p)
-    crf_options(p)
-    common(p, data=False)
+    add_inference_options(p)
+    add_crf_options(p)
+    add_common_options(p, data=False)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("crf-search", help="grid-search the dense CRF's parameters on a val subset (as DeepLab)")
@@ -475,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{name.replace('_', '-')}", type=float, nargs="+", default=values, help=f"{CRF_HELP[name][1]} (grid)"
         )
     p.add_argument("--device", default="auto")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_crf_search)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, checked with onnxruntime")
@@ -502,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the data set's folder name under the data root")
     p.add_argument("--split", action="append", help="check only this split (repeatable; default: every split)")
     p.add_argument("--json", help="also write the report (per-split counts, class pixels, problems) to this file")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_data_check)
     from .data.importers import FORMATS  # the format names only; the readers' own dependencies load when used
 
@@ -529,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--link", action="store_true", help="hard-link the images instead of copying them (same file system)"
     )
     p.add_argument("--json", help="also write the summary to this file")
-    common(p, data=False)
+    add_common_options(p, data=False)
     p.set_defaults(func=_cmd_data_import)
 
     p = sub.add_parser("weight-map", help="draw the U-Net border weight map of a mask (Ronneberger et al. eq. 2)")

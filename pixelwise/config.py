@@ -20,6 +20,7 @@ import yaml
 from .crf.settings import CRFSettings
 from .errors import ConfigError
 from .inference.instance_settings import InstanceSettings
+from .inference.protocol import InferenceSettings
 from .models import list_models, model_arguments
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -80,8 +81,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # instance segmentation (pixelwise.inference.InstanceSettings): method none | connected_components | boundary |
     # panoptic, and its parameters
     "instances": InstanceSettings().to_dict(),
+    # the run's inference protocol (pixelwise.inference.InferenceSettings): used by its validation, and by eval and
+    # predict unless their --scales/--flip/--mode say otherwise
+    "inference": {
+        "scales": [1.0],  # image scales averaged, e.g. [0.5] for a model trained on half-size images
+        "flip": False,  # also average the horizontally flipped image
+    },
 }
-SECTIONS = ("model", "data", "train", "crf", "instances")
+SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -187,6 +194,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
     InstanceSettings.from_dict(out["instances"])  # method name and ranges
+    InferenceSettings(**out["inference"])  # positive scales
     return out
 
 

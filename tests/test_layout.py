@@ -19,7 +19,7 @@ LAYERS = [
     {"inference"},
     {"config"},
     {"engine", "export", "report"},
-    {"cli", "__main__", "__init__", "serve"},
+    {"cli", "cli_options", "__main__", "__init__", "serve"},
 ]
 
 

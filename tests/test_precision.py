@@ -59,3 +59,31 @@ def test_eval_defaults_to_the_runs_precision_where_native(tmp_path, monkeypatch,
     assert auto["amp"] == ("bf16" if native else "none")
     fp32 = evaluate_checkpoint(tmp_path / "run/best.pt", amp="none", progress=False, num_workers=0)
     assert fp32["amp"] == "none"
+
+
+def test_the_runs_inference_section_is_its_validation_and_eval_default(tmp_path):
+    """A run configured with inference.scales=[0.5] (a model trained on half-size images) is validated that way and
+    evaluated/predicted that way unless the caller gives another protocol."""
+    from pixelwise.engine import Predictor
+    from pixelwise.inference import InferenceSettings
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2), ["inference.scales=[0.5]"])
+    result = train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    ckpt = tmp_path / "run/best.pt"
+    assert Predictor(ckpt).inference == InferenceSettings(scales=[0.5])
+    assert Predictor(ckpt, inference=InferenceSettings(flip=True)).inference == InferenceSettings(flip=True)
+    half = InferenceSettings(scales=(0.5,))
+    default = evaluate_checkpoint(ckpt, progress=False, num_workers=0)
+    explicit = evaluate_checkpoint(ckpt, progress=False, num_workers=0, inference=half)
+    for key in ("iou", "precision", "recall"):
+        assert default["metrics"][key] == pytest.approx(explicit["metrics"][key], nan_ok=True)
+        # validation ran the same protocol
+        assert result["last"][key] == pytest.approx(default["metrics"][key], nan_ok=True)
+
+
+def test_inference_section_is_checked_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"inference scales must be positive, got \[0\]"):
+        load_config(toy_config(tmp_path), ["inference.scales=[0]"])
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) inference.scale; valid: inference.scales, "):
+        load_config(toy_config(tmp_path), ["inference.scale=0.5"])

@@ -209,7 +209,7 @@ def evaluate_checkpoint(
         device=predictor.device,
         num_workers=num_workers,
         amp=predictor.amp,
-        inference=inference,
+        inference=predictor.inference,
         boundary_width=boundary_width,
         instances=instances,
         watershed=watershed,

@@ -44,6 +44,14 @@ MEMORY_SHARE = 0.7  # whole-image inference may use this share of the free memor
 CRFOption = CRFSettings | dict[str, Any] | bool | None
 
 
+def run_inference(ckpt: dict[str, Any]) -> InferenceSettings | None:
+    """The inference protocol a run was configured with (its ``inference`` section), or ``None`` for the plain
+    whole-image one (and for checkpoints from before the section existed)."""
+    section = (ckpt.get("config") or {}).get("inference")
+    settings = InferenceSettings(**section) if section else None
+    return None if settings is None or settings.is_plain else settings
+
+
 def inference_model(
     ckpt: dict[str, Any], checkpoint: str | os.PathLike, device: torch.device, *, amp: str, compile: bool
 ) -> nn.Module:
@@ -92,6 +100,8 @@ class Predictor:
             run_amp = (self.ckpt.get("config") or {}).get("train", {}).get("amp")
             self.amp = amp = resolve_amp(amp, run_amp, self.device)
             self.model = inference_model(self.ckpt, checkpoint, self.device, amp=amp, compile=compile)
+            if inference is None:  # the run's own protocol (config section ``inference``), e.g. half-size images
+                self.inference = run_inference(self.ckpt)
         else:
             raise ConfigError(f"backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.crf = self._crf_settings(crf)

@@ -22,7 +22,7 @@ from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_v
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, PixelwiseError
-from ..inference import InstanceSettings
+from ..inference import InferenceSettings, InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels
 from ..models.registry import input_size_problem
@@ -211,6 +211,7 @@ def _train(
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
+    protocol = InferenceSettings(**config["inference"])  # validation as eval will run it
     amp = training_amp(train_cfg["amp"], device)  # "auto": bf16 only where the device computes it natively
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
@@ -392,6 +393,7 @@ def _train(
                     device=device,
                     progress=progress,
                     amp=amp,
+                    inference=protocol,
                     num_workers=data_cfg["num_workers"],
                     instance_method=method,
                     shard=(ddp.rank, ddp.world_size),

@@ -1,0 +1,83 @@
+"""Command-line option groups that several verbs share (inference protocol and precision, dense CRF, data root
+and progress), and their translation into the library's arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+# one line of help per CRF parameter; the parameters themselves are pixelwise.crf.CRFSettings's fields
+CRF_HELP = {
+    "iterations": (int, "mean-field iterations"),
+    "w1": (float, "appearance (bilateral) kernel weight"),
+    "theta_alpha": (float, "appearance kernel: position std (pixels)"),
+    "theta_beta": (float, "appearance kernel: colour std"),
+    "w2": (float, "smoothness kernel weight"),
+    "theta_gamma": (float, "smoothness kernel: position std (pixels)"),
+}
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference protocol")
+    g.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+    g.add_argument("--crop", type=int, nargs="+", help="sliding window size: S or H W")
+    g.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default 2/3 of crop)")
+    g.add_argument(
+        "--blend", choices=["uniform", "gaussian"], default="uniform", help="how overlapping windows are averaged"
+    )
+    g.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        help="average over these image scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (default: the run's "
+        "inference.scales; any protocol flag replaces the run's protocol)",
+    )
+    g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    g.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        default="auto",
+        help="precision: auto (default) = the run's training precision where this device computes it natively "
+        "(bf16 on CPUs with AVX-512 BF16 or AMX), else fp32; none = fp32 "
+        "(on CUDA the weights are held in the half precision too)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the folded model (Inductor, frozen weights): faster, compiles once per input size",
+    )
+
+
+def add_crf_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")
+    g.add_argument("--crf", action="store_true", help="refine the probabilities with the fully connected CRF")
+    for name, (kind, text) in CRF_HELP.items():
+        g.add_argument(f"--crf-{name.replace('_', '-')}", type=kind, help=text)
+
+
+def add_common_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data-root", help="folder holding the data sets (default: $PIXELWISE_DATA, then ./data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def inference_settings(args: argparse.Namespace):
+    """The protocol flags given, or ``None`` (none given: the run's own ``inference`` section)."""
+    from .inference import InferenceSettings
+
+    if args.mode == "whole" and args.scales is None and not args.flip:
+        return None
+    return InferenceSettings(
+        mode=args.mode,
+        crop=args.crop,
+        stride=args.stride,
+        blend=args.blend,
+        scales=args.scales or [1.0],
+        flip=args.flip,
+    )
+
+
+def crf_overrides(args: argparse.Namespace) -> dict | None:
+    """With --crf: the --crf-* flags given, over the run's settings (resolved by the library)."""
+    from .crf import CRFSettings
+
+    return {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()} if args.crf else None
