@@ -20,7 +20,7 @@ from pixelwise.device import native_precisions, training_amp
 from pixelwise.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_features, cpu_model  # noqa: E402
 
 
 def main() -> int:
@@ -58,6 +58,7 @@ def main() -> int:
     cpu = torch.device("cpu")
     result = {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_precisions": list(native_precisions(cpu)),
         "train_amp_auto": training_amp("auto", cpu),

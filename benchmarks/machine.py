@@ -15,3 +15,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_features() -> str:
+    """The vector and matrix units that decide the speed of convolutions here, e.g. ``"AVX2; no AVX-512 BF16, no
+    AMX"``: the same model name ("AMD EPYC") has come with and without AVX-512."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "AVX-512 BF16" if "avx512_bf16" in flags else "no AVX-512 BF16"
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    return f"{widest}; {bf16}, {amx}"

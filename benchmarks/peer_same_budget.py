@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_features, cpu_model  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
 
@@ -50,7 +50,10 @@ def child(args: argparse.Namespace) -> int:
     result = train(
         config, run_dir=run_dir, data_root=args.data_root, progress=False, resume=(run_dir / "last.pt").exists()
     )
-    inference = InferenceSettings(scales=tuple(args.scales), flip=args.flip)
+    # the config's inference section (its scales) unless --scales/--flip are given; the same for both sides
+    section = config["inference"]
+    scales = tuple(args.scales or section["scales"])
+    inference = InferenceSettings(scales=scales, flip=args.flip or section["flip"])
     ev = evaluate_checkpoint(
         run_dir / "last.pt", split=args.split, data_root=args.data_root, progress=False, inference=inference
     )
@@ -75,7 +78,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, required=True, help="training minutes for each side")
     ap.add_argument("--split", default="val", help="split to report (CamVid: test)")
     ap.add_argument("--flip", action="store_true", help="evaluate both with horizontal-flip averaging")
-    ap.add_argument("--scales", type=float, nargs="+", default=[1.0], help="evaluation scales, for both")
+    ap.add_argument("--scales", type=float, nargs="+", help="evaluation scales (default: the config's)")
     ap.add_argument("--data-root")
     ap.add_argument("--out-dir", default="runs/peer", help="run directories go here")
     ap.add_argument("--results", help="JSON results (default benchmarks/results/<config>_peer_<minutes>min.json)")
@@ -107,10 +110,9 @@ def main() -> int:
             str(out_dir / label),
             "--threads",
             str(args.threads),
-            "--scales",
-            *map(str, args.scales),
         ]
         cmd += ["--flip"] if args.flip else []
+        cmd += ["--scales", *map(str, args.scales)] if args.scales else []
         cmd += ["--data-root", args.data_root] if args.data_root else []
         cmd += [x for s in args.set for x in ("--set", s)]
         cmd += ["--model", model] if model else []
@@ -130,10 +132,11 @@ def main() -> int:
         "overrides": args.set,
         "minutes": args.minutes,
         "split": args.split,
-        "inference": {"scales": args.scales, "flip": args.flip},
+        "inference": {"scales": args.scales or "the config's", "flip": args.flip},
         "schedule": "sequential" if args.sequential else "concurrent, one core each",
         "machine": {
             "cpu": cpu_model(),
+            "cpu_features": cpu_features(),
             "machine": platform.machine(),
             "threads": args.threads,
             "torch": torch.__version__,

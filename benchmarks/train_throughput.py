@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_features, cpu_model  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
 DEFAULT_ENTRIES = (
@@ -216,6 +216,7 @@ def main() -> int:
         )
     result = {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "machine": platform.machine(),
         "torch": torch.__version__,
         "threads": args.threads,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_features, cpu_model  # noqa: E402
 
 from pixelwise import __version__, build_model  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
@@ -240,6 +240,7 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
         "command": command_line(),
         "pinned": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "pixelwise": __version__,
