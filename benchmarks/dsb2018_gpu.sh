@@ -23,4 +23,4 @@ for method in components boundary panoptic; do
   pixelwise eval "$run/best.pt" --split test --data-root "$data" --device "$device" --json "$run/test.json"
   runs+=("$run")
 done
-python benchmarks/summarize_instances.py "${runs[@]}" --markdown
+python benchmarks/summarize_instances.py "${runs[@]}"

@@ -66,6 +66,7 @@ def child(args: argparse.Namespace) -> int:
         "pixel_accuracy": m["pixel_accuracy"],
         "pixel_error": 1 - m["pixel_accuracy"],
         "iou": dict(zip(ev["classes"], m["iou"], strict=True)),
+        "inference": {"scales": list(scales), "flip": inference.flip},
     }
     (run_dir / "peer_result.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -132,7 +133,7 @@ def main() -> int:
         "overrides": args.set,
         "minutes": args.minutes,
         "split": args.split,
-        "inference": {"scales": args.scales or "the config's", "flip": args.flip},
+        "inference": next(iter(runs.values()))["inference"],
         "schedule": "sequential" if args.sequential else "concurrent, one core each",
         "machine": {
             "cpu": cpu_model(),

@@ -17,7 +17,9 @@ def smp_unet_resnet34(*, num_classes: int, in_channels: int = 3) -> torch.nn.Mod
 
 
 def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
-    """segmentation_models_pytorch.DeepLabV3Plus with a randomly initialised MobileNetV2 encoder (output stride 16)."""
+    """segmentation_models_pytorch.DeepLabV3Plus with a randomly initialised MobileNetV2 encoder (output stride 16).
+    smp's DeepLabV3Plus takes only inputs whose sides divide by 16: fine for training crops such as 192x256, not for
+    whole 480x360 CamVid images (train_throughput.py only trains it)."""
     import segmentation_models_pytorch as smp
 
     return smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, in_channels=in_channels, classes=num_classes)

@@ -1,7 +1,7 @@
 """Tabulate DSB2018 instance runs (``pixelwise eval RUN/best.pt --split test --json RUN/test.json``) beside the
 StarDist paper's Table 1 (Schmidt et al., MICCAI 2018; the rows are in the data set's README.md).
 
-    python benchmarks/summarize_instances.py runs/dsb2018_*_33min [--markdown]
+    python benchmarks/summarize_instances.py runs/dsb2018_*_33min
 """
 
 from __future__ import annotations

@@ -56,12 +56,13 @@ DEFAULT_ENTRIES = (
 
 def load_entry(entry: str, data_root: str | None) -> dict:
     from pixelwise.config import load_config
+    from pixelwise.models import input_channels
 
     entry, *overrides = entry.split("#")
     path, _, peer = entry.partition("@")
     config = load_config(path, overrides)
     if peer:
-        config["model"] = {"name": peer}
+        config["model"] = {"name": peer, "in_channels": input_channels(config["model"])}
     if data_root:
         config["data"]["root"] = data_root
     return config

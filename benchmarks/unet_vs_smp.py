@@ -29,7 +29,7 @@ import torch
 
 from pixelwise.config import load_config, validate_config
 from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
-from pixelwise.device import autocast
+from pixelwise.device import autocast, training_amp
 from pixelwise.engine import evaluate_checkpoint, image_mode, model_spec, train
 from pixelwise.losses import build_loss
 from pixelwise.models import build_model, input_channels
@@ -65,7 +65,7 @@ def step_time(config: dict, root: Path, steps: int = 8) -> float:
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        with autocast(device, tr["amp"]):
+        with autocast(device, training_amp(tr["amp"], device)):
             logits = model(images)
         loss = loss_fn(logits, masks)
         opt.zero_grad()

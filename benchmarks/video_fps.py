@@ -206,7 +206,7 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
     variants: dict[str, dict] = {}
     fp32 = None
     for precision in args.precisions:
-        inference = InferenceSettings(scales=(args.scale,)) if args.scale != 1.0 else None
+        inference = InferenceSettings(scales=(args.scale,))  # as --scale says, whatever the run's config says
         amp = "none" if precision == "fp32" else "bf16"
         predictor = Predictor(checkpoint, device="cpu", amp=amp, inference=inference)
         fp32 = predictor if precision == "fp32" else fp32
@@ -217,8 +217,9 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
 
         onnx_file = Path(args.onnx) if args.onnx != "export" else tmp / "model.onnx"
         if args.onnx == "export":
-            export_onnx(checkpoint, onnx_file, height=info.height, width=info.width)
-        predictor = Predictor(onnx_file, backend="onnxruntime")
+            h, w = round(info.height * args.scale), round(info.width * args.scale)
+            export_onnx(checkpoint, onnx_file, height=h, width=w)
+        predictor = Predictor(onnx_file, backend="onnxruntime", inference=InferenceSettings(scales=(args.scale,)))
         variants["onnxruntime"] = run_variant(predictor, video, warm, args.batch_size, tmp, "onnxruntime")
 
     quality: dict = {}

@@ -18,20 +18,24 @@ CRF_HELP = {
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference protocol")
-    g.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+    g.add_argument("--mode", choices=["whole", "slide"], help="whole image (default) or sliding window")
     g.add_argument("--crop", type=int, nargs="+", help="sliding window size: S or H W")
     g.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default 2/3 of crop)")
     g.add_argument(
-        "--blend", choices=["uniform", "gaussian"], default="uniform", help="how overlapping windows are averaged"
+        "--blend", choices=["uniform", "gaussian"], help="how overlapping windows are averaged (default uniform)"
     )
     g.add_argument(
         "--scales",
         type=float,
         nargs="+",
         help="average over these image scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (default: the run's "
-        "inference.scales; any protocol flag replaces the run's protocol)",
+        "inference.scales, 1.0 unless its config says otherwise)",
     )
-    g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    g.add_argument(
+        "--flip",
+        action="store_true",
+        help="also average the horizontally flipped image (default: the run's inference.flip)",
+    )
     g.add_argument(
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
@@ -60,20 +64,18 @@ def add_common_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def inference_settings(args: argparse.Namespace):
-    """The protocol flags given, or ``None`` (none given: the run's own ``inference`` section)."""
-    from .inference import InferenceSettings
-
-    if args.mode == "whole" and args.scales is None and not args.flip:
-        return None
-    return InferenceSettings(
-        mode=args.mode,
-        crop=args.crop,
-        stride=args.stride,
-        blend=args.blend,
-        scales=args.scales or [1.0],
-        flip=args.flip,
-    )
+def inference_settings(args: argparse.Namespace) -> dict | None:
+    """The protocol flags given, as overrides of the run's own protocol (its ``inference`` section), or ``None``."""
+    given = {
+        "mode": args.mode,
+        "crop": args.crop,
+        "stride": args.stride,
+        "blend": args.blend,
+        "scales": args.scales,
+        "flip": args.flip or None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
 
 
 def crf_overrides(args: argparse.Namespace) -> dict | None:

@@ -141,7 +141,9 @@ def export_onnx(
     report = {"out": str(out), "opset": opset, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
     if failures:
         report["failures"] = failures
-    _add_metadata(out, {**meta, "onnx": {k: report[k] for k in ("opset", "dynamic")}})
+    # the run's inference protocol travels with the graph (the onnxruntime backend runs it as the checkpoint would)
+    protocol = (ckpt.get("config") or {}).get("inference")
+    _add_metadata(out, {**meta, "inference": protocol, "onnx": {k: report[k] for k in ("opset", "dynamic")}})
     return report
 
 

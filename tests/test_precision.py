@@ -73,9 +73,18 @@ def test_the_runs_inference_section_is_its_validation_and_eval_default(tmp_path)
     ckpt = tmp_path / "run/best.pt"
     assert Predictor(ckpt).inference == InferenceSettings(scales=[0.5])
     assert Predictor(ckpt, inference=InferenceSettings(flip=True)).inference == InferenceSettings(flip=True)
+    # a dict (what the CLI's flags give) overrides fields of the run's protocol and keeps the others
+    assert Predictor(ckpt, inference={"flip": True}).inference == InferenceSettings(scales=[0.5], flip=True)
+    assert Predictor(ckpt, inference={"scales": [1.0]}).inference is None  # the plain protocol
+    pytest.importorskip("onnxruntime")
+    from pixelwise.export import export_onnx
+
+    export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32)  # the protocol travels in the ONNX metadata
+    assert Predictor(tmp_path / "m.onnx", backend="onnxruntime").inference == InferenceSettings(scales=[0.5])
     half = InferenceSettings(scales=(0.5,))
     default = evaluate_checkpoint(ckpt, progress=False, num_workers=0)
     explicit = evaluate_checkpoint(ckpt, progress=False, num_workers=0, inference=half)
+    assert default["inference"]["scales"] == [0.5]
     for key in ("iou", "precision", "recall"):
         assert default["metrics"][key] == pytest.approx(explicit["metrics"][key], nan_ok=True)
         # validation ran the same protocol
@@ -87,3 +96,19 @@ def test_inference_section_is_checked_at_load(tmp_path):
         load_config(toy_config(tmp_path), ["inference.scales=[0]"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) inference.scale; valid: inference.scales, "):
         load_config(toy_config(tmp_path), ["inference.scale=0.5"])
+
+
+def test_cli_protocol_flags_are_overrides_of_the_runs():
+    from pixelwise.cli import build_parser
+    from pixelwise.cli_options import inference_settings
+
+    parse = build_parser().parse_args
+    assert inference_settings(parse(["eval", "run/best.pt"])) is None
+    assert inference_settings(parse(["eval", "run/best.pt", "--flip"])) == {"flip": True}
+    assert inference_settings(parse(["predict", "run/best.pt", "a.png", "--out", "o", "--scales", "0.5", "1"])) == {
+        "scales": [0.5, 1.0]
+    }
+    assert inference_settings(parse(["eval", "run/best.pt", "--mode", "slide", "--crop", "256"])) == {
+        "mode": "slide",
+        "crop": [256],
+    }

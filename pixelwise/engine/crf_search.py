@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..crf import settings_for
 from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
 from ..fileio import write_json
-from ..models import model_logits
+from ..inference import predict_probs
 from .evaluator import checkpoint_dataset
 from .predictor import Predictor
 
@@ -44,7 +44,8 @@ def crf_search(
         for i in tqdm(range(min(num_images, len(ds))), desc="network", disable=not progress, leave=False):
             x, y = ds[i]
             x = x[None].to(predictor.device)
-            probs = torch.softmax(model_logits(predictor.model, x).float(), 1)
+            # the run's protocol (e.g. half-size images): the CRF is tuned on what eval/predict --crf will refine
+            probs = predict_probs(predictor.model, x, ds.info.num_classes, predictor.inference)
             cached.append((probs, x, y[None].to(predictor.device)))
     result = grid_search(
         cached,

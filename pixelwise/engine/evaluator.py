@@ -182,7 +182,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     num_workers: int = 2,
     amp: str = "none",
-    inference: InferenceSettings | None = None,
+    inference: InferenceSettings | dict[str, Any] | None = None,
     boundary_width: int | None = None,
     instances: int | str | None = None,
     watershed: bool = False,
@@ -193,8 +193,9 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a split of the data set it was trained on (options as
     :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF, as
     :class:`~pixelwise.engine.predictor.Predictor`; ``compile`` as
-    :func:`pixelwise.inference.optimize_for_inference`). Returns
-    ``{"checkpoint", "dataset", "split", "num_images", "classes", "metrics"}``."""
+    :func:`pixelwise.inference.optimize_for_inference`; ``inference`` as :class:`Predictor`: by default the run's
+    own protocol). Returns ``{"checkpoint", "dataset", "split", "num_images", "classes", "amp",
+    "inference", "metrics"}`` (``inference``: the protocol used, ``None`` for the plain whole-image one)."""
     predictor = Predictor(checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf)
     meta = predictor.meta
     method = predictor.instance_method
@@ -226,5 +227,6 @@ def evaluate_checkpoint(
         "num_images": len(ds),
         "classes": meta["classes"],
         "amp": predictor.amp,
+        "inference": None if predictor.inference is None else asdict(predictor.inference),
         "metrics": metrics,
     }

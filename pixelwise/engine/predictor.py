@@ -44,12 +44,12 @@ MEMORY_SHARE = 0.7  # whole-image inference may use this share of the free memor
 CRFOption = CRFSettings | dict[str, Any] | bool | None
 
 
-def run_inference(ckpt: dict[str, Any]) -> InferenceSettings | None:
-    """The inference protocol a run was configured with (its ``inference`` section), or ``None`` for the plain
-    whole-image one (and for checkpoints from before the section existed)."""
-    section = (ckpt.get("config") or {}).get("inference")
-    settings = InferenceSettings(**section) if section else None
-    return None if settings is None or settings.is_plain else settings
+def run_inference(section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> InferenceSettings | None:
+    """The inference protocol of a run (its config's ``inference`` section: scales, flip) with ``overrides`` (any
+    :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None`` for the plain whole-image one (and
+    for checkpoints from before the section existed)."""
+    settings = InferenceSettings(**{**(section or {}), **(overrides or {})})
+    return None if settings.is_plain else settings
 
 
 def inference_model(
@@ -69,7 +69,9 @@ class Predictor:
 
     ``crf``: ``None``/``False`` no CRF; ``True`` the settings of the run's ``config.yaml`` (where
     ``crf-search`` writes), else the checkpoint's config, else the defaults; a dict overrides some of those;
-    a :class:`~pixelwise.crf.CRFSettings` is used as given."""
+    a :class:`~pixelwise.crf.CRFSettings` is used as given. ``inference`` likewise: ``None`` the run's own
+    protocol (its config's ``inference`` section, e.g. half-size images), a dict of
+    :class:`~pixelwise.inference.InferenceSettings` fields over it, an ``InferenceSettings`` as given."""
 
     def __init__(
         self,
@@ -79,7 +81,7 @@ class Predictor:
         amp: str = "none",
         compile: bool = False,
         backend: str = "torch",
-        inference: InferenceSettings | None = None,
+        inference: InferenceSettings | dict[str, Any] | None = None,
         crf: CRFOption = None,
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
@@ -100,10 +102,12 @@ class Predictor:
             run_amp = (self.ckpt.get("config") or {}).get("train", {}).get("amp")
             self.amp = amp = resolve_amp(amp, run_amp, self.device)
             self.model = inference_model(self.ckpt, checkpoint, self.device, amp=amp, compile=compile)
-            if inference is None:  # the run's own protocol (config section ``inference``), e.g. half-size images
-                self.inference = run_inference(self.ckpt)
         else:
             raise ConfigError(f"backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        if not isinstance(inference, InferenceSettings):
+            # the run's own protocol (config section ``inference``, e.g. half-size images) under any overrides given
+            section = (self.ckpt or {}).get("config", {}).get("inference") or self.meta.get("inference")
+            self.inference = run_inference(section, inference)
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
@@ -167,7 +171,10 @@ class Predictor:
         if self.ckpt is None or (s is not None and s.mode == "slide"):
             return s
         free = available_memory(self.device)
-        need = inference_bytes(self.meta["model"], height, width) * (1 + (s is not None and s.flip))
+        top = max(s.scales) if s is not None else 1.0  # the largest scale's pass is the biggest
+        need = inference_bytes(self.meta["model"], round(height * top), round(width * top)) * (
+            1 + (s is not None and s.flip)
+        )
         if free is None or need <= MEMORY_SHARE * free:
             return s
         scale = math.sqrt(MEMORY_SHARE * free / need)
@@ -357,7 +364,7 @@ def predict(
     device: str = "auto",
     alpha: float = 0.5,
     amp: str = "none",
-    inference: InferenceSettings | None = None,
+    inference: InferenceSettings | dict[str, Any] | None = None,
     crf: CRFOption = None,
     backend: str = "torch",
     compile: bool = False,
@@ -408,7 +415,7 @@ def predict(
         "settings": {
             "amp": predictor.amp,
             "alpha": alpha,
-            "inference": None if inference is None else asdict(inference),
+            "inference": None if predictor.inference is None else asdict(predictor.inference),
             "crf": None if predictor.crf is None else asdict(predictor.crf),
             "effect": None if chosen is None else chosen.describe(),
             "smooth": smooth,
