@@ -3,6 +3,8 @@ with AVX-512 BF16 or AMX), fp32 otherwise or with --amp none."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -36,6 +38,8 @@ def test_training_amp_auto_is_bf16_only_where_native(monkeypatch, caplog):
     assert training_amp("auto", cpu) == "none"
     assert resolve_amp("auto", "auto", cpu) == "none"
     assert training_amp("none", cpu) == "none"
+    # an in-process CLI run earlier in the session stops pixelwise's records at its own handler: let caplog see them
+    monkeypatch.setattr(logging.getLogger("pixelwise"), "propagate", True)
     with caplog.at_level("WARNING", logger="pixelwise.device"):
         assert training_amp("bf16", cpu) == "bf16"  # kept as asked, but warned about
     assert "this CPU has no native bf16" in caplog.text and "train.amp=auto" in caplog.text
