@@ -193,8 +193,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
-    InstanceSettings.from_dict(out["instances"])  # method name and ranges
-    InferenceSettings(**out["inference"])  # positive scales
+    method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
+    if not InferenceSettings(**out["inference"]).is_plain and method.enabled:  # positive scales
+        raise ConfigError(
+            f"inference.scales/flip apply to semantic models; instances.method={method.method} decodes instances from "
+            "one whole-image pass at scale 1: remove the inference section's settings"
+        )
     return out
 
 

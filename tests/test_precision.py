@@ -100,6 +100,10 @@ def test_inference_section_is_checked_at_load(tmp_path):
         load_config(toy_config(tmp_path), ["inference.scales=[0]"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) inference.scale; valid: inference.scales, "):
         load_config(toy_config(tmp_path), ["inference.scale=0.5"])
+    with pytest.raises(
+        ConfigError, match=r"^inference.scales/flip apply to semantic models; instances.method=boundary "
+    ):
+        load_config(toy_config(tmp_path), ["inference.flip=true", "instances.method=boundary"])
 
 
 def test_cli_protocol_flags_are_overrides_of_the_runs():
