@@ -79,10 +79,11 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         ]
     if train:
         last = train[-1]
+        wait = f" ({100 * last['data_wait_share']:.0f} % of it waiting for data)" if "data_wait_share" in last else ""
         lines += [
             "",
             f"{last['iter']} iterations, {last['train_seconds'] / 60:.1f} min of training "
-            f"(evaluation excluded), last {last['images_per_s']:.2f} images/s.",
+            f"(evaluation excluded), last {last['images_per_s']:.2f} images/s{wait}.",
             "",
             "![loss](loss.png)",
         ]

@@ -207,6 +207,28 @@ def test_keep_last_report_and_tensorboard(tmp_path):
         assert (summary.parent / name).stat().st_size > 5000
 
 
+def test_the_log_says_how_much_of_a_step_waits_for_data(tmp_path, monkeypatch):
+    """A slow data set (num_workers 0, so nothing hides it) shows as most of each step spent waiting."""
+    import time
+
+    from pixelwise.data import SegmentationDataset
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=4, log_interval=2))
+    slow = SegmentationDataset.__getitem__
+
+    def sleepy(self, index):
+        time.sleep(0.15)
+        return slow(self, index)
+
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", sleepy)
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False, check_data=False)
+    log = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    shares = [r["data_wait_share"] for r in log if r["type"] == "train"]
+    assert len(shares) == 2 and all(0.5 < share <= 1.0 for share in shares), shares
+    assert "% of it waiting for data" in write_report(tmp_path / "r").read_text()
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=1))

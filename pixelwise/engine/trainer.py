@@ -286,13 +286,16 @@ def _train(
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
     last_metrics: dict[str, Any] | None = None
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+    waited = [0.0]  # seconds spent waiting for batches in this logging window (data loading not hidden by workers)
 
     def step(batches) -> float:
         """One optimizer step over ``accumulate`` batches; returns the mean loss."""
         optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         for micro in range(accumulate):  # gradient accumulation: one optimizer step per `accumulate` batches
+            wait_start = time.perf_counter()
             images, targets = next(batches)
+            waited[0] += time.perf_counter() - wait_start
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             if isinstance(targets, dict):  # Panoptic-DeepLab: the mask, centre and offset targets and weights
                 targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
@@ -371,7 +374,8 @@ def _train(
             if it % log_interval == 0 or last:
                 mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
-                speed = images_seen / max(time.perf_counter() - window_t, 1e-9)
+                window_seconds = max(time.perf_counter() - window_t, 1e-9)
+                speed = images_seen / window_seconds
                 files.record(
                     {
                         "type": "train",
@@ -379,10 +383,12 @@ def _train(
                         "loss": mean_loss,
                         "lr": lr,
                         "images_per_s": speed,
+                        "data_wait_share": min(1.0, waited[0] / window_seconds),
                         "train_seconds": state.train_seconds,
                     }
                 )
                 files.scalars({"train/loss": mean_loss, "train/lr": lr}, it)
+                waited[0] = 0.0
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
             due = it % eval_interval == 0 or last
             improved = False
@@ -430,6 +436,7 @@ def _train(
                 last_save = time.monotonic()
             if val_ds is not None and due:
                 window_t = time.perf_counter()  # evaluation time is not training speed
+                waited[0] = 0.0
     bar.close()
     return {
         "best_miou": state.best_miou,
