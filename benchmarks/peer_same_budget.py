@@ -27,14 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
-from peers_smp import register_smp_peers  # noqa: E402
+from peers_smp import print_table, register_smp_peers, scores  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> int:
     """Train and evaluate one side (in its own process, pinned by the parent)."""
     from pixelwise.config import load_config, validate_config
     from pixelwise.engine import evaluate_checkpoint, train
-    from pixelwise.inference import InferenceSettings
     from pixelwise.models import input_channels
 
     register_smp_peers()
@@ -50,23 +49,18 @@ def child(args: argparse.Namespace) -> int:
     result = train(
         config, run_dir=run_dir, data_root=args.data_root, progress=False, resume=(run_dir / "last.pt").exists()
     )
-    # the config's inference section (its scales) unless --scales/--flip are given; the same for both sides
-    section = config["inference"]
-    scales = tuple(args.scales or section["scales"])
-    inference = InferenceSettings(scales=scales, flip=args.flip or section["flip"])
+    # the config's inference section (its scales) with --scales/--flip over it; the same for both sides
+    overrides = {"scales": args.scales, "flip": args.flip or None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     ev = evaluate_checkpoint(
-        run_dir / "last.pt", split=args.split, data_root=args.data_root, progress=False, inference=inference
+        run_dir / "last.pt", split=args.split, data_root=args.data_root, progress=False, inference=overrides or None
     )
-    m = ev["metrics"]
     out = {
         "model": config["model"]["name"],
         "iterations": result["iterations"],
         "train_minutes": result["train_seconds"] / 60,
-        "miou": m["miou"],
-        "pixel_accuracy": m["pixel_accuracy"],
-        "pixel_error": 1 - m["pixel_accuracy"],
-        "iou": dict(zip(ev["classes"], m["iou"], strict=True)),
-        "inference": {"scales": list(scales), "flip": inference.flip},
+        **scores(ev),
+        "inference": ev["inference"],  # the protocol used (None: whole image at scale 1, no flip)
     }
     (run_dir / "peer_result.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -147,14 +141,7 @@ def main() -> int:
     path = Path(args.results or f"benchmarks/results/{name}_peer_{args.minutes:g}min.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
-    classes = list(next(iter(runs.values()))["iou"])
-    print(f"\n| model | iterations | training (min) | {args.split} mIoU | pixel error | " + " | ".join(classes) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(classes))
-    for label, r in runs.items():
-        print(
-            f"| {label} ({r['model']}) | {r['iterations']} | {r['train_minutes']:.1f} | {100 * r['miou']:.1f} | "
-            f"{r['pixel_error']:.4f} | " + " | ".join(f"{100 * v:.1f}" for v in r["iou"].values()) + " |"
-        )
+    print_table({f"{label} ({r['model']})": r for label, r in runs.items()}, args.split, "iterations", digits=1)
     print(f"results in {path}")
     return 0
 

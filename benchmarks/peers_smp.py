@@ -28,6 +28,31 @@ def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) ->
 PEERS = (smp_unet_resnet34, smp_deeplabv3plus_mobilenet_v2)
 
 
+def scores(evaluation: dict) -> dict:
+    """The figures the peer comparisons report, from an ``evaluate_checkpoint`` result."""
+    m = evaluation["metrics"]
+    return {
+        "miou": m["miou"],
+        "pixel_accuracy": m["pixel_accuracy"],
+        "pixel_error": 1 - m["pixel_accuracy"],
+        "fwiou": m["fwiou"],
+        "mean_f1": m["mean_f1"],
+        "iou": dict(zip(evaluation["classes"], m["iou"], strict=True)),
+    }
+
+
+def print_table(runs: dict[str, dict], split: str, iterations: str, digits: int) -> None:
+    """A markdown table of ``runs`` (label -> :func:`scores` plus ``iterations`` and ``train_minutes``)."""
+    classes = list(next(iter(runs.values()))["iou"])
+    print(f"\n| model | iterations | training (min) | {split} mIoU | pixel error | " + " | ".join(classes) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(classes))
+    for label, r in runs.items():
+        print(
+            f"| {label} | {r[iterations]} | {r['train_minutes']:.1f} | {100 * r['miou']:.{digits}f} | "
+            f"{r['pixel_error']:.4f} | " + " | ".join(f"{100 * v:.{digits}f}" for v in r["iou"].values()) + " |"
+        )
+
+
 def register_smp_peers() -> None:
     """Register the peers (once per process)."""
     for builder in PEERS:

@@ -36,7 +36,7 @@ from pixelwise.models import build_model, input_channels
 from pixelwise.models.weights import load_checkpoint, model_from_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers_smp import register_smp_peers  # noqa: E402
+from peers_smp import print_table, register_smp_peers, scores  # noqa: E402
 
 register_smp_peers()
 
@@ -73,19 +73,6 @@ def step_time(config: dict, root: Path, steps: int = 8) -> float:
         opt.step()
         times.append(time.perf_counter() - t)
     return statistics.median(times[2:])
-
-
-def summarize(result: dict) -> dict:
-    m = result["metrics"]
-    out = {
-        "miou": m["miou"],
-        "pixel_accuracy": m["pixel_accuracy"],
-        "pixel_error": 1 - m["pixel_accuracy"],
-        "fwiou": m["fwiou"],
-        "mean_f1": m["mean_f1"],
-    }
-    out["iou"] = dict(zip(result["classes"], m["iou"], strict=True))
-    return out
 
 
 def main() -> int:
@@ -142,7 +129,7 @@ def main() -> int:
             "iters": cfg["train"]["iters"],
             "train_minutes": seconds / 60,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            **summarize(ev),
+            **scores(ev),
         }
 
     results = {
@@ -160,16 +147,7 @@ def main() -> int:
     path = Path(args.results or f"benchmarks/results/{name}_vs_smp.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
-    print(
-        f"\n| model | iters | train min | {args.split} mIoU | pixel error | "
-        + " | ".join(f"{c} IoU" for c in next(iter(runs.values()))["iou"])
-        + " |"
-    )
-    for label, r in runs.items():
-        print(
-            f"| {label} | {r['iters']} | {r['train_minutes']:.1f} | {100 * r['miou']:.2f} | "
-            f"{r['pixel_error']:.4f} | " + " | ".join(f"{100 * v:.2f}" for v in r["iou"].values()) + " |"
-        )
+    print_table(runs, args.split, "iters", digits=2)
     print(f"results in {path}")
     return 0
 

@@ -106,7 +106,7 @@ class Predictor:
             raise ConfigError(f"backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if not isinstance(inference, InferenceSettings):
             # the run's own protocol (config section ``inference``, e.g. half-size images) under any overrides given
-            section = (self.ckpt or {}).get("config", {}).get("inference") or self.meta.get("inference")
+            section = ((self.ckpt or {}).get("config") or {}).get("inference") or self.meta.get("inference")
             self.inference = run_inference(section, inference)
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None

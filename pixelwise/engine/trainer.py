@@ -22,7 +22,7 @@ from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_v
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, PixelwiseError
-from ..inference import InferenceSettings, InstanceSettings
+from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels
 from ..models.registry import input_size_problem
@@ -32,6 +32,7 @@ from .distributed import mean_over_processes, setup_distributed
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
 from .instance_methods import build_loss as build_instance_loss
+from .predictor import run_inference
 from .resume import TrainState, pack, restore, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
@@ -211,7 +212,7 @@ def _train(
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
-    protocol = InferenceSettings(**config["inference"])  # validation as eval will run it
+    protocol = run_inference(config["inference"])  # validation as eval will run it
     amp = training_amp(train_cfg["amp"], device)  # "auto": bf16 only where the device computes it natively
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
