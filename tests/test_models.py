@@ -424,3 +424,31 @@ def test_atrous_conv_bf16_tap_products_on_cpu(monkeypatch):
     assert rel(a, r) < 1e-2
     (a.float() * g).sum().backward()
     assert rel(x2.grad, x.grad) < 2e-2 and rel(atrous.weight.grad, ref.weight.grad) < 2e-2
+
+
+def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
+    """LR-ASPP (Howard et al. 2019, Fig. 10): the same function as torchvision's LRASPPHead given the same
+    weights, on the backbone's last (1/16) and 1/8 features; logits at the input size, odd sizes too."""
+    from torchvision.models.segmentation.lraspp import LRASPPHead
+
+    torch.manual_seed(0)
+    model = build_model("lraspp", num_classes=5, backbone="timm/mobilenetv3_large_100").eval()
+    bb = model.backbone
+    high, low = bb.info(model.high), bb.info(model.low)
+    assert (high.reduction, low.reduction) == (16, 8) and (high.channels, low.channels) == (960, 40)
+    ref = LRASPPHead(low.channels, high.channels, 5, 128).eval()
+    renamed = {"cbr": "conv", "scale": "gate"}
+    for k, v in ref.state_dict().items():
+        if v.is_floating_point():  # BN statistics too: nothing left at a trivial value
+            v.uniform_(0.5, 1.5) if k.endswith("running_var") else v.normal_()
+    state = {renamed.get(k.split(".")[0], k.split(".")[0]) + k[k.index(".") :]: v for k, v in ref.state_dict().items()}
+    state["gate.1.bias"] = torch.zeros(128)  # torchvision's gate conv has no bias; ours does (the paper is silent)
+    model.load_state_dict({**model.state_dict(), **state})
+    with torch.no_grad():
+        for size in [(64, 96), (97, 83)]:
+            x = torch.randn(2, 3, *size)
+            f = bb(x)
+            assert set(f) == {model.high, model.low}
+            expected = ref({"low": f[model.low], "high": f[model.high]})
+            torch.testing.assert_close(model.head(f), expected)
+            assert model(x).shape == (2, 5, *size)

@@ -1,6 +1,6 @@
 """Model zoo: every architecture is registered by name; see :func:`build_model`."""
 
-from . import deeplab, fcn, pspnet, unet  # noqa: F401  (registers the builders)
+from . import deeplab, fcn, lraspp, pspnet, unet  # noqa: F401  (registers the builders)
 from .backbones import Backbone, FeatureInfo
 from .registry import build_model, input_channels, list_models, model_arguments, model_logits, register_model
 from .unet import UNet
