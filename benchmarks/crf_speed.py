@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelwise.crf import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features, cpu_model  # noqa: E402
+
+from pixelwise.crf import (  # noqa: E402
     CRFSettings,
     PermutohedralLattice,
     dense_crf,
@@ -117,7 +121,9 @@ def runners() -> dict:
 
         def run(image, probs, smoothness_filter=smoothness_filter):
             with torch.inference_mode():
-                return dense_crf(image, torch.from_numpy(probs), smoothness_filter=smoothness_filter, **PARAMS).numpy()
+                return dense_crf(
+                    image, torch.from_numpy(probs), smoothness_filter=smoothness_filter, threads=None, **PARAMS
+                ).numpy()
 
         out[name] = run
     return out
@@ -158,8 +164,13 @@ def main() -> int:
     ap.add_argument("--synthetic-repeats", type=int, default=2, help="timed runs of the 1024x2048 case")
     ap.add_argument("--synthetic-noise", type=float, default=4.0, help="pixel noise std of the synthetic image")
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--theta-alpha", type=float, help="the appearance kernel's position width (wide kernels: 80)")
+    ap.add_argument("--theta-beta", type=float, help="the appearance kernel's colour width (wide kernels: 13)")
     ap.add_argument("--results", help="JSON file (default benchmarks/results/crf_speed_<threads>threads.json)")
     args = ap.parse_args()
+    for key in ("theta_alpha", "theta_beta"):
+        if getattr(args, key) is not None:
+            PARAMS[key] = getattr(args, key)  # in place: every runner reads PARAMS
 
     torch.set_num_threads(args.threads)
     root = Path(
@@ -172,6 +183,8 @@ def main() -> int:
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "params": PARAMS,
         "cases": {},

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cpu_threads import idle_core_threads
 from .lattice import PermutohedralLattice, _Kernel, _LinearOpFn
 from .settings import CRFSettings
 
@@ -162,6 +163,7 @@ def dense_crf_batch(
     logits: bool = False,
     clip: float = DEFAULT_CLIP,
     smoothness_filter: str = "exact",
+    threads: int | str | None = "auto",
     **params: float,
 ) -> Tensor:
     """Dense CRF mean-field inference on a batch: images (B, H, W, 3) uint8 RGB, probs (B, C, H, W).
@@ -170,6 +172,31 @@ def dense_crf_batch(
     parts of one lattice and every filtering step is one sparse product for the whole batch. Returns
     (B, C, H, W) probabilities on the device of ``probs``; the parameters are those of :func:`dense_crf`.
     """
+    on_cpu = torch.as_tensor(probs).device.type == "cpu"
+    with idle_core_threads(threads if on_cpu else None):
+        return _mean_field(
+            images,
+            probs,
+            settings,
+            compat=compat,
+            logits=logits,
+            clip=clip,
+            smoothness_filter=smoothness_filter,
+            **params,
+        )
+
+
+def _mean_field(
+    images: Tensor | np.ndarray,
+    probs: Tensor,
+    settings: CRFSettings | None,
+    *,
+    compat: Tensor | None,
+    logits: bool,
+    clip: float,
+    smoothness_filter: str,
+    **params: float,
+) -> Tensor:
     iterations, w1, theta_alpha, theta_beta, w2, theta_gamma = CRFSettings.resolve(settings, params).values()
     probs = torch.as_tensor(probs)
     if probs.dim() != 4:
@@ -245,6 +272,7 @@ def dense_crf(
     logits: bool = False,
     clip: float = DEFAULT_CLIP,
     smoothness_filter: str = "exact",
+    threads: int | str | None = "auto",
     **params: float,
 ) -> Tensor:
     """Refine class probabilities with a fully connected CRF (Krähenbühl & Koltun 2011).
@@ -262,6 +290,9 @@ def dense_crf(
             (truncated at 4 theta_gamma, so its cost grows with theta_gamma); ``"lattice"``: a 2-D
             permutohedral lattice, densecrf's approximation (pydensecrf2's results to ~1e-6; the lattice
             is cached for the last two image sizes).
+        threads: torch threads on a CPU: ``"auto"`` uses no more than the cores other processes leave idle
+            (:mod:`pixelwise.cpu_threads`: a thread on a busy core stalls the others), an int exactly that
+            many, None torch's setting.
 
     Returns:
         (C, H, W) refined probabilities (softmax of the final mean-field state), on ``probs``' device,
@@ -281,5 +312,6 @@ def dense_crf(
         logits=logits,
         clip=clip,
         smoothness_filter=smoothness_filter,
+        threads=threads,
         **params,
     )[0]
