@@ -7,9 +7,10 @@ unless ``--video`` gives one; the ground-truth masks of those frames give the pe
 checkpoint (``--checkpoint``), ``--config`` builds the config's model untrained (random weights, CamVid's
 classes): the speed is the model's, but accuracy and flicker then mean nothing and the JSON says so.
 
-Each variant predicts the whole video once after a warm-up on its first frames (one-time allocations and
-kernel selection), writing ``<stem>_overlay.mp4`` as the CLI does (audio off: a CamVid video has none); the
-parts are timed apart too (decoding alone, the model alone on decoded frames, encoding the overlay alone).
+Each variant predicts the whole video ``--repeats`` times after a warm-up on its first frames (one-time allocations
+and kernel selection), the variants in turns, writing ``<stem>_overlay.mp4`` as the CLI does (audio off: a CamVid
+video has none); its figure is the median. The parts are timed apart too (decoding alone, the model alone on
+decoded frames, encoding the overlay alone).
 
     pip install -e '.[video,onnx]'
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/video_fps.py \\
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
 
 from pixelwise import __version__, build_model  # noqa: E402
+from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
 from pixelwise.data import read_image, read_mask, resolve_data_root  # noqa: E402
 from pixelwise.data.video import VideoWriter, choose_codec, probe_video, read_frames  # noqa: E402
@@ -109,7 +112,7 @@ def time_parts(predictor: Predictor, video: Path, batch_size: int, tmp: Path) ->
     start = time.perf_counter()
     with torch.inference_mode():
         for chunk in batches(x, batch_size):
-            labels += list(batch_probabilities(predictor, torch.stack(chunk)).argmax(1).to(torch.uint8).numpy())
+            labels += list(class_argmax(batch_probabilities(predictor, torch.stack(chunk))).to(torch.uint8).numpy())
     model = len(frames) / (time.perf_counter() - start)
     info = probe_video(video)
     contrast = overlay_palette(predictor.meta["palette"])
@@ -121,15 +124,37 @@ def time_parts(predictor: Predictor, video: Path, batch_size: int, tmp: Path) ->
     return {"decode_fps": round(decode, 2), "model_fps": round(model, 2), "overlay_encode_fps": round(encode, 2)}
 
 
-def run_variant(predictor: Predictor, video: Path, warm: Path, batch_size: int, tmp: Path, name: str) -> dict:
-    predict_video(predictor, warm, tmp / f"warm_{name}", batch_size=batch_size, audio=False, progress=False)
+def time_end_to_end(predictor: Predictor, video: Path, batch_size: int, tmp: Path, name: str) -> tuple[float, int]:
+    """Seconds of one ``predict_video`` run (decode + model + overlay encode) and its frame count."""
     start = time.perf_counter()
     files = predict_video(predictor, video, tmp / name, batch_size=batch_size, audio=False, progress=False)
-    seconds = time.perf_counter() - start
-    frames = int(files["frames"])
-    out = {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2), "amp": predictor.amp}
-    out.update(time_parts(predictor, video, batch_size, tmp))
-    print(f"{name}: {out}", flush=True)
+    return time.perf_counter() - start, int(files["frames"])
+
+
+def run_variants(
+    predictors: dict[str, Predictor], video: Path, warm: Path, batch_size: int, tmp: Path, repeats: int
+) -> dict[str, dict]:
+    """Frames per second of each predictor end to end, the median of ``repeats`` runs taken in turns (one run of
+    each predictor per round, so that a slower spell of a shared machine hits every variant alike), then the parts
+    of one run timed alone."""
+    for name, predictor in predictors.items():
+        predict_video(predictor, warm, tmp / f"warm_{name}", batch_size=batch_size, audio=False, progress=False)
+    runs: dict[str, list[float]] = {name: [] for name in predictors}
+    frames = 0
+    for _ in range(repeats):
+        for name, predictor in predictors.items():
+            seconds, frames = time_end_to_end(predictor, video, batch_size, tmp, name)
+            runs[name].append(frames / seconds)
+    out = {}
+    for name, predictor in predictors.items():
+        out[name] = {
+            "frames": frames,
+            "fps": round(statistics.median(runs[name]), 2),
+            "fps_runs": [round(f, 2) for f in runs[name]],
+            "amp": predictor.amp,
+        }
+        out[name].update(time_parts(predictor, video, batch_size, tmp))
+        print(f"{name}: {out[name]}", flush=True)
     return out
 
 
@@ -175,6 +200,7 @@ def main() -> None:
         "--onnx", nargs="?", const="export", help="also onnxruntime: this .onnx file, or exported from the checkpoint"
     )
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5, help="end-to-end runs of each variant, in turns (median)")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="run the model at this image scale (e.g. 0.5), probabilities upsampled"
     )
@@ -203,14 +229,12 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
     warm = warm_clip(video, min(2 * args.batch_size, 8), tmp / "warm.mp4")
     print(f"video {video}: {info.frames} frames {info.size} at {info.fps} fps; checkpoint {checkpoint}", flush=True)
 
-    variants: dict[str, dict] = {}
-    fp32 = None
+    predictors: dict[str, Predictor] = {}
     for precision in args.precisions:
         inference = InferenceSettings(scales=(args.scale,))  # as --scale says, whatever the run's config says
         amp = "none" if precision == "fp32" else "bf16"
-        predictor = Predictor(checkpoint, device="cpu", amp=amp, inference=inference)
-        fp32 = predictor if precision == "fp32" else fp32
-        variants[precision] = run_variant(predictor, video, warm, args.batch_size, tmp, precision)
+        predictors[precision] = Predictor(checkpoint, device="cpu", amp=amp, inference=inference)
+    fp32 = predictors.get("fp32")
     onnx_file = None
     if args.onnx:
         from pixelwise.export import export_onnx
@@ -219,8 +243,10 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
         if args.onnx == "export":
             h, w = round(info.height * args.scale), round(info.width * args.scale)
             export_onnx(checkpoint, onnx_file, height=h, width=w)
-        predictor = Predictor(onnx_file, backend="onnxruntime", inference=InferenceSettings(scales=(args.scale,)))
-        variants["onnxruntime"] = run_variant(predictor, video, warm, args.batch_size, tmp, "onnxruntime")
+        predictors["onnxruntime"] = Predictor(
+            onnx_file, backend="onnxruntime", inference=InferenceSettings(scales=(args.scale,))
+        )
+    variants = run_variants(predictors, video, warm, args.batch_size, tmp, args.repeats)
 
     quality: dict = {}
     if fp32 is not None:
@@ -237,7 +263,7 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
             quality[key] = scores
 
     result = {
-        "what": "frames per second of predict_video (decode + model + overlay encode), one CPU core",
+        "what": "frames per second of predict_video (decode + model + overlay encode), median of --repeats runs",
         "command": command_line(),
         "pinned": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu": cpu_model(),

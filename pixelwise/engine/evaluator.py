@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..argmax import class_argmax
 from ..crf import CRFSettings
 from ..data import SegmentationDataset, build_transforms, resolve_data_root
 from ..device import autocast
@@ -98,7 +99,7 @@ def evaluate(
             pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
         else:
             scores = batch_scores(model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf)
-            pred = scores.argmax(1)
+            pred = class_argmax(scores)
             if counting:
                 decoded = [_components(p, instances, watershed) for p in pred.cpu().numpy()]
         cm.update(pred, masks)

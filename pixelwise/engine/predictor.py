@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
 from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
 from ..data.video import VIDEO_EXTENSIONS, is_video
@@ -226,7 +227,7 @@ class Predictor:
         scores = batch_scores(
             self.model, x, len(self.classes), device=self.device, amp=self.amp, settings=settings, crf=self.crf_args
         )
-        return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return class_argmax(scores)[0].to(torch.uint8).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "crf": None if self.crf is None else asdict(self.crf)}
@@ -454,7 +455,7 @@ def predict(
                     found = [predictor.predict_instances(page, str(path)) for page in pages]
                     preds = [f.semantic.astype(np.uint8) for f in found]
                 elif probs is not None:
-                    found, preds = None, [p.argmax(0).to(torch.uint8).cpu().numpy() for p in probs]
+                    found, preds = None, [class_argmax(p, 0).to(torch.uint8).cpu().numpy() for p in probs]
                 else:
                     found, preds = None, [predictor.predict(page, str(path)) for page in pages]
             except DataError as e:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..argmax import class_argmax
 from ..config import dump_config
 from ..data import SegmentationDataset
 from ..errors import ConfigError
@@ -196,7 +197,7 @@ def tensorboard_val(
     with torch.inference_mode():
         for i in range(min(images, len(val_ds))):
             x, _ = val_ds[i]
-            pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            pred = class_argmax(model(x[None].to(device)))[0].to(torch.uint8).cpu().numpy()
             raw, _ = val_ds.load(i)
             picture = overlay(raw, colorize(pred, overlay_palette(meta["palette"])))
             writer.add_image(f"val_overlay/{val_ds.name_of(i)}", picture, it, dataformats="HWC")

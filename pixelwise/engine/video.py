@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..argmax import class_argmax
 from ..data.video import VideoWriter, decode_frames, probe_video
 from ..errors import ConfigError
 from ..inference import batch_scores
@@ -250,7 +251,7 @@ def predict_video(
                 probs = batch_probabilities(predictor, x)
                 if ema is not None:
                     probs = ema(probs)
-                labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                labels = class_argmax(probs).to(torch.uint8).cpu().numpy()
                 for (t, image), label, p in zip(batch, labels, probs, strict=True):
                     meter.update(label)
                     if "overlay" in writers:

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..argmax import class_argmax
+
 log = logging.getLogger(__name__)
 
 CENTER_THRESHOLD = 0.1
@@ -186,7 +188,7 @@ def _decode(
     Returns (instances, classes, scores, centers, semantic argmax, panoptic), see :class:`PanopticResult`."""
     if semantic.dim() == 3:
         probs = semantic.float() if probabilities else torch.softmax(semantic.float(), 0)
-        classes_map = probs.max(0).indices  # the first maximum, as argmax (much slower over dim 0 on CPU)
+        classes_map = class_argmax(probs, 0)
     else:
         probs = None
         classes_map = semantic.long()

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..argmax import class_argmax
+
 
 def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
     """The dim of ``pred`` holding class scores (``N x C x ...`` or ``C x ...``), None for indices."""
@@ -38,7 +40,7 @@ def as_class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     (``N x C x ...`` or ``C x ...``) are arg-maxed; a shape mismatch is an error."""
     dim = _class_dim(pred, target)
     if dim is not None:
-        pred = pred.argmax(dim)
+        pred = class_argmax(pred, dim)
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
     return pred

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..argmax import class_argmax
 from ..data import image_to_uint8
 from ..engine.predictor import Predictor, file_sha256
 from ..engine.video import image_probabilities
@@ -221,7 +222,7 @@ class Segmenter:
                 mask = found.semantic.astype(np.uint8)
             elif options.effect is not None:  # as pixelwise predict --effect: the mask is the argmax of these
                 probs = image_probabilities(p, image, name)
-                mask = probs.argmax(0).to(torch.uint8).cpu().numpy()
+                mask = class_argmax(probs, 0).to(torch.uint8).cpu().numpy()
             else:
                 mask = p.predict(image, name)
         except DataError as e:  # too small for the model's stride, too many instances...
