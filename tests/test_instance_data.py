@@ -146,5 +146,65 @@ def test_instances_asked_of_a_data_set_without_them(tmp_path):
         SegmentationDataset(tmp_path, "toy", "train", instances=True)
     assert str(e.value) == (
         f"split 'train' of 'toy' has no instance maps ({tmp_path}/toy/instances/train does not exist), which "
-        "instance segmentation needs: add 16-bit PNGs there (0 = none, 1..K one id per object)"
+        "instance segmentation needs: add 16-bit PNGs there (0 = none, 1..K one id per object), "
+        "or set instances.from_class to the class whose connected components are the objects"
     )
+
+
+def test_instances_from_a_class_are_its_4_connected_components(tmp_path):
+    """ISBI-style data (objects separated by another class): the maps come from the masks, before augmentation."""
+    write_dataset(tmp_path, splits={"train": 1}, size=(7, 5), num_classes=2)
+    mask = np.array(
+        [
+            [1, 1, 0, 1, 1, 1, 1],
+            [1, 1, 0, 0, 0, 0, 0],
+            [0, 0, 1, 0, 1, 1, 0],  # (2, 2) touches (1, 1) only diagonally: its own object
+            [1, 0, 0, 0, 1, 0, 0],
+            [1, 1, 0, 0, 0, 0, 1],
+        ],
+        np.uint8,
+    )
+    Image.fromarray(mask, mode="L").save(tmp_path / "toy/masks/train/s00.png")
+    ds = SegmentationDataset(tmp_path, "toy", "train", instances=True, instances_from_class=1)
+    _, out_mask, inst = ds[0]
+    expected = np.array(
+        [
+            [1, 1, 0, 2, 2, 2, 2],
+            [1, 1, 0, 0, 0, 0, 0],
+            [0, 0, 3, 0, 4, 4, 0],
+            [5, 0, 0, 0, 4, 0, 0],
+            [5, 5, 0, 0, 0, 0, 6],
+        ]
+    )
+    np.testing.assert_array_equal(inst.numpy(), expected)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+    # the other class: its pixels form one 4-connected region here
+    ds0 = SegmentationDataset(tmp_path, "toy", "train", instances=True, instances_from_class=0)
+    assert int(ds0[0][2].max()) == 1 and bool(((ds0[0][2] > 0).numpy() == (mask == 0)).all())
+
+
+def test_instances_from_a_class_move_with_the_mask(tmp_path):
+    instance_dataset(tmp_path)
+    tf = build_transforms(
+        train=True, mean=[0.5] * 3, std=[0.25] * 3, crop_size=24, scale_range=(0.7, 1.4), hflip=True, vflip=True
+    )
+    ds = SegmentationDataset(tmp_path, "toy", "train", transforms=tf, instances=True, instances_from_class=1)
+    for i in range(len(ds)):
+        _, mask, inst = ds[(i, 7)]
+        assert bool(((inst > 0) == (mask == 1)).all())  # every pixel of the class is in an object, no other one
+
+
+def test_instances_from_class_errors(tmp_path):
+    from pixelwise.errors import ConfigError
+    from pixelwise.inference import InstanceSettings
+
+    write_dataset(tmp_path, splits={"train": 1}, num_classes=2)
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(tmp_path, "toy", "train", instances=True, instances_from_class=2)
+    assert str(e.value) == "instances from class 2: 'toy' has classes 0..1"
+    settings = InstanceSettings(method="boundary", from_class="cells")
+    with pytest.raises(ConfigError) as e:
+        settings.from_class_index(["membrane", "cell"])
+    assert str(e.value) == "instances.from_class='cells' is not a class of the data set; valid: membrane, cell or 0..1"
+    assert InstanceSettings(from_class="cell").from_class_index(["membrane", "cell"]) == 1
+    assert InstanceSettings(from_class=0).from_class_index(["membrane", "cell"]) == 0

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
+from .instance_targets import class_components
 from .io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSION,
@@ -192,7 +193,9 @@ class SegmentationDataset(Dataset):
     none) and move through the transforms with the mask (:class:`~pixelwise.data.transforms.InstanceMap`);
     items are ``(image, mask, instances)``, or ``(image, target(mask, instances))`` with a ``target``
     builder (:mod:`pixelwise.data.instance_targets`). Each instance map is checked when loaded: no instance
-    on ignore pixels, none spanning two classes.
+    on ignore pixels, none spanning two classes. With ``instances_from_class`` too, the maps are not read but
+    computed from each mask before the transforms: the 4-connected components of that class
+    (:func:`~pixelwise.data.instance_targets.class_components`; ISBI 2012's cells, separated by membrane).
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class SegmentationDataset(Dataset):
         image_mode: str = "RGB",
         require_masks: bool = True,
         instances: bool = False,
+        instances_from_class: int | None = None,
         target: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     ) -> None:
         self.root = Path(root)
@@ -221,11 +225,19 @@ class SegmentationDataset(Dataset):
         if files.problems:
             raise DataError(files.problems[0][1])
         self.with_instances = instances
-        if instances:
+        self.instances_from_class = instances_from_class if instances else None
+        if self.instances_from_class is not None:
+            if not 0 <= self.instances_from_class < self.info.num_classes:
+                top = self.info.num_classes - 1
+                raise DataError(f"instances from class {self.instances_from_class}: {name!r} has classes 0..{top}")
+            if not self.has_masks:
+                raise DataError(f"split {split!r} of {name!r} has no masks to take instances from ({files.mask_dir})")
+        elif instances:
             if files.instances is None:
                 raise DataError(
                     f"split {split!r} of {name!r} has no instance maps ({files.instance_dir} does not exist), "
-                    "which instance segmentation needs: add 16-bit PNGs there (0 = none, 1..K one id per object)"
+                    "which instance segmentation needs: add 16-bit PNGs there (0 = none, 1..K one id per object), "
+                    "or set instances.from_class to the class whose connected components are the objects"
                 )
             if files.instance_problems:
                 raise DataError(files.instance_problems[0][1])
@@ -240,7 +252,7 @@ class SegmentationDataset(Dataset):
                 msize = mask_size(mask)
                 if isize != msize:
                     raise DataError(size_mismatch_message(mask, msize, image, isize, orientation))
-            if instances:
+            if instances and self.instances_from_class is None:
                 inst = files.instances[stem]
                 if mask_size(inst) != isize:
                     raise DataError(
@@ -268,6 +280,10 @@ class SegmentationDataset(Dataset):
     def load_instances(self, index: int, mask: np.ndarray | None = None) -> np.ndarray:
         """The ``H x W`` int32 instance map of item ``index`` (0 = none); with its ``mask``, checked that no
         instance lies on ignore pixels or spans two classes."""
+        if self.instances_from_class is not None:
+            if mask is None:
+                mask = self.load(index)[1]
+            return class_components(mask, self.instances_from_class)
         path = self.instance_paths[index]
         inst = read_instances(path).astype(np.int32)
         if mask is not None:

@@ -135,11 +135,13 @@ def checkpoint_dataset(
 ) -> SegmentationDataset:
     """The labelled ``split`` of the data set a checkpoint was trained on, with its evaluation
     transforms; a data set with another number of classes is a :class:`CheckpointError`. ``instances``:
-    with the split's instance maps (True: required; None: where the split has them)."""
+    with the split's instance maps (True: required; None: where the split has them); a run whose
+    ``instances.from_class`` is set takes them from the masks as it was trained."""
     meta = ckpt["meta"]
     root = resolve_data_root(data_root, ckpt.get("config", {}).get("data", {}).get("root"))
     if instances is None:
         instances = (root / meta["dataset"] / "instances" / split).is_dir()
+    from_class = InstanceSettings.from_dict(meta.get("instances")).from_class_index(list(meta["classes"]))
     ds = SegmentationDataset(
         root,
         meta["dataset"],
@@ -147,6 +149,7 @@ def checkpoint_dataset(
         image_mode=image_mode(input_channels(meta["model"])),
         transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
         instances=instances,
+        instances_from_class=from_class,
     )
     if ds.info.num_classes != len(meta["classes"]):
         raise CheckpointError(

@@ -47,6 +47,7 @@ def _datasets(
     """The training split (with the instance method's targets) and the validation split (with its instance
     maps when the run is evaluated on instances)."""
     data_cfg = config["data"]
+    from_class = method.from_class_index(info.classes)
     norm = {"mean": data_cfg["mean"], "std": data_cfg["std"]}
     train_tf = build_transforms(
         train=True, ignore_index=info.ignore_index, **norm, **{k: data_cfg[k] for k in AUGMENTATION_KEYS}
@@ -58,13 +59,20 @@ def _datasets(
         transforms=train_tf,
         image_mode=mode,
         instances=method.trains_on_instances,
+        instances_from_class=from_class,
         target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
     )
     val_ds = None
     if data_cfg["val_split"]:
         val_tf = build_transforms(train=False, **norm)
         val_ds = SegmentationDataset(
-            root, info.name, data_cfg["val_split"], transforms=val_tf, image_mode=mode, instances=method.enabled
+            root,
+            info.name,
+            data_cfg["val_split"],
+            transforms=val_tf,
+            image_mode=mode,
+            instances=method.enabled,
+            instances_from_class=from_class,
         )
     return train_ds, val_ds
 

@@ -24,6 +24,9 @@ class InstanceSettings:
     nms_kernel: int = 7  # panoptic decoding: max-pooling window of the keypoint NMS
     top_k: int = 200  # panoptic decoding: at most this many centres per image
     min_size: int = 0  # decoding: drop instances with fewer pixels
+    # data sets without instances/: the objects are the connected components of this class (name or index) of
+    # the masks, e.g. ISBI 2012's cells; None reads instances/<split>
+    from_class: str | int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -45,6 +48,20 @@ class InstanceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def from_class_index(self, classes: list[str]) -> int | None:
+        """``from_class`` as a class index of ``classes`` (a ConfigError naming the valid ones)."""
+        if self.from_class is None:
+            return None
+        if isinstance(self.from_class, int) and not isinstance(self.from_class, bool):
+            if 0 <= self.from_class < len(classes):
+                return self.from_class
+        elif self.from_class in classes:
+            return classes.index(self.from_class)
+        raise ConfigError(
+            f"instances.from_class={self.from_class!r} is not a class of the data set; valid: {', '.join(classes)} "
+            f"or 0..{len(classes) - 1}"
+        )
 
     @property
     def enabled(self) -> bool:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.instance_targets import class_components
+
 
 def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     """Map the nonzero ids of ``labels`` onto 1..K in increasing order, keeping 0 as 0."""
@@ -61,9 +63,9 @@ def label_instances(
     from scipy import ndimage as ndi
 
     mask = np.asarray(semantic) == foreground
-    structure = ndi.generate_binary_structure(mask.ndim, 1)
-    components, n = ndi.label(mask, structure)
-    components = components.astype(np.int64)
+    structure = ndi.generate_binary_structure(mask.ndim, 1)  # 4-connectivity, as class_components
+    components = class_components(semantic, foreground).astype(np.int64)
+    n = int(components.max(initial=0))
     if not watershed or n == 0:
         return components
     if min_distance < 1:
