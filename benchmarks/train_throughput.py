@@ -7,9 +7,10 @@ autocast as ``train.amp`` resolves on this machine, channels-last) and times ``-
 
 - images per second (batch size / median step time, data wait included);
 - the share of a step spent waiting for the next batch (``next(loader)``) rather than computing;
-- GFLOP/s of the compute part: the FLOPs of one forward + backward pass counted by
-  ``torch.utils.flop_counter`` on the same batch shape, divided by the compute time, and that rate as a share
-  of this CPU's measured fp32 peak (``roofline.py``'s largest convolutions and matrix products, same threads);
+- GFLOP/s of the compute part: the FLOPs of one forward + backward pass counted by ``torch.utils.flop_counter`` on
+  the same batch shape (grouped convolutions' backward corrected: ``flops.py``), divided by the compute time, and
+  that rate as a share of this CPU's measured fp32 peak (``roofline.py``'s largest convolutions and matrix
+  products, same threads);
 - peak memory: the process's maximum resident set size (each entry runs in its own process).
 
     pip install -e '.[bench]'
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import step_flops  # noqa: E402
 from machine import cpu_features, cpu_model  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
@@ -46,6 +48,7 @@ DEFAULT_ENTRIES = (
     "configs/camvid_cpu.yaml#train.channels_last=false",
     "configs/camvid_cpu.yaml@smp_unet_resnet34",
     "configs/camvid_cpu.yaml@smp_deeplabv3plus_mobilenet_v2",
+    "configs/camvid_lraspp_cpu.yaml",
     "configs/camvid_unet.yaml",
     "configs/camvid_deeplabv3plus_mobilenetv2_os16.yaml",
     "configs/isbi2012_cpu.yaml",
@@ -70,8 +73,6 @@ def load_entry(entry: str, data_root: str | None) -> dict:
 
 def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     """Times one entry in this process (run through ``--one``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
     from pixelwise.data.transforms import AUGMENTATION_KEYS
     from pixelwise.device import autocast, training_amp
@@ -110,9 +111,12 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     optimizer = build_optimizer(model, tr)
     loss_fn = build_loss("cross_entropy", ignore_index=info.ignore_index)
 
-    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
+    # train.compile: torch.compile as the trainer applies it (the first warm-up step compiles)
+    net = torch.compile(model) if tr["compile"] else model
+
+    def step(images: torch.Tensor, masks: torch.Tensor, module: torch.nn.Module = net) -> None:
         with autocast(device, amp):
-            logits = model(images.to(memory_format=fmt))
+            logits = module(images.to(memory_format=fmt))
         logits = logits["out"] if isinstance(logits, dict) else logits
         loss = loss_fn(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -134,9 +138,7 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
         if i >= warmup:
             waits.append(t1 - t0)
             computes.append(t2 - t1)
-    with FlopCounterMode(display=False) as counter:
-        step(images, masks)
-    flops = counter.get_total_flops()
+    flops = step_flops(lambda: step(images, masks, model))  # eager: the counter sees each operator
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     step_s = statistics.median(totals)
     compute_s = statistics.median(computes)
@@ -149,6 +151,7 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
         "num_workers": data["num_workers"],
         "amp": amp,
         "channels_last": tr["channels_last"],
+        "compile": tr["compile"],
         "step_s": step_s,
         "images_per_s": data["batch_size"] / step_s,
         "data_wait_share": sum(waits) / sum(totals),
