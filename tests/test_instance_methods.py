@@ -123,6 +123,29 @@ def test_train_eval_predict_each_method(method, tmp_path):
         assert Image.open(files["instance_overlay"]).size == (48, 40)
 
 
+def test_instances_from_a_class_train_and_evaluate_without_instance_maps(tmp_path):
+    """ISBI-style data: no instances/ folder; the objects are the mask's class-1 components, for training (boundary
+    targets) and for evaluation, where they are also the ground truth of V_rand."""
+    from scipy import ndimage as ndi
+
+    data = tmp_path / "data"
+    instance_dataset(data, splits={"train": 3, "val": 2})
+    for split in ("train", "val"):
+        for path in (data / "toy/instances" / split).glob("*.png"):
+            path.unlink()
+        (data / "toy/instances" / split).rmdir()
+    (data / "toy/instances").rmdir()
+    run = tmp_path / "run"
+    train(instance_config(tmp_path, "boundary", from_class="c1"), run_dir=run, data_root=data, progress=False)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["meta"]["instances"]["from_class"] == "c1"
+    scores = evaluate_checkpoint(run / "best.pt", progress=False)["metrics"]["instances"]
+    expected = sum(ndi.label(np.asarray(Image.open(p)) == 1)[1] for p in sorted((data / "toy/masks/val").glob("*.png")))
+    assert scores["num_true"] == expected and 0.0 <= scores["v_rand"] <= 1.0
+    with pytest.raises(ConfigError, match=r"instances.from_class='cells' is not a class of the data set"):
+        train(instance_config(tmp_path, "boundary", from_class="cells"), run_dir=tmp_path / "r2", data_root=data)
+
+
 def test_eval_cli_prints_the_ap_table_and_writes_the_instances_json(tmp_path):
     data = tmp_path / "data"
     instance_dataset(data, splits={"train": 3, "val": 2})
