@@ -1,14 +1,21 @@
 """Tabulate DSB2018 instance runs (``pixelwise eval RUN/best.pt --split test --json RUN/test.json``) beside the
 StarDist paper's Table 1 (Schmidt et al., MICCAI 2018; the rows are in the data set's README.md).
 
-    python benchmarks/summarize_instances.py runs/dsb2018_*_33min
+    python benchmarks/summarize_instances.py runs/dsb2018_*_33min [--out benchmarks/results/NAME.json]
+
+``--out`` also writes the rows as JSON: per run its AP at each threshold, PQ, COCO AP, mIoU, iterations, minutes,
+the best.pt iteration and the CPU, with the paper's rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features, cpu_model  # noqa: E402
 
 TAUS = ["0.50", "0.55", "0.60", "0.65", "0.70", "0.75", "0.80", "0.85", "0.90"]
 # StarDist paper, Table 1: AP = TP / (TP + FP + FN) on the 50 test images, at IoU thresholds 0.50 ... 0.90
@@ -41,7 +48,9 @@ def run_row(run: Path) -> tuple[str, list[float], dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
+    rows = {}
     lines = [
         "| method | " + " | ".join(TAUS) + " | PQ | training (best.pt at) |",
         "|---|" + "---:|" * (len(TAUS) + 2),
@@ -52,12 +61,17 @@ def main() -> None:
         if not (run / "test.json").is_file():
             continue
         name, values, info = run_row(run)
+        rows[run.name] = {"label": name, "ap": dict(zip(TAUS, values, strict=True)), **info}
         lines.append(
             f"| {name} | "
             + " | ".join(f"{v:.3f}" for v in values)
             + f" | {info['pq']:.3f} | {info['iters']} it, {info['minutes']:.1f} min ({info['best_iter']}) |"
         )
     print("\n".join(lines))
+    if args.out:
+        paper = {name: dict(zip(TAUS, values, strict=True)) for name, values in PAPER.items()}
+        result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "cpu_features": cpu_features()}
+        args.out.write_text(json.dumps({**result, "paper": paper, "runs": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
