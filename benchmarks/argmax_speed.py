@@ -11,13 +11,13 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
+from timing import best_ms  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
 
@@ -28,16 +28,6 @@ CASES = [
     ("Cityscapes size, 19 x 1024 x 2048", (1, 19, 1024, 2048), 1),
     ("DSB2018 batch of 8, 3 x 520 x 696", (8, 3, 520, 696), 1),
 ]
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
 
 
 def main() -> None:
@@ -54,8 +44,8 @@ def main() -> None:
         # in turns, so that both sides see the same machine state
         a, b = [], []
         for _ in range(3):
-            a.append(best_ms(lambda x=x, dim=dim: x.argmax(dim), args.repeats))
-            b.append(best_ms(lambda x=x, dim=dim: class_argmax(x, dim), args.repeats))
+            a.append(best_ms(lambda x=x, dim=dim: x.argmax(dim), args.repeats, warmup=1))
+            b.append(best_ms(lambda x=x, dim=dim: class_argmax(x, dim), args.repeats, warmup=1))
         row = {"case": name, "torch_argmax_ms": round(min(a), 2), "class_argmax_ms": round(min(b), 2)}
         row["speedup"] = round(row["torch_argmax_ms"] / row["class_argmax_ms"], 1)
         rows.append(row)

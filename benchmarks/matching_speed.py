@@ -34,6 +34,7 @@ import numpy as np
 import scipy
 from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from PIL import Image
+from timing import best_ms  # noqa: E402
 
 from pixelwise.metrics import InstanceMetrics
 
@@ -67,15 +68,6 @@ def synthetic(rng: np.random.Generator, count: int, shape: tuple[int, int] = (52
         box = ((yy[y0:y1, x0:x1] - cy) / ry) ** 2 + ((xx[y0:y1, x0:x1] - cx) / rx) ** 2 <= 1
         labels[y0:y1, x0:x1][box] = i
     return labels
-
-
-def best_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def pycocotools_ap(pairs, max_detections: int) -> tuple[dict[str, float], float] | None:
