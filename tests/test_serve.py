@@ -570,3 +570,26 @@ def test_the_serve_command(toy_checkpoint):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_run_reports_a_signal_stop_as_an_interrupt(toy_checkpoint, monkeypatch):
+    """Ctrl+C ends ``serve.run`` with KeyboardInterrupt (the CLI's exit 130) even when uvicorn's ``Server.run``
+    returns normally after the signal, as it sometimes does: asyncio.run does not always turn the SIGINT that
+    uvicorn re-raises at shutdown into KeyboardInterrupt. A server that stops without a signal returns."""
+    import uvicorn
+
+    from pixelwise.serve import run
+
+    def stopped(signum):
+        def server_run(self, sockets=None):
+            self.started = True
+            if signum is not None:
+                self.handle_exit(signum, None)  # what uvicorn's own handler does on Ctrl+C
+
+        return server_run
+
+    monkeypatch.setattr(uvicorn.Server, "run", stopped(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        run(toy_checkpoint, port=0, log_level="warning")
+    monkeypatch.setattr(uvicorn.Server, "run", stopped(None))
+    assert run(toy_checkpoint, port=0, log_level="warning") is None

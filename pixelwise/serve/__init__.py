@@ -121,6 +121,10 @@ def run(
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.started and server.should_exit:
+        # stopped by Ctrl+C (or SIGTERM) yet returned normally: uvicorn re-raises the signal as its serve task
+        # ends, and asyncio.run does not always turn that into KeyboardInterrupt; report it as one (exit 130)
+        raise KeyboardInterrupt
 
 
 __all__ = ["INSTALL_HINT", "bind", "check_host", "create_app", "make_server", "run"]
