@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from pixelwise import PixelwiseError, build_model, list_models
+from pixelwise.device import native_precisions
 from pixelwise.errors import CheckpointError
 from pixelwise.models import from_torchvision
 from pixelwise.models.atrous_conv import AtrousConv2d
@@ -346,7 +347,35 @@ print("done")
 """
 
 
+@pytest.mark.parametrize(("name", "kwargs"), [("fcn8s_vgg16", {}), ("fcn8s", {"backbone": "resnet18"})])
+def test_fcn_score_layers_run_in_fp32_under_cpu_bf16_autocast(name, kwargs):
+    """What keeps the crash below away, checked on any CPU: under bf16 autocast FCN's score layers take and
+    give fp32 while the rest of the net runs in bf16."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, **kwargs).train()
+    layers = [model.score_fr] if hasattr(model, "score_fr") else list(model.score)
+    body = model.backbone.forward
+
+    def fp32_body(x):  # fast on CPUs that emulate bf16; its features go on in bf16, as autocast would give them
+        with torch.autocast("cpu", enabled=False):
+            return {k: v.bfloat16() for k, v in body(x).items()}
+
+    model.backbone.forward = fp32_body
+    seen = []
+    for layer in layers:
+        layer.register_forward_hook(lambda _m, i, o: seen.append((i[0].dtype, o.dtype)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 33, 47))
+    assert seen == [(torch.float32, torch.float32)] * len(layers)
+    assert out.dtype == torch.bfloat16
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(
+    "bf16" not in native_precisions(torch.device("cpu")),
+    reason="the crash is in oneDNN's native bf16 kernels; this CPU has none (AVX-512 BF16 or AMX), and the "
+    "emulated bf16 steps take minutes",
+)
 def test_fcn_bf16_training_on_cpu_does_not_corrupt_memory():
     """oneDNN's bf16 weight gradient of a 4096-input conv with under 16 outputs (FCN's score_fr) corrupts
     the heap on CPU (PyTorch 2.14; the process aborts within a few steps). FCN keeps that layer in fp32.
