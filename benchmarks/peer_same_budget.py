@@ -10,7 +10,7 @@ reported split) on whole images with the same confusion matrix, with the same ``
 
     pip install -e '.[bench]'
     python benchmarks/peer_same_budget.py configs/isbi2012_cpu.yaml --minutes 30 --split val
-    python benchmarks/peer_same_budget.py configs/camvid_cpu.yaml --minutes 60 --split test --flip
+    python benchmarks/peer_same_budget.py configs/camvid_cpu_deeplabv3plus.yaml --minutes 60 --split test --flip
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ DEFAULT_ENTRIES = (
     "configs/camvid_cpu.yaml#train.channels_last=false",
     "configs/camvid_cpu.yaml@smp_unet_resnet34",
     "configs/camvid_cpu.yaml@smp_deeplabv3plus_mobilenet_v2",
-    "configs/camvid_lraspp_cpu.yaml",
+    "configs/camvid_cpu_deeplabv3plus.yaml",
     "configs/camvid_unet.yaml",
     "configs/camvid_deeplabv3plus_mobilenetv2_os16.yaml",
     "configs/isbi2012_cpu.yaml",
