@@ -28,7 +28,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from timing import call_seconds  # noqa: E402
 
 from pixelwise.data.instance_targets import boundary_classes, panoptic_targets, relabel_consecutive
 from pixelwise.data.io import read_instances
@@ -62,13 +62,7 @@ def synthetic_maps(count: int, h: int = 520, w: int = 696, n: int = 120) -> list
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(call_seconds(fn, repeats, warmup=1))
 
 
 def recovered(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 
-def best_ms(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
-    """The fastest of ``repeats`` calls of ``fn``, in milliseconds, after ``warmup`` untimed calls."""
+def call_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -15,4 +15,9 @@ def best_ms(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    return times
+
+
+def best_ms(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """The fastest of ``repeats`` calls of ``fn``, in milliseconds, after ``warmup`` untimed calls."""
+    return 1000 * min(call_seconds(fn, repeats, warmup))
