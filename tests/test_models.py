@@ -373,8 +373,8 @@ def test_fcn_score_layers_run_in_fp32_under_cpu_bf16_autocast(name, kwargs):
 @pytest.mark.slow
 @pytest.mark.skipif(
     "bf16" not in native_precisions(torch.device("cpu")),
-    reason="the crash is in oneDNN's native bf16 kernels; this CPU has none (AVX-512 BF16 or AMX), and the "
-    "emulated bf16 steps take minutes",
+    reason="the crash was seen with native bf16 (AMX); this CPU has neither AVX-512 BF16 nor AMX, so bf16 is "
+    "emulated and these steps take minutes",
 )
 def test_fcn_bf16_training_on_cpu_does_not_corrupt_memory():
     """oneDNN's bf16 weight gradient of a 4096-input conv with under 16 outputs (FCN's score_fr) corrupts
