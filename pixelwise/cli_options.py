@@ -37,6 +37,12 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         help="also average the horizontally flipped image (default: the run's inference.flip)",
     )
     g.add_argument(
+        "--rot90",
+        action="store_true",
+        help="also average the image turned by 90, 180 and 270 degrees; with --flip the 8 symmetries of the square, "
+        "for images without an up or a left (default: the run's inference.rot90)",
+    )
+    g.add_argument(
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
         default="auto",
@@ -73,6 +79,7 @@ def inference_settings(args: argparse.Namespace) -> dict | None:
         "blend": args.blend,
         "scales": args.scales,
         "flip": args.flip or None,
+        "rot90": args.rot90 or None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     return given or None

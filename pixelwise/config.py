@@ -86,6 +86,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "inference": {
         "scales": [1.0],  # image scales averaged, e.g. [0.5] for a model trained on half-size images
         "flip": False,  # also average the horizontally flipped image
+        "rot90": False,  # also the image turned by 90, 180, 270 degrees (with flip: the 8 symmetries of the square)
     },
 }
 SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
@@ -196,8 +197,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
     if not InferenceSettings(**out["inference"]).is_plain and method.enabled:  # positive scales
         raise ConfigError(
-            f"inference.scales/flip apply to semantic models; instances.method={method.method} decodes instances from "
-            "one whole-image pass at scale 1: remove the inference section's settings"
+            f"inference.scales/flip/rot90 apply to semantic models; instances.method={method.method} decodes "
+            "instances from one whole-image pass at scale 1: remove the inference section's settings"
         )
     return out
 

@@ -55,6 +55,27 @@ def test_flip_averages_a_position_dependent_model():
     assert torch.allclose(p, torch.full_like(p, 0.5), atol=1e-4)  # the flip undoes the left/right preference
 
 
+def test_rot90_averages_the_eight_symmetries_of_the_square():
+    class TopBias(nn.Module):  # class 0 on the top half of its input, class 1 below: flips alone keep it
+        def forward(self, x):
+            h = x.shape[-2]
+            top = (torch.arange(h) < h // 2).float()
+            return torch.stack([top, 1 - top])[None, :, :, None].expand(x.shape[0], 2, h, x.shape[-1]) * 10
+
+    x = torch.zeros(1, 3, 4, 6)  # not square: the quarter turns give 6x4 inputs, turned back to 4x6
+    flipped = predict_probs(TopBias(), x, 2, InferenceSettings(flip=True))
+    assert flipped[0, 0, 0].min() > 0.99 and flipped[0, 0, -1].max() < 0.01
+    for settings in (InferenceSettings(rot90=True), InferenceSettings(rot90=True, flip=True)):
+        p = predict_probs(TopBias(), x, 2, settings)
+        assert p.shape == (1, 2, 4, 6)
+        assert torch.allclose(p, torch.full_like(p, 0.5), atol=1e-4)  # each pixel is in 2 of the 4 turned halves
+    assert len(InferenceSettings(rot90=True, flip=True).views) == 8 and len(InferenceSettings(rot90=True).views) == 4
+    model = pointwise_model()  # rotation-equivariant: all 8 views agree with the plain pass
+    y = torch.randn(2, 3, 9, 14)
+    dihedral = predict_probs(model, y, 4, InferenceSettings(rot90=True, flip=True))
+    assert torch.allclose(dihedral, predict_probs(model, y, 4), atol=1e-6)
+
+
 def test_gaussian_window_and_settings_errors():
     g = gaussian_window(9, 9)
     assert g[4, 4] == 1 and g[0, 0] < g[4, 0] < g[4, 4] and g.min() >= 1e-3
@@ -63,3 +84,4 @@ def test_gaussian_window_and_settings_errors():
     with pytest.raises(ConfigError, match="valid: whole, slide"):
         InferenceSettings(mode="tiles")
     assert InferenceSettings().is_plain and not InferenceSettings(flip=True).is_plain
+    assert not InferenceSettings(rot90=True).is_plain

@@ -101,9 +101,11 @@ def test_inference_section_is_checked_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) inference.scale; valid: inference.scales, "):
         load_config(toy_config(tmp_path), ["inference.scale=0.5"])
     with pytest.raises(
-        ConfigError, match=r"^inference.scales/flip apply to semantic models; instances.method=boundary "
+        ConfigError, match=r"^inference.scales/flip/rot90 apply to semantic models; instances.method=boundary "
     ):
         load_config(toy_config(tmp_path), ["inference.flip=true", "instances.method=boundary"])
+    with pytest.raises(ConfigError, match=r"^inference.scales/flip/rot90 apply to semantic models"):
+        load_config(toy_config(tmp_path), ["inference.rot90=true", "instances.method=boundary"])
 
 
 def test_cli_protocol_flags_are_overrides_of_the_runs():
@@ -113,6 +115,7 @@ def test_cli_protocol_flags_are_overrides_of_the_runs():
     parse = build_parser().parse_args
     assert inference_settings(parse(["eval", "run/best.pt"])) is None
     assert inference_settings(parse(["eval", "run/best.pt", "--flip"])) == {"flip": True}
+    assert inference_settings(parse(["eval", "run/best.pt", "--flip", "--rot90"])) == {"flip": True, "rot90": True}
     assert inference_settings(parse(["predict", "run/best.pt", "a.png", "--out", "o", "--scales", "0.5", "1"])) == {
         "scales": [0.5, 1.0]
     }

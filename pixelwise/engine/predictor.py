@@ -193,7 +193,13 @@ class Predictor:
         )
         base = s or InferenceSettings()
         return InferenceSettings(
-            mode="slide", crop=crop, blend="gaussian", scales=base.scales, flip=base.flip, window_batch=1
+            mode="slide",
+            crop=crop,
+            blend="gaussian",
+            scales=base.scales,
+            flip=base.flip,
+            rot90=base.rot90,
+            window_batch=1,
         )
 
     @property

@@ -32,7 +32,9 @@ class InferenceSettings:
 
     mode: ``whole`` or ``slide``; crop/stride: window size and step for ``slide`` (stride defaults
     to 2/3 of the crop); blend: ``uniform`` or ``gaussian``; scales: image scale factors (e.g.
-    0.5-1.75 as DeepLab); flip: also predict the horizontally flipped image.
+    0.5-1.75 as DeepLab); flip: also predict the horizontally flipped image; rot90: also the image turned
+    by 90, 180 and 270 degrees (with ``flip``, all 8 symmetries of the square: for images without a preferred
+    orientation, such as electron microscopy or fluorescence).
     """
 
     mode: str = "whole"
@@ -41,6 +43,7 @@ class InferenceSettings:
     blend: str = "uniform"
     scales: Sequence[float] = field(default_factory=lambda: (1.0,))
     flip: bool = False
+    rot90: bool = False
     window_batch: int = 4
 
     def __post_init__(self) -> None:
@@ -55,7 +58,12 @@ class InferenceSettings:
 
     @property
     def is_plain(self) -> bool:
-        return self.mode == "whole" and list(self.scales) == [1.0] and not self.flip
+        return self.mode == "whole" and list(self.scales) == [1.0] and not self.flip and not self.rot90
+
+    @property
+    def views(self) -> list[tuple[int, bool]]:
+        """The (quarter turns, horizontal flip) pairs averaged at each scale."""
+        return [(k, f) for k in (range(4) if self.rot90 else (0,)) for f in ((False, True) if self.flip else (False,))]
 
 
 @torch.inference_mode()
@@ -63,27 +71,29 @@ def predict_probs(
     model: nn.Module, image: torch.Tensor, num_classes: int, settings: InferenceSettings | None = None
 ) -> torch.Tensor:
     """Softmax probabilities ``N x K x H x W`` for a normalised ``N x C x H x W`` batch, averaged
-    over ``settings.scales`` and (if ``settings.flip``) horizontal flips."""
+    over ``settings.scales`` and (if ``settings.flip``/``rot90``) horizontal flips and quarter turns."""
     s = settings or InferenceSettings()
     h, w = image.shape[-2:]
     total = None
     for scale in s.scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         scaled = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        for flip in (False, True) if s.flip else (False,):
+        for turns, flip in s.views:
             x = scaled.flip(-1) if flip else scaled
+            x = torch.rot90(x, turns, (-2, -1)) if turns else x
             if s.mode == "slide":
                 crop = _pair(s.crop)
                 stride = _pair(s.stride) if s.stride is not None else tuple(max(1, c * 2 // 3) for c in crop)
                 p = slide_probs(model, x, num_classes, crop, stride, s.blend, s.window_batch)
             else:
                 p = F.softmax(model_logits(model, x).float(), dim=1)
+            p = torch.rot90(p, -turns, (-2, -1)) if turns else p
             if flip:
                 p = p.flip(-1)
             if p.shape[-2:] != (h, w):
                 p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
             total = p if total is None else total + p
-    return total / (len(s.scales) * (2 if s.flip else 1))
+    return total / (len(s.scales) * len(s.views))
 
 
 def batch_scores(
