@@ -82,7 +82,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # panoptic, and its parameters
     "instances": InstanceSettings().to_dict(),
     # the run's inference protocol (pixelwise.inference.InferenceSettings): used by its validation, and by eval and
-    # predict unless their --scales/--flip/--mode say otherwise
+    # predict unless their --scales/--flip/--rot90/--mode say otherwise
     "inference": {
         "scales": [1.0],  # image scales averaged, e.g. [0.5] for a model trained on half-size images
         "flip": False,  # also average the horizontally flipped image

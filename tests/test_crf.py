@@ -100,6 +100,15 @@ def test_lattice_structure():
     two = batch.filter(torch.cat([values, values]))
     torch.testing.assert_close(two[:500], lattice.filter(values))
     torch.testing.assert_close(two[500:], lattice.filter(values))
+    # the sparse products assume valid CSR (columns strictly increasing in each row); blur steps are symmetric
+    for m in [batch.splat_matrix(), batch.slice_matrix(), *batch._blur]:
+        torch.sparse_csr_tensor(m.crow_indices(), m.col_indices(), m.values(), m.shape, check_invariants=True)
+        rows = torch.arange(m.shape[0]).repeat_interleave(m.crow_indices().diff())
+        cols = m.col_indices().long()
+        assert bool((cols[1:] > cols[:-1])[rows[1:] == rows[:-1]].all())
+    for blur in batch._blur:
+        dense = blur.to_dense()
+        assert torch.equal(dense, dense.t())
 
 
 # --- mean field against the brute force ----------------------------------------------------------

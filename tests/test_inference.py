@@ -76,6 +76,14 @@ def test_rot90_averages_the_eight_symmetries_of_the_square():
     assert torch.allclose(dihedral, predict_probs(model, y, 4), atol=1e-6)
 
 
+def test_rot90_composes_with_sliding_windows_on_a_non_square_image():
+    model = pointwise_model()
+    x = torch.randn(1, 3, 13, 22)
+    settings = InferenceSettings(mode="slide", crop=(8, 12), stride=(5, 7), rot90=True, flip=True, scales=(1.0, 0.7))
+    plain = predict_probs(model, x, 4, InferenceSettings(scales=(1.0, 0.7)))
+    assert torch.allclose(predict_probs(model, x, 4, settings), plain, atol=1e-5)
+
+
 def test_gaussian_window_and_settings_errors():
     g = gaussian_window(9, 9)
     assert g[4, 4] == 1 and g[0, 0] < g[4, 0] < g[4, 4] and g.min() >= 1e-3

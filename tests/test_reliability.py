@@ -358,6 +358,9 @@ def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_
     p.inference = InferenceSettings(mode="slide", crop=32, blend="gaussian", window_batch=1)
     assert np.array_equal(switched, p.predict(image))  # the same as asking for those windows
     assert (switched == whole).mean() > 0.5  # and still a prediction of the same image
+    p.inference = InferenceSettings(scales=(0.5, 1.0), flip=True, rot90=True)
+    windows = p.settings_for_size(96, 128, "big.png")  # the switch keeps the rest of the protocol
+    assert (windows.mode, windows.scales, windows.flip, windows.rot90) == ("slide", (0.5, 1.0), True, True)
 
 
 def test_overlay_colours_contrast_with_grey_images():

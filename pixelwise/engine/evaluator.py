@@ -57,7 +57,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled split: whole images, or the sliding-window / multi-scale /
-    flip protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
+    flip / quarter-turn protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
     ``world_size``-th image and the counts are summed over the processes.
 
     Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, plus ``"boundary"`` (per-class

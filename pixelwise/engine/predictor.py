@@ -46,7 +46,7 @@ CRFOption = CRFSettings | dict[str, Any] | bool | None
 
 
 def run_inference(section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> InferenceSettings | None:
-    """The inference protocol of a run (its config's ``inference`` section: scales, flip) with ``overrides`` (any
+    """The inference protocol of a run (its config's ``inference`` section: scales, flip, rot90) with ``overrides`` (any
     :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None`` for the plain whole-image one (and
     for checkpoints from before the section existed)."""
     settings = InferenceSettings(**{**(section or {}), **(overrides or {})})
@@ -174,7 +174,7 @@ class Predictor:
         free = available_memory(self.device)
         top = max(s.scales) if s is not None else 1.0  # the largest scale's pass is the biggest
         need = inference_bytes(self.meta["model"], round(height * top), round(width * top)) * (
-            1 + (s is not None and s.flip)
+            1 + (s is not None and (s.flip or s.rot90))
         )
         if free is None or need <= MEMORY_SHARE * free:
             return s

@@ -1,4 +1,4 @@
-"""Inference: the protocol (whole image, sliding window, scales, flip), getting a model ready for it
+"""Inference: the protocol (whole image, sliding window, scales, flip, quarter turns), getting a model ready for it
 (batch-norm folding, channels-last, compile), the onnxruntime backend, instances from semantic maps and from
 background/interior/boundary maps, and the Panoptic-DeepLab post-processing."""
 

@@ -1,6 +1,6 @@
-"""Inference protocols: whole image, sliding window, multi-scale and flip, all composable.
+"""Inference protocols: whole image, sliding window, multi-scale, flip and quarter turns, all composable.
 
-``predict_probs`` averages softmax probabilities over the scales and flips; each scale is
+``predict_probs`` averages softmax probabilities over the scales, flips and turns; each scale is
 predicted on the whole (rescaled) image or by sliding windows (:mod:`.sliding_window`).
 """
 
