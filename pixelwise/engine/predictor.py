@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,16 +191,8 @@ class Predictor:
             crop,
             crop,
         )
-        base = s or InferenceSettings()
-        return InferenceSettings(
-            mode="slide",
-            crop=crop,
-            blend="gaussian",
-            scales=base.scales,
-            flip=base.flip,
-            rot90=base.rot90,
-            window_batch=1,
-        )
+        # the same protocol (scales, flips, turns) in windows
+        return replace(s or InferenceSettings(), mode="slide", crop=crop, stride=None, blend="gaussian", window_batch=1)
 
     @property
     def thing_classes(self) -> list[int]:
