@@ -130,6 +130,34 @@ def test_weighted_sum():
         build_loss("sum", terms=[{"weight": 1}])
 
 
+@pytest.mark.parametrize("factor", [None, 1.0, 0.5])
+def test_class_weights_reach_summed_terms(factor):
+    """``train.class_weights`` with a list of terms: each term that takes class weights gets them, and a
+    term's ``weight`` stays its scalar factor (once a TypeError without a factor, silently dropped with one)."""
+    from pixelwise.engine.builders import build_criterion
+
+    torch.manual_seed(3)
+    logits, target = torch.randn(2, 3, 5, 7), torch.randint(0, 3, (2, 5, 7))
+    target[0, 0, :3] = 255
+    class_weights = [0.5, 2.0, 4.0]
+    ce_term = {"name": "cross_entropy"} if factor is None else {"name": "cross_entropy", "weight": factor}
+    cfg = {"loss": [ce_term, {"name": "dice", "weight": 0.25}], "loss_args": {}}
+    total = build_criterion(cfg, 255, class_weights)(logits, target)
+    weighted_ce = torch.nn.functional.cross_entropy(
+        logits, target, weight=torch.tensor(class_weights), ignore_index=255
+    )
+    dice = build_loss("dice")(logits, target)
+    expected = (1.0 if factor is None else factor) * weighted_ce + 0.25 * dice
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the single-name form is unchanged
+    single = build_criterion({"loss": "cross_entropy", "loss_args": {}}, 255, class_weights)(logits, target)
+    assert single.item() == pytest.approx(weighted_ce.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="no loss term takes class weights"):
+        build_criterion({"loss": [{"name": "dice"}], "loss_args": {}}, 255, class_weights)
+    with pytest.raises(ConfigError, match=r"'weight' is the term's factor \(a number\), got \[1, 2\]"):
+        build_loss("sum", terms=[{"name": "cross_entropy", "weight": [1, 2]}])
+
+
 def two_cells(gap: int = 4, size: int = 64) -> np.ndarray:
     """Membrane (0) everywhere, two square cells (1) separated by a ``gap``-pixel membrane."""
     mask = np.zeros((size, size), np.uint8)

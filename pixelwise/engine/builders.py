@@ -135,19 +135,20 @@ def build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights:
     else:
         if train_cfg["loss_args"]:
             raise ConfigError("train.loss_args applies to a single named loss; give a list's terms their own args")
-        terms = [dict(t) for t in loss]
-    takes_weight = False
+        terms = [dict(t) if isinstance(t, dict) else t for t in loss]
     for term in terms:
         if not isinstance(term, dict) or "name" not in term:
             raise ConfigError(f"train.loss term {term!r} needs a name; available: {', '.join(list_losses())}")
-        args = loss_arguments(term["name"])
-        if "ignore_index" in args:
-            term.setdefault("ignore_index", ignore_index)
-        if class_weights is not None and "weight" in args:
-            term.setdefault("weight", class_weights)
-            takes_weight = True
-    if class_weights is not None and not takes_weight:
+    if class_weights is not None and not any("weight" in loss_arguments(t["name"]) for t in terms):
         raise ConfigError("train.class_weights is set but no loss term takes class weights (cross_entropy, ohem do)")
     if isinstance(loss, str):
-        return build_loss(terms[0].pop("name"), **terms[0])
-    return build_loss("sum", terms=terms, ignore_index=ignore_index)
+        args = loss_arguments(loss)
+        term = terms[0]
+        term.pop("name")
+        if "ignore_index" in args:
+            term.setdefault("ignore_index", ignore_index)
+        if class_weights is not None:
+            term.setdefault("weight", class_weights)
+        return build_loss(loss, **term)
+    # in a list, a term's ``weight`` is its factor: the class weights travel separately
+    return build_loss("sum", terms=terms, ignore_index=ignore_index, class_weights=class_weights)

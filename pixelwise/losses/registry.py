@@ -56,9 +56,18 @@ def _as_weight(weight: Sequence[float] | None) -> torch.Tensor | None:
 
 @register_loss("sum")
 class WeightedSum(nn.Module):
-    """``sum_i weight_i * loss_i``; ``terms`` is a list of ``{"name": ..., "weight": ..., **kwargs}``."""
+    """``sum_i weight_i * loss_i``; ``terms`` is a list of ``{"name": ..., "weight": ..., **kwargs}``.
 
-    def __init__(self, *, terms: Sequence[dict[str, Any]], ignore_index: int = 255) -> None:
+    In a term, ``weight`` is the term's scalar factor; per-class weights (``class_weights``) go to every
+    term whose loss takes them (its own ``weight`` argument), so the two never collide."""
+
+    def __init__(
+        self,
+        *,
+        terms: Sequence[dict[str, Any]],
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if not terms:
             raise ConfigError("loss 'sum' needs at least one term")
@@ -68,10 +77,19 @@ class WeightedSum(nn.Module):
             term = dict(term)
             if "name" not in term:
                 raise ConfigError(f"loss term {term} has no 'name'; available: {', '.join(list_losses())}")
-            self.weights.append(float(term.pop("weight", 1.0)))
+            factor = term.pop("weight", 1.0)
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+                raise ConfigError(
+                    f"loss term {term['name']!r}: 'weight' is the term's factor (a number), got {factor!r}; "
+                    "per-class weights come from train.class_weights"
+                )
+            self.weights.append(float(factor))
             name = term.pop("name")
-            if "ignore_index" in loss_arguments(name):
+            args = loss_arguments(name)
+            if "ignore_index" in args:
                 term.setdefault("ignore_index", ignore_index)
+            if class_weights is not None and "weight" in args:
+                term["weight"] = list(class_weights)
             modules.append(build_loss(name, **term))
         self.terms = nn.ModuleList(modules)
 
