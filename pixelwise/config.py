@@ -195,10 +195,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
     method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
-    if not InferenceSettings(**out["inference"]).is_plain and method.enabled:  # positive scales
+    if list(InferenceSettings(**out["inference"]).scales) != [1.0] and method.enabled:  # positive scales
         raise ConfigError(
-            f"inference.scales/flip/rot90 apply to semantic models; instances.method={method.method} decodes "
-            "instances from one whole-image pass at scale 1: remove the inference section's settings"
+            f"inference.scales apply to semantic models; instances.method={method.method} decodes instances from "
+            "whole images at scale 1 (inference.flip and rot90 may be averaged): remove inference.scales"
         )
     return out
 

@@ -93,3 +93,60 @@ def test_gaussian_window_and_settings_errors():
         InferenceSettings(mode="tiles")
     assert InferenceSettings().is_plain and not InferenceSettings(flip=True).is_plain
     assert not InferenceSettings(rot90=True).is_plain
+
+
+class BrightestPointOracle(nn.Module):
+    """A panoptic-style model that commutes with every flip and turn: class logits from each pixel's value, a
+    Gaussian centre heatmap at the image's brightest pixel and, at every pixel, the ``(dy, dx)`` offset to it."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = x.shape
+        flat = x[:, 0].reshape(n, -1).argmax(1)
+        cy, cx = (flat // w).float().view(n, 1, 1), (flat % w).float().view(n, 1, 1)
+        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1).expand(n, h, w)
+        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w).expand(n, h, w)
+        center = torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / 8.0).unsqueeze(1)
+        offset = torch.stack([cy - ys, cx - xs], 1)
+        return {"out": torch.cat([x, 2 * x - 1, -x], 1), "center": center, "offset": offset}
+
+
+class ConstantOffsets(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = x.shape
+        offset = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1).expand(n, 2, h, w)
+        return {"out": torch.zeros(n, 2, h, w), "center": torch.zeros(n, 1, h, w), "offset": offset}
+
+
+def test_instance_outputs_average_views_with_offsets_turned_back():
+    from pixelwise.inference import predict_outputs
+
+    torch.manual_seed(5)
+    image = torch.rand(2, 1, 9, 14)  # not square: the turns change the shape
+    plain = BrightestPointOracle()(image)
+    for settings in (
+        InferenceSettings(flip=True),
+        InferenceSettings(rot90=True),
+        InferenceSettings(flip=True, rot90=True),
+    ):
+        averaged = predict_outputs(BrightestPointOracle(), image, settings)
+        assert torch.allclose(averaged["offset"], plain["offset"], atol=1e-5), settings
+        assert torch.allclose(averaged["center"], plain["center"], atol=1e-6)
+        # class scores: the log of the averaged probabilities, whose softmax is that average
+        assert torch.allclose(averaged["out"].softmax(1), plain["out"].softmax(1), atol=1e-6)
+    # a model that ignores the image's orientation: (dy, dx) = (1, 2) everywhere in each view's frame
+    constant = ConstantOffsets()
+    flipped = predict_outputs(constant, image, InferenceSettings(flip=True))["offset"]
+    assert torch.allclose(flipped[:, 0], torch.ones(2, 9, 14)) and torch.allclose(flipped[:, 1], torch.zeros(2, 9, 14))
+    turned = predict_outputs(constant, image, InferenceSettings(rot90=True))["offset"]
+    assert torch.allclose(turned, torch.zeros_like(turned), atol=1e-6)
+    # one turn alone: the view's (1, 2) is (2, -1) in the image's frame (torch.rot90 turns counter-clockwise)
+    from pixelwise.inference.protocol import _unturn_offsets
+
+    one = _unturn_offsets(torch.tensor([1.0, 2.0]).view(1, 2, 1, 1), 1, False).flatten().tolist()
+    assert one == [2.0, -1.0]
+    # plain settings: the model's own output; a tensor output stays a tensor
+    assert predict_outputs(constant, image, InferenceSettings())["offset"].shape == (2, 2, 9, 14)
+    logits = predict_outputs(nn.Conv2d(1, 3, 1), image, InferenceSettings(flip=True))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3, 9, 14)
+    with pytest.raises(ConfigError, match=r"^instance decoding runs on the whole image at scale 1 .* scales \[0.5\]"):
+        predict_outputs(constant, image, InferenceSettings(scales=(0.5,)))

@@ -101,11 +101,16 @@ def test_inference_section_is_checked_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) inference.scale; valid: inference.scales, "):
         load_config(toy_config(tmp_path), ["inference.scale=0.5"])
     with pytest.raises(
-        ConfigError, match=r"^inference.scales/flip/rot90 apply to semantic models; instances.method=boundary "
+        ConfigError,
+        match=r"^inference.scales apply to semantic models; instances.method=boundary decodes instances from whole "
+        r"images at scale 1 \(inference.flip and rot90 may be averaged\): remove inference.scales$",
     ):
-        load_config(toy_config(tmp_path), ["inference.flip=true", "instances.method=boundary"])
-    with pytest.raises(ConfigError, match=r"^inference.scales/flip/rot90 apply to semantic models"):
-        load_config(toy_config(tmp_path), ["inference.rot90=true", "instances.method=boundary"])
+        load_config(toy_config(tmp_path), ["inference.scales=[0.5]", "instances.method=boundary"])
+    # flips and quarter turns are averaged for instance models too
+    cfg = load_config(
+        toy_config(tmp_path), ["inference.flip=true", "inference.rot90=true", "instances.method=boundary"]
+    )
+    assert cfg["inference"]["flip"] and cfg["inference"]["rot90"]
 
 
 def test_cli_protocol_flags_are_overrides_of_the_runs():

@@ -19,7 +19,7 @@ from ..crf import CRFSettings
 from ..data import SegmentationDataset, build_transforms, resolve_data_root
 from ..device import autocast
 from ..errors import CheckpointError, ConfigError
-from ..inference import InferenceSettings, InstanceSettings, batch_scores, label_instances
+from ..inference import InferenceSettings, InstanceSettings, batch_scores, label_instances, predict_outputs
 from ..metrics import BoundaryF1, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
@@ -94,7 +94,7 @@ def evaluate(
         true_instances = batch[2].numpy() if len(batch) > 2 else None
         if method is not None:  # whole images: the instance branch and decoding need the model's own output
             with autocast(device, amp):
-                output = model(images)
+                output = predict_outputs(model, images, inference)
             decoded = decode(method, output, info.num_classes, things)
             pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
         else:

@@ -28,7 +28,7 @@ from ..data.video import VIDEO_EXTENSIONS, is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
-from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference
+from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.effects import Effect
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
@@ -210,7 +210,7 @@ class Predictor:
             method = InstanceSettings(method="connected_components")
         x = self.normalise(image)[None]
         with autocast(self.device, self.amp):
-            output = self.model(x)
+            output = predict_outputs(self.model, x, self.inference)
         return decode(method, output, len(self.classes), self.thing_classes)[0]
 
     @torch.inference_mode()

@@ -13,7 +13,7 @@ from .panoptic import (
     group_pixels,
     panoptic_postprocess,
 )
-from .protocol import InferenceSettings, batch_scores, predict_probs
+from .protocol import InferenceSettings, batch_scores, predict_outputs, predict_probs
 from .sliding_window import gaussian_window, slide_probs, window_starts
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "label_instances",
     "optimize_for_inference",
     "panoptic_postprocess",
+    "predict_outputs",
     "predict_probs",
     "slide_probs",
     "window_starts",

@@ -96,6 +96,50 @@ def predict_probs(
     return total / (len(s.scales) * len(s.views))
 
 
+def _unturn_offsets(offset: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """``(dy, dx)`` vectors predicted on a view (the image flipped, then turned ``turns`` times by
+    ``torch.rot90``) expressed in the image's own frame: each turn maps ``(dy, dx)`` to ``(-dx, dy)``, so undoing
+    one maps ``(a, b)`` to ``(b, -a)``; the flip negates ``dx``."""
+    dy, dx = offset[:, 0], offset[:, 1]
+    for _ in range(turns % 4):
+        dy, dx = dx, -dy
+    return torch.stack([dy, -dx if flip else dx], 1)
+
+
+@torch.inference_mode()
+def predict_outputs(
+    model: nn.Module, image: torch.Tensor, settings: InferenceSettings | None = None
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The model's own output for instance decoding, averaged over the views of ``settings`` (flips and quarter
+    turns; whole image at scale 1): class scores as the log of the averaged softmax probabilities (their softmax
+    is that average), a centre heatmap (``"center"``) averaged, ``(dy, dx)`` offsets (``"offset"``) turned back
+    with the image before averaging. Plain settings return ``model(image)`` unchanged."""
+    s = settings or InferenceSettings()
+    if s.mode != "whole" or list(s.scales) != [1.0]:
+        raise ConfigError(
+            f"instance decoding runs on the whole image at scale 1 (flip and rot90 may be averaged); got mode "
+            f"{s.mode!r}, scales {list(s.scales)}: remove the inference scales/mode for instance models"
+        )
+    if s.is_plain:
+        return model(image)
+    total: dict[str, torch.Tensor] = {}
+    dict_output = False
+    for turns, flip in s.views:
+        x = image.flip(-1) if flip else image
+        out = model(torch.rot90(x, turns, (-2, -1)) if turns else x)
+        dict_output = isinstance(out, dict)
+        for key, v in (out if dict_output else {"out": out}).items():
+            v = v.float() if key in ("center", "offset") else F.softmax(v.float(), dim=1)
+            v = torch.rot90(v, -turns, (-2, -1)) if turns else v
+            v = v.flip(-1) if flip else v
+            if key == "offset":
+                v = _unturn_offsets(v, turns, flip)
+            total[key] = v if key not in total else total[key] + v
+    n = len(s.views)
+    mean = {k: v / n if k in ("center", "offset") else torch.log((v / n).clamp_min(1e-30)) for k, v in total.items()}
+    return mean if dict_output else mean["out"]
+
+
 def batch_scores(
     model: nn.Module,
     images: torch.Tensor,
