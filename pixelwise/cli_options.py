@@ -43,6 +43,14 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         "for images without an up or a left (default: the run's inference.rot90)",
     )
     g.add_argument(
+        "--class-weight-correction",
+        type=float,
+        metavar="TAU",
+        help="divide the probabilities by the run's train.class_weights to the power TAU before the argmax: 0 keeps "
+        "the weighted model's bias towards rare classes, 1 undoes it (default: the run's "
+        "inference.class_weight_correction)",
+    )
+    g.add_argument(
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
         default="auto",
@@ -80,6 +88,7 @@ def inference_settings(args: argparse.Namespace) -> dict | None:
         "scales": args.scales,
         "flip": args.flip or None,
         "rot90": args.rot90 or None,
+        "class_weight_correction": args.class_weight_correction,
     }
     given = {k: v for k, v in given.items() if v is not None}
     return given or None

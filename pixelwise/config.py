@@ -87,6 +87,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scales": [1.0],  # image scales averaged, e.g. [0.5] for a model trained on half-size images
         "flip": False,  # also average the horizontally flipped image
         "rot90": False,  # also the image turned by 90, 180, 270 degrees (with flip: the 8 symmetries of the square)
+        # tau: divide the probabilities by train.class_weights ** tau (logit adjustment; 0 off, 1 undoes the weights)
+        "class_weight_correction": 0.0,
     },
 }
 SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
@@ -199,6 +201,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"inference.scales apply to semantic models; instances.method={method.method} decodes instances from "
             "whole images at scale 1 (inference.flip and rot90 may be averaged): remove inference.scales"
+        )
+    correction = out["inference"]["class_weight_correction"]
+    if correction and out["train"]["class_weights"] is None:
+        raise ConfigError(
+            f"inference.class_weight_correction={correction} undoes train.class_weights, which is not set: set both, "
+            "or the correction to 0"
+        )
+    if method.method == "boundary" and out["train"]["class_weights"] is not None:
+        raise ConfigError(
+            "train.class_weights has one weight per class of the data set and none for the boundary class that "
+            "instances.method=boundary adds: remove train.class_weights"
         )
     return out
 

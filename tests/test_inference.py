@@ -150,3 +150,37 @@ def test_instance_outputs_average_views_with_offsets_turned_back():
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3, 9, 14)
     with pytest.raises(ConfigError, match=r"^instance decoding runs on the whole image at scale 1 .* scales \[0.5\]"):
         predict_outputs(constant, image, InferenceSettings(scales=(0.5,)))
+
+
+def test_class_weight_correction_divides_by_the_weights_to_the_power_tau():
+    from pixelwise.inference.protocol import correct_class_weights
+
+    probs = torch.tensor([0.6, 0.3, 0.1]).view(1, 3, 1, 1)
+    weights = (1.0, 4.0, 0.25)
+    full = correct_class_weights(probs, InferenceSettings(class_weight_correction=1.0, class_weights=weights))
+    assert full.flatten().tolist() == pytest.approx([0.6 / 1.075, 0.075 / 1.075, 0.4 / 1.075])
+    half = correct_class_weights(probs, InferenceSettings(class_weight_correction=0.5, class_weights=weights))
+    assert half.flatten().tolist() == pytest.approx([0.6 / 0.95, 0.15 / 0.95, 0.2 / 0.95])
+    assert correct_class_weights(probs, InferenceSettings(class_weights=weights)) is probs  # tau 0: unchanged
+    # a class without training pixels (weight 0) is left as predicted, not divided by 0
+    zero = correct_class_weights(probs, InferenceSettings(class_weight_correction=1.0, class_weights=(1.0, 4.0, 0.0)))
+    assert zero.flatten().tolist() == pytest.approx([0.6 / 0.775, 0.075 / 0.775, 0.1 / 0.775])
+    # through the protocol: a pointwise model whose class 1 wins by a little (probabilities 0.386, 0.472, 0.142)
+    # loses it once its weight 4 is undone (0.386, 0.118, 0.142 before renormalising)
+    model = nn.Conv2d(1, 3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([1.0, 1.2, 0.0]).view(3, 1, 1, 1))
+    x = torch.ones(1, 1, 3, 5)
+    assert predict_probs(model, x, 3, InferenceSettings()).argmax(1).unique().tolist() == [1]
+    settings = InferenceSettings(class_weight_correction=1.0, class_weights=(1.0, 4.0, 1.0))
+    corrected = predict_probs(model, x, 3, settings)
+    assert corrected.argmax(1).unique().tolist() == [0]
+    assert corrected[0, :, 0, 0].tolist() == pytest.approx([0.386 / 0.646, 0.118 / 0.646, 0.142 / 0.646], abs=2e-3)
+    assert torch.allclose(corrected.sum(1), torch.ones(1, 3, 5))
+    assert not InferenceSettings(class_weight_correction=0.5).is_plain
+    with pytest.raises(ConfigError, match=r"^inference.class_weight_correction=-1: must be >= 0 \(0: off, 1: undo "):
+        InferenceSettings(class_weight_correction=-1)
+    with pytest.raises(ConfigError, match=r"needs the class weights the model trained with .* set it to 0$"):
+        predict_probs(model, x, 3, InferenceSettings(class_weight_correction=1.0))
+    with pytest.raises(ConfigError, match=r"2 class weights for a model with 3 classes$"):
+        predict_probs(model, x, 3, InferenceSettings(class_weight_correction=1.0, class_weights=(1.0, 2.0)))

@@ -124,7 +124,63 @@ def test_cli_protocol_flags_are_overrides_of_the_runs():
     assert inference_settings(parse(["predict", "run/best.pt", "a.png", "--out", "o", "--scales", "0.5", "1"])) == {
         "scales": [0.5, 1.0]
     }
+    assert inference_settings(parse(["eval", "run/best.pt", "--class-weight-correction", "0.5"])) == {
+        "class_weight_correction": 0.5
+    }
     assert inference_settings(parse(["eval", "run/best.pt", "--mode", "slide", "--crop", "256"])) == {
         "mode": "slide",
         "crop": [256],
     }
+
+
+def test_class_weight_correction_uses_the_weights_the_run_trained_with(tmp_path):
+    """The run records its class weights; eval/predict's correction divides by them (and, for runs from before
+    they were recorded, by the class_weights.json cached beside the checkpoint); without any, a clear error."""
+    from pixelwise.engine import Predictor
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2, class_weights="median_frequency"))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    ckpt = torch.load(tmp_path / "run/best.pt", weights_only=True)
+    weights = ckpt["meta"]["class_weights"]
+    assert len(weights) == len(ckpt["meta"]["classes"]) and len(set(weights)) > 1
+    assert Predictor(tmp_path / "run/best.pt").inference is None  # correction 0: the plain protocol
+    corrected = Predictor(tmp_path / "run/best.pt", inference={"class_weight_correction": 0.5}).inference
+    assert corrected.class_weights == tuple(weights) and corrected.class_weight_correction == 0.5
+    # a checkpoint from before the weights were recorded: the run directory's cache
+    del ckpt["meta"]["class_weights"]
+    torch.save(ckpt, tmp_path / "run/old.pt")
+    assert Predictor(tmp_path / "run/old.pt", inference={"class_weight_correction": 1.0}).inference.class_weights == (
+        pytest.approx(tuple(weights))
+    )
+    result = evaluate_checkpoint(
+        tmp_path / "run/old.pt", progress=False, num_workers=0, inference={"class_weight_correction": 1.0}
+    )
+    assert result["inference"]["class_weight_correction"] == 1.0
+    # a run trained without class weights cannot be corrected, nor trained with a correction
+    plain = load_config(toy_config(tmp_path, iters=1, eval_interval=1))
+    train(plain, run_dir=tmp_path / "plain", data_root=root, progress=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"best.pt: inference.class_weight_correction=1.0 needs the class weights the model trained with, and "
+        r"it records none \(trained without train.class_weights\): set it to 0$",
+    ):
+        Predictor(tmp_path / "plain/best.pt", inference={"class_weight_correction": 1.0})
+    # a run trained without class weights records None: no fallback to a class_weights.json lying beside it
+    (tmp_path / "plain/class_weights.json").write_text((tmp_path / "run/class_weights.json").read_text())
+    with pytest.raises(ConfigError, match=r"records none"):
+        Predictor(tmp_path / "plain/best.pt", inference={"class_weight_correction": 1.0})
+    # the config refuses a correction without class weights when it loads
+    with pytest.raises(
+        ConfigError,
+        match=r"^inference.class_weight_correction=0.5 undoes train.class_weights, which is not set: set both, or "
+        r"the correction to 0$",
+    ):
+        load_config(toy_config(tmp_path, iters=1), ["inference.class_weight_correction=0.5"])
+    # an older checkpoint of a run given a literal list: the list in its config
+    literal = torch.load(tmp_path / "run/old.pt", weights_only=True)
+    literal["config"]["train"]["class_weights"] = [1.0, 3.0, 0.5]
+    (tmp_path / "lit").mkdir()
+    torch.save(literal, tmp_path / "lit/old.pt")
+    listed = Predictor(tmp_path / "lit/old.pt", inference={"class_weight_correction": 1.0}).inference
+    assert listed.class_weights == (1.0, 3.0, 0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import math
 import os
@@ -45,12 +46,45 @@ MEMORY_SHARE = 0.7  # whole-image inference may use this share of the free memor
 CRFOption = CRFSettings | dict[str, Any] | bool | None
 
 
-def run_inference(section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> InferenceSettings | None:
-    """The inference protocol of a run (its config's ``inference`` section: scales, flip, rot90) with ``overrides`` (any
-    :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None`` for the plain whole-image one (and
-    for checkpoints from before the section existed)."""
+def run_inference(
+    section: dict[str, Any] | None,
+    overrides: dict[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
+) -> InferenceSettings | None:
+    """The inference protocol of a run (its config's ``inference`` section: scales, flip, rot90, class weight
+    correction) with ``overrides`` (any :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None``
+    for the plain whole-image one (and for checkpoints from before the section existed); ``class_weights``: the
+    run's ``train.class_weights``, which the class weight correction divides by."""
     settings = InferenceSettings(**{**(section or {}), **(overrides or {})})
+    if settings.class_weight_correction and settings.class_weights is None and class_weights is not None:
+        settings = replace(settings, class_weights=tuple(class_weights))
     return None if settings.is_plain else settings
+
+
+def recorded_class_weights(
+    meta: dict[str, Any], checkpoint: str | os.PathLike, config: dict[str, Any] | None = None
+) -> list[float] | None:
+    """The class weights a run trained with: the checkpoint's ``meta.class_weights`` (``None``: trained without);
+    for runs from before it was recorded, a list in the checkpoint's config, else the ``class_weights.json`` that
+    training cached beside the checkpoint."""
+    if "class_weights" in meta:
+        return None if meta["class_weights"] is None else list(meta["class_weights"])
+    n = len(meta.get("classes", []))
+    given = ((config or {}).get("train") or {}).get("class_weights")
+    if isinstance(given, list):
+        return [float(w) for w in given] if len(given) == n else None
+    if given is None:
+        return None
+    cache = Path(checkpoint).parent / "class_weights.json"
+    if cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            return None
+        weights = cached.get("weights") if isinstance(cached, dict) else None
+        if cached.get("method") == given and isinstance(weights, list) and len(weights) == n:
+            return [float(w) for w in weights]
+    return None
 
 
 def inference_model(
@@ -72,7 +106,8 @@ class Predictor:
     ``crf-search`` writes), else the checkpoint's config, else the defaults; a dict overrides some of those;
     a :class:`~pixelwise.crf.CRFSettings` is used as given. ``inference`` likewise: ``None`` the run's own
     protocol (its config's ``inference`` section, e.g. half-size images), a dict of
-    :class:`~pixelwise.inference.InferenceSettings` fields over it, an ``InferenceSettings`` as given."""
+    :class:`~pixelwise.inference.InferenceSettings` fields over it, an ``InferenceSettings`` as given (with the
+    run's class weights filled in where its ``class_weight_correction`` needs them)."""
 
     def __init__(
         self,
@@ -108,7 +143,17 @@ class Predictor:
         if not isinstance(inference, InferenceSettings):
             # the run's own protocol (config section ``inference``, e.g. half-size images) under any overrides given
             section = ((self.ckpt or {}).get("config") or {}).get("inference") or self.meta.get("inference")
-            self.inference = run_inference(section, inference)
+            weights = recorded_class_weights(self.meta, checkpoint, (self.ckpt or {}).get("config"))
+            self.inference = run_inference(section, inference, weights)
+        elif inference.class_weight_correction and inference.class_weights is None:
+            weights = recorded_class_weights(self.meta, checkpoint, (self.ckpt or {}).get("config"))
+            self.inference = replace(inference, class_weights=tuple(weights) if weights else None)
+        if self.inference is not None and self.inference.class_weight_correction and not self.inference.class_weights:
+            raise ConfigError(
+                f"{checkpoint}: inference.class_weight_correction={self.inference.class_weight_correction} needs the "
+                "class weights the model trained with, and it records none (trained without train.class_weights): "
+                "set it to 0"
+            )
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
@@ -206,12 +251,20 @@ class Predictor:
         h, w = image.shape[:2]
         self.check_size(h, w, source)
         method = self.instance_method
-        if not method.enabled:
-            method = InstanceSettings(method="connected_components")
-        x = self.normalise(image)[None]
-        with autocast(self.device, self.amp):
-            output = predict_outputs(self.model, x, self.inference)
-        return decode(method, output, len(self.classes), self.thing_classes)[0]
+        x = self.normalise(image)[None].to(self.device)
+        if method.enabled:
+            with autocast(self.device, self.amp):
+                output = predict_outputs(self.model, x, self.inference)
+            return decode(method, output, len(self.classes), self.thing_classes)[0]
+        # a semantic model: its own protocol (scales, windows, CRF) gives the classes, components the instances
+        settings = self.settings_for_size(h, w, source)
+        scores = batch_scores(
+            self.model, x, len(self.classes), device=self.device, amp=self.amp, settings=settings, crf=self.crf_args
+        )
+        if self.crf is not None or not (settings is None or settings.is_plain):
+            scores = torch.log(scores.float().clamp_min(1e-30))  # probabilities: decode takes logits
+        components = InstanceSettings(method="connected_components")
+        return decode(components, scores, len(self.classes), self.thing_classes)[0]
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, source: str = "image") -> np.ndarray:

@@ -220,7 +220,6 @@ def _train(
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
-    protocol = run_inference(config["inference"])  # validation as eval will run it
     amp = training_amp(train_cfg["amp"], device)  # "auto": bf16 only where the device computes it natively
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
@@ -231,6 +230,7 @@ def _train(
     # the time budget's clock: the training seconds so far (`state` is rebound on resume; the closure follows it)
     scheduler = build_scheduler(optimizer, train_cfg, elapsed=lambda: state.train_seconds)
     class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
+    protocol = run_inference(config["inference"], class_weights=class_weights)  # validation as eval will run it
     loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
     meta = {
         "model": spec,
@@ -243,6 +243,7 @@ def _train(
         "image_range": list(info.image_range) if info.image_range else None,
         "instances": method.to_dict(),
         "thing_classes": info.thing_classes,
+        "class_weights": class_weights,  # what inference.class_weight_correction divides by
     }
     if resume:
         state = restore(

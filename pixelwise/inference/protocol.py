@@ -34,7 +34,11 @@ class InferenceSettings:
     to 2/3 of the crop); blend: ``uniform`` or ``gaussian``; scales: image scale factors (e.g.
     0.5-1.75 as DeepLab); flip: also predict the horizontally flipped image; rot90: also the image turned
     by 90, 180 and 270 degrees (with ``flip``, all 8 symmetries of the square: for images without a preferred
-    orientation, such as electron microscopy or fluorescence).
+    orientation, such as electron microscopy or fluorescence); class_weight_correction: ``tau`` of the logit
+    adjustment that undoes class-weighted training (Menon et al., ICLR 2021, "Long-tail learning via logit
+    adjustment"): the averaged probabilities are divided by ``class_weights ** tau`` and renormalised (0 leaves
+    them, 1 undoes the weights' prior shift fully); class_weights: the ``train.class_weights`` the model trained
+    with (filled in from the checkpoint, not a config key).
     """
 
     mode: str = "whole"
@@ -45,6 +49,8 @@ class InferenceSettings:
     flip: bool = False
     rot90: bool = False
     window_batch: int = 4
+    class_weight_correction: float = 0.0
+    class_weights: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -55,10 +61,21 @@ class InferenceSettings:
             raise ConfigError("sliding-window inference needs a crop size")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"inference scales must be positive, got {list(self.scales)}")
+        if self.class_weight_correction < 0:
+            raise ConfigError(
+                f"inference.class_weight_correction={self.class_weight_correction}: must be >= 0 (0: off, 1: undo "
+                "the class weights' prior shift fully)"
+            )
 
     @property
     def is_plain(self) -> bool:
-        return self.mode == "whole" and list(self.scales) == [1.0] and not self.flip and not self.rot90
+        return (
+            self.mode == "whole"
+            and list(self.scales) == [1.0]
+            and not self.flip
+            and not self.rot90
+            and not self.class_weight_correction
+        )
 
     @property
     def views(self) -> list[tuple[int, bool]]:
@@ -93,7 +110,30 @@ def predict_probs(
             if p.shape[-2:] != (h, w):
                 p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
             total = p if total is None else total + p
-    return total / (len(s.scales) * len(s.views))
+    return correct_class_weights(total / (len(s.scales) * len(s.views)), s)
+
+
+def correct_class_weights(probs: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    """``N x K x H x W`` probabilities divided by ``class_weights ** class_weight_correction`` and renormalised:
+    a model trained with class-weighted cross entropy predicts ``p(c | x)`` scaled by ``w_c``, which makes rare
+    classes win pixels they should not."""
+    tau = settings.class_weight_correction
+    if not tau:
+        return probs
+    if settings.class_weights is None:
+        raise ConfigError(
+            "inference.class_weight_correction needs the class weights the model trained with (train.class_weights); "
+            "this model records none: set it to 0"
+        )
+    if len(settings.class_weights) != probs.shape[1]:
+        raise ConfigError(
+            f"inference.class_weight_correction: {len(settings.class_weights)} class weights for a model with "
+            f"{probs.shape[1]} classes"
+        )
+    w = torch.as_tensor(list(settings.class_weights), dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
+    # a class without training pixels has weight 0 (nothing to undo): left as predicted
+    adjusted = probs * torch.where(w > 0, w, 1.0).pow(-tau)
+    return adjusted / adjusted.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
 
 
 def _unturn_offsets(offset: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
@@ -112,8 +152,9 @@ def predict_outputs(
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The model's own output for instance decoding, averaged over the views of ``settings`` (flips and quarter
     turns; whole image at scale 1): class scores as the log of the averaged softmax probabilities (their softmax
-    is that average), a centre heatmap (``"center"``) averaged, ``(dy, dx)`` offsets (``"offset"``) turned back
-    with the image before averaging. Plain settings return ``model(image)`` unchanged."""
+    is that average; with ``class_weight_correction`` corrected), a centre heatmap (``"center"``) averaged,
+    ``(dy, dx)`` offsets (``"offset"``) turned back with the image before averaging. Plain settings return
+    ``model(image)`` unchanged."""
     s = settings or InferenceSettings()
     if s.mode != "whole" or list(s.scales) != [1.0]:
         raise ConfigError(
@@ -136,7 +177,10 @@ def predict_outputs(
                 v = _unturn_offsets(v, turns, flip)
             total[key] = v if key not in total else total[key] + v
     n = len(s.views)
-    mean = {k: v / n if k in ("center", "offset") else torch.log((v / n).clamp_min(1e-30)) for k, v in total.items()}
+    mean = {
+        k: v / n if k in ("center", "offset") else torch.log(correct_class_weights(v / n, s).clamp_min(1e-30))
+        for k, v in total.items()
+    }
     return mean if dict_output else mean["out"]
 
 

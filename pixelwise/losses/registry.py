@@ -78,12 +78,15 @@ class WeightedSum(nn.Module):
             if "name" not in term:
                 raise ConfigError(f"loss term {term} has no 'name'; available: {', '.join(list_losses())}")
             factor = term.pop("weight", 1.0)
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            try:  # YAML reads 1e-3 (no dot) as a string
+                if isinstance(factor, (bool, list, tuple, dict)):
+                    raise TypeError
+                self.weights.append(float(factor))
+            except (TypeError, ValueError):
                 raise ConfigError(
                     f"loss term {term['name']!r}: 'weight' is the term's factor (a number), got {factor!r}; "
                     "per-class weights come from train.class_weights"
-                )
-            self.weights.append(float(factor))
+                ) from None
             name = term.pop("name")
             args = loss_arguments(name)
             if "ignore_index" in args:
