@@ -16,8 +16,10 @@ from .cli_options import (
     CRF_HELP,
     add_common_options,
     add_crf_options,
+    add_decoding_options,
     add_inference_options,
     crf_overrides,
+    decoding_overrides,
     inference_settings,
 )
 from .errors import PixelwiseError
@@ -74,6 +76,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         crf=crf_overrides(args),
         compile=args.compile,
         progress=not args.no_progress,
+        decoding=decoding_overrides(args),
     )
     if "crf" in result["metrics"]:
         print("dense CRF: " + ", ".join(f"{k}={v}" for k, v in result["metrics"]["crf"].items()))
@@ -117,6 +120,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         video_masks=None if args.video_masks == "none" else args.video_masks,
         batch_size=args.batch_size,
         audio=not args.no_audio,
+        decoding=decoding_overrides(args),
     )
     videos = [w for w in written if "video" in w]
     if len(videos) < len(written):
@@ -352,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watershed", action="store_true", help="split predicted instances by distance watershed")
     add_crf_options(p)
     add_inference_options(p)
+    add_decoding_options(p)
     add_common_options(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -402,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=4, help="video: frames per forward pass (default 4)")
     g.add_argument("--no-audio", action="store_true", help="video: drop the audio (default: passed through)")
     add_inference_options(p)
+    add_decoding_options(p)
     add_crf_options(p)
     add_common_options(p, data=False)
     p.set_defaults(func=_cmd_predict)

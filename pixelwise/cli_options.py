@@ -65,6 +65,21 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decoding_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("instance decoding (defaults: the run's instances section)")
+    g.add_argument("--center-threshold", type=float, help="Panoptic-DeepLab: centres above this heatmap value")
+    g.add_argument("--nms-kernel", type=int, help="Panoptic-DeepLab: max-pooling window of the centre NMS")
+    g.add_argument("--top-k", type=int, help="Panoptic-DeepLab: at most this many centres per image")
+    g.add_argument("--min-size", type=int, help="drop decoded instances with fewer pixels")
+
+
+def decoding_overrides(args: argparse.Namespace) -> dict | None:
+    """The instance decoding flags given, as overrides of the run's ``instances`` section, or ``None``."""
+    given = {k: getattr(args, k) for k in ("center_threshold", "nms_kernel", "top_k", "min_size")}
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
+
+
 def add_crf_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dense CRF (defaults: the run's config.yaml crf section, else DeepLab-v2's)")
     g.add_argument("--crf", action="store_true", help="refine the probabilities with the fully connected CRF")

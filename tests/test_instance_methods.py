@@ -114,6 +114,19 @@ def test_train_eval_predict_each_method(method, tmp_path):
     assert scores["num_true"] == sum(
         np.count_nonzero(np.unique(np.asarray(Image.open(p)))) for p in (data / "toy/instances/val").glob("*.png")
     )
+    # test-time flips and turns, and decoding settings over the run's, for every instance method
+    averaged = evaluate_checkpoint(run / "best.pt", progress=False, inference={"flip": True, "rot90": True})
+    assert averaged["metrics"]["instances"]["num_true"] == scores["num_true"]
+    assert averaged["inference"]["flip"] and averaged["inference"]["rot90"]
+    huge = evaluate_checkpoint(run / "best.pt", progress=False, decoding={"min_size": 10**6})
+    assert huge["decoding"]["min_size"] == 10**6 and huge["metrics"]["instances"]["num_pred"] == 0
+    if method == "panoptic":
+        none = evaluate_checkpoint(run / "best.pt", progress=False, decoding={"center_threshold": 1e9})
+        assert none["decoding"]["center_threshold"] == 1e9 and none["metrics"]["instances"]["num_pred"] == 0
+    with pytest.raises(
+        ConfigError, match=r"^decoding setting\(s\) sigma; valid: center_threshold, nms_kernel, top_k, min_size$"
+    ):
+        evaluate_checkpoint(run / "best.pt", progress=False, decoding={"sigma": 1})
     out = tmp_path / "out"
     written = predict(run / "best.pt", [data / "toy/images/val"], out, progress=False)
     for files in written:

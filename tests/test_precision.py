@@ -170,6 +170,11 @@ def test_class_weight_correction_uses_the_weights_the_run_trained_with(tmp_path)
     (tmp_path / "plain/class_weights.json").write_text((tmp_path / "run/class_weights.json").read_text())
     with pytest.raises(ConfigError, match=r"records none"):
         Predictor(tmp_path / "plain/best.pt", inference={"class_weight_correction": 1.0})
+    # instance decoding flags on a semantic model
+    with pytest.raises(
+        ConfigError, match=r"plain/best.pt: --nms-kernel applies to instance models, and this one was trained without "
+    ):
+        Predictor(tmp_path / "plain/best.pt", decoding={"nms_kernel": 3})
     # the config refuses a correction without class weights when it loads
     with pytest.raises(
         ConfigError,

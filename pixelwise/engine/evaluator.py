@@ -24,7 +24,7 @@ from ..metrics import BoundaryF1, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .predictor import CRFOption, Predictor
+from .predictor import DECODING_KEYS, CRFOption, Predictor
 
 MAX_DETECTIONS = 1000
 """Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
@@ -193,14 +193,19 @@ def evaluate_checkpoint(
     crf: CRFOption = None,
     compile: bool = False,
     progress: bool = True,
+    decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of the data set it was trained on (options as
     :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF, as
     :class:`~pixelwise.engine.predictor.Predictor`; ``compile`` as
     :func:`pixelwise.inference.optimize_for_inference`; ``inference`` as :class:`Predictor`: by default the run's
-    own protocol). Returns ``{"checkpoint", "dataset", "split", "num_images", "classes", "amp",
-    "inference", "metrics"}`` (``inference``: the protocol used, ``None`` for the plain whole-image one)."""
-    predictor = Predictor(checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf)
+    own protocol; ``decoding`` overrides the instance decoding settings, as :class:`Predictor`). Returns
+    ``{"checkpoint", "dataset", "split", "num_images", "classes", "amp", "inference", "metrics"}`` (``inference``:
+    the protocol used, ``None`` for the plain whole-image one), and for instance models ``"decoding"`` (the
+    decoding settings used)."""
+    predictor = Predictor(
+        checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf, decoding=decoding
+    )
     meta = predictor.meta
     method = predictor.instance_method
     # instance maps: required for an instance model, used where present for --instances, else not read
@@ -224,7 +229,9 @@ def evaluate_checkpoint(
     )
     if predictor.crf is not None:
         metrics["crf"] = asdict(predictor.crf)
+    decoded = {"decoding": {k: getattr(method, k) for k in DECODING_KEYS}} if method.enabled else {}
     return {
+        **decoded,
         "checkpoint": str(checkpoint),
         "dataset": meta["dataset"],
         "split": split,

@@ -87,6 +87,29 @@ def recorded_class_weights(
     return None
 
 
+DECODING_KEYS = ("center_threshold", "nms_kernel", "top_k", "min_size")
+"""The instance settings that only change the decoding of a trained model's output, so eval and predict may
+override them (chosen on val with ``benchmarks/instance_decoding_search.py``)."""
+
+
+def instance_decoding(
+    section: dict[str, Any] | None, decoding: dict[str, Any] | None, checkpoint: str | os.PathLike
+) -> InstanceSettings:
+    """A run's ``instances`` section with ``decoding`` (keys of :data:`DECODING_KEYS`) over it."""
+    settings = InstanceSettings.from_dict(section)
+    if not decoding:
+        return settings
+    unknown = sorted(set(decoding) - set(DECODING_KEYS))
+    if unknown:
+        raise ConfigError(f"decoding setting(s) {', '.join(unknown)}; valid: {', '.join(DECODING_KEYS)}")
+    if not settings.enabled:
+        raise ConfigError(
+            f"{checkpoint}: --{next(iter(decoding)).replace('_', '-')} applies to instance models, and this one was "
+            "trained without instances.method"
+        )
+    return InstanceSettings.from_dict({**settings.to_dict(), **decoding})
+
+
 def inference_model(
     ckpt: dict[str, Any], checkpoint: str | os.PathLike, device: torch.device, *, amp: str, compile: bool
 ) -> nn.Module:
@@ -107,7 +130,8 @@ class Predictor:
     a :class:`~pixelwise.crf.CRFSettings` is used as given. ``inference`` likewise: ``None`` the run's own
     protocol (its config's ``inference`` section, e.g. half-size images), a dict of
     :class:`~pixelwise.inference.InferenceSettings` fields over it, an ``InferenceSettings`` as given (with the
-    run's class weights filled in where its ``class_weight_correction`` needs them)."""
+    run's class weights filled in where its ``class_weight_correction`` needs them). ``decoding``: instance
+    decoding settings over the run's (:data:`DECODING_KEYS`, e.g. ``{"center_threshold": 0.4}``)."""
 
     def __init__(
         self,
@@ -119,6 +143,7 @@ class Predictor:
         backend: str = "torch",
         inference: InferenceSettings | dict[str, Any] | None = None,
         crf: CRFOption = None,
+        decoding: dict[str, Any] | None = None,
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
         self.ckpt: dict[str, Any] | None = None
@@ -157,7 +182,7 @@ class Predictor:
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
-        self.instance_method = InstanceSettings.from_dict(self.meta.get("instances"))
+        self.instance_method = instance_decoding(self.meta.get("instances"), decoding, checkpoint)
         image_range = self.meta.get("image_range")
         self.image_range = tuple(image_range) if image_range else None
 
@@ -429,6 +454,7 @@ def predict(
     video_masks: str | None = None,
     batch_size: int = 4,
     audio: bool = True,
+    decoding: dict[str, Any] | None = None,
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
@@ -444,13 +470,20 @@ def predict(
     ``effect/<stem>.png``. A video input (:data:`pixelwise.data.video.VIDEO_EXTENSIONS`) is predicted frame by
     frame by :func:`pixelwise.engine.video.predict_video`: ``<stem>_overlay.mp4``, the effect as
     ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
-    and ``audio`` as there."""
+    and ``audio`` as there. ``decoding`` as :class:`Predictor`."""
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
     predictor = Predictor(
-        checkpoint, device=device, amp=amp, compile=compile, backend=backend, inference=inference, crf=crf
+        checkpoint,
+        device=device,
+        amp=amp,
+        compile=compile,
+        backend=backend,
+        inference=inference,
+        crf=crf,
+        decoding=decoding,
     )
     chosen = None
     if effect is not None:  # checked before anything is written
