@@ -33,14 +33,15 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--flip",
-        action="store_true",
-        help="also average the horizontally flipped image (default: the run's inference.flip)",
+        action=argparse.BooleanOptionalAction,
+        help="also average the horizontally flipped image; --no-flip turns the run's flip off "
+        "(default: the run's inference.flip)",
     )
     g.add_argument(
         "--rot90",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="also average the image turned by 90, 180 and 270 degrees; with --flip the 8 symmetries of the square, "
-        "for images without an up or a left (default: the run's inference.rot90)",
+        "for images without an up or a left; --no-rot90 turns the run's off (default: the run's inference.rot90)",
     )
     g.add_argument(
         "--class-weight-correction",
@@ -101,8 +102,8 @@ def inference_settings(args: argparse.Namespace) -> dict | None:
         "stride": args.stride,
         "blend": args.blend,
         "scales": args.scales,
-        "flip": args.flip or None,
-        "rot90": args.rot90 or None,
+        "flip": args.flip,
+        "rot90": args.rot90,
         "class_weight_correction": args.class_weight_correction,
     }
     given = {k: v for k, v in given.items() if v is not None}

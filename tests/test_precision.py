@@ -124,6 +124,11 @@ def test_cli_protocol_flags_are_overrides_of_the_runs():
     assert inference_settings(parse(["predict", "run/best.pt", "a.png", "--out", "o", "--scales", "0.5", "1"])) == {
         "scales": [0.5, 1.0]
     }
+    # --no-flip / --no-rot90 turn off what the run's inference section turns on
+    assert inference_settings(parse(["eval", "run/best.pt", "--no-flip", "--no-rot90"])) == {
+        "flip": False,
+        "rot90": False,
+    }
     assert inference_settings(parse(["eval", "run/best.pt", "--class-weight-correction", "0.5"])) == {
         "class_weight_correction": 0.5
     }
