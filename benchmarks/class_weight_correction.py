@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,7 +29,8 @@ from machine import cpu_model  # noqa: E402
 
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor, recorded_class_weights  # noqa: E402
-from pixelwise.inference import InferenceSettings, batch_scores  # noqa: E402
+from pixelwise.engine.video import batch_probabilities  # noqa: E402
+from pixelwise.inference import InferenceSettings  # noqa: E402
 from pixelwise.inference.protocol import correct_class_weights  # noqa: E402
 from pixelwise.metrics import ConfusionMatrix  # noqa: E402
 
@@ -74,16 +74,7 @@ def main() -> None:
         cms = {tau: ConfusionMatrix(info.num_classes, info.ignore_index) for tau in args.taus}
         for i in tqdm(range(len(dataset)), desc=split, unit="img"):
             image, mask = dataset[i][:2]
-            scores = batch_scores(
-                predictor.model,
-                image[None].to(predictor.device),
-                info.num_classes,
-                device=predictor.device,
-                amp=predictor.amp,
-                settings=predictor.inference,
-            ).float()
-            plain = predictor.inference is None or predictor.inference.is_plain
-            probs = torch.softmax(scores, 1) if plain else scores
+            probs = batch_probabilities(predictor, image[None])
             for tau, cm in cms.items():
                 cm.update(correct_class_weights(probs, corrections[tau]).argmax(1).cpu(), mask[None])
         rows = {}

@@ -76,7 +76,9 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 def decoding_overrides(args: argparse.Namespace) -> dict | None:
     """The instance decoding flags given, as overrides of the run's ``instances`` section, or ``None``."""
-    given = {k: getattr(args, k) for k in ("center_threshold", "nms_kernel", "top_k", "min_size")}
+    from .inference.instance_settings import DECODING_KEYS
+
+    given = {k: getattr(args, k) for k in DECODING_KEYS}
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
 

@@ -24,7 +24,7 @@ from ..metrics import BoundaryF1, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .predictor import DECODING_KEYS, CRFOption, Predictor
+from .predictor import CRFOption, Predictor
 
 MAX_DETECTIONS = 1000
 """Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
@@ -229,7 +229,7 @@ def evaluate_checkpoint(
     )
     if predictor.crf is not None:
         metrics["crf"] = asdict(predictor.crf)
-    decoded = {"decoding": {k: getattr(method, k) for k in DECODING_KEYS}} if method.enabled else {}
+    decoded = {"decoding": method.decoding} if method.enabled else {}
     return {
         **decoded,
         "checkpoint": str(checkpoint),

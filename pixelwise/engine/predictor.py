@@ -37,7 +37,7 @@ from ..models.stats import inference_bytes
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .video import image_probabilities, predict_video
+from .video import batch_probabilities, image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +87,20 @@ def recorded_class_weights(
     return None
 
 
-DECODING_KEYS = ("center_threshold", "nms_kernel", "top_k", "min_size")
-"""The instance settings that only change the decoding of a trained model's output, so eval and predict may
-override them (chosen on val with ``benchmarks/instance_decoding_search.py``)."""
-
-
 def instance_decoding(
     section: dict[str, Any] | None, decoding: dict[str, Any] | None, checkpoint: str | os.PathLike
 ) -> InstanceSettings:
-    """A run's ``instances`` section with ``decoding`` (keys of :data:`DECODING_KEYS`) over it."""
+    """A run's ``instances`` section with ``decoding`` over it (:meth:`InstanceSettings.with_decoding`); only
+    instance models have decoding settings."""
     settings = InstanceSettings.from_dict(section)
     if not decoding:
         return settings
-    unknown = sorted(set(decoding) - set(DECODING_KEYS))
-    if unknown:
-        raise ConfigError(f"decoding setting(s) {', '.join(unknown)}; valid: {', '.join(DECODING_KEYS)}")
     if not settings.enabled:
         raise ConfigError(
             f"{checkpoint}: --{next(iter(decoding)).replace('_', '-')} applies to instance models, and this one was "
             "trained without instances.method"
         )
-    return InstanceSettings.from_dict({**settings.to_dict(), **decoding})
+    return settings.with_decoding(decoding)
 
 
 def inference_model(
@@ -131,7 +124,8 @@ class Predictor:
     protocol (its config's ``inference`` section, e.g. half-size images), a dict of
     :class:`~pixelwise.inference.InferenceSettings` fields over it, an ``InferenceSettings`` as given (with the
     run's class weights filled in where its ``class_weight_correction`` needs them). ``decoding``: instance
-    decoding settings over the run's (:data:`DECODING_KEYS`, e.g. ``{"center_threshold": 0.4}``)."""
+    decoding settings over the run's (``pixelwise.inference.instance_settings.DECODING_KEYS``, e.g.
+    ``{"center_threshold": 0.4}``)."""
 
     def __init__(
         self,
@@ -282,14 +276,10 @@ class Predictor:
                 output = predict_outputs(self.model, x, self.inference)
             return decode(method, output, len(self.classes), self.thing_classes)[0]
         # a semantic model: its own protocol (scales, windows, CRF) gives the classes, components the instances
-        settings = self.settings_for_size(h, w, source)
-        scores = batch_scores(
-            self.model, x, len(self.classes), device=self.device, amp=self.amp, settings=settings, crf=self.crf_args
-        )
-        if self.crf is not None or not (settings is None or settings.is_plain):
-            scores = torch.log(scores.float().clamp_min(1e-30))  # probabilities: decode takes logits
+        probs = batch_probabilities(self, x, self.settings_for_size(h, w, source))
         components = InstanceSettings(method="connected_components")
-        return decode(components, scores, len(self.classes), self.thing_classes)[0]
+        # decode takes logits: the log of the probabilities gives them back through its softmax
+        return decode(components, torch.log(probs.clamp_min(1e-30)), len(self.classes), self.thing_classes)[0]
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, source: str = "image") -> np.ndarray:

@@ -9,6 +9,9 @@ from typing import Any
 from ..errors import ConfigError
 
 METHODS = ("none", "connected_components", "boundary", "panoptic")
+DECODING_KEYS = ("center_threshold", "nms_kernel", "top_k", "min_size")
+"""The settings that only change how a trained model's output is decoded, so eval and predict may override them
+(chosen on val with ``benchmarks/instance_decoding_search.py``)."""
 
 
 @dataclass
@@ -48,6 +51,18 @@ class InstanceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_decoding(self, decoding: dict[str, Any]) -> InstanceSettings:
+        """These settings with ``decoding`` (keys of :data:`DECODING_KEYS`) over them, checked as the config is."""
+        unknown = sorted(set(decoding) - set(DECODING_KEYS))
+        if unknown:
+            raise ConfigError(f"decoding setting(s) {', '.join(unknown)}; valid: {', '.join(DECODING_KEYS)}")
+        return InstanceSettings.from_dict({**self.to_dict(), **decoding})
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """The decoding settings (:data:`DECODING_KEYS`) and their values."""
+        return {k: getattr(self, k) for k in DECODING_KEYS}
 
     def from_class_index(self, classes: list[str]) -> int | None:
         """``from_class`` as a class index of ``classes`` (a ConfigError naming the valid ones)."""

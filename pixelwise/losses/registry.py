@@ -54,6 +54,19 @@ def _as_weight(weight: Sequence[float] | None) -> torch.Tensor | None:
     return None if weight is None else torch.as_tensor(list(weight), dtype=torch.float32)
 
 
+def _term_factor(name: str, factor: Any) -> float:
+    """A summed term's ``weight``: a number (YAML reads ``1e-3``, without a dot, as a string)."""
+    try:
+        if not isinstance(factor, bool):
+            return float(factor)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(
+        f"loss term {name!r}: 'weight' is the term's factor (a number), got {factor!r}; "
+        "per-class weights come from train.class_weights"
+    )
+
+
 @register_loss("sum")
 class WeightedSum(nn.Module):
     """``sum_i weight_i * loss_i``; ``terms`` is a list of ``{"name": ..., "weight": ..., **kwargs}``.
@@ -77,17 +90,8 @@ class WeightedSum(nn.Module):
             term = dict(term)
             if "name" not in term:
                 raise ConfigError(f"loss term {term} has no 'name'; available: {', '.join(list_losses())}")
-            factor = term.pop("weight", 1.0)
-            try:  # YAML reads 1e-3 (no dot) as a string
-                if isinstance(factor, (bool, list, tuple, dict)):
-                    raise TypeError
-                self.weights.append(float(factor))
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"loss term {term['name']!r}: 'weight' is the term's factor (a number), got {factor!r}; "
-                    "per-class weights come from train.class_weights"
-                ) from None
             name = term.pop("name")
+            self.weights.append(_term_factor(name, term.pop("weight", 1.0)))
             args = loss_arguments(name)
             if "ignore_index" in args:
                 term.setdefault("ignore_index", ignore_index)
