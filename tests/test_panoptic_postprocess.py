@@ -221,6 +221,7 @@ def test_round_trip_panoptic_targets_decode_to_the_instance_map():
     assert same_up_to_permutation(r.instances, m)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_panoptic_round_trip_on_cuda():
     m = random_touching_map(0, n=14).cuda()
