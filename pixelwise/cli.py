@@ -148,6 +148,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         amp=args.amp,
+        inference=inference_settings(args),
         max_queue=args.max_queue,
         max_bytes=int(args.max_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1_000_000),
@@ -517,12 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): onnxruntime for an .onnx file, else torch",
     )
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--amp",
-        choices=["auto", "none", "bf16", "fp16"],
-        default="auto",
-        help="precision (default auto: the run's where this device runs it natively, else fp32)",
-    )
+    add_inference_options(p, compile=False)  # the run's protocol by default; e.g. --no-flip halves the work
     p.add_argument(
         "--max-queue", type=int, default=8, help="requests waiting behind the running one; more get 503 (default 8)"
     )

@@ -16,7 +16,8 @@ CRF_HELP = {
 }
 
 
-def add_inference_options(p: argparse.ArgumentParser) -> None:
+def add_inference_options(p: argparse.ArgumentParser, *, compile: bool = True) -> None:
+    """The protocol flags over the run's ``inference`` section, ``--amp`` and (with ``compile``) ``--compile``."""
     g = p.add_argument_group("inference protocol")
     g.add_argument("--mode", choices=["whole", "slide"], help="whole image (default) or sliding window")
     g.add_argument("--crop", type=int, nargs="+", help="sliding window size: S or H W")
@@ -59,6 +60,8 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         "(bf16 on CPUs with AVX-512 BF16 or AMX), else fp32; none = fp32 "
         "(on CUDA the weights are held in the half precision too)",
     )
+    if not compile:
+        return
     g.add_argument(
         "--compile",
         action="store_true",

@@ -108,6 +108,20 @@ def test_model_description(client, toy_checkpoint, predictor):
     assert "instances" not in body["outputs"]
 
 
+def test_the_run_s_protocol_and_its_flags(toy_checkpoint, client):
+    """serve takes eval's protocol flags over the run's own (e.g. --no-flip for half the work); /v1/model says
+    which protocol runs."""
+    from pixelwise.cli import build_parser
+    from pixelwise.cli_options import inference_settings
+
+    args = build_parser().parse_args(["serve", "m.pt", "--no-flip", "--scales", "0.5", "--amp", "none"])
+    assert inference_settings(args) == {"scales": [0.5], "flip": False} and args.amp == "none"
+    assert client.get("/v1/model").json()["inference"]["flip"] is False  # the toy run's own: no flip
+    with TestClient(create_app(toy_checkpoint, inference={"flip": True, "scales": [0.5]})) as c:
+        protocol = c.get("/v1/model").json()["inference"]
+    assert protocol["flip"] is True and protocol["scales"] == [0.5]
+
+
 def test_page(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

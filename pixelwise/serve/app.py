@@ -35,7 +35,7 @@ from ..data import image_to_uint8
 from ..engine.predictor import Predictor, file_sha256
 from ..engine.video import image_probabilities
 from ..errors import ConfigError, DataError
-from ..inference import effects
+from ..inference import InferenceSettings, effects
 from ..models import input_channels
 from ..models.registry import smallest_input
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
@@ -127,6 +127,7 @@ class Segmenter:
             "checkpoint": self.checkpoint.name,
             "sha256": self.sha256,
             "backend": "onnxruntime" if getattr(self.predictor, "ckpt", None) is None else "torch",
+            "inference": asdict(getattr(self.predictor, "inference", None) or InferenceSettings()),  # None: plain
             "instance_method": asdict(method) if self.instance_model else None,
             "thing_classes": self.predictor.thing_classes if self.instance_model else [],
             "outputs": [o for o in OUTPUTS if o != "instances" or self.instance_model],
