@@ -9,7 +9,7 @@ on those probabilities (:func:`pixelwise.inference.protocol.correct_class_weight
 ``eval --class-weight-correction``).
 
     python benchmarks/class_weight_correction.py RUN/best.pt --data-root ../shared/datasets \\
-        --splits val test --taus 0 0.25 0.5 0.75 1 [--scales 0.75] [--flip] [--json F]
+        --splits val test --taus 0 0.25 0.5 0.75 1 [--scales 0.75] [--flip|--no-flip] [--json F]
 
 Class weights: the checkpoint's (``meta.class_weights``; older runs: their config's list or the run directory's
 ``class_weights.json``).
@@ -41,13 +41,17 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path)
     parser.add_argument("--splits", nargs="+", default=["val"])
     parser.add_argument("--taus", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--flip", action="store_true", help="also average the flipped image")
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also average the flipped image; --no-flip turns the run's off (default: the run's)",
+    )
     parser.add_argument("--scales", nargs="+", type=float, help="image scales (default: the run's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     # the run's protocol without its own correction: each tau below is the whole correction
-    overrides = {"class_weight_correction": 0.0, **({"flip": True} if args.flip else {})}
+    overrides = {"class_weight_correction": 0.0, **({"flip": args.flip} if args.flip is not None else {})}
     if args.scales:
         overrides["scales"] = args.scales
     predictor = Predictor(args.checkpoint, inference=overrides)

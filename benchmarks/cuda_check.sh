@@ -16,7 +16,7 @@ python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, '
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/env.txt"
 
 # (every step tees its log and has a timeout: a hang still leaves what it printed)
-timeout 600 python3 -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_cuda.log"
+timeout 600 python3 -m pytest -v -m cuda tests/test_cuda.py tests/test_panoptic_postprocess.py -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_cuda.log"
 
 timeout 300 python3 benchmarks/speed.py --device cuda --size 512 --batch 1 --repeats 30 --train-size 512 --train-batch 8 \
     --no-compile --out "$OUT/speed_b1.json" 2>&1 | tee "$OUT/speed_cuda.log"
