@@ -2,8 +2,9 @@
 
 For each entry (a config, or a config with its model swapped for a peer's), a fresh process builds the
 config's real training pipeline (data set, augmentation, DataLoader with the config's workers, model, optimizer,
-autocast as ``train.amp`` resolves on this machine, channels-last) and times ``--steps`` optimisation steps after
-``--warmup``. It reports:
+the config's loss, autocast as ``train.amp`` resolves on this machine, channels-last; for an instance method its
+targets built in the loader, its boundary class or Panoptic-DeepLab branch and loss, as the trainer does) and
+times ``--steps`` optimisation steps after ``--warmup``. It reports:
 
 - images per second (batch size / median step time, data wait included);
 - the share of a step spent waiting for the next batch (``next(loader)``) rather than computing;
@@ -77,7 +78,10 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     from pixelwise.data.transforms import AUGMENTATION_KEYS
     from pixelwise.device import autocast, training_amp
     from pixelwise.engine import build_optimizer, image_mode, model_spec
-    from pixelwise.losses import build_loss
+    from pixelwise.engine.builders import build_criterion
+    from pixelwise.engine.instance_methods import TargetBuilder, model_arguments
+    from pixelwise.engine.instance_methods import build_loss as build_instance_loss
+    from pixelwise.inference import InstanceSettings
     from pixelwise.models import build_model, input_channels
 
     register_smp_peers()
@@ -85,7 +89,8 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     data, tr = config["data"], config["train"]
     root = resolve_data_root(data["root"])
     info = DatasetInfo.load(root, data["dataset"])
-    spec = model_spec(config, info)
+    method = InstanceSettings.from_dict(config["instances"])
+    spec = {**model_spec(config, info), **model_arguments(method, info)}  # + the instance branch or boundary class
     tf = build_transforms(
         train=True,
         mean=data["mean"],
@@ -93,8 +98,15 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
         ignore_index=info.ignore_index,
         **{k: data[k] for k in AUGMENTATION_KEYS},
     )
-    ds = SegmentationDataset(
-        root, info.name, data["train_split"], transforms=tf, image_mode=image_mode(input_channels(spec))
+    ds = SegmentationDataset(  # the trainer's training split, with the instance method's targets
+        root,
+        info.name,
+        data["train_split"],
+        transforms=tf,
+        image_mode=image_mode(input_channels(spec)),
+        instances=method.trains_on_instances,
+        instances_from_class=method.from_class_index(info.classes),
+        target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
     )
     loader = torch.utils.data.DataLoader(
         ds,
@@ -109,16 +121,20 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     fmt = torch.channels_last if tr["channels_last"] else torch.contiguous_format
     model = build_model(**spec).to(memory_format=fmt).train()
     optimizer = build_optimizer(model, tr)
-    loss_fn = build_loss("cross_entropy", ignore_index=info.ignore_index)
+    # the config's criterion; class weights of 1 stand in for the run's (their values do not change the cost)
+    weights = None if tr["class_weights"] is None else [1.0] * info.num_classes
+    loss_fn = build_instance_loss(method, build_criterion(tr, info.ignore_index, weights))
 
     # train.compile: torch.compile as the trainer applies it (the first warm-up step compiles)
     net = torch.compile(model) if tr["compile"] else model
 
-    def step(images: torch.Tensor, masks: torch.Tensor, module: torch.nn.Module = net) -> None:
+    def step(images: torch.Tensor, targets, module: torch.nn.Module = net) -> None:
         with autocast(device, amp):
-            logits = module(images.to(memory_format=fmt))
-        logits = logits["out"] if isinstance(logits, dict) else logits
-        loss = loss_fn(logits.float(), masks)
+            out = module(images.to(memory_format=fmt))
+        if isinstance(out, dict) and "aux" in out:  # as the trainer: the auxiliary head's loss added
+            loss = loss_fn(out["out"], targets) + tr["aux_weight"] * loss_fn(out["aux"], targets)
+        else:
+            loss = loss_fn(out, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -131,14 +147,14 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     waits, computes = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        images, masks = next(it)
+        images, targets = next(it)
         t1 = time.perf_counter()
-        step(images, masks)
+        step(images, targets)
         t2 = time.perf_counter()
         if i >= warmup:
             waits.append(t1 - t0)
             computes.append(t2 - t1)
-    flops = step_flops(lambda: step(images, masks, model))  # eager: the counter sees each operator
+    flops = step_flops(lambda: step(images, targets, model))  # eager: the counter sees each operator
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     step_s = statistics.median(totals)
     compute_s = statistics.median(computes)
