@@ -74,13 +74,13 @@ def load_entry(entry: str, data_root: str | None) -> dict:
 
 def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     """Times one entry in this process (run through ``--one``)."""
-    from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
-    from pixelwise.data.transforms import AUGMENTATION_KEYS
+    from pixelwise.data import DatasetInfo, resolve_data_root
     from pixelwise.device import autocast, training_amp
     from pixelwise.engine import build_optimizer, image_mode, model_spec
     from pixelwise.engine.builders import build_criterion
-    from pixelwise.engine.instance_methods import TargetBuilder, model_arguments
     from pixelwise.engine.instance_methods import build_loss as build_instance_loss
+    from pixelwise.engine.instance_methods import model_arguments
+    from pixelwise.engine.trainer import step_loss, train_dataset
     from pixelwise.inference import InstanceSettings
     from pixelwise.models import build_model, input_channels
 
@@ -91,23 +91,8 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     info = DatasetInfo.load(root, data["dataset"])
     method = InstanceSettings.from_dict(config["instances"])
     spec = {**model_spec(config, info), **model_arguments(method, info)}  # + the instance branch or boundary class
-    tf = build_transforms(
-        train=True,
-        mean=data["mean"],
-        std=data["std"],
-        ignore_index=info.ignore_index,
-        **{k: data[k] for k in AUGMENTATION_KEYS},
-    )
-    ds = SegmentationDataset(  # the trainer's training split, with the instance method's targets
-        root,
-        info.name,
-        data["train_split"],
-        transforms=tf,
-        image_mode=image_mode(input_channels(spec)),
-        instances=method.trains_on_instances,
-        instances_from_class=method.from_class_index(info.classes),
-        target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
-    )
+    # the trainer's training split: augmentation and the instance method's targets
+    ds = train_dataset(config, info, root, image_mode(input_channels(spec)), method)
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=data["batch_size"],
@@ -131,10 +116,7 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
     def step(images: torch.Tensor, targets, module: torch.nn.Module = net) -> None:
         with autocast(device, amp):
             out = module(images.to(memory_format=fmt))
-        if isinstance(out, dict) and "aux" in out:  # as the trainer: the auxiliary head's loss added
-            loss = loss_fn(out["out"], targets) + tr["aux_weight"] * loss_fn(out["aux"], targets)
-        else:
-            loss = loss_fn(out, targets)
+        loss = step_loss(loss_fn, out, targets, tr["aux_weight"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

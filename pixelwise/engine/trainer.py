@@ -41,6 +41,37 @@ log = logging.getLogger(__name__)
 INSTANCE_LOG_KEYS = ("ap", "mean_ap", "pq", "sq", "rq", "num_true", "num_pred")
 
 
+def train_dataset(
+    config: dict[str, Any], info: DatasetInfo, root: Path, mode: str, method: InstanceSettings
+) -> SegmentationDataset:
+    """The training split with the config's augmentation and the instance method's targets."""
+    data_cfg = config["data"]
+    train_tf = build_transforms(
+        train=True,
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+        ignore_index=info.ignore_index,
+        **{k: data_cfg[k] for k in AUGMENTATION_KEYS},
+    )
+    return SegmentationDataset(
+        root,
+        info.name,
+        data_cfg["train_split"],
+        transforms=train_tf,
+        image_mode=mode,
+        instances=method.trains_on_instances,
+        instances_from_class=method.from_class_index(info.classes),
+        target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
+    )
+
+
+def step_loss(loss_fn: nn.Module, out: Any, targets: Any, aux_weight: float) -> torch.Tensor:
+    """The training loss of one forward pass: with an auxiliary head (training mode), its loss weighted in."""
+    if isinstance(out, dict) and "aux" in out:
+        return loss_fn(out["out"], targets) + aux_weight * loss_fn(out["aux"], targets)
+    return loss_fn(out, targets)
+
+
 def _datasets(
     config: dict[str, Any], info: DatasetInfo, root: Path, mode: str, method: InstanceSettings
 ) -> tuple[SegmentationDataset, SegmentationDataset | None]:
@@ -49,19 +80,7 @@ def _datasets(
     data_cfg = config["data"]
     from_class = method.from_class_index(info.classes)
     norm = {"mean": data_cfg["mean"], "std": data_cfg["std"]}
-    train_tf = build_transforms(
-        train=True, ignore_index=info.ignore_index, **norm, **{k: data_cfg[k] for k in AUGMENTATION_KEYS}
-    )
-    train_ds = SegmentationDataset(
-        root,
-        info.name,
-        data_cfg["train_split"],
-        transforms=train_tf,
-        image_mode=mode,
-        instances=method.trains_on_instances,
-        instances_from_class=from_class,
-        target=TargetBuilder(method, info.num_classes, info.ignore_index) if method.trains_on_instances else None,
-    )
+    train_ds = train_dataset(config, info, root, mode, method)
     val_ds = None
     if data_cfg["val_split"]:
         val_tf = build_transforms(train=False, **norm)
@@ -313,10 +332,7 @@ def _train(
                 targets = targets.to(device, non_blocking=True)
             with autocast(device, amp):
                 out = net(images)
-            if isinstance(out, dict) and "aux" in out:  # models with an auxiliary head, in training mode
-                loss = loss_fn(out["out"], targets) + train_cfg["aux_weight"] * loss_fn(out["aux"], targets)
-            else:
-                loss = loss_fn(out, targets)
+            loss = step_loss(loss_fn, out, targets, train_cfg["aux_weight"])
             # DDP: synchronise gradients only on the last micro-batch
             sync = not ddp.enabled or micro == accumulate - 1
             with contextlib.nullcontext() if sync else net.no_sync():
