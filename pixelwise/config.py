@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "accumulate": 1,  # batches per optimizer step (gradient accumulation)
         "compile": False,  # torch.compile the model for training
         "grad_clip": 0.0,  # clip the gradient norm to this value (0: off)
+        "ema_decay": 0.0,  # validate and save a moving average of the weights with this decay, e.g. 0.999 (0: off)
         "checkpoint_interval": 0,  # write last.pt every this many steps (0: at each evaluation)
         "checkpoint_minutes": 10.0,  # also write last.pt after this many minutes without one (0: off)
         "keep_last": 1,  # also keep the last k checkpoints as iter_NNNNNNN.pt when k > 1
@@ -146,6 +147,9 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if value < low or (value == low and not inclusive):
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key}={value}: must be {bound}")
+    decay = config["train"]["ema_decay"]
+    if not 0 <= decay < 1:
+        raise ConfigError(f"train.ema_decay={decay}: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)")
     crop = config["data"]["crop_size"]
     if crop is not None:
         sides = [crop] if isinstance(crop, int) else crop

@@ -21,10 +21,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..models.weights import load_checkpoint, load_weights
+from .ema import WeightEMA
 
 log = logging.getLogger(__name__)
 
-TRAINING_ONLY = ("train_state", "optimizer", "scheduler", "scaler", "rng")
+TRAINING_ONLY = ("train_state", "optimizer", "scheduler", "scaler", "rng", "train_model", "ema")
 
 
 @dataclass
@@ -51,11 +52,15 @@ def pack(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     rng: torch.Tensor | None = None,
+    ema: WeightEMA | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of a training at ``state.iter`` (``last.pt``); ``rng``: the torch RNG state at that
-    iteration (default: now)."""
+    iteration (default: now). With ``ema``, ``"model"`` holds the averaged weights and ``"train_model"`` the
+    trained ones."""
+    averaged = {"train_model": model.state_dict(), "ema": ema.state()} if ema is not None else {}
     return {
-        "model": model.state_dict(),
+        "model": (ema.module if ema is not None else model).state_dict(),
+        **averaged,
         "meta": meta,
         "config": config,
         "train_state": asdict(state),
@@ -82,13 +87,15 @@ def restore(
     scaler: torch.amp.GradScaler,
     device: torch.device,
     allow_changes: bool = False,
+    ema: WeightEMA | None = None,
 ) -> TrainState:
     """Load ``path`` (a ``last.pt``) into the training objects and the RNG; returns its state.
 
     Settings of ``config`` that differ from the checkpoint's (:func:`changed_settings`) stop the resume with
     the list, unless ``allow_changes``: then they are applied for real (optimizer settings by
     :func:`apply_optimizer_changes`, a new optimizer type with a fresh optimizer state) and logged. A changed
-    model never resumes (its weights would not fit)."""
+    model never resumes (its weights would not fit). ``ema`` (``train.ema_decay`` on) continues the checkpoint's
+    average, or starts one from its weights when it had none."""
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt["meta"]["model"] != spec:
         raise ConfigError(f"--resume: the model in {path} ({ckpt['meta']['model']}) is not the config's")
@@ -99,7 +106,9 @@ def restore(
             f"--resume: the config changes settings that {path} was trained with ({listed}); "
             "resume with the run's own settings, or add --allow-changes to apply these from here on"
         )
-    load_weights(model, ckpt["model"], str(path))
+    load_weights(model, ckpt.get("train_model", ckpt["model"]), str(path))
+    if ema is not None:
+        ema.load(ckpt["model"], ckpt.get("ema", {"updates": 0}))
     if "train.optimizer" in changes:
         log.warning("--allow-changes: a new %s optimizer starts with a fresh state", config["train"]["optimizer"])
     else:

@@ -29,6 +29,7 @@ from ..models.registry import input_size_problem
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import mean_over_processes, setup_distributed
+from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
 from .instance_methods import build_loss as build_instance_loss
@@ -264,6 +265,7 @@ def _train(
         "thing_classes": info.thing_classes,
         "class_weights": class_weights,  # what inference.class_weight_correction divides by
     }
+    ema = WeightEMA(model, train_cfg["ema_decay"]) if train_cfg["ema_decay"] else None
     if resume:
         state = restore(
             files.last,
@@ -275,9 +277,11 @@ def _train(
             scaler=scaler,
             device=device,
             allow_changes=allow_changes,
+            ema=ema,
         )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
+    scored = ema.module if ema is not None else model  # what validation scores and checkpoints hold as "model"
     files.open(config, state.iter if resume else None, tensorboard=train_cfg["tensorboard"])
 
     net: nn.Module = model
@@ -344,6 +348,8 @@ def _train(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         return loss_value
 
     def save(best: bool, rng: torch.Tensor | None = None) -> None:
@@ -356,6 +362,7 @@ def _train(
             scheduler=scheduler,
             scaler=scaler,
             rng=rng,
+            ema=ema,
         )
         files.save(checkpoint, state.iter, best=best)
 
@@ -420,7 +427,7 @@ def _train(
             improved = False
             if val_ds is not None and due:
                 last_metrics = evaluate(
-                    model,
+                    scored,
                     val_ds,
                     device=device,
                     progress=progress,
@@ -443,7 +450,7 @@ def _train(
                     }
                 )
                 if files.tensorboard is not None:
-                    tensorboard_val(files.tensorboard, model, val_ds, last_metrics, meta, device, it)
+                    tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
                 log.info(
                     "iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"]
                 )
