@@ -283,6 +283,8 @@ def _cmd_crf_search(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         grid=grid,
         device=args.device,
+        amp=args.amp,
+        inference=inference_settings(args),
         progress=not args.no_progress,
     )
     for r in sorted(result["results"], key=lambda r: -r["miou"])[:10]:
@@ -423,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{name.replace('_', '-')}", type=float, nargs="+", default=values, help=f"{CRF_HELP[name][1]} (grid)"
         )
     p.add_argument("--device", default="auto")
+    add_inference_options(p, compile=False)
     add_common_options(p)
     p.set_defaults(func=_cmd_crf_search)
 

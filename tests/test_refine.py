@@ -98,6 +98,25 @@ def test_eval_with_crf_and_crf_search(toy_checkpoint, capsys):
     assert json.loads((ckpt.parent / "e.json").read_text())["metrics"]["crf"] == written
 
 
+def test_crf_search_takes_the_protocol_flags_over_the_runs(toy_checkpoint):
+    """crf-search scores the network as eval does under the same flags: its no-CRF mIoU on the whole val split
+    equals eval's, with the run's protocol and with --scales/--flip over it."""
+    ckpt, root = toy_checkpoint
+    common = ["--num-images", "3", "--w1", "1", "--theta-alpha", "5", "--theta-beta", "3", "--iterations", "1"]
+    seen = []
+    for flags, override in (([], None), (["--scales", "0.5", "--flip"], {"scales": [0.5], "flip": True})):
+        assert (
+            main(["crf-search", str(ckpt), *common, *flags, "--amp", "none", "--data-root", str(root), "--no-progress"])
+            == 0
+        )
+        result = json.loads((ckpt.parent / "crf_search.json").read_text())
+        metrics = evaluate_checkpoint(ckpt, data_root=root, num_workers=0, progress=False, inference=override)
+        assert result["inference"] == metrics["inference"]
+        assert result["no_crf_miou"] == pytest.approx(metrics["metrics"]["miou"])
+        seen.append(result["no_crf_miou"])
+    assert seen[0] != seen[1]  # the flags changed what the network predicts
+
+
 def test_data_set_with_another_class_count_is_refused(toy_checkpoint, tmp_path, capsys):
     ckpt, _ = toy_checkpoint
     other = write_dataset(tmp_path / "other", splits={"val": 1}, num_classes=4).parent

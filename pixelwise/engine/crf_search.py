@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from tqdm.auto import tqdm
 
 from ..crf import settings_for
 from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
+from ..device import autocast
 from ..fileio import write_json
-from ..inference import predict_probs
+from ..inference import InferenceSettings, predict_probs
 from .evaluator import checkpoint_dataset
 from .predictor import Predictor
 
@@ -29,13 +31,17 @@ def crf_search(
     iterations: int | None = None,
     grid: dict[str, Sequence[float]] | None = None,
     device: str = "auto",
+    amp: str = "none",
+    inference: InferenceSettings | dict[str, Any] | None = None,
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Grid-search ``grid`` (default :data:`~pixelwise.crf.search.DEFAULT_GRID`) on the first ``num_images``
     of ``split``; with ``write`` the best settings go into the ``crf`` section of the run's ``config.yaml``
-    and the whole search into ``crf_search.json`` beside the checkpoint. Returns the search result."""
-    predictor = Predictor(checkpoint, device=device)
+    and the whole search into ``crf_search.json`` beside the checkpoint. The network's probabilities come from
+    the run's inference protocol, or ``inference`` over it (as :class:`Predictor`), in precision ``amp``.
+    Returns the search result, with the protocol used under ``"inference"``."""
+    predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
     meta, ckpt = predictor.meta, predictor.ckpt
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
@@ -45,7 +51,8 @@ def crf_search(
             x, y = ds[i]
             x = x[None].to(predictor.device)
             # the run's protocol (e.g. half-size images): the CRF is tuned on what eval/predict --crf will refine
-            probs = predict_probs(predictor.model, x, ds.info.num_classes, predictor.inference)
+            with autocast(predictor.device, predictor.amp):
+                probs = predict_probs(predictor.model, x, ds.info.num_classes, predictor.inference).float()
             cached.append((probs, x, y[None].to(predictor.device)))
     result = grid_search(
         cached,
@@ -57,6 +64,7 @@ def crf_search(
         base=base,
         progress=progress,
     )
+    result["inference"] = None if predictor.inference is None else asdict(predictor.inference)
     if write:
         run_dir = Path(checkpoint).parent
         result["run_config"] = str(run_dir / "config.yaml")
