@@ -2,7 +2,7 @@
 
 A run trained with ``train.ema_decay`` keeps both in its ``last.pt``: the average under ``"model"`` (what eval
 reads) and the trained weights under ``"train_model"``. This evaluates each on the given splits with the run's
-protocol (or the flags given), so the average's effect is measured on one training run, free of the run-to-run
+protocol, so the average's effect is measured on one training run, free of the run-to-run
 and machine-to-machine variation of two separate trainings. Prints one table, writes a JSON.
 
     python benchmarks/ema_vs_trained.py runs/camvid_ema/last.pt --splits val test --data-root ../shared/datasets \
@@ -25,7 +25,7 @@ from machine import cpu_features, cpu_model  # noqa: E402
 from pixelwise.engine import evaluate_checkpoint  # noqa: E402
 from pixelwise.engine.resume import weights_only  # noqa: E402
 from pixelwise.fileio import write_json  # noqa: E402
-from pixelwise.models.weights import load_checkpoint  # noqa: E402
+from pixelwise.models.weights import load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def figures(evaluation: dict) -> dict:
@@ -59,7 +59,7 @@ def main() -> int:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(dir=Path(args.checkpoint).parent) as tmp:
         trained = Path(tmp) / "trained.pt"
-        torch.save({**weights_only(ckpt), "model": ckpt["train_model"]}, trained)
+        save_checkpoint(trained, {**weights_only(ckpt), "model": ckpt["train_model"]})
         for label, path in (("average", args.checkpoint), ("trained", trained)):
             for split in args.splits:
                 ev = evaluate_checkpoint(

@@ -148,7 +148,7 @@ def _check_ranges(config: dict[str, Any]) -> None:
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key}={value}: must be {bound}")
     decay = config["train"]["ema_decay"]
-    if not 0 <= decay < 1:
+    if decay is None or not 0 <= decay < 1:
         raise ConfigError(f"train.ema_decay={decay}: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)")
     crop = config["data"]["crop_size"]
     if crop is not None:

@@ -91,7 +91,22 @@ def test_resume_continues_the_average_exactly(tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
-def test_a_decay_out_of_range_is_named(tmp_path):
+def test_a_run_from_before_the_setting_resumes_without_allow_changes(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=100))
+    run = tmp_path / "run"
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    old = torch.load(run / "last.pt", weights_only=True)
+    del old["config"]["train"]["ema_decay"]  # as written before train.ema_decay existed
+    torch.save(old, run / "last.pt")
+    more = load_config(toy_config(tmp_path, iters=4, eval_interval=100))
+    with pytest.raises(ConfigError, match=r"\(train.iters: 2 -> 4\)"):  # the one real change, not ema_decay
+        train(more, run_dir=run, data_root=root, resume=True, progress=False)
+    train(cfg, run_dir=run, data_root=root, resume=True, progress=False)  # its own settings: resumes
+
+
+@pytest.mark.parametrize("value", [1.0, -0.5, None])
+def test_a_decay_out_of_range_is_named(tmp_path, value):
     with pytest.raises(ConfigError) as err:
-        load_config(toy_config(tmp_path, ema_decay=1.0))
-    assert str(err.value) == "train.ema_decay=1.0: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)"
+        load_config(toy_config(tmp_path, ema_decay=value))
+    assert str(err.value) == f"train.ema_decay={value}: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)"

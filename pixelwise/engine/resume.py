@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import DEFAULTS
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..models.weights import load_checkpoint, load_weights
@@ -153,14 +154,17 @@ FREE_ON_RESUME = {
 
 def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{"section.key": (saved value, new value)}`` for the settings of ``config`` that differ from those the
-    checkpoint was trained with (the ``crf`` section and :data:`FREE_ON_RESUME` excepted)."""
+    checkpoint was trained with (the ``crf`` section and :data:`FREE_ON_RESUME` excepted). A key the checkpoint's
+    config lacks (a setting added since it was written) counts as its default."""
     out = {}
     for section in ("model", "data", "train"):
         old, new = saved.get(section) or {}, config.get(section) or {}
+        defaults = DEFAULTS.get(section, {})
         for key in sorted(set(old) | set(new)):
             name = f"{section}.{key}"
-            if name not in FREE_ON_RESUME and old.get(key) != new.get(key):
-                out[name] = (old.get(key), new.get(key))
+            before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+            if name not in FREE_ON_RESUME and before != after:
+                out[name] = (before, after)
     return out
 
 
