@@ -85,8 +85,9 @@ def test_lattice_filter_against_exact_gaussian(dim, side, scale_range, normalise
         assert err < normalised_bound
 
 
-def test_lattice_structure():
-    feats = torch.rand(500, 3) * 4
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_lattice_structure(d):
+    feats = torch.rand(500, d) * 4
     lattice = PermutohedralLattice(feats)
     assert 0 < lattice.size <= 500 * 4
     # barycentric weights are a partition of unity over the d + 1 enclosing vertices

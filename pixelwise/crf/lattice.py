@@ -237,6 +237,11 @@ class PermutohedralLattice:
         vals[at_self] = 1.0
         cols[torch.where(found1, begin + torch.where(first, 1 + e2, torch.where(last, e2, 0)), dump)] = n1.to(idx)
         cols[torch.where(found2, begin + torch.where(first, 1, torch.where(last, 0, 1 + e1)), dump)] = n2
+        if d == 1:  # both neighbours lie in the one other block, in either order: sort the pair (both 0.5)
+            both = (found1 & found2).view(-1)
+            at = (begin + first.long()).view(-1)[both]
+            pair = torch.stack([cols[at], cols[at + 1]]).sort(0).values
+            cols[at], cols[at + 1] = pair[0], pair[1]
         nnz = nnz.tolist()
         cols, vals, crow = cols[:dump].split(nnz), vals[:dump].split(nnz), crow.to(idx)
         self._blur = [_csr(crow[j], cols[j], vals[j], (m, m)) for j in range(d1)]
