@@ -70,10 +70,13 @@ class _Appearance:
     def __init__(self, kernel: _Kernel) -> None:
         self.kernel = kernel
 
-    def apply(self, q: Tensor, transpose: bool, out: Tensor | None = None) -> Tensor:
+    def apply(self, q: Tensor, transpose: bool, out: Tensor | None = None, work=None) -> Tensor:
         b, n, c = q.shape
         acc = None if out is None else out.view(b * n, c)
-        return self.kernel.apply(q.view(b * n, c), transpose, acc).view(b, n, c)
+        return self.kernel.apply(q.view(b * n, c), transpose, acc, work).view(b, n, c)
+
+    def workspace(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        return self.kernel.workspace(q.shape[-1])
 
 
 class _LatticeSmoothness:
@@ -82,12 +85,16 @@ class _LatticeSmoothness:
     def __init__(self, kernel: _Kernel) -> None:
         self.kernel = kernel
 
-    def apply(self, q: Tensor, transpose: bool, out: Tensor | None = None) -> Tensor:
+    def apply(self, q: Tensor, transpose: bool, out: Tensor | None = None, work=None) -> Tensor:
         b, n, c = q.shape
         if b == 1:
-            return self.kernel.apply(q.view(n, c), transpose, None if out is None else out.view(n, c)).view(1, n, c)
+            acc = None if out is None else out.view(n, c)
+            return self.kernel.apply(q.view(n, c), transpose, acc, work).view(1, n, c)
         y = self.kernel.apply(q.transpose(0, 1).reshape(n, b * c), transpose).view(n, b, c).transpose(0, 1)
         return y.contiguous() if out is None else out.add_(y)
+
+    def workspace(self, q: Tensor) -> tuple[Tensor, Tensor] | None:
+        return self.kernel.workspace(q.shape[-1]) if q.shape[0] == 1 else None
 
 
 class _ExactSmoothness:
@@ -113,11 +120,28 @@ class _ExactSmoothness:
         y = F.conv2d(y, self.taps.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), padding=(0, r), groups=c)
         return y.permute(0, 2, 3, 1)
 
-    def message(self, q: Tensor, add: Tensor | None = None) -> Tensor:
-        """``weight * D^-1/2 K D^-1/2 q`` (+ ``add``) for (B, N, C) ``q``, a new tensor."""
+    def message(self, q: Tensor, add: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """``weight * D^-1/2 K D^-1/2 q`` (+ ``add``) for (B, N, C) ``q``: a new tensor, or written into ``out``
+        band by band of rows (with their halo), so that the intermediates stay small (no fresh pages to fault in
+        each mean-field iteration) and in cache."""
         b, n, c = q.shape
-        y = self._blur((q * self.scale_in).view(b, self.height, self.width, c)).reshape(b, n, c)
-        return y * self.scale_out if add is None else torch.addcmul(add, y, self.scale_out)
+        h, w, r = self.height, self.width, self.radius
+        if out is None:
+            y = self._blur((q * self.scale_in).view(b, h, w, c)).reshape(b, n, c)
+            return y * self.scale_out if add is None else torch.addcmul(add, y, self.scale_out)
+        x, res = q.view(b, h, w, c), out.view(b, h, w, c)
+        plus = None if add is None else add.view(b, h, w, c)
+        scale_in, scale_out = self.scale_in.view(1, h, w, 1), self.scale_out.view(1, h, w, 1)
+        rows = max(2 * r, (1 << 20) // max(1, b * w * c))  # a band's tensors: about 4 MB
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            lo, hi = max(0, y0 - r), min(h, y1 + r)  # the rows the band's outputs reach (zero beyond the image)
+            y = self._blur(x[:, lo:hi] * scale_in[:, lo:hi])[:, y0 - lo : y1 - lo]
+            if plus is None:
+                torch.mul(y, scale_out[:, y0:y1], out=res[:, y0:y1])
+            else:
+                res[:, y0:y1] = torch.addcmul(plus[:, y0:y1], y, scale_out[:, y0:y1])
+        return out
 
 
 _SMOOTHNESS_CACHE: OrderedDict = OrderedDict()
@@ -237,6 +261,8 @@ def _mean_field(
             mu = 0.5 * (mu + mu.t())  # the energy only sees the symmetric part (pydensecrf does the same)
             mu = F.pad(mu, (0, cp - c, 0, cp - c))
         track = torch.is_grad_enabled() and neg_unary.requires_grad
+        message_buf = q_buf = None
+        work: list = []
         lattice_ops = [op for op in (appearance, lattice_smoothness) if op is not None]
         for _ in range(iterations):
             # Potts: logit = -unary + message (-sum_{l' != l} message_l' = message_l - a per-pixel constant);
@@ -247,18 +273,29 @@ def _mean_field(
                 if exact_smoothness is not None:
                     parts.append(exact_smoothness.message(q))
                 message = sum(parts[1:], parts[0]) + (0 if add is None else add)
-            else:  # one buffer, the sparse products accumulate into it
+            else:  # buffers made once (page faults of fresh large tensors cost more than the products), the
+                # sparse products accumulating into the message
+                if message_buf is None:
+                    message_buf = torch.empty_like(neg_unary)
+                    work = [op.workspace(q) for op in lattice_ops]
+                message = message_buf
                 if exact_smoothness is not None:
-                    message = exact_smoothness.message(q, add)
+                    exact_smoothness.message(q, add, out=message)
+                elif add is None:
+                    message.zero_()
                 else:
-                    message = torch.zeros_like(neg_unary) if add is None else add.clone()
-                for op in lattice_ops:
-                    op.apply(q, False, out=message)
+                    message.copy_(add)
+                for op, buffers in zip(lattice_ops, work, strict=True):
+                    op.apply(q, False, out=message, work=buffers)
             if mu is None:
                 logit = message
             else:
                 logit = torch.addmm(neg_unary.view(-1, cp), message.view(-1, cp), mu, alpha=-1).view(b, n, cp)
-            q = torch.softmax(logit, -1)
+            if track:
+                q = torch.softmax(logit, -1)
+            else:
+                q_buf = torch.empty_like(neg_unary) if q_buf is None else q_buf
+                q = torch.softmax(logit, -1, out=q_buf)
     out = q[..., :c].transpose(1, 2).reshape(b, c, h, w).contiguous()
     return out.to(probs.dtype) if probs.is_floating_point() else out
 

@@ -35,6 +35,14 @@ def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tenso
         return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
 
 
+def _spmm_to(a: Tensor, x: Tensor, dst: Tensor) -> Tensor:
+    """Sparse CSR (R, K) @ dense (K, C) written into ``dst`` (R, C), which must not alias ``x``."""
+    x = x.contiguous()
+    if x.device.type != "cpu":
+        return dst.copy_(torch.sparse.mm(a, x))
+    return torch.addmm(dst, a, x, beta=0, out=dst)
+
+
 def _spmm(a: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
     """Sparse CSR (R, K) @ dense (K, C) -> row-major (R, C); adds into ``out`` when given."""
     x = x.contiguous()
@@ -258,10 +266,14 @@ class PermutohedralLattice:
             val = val * weights.unsqueeze(1)
         return _csr(self._slice_crow, self._slice_col, val.view(-1), (self.num_points, self.size))
 
-    def blur(self, values: Tensor, reverse: bool = False) -> Tensor:
-        """[1, 2, 1] / 2 blur along the d + 1 lattice directions ((M, C) values; reverse = transpose)."""
+    def blur(self, values: Tensor, reverse: bool = False, work: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """[1, 2, 1] / 2 blur along the d + 1 lattice directions ((M, C) values; reverse = transpose). ``work``: two
+        (M, C) buffers the steps alternate between (``values`` may be one of them), instead of new tensors."""
         for b in reversed(self._blur) if reverse else self._blur:
-            values = _spmm(b, values)
+            if work is None:
+                values = _spmm(b, values)
+            else:
+                values = _spmm_to(b, values, work[1] if values is work[0] else work[0])
         return values
 
     def filter(self, values: Tensor) -> Tensor:
@@ -283,9 +295,21 @@ class _Kernel:
         self.splat = lattice.splat_matrix(norm if normalize else None)
         self.slice = lattice.slice_matrix(norm * weight)
 
-    def apply(self, x: Tensor, transpose: bool, out: Tensor | None = None) -> Tensor:
-        """(P, K) -> (P, K); ``out`` (P, K) is added to."""
-        return _spmm(self.slice, self.lattice.blur(_spmm(self.splat, x), reverse=transpose), out)
+    def apply(
+        self, x: Tensor, transpose: bool, out: Tensor | None = None, work: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """(P, K) -> (P, K); ``out`` (P, K) is added to; ``work``: two (M, K) buffers for the lattice values.
+
+        A large image's intermediates are hundreds of MB: allocating them afresh every mean-field iteration costs
+        more in page faults than the sparse products themselves, hence the reusable buffers."""
+        splat = _spmm(self.splat, x) if work is None else _spmm_to(self.splat, x, work[0])
+        return _spmm(self.slice, self.lattice.blur(splat, reverse=transpose, work=work), out)
+
+    def workspace(self, columns: int) -> tuple[Tensor, Tensor]:
+        """The two buffers :meth:`apply` takes for ``columns`` value columns."""
+        m = self.lattice.size
+        dev = self.lattice.device
+        return torch.empty(m, columns, device=dev), torch.empty(m, columns, device=dev)
 
 
 class _LinearOpFn(torch.autograd.Function):
