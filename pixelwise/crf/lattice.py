@@ -168,16 +168,16 @@ class PermutohedralLattice:
             spread.scatter_(0, d - rank[:d, part], stride_t.expand(d, base.shape[0]))
             codes[:, part] = base - (spread.cumsum(0) - spread)
         # Unique lattice points: a stable sort per block, which also groups the splat entries by point.
-        sorted_parts, perm_parts = [], []
+        # (Large temporaries are few and written in place: fresh 100 MB tensors cost their page faults.)
+        k = n * d1
+        blocks = batch * d1
+        sorted_codes = torch.empty(blocks, points, dtype=codes.dtype, device=dev)
+        local = torch.empty(blocks, points, dtype=long, device=dev)
         for b in range(batch):
             for r in range(d1):
-                s, p = torch.sort(codes[r, b * points : (b + 1) * points], stable=True)
-                sorted_parts.append(s)
-                perm_parts.append(p)
-        k = n * d1
-        sorted_codes = torch.cat(sorted_parts)
-        local = torch.cat(perm_parts)
-        blocks = batch * d1
+                blk = b * d1 + r
+                torch.sort(codes[r, b * points : (b + 1) * points], stable=True, out=(sorted_codes[blk], local[blk]))
+        sorted_codes = sorted_codes.view(-1)
         block_start = torch.arange(0, k, points, device=dev)
         new = torch.empty(k, dtype=torch.bool, device=dev)
         new[0] = True
@@ -185,14 +185,16 @@ class PermutohedralLattice:
         new[block_start] = True
         starts = new.nonzero().squeeze(1)
         m = int(starts.numel())
-        index = new.cumsum(0) - 1  # lattice point of each sorted entry
+        index = new.cumsum(0).sub_(1)  # lattice point of each sorted entry
         block_b = torch.arange(blocks, device=dev) // d1
         block_r = torch.arange(blocks, device=dev) % d1
-        pix = local + (block_b * points).repeat_interleave(points)  # point of each sorted entry
-        src = pix + (block_r * n).repeat_interleave(points)  # its position in the (d+1, n) arrays
+        pix = local.add_((block_b * points).unsqueeze(1)).view(-1)  # point of each sorted entry
         idx = torch.int32 if max(k, m) < 2**31 else long
         offsets = torch.empty(n, d1, dtype=idx, device=dev)  # lattice point of each (point, vertex)
-        offsets.view(-1)[pix * d1 + block_r.repeat_interleave(points)] = index.to(idx)
+        at = (pix * d1).view(blocks, points).add_(block_r.unsqueeze(1)).view(-1)
+        offsets.view(-1)[at] = index.to(idx)
+        del at
+        src = (pix.view(blocks, points) + (block_r * n).unsqueeze(1)).view(-1)  # its position in the (d+1, n) arrays
         kstart = torch.cat([index[block_start], torch.tensor([m], device=dev)]).tolist()
         keys = sorted_codes[starts]
         self.size = m
