@@ -261,9 +261,10 @@ def _mean_field(
             mu = 0.5 * (mu + mu.t())  # the energy only sees the symmetric part (pydensecrf does the same)
             mu = F.pad(mu, (0, cp - c, 0, cp - c))
         track = torch.is_grad_enabled() and neg_unary.requires_grad
-        message_buf = q_buf = None
-        work: list = []
         lattice_ops = [op for op in (appearance, lattice_smoothness) if op is not None]
+        if not track:  # buffers made once: page faults of fresh large tensors cost more than the products
+            message_buf, q_buf = torch.empty_like(neg_unary), torch.empty_like(neg_unary)
+            work = [op.workspace(q) for op in lattice_ops]
         for _ in range(iterations):
             # Potts: logit = -unary + message (-sum_{l' != l} message_l' = message_l - a per-pixel constant);
             # a compatibility matrix: logit = -unary - sum_l' mu(l, l') message_l'.
@@ -273,11 +274,7 @@ def _mean_field(
                 if exact_smoothness is not None:
                     parts.append(exact_smoothness.message(q))
                 message = sum(parts[1:], parts[0]) + (0 if add is None else add)
-            else:  # buffers made once (page faults of fresh large tensors cost more than the products), the
-                # sparse products accumulating into the message
-                if message_buf is None:
-                    message_buf = torch.empty_like(neg_unary)
-                    work = [op.workspace(q) for op in lattice_ops]
+            else:  # into the buffers, the sparse products accumulating into the message
                 message = message_buf
                 if exact_smoothness is not None:
                     exact_smoothness.message(q, add, out=message)
@@ -291,11 +288,7 @@ def _mean_field(
                 logit = message
             else:
                 logit = torch.addmm(neg_unary.view(-1, cp), message.view(-1, cp), mu, alpha=-1).view(b, n, cp)
-            if track:
-                q = torch.softmax(logit, -1)
-            else:
-                q_buf = torch.empty_like(neg_unary) if q_buf is None else q_buf
-                q = torch.softmax(logit, -1, out=q_buf)
+            q = torch.softmax(logit, -1) if track else torch.softmax(logit, -1, out=q_buf)
     out = q[..., :c].transpose(1, 2).reshape(b, c, h, w).contiguous()
     return out.to(probs.dtype) if probs.is_floating_point() else out
 

@@ -40,6 +40,8 @@ def _spmm_to(a: Tensor, x: Tensor, dst: Tensor) -> Tensor:
     x = x.contiguous()
     if x.device.type != "cpu":
         return dst.copy_(torch.sparse.mm(a, x))
+    # On CPU, addmm into a row-major result goes straight to MKL (sparse.mm adds a zero fill and a
+    # transposing copy of the result).
     return torch.addmm(dst, a, x, beta=0, out=dst)
 
 
@@ -49,11 +51,8 @@ def _spmm(a: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
     if x.device.type != "cpu":
         y = torch.sparse.mm(a, x)
         return y if out is None else out.add_(y)
-    # On CPU, addmm into a row-major result goes straight to MKL (sparse.mm adds a zero fill and a
-    # transposing copy of the result).
     if out is None:
-        out = torch.empty(a.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-        return torch.addmm(out, a, x, beta=0, out=out)
+        return _spmm_to(a, x, torch.empty(a.shape[0], x.shape[1], dtype=x.dtype, device=x.device))
     return torch.addmm(out, a, x, out=out)
 
 
@@ -191,9 +190,7 @@ class PermutohedralLattice:
         pix = local.add_((block_b * points).unsqueeze(1)).view(-1)  # point of each sorted entry
         idx = torch.int32 if max(k, m) < 2**31 else long
         offsets = torch.empty(n, d1, dtype=idx, device=dev)  # lattice point of each (point, vertex)
-        at = (pix * d1).view(blocks, points).add_(block_r.unsqueeze(1)).view(-1)
-        offsets.view(-1)[at] = index.to(idx)
-        del at
+        offsets.view(-1)[(pix * d1).view(blocks, points).add_(block_r.unsqueeze(1)).view(-1)] = index.to(idx)
         src = (pix.view(blocks, points) + (block_r * n).unsqueeze(1)).view(-1)  # its position in the (d+1, n) arrays
         kstart = torch.cat([index[block_start], torch.tensor([m], device=dev)]).tolist()
         keys = sorted_codes[starts]

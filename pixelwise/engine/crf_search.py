@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from ..crf import settings_for
 from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
-from ..device import autocast
 from ..fileio import write_json
-from ..inference import InferenceSettings, predict_probs
+from ..inference import InferenceSettings
 from .evaluator import checkpoint_dataset
 from .predictor import Predictor
+from .video import batch_probabilities
 
 
 def crf_search(
@@ -51,8 +51,7 @@ def crf_search(
             x, y = ds[i]
             x = x[None].to(predictor.device)
             # the run's protocol (e.g. half-size images): the CRF is tuned on what eval/predict --crf will refine
-            with autocast(predictor.device, predictor.amp):
-                probs = predict_probs(predictor.model, x, ds.info.num_classes, predictor.inference).float()
+            probs = batch_probabilities(predictor, x)
             cached.append((probs, x, y[None].to(predictor.device)))
     result = grid_search(
         cached,

@@ -26,7 +26,6 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay={decay}: must be in (0, 1)")
         self.decay = decay
-        self._now = decay
         self.averaged = AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=True)
         self.averaged.eval()
 
@@ -46,14 +45,14 @@ class WeightEMA:
     def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
         # AveragedModel groups the tensors by dtype; batch norm's integer step counters are copied, not averaged
         if averaged[0].is_floating_point():
-            torch._foreach_lerp_(averaged, current, 1.0 - self._now)
+            # called before AveragedModel counts this update: `updates` is the number of earlier ones
+            torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(self.updates))
         else:
             torch._foreach_copy_(averaged, current)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (the unwrapped model, not DDP's wrapper)."""
-        self._now = self.decay_at(self.updates)
         self.averaged.update_parameters(model)
 
     def state(self) -> dict[str, Any]:
