@@ -29,9 +29,14 @@ from pixelwise.models.weights import load_checkpoint, save_checkpoint  # noqa: E
 
 
 def figures(evaluation: dict) -> dict:
-    """mIoU and per-class IoU; for instance models also the matching AP per threshold, mean AP and PQ."""
+    """mIoU, pixel error (ISBI 2012's plain pixel error) and per-class IoU; for instance models also the matching AP
+    per threshold, mean AP and PQ."""
     m = evaluation["metrics"]
-    out = {"miou": m["miou"], "iou": dict(zip(evaluation["classes"], m["iou"], strict=True))}
+    out = {
+        "miou": m["miou"],
+        "pixel_error": 1.0 - m["pixel_accuracy"],
+        "iou": dict(zip(evaluation["classes"], m["iou"], strict=True)),
+    }
     inst = m.get("instances")
     if inst and "ap" in inst:
         out.update({k: inst[k] for k in ("ap", "mean_ap", "pq")})
@@ -71,14 +76,14 @@ def main() -> int:
                     progress=False,
                 )
                 rows.setdefault(label, {})[split] = figures(ev)
-                inference = ev["inference"]
+                inference, amp = ev["inference"], ev["amp"]
     print(f"\n{args.checkpoint}: {ckpt['train_state']['iter']} iterations, ema {ckpt['ema']}")
     for split in args.splits:
         for label, by_split in rows.items():
             r = by_split[split]
             ap50 = f", AP@0.5 {r['ap']['0.50']:.3f}, mean AP {r['mean_ap']:.3f}, PQ {r['pq']:.3f}" if "ap" in r else ""
             print(
-                f"{split:5s} {label:8s} mIoU {100 * r['miou']:.2f}{ap50}  "
+                f"{split:5s} {label:8s} mIoU {100 * r['miou']:.2f}, pixel error {r['pixel_error']:.4f}{ap50}  "
                 + " ".join(f"{k} {100 * v:.1f}" for k, v in r["iou"].items())
             )
     if args.json:
@@ -90,11 +95,13 @@ def main() -> int:
                 "train_seconds": ckpt["train_state"]["train_seconds"],
                 "ema": ckpt["ema"],
                 "inference": inference,
+                "amp": amp,
                 "cpu": cpu_model(),
                 "cpu_features": cpu_features(),
                 "machine": platform.machine(),
                 "torch": torch.__version__,
                 "results": rows,
+                "command": " ".join(sys.argv),
             },
         )
     return 0

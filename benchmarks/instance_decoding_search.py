@@ -3,10 +3,11 @@ the model runs once per image and protocol (plain, flip, the 8 symmetries), and 
 grid is scored on those outputs by the StarDist matching (AP at IoU 0.5 and the mean AP over 0.50-0.90).
 
     python benchmarks/instance_decoding_search.py RUN/best.pt --data-root ../shared/datasets --split val \\
-        [--thresholds 0.05 0.1 0.2 0.3] [--nms 3 5 7] [--json F]
+        [--thresholds 0.05 0.1 0.2 0.3] [--nms 3 5 7] [--amp auto|none|bf16|fp16] [--json F]
 
 Decoding settings other than the method's ``center_threshold`` and ``nms_kernel`` stay as the run trained them;
-a boundary or components model is scored per protocol only. Choose on val, report on test with
+a boundary or components model is scored per protocol only. ``--amp`` as eval's (default: the run's precision
+where the machine runs it natively, as eval reads it). Choose on val, report on test with
 ``pixelwise eval RUN/best.pt --split test [--flip --rot90]``.
 """
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
-from pixelwise.device import autocast  # noqa: E402
+from pixelwise.device import TRAIN_AMP_CHOICES, autocast  # noqa: E402
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
 from pixelwise.engine.instance_methods import decode  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
@@ -47,10 +48,11 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3])
     parser.add_argument("--nms", nargs="+", type=int, default=[3, 5, 7])
+    parser.add_argument("--amp", default="auto", choices=TRAIN_AMP_CHOICES, help="precision (default: eval's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    predictor = Predictor(args.checkpoint, inference=InferenceSettings())
+    predictor = Predictor(args.checkpoint, amp=args.amp, inference=InferenceSettings())
     method = predictor.instance_method
     if not method.enabled:
         sys.exit(f"{args.checkpoint}: not an instance model (instances.method is none)")
@@ -85,7 +87,10 @@ def main() -> None:
                 )
     rows = []
     threads = torch.get_num_threads()
-    print(f"{args.checkpoint} on {args.split} ({len(dataset)} images), CPU {cpu_model()}, {threads} threads")
+    print(
+        f"{args.checkpoint} on {args.split} ({len(dataset)} images), precision {predictor.amp}, "
+        f"CPU {cpu_model()}, {threads} threads"
+    )
     print("| views | centre threshold | NMS kernel | AP@0.50 | mean AP | PQ | model s/image |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for (p, t, k), m in scores.items():
@@ -113,6 +118,7 @@ def main() -> None:
                     "split": args.split,
                     "cpu": cpu_model(),
                     "threads": threads,
+                    "amp": predictor.amp,
                     "trained_decoding": trained,
                     "rows": rows,
                     "command": " ".join(sys.argv),

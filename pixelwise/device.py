@@ -37,6 +37,21 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
+def active_autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` ("cpu", "cuda") at this point, None where it is off or
+    the device type has no autocast (e.g. "meta")."""
+    if device_type not in ("cpu", "cuda"):
+        return None
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except TypeError:  # PyTorch < 2.4: per-device functions without an argument
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 def native_precisions(device: torch.device) -> tuple[str, ...]:
     """The half precisions ``device`` computes natively: on CUDA bf16 where supported and fp16; on a CPU bf16
     where it has AVX-512 BF16 or AMX (Linux's CPU flags), else none (bf16 would be emulated, slower)."""

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import active_autocast_dtype
+
 
 class AtrousConv2d(nn.Conv2d):
     """A "same"-padded atrous (dilated) convolution that skips the taps which can only read padding.
@@ -58,13 +60,7 @@ def _cpu_low_precision(x: torch.Tensor) -> torch.dtype | None:
     """bf16/fp16 if a conv of ``x`` would run in it on the CPU (its dtype, or CPU autocast's), else None."""
     if x.device.type != "cpu":
         return None
-    try:
-        autocast = torch.is_autocast_enabled("cpu")
-        autocast_dtype = torch.get_autocast_dtype("cpu") if autocast else None
-    except TypeError:  # PyTorch < 2.4
-        autocast = torch.is_autocast_cpu_enabled()
-        autocast_dtype = torch.get_autocast_cpu_dtype() if autocast else None
-    dtype = autocast_dtype if autocast else x.dtype
+    dtype = active_autocast_dtype("cpu") or x.dtype
     return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 

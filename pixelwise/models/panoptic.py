@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..device import active_autocast_dtype
 from ..errors import ConfigError
 from .aspp import ASPP
 from .modules import ConvNormAct, SeparableConv2d, resize_to
@@ -46,10 +47,26 @@ def check_instance_head(value: str | None) -> str | None:
     raise ConfigError(f"instance_head must be one of: {', '.join(INSTANCE_HEADS)} (or null for none); got {value!r}")
 
 
-def prediction_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+class PredictionConv(nn.Conv2d):
+    """The final 1x1 conv of a centre or offset head, computed in float32 whatever the precision around it
+    (autocast, or weights stored in bf16 for inference). A bf16 heatmap keeps 8 significant bits, so the pixels of
+    a flat-topped peak round to equal values and the keypoint NMS, which keeps every pixel equal to its window's
+    maximum, finds several centres in one object: on DSB2018 val a bf16 heatmap decoded to AP 0.67 at IoU 0.5
+    against 0.83 from the float32 one of the same weights (one view). Its cost is a few channels per pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        device = x.device.type
+        if active_autocast_dtype(device) is None:
+            return self._conv_forward(x.float(), self.weight.float(), bias)
+        with torch.autocast(device, enabled=False):
+            return self._conv_forward(x.float(), self.weight.float(), bias)
+
+
+def prediction_conv(in_channels: int, out_channels: int) -> PredictionConv:
     """The final 1x1 conv of a centre or offset head, initialised as detectron2's predictors (normal, std
     0.001, zero bias): training starts from an empty heatmap and zero offsets."""
-    conv = nn.Conv2d(in_channels, out_channels, 1)
+    conv = PredictionConv(in_channels, out_channels, 1)
     nn.init.normal_(conv.weight, std=0.001)
     nn.init.zeros_(conv.bias)
     return conv
