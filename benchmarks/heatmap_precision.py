@@ -98,13 +98,7 @@ def main() -> None:
             else:
                 out = {k: outputs["float32" if k in from_fp32 else "bf16 heads"][k] for k in KEYS}
             d = decode(method, {k: v.float() for k, v in out.items()}, info.num_classes, info.thing_classes)[0]
-            metrics[row].update(
-                truth.numpy(),
-                d.instances,
-                true_classes=mask.numpy(),
-                pred_classes={j + 1: int(c) for j, c in enumerate(d.classes)},
-                scores={j + 1: float(s) for j, s in enumerate(d.scores)},
-            )
+            d.add_to(metrics[row], truth.numpy(), mask.numpy())
     print(
         f"{args.checkpoint} on {args.split} ({len(dataset)} images), views {views.views}, CPU {cpu_model()}, "
         f"{torch.get_num_threads()} threads"

@@ -78,13 +78,7 @@ def main() -> None:
             for t, k in grid:
                 settings = method if t is None else dataclasses.replace(method, center_threshold=t, nms_kernel=k)
                 d = decode(settings, output, info.num_classes, info.thing_classes)[0]
-                scores[p, t, k].update(
-                    truth.numpy(),
-                    d.instances,
-                    true_classes=mask.numpy(),
-                    pred_classes={j + 1: int(c) for j, c in enumerate(d.classes)},
-                    scores={j + 1: float(s) for j, s in enumerate(d.scores)},
-                )
+                d.add_to(scores[p, t, k], truth.numpy(), mask.numpy())
     rows = []
     threads = torch.get_num_threads()
     print(

@@ -109,9 +109,7 @@ def evaluate(
             for i, (d, t) in enumerate(zip(decoded, masks.cpu().numpy(), strict=True)):
                 truth = true_instances[i] if true_instances is not None else label_instances(t, things[0])
                 isbi.update(d.instances, truth)
-                scores_by_id = {k + 1: float(v) for k, v in enumerate(d.scores)}
-                classes_by_id = {k + 1: int(v) for k, v in enumerate(d.classes)}
-                matching.update(truth, d.instances, true_classes=t, pred_classes=classes_by_id, scores=scores_by_id)
+                d.add_to(matching, truth, t)
     cm.all_reduce()
     metrics = cm.compute()
     if bf is not None:

@@ -31,6 +31,7 @@ from ..data import DatasetInfo
 from ..data.instance_targets import boundary_classes, panoptic_targets
 from ..inference import InstanceSettings, instances_from_boundary, panoptic_postprocess
 from ..losses import PanopticLoss
+from ..metrics import InstanceMetrics
 
 
 def model_arguments(settings: InstanceSettings, info: DatasetInfo) -> dict[str, Any]:
@@ -77,6 +78,17 @@ class InstanceOutput:
     instances: np.ndarray
     classes: np.ndarray
     scores: np.ndarray
+
+    def add_to(self, matching: InstanceMetrics, truth: np.ndarray, true_classes: np.ndarray) -> None:
+        """Score this image in ``matching`` against its true instance map and class map (instance ``k`` carries
+        ``classes[k - 1]`` and ``scores[k - 1]``)."""
+        matching.update(
+            truth,
+            self.instances,
+            true_classes=true_classes,
+            pred_classes={k + 1: int(c) for k, c in enumerate(self.classes)},
+            scores={k + 1: float(v) for k, v in enumerate(self.scores)},
+        )
 
 
 def _components(semantic: np.ndarray, probs: np.ndarray, things: list[int], min_size: int) -> InstanceOutput:

@@ -27,6 +27,7 @@ the 1/4 stage only; the U-Net's branch is a second U-Net decoder ending in 1x1 c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -57,9 +58,8 @@ class PredictionConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
         device = x.device.type
-        if active_autocast_dtype(device) is None:
-            return self._conv_forward(x.float(), self.weight.float(), bias)
-        with torch.autocast(device, enabled=False):
+        leave_autocast = active_autocast_dtype(device) is not None
+        with torch.autocast(device, enabled=False) if leave_autocast else contextlib.nullcontext():
             return self._conv_forward(x.float(), self.weight.float(), bias)
 
 
