@@ -11,12 +11,12 @@ from torch import nn
 
 from pixelwise import PixelwiseError, build_model, list_models
 from pixelwise.device import native_precisions
-from pixelwise.errors import CheckpointError
+from pixelwise.errors import CheckpointError, ConfigError
 from pixelwise.models import from_torchvision
 from pixelwise.models.atrous_conv import AtrousConv2d
 from pixelwise.models.backbones import ResNet
 from pixelwise.models.fcn import coord_map, crop_offset
-from pixelwise.models.modules import SeparableConv2d, bilinear_kernel
+from pixelwise.models.modules import SeparableConv2d, bilinear_kernel, resize_to
 from pixelwise.models.stats import model_stats
 
 
@@ -481,3 +481,29 @@ def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
             expected = ref({"low": f[model.low], "high": f[model.high]})
             torch.testing.assert_close(model.head(f), expected)
             assert model(x).shape == (2, 5, *size)
+
+
+def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_scores():
+    """``fine_reduction=4``: the paper's 1/8 scores upsampled to 1/4 plus the 1/4 feature's own 1x1 scores, so a
+    one-pixel-wide change at 1/4 moves the output; the paper's head is kept unchanged inside it."""
+    torch.manual_seed(0)
+    model = build_model("lraspp", num_classes=3, backbone="timm/mobilenetv3_large_100", fine_reduction=4).eval()
+    bb = model.backbone
+    assert bb.info(model.fine).reduction == 4 and model.fine_classifier.in_channels == bb.info(model.fine).channels
+    with torch.no_grad():
+        for size in [(64, 96), (97, 83)]:
+            x = torch.randn(1, 3, *size)
+            f = bb(x)
+            assert set(f) == {model.high, model.low, model.fine}
+            fine = f[model.fine]
+            plain = model.high_classifier(
+                resize_to(model.conv(f[model.high]) * model.gate(f[model.high]), f[model.low].shape[-2:])
+            )
+            plain = plain + model.low_classifier(f[model.low])
+            expected = resize_to(plain, fine.shape[-2:]) + model.fine_classifier(fine)
+            torch.testing.assert_close(model.head(f), expected)
+            assert model.head(f).shape[-2:] == fine.shape[-2:] and model(x).shape == (1, 3, *size)
+    plain_model = build_model("lraspp", num_classes=3, backbone="timm/mobilenetv3_large_100")
+    assert plain_model.fine is None and not any(k.startswith("fine") for k in plain_model.state_dict())
+    with pytest.raises(ConfigError, match=r"^model.fine_reduction must be 4 or null \(no fine skip\), got 2$"):
+        build_model("lraspp", num_classes=3, fine_reduction=2)

@@ -9,6 +9,10 @@ scorers), where DeepLab v3+'s ASPP and 256-channel decoder at 1/4 cost several t
 Deviation from the paper: the squeeze-and-excitation-like branch pools globally (as torchvision's
 ``lraspp_mobilenet_v3_large``) instead of a 49x49 average pool with stride (16, 20), which was sized for
 Cityscapes' 1024x2048 images; at CamVid's or a video's size the 1/16 feature is smaller than that window.
+
+Option beyond the paper: ``fine_reduction=4`` adds one more skip, the 1/4 feature scored by its own 1x1 conv and
+added to the 1/8 scores upsampled to 1/4 (FCN-8s's skip fusion one level finer), for thin objects (poles, fences)
+that a 1/8 score map blurs; off by default, as in the paper.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones import Backbone, build_backbone
 from .modules import ConvNormAct, resize_to
 from .registry import register_model
@@ -27,26 +32,33 @@ class LRASPP(nn.Module):
     conv, upsampled to 1/8 and scored; the 1/8 feature scored by its own 1x1 conv; the two scores summed and
     upsampled to the input."""
 
-    def __init__(self, backbone: Backbone, *, num_classes: int, high: str, low: str, channels: int = 128) -> None:
+    def __init__(
+        self, backbone: Backbone, *, num_classes: int, high: str, low: str, channels: int = 128, fine: str | None = None
+    ) -> None:
         super().__init__()
-        self.backbone, self.high, self.low = backbone, high, low
-        backbone.keep(high, low)
+        self.backbone, self.high, self.low, self.fine = backbone, high, low, fine
+        backbone.keep(*[name for name in (high, low, fine) if name is not None])
         high_channels = backbone.info(high).channels
         self.conv = ConvNormAct(high_channels, channels, 1)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, channels, 1), nn.Sigmoid())
         self.high_classifier = nn.Conv2d(channels, num_classes, 1)
         self.low_classifier = nn.Conv2d(backbone.info(low).channels, num_classes, 1)
+        self.fine_classifier = None if fine is None else nn.Conv2d(backbone.info(fine).channels, num_classes, 1)
 
     def head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The class scores at 1/8 from the backbone's features."""
+        """The class scores at 1/8 (1/4 with the fine skip) from the backbone's features."""
         high = features[self.high]  # 1/16 (1/OS)
         y = self.conv(high) * self.gate(high)  # 1/16, ``channels``
         low = features[self.low]  # 1/8
         y = resize_to(y, low.shape[-2:])  # 1/16 -> 1/8
-        return self.high_classifier(y) + self.low_classifier(low)  # 1/8, classes
+        scores = self.high_classifier(y) + self.low_classifier(low)  # 1/8, classes
+        if self.fine_classifier is None:
+            return scores
+        fine = features[self.fine]  # 1/4
+        return resize_to(scores, fine.shape[-2:]) + self.fine_classifier(fine)  # 1/4, classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return resize_to(self.head(self.backbone(x)), x.shape[-2:])  # 1/8 -> 1/1
+        return resize_to(self.head(self.backbone(x)), x.shape[-2:])  # 1/8 (1/4) -> 1/1
 
 
 @register_model
@@ -57,10 +69,14 @@ def lraspp(
     in_channels: int = 3,
     output_stride: int = 16,
     channels: int = 128,
+    fine_reduction: int | None = None,
     pretrained_backbone: Pretrained = False,
 ) -> LRASPP:
     """LR-ASPP (Howard et al. 2019) on any backbone with a 1/8 feature: the head on its last feature (dilated to
-    ``output_stride``, 16 in the paper) and its 1/8 feature; MobileNetV3-Large as in the paper by default."""
+    ``output_stride``, 16 in the paper) and its 1/8 feature; MobileNetV3-Large as in the paper by default.
+    ``fine_reduction=4`` adds a skip from the 1/4 feature (not in the paper; see the module docstring)."""
+    if fine_reduction not in (None, 4):
+        raise ConfigError(f"model.fine_reduction must be 4 or null (no fine skip), got {fine_reduction!r}")
     net = build_backbone(backbone, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone)
     return LRASPP(
         net,
@@ -68,4 +84,5 @@ def lraspp(
         high=net.feature_info[-1].name,
         low=net.at_reduction(8, "LR-ASPP's 1/8 branch"),
         channels=channels,
+        fine=None if fine_reduction is None else net.at_reduction(fine_reduction, "LR-ASPP's fine skip"),
     )
