@@ -484,8 +484,8 @@ def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
 
 
 def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_scores():
-    """``fine_reduction=4``: the paper's 1/8 scores upsampled to 1/4 plus the 1/4 feature's own 1x1 scores, so a
-    one-pixel-wide change at 1/4 moves the output; the paper's head is kept unchanged inside it."""
+    """``fine_reduction=4``: the paper's 1/8 scores upsampled to 1/4 plus the 1/4 feature's own 1x1 scores; the
+    paper's head is kept unchanged inside it, and without the option there is no fine branch."""
     torch.manual_seed(0)
     model = build_model("lraspp", num_classes=3, backbone="timm/mobilenetv3_large_100", fine_reduction=4).eval()
     bb = model.backbone
@@ -505,5 +505,5 @@ def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_score
             assert model.head(f).shape[-2:] == fine.shape[-2:] and model(x).shape == (1, 3, *size)
     plain_model = build_model("lraspp", num_classes=3, backbone="timm/mobilenetv3_large_100")
     assert plain_model.fine is None and not any(k.startswith("fine") for k in plain_model.state_dict())
-    with pytest.raises(ConfigError, match=r"^model.fine_reduction must be 4 or null \(no fine skip\), got 2$"):
+    with pytest.raises(ConfigError, match=r"^model\.fine_reduction must be 4 or null \(no fine skip\), got 2$"):
         build_model("lraspp", num_classes=3, fine_reduction=2)

@@ -30,14 +30,15 @@ from .weights import Pretrained
 class LRASPP(nn.Module):
     """Fig. 10: the 1/16 feature through a 1x1 conv (BN, ReLU) gated by a sigmoid of its globally pooled 1x1
     conv, upsampled to 1/8 and scored; the 1/8 feature scored by its own 1x1 conv; the two scores summed and
-    upsampled to the input."""
+    upsampled to the input. With ``fine`` (a 1/4 feature's name), the sum is upsampled to 1/4 and that feature's
+    own 1x1 scores added first."""
 
     def __init__(
         self, backbone: Backbone, *, num_classes: int, high: str, low: str, channels: int = 128, fine: str | None = None
     ) -> None:
         super().__init__()
         self.backbone, self.high, self.low, self.fine = backbone, high, low, fine
-        backbone.keep(*[name for name in (high, low, fine) if name is not None])
+        backbone.keep(high, low, fine)
         high_channels = backbone.info(high).channels
         self.conv = ConvNormAct(high_channels, channels, 1)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, channels, 1), nn.Sigmoid())
