@@ -58,46 +58,17 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     sets = [a for s in DDP_SETTINGS for a in ("--set", s)]
     cfg = REPO / "configs/isbi2012_unet.yaml"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run(
-        [
-            *torchrun,
-            "-m",
-            "pixelwise",
-            "train",
-            cfg,
-            "--run-dir",
-            tmp_path / "two",
-            "--no-progress",
-            "--set",
-            "data.batch_size=2",
-            *sets,
-        ],
-        check=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pixelwise",
-            "train",
-            cfg,
-            "--run-dir",
-            tmp_path / "one",
-            "--no-progress",
-            "--set",
-            "data.batch_size=4",
-            *sets,
-        ],
-        check=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-        capture_output=True,
-    )
+    for run, launcher, batch in (("two", torchrun, 2), ("one", [sys.executable], 4)):
+        cmd = [*launcher, "-m", "pixelwise", "train", str(cfg), "--run-dir", str(tmp_path / run), "--no-progress"]
+        proc = subprocess.run(
+            [*cmd, "--set", f"data.batch_size={batch}", *sets],
+            env=env,
+            cwd=REPO,
+            timeout=600,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, f"{run}: {proc.stderr[-3000:]}"  # the child's own error, not only its exit code
     a = load_checkpoint(tmp_path / "one/last.pt")["model"]
     b = load_checkpoint(tmp_path / "two/last.pt")["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
