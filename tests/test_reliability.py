@@ -132,6 +132,23 @@ def test_rerun_without_resume_keeps_the_old_log_and_cleans_temporaries(tmp_path,
     assert f"{run / '.last.pt.abc123.tmp'}, left by an interrupted write" in caplog.text
 
 
+def test_resume_reads_a_missing_model_key_as_its_default_and_names_a_real_model_change(toy_run, tmp_path):
+    """The toy run's config never wrote model.padding or model.batch_norm; a config that spells out their
+    defaults is the same model and resumes. A changed width is not: its weights cannot be loaded."""
+    run, root, _ = toy_run
+    config = toy_config(tmp_path, iters=2, eval_interval=2)
+    spelled = load_config(config, ["model.padding=same", "model.batch_norm=true"])
+    train(spelled, run_dir=run, resume=True, data_root=root, progress=False)  # no --allow-changes needed
+    wider = load_config(config, ["model.base_channels=8", "model.padding=same"])
+    with pytest.raises(ConfigError) as e:
+        train(wider, run_dir=run, resume=True, allow_changes=True, data_root=root, progress=False)
+    assert str(e.value) == (
+        f"--resume: the config's model is not the one {run / 'last.pt'} was trained with "
+        "(model.base_channels: 4 -> 8); its weights would not fit: resume with the run's own model, "
+        "or train the new one in a new --run-dir"
+    )
+
+
 def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):
     run, root, _ = toy_run
     changed = load_config(toy_config(tmp_path, iters=4, eval_interval=2), ["train.lr=0.01"])

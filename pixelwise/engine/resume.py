@@ -8,6 +8,7 @@ uninterrupted one. ``best.pt`` is the same without the training-only entries."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from torch import nn
 from ..config import DEFAULTS
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from ..models import model_arguments
 from ..models.weights import load_checkpoint, load_weights
 from .ema import WeightEMA
 
@@ -98,8 +100,13 @@ def restore(
     model never resumes (its weights would not fit). ``ema`` (``train.ema_decay`` on) continues the checkpoint's
     average, or starts one from its weights when it had none."""
     ckpt = load_checkpoint(path, map_location=device)
-    if ckpt["meta"]["model"] != spec:
-        raise ConfigError(f"--resume: the model in {path} ({ckpt['meta']['model']}) is not the config's")
+    model_changes = _section_changes(ckpt["meta"]["model"], spec, _model_defaults(spec))
+    if model_changes:
+        listed = "; ".join(f"model.{k}: {old!r} -> {new!r}" for k, (old, new) in model_changes.items())
+        raise ConfigError(
+            f"--resume: the config's model is not the one {path} was trained with ({listed}); "
+            "its weights would not fit: resume with the run's own model, or train the new one in a new --run-dir"
+        )
     changes = changed_settings(ckpt.get("config") or {}, config)
     if changes and not allow_changes:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
@@ -159,13 +166,31 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     out = {}
     for section in ("model", "data", "train"):
         old, new = saved.get(section) or {}, config.get(section) or {}
-        defaults = DEFAULTS.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            name = f"{section}.{key}"
-            before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
-            if name not in FREE_ON_RESUME and before != after:
-                out[name] = (before, after)
+        defaults = {**DEFAULTS.get(section, {}), **(_model_defaults(new) if section == "model" else {})}
+        for key, change in _section_changes(old, new, defaults).items():
+            if f"{section}.{key}" not in FREE_ON_RESUME:
+                out[f"{section}.{key}"] = change
     return out
+
+
+def _section_changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old value, new value)}`` where they differ, a missing key counting as its default (None if it
+    has none): a run written before a setting existed, or a config that spells out a default, is the same run."""
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if before != after:
+            out[key] = (before, after)
+    return out
+
+
+def _model_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """The keyword defaults of the builder ``model["name"]`` names (none for a name no longer registered)."""
+    try:
+        arguments = model_arguments(model.get("name", ""))
+    except ConfigError:
+        return {}
+    return {k: v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
 def apply_optimizer_changes(
