@@ -1,0 +1,167 @@
+"""What the unmatched instances are: each false negative and false positive of the StarDist matching at one IoU
+threshold (default 0.5) sorted into a kind, so that a shortfall in AP points at its cause (detection, merging,
+splitting, or the outline).
+
+    python benchmarks/instance_errors.py RUN/best.pt --data-root ../shared/datasets --split test [--tau 0.5] [--json F]
+
+The checkpoint runs with its own protocol (its views, decoding and precision, as ``pixelwise eval``). A true
+nucleus left unmatched is
+
+- ``missed``: less than half of it lies inside any predicted instance;
+- ``merged``: the prediction covering most of it also covers most of another true nucleus;
+- ``split``: two or more predictions each cover at least a fifth of it;
+- ``outline``: otherwise (one prediction covers most of it, but their IoU stays under the threshold).
+
+A prediction left unmatched is ``spurious`` (less than half of it on true nuclei), ``fragment`` (the true nucleus
+under most of it is matched to another prediction, or is split), ``merge`` (it covers most of two or more true
+nuclei) or ``outline``. Kinds are tested in this order. Sizes are pixel areas at the image's resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features, cpu_model  # noqa: E402
+
+from pixelwise.device import autocast  # noqa: E402
+from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
+from pixelwise.engine.instance_methods import decode  # noqa: E402
+from pixelwise.engine.predictor import Predictor  # noqa: E402
+from pixelwise.inference import InferenceSettings, predict_outputs  # noqa: E402
+
+GT_KINDS = ("missed", "merged", "split", "outline")
+PRED_KINDS = ("spurious", "fragment", "merge", "outline")
+
+
+def pair_table(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Pixel counts of every (true id, predicted id) pair, row and column 0 the background."""
+    t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    width = int(p.max()) + 1
+    return np.bincount(t * width + p, minlength=(int(t.max()) + 1) * width).reshape(-1, width)
+
+
+def classify(table: np.ndarray, tau: float) -> tuple[dict[str, list[int]], dict[str, int], int]:
+    """Unmatched true instances by kind (their areas), unmatched predictions by kind (counts), and the matches."""
+    t_area, p_area = table.sum(1), table.sum(0)
+    t_ids, p_ids = np.flatnonzero(t_area[1:]) + 1, np.flatnonzero(p_area[1:]) + 1
+    inter = table[np.ix_(t_ids, p_ids)].astype(np.float64)
+    union = t_area[t_ids][:, None] + p_area[p_ids][None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    # above IoU 0.5 a pair is the only candidate of either side, so the matching is these pairs (tau >= 0.5)
+    matched = iou >= tau
+    t_matched, p_matched = matched.any(1), matched.any(0)
+    t_cover = inter / np.maximum(t_area[t_ids][:, None], 1)  # share of each true instance under each prediction
+    p_cover = inter / np.maximum(p_area[p_ids][None, :], 1)  # share of each prediction on each true instance
+    gt: dict[str, list[int]] = {k: [] for k in GT_KINDS}
+    split = (t_cover >= 0.2).sum(1) >= 2
+    for i in np.flatnonzero(~t_matched):
+        best = int(np.argmax(inter[i])) if inter.shape[1] else -1
+        if best < 0 or t_cover[i].sum() < 0.5:
+            kind = "missed"
+        elif ((t_cover[:, best] >= 0.5).sum() >= 2) and t_cover[i, best] >= 0.5:
+            kind = "merged"
+        elif split[i]:
+            kind = "split"
+        else:
+            kind = "outline"
+        gt[kind].append(int(t_area[t_ids[i]]))
+    pred: dict[str, int] = dict.fromkeys(PRED_KINDS, 0)
+    for j in np.flatnonzero(~p_matched):
+        best = int(np.argmax(inter[:, j])) if inter.shape[0] else -1
+        if best < 0 or p_cover[:, j].sum() < 0.5:
+            kind = "spurious"
+        elif (t_matched[best] and not matched[best, j]) or split[best]:
+            kind = "fragment"
+        elif (t_cover[:, j] >= 0.5).sum() >= 2:
+            kind = "merge"
+        else:
+            kind = "outline"
+        pred[kind] += 1
+    return gt, pred, int(matched.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data-root", type=Path)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--tau", type=float, default=0.5, help="IoU threshold, at least 0.5")
+    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.tau < 0.5:
+        sys.exit(f"--tau {args.tau}: the kinds assume a unique matching, which needs an IoU threshold of at least 0.5")
+
+    predictor = Predictor(args.checkpoint, amp=args.amp)
+    method = predictor.instance_method
+    if not method.enabled:
+        sys.exit(f"{args.checkpoint}: not an instance model")
+    views = predictor.inference or InferenceSettings()
+    dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root, instances=True)
+    gt: dict[str, list[int]] = {k: [] for k in GT_KINDS}
+    pred: Counter[str] = Counter()
+    areas: list[int] = []
+    tp = 0
+    for i in tqdm(range(len(dataset)), desc=f"{args.split} images", unit="img"):
+        image, _, truth = dataset[i][:3]
+        with torch.inference_mode(), autocast(predictor.device, predictor.amp):
+            output = predict_outputs(predictor.model, image[None].to(predictor.device), views)
+        output = {k: v.float() for k, v in output.items()}
+        result = decode(method, output, len(predictor.classes), predictor.thing_classes)[0]
+        table = pair_table(truth.numpy(), result.instances)
+        areas += [int(a) for a in table.sum(1)[1:] if a > 0]
+        g, p, m = classify(table, args.tau)
+        for k in GT_KINDS:
+            gt[k] += g[k]
+        pred.update(p)
+        tp += m
+    fn, fp = sum(len(v) for v in gt.values()), sum(pred.values())
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "tau": args.tau,
+        "true_instances": len(areas),
+        "tp": tp,
+        "fn": fn,
+        "fp": fp,
+        "ap": tp / max(tp + fn + fp, 1),
+        "median_true_area": float(np.median(areas)) if areas else None,
+        "false_negatives": {
+            k: {"count": len(v), "median_area": float(np.median(v)) if v else None} for k, v in gt.items()
+        },
+        "false_positives": dict(pred),
+        "amp": predictor.amp,
+        "views": [list(v) for v in views.views],
+        "decoding": {"center_threshold": method.center_threshold, "nms_kernel": method.nms_kernel},
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
+    print(
+        f"{args.checkpoint} on {args.split}: {len(areas)} true instances, TP {tp}, FN {fn}, FP {fp}, "
+        f"AP@{args.tau:.2f} {summary['ap']:.3f}; median true area {summary['median_true_area']} px"
+    )
+    print("| unmatched true nuclei | count | share of FN | median area (px) |")
+    print("|---|---:|---:|---:|")
+    for k, v in summary["false_negatives"].items():
+        print(f"| {k} | {v['count']} | {v['count'] / max(fn, 1):.0%} | {v['median_area']} |")
+    print("| unmatched predictions | count | share of FP | |")
+    print("|---|---:|---:|---|")
+    for k in PRED_KINDS:
+        print(f"| {k} | {pred[k]} | {pred[k] / max(fp, 1):.0%} | |")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
