@@ -21,6 +21,7 @@ from PIL import Image
 
 from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
+from pixelwise.engine.resume import _model_defaults, _section_changes
 from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.visualize import overlay_palette
@@ -147,6 +148,12 @@ def test_resume_reads_a_missing_model_key_as_its_default_and_names_a_real_model_
         "(model.base_channels: 4 -> 8); its weights would not fit: resume with the run's own model, "
         "or train the new one in a new --run-dir"
     )
+    # a builder's tuple default (PSPNet's bins) spelled out in YAML is a list: the same setting
+    pspnet = {"name": "pspnet", "num_classes": 2}
+    assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 3, 6]}, _model_defaults(pspnet)) == {}
+    assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 4]}, _model_defaults(pspnet)) == {
+        "bins": ((1, 2, 3, 6), [1, 2, 4])
+    }
 
 
 def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):

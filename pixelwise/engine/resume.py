@@ -164,10 +164,10 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     checkpoint was trained with (the ``crf`` section and :data:`FREE_ON_RESUME` excepted). A key the checkpoint's
     config lacks (a setting added since it was written) counts as its default."""
     out = {}
-    for section in ("model", "data", "train"):
+    # the model section is :func:`restore`'s model check (against the recorded spec), which no flag overrides
+    for section in ("data", "train"):
         old, new = saved.get(section) or {}, config.get(section) or {}
-        defaults = {**DEFAULTS.get(section, {}), **(_model_defaults(new) if section == "model" else {})}
-        for key, change in _section_changes(old, new, defaults).items():
+        for key, change in _section_changes(old, new, DEFAULTS.get(section, {})).items():
             if f"{section}.{key}" not in FREE_ON_RESUME:
                 out[f"{section}.{key}"] = change
     return out
@@ -175,13 +175,21 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
 
 def _section_changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (old value, new value)}`` where they differ, a missing key counting as its default (None if it
-    has none): a run written before a setting existed, or a config that spells out a default, is the same run."""
+    has none), as building the model or the run from either would: a run written before a setting existed, or a
+    config that spells out a default, is the same run. Lists and tuples of the same items are equal (YAML has
+    no tuples)."""
     out = {}
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
-        if before != after:
+        if _plain(before) != _plain(after):
             out[key] = (before, after)
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _model_defaults(model: dict[str, Any]) -> dict[str, Any]:
