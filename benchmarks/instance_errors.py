@@ -36,11 +36,9 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
 
-from pixelwise.device import autocast  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
-from pixelwise.engine.instance_methods import decode  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
-from pixelwise.inference import InferenceSettings, predict_outputs  # noqa: E402
+from pixelwise.inference import InferenceSettings  # noqa: E402
 from pixelwise.metrics.matching import _max_matching  # noqa: E402
 
 GT_KINDS = ("missed", "merged", "split", "outline")
@@ -111,7 +109,6 @@ def main() -> None:
     method = predictor.instance_method
     if not method.enabled:
         sys.exit(f"{args.checkpoint}: not an instance model")
-    views = predictor.inference or InferenceSettings()
     dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root, instances=True)
     gt: dict[str, list[int]] = {k: [] for k in GT_KINDS}
     pred: Counter[str] = Counter()
@@ -119,9 +116,7 @@ def main() -> None:
     tp = 0
     for i in tqdm(range(len(dataset)), desc=f"{args.split} images", unit="img"):
         image, _, truth = dataset[i][:3]
-        with torch.inference_mode(), autocast(predictor.device, predictor.amp):
-            output = predict_outputs(predictor.model, image[None].to(predictor.device), views)
-        result = decode(method, output, len(predictor.classes), predictor.thing_classes)[0]
+        result = predictor.instances_of(image[None].to(predictor.device))  # as predict and serve decode it
         table = pair_table(truth.numpy(), result.instances)
         areas += [int(a) for a in table.sum(1)[1:] if a > 0]
         g, p, m = classify(table, args.tau)
@@ -145,7 +140,7 @@ def main() -> None:
         },
         "false_positives": dict(pred),
         "amp": predictor.amp,
-        "views": [list(v) for v in views.views],
+        "views": [list(v) for v in (predictor.inference or InferenceSettings()).views],
         "instances": dataclasses.asdict(method),
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),

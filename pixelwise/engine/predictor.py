@@ -269,8 +269,14 @@ class Predictor:
         or for a semantic model the connected components of its thing classes."""
         h, w = image.shape[:2]
         self.check_size(h, w, source)
+        return self.instances_of(self.normalise(image)[None].to(self.device), source)
+
+    @torch.inference_mode()
+    def instances_of(self, x: torch.Tensor, source: str = "image") -> InstanceOutput:
+        """:meth:`predict_instances` of an image already normalised into a ``1 x C x H x W`` batch on this
+        device (a data set's item)."""
+        h, w = x.shape[-2:]
         method = self.instance_method
-        x = self.normalise(image)[None].to(self.device)
         if method.enabled:
             with autocast(self.device, self.amp):
                 output = predict_outputs(self.model, x, self.inference)
