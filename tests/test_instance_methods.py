@@ -4,6 +4,7 @@ short training, evaluation (the AP/PQ table and its JSON) and prediction (16-bit
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from PIL import Image
 
 from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
-from pixelwise.engine.instance_methods import TargetBuilder, decode
+from pixelwise.engine.instance_methods import TargetBuilder, build_loss, decode
 from pixelwise.errors import ConfigError
 from pixelwise.inference import InstanceSettings
+from pixelwise.losses import build_loss as make_loss
 
 from .test_cli import run_cli
 from .test_instance_data import instance_dataset
@@ -52,6 +54,44 @@ def test_panoptic_targets_through_the_builder():
     assert torch.allclose((xs + target["offset"][1])[inst == 300], torch.tensor(13.5))
 
 
+def test_small_instance_weights_and_per_radius_sigma_through_the_builder():
+    inst = two_touching_squares()  # two 8x8 squares (64 px each)
+    inst[0, 0] = 9  # and a one-pixel instance
+    mask = (inst > 0).long()
+    plain = TargetBuilder(InstanceSettings(method="panoptic", center_sigma=4.0), 2, 255)(mask, inst)
+    settings = InstanceSettings(
+        method="panoptic",
+        center_sigma=4.0,
+        center_sigma_per_radius=0.5,
+        small_instance_area=10,
+        small_instance_weight=3.0,
+    )
+    target = TargetBuilder(settings, 2, 255)(mask, inst)
+    assert set(target) == set(plain) | {"semantic_weights"}
+    assert target["semantic_weights"][0, 0] == 3 and (target["semantic_weights"][inst != 9] == 1).all()
+    # std 0.5 x sqrt(64 / pi) = 2.26 px instead of 4: midway between the peaks (6, 6) and (6, 14) (the centres
+    # (5.5, 5.5) and (5.5, 13.5) rounded half to even), 4 px from each, the heatmap falls to 0.21 instead of 0.61
+    std = 0.5 * math.sqrt(64 / math.pi)
+    assert target["center"][0, 6, 10].item() == pytest.approx(math.exp(-16 / (2 * std**2)), rel=1e-5)
+    assert plain["center"][0, 6, 10].item() == pytest.approx(math.exp(-16 / 32), rel=1e-5)
+    assert torch.equal(target["offset"], plain["offset"]) and torch.equal(target["mask"], plain["mask"])
+    # weight 1 (or area 0) adds no map: batches stay as they were
+    assert "semantic_weights" not in TargetBuilder(
+        InstanceSettings(method="panoptic", small_instance_area=10, small_instance_weight=1.0), 2, 255
+    )(mask, inst)
+
+
+def test_small_instance_weights_need_a_semantic_loss_that_weighs_pixels():
+    settings = InstanceSettings(method="panoptic", small_instance_area=100, small_instance_weight=3.0)
+    with pytest.raises(ConfigError) as e:
+        build_loss(settings, make_loss("focal"))
+    assert str(e.value) == (
+        "instances.small_instance_weight=3.0 weighs pixels of the semantic loss, which FocalLoss cannot: use "
+        "train.loss: cross_entropy, or small_instance_weight: 1"
+    )
+    build_loss(settings, make_loss("cross_entropy"))  # accepted
+
+
 def logits_of(classes: np.ndarray, num: int) -> torch.Tensor:
     """Logits whose argmax is ``classes`` (1 x num x H x W)."""
     return torch.nn.functional.one_hot(torch.from_numpy(classes), num).permute(2, 0, 1)[None].float() * 10
@@ -78,6 +118,16 @@ def test_instances_config_section():
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"method": "mask_rcnn"})
     assert str(e.value) == "instances.method='mask_rcnn'; valid: none, connected_components, boundary, panoptic"
+    with pytest.raises(ConfigError) as e:
+        InstanceSettings.from_dict({"method": "panoptic", "center_sigma_per_radius": 0})
+    assert str(e.value) == (
+        "instances.center_sigma_per_radius=0: must be > 0, or null for one center_sigma for all instances"
+    )
+    with pytest.raises(ConfigError) as e:
+        InstanceSettings.from_dict({"small_instance_area": -1, "small_instance_weight": 3})
+    assert str(e.value) == (
+        "instances.small_instance_area=-1, small_instance_weight=3: the area must be >= 0 pixels and the weight > 0"
+    )
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"sigma": 3})
     assert str(e.value).startswith("unknown config key(s) sigma; valid: instances.method, instances.boundary_width")

@@ -240,3 +240,42 @@ def test_relabel_consecutive_both_paths():
     assert relabel_consecutive(m)[0].tolist() == [[0, 2, 2], [3, 0, 1]] and relabel_consecutive(m)[1] == 3
     big = torch.tensor([[2**40, 7], [7, 2**40]])  # no background, ids far beyond the lookup table
     assert relabel_consecutive(big)[0].tolist() == [[2, 1], [1, 2]] and relabel_consecutive(big)[1] == 2
+
+
+def test_sigma_per_radius_narrows_small_instances_only():
+    m = torch.zeros(40, 40, dtype=torch.int64)
+    m[5:10, 5:10] = 1  # two 5x5 squares touching: centres (7, 7) and (12, 7), 5 px apart
+    m[10:15, 5:10] = 2
+    m[20:38, 20:38] = 3  # 18x18: its own std stays at the cap
+    fixed = panoptic_targets(m, 4.0)["center"][0]
+    narrow = panoptic_targets(m, 4.0, sigma_per_radius=0.5)["center"][0]
+    small = 0.5 * math.sqrt(25 / math.pi)  # 1.41 px: half the equivalent radius of a 25-pixel square
+    # between the two small centres (7, 7) and (12, 7): the nearer peak's Gaussian at 2 px
+    assert narrow[9, 7].item() == pytest.approx(math.exp(-4 / (2 * small**2)), rel=1e-5)  # 0.37
+    assert fixed[9, 7].item() == pytest.approx(math.exp(-4 / (2 * 4.0**2)), rel=1e-5)  # 0.88: one blob
+    # the big square: 0.5 x its radius (5.1 px) is above the cap, so its Gaussian is center_sigma's
+    assert torch.equal(narrow[20:, 20:], fixed[20:, 20:])
+    # the window follows each centre's std: r = ceil(3 x 1.41) + 1 = 6 around (7, 7), zero beyond
+    assert narrow[7, 7 + 6].item() > 0 and narrow[1, 7 + 7].item() == 0
+    assert panoptic_targets(m, 4.0, sigma_per_radius=100.0)["center"].equal(fixed[None])  # all capped
+
+
+def test_a_tiny_instance_keeps_a_one_pixel_std():
+    m = torch.zeros(9, 9, dtype=torch.int64)
+    m[4, 4] = 1  # one pixel: 0.5 x 0.56 px would be 0.28
+    heat = panoptic_targets(m, 4.0, sigma_per_radius=0.5)["center"][0]
+    assert heat[4, 5].item() == pytest.approx(math.exp(-0.5))  # std 1
+
+
+def test_gaussian_heatmap_takes_one_std_per_centre():
+    centers = torch.tensor([[3.0, 4.0], [20.0, 20.0]])
+    both = gaussian_heatmap(centers, 30, 30, torch.tensor([1.5, 3.0]))
+    ref = torch.maximum(gaussian_heatmap(centers[:1], 30, 30, 1.5), gaussian_heatmap(centers[1:], 30, 30, 3.0))
+    assert torch.equal(both, ref)
+    assert torch.equal(
+        gaussian_heatmap(centers, 30, 30, torch.tensor([2.0, 2.0])), gaussian_heatmap(centers, 30, 30, 2.0)
+    )
+    with pytest.raises(ValueError, match=r"one value or one per centre \(2\)"):
+        gaussian_heatmap(centers, 30, 30, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="must be positive"):
+        gaussian_heatmap(centers, 30, 30, torch.tensor([1.0, 0.0]))

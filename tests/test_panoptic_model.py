@@ -311,6 +311,21 @@ def test_panoptic_loss_by_hand():
     assert weighted.item() == pytest.approx(center + offset)
 
 
+def test_semantic_weights_reach_the_semantic_criterion():
+    outputs, targets = tiny()
+    with torch.no_grad():
+        outputs["out"][0, 1, 0, 0] += 2.0  # a pixel whose cross entropy differs from the others'
+    weights = torch.tensor([[[3.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    ce = CrossEntropyLoss()
+    loss_fn = PanopticLoss(ce)
+    loss_fn(outputs, dict(targets, semantic_weights=weights))
+    expected = ce(outputs["out"], targets["mask"], weights).item()
+    assert loss_fn.last_parts["semantic"] == pytest.approx(expected)
+    assert expected > ce(outputs["out"], targets["mask"]).item()  # the weighted pixel counts 3 times
+    loss_fn(outputs, targets)  # no map: the criterion's plain mean
+    assert loss_fn.last_parts["semantic"] == pytest.approx(ce(outputs["out"], targets["mask"]).item())
+
+
 def test_zero_weights_contribute_nothing():
     outputs, targets = tiny()
     targets = dict(targets, center_weights=torch.zeros(2, 2, 2), offset_weights=torch.zeros(2, 2, 2))

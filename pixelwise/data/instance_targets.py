@@ -166,33 +166,53 @@ def _centers(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return centers, areas
 
 
-def gaussian_heatmap(centers: torch.Tensor, height: int, width: int, sigma: float = PAPER_SIGMA) -> torch.Tensor:
+def gaussian_heatmap(
+    centers: torch.Tensor, height: int, width: int, sigma: float | torch.Tensor = PAPER_SIGMA
+) -> torch.Tensor:
     """``1 x H x W`` float32: the maximum over ``centers`` (K x 2, (y, x)) of a Gaussian of std ``sigma`` peaking
     at 1 on the centre rounded to the nearest pixel, drawn in a ``(2r + 1)^2`` window (``r = ceil(3 sigma) + 1``)
-    and 0 outside it, as detectron2's Panoptic-DeepLab target generator draws them.
+    and 0 outside it, as detectron2's Panoptic-DeepLab target generator draws them. ``sigma`` is one std for all
+    centres or one per centre (K).
 
     One ``scatter_reduce(amax)`` of all the windows (in chunks of instances to bound the memory), no loop over
     instances for the usual sizes."""
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
     device = centers.device
+    k = centers.shape[0]
+    sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1)
+    if sigmas.numel() not in (1, k) or not (sigmas > 0).all():
+        raise ValueError(f"sigma must be positive, one value or one per centre ({k}), got {sigma}")
     heat = torch.zeros(height * width, dtype=torch.float32, device=device)
-    if centers.shape[0] == 0 or height * width == 0:
+    if k == 0 or height * width == 0:
         return heat.reshape(1, height, width)
-    r = int(math.ceil(3 * sigma)) + 1
+    sigmas = sigmas.expand(k)
+    radii = torch.ceil(3 * sigmas).long() + 1  # each centre's own window
+    r = int(radii.max())
     d = torch.arange(-r, r + 1, device=device)
-    g = torch.exp(-(d[:, None] ** 2 + d[None, :] ** 2).to(torch.float32) / (2 * sigma**2))  # S x S, peak 1
+    d2 = (d[:, None] ** 2 + d[None, :] ** 2).to(torch.float32)  # S x S
+    reach = torch.maximum(d[:, None].abs(), d[None, :].abs())  # S x S: which windows hold each offset
     peaks = torch.round(centers).long()  # half to even, as numpy's round in detectron2
-    per_chunk = max(1, _INSTANCE_CHUNK // g.numel())
-    for start in range(0, peaks.shape[0], per_chunk):
+    per_chunk = max(1, _INSTANCE_CHUNK // d2.numel())
+    for start in range(0, k, per_chunk):
         p = peaks[start : start + per_chunk]
+        s = sigmas[start : start + per_chunk, None, None]
+        g = torch.exp(-d2 / (2 * s**2)) * (reach <= radii[start : start + per_chunk, None, None])  # K x S x S
         ys = p[:, 0, None, None] + d[None, :, None]  # K x S x 1
         xs = p[:, 1, None, None] + d[None, None, :]  # K x 1 x S
         inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)  # K x S x S
         index = (ys * width + xs).expand(inside.shape)[inside]
-        values = g.expand(inside.shape)[inside]
-        heat.scatter_reduce_(0, index, values, reduce="amax")
+        heat.scatter_reduce_(0, index, g[inside], reduce="amax")
     return heat.reshape(1, height, width)
+
+
+def center_sigmas(areas: torch.Tensor, sigma: float, per_radius: float | None) -> float | torch.Tensor:
+    """The std of each instance's centre Gaussian: ``sigma`` for all, or with ``per_radius`` set,
+    ``min(sigma, per_radius * sqrt(area / pi))`` and at least 1 pixel, so that the peaks of small touching
+    objects stay apart (two touching discs of radius R lie 2R apart; with std R / 2 the heatmap between them
+    falls to exp(-2) = 0.14 instead of merging)."""
+    if per_radius is None:
+        return sigma
+    radius = torch.sqrt(areas.to(torch.float32) / math.pi)
+    return (per_radius * radius).clamp(min=1.0, max=sigma)
 
 
 def panoptic_targets(
@@ -202,13 +222,15 @@ def panoptic_targets(
     ignore: torch.Tensor | np.ndarray | None = None,
     small_instance_area: int = 0,
     small_instance_weight: float = 1.0,
+    sigma_per_radius: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Panoptic-DeepLab training targets (Cheng et al., CVPR 2020, section 3.2) of an ``H x W`` instance map
     (0 = no instance; every instance is a "thing"; stuff has no instance id).
 
     Returns a dict of float32 tensors (fixed shapes, so a DataLoader batches them):
 
-    - ``center`` (1 x H x W): :func:`gaussian_heatmap` of the instances' centres of mass, std ``sigma``.
+    - ``center`` (1 x H x W): :func:`gaussian_heatmap` of the instances' centres of mass, std ``sigma`` (with
+      ``sigma_per_radius``: per instance, :func:`center_sigmas`, from its area in this crop).
     - ``offset`` (2 x H x W): at each instance pixel ``(dy, dx)`` = its instance's centre of mass (exact, not
       rounded) minus the pixel's ``(y, x)``; 0 elsewhere. Pixel + offset = centre.
     - ``center_weights`` (1 x H x W): 1, 0 on ``ignore`` pixels (unlabelled or crowd regions).
@@ -227,7 +249,7 @@ def panoptic_targets(
     device = inst.device
     labels, k = relabel_consecutive(inst)
     centers, areas = _centers(labels, k)  # row 0 is background: zeros
-    center = gaussian_heatmap(centers[1:], h, w, sigma)
+    center = gaussian_heatmap(centers[1:], h, w, center_sigmas(areas[1:], sigma, sigma_per_radius))
 
     ys = torch.arange(h, dtype=torch.float64, device=device)[:, None]
     xs = torch.arange(w, dtype=torch.float64, device=device)[None, :]

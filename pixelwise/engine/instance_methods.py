@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import DatasetInfo
 from ..data.instance_targets import boundary_classes, panoptic_targets
+from ..errors import ConfigError
 from ..inference import InstanceSettings, instances_from_boundary, panoptic_postprocess
 from ..losses import PanopticLoss
 from ..metrics import InstanceMetrics
@@ -57,14 +58,31 @@ class TargetBuilder:
             border = boundary_classes(instances, self.settings.boundary_width, ignore=ignore) == 2
             return torch.where(border, self.num_classes, mask)
         if self.settings.method == "panoptic":
-            targets = panoptic_targets(instances, self.settings.center_sigma, ignore=ignore)
-            return {"mask": mask, **{k: targets[k] for k in ("center", "center_weights", "offset", "offset_weights")}}
+            s = self.settings
+            targets = panoptic_targets(
+                instances,
+                s.center_sigma,
+                ignore=ignore,
+                small_instance_area=s.small_instance_area,
+                small_instance_weight=s.small_instance_weight,
+                sigma_per_radius=s.center_sigma_per_radius,
+            )
+            keys = ["center", "center_weights", "offset", "offset_weights"]
+            if s.weighs_small_instances:
+                keys.append("semantic_weights")
+            return {"mask": mask, **{k: targets[k] for k in keys}}
         return mask
 
 
 def build_loss(settings: InstanceSettings, semantic: nn.Module) -> nn.Module:
     """The training criterion: the semantic one, or Panoptic-DeepLab's sum for ``panoptic``."""
     if settings.method == "panoptic":
+        if settings.weighs_small_instances and not getattr(semantic, "pixel_weights", False):
+            raise ConfigError(
+                f"instances.small_instance_weight={settings.small_instance_weight} weighs pixels of the semantic "
+                f"loss, which {type(semantic).__name__} cannot: use train.loss: cross_entropy, or "
+                "small_instance_weight: 1"
+            )
         return PanopticLoss(semantic, center_weight=settings.center_weight, offset_weight=settings.offset_weight)
     return semantic
 

@@ -21,6 +21,10 @@ class InstanceSettings:
     method: str = "none"
     boundary_width: int = 2  # boundary: pixels on each side of a contact
     center_sigma: float = 8.0  # panoptic: std of the centre Gaussians, pixels (the paper's 8)
+    # panoptic: each instance's std min(center_sigma, this x its equivalent radius), >= 1 px; None: center_sigma
+    center_sigma_per_radius: float | None = None
+    small_instance_area: int = 0  # panoptic: instances under this many pixels (in the crop) weigh more in ...
+    small_instance_weight: float = 1.0  # ... the semantic loss, by this factor (the paper: 64 x 64 and 3)
     center_weight: float = 200.0  # panoptic: weight of the centre MSE (the paper's 200)
     offset_weight: float = 0.01  # panoptic: weight of the offset L1 (the paper's 0.01)
     center_threshold: float = 0.1  # panoptic decoding: centres above this heatmap value
@@ -39,6 +43,21 @@ class InstanceSettings:
                 raise ConfigError(f"instances.{key}={getattr(self, key)}: must be >= 1")
         if self.center_sigma <= 0:
             raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be > 0")
+        if self.center_sigma_per_radius is not None and self.center_sigma_per_radius <= 0:
+            raise ConfigError(
+                f"instances.center_sigma_per_radius={self.center_sigma_per_radius}: must be > 0, or null for one "
+                "center_sigma for all instances"
+            )
+        if self.small_instance_area < 0 or self.small_instance_weight <= 0:
+            raise ConfigError(
+                f"instances.small_instance_area={self.small_instance_area}, small_instance_weight="
+                f"{self.small_instance_weight}: the area must be >= 0 pixels and the weight > 0"
+            )
+
+    @property
+    def weighs_small_instances(self) -> bool:
+        """Whether the semantic loss weighs the pixels of small instances differently."""
+        return self.small_instance_area > 0 and self.small_instance_weight != 1.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> InstanceSettings:

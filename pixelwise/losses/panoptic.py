@@ -10,7 +10,8 @@ batch divided by the sum of its weights (0, with a zero gradient, when all weigh
   pixel, the weights counted once per pixel.
 
 The weight maps come with the targets: ``center_weights`` is 0 on ignored pixels (1 elsewhere), ``offset_weights``
-1 on the pixels of (thing) instances only.
+1 on the pixels of (thing) instances only; an optional ``semantic_weights`` map (the paper's weight 3 on the
+pixels of small instances) goes to the semantic criterion, which must accept it (``CrossEntropyLoss``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class PanopticLoss(nn.Module):
         self.last_parts: dict[str, float] = {}
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        semantic = self.semantic(outputs["out"], targets["mask"])
+        if "semantic_weights" in targets:  # Panoptic-DeepLab's heavier small instances
+            semantic = self.semantic(outputs["out"], targets["mask"], targets["semantic_weights"])
+        else:
+            semantic = self.semantic(outputs["out"], targets["mask"])
         center = outputs["center"].float()
         center_target = targets["center"].float().reshape(center.shape)  # N x H x W -> N x 1 x H x W
         center_loss = weighted_mean(
