@@ -21,9 +21,10 @@ from PIL import Image
 
 from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
-from pixelwise.engine.resume import _model_defaults, _section_changes
+from pixelwise.engine.resume import _section_changes
 from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
-from pixelwise.models.weights import load_checkpoint
+from pixelwise.models import model_defaults
+from pixelwise.models.weights import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pixelwise.visualize import overlay_palette
 
 from .conftest import write_dataset
@@ -150,10 +151,28 @@ def test_resume_reads_a_missing_model_key_as_its_default_and_names_a_real_model_
     )
     # a builder's tuple default (PSPNet's bins) spelled out in YAML is a list: the same setting
     pspnet = {"name": "pspnet", "num_classes": 2}
-    assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 3, 6]}, _model_defaults(pspnet)) == {}
-    assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 4]}, _model_defaults(pspnet)) == {
-        "bins": ((1, 2, 3, 6), [1, 2, 4])
+    assert _section_changes(pspnet, {**pspnet, "bins": (1, 2, 3, 6)}, model_defaults("pspnet")) == {}
+    assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 4]}, model_defaults("pspnet")) == {
+        "bins": ([1, 2, 3, 6], [1, 2, 4])
     }
+
+
+def test_a_builder_default_changed_since_training_neither_rebuilds_nor_resumes_silently(toy_run, tmp_path):
+    """The run records its builder's defaults: the toy run never wrote model.padding and was built with 'same'.
+    Were the default another one by now (simulated by the record saying 'valid'), the checkpoint still builds the
+    model it was trained as, and a config that leaves the key out does not resume it under the new default."""
+    run, root, _ = toy_run
+    ckpt = load_checkpoint(run / "last.pt")
+    assert "padding" not in ckpt["meta"]["model"] and ckpt["meta"]["model_defaults"]["padding"] == "same"
+    ckpt["meta"]["model_defaults"]["padding"] = "valid"
+    assert model_from_checkpoint(ckpt).padding == "valid"
+    save_checkpoint(run / "last.pt", ckpt)
+    with pytest.raises(ConfigError) as e:
+        train(load_config(toy_config(tmp_path, iters=2, eval_interval=2)), run_dir=run, resume=True, data_root=root)
+    assert "(model.padding: 'valid' -> 'same'); its weights would not fit" in str(e.value)
+    # without the record (a run from before it), today's defaults are read, as before
+    del ckpt["meta"]["model_defaults"]
+    assert model_from_checkpoint(ckpt).padding == "same"
 
 
 def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):

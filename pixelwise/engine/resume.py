@@ -8,7 +8,6 @@ uninterrupted one. ``best.pt`` is the same without the training-only entries."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from torch import nn
 from ..config import DEFAULTS
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
-from ..models import model_arguments
+from ..models import model_defaults
 from ..models.weights import load_checkpoint, load_weights
 from .ema import WeightEMA
 
@@ -100,7 +99,11 @@ def restore(
     model never resumes (its weights would not fit). ``ema`` (``train.ema_decay`` on) continues the checkpoint's
     average, or starts one from its weights when it had none."""
     ckpt = load_checkpoint(path, map_location=device)
-    model_changes = _section_changes(ckpt["meta"]["model"], spec, _model_defaults(spec))
+    # a key the checkpoint's spec lacks is the default its training recorded (older runs: today's), a key the
+    # config lacks today's default
+    name = spec.get("name", "")
+    trained_defaults = {**model_defaults(name), **(ckpt["meta"].get("model_defaults") or {})}
+    model_changes = _section_changes(ckpt["meta"]["model"], spec, trained_defaults, model_defaults(name))
     if model_changes:
         listed = "; ".join(f"model.{k}: {old!r} -> {new!r}" for k, (old, new) in model_changes.items())
         raise ConfigError(
@@ -173,14 +176,18 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     return out
 
 
-def _section_changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _section_changes(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any], new_defaults: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
     """``{key: (old value, new value)}`` where they differ, a missing key counting as its default (None if it
-    has none), as building the model or the run from either would: a run written before a setting existed, or a
-    config that spells out a default, is the same run. Lists and tuples of the same items are equal (YAML has
-    no tuples)."""
+    has none; ``new_defaults`` for ``new`` where given), as building the model or the run from either would: a run
+    written before a setting existed, or a config that spells out a default, is the same run. Lists and tuples of
+    the same items are equal (YAML has no tuples)."""
+    new_defaults = defaults if new_defaults is None else new_defaults
     out = {}
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+    # a key neither spells out still counts: its default may have changed since the old run
+    for key in sorted(set(old) | set(new) | set(new_defaults)):
+        before, after = old.get(key, defaults.get(key)), new.get(key, new_defaults.get(key))
         if _plain(before) != _plain(after):
             out[key] = (before, after)
     return out
@@ -190,15 +197,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _model_defaults(model: dict[str, Any]) -> dict[str, Any]:
-    """The keyword defaults of the builder ``model["name"]`` names (none for a name no longer registered)."""
-    try:
-        arguments = model_arguments(model.get("name", ""))
-    except ConfigError:
-        return {}
-    return {k: v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
 def apply_optimizer_changes(

@@ -24,7 +24,7 @@ from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
-from ..models import build_model, input_channels
+from ..models import build_model, input_channels, model_defaults
 from ..models.registry import input_size_problem
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
@@ -254,6 +254,7 @@ def _train(
     loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
     meta = {
         "model": spec,
+        "model_defaults": model_defaults(spec["name"]),  # what the spec's missing keys were built with
         "classes": info.classes,
         "palette": info.palette,
         "ignore_index": info.ignore_index,

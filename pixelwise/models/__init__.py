@@ -2,7 +2,15 @@
 
 from . import deeplab, fcn, lraspp, pspnet, unet  # noqa: F401  (registers the builders)
 from .backbones import Backbone, FeatureInfo
-from .registry import build_model, input_channels, list_models, model_arguments, model_logits, register_model
+from .registry import (
+    build_model,
+    input_channels,
+    list_models,
+    model_arguments,
+    model_defaults,
+    model_logits,
+    register_model,
+)
 from .unet import UNet
 from .weights import from_torchvision, load_checkpoint, model_from_checkpoint, save_checkpoint
 
@@ -16,6 +24,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "model_arguments",
+    "model_defaults",
     "model_from_checkpoint",
     "model_logits",
     "register_model",

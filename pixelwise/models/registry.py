@@ -50,6 +50,17 @@ def model_arguments(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in inspect.signature(_builder(name)).parameters.values()}
 
 
+def model_defaults(name: str) -> dict[str, Any]:
+    """The keyword defaults of the builder ``name`` (none for a name not registered): what a spec that omits a key
+    is built with. Training records them in the checkpoint, so that a later change of a default cannot change
+    what an old run's spec means."""
+    try:
+        arguments = model_arguments(name)
+    except ConfigError:
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items() if v is not inspect.Parameter.empty}
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 

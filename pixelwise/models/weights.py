@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, PixelwiseError
 from ..fileio import atomic_write
-from .registry import build_model
+from .registry import build_model, model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def checkpoint_model_spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """The builder arguments a checkpoint's model was trained with: its spec (``meta["model"]``) over the builder
+    defaults recorded at training (``meta["model_defaults"]``; runs from before that record read today's), so a
+    default changed since cannot change the model an old checkpoint builds."""
+    spec = dict(meta["model"])
+    valid = model_arguments(spec["name"])
+    recorded = {k: v for k, v in (meta.get("model_defaults") or {}).items() if k in valid}
+    return {**recorded, **spec}
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild the model recorded in ``ckpt['meta']`` and load its weights (eval mode)."""
-    spec = dict(ckpt["meta"]["model"])
+    """Rebuild the model recorded in ``ckpt['meta']`` (:func:`checkpoint_model_spec`) and load its weights (eval
+    mode)."""
+    spec = checkpoint_model_spec(ckpt["meta"])
     # the checkpoint's weights replace the backbone's: no download, no need for the training machine's file
     spec.pop("pretrained_backbone", None)
     model = build_model(spec.pop("name"), **spec)
