@@ -129,6 +129,12 @@ def test_instances_config_section():
         "instances.small_instance_area=-1, small_instance_weight=3: the area must be >= 0 pixels and the weight > 0"
     )
     with pytest.raises(ConfigError) as e:
+        InstanceSettings.from_dict({"small_instance_weight": 3})
+    assert str(e.value) == (
+        "instances.small_instance_weight=3 needs instances.small_instance_area: the pixel count under which an "
+        "instance is small (e.g. 128)"
+    )
+    with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"sigma": 3})
     assert str(e.value).startswith("unknown config key(s) sigma; valid: instances.method, instances.boundary_width")
 
@@ -184,6 +190,18 @@ def test_train_eval_predict_each_method(method, tmp_path):
         assert inst.mode.startswith("I;16") and inst.size == (48, 40)
         assert int(files["instance_count"]) == np.count_nonzero(np.unique(np.asarray(inst)))
         assert Image.open(files["instance_overlay"]).size == (48, 40)
+
+
+def test_panoptic_training_with_small_instance_weights_and_narrow_centres(tmp_path):
+    """The weight map travels through the loader's batches into the loss; the run records the settings."""
+    data = tmp_path / "data"
+    instance_dataset(data, splits={"train": 3, "val": 2})
+    small = {"small_instance_area": 30, "small_instance_weight": 3.0, "center_sigma_per_radius": 0.5}
+    run = tmp_path / "run"
+    train(instance_config(tmp_path, "panoptic", **small), run_dir=run, data_root=data, progress=False)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert {k: ckpt["meta"]["instances"][k] for k in small} == small
+    assert np.isfinite([json.loads(line).get("loss", 0) for line in (run / "metrics.jsonl").open()]).all()
 
 
 def test_instances_from_a_class_train_and_evaluate_without_instance_maps(tmp_path):

@@ -75,13 +75,16 @@ def test_cross_entropy_pixel_weights_hand_computed():
     terms = [math.log(2), -math.log(0.75)]  # the third pixel is ignored
     ce = build_loss("cross_entropy")
     assert ce(logits, target, torch.ones(1, 1, 3)).item() == pytest.approx(ce(logits, target).item())
-    # pixel weights multiply each term; the mean still divides by the 2 labelled pixels (detectron2's DeepLabCE)
+    # pixel weights multiply each term; the mean still divides by the 2 labelled pixels
     w = torch.tensor([[[3.0, 1.0, 5.0]]])
     assert ce(logits, target, w).item() == pytest.approx((3 * terms[0] + terms[1]) / 2)
     # with class weights the denominator is their sum over the labelled pixels, as F.cross_entropy's mean
     weighted = build_loss("cross_entropy", weight=[1.0, 3.0])
     assert weighted(logits, target, w).item() == pytest.approx((3 * terms[0] + 3 * terms[1]) / 4)
     assert weighted(logits, target, torch.ones(1, 1, 3)).item() == pytest.approx(weighted(logits, target).item())
+    # label smoothing too: weights of 1 give F.cross_entropy's own mean
+    smooth = build_loss("cross_entropy", weight=[1.0, 3.0], label_smoothing=0.1)
+    assert smooth(logits, target, torch.ones(1, 1, 3)).item() == pytest.approx(smooth(logits, target).item())
     with pytest.raises(ValueError, match=r"pixel weights \(1, 3\) do not fit the target \(1, 1, 3\)"):
         ce(logits, target, torch.ones(1, 3))
 

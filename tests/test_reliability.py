@@ -21,10 +21,10 @@ from PIL import Image
 
 from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
-from pixelwise.engine.resume import _section_changes
+from pixelwise.engine.resume import _section_changes, changed_settings
 from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
 from pixelwise.models import model_defaults
-from pixelwise.models.weights import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pixelwise.models.weights import checkpoint_model_spec, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pixelwise.visualize import overlay_palette
 
 from .conftest import write_dataset
@@ -149,7 +149,7 @@ def test_resume_reads_a_missing_model_key_as_its_default_and_names_a_real_model_
         "(model.base_channels: 4 -> 8); its weights would not fit: resume with the run's own model, "
         "or train the new one in a new --run-dir"
     )
-    # a builder's tuple default (PSPNet's bins) spelled out in YAML is a list: the same setting
+    # a builder's tuple default (PSPNet's bins; recorded as a list) and the same items as a tuple: the same setting
     pspnet = {"name": "pspnet", "num_classes": 2}
     assert _section_changes(pspnet, {**pspnet, "bins": (1, 2, 3, 6)}, model_defaults("pspnet")) == {}
     assert _section_changes(pspnet, {**pspnet, "bins": [1, 2, 4]}, model_defaults("pspnet")) == {
@@ -162,7 +162,7 @@ def test_a_builder_default_changed_since_training_neither_rebuilds_nor_resumes_s
     Were the default another one by now (simulated by the record saying 'valid'), the checkpoint still builds the
     model it was trained as, and a config that leaves the key out does not resume it under the new default."""
     run, root, _ = toy_run
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # as written, before load_checkpoint fills the spec
     assert "padding" not in ckpt["meta"]["model"] and ckpt["meta"]["model_defaults"]["padding"] == "same"
     ckpt["meta"]["model_defaults"]["padding"] = "valid"
     assert model_from_checkpoint(ckpt).padding == "valid"
@@ -170,9 +170,26 @@ def test_a_builder_default_changed_since_training_neither_rebuilds_nor_resumes_s
     with pytest.raises(ConfigError) as e:
         train(load_config(toy_config(tmp_path, iters=2, eval_interval=2)), run_dir=run, resume=True, data_root=root)
     assert "(model.padding: 'valid' -> 'same'); its weights would not fit" in str(e.value)
+    # every reader of the loaded spec (input channels, size checks) sees the recorded default too
+    assert load_checkpoint(run / "last.pt")["meta"]["model"]["padding"] == "valid"
+    # a recorded default the builder no longer takes is dropped, not passed to it
+    ckpt["meta"]["model_defaults"]["retired_argument"] = 1
+    assert "retired_argument" not in checkpoint_model_spec(ckpt["meta"])
+    assert model_from_checkpoint(ckpt).padding == "valid"
     # without the record (a run from before it), today's defaults are read, as before
     del ckpt["meta"]["model_defaults"]
     assert model_from_checkpoint(ckpt).padding == "same"
+
+
+def test_resume_compares_the_instances_section_but_not_its_decoding():
+    saved = {"instances": {"method": "panoptic", "center_sigma": 4.0}}
+    new = {"instances": {"method": "panoptic", "center_sigma": 4.0, "center_threshold": 0.5, "nms_kernel": 3}}
+    assert changed_settings(saved, new) == {}  # decoding only: eval and predict override it too
+    new["instances"] |= {"center_sigma_per_radius": 0.5, "small_instance_area": 128}
+    assert changed_settings(saved, new) == {
+        "instances.center_sigma_per_radius": (None, 0.5),
+        "instances.small_instance_area": (0, 128),
+    }
 
 
 def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):

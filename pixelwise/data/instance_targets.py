@@ -180,22 +180,30 @@ def gaussian_heatmap(
     k = centers.shape[0]
     sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1)
     if sigmas.numel() not in (1, k) or not (sigmas > 0).all():
-        raise ValueError(f"sigma must be positive, one value or one per centre ({k}), got {sigma}")
+        smallest = float(sigmas.min()) if sigmas.numel() else None
+        raise ValueError(
+            f"sigma must be positive, one value or one per centre ({k}); got {sigmas.numel()} value(s), the smallest "
+            f"{smallest}"
+        )
     heat = torch.zeros(height * width, dtype=torch.float32, device=device)
     if k == 0 or height * width == 0:
         return heat.reshape(1, height, width)
-    sigmas = sigmas.expand(k)
     radii = torch.ceil(3 * sigmas).long() + 1  # each centre's own window
     r = int(radii.max())
     d = torch.arange(-r, r + 1, device=device)
     d2 = (d[:, None] ** 2 + d[None, :] ** 2).to(torch.float32)  # S x S
     reach = torch.maximum(d[:, None].abs(), d[None, :].abs())  # S x S: which windows hold each offset
+    if sigmas.numel() == 1:
+        shared = torch.exp(-d2 / (2 * sigmas**2))[None]  # 1 x S x S: one kernel for all centres
     peaks = torch.round(centers).long()  # half to even, as numpy's round in detectron2
     per_chunk = max(1, _INSTANCE_CHUNK // d2.numel())
     for start in range(0, k, per_chunk):
         p = peaks[start : start + per_chunk]
-        s = sigmas[start : start + per_chunk, None, None]
-        g = torch.exp(-d2 / (2 * s**2)) * (reach <= radii[start : start + per_chunk, None, None])  # K x S x S
+        if sigmas.numel() == 1:
+            g = shared.expand(p.shape[0], -1, -1)
+        else:
+            s, w = sigmas[start : start + per_chunk, None, None], radii[start : start + per_chunk, None, None]
+            g = torch.exp(-d2 / (2 * s**2)) * (reach <= w)  # K x S x S
         ys = p[:, 0, None, None] + d[None, :, None]  # K x S x 1
         xs = p[:, 1, None, None] + d[None, None, :]  # K x 1 x S
         inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)  # K x S x S
@@ -206,9 +214,9 @@ def gaussian_heatmap(
 
 def center_sigmas(areas: torch.Tensor, sigma: float, per_radius: float | None) -> float | torch.Tensor:
     """The std of each instance's centre Gaussian: ``sigma`` for all, or with ``per_radius`` set,
-    ``min(sigma, per_radius * sqrt(area / pi))`` and at least 1 pixel, so that the peaks of small touching
-    objects stay apart (two touching discs of radius R lie 2R apart; with std R / 2 the heatmap between them
-    falls to exp(-2) = 0.14 instead of merging)."""
+    ``min(sigma, per_radius * sqrt(area / pi))`` and at least 1 pixel (or ``sigma`` if that is smaller), so
+    that the peaks of small touching objects stay apart (two touching discs of radius R lie 2R apart; with std
+    R / 2 the heatmap between them falls to exp(-2) = 0.14 instead of merging)."""
     if per_radius is None:
         return sigma
     radius = torch.sqrt(areas.to(torch.float32) / math.pi)

@@ -77,7 +77,7 @@ class TargetBuilder:
 def build_loss(settings: InstanceSettings, semantic: nn.Module) -> nn.Module:
     """The training criterion: the semantic one, or Panoptic-DeepLab's sum for ``panoptic``."""
     if settings.method == "panoptic":
-        if settings.weighs_small_instances and not getattr(semantic, "pixel_weights", False):
+        if settings.weighs_small_instances and not getattr(semantic, "takes_pixel_weights", False):
             raise ConfigError(
                 f"instances.small_instance_weight={settings.small_instance_weight} weighs pixels of the semantic "
                 f"loss, which {type(semantic).__name__} cannot: use train.loss: cross_entropy, or "

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import DEFAULTS
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from ..inference.instance_settings import DECODING_KEYS
 from ..models import model_defaults
 from ..models.weights import load_checkpoint, load_weights
 from .ema import WeightEMA
@@ -159,6 +160,8 @@ FREE_ON_RESUME = {
     "train.keep_last",
     "train.tensorboard",
     "train.device",
+    # decoding only: eval and predict may override them too
+    *(f"instances.{key}" for key in DECODING_KEYS),
 }
 
 
@@ -168,7 +171,7 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     config lacks (a setting added since it was written) counts as its default."""
     out = {}
     # the model section is :func:`restore`'s model check (against the recorded spec), which no flag overrides
-    for section in ("data", "train"):
+    for section in ("data", "train", "instances"):
         old, new = saved.get(section) or {}, config.get(section) or {}
         for key, change in _section_changes(old, new, DEFAULTS.get(section, {})).items():
             if f"{section}.{key}" not in FREE_ON_RESUME:

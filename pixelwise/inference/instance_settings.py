@@ -53,6 +53,11 @@ class InstanceSettings:
                 f"instances.small_instance_area={self.small_instance_area}, small_instance_weight="
                 f"{self.small_instance_weight}: the area must be >= 0 pixels and the weight > 0"
             )
+        if self.small_instance_weight != 1.0 and self.small_instance_area <= 0:
+            raise ConfigError(
+                f"instances.small_instance_weight={self.small_instance_weight} needs instances.small_instance_area: "
+                "the pixel count under which an instance is small (e.g. 128)"
+            )
 
     @property
     def weighs_small_instances(self) -> bool:

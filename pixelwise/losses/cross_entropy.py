@@ -16,10 +16,11 @@ from .registry import _as_weight, _valid, _zero, register_loss
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross entropy, averaged over the non-ignored pixels; with ``weight`` (one per
     class) the average is weighted, as ``torch.nn.functional.cross_entropy``. ``forward``'s optional
-    ``pixel_weights`` (``N x H x W``) multiply each pixel's term, the sum still divided by the (class-weighted)
-    count of non-ignored pixels, as detectron2's ``DeepLabCE`` weighs Panoptic-DeepLab's small instances."""
+    ``pixel_weights`` (``N x H x W``) multiply each pixel's term (Panoptic-DeepLab's heavier small instances); the
+    sum is still divided by the (class-weighted) count of non-ignored pixels, so weights of 1 give the plain mean
+    (detectron2's ``DeepLabCE`` divides by all pixels, ignored ones included)."""
 
-    pixel_weights = True  # forward accepts a weight map
+    takes_pixel_weights = True  # forward accepts a weight map
 
     def __init__(
         self, *, ignore_index: int = 255, weight: Sequence[float] | None = None, label_smoothing: float = 0.0

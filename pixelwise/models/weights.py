@@ -6,8 +6,8 @@ A pixelwise checkpoint is a dict of plain types and tensors::
 
     {"format": "pixelwise", "version": 1,
      "model": state_dict,
-     "meta": {"model": {"name": ..., **builder_kwargs}, "classes": [...], "palette": [...],
-              "ignore_index": 255, "mean": [...], "std": [...], "dataset": ...},
+     "meta": {"model": {"name": ..., **builder_kwargs}, "model_defaults": {the builder's defaults at training},
+              "classes": [...], "palette": [...], "ignore_index": 255, "mean": [...], "std": [...], "dataset": ...},
      "config": the resolved run config,
      # in last.pt only, for --resume (pixelwise.engine.resume):
      "train_state": {...}, "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": ...}
@@ -105,6 +105,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt = torch_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path} is not a pixelwise checkpoint (no 'format': 'pixelwise' / 'model' / 'meta')")
+    # every reader of the spec (input channels, size checks, the model itself) sees what the run was built with
+    ckpt["meta"]["model"] = checkpoint_model_spec(ckpt["meta"])
     return ckpt
 
 
@@ -113,7 +115,10 @@ def checkpoint_model_spec(meta: dict[str, Any]) -> dict[str, Any]:
     defaults recorded at training (``meta["model_defaults"]``; runs from before that record read today's), so a
     default changed since cannot change the model an old checkpoint builds."""
     spec = dict(meta["model"])
-    valid = model_arguments(spec["name"])
+    try:
+        valid = model_arguments(spec.get("name", ""))
+    except PixelwiseError:  # a model no longer registered: building it will say so
+        return spec
     recorded = {k: v for k, v in (meta.get("model_defaults") or {}).items() if k in valid}
     return {**recorded, **spec}
 
