@@ -17,7 +17,8 @@ from pixelwise.models.atrous_conv import AtrousConv2d
 from pixelwise.models.backbones import ResNet
 from pixelwise.models.fcn import coord_map, crop_offset
 from pixelwise.models.modules import SeparableConv2d, bilinear_kernel, resize_to
-from pixelwise.models.stats import model_stats
+from pixelwise.models.registry import smallest_input
+from pixelwise.models.stats import inference_bytes, model_stats
 
 
 def logits(out):
@@ -507,3 +508,14 @@ def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_score
     assert plain_model.fine is None and not any(k.startswith("fine") for k in plain_model.state_dict())
     with pytest.raises(ConfigError, match=r"^model\.fine_reduction must be 4 or null \(no fine skip\), got 2$"):
         build_model("lraspp", num_classes=3, fine_reduction=2)
+
+
+def test_shape_checks_never_load_the_pretrained_backbone():
+    """A run trained from a local backbone file predicts on a machine without that file: the size and memory
+    checks build the model on the meta device for its shapes only."""
+    spec = {"name": "unet", "num_classes": 2, "backbone": "resnet18"}
+    missing = {**spec, "pretrained_backbone": "/nonexistent/backbone.pth"}
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_model(**missing)  # building for real does read it
+    assert smallest_input(missing) == smallest_input(spec)
+    assert inference_bytes(missing, 64, 96) == inference_bytes(spec, 64, 96) > 0

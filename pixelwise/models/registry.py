@@ -89,9 +89,17 @@ def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out["out"] if isinstance(out, dict) else out
 
 
+def shape_spec(spec_json: str) -> dict[str, Any]:
+    """A JSON model spec for building on the meta device (shapes only): without ``pretrained_backbone``, which
+    would download weights or read a file that only the training machine may have."""
+    spec = json.loads(spec_json)
+    spec.pop("pretrained_backbone", None)
+    return spec
+
+
 @functools.lru_cache(maxsize=32)
 def _runs_at(spec_json: str, height: int, width: int) -> bool:
-    spec = json.loads(spec_json)
+    spec = shape_spec(spec_json)
     with torch.device("meta"):  # shapes only: no memory, no compute
         model = build_model(**spec).eval()
         x = torch.empty(1, input_channels(spec), height, width)

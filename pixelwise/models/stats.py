@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import build_model, input_channels
+from .registry import build_model, input_channels, shape_spec
 
 
 def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[int, int]:
@@ -26,7 +26,7 @@ def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[i
 
 @functools.lru_cache(maxsize=32)
 def _largest_output_per_pixel(spec_json: str, size: int) -> float:
-    spec = json.loads(spec_json)
+    spec = shape_spec(spec_json)
     with torch.device("meta"):
         model = build_model(**spec).eval()
         x = torch.empty(1, input_channels(spec), size, size)
