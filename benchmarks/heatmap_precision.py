@@ -27,11 +27,10 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
 
-from pixelwise.device import autocast  # noqa: E402
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
 from pixelwise.engine.instance_methods import decode  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
-from pixelwise.inference import InferenceSettings, predict_outputs  # noqa: E402
+from pixelwise.inference import InferenceSettings  # noqa: E402
 from pixelwise.metrics import InstanceMetrics  # noqa: E402
 from pixelwise.models.panoptic import PredictionConv  # noqa: E402
 
@@ -89,8 +88,8 @@ def main() -> None:
                 ("bf16 now", bf16, contextlib.nullcontext()),
             ):
                 start = time.perf_counter()
-                with ctx, autocast(predictor.device, predictor.amp):
-                    outputs[name] = predict_outputs(predictor.model, x, views)
+                with ctx:
+                    outputs[name] = predictor.outputs_of(x, views)
                 seconds[name] += time.perf_counter() - start
         for row, from_fp32 in rows.items():
             if from_fp32 is None:

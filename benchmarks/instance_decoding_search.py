@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
-from pixelwise.device import TRAIN_AMP_CHOICES, autocast  # noqa: E402
+from pixelwise.device import TRAIN_AMP_CHOICES  # noqa: E402
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
 from pixelwise.engine.instance_methods import decode  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
-from pixelwise.inference import InferenceSettings, predict_outputs  # noqa: E402
+from pixelwise.inference import InferenceSettings  # noqa: E402
 from pixelwise.metrics import InstanceMetrics  # noqa: E402
 
 PROTOCOLS = {
@@ -72,8 +72,7 @@ def main() -> None:
         x = image[None].to(predictor.device)
         for p in args.protocols:
             start = time.perf_counter()
-            with autocast(predictor.device, predictor.amp):
-                output = predict_outputs(predictor.model, x, PROTOCOLS[p])
+            output = predictor.outputs_of(x, PROTOCOLS[p])
             seconds[p] += time.perf_counter() - start
             for t, k in grid:
                 settings = method if t is None else dataclasses.replace(method, center_threshold=t, nms_kernel=k)

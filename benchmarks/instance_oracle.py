@@ -22,10 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
 
 from pixelwise.data.instance_targets import instance_centers, panoptic_targets  # noqa: E402
-from pixelwise.device import autocast  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
-from pixelwise.inference import predict_outputs  # noqa: E402
 from pixelwise.inference.panoptic import find_instance_centers, group_pixels  # noqa: E402
 from pixelwise.metrics import InstanceMetrics  # noqa: E402
 
@@ -49,8 +47,7 @@ def main() -> None:
     with torch.inference_mode():
         for i in tqdm(range(len(dataset)), desc=f"{args.split} images", unit="img"):
             image, _, truth = dataset[i][:3]
-            with autocast(predictor.device, predictor.amp):
-                out = predict_outputs(predictor.model, image[None].to(predictor.device), predictor.inference)
+            out = predictor.outputs_of(image[None].to(predictor.device))
             semantic, center, offset = (out[k][0].float().cpu() for k in ("out", "center", "offset"))
             thing = torch.zeros(semantic.shape[0], dtype=torch.bool)
             thing[predictor.thing_classes] = True

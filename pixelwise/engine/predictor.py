@@ -272,15 +272,22 @@ class Predictor:
         return self.instances_of(self.normalise(image)[None].to(self.device), source)
 
     @torch.inference_mode()
+    def outputs_of(
+        self, x: torch.Tensor, inference: InferenceSettings | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """An instance model's raw outputs for a normalised batch on this device, under the run's precision and
+        averaged over the views of ``inference`` (default: the run's protocol), before decoding."""
+        with autocast(self.device, self.amp):
+            return predict_outputs(self.model, x, self.inference if inference is None else inference)
+
+    @torch.inference_mode()
     def instances_of(self, x: torch.Tensor, source: str = "image") -> InstanceOutput:
         """:meth:`predict_instances` of an image already normalised into a ``1 x C x H x W`` batch on this
         device (a data set's item)."""
         h, w = x.shape[-2:]
         method = self.instance_method
         if method.enabled:
-            with autocast(self.device, self.amp):
-                output = predict_outputs(self.model, x, self.inference)
-            return decode(method, output, len(self.classes), self.thing_classes)[0]
+            return decode(method, self.outputs_of(x), len(self.classes), self.thing_classes)[0]
         # a semantic model: its own protocol (scales, windows, CRF) gives the classes, components the instances
         probs = batch_probabilities(self, x, self.settings_for_size(h, w, source))
         components = InstanceSettings(method="connected_components")
