@@ -100,11 +100,9 @@ def restore(
     model never resumes (its weights would not fit). ``ema`` (``train.ema_decay`` on) continues the checkpoint's
     average, or starts one from its weights when it had none."""
     ckpt = load_checkpoint(path, map_location=device)
-    # a key the checkpoint's spec lacks is the default its training recorded (older runs: today's), a key the
-    # config lacks today's default
-    name = spec.get("name", "")
-    trained_defaults = {**model_defaults(name), **(ckpt["meta"].get("model_defaults") or {})}
-    model_changes = _section_changes(ckpt["meta"]["model"], spec, trained_defaults, model_defaults(name))
+    # load_checkpoint filled the checkpoint's spec with the defaults its training recorded, so a default changed
+    # since shows as a change; a key the config lacks is today's default
+    model_changes = _section_changes(ckpt["meta"]["model"], spec, model_defaults(spec.get("name", "")))
     if model_changes:
         listed = "; ".join(f"model.{k}: {old!r} -> {new!r}" for k, (old, new) in model_changes.items())
         raise ConfigError(
@@ -179,18 +177,14 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     return out
 
 
-def _section_changes(
-    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any], new_defaults: dict[str, Any] | None = None
-) -> dict[str, tuple[Any, Any]]:
+def _section_changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (old value, new value)}`` where they differ, a missing key counting as its default (None if it
-    has none; ``new_defaults`` for ``new`` where given), as building the model or the run from either would: a run
-    written before a setting existed, or a config that spells out a default, is the same run. Lists and tuples of
-    the same items are equal (YAML has no tuples)."""
-    new_defaults = defaults if new_defaults is None else new_defaults
+    has none), as building the model or the run from either would: a run written before a setting existed, or a
+    config that spells out a default, is the same run. Lists and tuples of the same items are equal (YAML has
+    no tuples)."""
     out = {}
-    # a key neither spells out still counts: its default may have changed since the old run
-    for key in sorted(set(old) | set(new) | set(new_defaults)):
-        before, after = old.get(key, defaults.get(key)), new.get(key, new_defaults.get(key))
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
         if _plain(before) != _plain(after):
             out[key] = (before, after)
     return out
