@@ -89,12 +89,15 @@ def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out["out"] if isinstance(out, dict) else out
 
 
+def without_pretrained(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec without ``pretrained_backbone``, for building a model whose backbone weights come from
+    elsewhere (a checkpoint) or are not needed (shapes only): no download, no file only the training machine has."""
+    return {k: v for k, v in spec.items() if k != "pretrained_backbone"}
+
+
 def shape_spec(spec_json: str) -> dict[str, Any]:
-    """A JSON model spec for building on the meta device (shapes only): without ``pretrained_backbone``, which
-    would download weights or read a file that only the training machine may have."""
-    spec = json.loads(spec_json)
-    spec.pop("pretrained_backbone", None)
-    return spec
+    """A JSON model spec for building on the meta device (shapes only), :func:`without_pretrained`."""
+    return without_pretrained(json.loads(spec_json))
 
 
 @functools.lru_cache(maxsize=32)

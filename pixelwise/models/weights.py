@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, PixelwiseError
 from ..fileio import atomic_write
-from .registry import build_model, model_arguments
+from .registry import build_model, model_arguments, without_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,8 @@ def checkpoint_model_spec(meta: dict[str, Any]) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
     """Rebuild the model recorded in ``ckpt['meta']`` (:func:`checkpoint_model_spec`) and load its weights (eval
     mode)."""
-    spec = checkpoint_model_spec(ckpt["meta"])
-    # the checkpoint's weights replace the backbone's: no download, no need for the training machine's file
-    spec.pop("pretrained_backbone", None)
-    model = build_model(spec.pop("name"), **spec)
+    # the checkpoint's weights replace the backbone's
+    model = build_model(**without_pretrained(checkpoint_model_spec(ckpt["meta"])))
     load_weights(model, ckpt["model"], source)
     return model.eval()
 
