@@ -126,6 +126,46 @@ def test_lovasz_hand_computed():
     assert perfect.item() < 1e-6
 
 
+@pytest.mark.parametrize("per_image, chunked", [(False, False), (True, False), (False, True)])
+def test_lovasz_matches_the_per_class_definition_with_absent_and_ignored(per_image, chunked, monkeypatch):
+    if chunked:  # one class per sort, as on a batch too large for one
+        monkeypatch.setattr("pixelwise.losses.region._SORT_ELEMENTS", 1)
+    # Berman et al.'s Jaccard surrogate class by class (sort, Lovasz gradient, dot): the loss sorts all
+    # classes at once, which must give the same value and gradient.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 7, requires_grad=True)
+    target = torch.randint(0, 3, (2, 5, 7))  # class 3 absent
+    target[0, 0, :3] = 255
+
+    def reference(classes):
+        if per_image:
+            return torch.stack([one(classes, i) for i in range(len(target))]).mean()
+        return one(classes, slice(None))
+
+    def one(classes, i):
+        probs = torch.softmax(logits[i], -3).movedim(-3, -1)[target[i] != 255]
+        labels = target[i][target[i] != 255]
+        losses = []
+        for c in range(4):
+            fg = (labels == c).float()
+            if classes == "present" and fg.sum() == 0:
+                continue
+            errors, order = (fg - probs[:, c]).abs().sort(descending=True)
+            g = fg[order]
+            jaccard = 1 - (g.sum() - g.cumsum(0)) / (g.sum() + (1 - g).cumsum(0))
+            losses.append(torch.dot(errors, torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])))
+        return torch.stack(losses).mean()
+
+    for classes in ("present", "all"):
+        expected = reference(classes)
+        (grad_expected,) = torch.autograd.grad(expected, logits)
+        got = build_loss("lovasz", classes=classes, per_image=per_image)(logits, target)
+        (grad_got,) = torch.autograd.grad(got, logits)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert torch.allclose(grad_got, grad_expected, atol=1e-7)
+    assert reference("all").item() != pytest.approx(reference("present").item())
+
+
 def test_ohem_keeps_only_hard_pixels():
     # p_true per pixel: 0.9, 0.6, 0.3, 0.95 -> with thresh 0.7 and min_kept 1, pixels 2 and 3 (0.6, 0.3)
     p = torch.tensor([0.9, 0.6, 0.3, 0.95])

@@ -38,14 +38,17 @@ class DiceLoss(nn.Module):
         return 1 - dice.mean()
 
 
+_SORT_ELEMENTS = 2**25  # Lovász: elements per batched sort (bounds the C x N temporaries)
+
+
 def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al. alg. 1)."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1 - gt_sorted).cumsum(0)
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. errors sorted along the last dimension
+    (Berman et al. alg. 1), one row per class."""
+    gts = gt_sorted.sum(-1, keepdim=True)
+    intersection = gts - gt_sorted.cumsum(-1)
+    union = gts + (1 - gt_sorted).cumsum(-1)
     jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
-    return jaccard
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
 
 
 @register_loss("lovasz")
@@ -61,14 +64,21 @@ class LovaszSoftmaxLoss(nn.Module):
         self.classes, self.per_image, self.ignore_index = classes, per_image, ignore_index
 
     def _flat(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        # Classes sorted together, rows in parallel, instead of one sort per class (same values); in chunks of
+        # rows so that the C x N temporaries stay near _SORT_ELEMENTS on large batches.
+        fg = F.one_hot(labels.long(), probs.shape[1]).T.to(probs.dtype)  # C x N
+        probs = probs.T
+        if self.classes == "present":
+            present = fg.sum(1) > 0
+            fg, probs = fg[present], probs[present]
+        if len(fg) == 0:
+            return None
+        rows = max(1, _SORT_ELEMENTS // max(1, fg.shape[1]))
         losses = []
-        for c in range(probs.shape[1]):
-            fg = (labels == c).float()
-            if self.classes == "present" and fg.sum() == 0:
-                continue
-            errors, order = (fg - probs[:, c]).abs().sort(descending=True)
-            losses.append(torch.dot(errors, _lovasz_grad(fg[order])))
-        return torch.stack(losses).mean() if losses else None
+        for fg_c, probs_c in zip(fg.split(rows), probs.split(rows), strict=True):
+            errors, order = (fg_c - probs_c).abs().sort(dim=1, descending=True)
+            losses.append((errors * _lovasz_grad(fg_c.gather(1, order))).sum(1))
+        return torch.cat(losses).mean()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(logits.float(), dim=1)
