@@ -31,7 +31,12 @@ PEERS = (smp_unet_resnet34, smp_deeplabv3plus_mobilenet_v2)
 def scores(evaluation: dict) -> dict:
     """The figures the peer comparisons report, from an ``evaluate_checkpoint`` result."""
     m = evaluation["metrics"]
+    # two-class data sets (ISBI 2012): also the challenge's pixel error (1 - the best F-score of "cell")
+    challenge = (
+        {"challenge_pixel_error": m["challenge_pixel_error"]["pixel_error"]} if m.get("challenge_pixel_error") else {}
+    )
     return {
+        **challenge,
         "miou": m["miou"],
         "pixel_accuracy": m["pixel_accuracy"],
         "pixel_error": 1 - m["pixel_accuracy"],
@@ -44,12 +49,18 @@ def scores(evaluation: dict) -> dict:
 def print_table(runs: dict[str, dict], split: str, iterations: str, digits: int) -> None:
     """A markdown table of ``runs`` (label -> :func:`scores` plus ``iterations`` and ``train_minutes``)."""
     classes = list(next(iter(runs.values()))["iou"])
-    print(f"\n| model | iterations | training (min) | {split} mIoU | pixel error | " + " | ".join(classes) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(classes))
+    challenge = all("challenge_pixel_error" in r for r in runs.values())
+    extra = " challenge pixel error |" if challenge else ""
+    header = f"| model | iterations | training (min) | {split} mIoU | pixel error |{extra} "
+    print("\n" + header + " | ".join(classes) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * (len(classes) + challenge))
     for label, r in runs.items():
+        cells = f"{r['pixel_error']:.4f} | " + (f"{r['challenge_pixel_error']:.4f} | " if challenge else "")
         print(
             f"| {label} | {r[iterations]} | {r['train_minutes']:.1f} | {100 * r['miou']:.{digits}f} | "
-            f"{r['pixel_error']:.4f} | " + " | ".join(f"{100 * v:.{digits}f}" for v in r["iou"].values()) + " |"
+            + cells
+            + " | ".join(f"{100 * v:.{digits}f}" for v in r["iou"].values())
+            + " |"
         )
 
 

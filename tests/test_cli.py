@@ -62,6 +62,7 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]
     assert [r["iter"] for r in records if r["type"] == "val"] == [2, 4]
+    assert all(0 <= r["challenge_pixel_error"] <= 1 for r in records if r["type"] == "val")
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["meta"]["classes"] == ["membrane", "cell"] and ckpt["meta"]["model"]["in_channels"] == 1
@@ -77,6 +78,11 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     assert sum(sum(row) for row in m["confusion_matrix"]) == 6 * 512 * 512  # no ignore pixels in ISBI
     assert m["miou"] == pytest.approx(np.nanmean([v if v is not None else np.nan for v in m["iou"]]))
     assert 0 <= m["pixel_accuracy"] <= 1 and len(m["f1"]) == 2
+    # the challenge's pixel error: at threshold 0.5 its F-score is the argmax's cell F1 (up to exact ties)
+    challenge = m["challenge_pixel_error"]
+    assert challenge["f_scores"][5] == pytest.approx(m["f1"][1], abs=1e-4)
+    assert challenge["pixel_error"] == pytest.approx(1 - max(challenge["f_scores"]))
+    assert challenge["pixel_error"] <= 1 - m["f1"][1] + 1e-4 and "challenge_pixel_error" in proc.stdout
 
     out = tmp_path / "pred"
     images = sorted((data_root / "isbi2012_membrane/images/test").glob("*.png"))[:3]

@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from pixelwise.inference import label_instances
-from pixelwise.metrics import ISBIScores, isbi_scores, pixel_error
+from pixelwise.metrics import CHALLENGE_THRESHOLDS, ChallengePixelError, ISBIScores, isbi_scores, pixel_error
 
 KEYS = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge")
 
@@ -258,3 +259,40 @@ def test_pixel_error_with_ignore():
     assert pixel_error(pred, target, ignore_index=None) == pytest.approx(3 / 6)
     assert pixel_error(target, target) == 0.0
     assert math.isnan(pixel_error(pred, np.full_like(target, 255)))
+
+
+def test_challenge_pixel_error_hand_computed():
+    # positives (class 1) at p = .95, .35, .65; negatives at .25, .55; an ignored pixel at .99
+    target = torch.tensor([[[1, 1, 0], [1, 0, 255]]])
+    prob = torch.tensor([[[0.95, 0.35, 0.25], [0.65, 0.55, 0.99]]])
+    metric = ChallengePixelError()
+    metric.update(prob, target)
+    r = metric.compute()
+    # F = 2TP / (2TP + FP + FN): t 0-0.2 all five positive: 6/8; t 0.3: .95 .35 .65 .55: 6/7; t 0.4, 0.5:
+    # .95 .65 .55: 4/6; t 0.6: .95 .65: 4/5; t 0.7-0.9: .95: 2/4; t ~1: none: 0
+    expected = [6 / 8] * 3 + [6 / 7] + [4 / 6] * 2 + [4 / 5] + [2 / 4] * 3 + [0.0]
+    assert r["f_scores"] == pytest.approx(expected)
+    assert r["pixel_error"] == pytest.approx(1 / 7) and r["f_score"] == pytest.approx(6 / 7)
+    assert r["threshold"] == pytest.approx(0.3) and r["positive"] == 1
+    # the plain pixel error of the same map's argmax (p > 0.5) is 2/5: the .35 positive and the .55 negative
+    assert pixel_error((prob > 0.5).long().numpy(), target.numpy()) == pytest.approx(2 / 5)
+    # counts pool over updates: the same slice twice gives the same F-scores
+    metric.update(prob, target)
+    assert metric.compute()["f_scores"] == pytest.approx(expected)
+
+
+def test_challenge_pixel_error_thresholds_are_fijis_and_bad_input():
+    # Fiji: for (th = 0.0; th <= 1.0; th += 0.1), in doubles: 11 values, the last just under 1
+    assert len(CHALLENGE_THRESHOLDS) == 11 and CHALLENGE_THRESHOLDS[0] == 0.0
+    assert CHALLENGE_THRESHOLDS[3] == 0.30000000000000004 and CHALLENGE_THRESHOLDS[-1] == 0.9999999999999999
+    metric = ChallengePixelError()
+    metric.update(torch.ones(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.long))
+    assert metric.compute()["f_scores"][-1] == 1.0  # a probability of exactly 1 counts at the last threshold
+    assert math.isnan(ChallengePixelError().compute()["pixel_error"])
+    # no cell pixel and none predicted at t >= 0.1: Fiji's precision = recall = 1 there, F = 1, error 0
+    empty = ChallengePixelError()
+    empty.update(torch.full((1, 2, 2), 0.05), torch.tensor([[[0, 0], [0, 255]]]))
+    r = empty.compute()
+    assert r["f_scores"] == [0.0] + [1.0] * 10 and r["pixel_error"] == 0.0 and r["threshold"] == 0.1
+    with pytest.raises(ValueError, match="differ"):
+        metric.update(torch.ones(1, 2, 2), torch.ones(1, 2, 3, dtype=torch.long))

@@ -20,7 +20,7 @@ from ..data import SegmentationDataset, build_transforms, resolve_data_root
 from ..device import autocast
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, label_instances, predict_outputs
-from ..metrics import BoundaryF1, ConfusionMatrix, InstanceMetrics, ISBIScores
+from ..metrics import BoundaryF1, ChallengePixelError, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
@@ -60,7 +60,10 @@ def evaluate(
     flip / quarter-turn protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
     ``world_size``-th image and the counts are summed over the processes.
 
-    Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, plus ``"boundary"`` (per-class
+    Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, for a two-class data set (ISBI 2012's membrane
+    and cell) ``"challenge_pixel_error"`` (:class:`pixelwise.metrics.ChallengePixelError`: the challenge's and
+    the U-Net paper's pixel error, 1 - the best F-score of class 1 over thresholds of its probability), plus
+    ``"boundary"`` (per-class
     boundary F1 within ``boundary_width`` pixels, :class:`pixelwise.metrics.BoundaryF1`) and
     ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
     regions, of class ``instances`` against those of the ground truth), when asked for.
@@ -79,6 +82,8 @@ def evaluate(
     cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     bf = None if boundary_width is None else BoundaryF1(cm.num_classes, cm.ignore_index, boundary_width, device=device)
     method = instance_method if instance_method is not None and instance_method.enabled else None
+    binary = info.num_classes == 2 and method is None
+    challenge = ChallengePixelError(ignore_index=info.ignore_index, device=device) if binary else None
     counting = method is not None or instances is not None
     isbi = ISBIScores() if counting else None
     # nuclei images hold hundreds of objects: COCO's cap of 100 detections per image would cut recall
@@ -98,8 +103,12 @@ def evaluate(
             decoded = decode(method, output, info.num_classes, things)
             pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
         else:
-            scores = batch_scores(model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf)
+            scores = batch_scores(
+                model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf, probabilities=binary
+            )
             pred = class_argmax(scores)
+            if challenge is not None:
+                challenge.update(scores[:, 1], masks)
             if counting:
                 decoded = [_components(p, instances, watershed) for p in pred.cpu().numpy()]
         cm.update(pred, masks)
@@ -112,6 +121,9 @@ def evaluate(
                 d.add_to(matching, truth, t)
     cm.all_reduce()
     metrics = cm.compute()
+    if challenge is not None:
+        challenge.all_reduce()
+        metrics["challenge_pixel_error"] = challenge.compute()
     if bf is not None:
         bf.all_reduce()
         metrics["boundary"] = {k: v for k, v in bf.compute().items() if k != "counts"}

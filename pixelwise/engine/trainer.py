@@ -440,11 +440,13 @@ def _train(
                 )
                 net.train()
                 counted = last_metrics.get("instances") or {}
+                challenge = last_metrics.get("challenge_pixel_error")  # two-class data sets
                 files.record(
                     {
                         "type": "val",
                         "iter": it,
                         **{k: last_metrics[k] for k in SUMMARY_KEYS},
+                        **({"challenge_pixel_error": challenge["pixel_error"]} if challenge else {}),
                         "iou": last_metrics["iou"],
                         "confusion_matrix": last_metrics["confusion_matrix"],
                         **({"instances": {k: counted[k] for k in INSTANCE_LOG_KEYS}} if counted else {}),
@@ -455,6 +457,8 @@ def _train(
                 log.info(
                     "iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"]
                 )
+                if challenge:
+                    log.info("iter %d: val challenge pixel error %.4f", it, challenge["pixel_error"])
                 # best.pt: the best val mIoU, or for an instance method the best mean matching AP (tau 0.5..0.9)
                 score = counted["mean_ap"] if method.enabled else last_metrics["miou"]
                 if method.enabled:

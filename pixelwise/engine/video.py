@@ -51,20 +51,16 @@ DEFAULT_BATCH = 4
 def batch_probabilities(predictor: Predictor, batch: torch.Tensor, settings: Any = None) -> torch.Tensor:
     """``N x K x H x W`` float32 class probabilities of a normalised batch, with the predictor's protocol and
     CRF (``settings`` overrides its protocol, e.g. :meth:`Predictor.settings_for_size`)."""
-    settings = predictor.inference if settings is None else settings
-    scores = batch_scores(
+    return batch_scores(
         predictor.model,
         batch.to(predictor.device),
         len(predictor.classes),
         device=predictor.device,
         amp=predictor.amp,
-        settings=settings,
+        settings=predictor.inference if settings is None else settings,
         crf=predictor.crf_args,
-    )
-    # batch_scores gives logits for the plain whole-image pass, probabilities for the other protocols and the CRF
-    if predictor.crf is None and (settings is None or settings.is_plain):
-        return torch.softmax(scores.float(), 1)
-    return scores.float()
+        probabilities=True,
+    ).float()
 
 
 @torch.inference_mode()

@@ -193,14 +193,15 @@ def batch_scores(
     amp: str = "none",
     settings: InferenceSettings | None = None,
     crf: tuple[CRFSettings, Sequence[float], Sequence[float]] | None = None,
+    probabilities: bool = False,
 ) -> torch.Tensor:
-    """Class scores of a normalised batch whose argmax is the prediction: logits for the plain protocol,
-    probabilities for the others or after the dense CRF (``crf=(settings, mean, std)``; ``mean``/``std``
-    undo the normalisation to give the CRF the RGB image)."""
+    """Class scores of a normalised batch whose argmax is the prediction: logits for the plain protocol
+    (float32 probabilities with ``probabilities=True``), probabilities for the others or after the dense CRF
+    (``crf=(settings, mean, std)``; ``mean``/``std`` undo the normalisation to give the CRF the RGB image)."""
     with autocast(device, amp):
         if settings is None or settings.is_plain:
             scores = model_logits(model, images)
-            if crf is None:
+            if crf is None and not probabilities:
                 return scores
             scores = torch.softmax(scores.float(), 1)
         else:

@@ -3,15 +3,17 @@ scores, instance matching (StarDist AP, panoptic quality, COCO mask AP), and the
 
 from .boundary import BoundaryF1, disk_offsets, label_boundaries
 from .confusion import ConfusionMatrix, as_class_indices, check_class_range
-from .isbi import ISBIScores, isbi_scores, pixel_error
+from .isbi import CHALLENGE_THRESHOLDS, ChallengePixelError, ISBIScores, isbi_scores, pixel_error
 from .matching import COCO_IOU_THRESHOLDS, MATCHING_THRESHOLDS, InstanceMetrics, instance_metrics
 from .table import SUMMARY_KEYS, format_metrics_table
 
 __all__ = [
+    "CHALLENGE_THRESHOLDS",
     "COCO_IOU_THRESHOLDS",
     "MATCHING_THRESHOLDS",
     "SUMMARY_KEYS",
     "BoundaryF1",
+    "ChallengePixelError",
     "ConfusionMatrix",
     "ISBIScores",
     "InstanceMetrics",

@@ -16,6 +16,9 @@ def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) ->
     summary = [(k, metrics[k]) for k in SUMMARY_KEYS]
     if boundary:
         summary.append((f"boundary_f1@{boundary['width']}px", boundary["mean_f1"]))
+    if metrics.get("challenge_pixel_error"):
+        summary.append(("pixel_error", 1 - metrics["pixel_accuracy"]))
+        summary.append(("challenge_pixel_error", metrics["challenge_pixel_error"]["pixel_error"]))
     if metrics.get("instances"):
         summary += [(k, metrics["instances"][k]) for k in ("v_rand", "v_info")]
     width = max(len(k) for k in (*class_names, *(name for name, _ in summary)))
