@@ -192,9 +192,10 @@ def gaussian_heatmap(
     r = int(radii.max())
     d = torch.arange(-r, r + 1, device=device)
     d2 = (d[:, None] ** 2 + d[None, :] ** 2).to(torch.float32)  # S x S
-    reach = torch.maximum(d[:, None].abs(), d[None, :].abs())  # S x S: which windows hold each offset
     if sigmas.numel() == 1:
         shared = torch.exp(-d2 / (2 * sigmas**2))[None]  # 1 x S x S: one kernel for all centres
+    else:
+        reach = torch.maximum(d[:, None].abs(), d[None, :].abs())  # S x S: which windows hold each offset
     peaks = torch.round(centers).long()  # half to even, as numpy's round in detectron2
     per_chunk = max(1, _INSTANCE_CHUNK // d2.numel())
     for start in range(0, k, per_chunk):
