@@ -1,0 +1,31 @@
+"""benchmarks/isbi_boundary_errors.py: distances to the class boundary and the shifted ground truth, by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from .conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("isbi_boundary_errors", REPO / "benchmarks" / "isbi_boundary_errors.py")
+boundary_errors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(boundary_errors)
+
+
+def test_distance_to_the_boundary_of_a_one_pixel_membrane():
+    labels = np.ones((5, 7), np.int64)
+    labels[:, 3] = 0  # a vertical membrane, one pixel wide
+    dist = boundary_errors.boundary_distance(labels)
+    assert (dist == np.array([3, 2, 1, 1, 1, 2, 3])[None, :]).all()
+
+
+def test_shifted_ground_truth_errors():
+    labels = np.ones((5, 7), np.int64)
+    labels[:, 3] = 0
+    # grown by 1: columns 2 and 4 turn to membrane (10 pixels); shrunk by 1: the one-pixel membrane vanishes (5)
+    assert boundary_errors.shifted_errors(labels, 1) == (10, 5)
+    assert boundary_errors.shifted_errors(labels, 2) == (20, 5)
+    edge = np.ones((5, 7), np.int64)
+    edge[:, :2] = 0  # a membrane along the image's left edge: the edge is not a boundary to erode from
+    assert boundary_errors.shifted_errors(edge, 1) == (5, 5)
