@@ -4,7 +4,7 @@ CamVid's test split mixes frames of a sequence the training split also holds (00
 sequence it never shows (Seq05VD); a class that fails on test but not on val may fail on the unseen sequence
 only. Groups are taken from the file stems with ``--group`` (a regular expression whose first group names
 the image's group; default: everything before the last underscore, CamVid's sequence name). The run's own
-inference protocol (scales, flip, class-weight correction) is used, as ``pixelwise eval`` does.
+inference protocol (scales, flip, class-weight correction) and precision are used, as ``pixelwise eval`` does.
 
     python benchmarks/per_group_iou.py runs/camvid_cpu/last.pt --split test --data-root ../shared/datasets \
         --json benchmarks/results/camvid_cpu_per_sequence.json
@@ -24,6 +24,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
 
+from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
 from pixelwise.fileio import write_json  # noqa: E402
@@ -44,13 +45,14 @@ def main() -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--group", default=DEFAULT_GROUP, help="regex on the file stem; its first group is the group")
     ap.add_argument("--data-root")
+    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pattern = re.compile(args.group)
 
-    predictor = Predictor(args.checkpoint)
+    predictor = Predictor(args.checkpoint, amp=args.amp)
     classes = predictor.classes
     dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root)
     ignore = dataset.info.ignore_index
@@ -58,12 +60,12 @@ def main() -> int:
     counts: dict[str, int] = {"all": len(dataset)}
     for i in tqdm(range(len(dataset)), desc=args.split, unit="image"):
         image, target = dataset[i][:2]
-        name = group_of(dataset.samples[i][0].stem, pattern)
+        name = group_of(dataset.name_of(i), pattern)
         if name not in matrices:
             matrices[name] = ConfusionMatrix(len(classes), ignore)
         counts[name] = counts.get(name, 0) + 1
         with torch.inference_mode():
-            pred = predictor.scores(image[None]).argmax(1).cpu()
+            pred = class_argmax(predictor.scores(image[None])).cpu()
         for key in ("all", name):
             matrices[key].update(pred, target[None])
 
@@ -86,6 +88,7 @@ def main() -> int:
             "machine": platform.machine(),
             "checkpoint": args.checkpoint,
             "split": args.split,
+            "amp": predictor.amp,
             "group_pattern": args.group,
             "groups": groups,
         }

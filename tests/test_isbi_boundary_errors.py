@@ -29,3 +29,16 @@ def test_shifted_ground_truth_errors():
     edge = np.ones((5, 7), np.int64)
     edge[:, :2] = 0  # a membrane along the image's left edge: the edge is not a boundary to erode from
     assert boundary_errors.shifted_errors(edge, 1) == (5, 5)
+
+
+def test_one_class_slice_has_no_boundary():
+    assert (boundary_errors.boundary_distance(np.ones((3, 4), np.int64)) == -1).all()
+    assert (boundary_errors.boundary_distance(np.zeros((3, 4), np.int64)) == -1).all()
+
+
+def test_shifted_errors_leave_out_uncounted_pixels():
+    labels = np.ones((5, 7), np.int64)
+    labels[:, 3] = 0
+    counted = np.ones((5, 7), bool)
+    counted[:, 2] = False  # e.g. the data set's ignore index: the grown membrane's left column is not counted
+    assert boundary_errors.shifted_errors(labels, 1, counted) == (5, 5)
