@@ -10,6 +10,7 @@ Unknown sections or keys raise :class:`~pixelwise.errors.ConfigError` listing th
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "elastic_p": 0.0,  # probability of the U-Net paper's elastic deformation
         "elastic_sigma": 10.0,  # std of the coarse-grid displacements, pixels
         "elastic_grid": 3,
+        "image_shift": None,  # [dy, dx] pixels the images are moved by (not the masks), in training and inference
         "mean": [0.485, 0.456, 0.406],  # per input channel, on [0, 1] images
         "std": [0.229, 0.224, 0.225],
     },
@@ -160,6 +162,13 @@ def _check_ranges(config: dict[str, Any]) -> None:
     scale = config["data"]["scale_range"]
     if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, or null")
+    shift = config["data"]["image_shift"]
+    if shift is not None and not (
+        isinstance(shift, list)
+        and len(shift) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in shift)
+    ):
+        raise ConfigError(f"data.image_shift={shift!r}: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

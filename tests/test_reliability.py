@@ -52,6 +52,12 @@ def config_error(tmp_path, *overrides):
         ("data.crop_size=0", "data.crop_size=0: must be positive (or null for whole images)"),
         ("data.crop_size=[32, -1]", "data.crop_size=[32, -1]: must be positive (or null for whole images)"),
         ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5]: give [low, high] with 0 < low <= high, or null"),
+        ("data.image_shift=0.5", "data.image_shift=0.5: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
+        ("data.image_shift=[0.5]", "data.image_shift=[0.5]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
+        (
+            "data.image_shift=[0.5, .nan]",
+            "data.image_shift=[0.5, nan]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null",
+        ),
     ],
 )
 def test_bad_config_values(tmp_path, override, message):
@@ -521,3 +527,25 @@ def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_r
     page16, page8 = predictor.read(tmp_path / "grey16.png"), predictor.read(tmp_path / "grey8.png")
     assert page16[0].dtype == np.float32 and page16[0].max() <= 1.0 and page16[0].max() > 0.1
     np.testing.assert_array_equal(predictor.predict(page16[0]), predictor.predict(page8[0]))
+
+
+def test_image_shift_reaches_every_inference_path(tmp_path):
+    # a run trained with data.image_shift records it; eval's data set and predict's input both move the image by it
+    from pixelwise.engine.evaluator import checkpoint_dataset
+    from pixelwise.engine.predictor import Predictor
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2), ["data.image_shift=[-0.5, 1]"])
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    ckpt_path = tmp_path / "r" / "last.pt"
+    predictor = Predictor(ckpt_path)
+    assert predictor.meta["image_shift"] == [-0.5, 1]
+    ds = checkpoint_dataset(predictor.ckpt, ckpt_path, "val", root)
+    image, _ = ds.load(0)
+    from_eval = ds[0][0]
+    from_predict = predictor.normalise(image)
+    assert torch.allclose(from_eval, from_predict, atol=2e-2)  # eval shifts uint8 (rounded), predict floats
+    unshifted = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(predictor.meta["mean"]).view(3, 1, 1)
+    std = torch.tensor(predictor.meta["std"]).view(3, 1, 1)
+    assert not torch.allclose(from_predict, (unshifted - mean) / std, atol=0.1)

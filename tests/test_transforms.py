@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.data import SegmentationDataset, build_transforms
+from pixelwise.data import SegmentationDataset, build_transforms, shift_image
 from pixelwise.data.transforms import ElasticDeformation, JointTransform
 
 from .conftest import write_dataset
@@ -91,3 +91,39 @@ def test_seeded_items_are_reproducible(tmp_path):
     a, b, c = ds[(1, 123)], ds[(1, 123)], ds[(1, 124)]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+def test_shift_image_by_hand():
+    x = torch.arange(20.0).view(4, 5)
+    down = shift_image(x, (1, 0))  # content at row y lands at row y + 1; the top row is repeated
+    assert torch.equal(down, torch.cat([x[:1], x[:-1]]))
+    left_half = shift_image(x, (0, -0.5))  # each pixel reads half a pixel to its right; the last column repeats
+    assert torch.equal(left_half[:, :4], (x[:, :4] + x[:, 1:]) / 2) and torch.equal(left_half[:, 4], x[:, 4])
+    assert torch.equal(shift_image(x, (0, 0)), x)
+    both = shift_image(x[None].repeat(3, 1, 1), (-0.25, 2))  # C x H x W: every channel alike
+    assert torch.allclose(both[1], shift_image(x, (-0.25, 2)))
+    assert torch.allclose(both[1, :3, 2:], 0.75 * x[:3, :3] + 0.25 * x[1:, :3])
+    small = shift_image(torch.tensor([[0, 255, 3]], dtype=torch.uint8), (0, 0.5))
+    assert small.dtype == torch.uint8 and small.tolist() == [[0, 128, 129]]  # 127.5 and 129 rounded (half to even)
+
+
+def test_image_shift_moves_the_image_not_the_mask():
+    image, mask = blocky_pair()
+    out_image, out_mask = build_transforms(train=False, mean=MEAN, std=STD, image_shift=[2, -3])(image, mask)
+    assert torch.equal(out_mask, mask)
+    assert torch.equal(class_from_image(out_image)[2:, :-3], mask[:-2, 3:].long())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_image_shift_lines_up_an_offset_pair_under_flips(seed):
+    # masks drawn one pixel above and two left of their image's content: moving the image back up and left lines the
+    # pair up before the flips, so that every flipped pair is aligned too (without the shift, a flip mirrors the offset)
+    image, mask = blocky_pair(seed=seed)
+    drawn_offset = shift_image(image, (1, 2))
+    torch.manual_seed(seed)
+    tf = build_transforms(
+        train=True, mean=MEAN, std=STD, crop_size=None, scale_range=None, hflip=True, vflip=True, image_shift=[-1, -2]
+    )
+    out_image, out_mask = tf(drawn_offset, mask)
+    inner = (slice(1, -1), slice(2, -2))  # leaves out what the shift filled by repetition, wherever flips took it
+    assert torch.equal(class_from_image(out_image)[inner], out_mask[inner].long())

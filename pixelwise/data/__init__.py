@@ -14,7 +14,7 @@ from .io import (
     read_instances,
     read_mask,
 )
-from .transforms import ElasticDeformation, JointTransform, RandomScale, build_transforms
+from .transforms import ElasticDeformation, ImageShift, JointTransform, RandomScale, build_transforms, shift_image
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -23,6 +23,7 @@ __all__ = [
     "DataCheckReport",
     "DatasetInfo",
     "ElasticDeformation",
+    "ImageShift",
     "JointTransform",
     "Problem",
     "RandomScale",
@@ -42,4 +43,5 @@ __all__ = [
     "read_instances",
     "read_mask",
     "resolve_data_root",
+    "shift_image",
 ]

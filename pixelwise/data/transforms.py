@@ -36,6 +36,44 @@ def _interpolation(inpt: Any) -> InterpolationMode:
     return InterpolationMode.NEAREST_EXACT if isinstance(inpt, tv_tensors.Mask) else InterpolationMode.BILINEAR
 
 
+def shift_image(image: torch.Tensor, shift: Sequence[float]) -> torch.Tensor:
+    """``image`` (``... x H x W``) moved by ``shift = (dy, dx)`` pixels, fractions included: the content at
+    ``(y, x)`` lands at ``(y + dy, x + dx)``, linearly interpolated, the edge rows and columns repeated where
+    the image moves away from them. Integer images are rounded back to their dtype."""
+    out = image.float()
+    for axis, d in ((-2, float(shift[0])), (-1, float(shift[1]))):
+        if d == 0:
+            continue
+        n = out.shape[axis]
+        source = torch.arange(n, dtype=torch.float64, device=out.device) - d  # where each output pixel reads
+        low = source.floor()
+        frac = (source - low).to(out.dtype)
+        low = low.long()
+        first = out.index_select(axis, low.clamp(0, n - 1))
+        second = out.index_select(axis, (low + 1).clamp(0, n - 1))
+        frac = frac.view(-1, 1) if axis == -2 else frac
+        out = first + frac * (second - first)
+    if image.dtype.is_floating_point:
+        return out.to(image.dtype)
+    info = torch.iinfo(image.dtype)
+    return out.round().clamp(info.min, info.max).to(image.dtype)
+
+
+class ImageShift(v2.Transform):
+    """Move the image, not its mask, by a fixed ``(dy, dx)`` pixels (:func:`shift_image`): for data sets whose
+    masks were drawn offset from their images, so that the pair lines up before any flip or turn (a flip
+    would otherwise mirror the offset, and the network learns neither)."""
+
+    def __init__(self, shift: Sequence[float]) -> None:
+        super().__init__()
+        self.shift = (float(shift[0]), float(shift[1]))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt  # masks and instance maps stay where they were drawn
+        return tv_tensors.wrap(shift_image(inpt.as_subclass(torch.Tensor), self.shift), like=inpt)
+
+
 class RandomScale(v2.Transform):
     """Resize by one factor drawn uniformly from ``scale_range`` (aspect ratio kept), as DeepLab's
     random scale augmentation (0.5-2.0)."""
@@ -126,11 +164,15 @@ def build_transforms(
     elastic_p: float = 0.0,
     elastic_sigma: float = 10.0,
     elastic_grid: int = 3,
+    image_shift: Sequence[float] | None = None,
 ) -> JointTransform:
     """Training (random scale, padded random crop, flips, elastic, colour jitter) or evaluation
-    (normalisation only) pipeline. Order: scale -> crop -> flips -> elastic -> jitter -> normalise;
-    the elastic warp runs on the crop, not on the up-to-2x scaled full image, to stay cheap."""
+    (normalisation only) pipeline. Order: image shift -> scale -> crop -> flips -> elastic -> jitter ->
+    normalise; the elastic warp runs on the crop, not on the up-to-2x scaled full image, to stay cheap.
+    ``image_shift`` (``data.image_shift``) applies to training and evaluation alike."""
     steps: list[v2.Transform] = []
+    if image_shift is not None and any(image_shift):
+        steps.append(ImageShift(image_shift))
     if train:
         if scale_range is not None:
             steps.append(RandomScale(scale_range))

@@ -157,7 +157,9 @@ def checkpoint_dataset(
         meta["dataset"],
         split,
         image_mode=image_mode(input_channels(meta["model"])),
-        transforms=build_transforms(train=False, mean=meta["mean"], std=meta["std"]),
+        transforms=build_transforms(
+            train=False, mean=meta["mean"], std=meta["std"], image_shift=meta.get("image_shift")
+        ),
         instances=instances,
         instances_from_class=from_class,
     )

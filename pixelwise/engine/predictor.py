@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
-from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack
+from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack, shift_image
 from ..data.video import VIDEO_EXTENSIONS, is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
@@ -209,7 +209,9 @@ class Predictor:
     def normalise(self, image: np.ndarray) -> torch.Tensor:
         """An ``H x W x C`` image of :func:`pixelwise.data.read_image` (uint8, or float in [0, 1] for 16-bit
         and float sources) as the ``C x H x W`` network input."""
-        return image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
+        x = image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
+        shift = self.meta.get("image_shift")
+        return shift_image(x, shift) if shift is not None and any(shift) else x
 
     def read(self, path: str | os.PathLike) -> list[np.ndarray]:
         """The pages of an image file as this model takes them (one for a plain image; every slice of a

@@ -80,7 +80,7 @@ def _datasets(
     maps when the run is evaluated on instances)."""
     data_cfg = config["data"]
     from_class = method.from_class_index(info.classes)
-    norm = {"mean": data_cfg["mean"], "std": data_cfg["std"]}
+    norm = {"mean": data_cfg["mean"], "std": data_cfg["std"], "image_shift": data_cfg["image_shift"]}
     train_ds = train_dataset(config, info, root, mode, method)
     val_ds = None
     if data_cfg["val_split"]:
@@ -262,6 +262,7 @@ def _train(
         "mean": data_cfg["mean"],
         "std": data_cfg["std"],
         "image_range": list(info.image_range) if info.image_range else None,
+        "image_shift": data_cfg["image_shift"],  # inference moves every image by it, as training did
         "instances": method.to_dict(),
         "thing_classes": info.thing_classes,
         "class_weights": class_weights,  # what inference.class_weight_correction divides by
