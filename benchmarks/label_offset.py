@@ -1,0 +1,92 @@
+"""Do a split's masks sit where its images are? The pixel error of a checkpoint's predictions moved by
+fractions of a pixel.
+
+A network trained with flips (and evaluated with flip averaging) predicts edges symmetrically about the image's
+own edges; if the masks were drawn a fraction of a pixel off their images, moving the predicted class
+probabilities by that offset lowers the pixel error, and by the opposite offset raises it. This sweeps the
+offsets ``(dy, dx)`` on a grid, moving the run's class probabilities (its inference protocol and precision, as
+``pixelwise eval``) with :func:`pixelwise.data.shift_image`, and reports each one's pixel error (the fraction of
+labelled pixels whose argmax differs from the mask). Estimate it on the training split and set the best offset
+as ``data.image_shift`` (the images are then moved by it, so that image and mask line up for training):
+
+    python benchmarks/label_offset.py runs/isbi2012_cpu/last.pt --split train --data-root ../shared/datasets \
+        --json benchmarks/results/isbi2012_label_offset_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features, cpu_model  # noqa: E402
+
+from pixelwise.argmax import class_argmax  # noqa: E402
+from pixelwise.data import shift_image  # noqa: E402
+from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
+from pixelwise.engine.predictor import Predictor  # noqa: E402
+from pixelwise.fileio import write_json  # noqa: E402
+
+DEFAULT_STEPS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--steps", type=float, nargs="+", default=list(DEFAULT_STEPS), help="offsets tried on each axis")
+    ap.add_argument("--data-root")
+    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    predictor = Predictor(args.checkpoint, amp=args.amp)
+    dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root)
+    ignore = dataset.info.ignore_index
+    offsets = [(dy, dx) for dy in args.steps for dx in args.steps]
+    wrong = dict.fromkeys(offsets, 0)
+    labelled = 0
+    for i in tqdm(range(len(dataset)), desc=args.split, unit="image"):
+        image, target = dataset[i][:2]
+        with torch.inference_mode():
+            probs = predictor.scores(image[None])[0].float().cpu()
+        counted = target != ignore
+        labelled += int(counted.sum())
+        for offset in offsets:
+            pred = class_argmax(shift_image(probs, offset)[None])[0]
+            wrong[offset] += int(((pred != target) & counted).sum())
+
+    errors = {f"{dy:g},{dx:g}": wrong[(dy, dx)] / labelled for dy, dx in offsets}
+    best = min(offsets, key=lambda o: (wrong[o], abs(o[0]) + abs(o[1])))
+    print(f"{args.split}: {len(dataset)} images; pixel error by offset (rows dy, columns dx), best {best}")
+    print("dy \\ dx " + " ".join(f"{dx:>7g}" for dx in args.steps))
+    for dy in args.steps:
+        print(f"{dy:>7g} " + " ".join(f"{wrong[(dy, dx)] / labelled:7.4f}" for dx in args.steps))
+    print(f"no offset {wrong.get((0.0, 0.0), 0) / labelled:.4f}; best {best}: {wrong[best] / labelled:.4f}")
+    if args.json:
+        result = {
+            "cpu": cpu_model(),
+            "cpu_features": cpu_features(),
+            "machine": platform.machine(),
+            "checkpoint": args.checkpoint,
+            "split": args.split,
+            "amp": predictor.amp,
+            "images": len(dataset),
+            "pixel_error_by_offset_dy_dx": errors,
+            "best_offset_dy_dx": list(best),
+            "best_pixel_error": wrong[best] / labelled,
+        }
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
