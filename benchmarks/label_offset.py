@@ -7,7 +7,9 @@ probabilities by that offset lowers the pixel error, and by the opposite offset 
 offsets ``(dy, dx)`` on a grid, moving the run's class probabilities (its inference protocol and precision, as
 ``pixelwise eval``) with :func:`pixelwise.data.shift_image`, and reports each one's pixel error (the fraction of
 labelled pixels whose argmax differs from the mask). Estimate it on the training split and set the best offset
-as ``data.image_shift`` (the images are then moved by it, so that image and mask line up for training):
+as ``data.image_shift`` (the images are then moved by it, so that image and mask line up for training). For a
+run trained with an image shift, the data set here already moves the images by it, so what this finds is the
+offset left over, to be added to the run's.
 
     python benchmarks/label_offset.py runs/isbi2012_cpu/last.pt --split train --data-root ../shared/datasets \
         --json benchmarks/results/isbi2012_label_offset_train.json
@@ -30,6 +32,7 @@ from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.data import shift_image  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
+from pixelwise.engine.video import batch_probabilities  # noqa: E402
 from pixelwise.fileio import write_json  # noqa: E402
 
 DEFAULT_STEPS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
@@ -45,6 +48,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
+    if 0.0 not in args.steps:
+        args.steps = sorted({*args.steps, 0.0})  # the unmoved probabilities are the reference
     torch.set_num_threads(args.threads)
 
     predictor = Predictor(args.checkpoint, amp=args.amp)
@@ -56,7 +61,7 @@ def main() -> int:
     for i in tqdm(range(len(dataset)), desc=args.split, unit="image"):
         image, target = dataset[i][:2]
         with torch.inference_mode():
-            probs = predictor.scores(image[None])[0].float().cpu()
+            probs = batch_probabilities(predictor, image[None])[0].cpu()
         counted = target != ignore
         labelled += int(counted.sum())
         for offset in offsets:
@@ -69,7 +74,7 @@ def main() -> int:
     print("dy \\ dx " + " ".join(f"{dx:>7g}" for dx in args.steps))
     for dy in args.steps:
         print(f"{dy:>7g} " + " ".join(f"{wrong[(dy, dx)] / labelled:7.4f}" for dx in args.steps))
-    print(f"no offset {wrong.get((0.0, 0.0), 0) / labelled:.4f}; best {best}: {wrong[best] / labelled:.4f}")
+    print(f"no offset {wrong[(0.0, 0.0)] / labelled:.4f}; best {best}: {wrong[best] / labelled:.4f}")
     if args.json:
         result = {
             "cpu": cpu_model(),
@@ -82,6 +87,7 @@ def main() -> int:
             "pixel_error_by_offset_dy_dx": errors,
             "best_offset_dy_dx": list(best),
             "best_pixel_error": wrong[best] / labelled,
+            "pixel_error_without_offset": wrong[(0.0, 0.0)] / labelled,
         }
         write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -29,6 +29,7 @@ import torch
 
 from pixelwise.config import load_config, validate_config
 from pixelwise.data import DatasetInfo, SegmentationDataset, build_transforms, resolve_data_root
+from pixelwise.data.transforms import AUGMENTATION_KEYS
 from pixelwise.device import autocast, training_amp
 from pixelwise.engine import evaluate_checkpoint, image_mode, model_spec, train
 from pixelwise.losses import build_loss
@@ -46,9 +47,12 @@ def step_time(config: dict, root: Path, steps: int = 8) -> float:
     data, tr = config["data"], config["train"]
     info = DatasetInfo.load(root, data["dataset"])
     spec = model_spec(config, info)
-    keys = ("crop_size", "scale_range", "hflip", "vflip", "color_jitter", "elastic_p", "elastic_sigma", "elastic_grid")
     tf = build_transforms(
-        train=True, mean=data["mean"], std=data["std"], ignore_index=info.ignore_index, **{k: data[k] for k in keys}
+        train=True,
+        mean=data["mean"],
+        std=data["std"],
+        ignore_index=info.ignore_index,
+        **{k: data[k] for k in AUGMENTATION_KEYS},
     )
     ds = SegmentationDataset(
         root, info.name, data["train_split"], transforms=tf, image_mode=image_mode(input_channels(spec))

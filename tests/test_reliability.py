@@ -54,6 +54,8 @@ def config_error(tmp_path, *overrides):
         ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5]: give [low, high] with 0 < low <= high, or null"),
         ("data.image_shift=0.5", "data.image_shift=0.5: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
         ("data.image_shift=[0.5]", "data.image_shift=[0.5]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
+        ("data.image_shift=[true, 0]", "data.image_shift=[True, 0]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
+        ("data.image_shift=[0, 1, 2]", "data.image_shift=[0, 1, 2]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
         (
             "data.image_shift=[0.5, .nan]",
             "data.image_shift=[0.5, nan]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null",
@@ -531,6 +533,7 @@ def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_r
 
 def test_image_shift_reaches_every_inference_path(tmp_path):
     # a run trained with data.image_shift records it; eval's data set and predict's input both move the image by it
+    from pixelwise.data import shift_image
     from pixelwise.engine.evaluator import checkpoint_dataset
     from pixelwise.engine.predictor import Predictor
 
@@ -544,8 +547,8 @@ def test_image_shift_reaches_every_inference_path(tmp_path):
     image, _ = ds.load(0)
     from_eval = ds[0][0]
     from_predict = predictor.normalise(image)
-    assert torch.allclose(from_eval, from_predict, atol=2e-2)  # eval shifts uint8 (rounded), predict floats
-    unshifted = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    assert torch.allclose(from_eval, from_predict, atol=1e-5)  # both move the raw uint8 image, then normalise
+    moved = shift_image(torch.from_numpy(image).permute(2, 0, 1), (-0.5, 1)).float() / 255  # once, this way
     mean = torch.tensor(predictor.meta["mean"]).view(3, 1, 1)
     std = torch.tensor(predictor.meta["std"]).view(3, 1, 1)
-    assert not torch.allclose(from_predict, (unshifted - mean) / std, atol=0.1)
+    assert torch.allclose(from_predict, (moved - mean) / std, atol=1e-5)

@@ -209,9 +209,12 @@ class Predictor:
     def normalise(self, image: np.ndarray) -> torch.Tensor:
         """An ``H x W x C`` image of :func:`pixelwise.data.read_image` (uint8, or float in [0, 1] for 16-bit
         and float sources) as the ``C x H x W`` network input."""
-        x = image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
         shift = self.meta.get("image_shift")
-        return shift_image(x, shift) if shift is not None and any(shift) else x
+        if shift is not None and any(shift):
+            # the raw image, as training and eval's data set move it (integer images rounded alike)
+            moved = shift_image(torch.from_numpy(np.ascontiguousarray(image)).movedim(-1, 0), shift)
+            image = moved.movedim(0, -1).numpy()
+        return image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
 
     def read(self, path: str | os.PathLike) -> list[np.ndarray]:
         """The pages of an image file as this model takes them (one for a plain image; every slice of a
