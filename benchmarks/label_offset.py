@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_features, cpu_model  # noqa: E402
+from peers_smp import register_smp_peers  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.data import shift_image  # noqa: E402
@@ -51,6 +52,7 @@ def main() -> int:
     if 0.0 not in args.steps:
         args.steps = sorted({*args.steps, 0.0})  # the unmoved probabilities are the reference
     torch.set_num_threads(args.threads)
+    register_smp_peers()  # the smp peers' checkpoints (benchmarks/peer_same_budget.py) load too
 
     predictor = Predictor(args.checkpoint, amp=args.amp)
     dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root)
