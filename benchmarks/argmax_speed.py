@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 from timing import best_ms  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
@@ -55,9 +54,7 @@ def main() -> None:
         )
     result = {
         "command": "python " + " ".join(sys.argv),
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
-        "machine": platform.machine(),
+        **machine_info(),
         "torch": torch.__version__,
         "threads": args.threads,
         "rows": rows,

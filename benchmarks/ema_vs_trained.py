@@ -12,7 +12,6 @@ and machine-to-machine variation of two separate trainings. Prints one table, wr
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.engine import evaluate_checkpoint  # noqa: E402
 from pixelwise.engine.resume import weights_only  # noqa: E402
@@ -96,9 +95,7 @@ def main() -> int:
                 "ema": ckpt["ema"],
                 "inference": inference,
                 "amp": amp,
-                "cpu": cpu_model(),
-                "cpu_features": cpu_features(),
-                "machine": platform.machine(),
+                **machine_info(),
                 "torch": torch.__version__,
                 "results": rows,
                 "command": " ".join(sys.argv),

@@ -21,7 +21,6 @@ Prints one table, writes a JSON:
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
@@ -106,9 +105,7 @@ def main() -> int:
     errors = missed + false_first
     classes = predictor.classes
     result = {
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
-        "machine": platform.machine(),
+        **machine_info(),
         "checkpoint": args.checkpoint,
         "split": args.split,
         "amp": predictor.amp,

@@ -17,6 +17,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def machine_info() -> dict[str, str]:
+    """The ``cpu``, ``cpu_features`` and ``machine`` entries a benchmark's results open with."""
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "machine": platform.machine()}
+
+
 def cpu_features() -> str:
     """The vector and matrix units that decide the speed of convolutions here, e.g. ``"AVX2; no AVX-512 BF16, no
     AMX"``: the same model name ("AMD EPYC") has come with and without AVX-512."""

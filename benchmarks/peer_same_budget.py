@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 from peers_smp import print_table, register_smp_peers, scores  # noqa: E402
 
 
@@ -130,9 +129,7 @@ def main() -> int:
         "inference": next(iter(runs.values()))["inference"],
         "schedule": "sequential" if args.sequential else "concurrent, one core each",
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_features": cpu_features(),
-            "machine": platform.machine(),
+            **machine_info(),
             "threads": args.threads,
             "torch": torch.__version__,
         },

@@ -13,7 +13,6 @@ inference protocol (scales, flip, class-weight correction) and precision are use
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
@@ -83,9 +82,7 @@ def main() -> int:
         print(f"{name:<12} {g['images']:>6} {100 * g['miou']:6.1f} {cells}")
     if args.json:
         result = {
-            "cpu": cpu_model(),
-            "cpu_features": cpu_features(),
-            "machine": platform.machine(),
+            **machine_info(),
             "checkpoint": args.checkpoint,
             "split": args.split,
             "amp": predictor.amp,

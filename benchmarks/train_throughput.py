@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import step_flops  # noqa: E402
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
 DEFAULT_ENTRIES = (
@@ -217,9 +216,7 @@ def main() -> int:
             f"{100 * r['peak_share']:.0f} % | {r['peak_rss_mib']:.0f} |"
         )
     result = {
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
-        "machine": platform.machine(),
+        **machine_info(),
         "torch": torch.__version__,
         "threads": args.threads,
         "peak_gflops": peak,
