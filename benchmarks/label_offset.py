@@ -18,7 +18,6 @@ offset left over, to be added to the run's.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
@@ -66,9 +65,11 @@ def main() -> int:
             probs = batch_probabilities(predictor, image[None])[0].cpu()
         counted = target != ignore
         labelled += int(counted.sum())
-        for offset in offsets:
-            pred = class_argmax(shift_image(probs, offset)[None])[0]
-            wrong[offset] += int(((pred != target) & counted).sum())
+        for dy in args.steps:
+            rows = shift_image(probs, (dy, 0))  # shift_image moves rows, then columns: the rows once per dy
+            for dx in args.steps:
+                pred = class_argmax(shift_image(rows, (0, dx))[None])[0]
+                wrong[(dy, dx)] += int(((pred != target) & counted).sum())
 
     errors = {f"{dy:g},{dx:g}": wrong[(dy, dx)] / labelled for dy, dx in offsets}
     best = min(offsets, key=lambda o: (wrong[o], abs(o[0]) + abs(o[1])))
@@ -79,9 +80,7 @@ def main() -> int:
     print(f"no offset {wrong[(0.0, 0.0)] / labelled:.4f}; best {best}: {wrong[best] / labelled:.4f}")
     if args.json:
         result = {
-            "cpu": cpu_model(),
-            "cpu_features": cpu_features(),
-            "machine": platform.machine(),
+            **machine_info(),
             "checkpoint": args.checkpoint,
             "split": args.split,
             "amp": predictor.amp,
