@@ -9,7 +9,8 @@ offsets ``(dy, dx)`` on a grid, moving the run's class probabilities (its infere
 labelled pixels whose argmax differs from the mask). Estimate it on the training split and set the best offset
 as ``data.image_shift`` (the images are then moved by it, so that image and mask line up for training). For a
 run trained with an image shift, the data set here already moves the images by it, so what this finds is the
-offset left over, to be added to the run's.
+offset left over, to be added to the run's. ``--no-flip`` drops the mirror image from the protocol: an offset that
+the network itself makes (rather than the masks) then shows up along x as well, where flip averaging cancels it.
 
     python benchmarks/label_offset.py runs/isbi2012_cpu/last.pt --split train --data-root ../shared/datasets \
         --json benchmarks/results/isbi2012_label_offset_train.json
@@ -38,6 +39,21 @@ from pixelwise.fileio import write_json  # noqa: E402
 DEFAULT_STEPS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def offset_errors(
+    probs: torch.Tensor, target: torch.Tensor, ignore: int, steps: list[float]
+) -> dict[tuple[float, float], int]:
+    """For every ``(dy, dx)`` on the grid ``steps`` x ``steps``: how many labelled pixels of ``target`` (``H x W``)
+    the argmax of ``probs`` (``K x H x W``) moved by that offset gets wrong."""
+    counted = target != ignore
+    wrong = {}
+    for dy in steps:
+        rows = shift_image(probs, (dy, 0))  # shift_image moves rows, then columns: the rows once per dy
+        for dx in steps:
+            pred = class_argmax(shift_image(rows, (0, dx))[None])[0]
+            wrong[(dy, dx)] = int(((pred != target) & counted).sum())
+    return wrong
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -45,6 +61,13 @@ def main() -> int:
     ap.add_argument("--steps", type=float, nargs="+", default=list(DEFAULT_STEPS), help="offsets tried on each axis")
     ap.add_argument("--data-root")
     ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
+    ap.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average with the mirror image or not (default: the run's protocol); without it, an offset the network "
+        "itself makes shows in dx as well",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -53,7 +76,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     register_smp_peers()  # the smp peers' checkpoints (benchmarks/peer_same_budget.py) load too
 
-    predictor = Predictor(args.checkpoint, amp=args.amp)
+    overrides = None if args.flip is None else {"flip": args.flip}
+    predictor = Predictor(args.checkpoint, amp=args.amp, inference=overrides)
     dataset = checkpoint_dataset(predictor.ckpt, args.checkpoint, args.split, args.data_root)
     ignore = dataset.info.ignore_index
     offsets = [(dy, dx) for dy in args.steps for dx in args.steps]
@@ -63,13 +87,9 @@ def main() -> int:
         image, target = dataset[i][:2]
         with torch.inference_mode():
             probs = batch_probabilities(predictor, image[None])[0].cpu()
-        counted = target != ignore
-        labelled += int(counted.sum())
-        for dy in args.steps:
-            rows = shift_image(probs, (dy, 0))  # shift_image moves rows, then columns: the rows once per dy
-            for dx in args.steps:
-                pred = class_argmax(shift_image(rows, (0, dx))[None])[0]
-                wrong[(dy, dx)] += int(((pred != target) & counted).sum())
+        labelled += int((target != ignore).sum())
+        for offset, n in offset_errors(probs, target, ignore, args.steps).items():
+            wrong[offset] += n
 
     errors = {f"{dy:g},{dx:g}": wrong[(dy, dx)] / labelled for dy, dx in offsets}
     best = min(offsets, key=lambda o: (wrong[o], abs(o[0]) + abs(o[1])))
@@ -84,6 +104,7 @@ def main() -> int:
             "checkpoint": args.checkpoint,
             "split": args.split,
             "amp": predictor.amp,
+            "flip": predictor.inference.flip if predictor.inference is not None else False,
             "images": len(dataset),
             "pixel_error_by_offset_dy_dx": errors,
             "best_offset_dy_dx": list(best),
