@@ -17,9 +17,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_generation(cpuinfo: str | None = None) -> str:
+    """Vendor, family and model numbers of the first processor in /proc/cpuinfo (or ``cpuinfo``), e.g.
+    ``"AuthenticAMD family 25 model 17"``: a virtual machine's model name can be as bare as "AMD EPYC", and these
+    numbers tell its generation (AMD's family 25 is Zen 3 and Zen 4, family 26 Zen 5)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        if key.strip() in ("vendor_id", "cpu family", "model"):
+            fields[key.strip()] = value.strip()
+    if not fields:
+        return "unknown"
+    return f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
 def machine_info() -> dict[str, str]:
-    """The ``cpu``, ``cpu_features`` and ``machine`` entries a benchmark's results open with."""
-    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "machine": platform.machine()}
+    """The ``cpu``, ``cpu_generation``, ``cpu_features`` and ``machine`` entries a benchmark's results open with."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
+        "cpu_features": cpu_features(),
+        "machine": platform.machine(),
+    }
 
 
 def cpu_features() -> str:

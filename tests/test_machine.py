@@ -1,0 +1,40 @@
+"""benchmarks/machine.py: what machine a benchmark's figures came from."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("machine", REPO / "benchmarks" / "machine.py")
+machine = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(machine)
+
+# two processors of a bare-named virtual machine; "model name" must not be read as "model"
+AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f avx512_bf16
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+"""
+
+
+def test_generation_is_read_from_the_first_processor_and_not_from_model_name():
+    assert machine.cpu_generation(AMD) == "AuthenticAMD family 25 model 17"
+
+
+def test_generation_names_what_is_missing():
+    assert machine.cpu_generation("vendor_id : GenuineIntel\nmodel : 143\n") == "GenuineIntel family ? model 143"
+    assert machine.cpu_generation("processor : 0\n") == "unknown"
+
+
+def test_machine_info_opens_every_result_with_the_generation():
+    info = machine.machine_info()
+    assert set(info) == {"cpu", "cpu_generation", "cpu_features", "machine"}
