@@ -20,7 +20,7 @@ from pixelwise.device import native_precisions, training_amp
 from pixelwise.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 
 def main() -> int:
@@ -57,8 +57,7 @@ def main() -> int:
     best = {k: min(v) for k, v in times.items()}
     cpu = torch.device("cpu")
     result = {
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        **machine_info(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_precisions": list(native_precisions(cpu)),
         "train_amp_auto": training_amp("auto", cpu),

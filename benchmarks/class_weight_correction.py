@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, machine_info  # noqa: E402
 
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor, recorded_class_weights  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
     )
     result = {
         "checkpoint": str(args.checkpoint),
-        "cpu": cpu_model(),
+        **machine_info(),
         "inference": protocol,
         "class_weights": weights,
         "splits": {},

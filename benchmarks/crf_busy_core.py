@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crf_speed import PARAMS, camvid_cases, dcrf, run_pydensecrf  # noqa: E402
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise import cpu_threads  # noqa: E402
 from pixelwise.crf import dense_crf  # noqa: E402
@@ -73,8 +73,7 @@ def main() -> int:
     result = {
         "what": "seconds per CamVid test image (480x360, 11 classes, 10 iterations), quiet and with one core busy",
         "command": " ".join(["python", *sys.argv]),
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        **machine_info(),
         "cores": cores,
         "torch": torch.__version__,
         "params": PARAMS,

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.crf import (  # noqa: E402
     CRFSettings,
@@ -183,8 +183,7 @@ def main() -> int:
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        **machine_info(),
         "cpu_count": os.cpu_count(),
         "params": PARAMS,
         "cases": {},

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import cpu_model, machine_info  # noqa: E402
 
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
 from pixelwise.engine.instance_methods import decode  # noqa: E402
@@ -121,8 +121,7 @@ def main() -> None:
                     "split": args.split,
                     "views": [list(v) for v in views.views],
                     "decoding": {"center_threshold": method.center_threshold, "nms_kernel": method.nms_kernel},
-                    "cpu": cpu_model(),
-                    "cpu_features": cpu_features(),
+                    **machine_info(),
                     "threads": torch.get_num_threads(),
                     "torch": torch.__version__,
                     "results": results,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from PIL import Image
 
 from pixelwise.data import default_palette
@@ -127,7 +127,7 @@ def main() -> int:
     result = {
         "command": COMMAND,
         "argv": " ".join(shlex.quote(a) for a in sys.argv),
-        "cpu": cpu_model(),
+        **machine_info(),
         "cpu_count": os.cpu_count(),
         "cpus_allowed": allowed,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

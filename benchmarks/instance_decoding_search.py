@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, machine_info  # noqa: E402
 
 from pixelwise.device import TRAIN_AMP_CHOICES  # noqa: E402
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
                 {
                     "checkpoint": str(args.checkpoint),
                     "split": args.split,
-                    "cpu": cpu_model(),
+                    **machine_info(),
                     "threads": threads,
                     "amp": predictor.amp,
                     "trained_decoding": trained,

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor  # noqa: E402
@@ -142,8 +142,7 @@ def main() -> None:
         "amp": predictor.amp,
         "views": [list(v) for v in (predictor.inference or InferenceSettings()).views],
         "instances": dataclasses.asdict(method),
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        **machine_info(),
         "torch": torch.__version__,
         "command": " ".join(sys.argv),
     }

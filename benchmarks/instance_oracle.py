@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.data.instance_targets import instance_centers, panoptic_targets  # noqa: E402
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
@@ -83,8 +83,7 @@ def main() -> None:
             "decoding": s.decoding,
             "amp": predictor.amp,
             "cases": {c: {k: r[k] for k in ("ap", "mean_ap", "tp", "fp", "fn")} for c, r in table.items()},
-            "cpu": cpu_model(),
-            "cpu_features": cpu_features(),
+            **machine_info(),
             "command": " ".join(sys.argv),
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

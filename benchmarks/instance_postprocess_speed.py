@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from timing import call_seconds  # noqa: E402
 
 from pixelwise.data.instance_targets import boundary_classes, panoptic_targets, relabel_consecutive
@@ -153,7 +153,7 @@ def main() -> None:
     result = {
         "command": "OMP_NUM_THREADS=1 python " + shlex.join(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
+            **machine_info(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "numpy": np.__version__,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy
-from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from PIL import Image
 from timing import best_ms  # noqa: E402
 
@@ -174,7 +174,7 @@ def main() -> None:
     out = {
         "command": COMMAND,
         "argv": " ".join(shlex.quote(a) for a in sys.argv),
-        "cpu": cpu_model(),
+        **machine_info(),
         "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(),

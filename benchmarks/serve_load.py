@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 import torch
 import yaml
-from machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from PIL import Image
 
 import pixelwise
@@ -220,7 +220,7 @@ def load(server: subprocess.Popen, url: str, checkpoint: Path, args: argparse.Na
         "benchmark": "serve_load",
         "command": " ".join([COMMAND, *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": {
-            "cpu": cpu_model(),
+            **machine_info(),
             "cpus_allowed": sorted(os.sched_getaffinity(0)),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "python": platform.python_version(),

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 TAUS = ["0.50", "0.55", "0.60", "0.65", "0.70", "0.75", "0.80", "0.85", "0.90"]
 # StarDist paper, Table 1: AP = TP / (TP + FP + FN) on the 50 test images, at IoU thresholds 0.50 ... 0.90
@@ -70,7 +70,7 @@ def main() -> None:
     print("\n".join(lines))
     if args.out:
         paper = {name: dict(zip(TAUS, values, strict=True)) for name, values in PAPER.items()}
-        result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "cpu_features": cpu_features()}
+        result = {"command": "python " + " ".join(sys.argv), **machine_info()}
         args.out.write_text(json.dumps({**result, "paper": paper, "runs": rows}, indent=2) + "\n")
 
 

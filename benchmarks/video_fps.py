@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_features, cpu_model  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise import __version__, build_model  # noqa: E402
 from pixelwise.argmax import class_argmax  # noqa: E402
@@ -266,8 +266,7 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
         "what": "frames per second of predict_video (decode + model + overlay encode), median of --repeats runs",
         "command": command_line(),
         "pinned": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        **machine_info(),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "pixelwise": __version__,
