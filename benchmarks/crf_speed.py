@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -182,7 +181,6 @@ def main() -> int:
     results = {
         "threads": args.threads,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
         **machine_info(),
         "cpu_count": os.cpu_count(),
         "params": PARAMS,

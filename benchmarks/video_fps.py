@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -268,7 +267,6 @@ def run(args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
         "pinned": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         **machine_info(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
         "pixelwise": __version__,
         "torch": torch.__version__,
         "av": __import__("av").__version__,

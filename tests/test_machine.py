@@ -30,6 +30,12 @@ def test_generation_is_read_from_the_first_processor_and_not_from_model_name():
     assert machine.cpu_generation(AMD) == "AuthenticAMD family 25 model 17"
 
 
+def test_model_name_and_features_come_from_the_same_block():
+    assert machine.cpu_model(AMD) == "AMD EPYC"
+    assert machine.cpu_features(AMD) == "AVX-512; AVX-512 BF16, no AMX"
+    assert machine.cpu_features("processor : 0\n") == "unknown"
+
+
 def test_generation_names_what_is_missing():
     assert machine.cpu_generation("vendor_id : GenuineIntel\nmodel : 143\n") == "GenuineIntel family ? model 143"
     assert machine.cpu_generation("processor : 0\n") == "unknown"
