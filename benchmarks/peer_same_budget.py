@@ -7,10 +7,14 @@ default the two train at the same time, each pinned to its own core with one thr
 machine (whatever else runs on it slows both); ``--sequential`` trains them one after the other with
 ``--threads``. Each side is then evaluated at the end of its budget (``last.pt``; no checkpoint selection on the
 reported split) on whole images with the same confusion matrix, with the same ``--flip``/``--scales``.
+Several ``--peer`` names train two at a time (one per core); with ``--no-recipe`` only the peers: a search for
+smp's best model at a budget, whose winner then meets the recipe.
 
     pip install -e '.[bench]'
     python benchmarks/peer_same_budget.py configs/isbi2012_cpu.yaml --minutes 30 --split val
     python benchmarks/peer_same_budget.py configs/camvid_cpu_deeplabv3plus.yaml --minutes 60 --split test --flip
+    python benchmarks/peer_same_budget.py configs/camvid_cpu.yaml --minutes 10 --split val \
+        --peer smp_fpn_mobilenetv3 smp_unet_resnet18 --no-recipe
 """
 
 from __future__ import annotations
@@ -68,7 +72,10 @@ def child(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("--peer", default="smp_unet_resnet34", help="the peer model (peers_smp.py)")
+    ap.add_argument(
+        "--peer", nargs="+", default=["smp_unet_resnet34"], help="the peer model(s) (peers_smp.py); several: a search"
+    )
+    ap.add_argument("--no-recipe", action="store_true", help="train the peers only (e.g. to search smp's best)")
     ap.add_argument("--minutes", type=float, required=True, help="training minutes for each side")
     ap.add_argument("--split", default="val", help="split to report (CamVid: test)")
     ap.add_argument("--flip", action="store_true", help="evaluate both with horizontal-flip averaging")
@@ -88,9 +95,15 @@ def main() -> int:
 
     name = Path(args.config).stem
     out_dir = Path(args.out_dir) / f"{name}_{args.minutes:g}min"
-    sides = {"pixelwise": None, args.peer: args.peer}
+    sides = {} if args.no_recipe else {"pixelwise": None}
+    sides.update({peer: peer for peer in args.peer})
+    # concurrently: one side per core, in waves of as many sides as there are cores
+    wave = 1 if args.sequential else os.cpu_count()
     procs = {}
-    for core, (label, model) in enumerate(sides.items()):
+    for i, (label, model) in enumerate(sides.items()):
+        if i % wave == 0 and any(p.wait() != 0 for p in procs.values()):
+            return 1
+        core = i % wave
         cmd = [
             sys.executable,
             __file__,
@@ -112,11 +125,9 @@ def main() -> int:
         cmd += ["--model", model] if model else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         if not args.sequential:
-            cmd = ["taskset", "-c", str(core % os.cpu_count()), *cmd]
+            cmd = ["taskset", "-c", str(core), *cmd]
         print("+", " ".join(cmd), flush=True)
         procs[label] = subprocess.Popen(cmd, env=env)
-        if args.sequential and procs[label].wait() != 0:
-            return 1
     if any(p.wait() != 0 for p in procs.values()):
         return 1
 
@@ -138,7 +149,8 @@ def main() -> int:
     path = Path(args.results or f"benchmarks/results/{name}_peer_{args.minutes:g}min.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print_table({f"{label} ({r['model']})": r for label, r in runs.items()}, args.split, "iterations", digits=1)
+    labels = {label: label if label == r["model"] else f"{label} ({r['model']})" for label, r in runs.items()}
+    print_table({labels[label]: r for label, r in runs.items()}, args.split, "iterations", digits=1)
     print(f"results in {path}")
     return 0
 

@@ -25,7 +25,67 @@ def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) ->
     return smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, in_channels=in_channels, classes=num_classes)
 
 
-PEERS = (smp_unet_resnet34, smp_deeplabv3plus_mobilenet_v2)
+class PadToStride(torch.nn.Module):
+    """Pad the input's sides up to the encoder's output stride and crop the scores back, as smp asks of its users
+    ("Consider pad your images"): most smp models refuse sides that do not divide by it (CamVid's 360 rows at
+    full size, 270 at 0.75). Zeros are the mean image after normalisation."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.stride = model.encoder.output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.stride, -w % self.stride
+        if pad_h or pad_w:
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
+        return self.model(x)[..., :h, :w]
+
+
+def _smp(arch: str, encoder: str, num_classes: int, in_channels: int) -> torch.nn.Module:
+    import segmentation_models_pytorch as smp
+
+    model = getattr(smp, arch)(encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+    return PadToStride(model)
+
+
+# Candidates for "smp's best model at the same minutes": the encoders smp users reach for on a small budget (ResNet-18;
+# timm's MobileNetV3-Large, pixelwise's CamVid recipe's own backbone) under smp's light decoders.
+def smp_unet_resnet18(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.Unet, randomly initialised ResNet-18 encoder."""
+    return _smp("Unet", "resnet18", num_classes, in_channels)
+
+
+def smp_linknet_resnet18(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.Linknet, randomly initialised ResNet-18 encoder."""
+    return _smp("Linknet", "resnet18", num_classes, in_channels)
+
+
+def smp_fpn_resnet18(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.FPN, randomly initialised ResNet-18 encoder."""
+    return _smp("FPN", "resnet18", num_classes, in_channels)
+
+
+def smp_fpn_mobilenetv3(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.FPN, randomly initialised timm MobileNetV3-Large encoder."""
+    return _smp("FPN", "tu-mobilenetv3_large_100", num_classes, in_channels)
+
+
+def smp_deeplabv3plus_mobilenetv3(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.DeepLabV3Plus (output stride 16), randomly initialised timm MobileNetV3-Large."""
+    return _smp("DeepLabV3Plus", "tu-mobilenetv3_large_100", num_classes, in_channels)
+
+
+PEERS = (
+    smp_unet_resnet34,
+    smp_deeplabv3plus_mobilenet_v2,
+    smp_unet_resnet18,
+    smp_linknet_resnet18,
+    smp_fpn_resnet18,
+    smp_fpn_mobilenetv3,
+    smp_deeplabv3plus_mobilenetv3,
+)
 
 
 def scores(evaluation: dict) -> dict:
