@@ -149,8 +149,8 @@ def main() -> int:
     path = Path(args.results or f"benchmarks/results/{name}_peer_{args.minutes:g}min.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
-    labels = {label: label if label == r["model"] else f"{label} ({r['model']})" for label, r in runs.items()}
-    print_table({labels[label]: r for label, r in runs.items()}, args.split, "iterations", digits=1)
+    labelled = {label if label == r["model"] else f"{label} ({r['model']})": r for label, r in runs.items()}
+    print_table(labelled, args.split, "iterations", digits=1)
     print(f"results in {path}")
     return 0
 

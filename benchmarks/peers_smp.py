@@ -9,22 +9,6 @@ import torch
 from pixelwise.models import list_models, register_model
 
 
-def smp_unet_resnet34(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
-    """segmentation_models_pytorch.Unet with a randomly initialised ResNet-34 encoder."""
-    import segmentation_models_pytorch as smp
-
-    return smp.Unet("resnet34", encoder_weights=None, in_channels=in_channels, classes=num_classes)
-
-
-def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
-    """segmentation_models_pytorch.DeepLabV3Plus with a randomly initialised MobileNetV2 encoder (output stride 16).
-    smp's DeepLabV3Plus takes only inputs whose sides divide by 16: fine for training crops such as 192x256, not for
-    whole 480x360 CamVid images (train_throughput.py only trains it)."""
-    import segmentation_models_pytorch as smp
-
-    return smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, in_channels=in_channels, classes=num_classes)
-
-
 class PadToStride(torch.nn.Module):
     """Pad the input's sides up to the encoder's output stride and crop the scores back, as smp asks of its users
     ("Consider pad your images"): most smp models refuse sides that do not divide by it (CamVid's 360 rows at
@@ -43,17 +27,30 @@ class PadToStride(torch.nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-def _smp(arch: str, encoder: str, num_classes: int, in_channels: int) -> torch.nn.Module:
+def _smp(arch: str, encoder: str, num_classes: int, in_channels: int, pad: bool = True) -> torch.nn.Module:
+    """smp's ``arch`` on a randomly initialised ``encoder``, padded to its stride unless ``pad`` is False."""
     import segmentation_models_pytorch as smp
 
     model = getattr(smp, arch)(encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
-    return PadToStride(model)
+    return PadToStride(model) if pad else model
+
+
+def smp_unet_resnet34(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.Unet with a randomly initialised ResNet-34 encoder. Not padded: smp's Unet takes
+    any size (it resizes its skips), and every earlier peer figure was measured that way."""
+    return _smp("Unet", "resnet34", num_classes, in_channels, pad=False)
+
+
+def smp_deeplabv3plus_mobilenet_v2(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """segmentation_models_pytorch.DeepLabV3Plus with a randomly initialised MobileNetV2 encoder (output stride 16)."""
+    return _smp("DeepLabV3Plus", "mobilenet_v2", num_classes, in_channels)
 
 
 # Candidates for "smp's best model at the same minutes": the encoders smp users reach for on a small budget (ResNet-18;
 # timm's MobileNetV3-Large, pixelwise's CamVid recipe's own backbone) under smp's light decoders.
 def smp_unet_resnet18(*, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
-    """segmentation_models_pytorch.Unet, randomly initialised ResNet-18 encoder."""
+    """segmentation_models_pytorch.Unet, randomly initialised ResNet-18 encoder; padded like the other candidates
+    (smp's Unet would take any size)."""
     return _smp("Unet", "resnet18", num_classes, in_channels)
 
 

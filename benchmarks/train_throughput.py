@@ -19,7 +19,7 @@ times ``--steps`` optimisation steps after ``--warmup``. It reports:
     python benchmarks/train_throughput.py configs/isbi2012_cpu.yaml configs/isbi2012_cpu.yaml@smp_unet_resnet34
 
 An entry ``CONFIG@MODEL`` trains ``CONFIG`` with ``model.name`` set to ``MODEL`` (its other model keys dropped):
-the smp peers registered here are ``smp_unet_resnet34`` and ``smp_deeplabv3plus_mobilenet_v2``; ``#key=value``
+the smp peers of ``peers_smp.py`` are registered (``smp_unet_resnet34``, ``smp_fpn_mobilenetv3``, ...); ``#key=value``
 appended (repeatable) overrides a config key as ``--set`` does:
 ``configs/camvid_cpu.yaml#train.channels_last=false``.
 """
