@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, machine_info  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.engine.evaluator import checkpoint_dataset  # noqa: E402
 from pixelwise.engine.predictor import Predictor, recorded_class_weights  # noqa: E402
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--scales", nargs="+", type=float, help="image scales (default: the run's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    machine = machine_info()  # /proc/cpuinfo read once: the results and the progress print
 
     # the run's protocol without its own correction: each tau below is the whole correction
     overrides = {"class_weight_correction": 0.0, **({"flip": args.flip} if args.flip is not None else {})}
@@ -67,7 +68,7 @@ def main() -> None:
     )
     result = {
         "checkpoint": str(args.checkpoint),
-        **machine_info(),
+        **machine,
         "inference": protocol,
         "class_weights": weights,
         "splits": {},
@@ -82,7 +83,7 @@ def main() -> None:
             for tau, cm in cms.items():
                 cm.update(correct_class_weights(probs, corrections[tau]).argmax(1).cpu(), mask[None])
         rows = {}
-        print(f"{split} ({len(dataset)} images), CPU {cpu_model()}")
+        print(f"{split} ({len(dataset)} images), CPU {machine['cpu']}")
         print("| tau | mIoU | " + " | ".join(classes) + " |")
         print("|---:|---:|" + "---:|" * len(classes))
         for tau, cm in cms.items():

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, machine_info  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
 from pixelwise.engine.instance_methods import decode  # noqa: E402
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rot90", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    machine = machine_info()  # /proc/cpuinfo read once: the results and the progress print
 
     views = InferenceSettings(flip=args.flip, rot90=args.rot90)
     fp32 = Predictor(args.checkpoint, amp="none", inference=InferenceSettings())
@@ -99,7 +100,7 @@ def main() -> None:
             d = decode(method, {k: v.float() for k, v in out.items()}, info.num_classes, info.thing_classes)[0]
             d.add_to(metrics[row], truth.numpy(), mask.numpy())
     print(
-        f"{args.checkpoint} on {args.split} ({len(dataset)} images), views {views.views}, CPU {cpu_model()}, "
+        f"{args.checkpoint} on {args.split} ({len(dataset)} images), views {views.views}, CPU {machine['cpu']}, "
         f"{torch.get_num_threads()} threads"
     )
     print("| model run | AP@0.50 | precision@0.50 | recall@0.50 | mean AP | PQ |")
@@ -121,7 +122,7 @@ def main() -> None:
                     "split": args.split,
                     "views": [list(v) for v in views.views],
                     "decoding": {"center_threshold": method.center_threshold, "nms_kernel": method.nms_kernel},
-                    **machine_info(),
+                    **machine,
                     "threads": torch.get_num_threads(),
                     "torch": torch.__version__,
                     "results": results,

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, machine_info  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from pixelwise.device import TRAIN_AMP_CHOICES  # noqa: E402
 from pixelwise.engine.evaluator import MAX_DETECTIONS, checkpoint_dataset  # noqa: E402
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", choices=TRAIN_AMP_CHOICES, help="precision (default: eval's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    machine = machine_info()  # /proc/cpuinfo read once: the results and the progress print
 
     predictor = Predictor(args.checkpoint, amp=args.amp, inference=InferenceSettings())
     method = predictor.instance_method
@@ -82,7 +83,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(
         f"{args.checkpoint} on {args.split} ({len(dataset)} images), precision {predictor.amp}, "
-        f"CPU {cpu_model()}, {threads} threads"
+        f"CPU {machine['cpu']}, {threads} threads"
     )
     print("| views | centre threshold | NMS kernel | AP@0.50 | mean AP | PQ | model s/image |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -109,7 +110,7 @@ def main() -> None:
                 {
                     "checkpoint": str(args.checkpoint),
                     "split": args.split,
-                    **machine_info(),
+                    **machine,
                     "threads": threads,
                     "amp": predictor.amp,
                     "trained_decoding": trained,
