@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("instance_errors", REPO / "benchmarks" / "instance_errors.py")
-instance_errors = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(instance_errors)
+instance_errors = load_benchmark("instance_errors")
 
 
 def test_each_kind_of_error_once():

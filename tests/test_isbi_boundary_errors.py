@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("isbi_boundary_errors", REPO / "benchmarks" / "isbi_boundary_errors.py")
-boundary_errors = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(boundary_errors)
+boundary_errors = load_benchmark("isbi_boundary_errors")
 
 
 def test_distance_to_the_boundary_of_a_one_pixel_membrane():

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("label_offset", REPO / "benchmarks" / "label_offset.py")
-label_offset = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(label_offset)
+label_offset = load_benchmark("label_offset")
 
 STEPS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+from .conftest import load_benchmark
 
-from .conftest import REPO
-
-_spec = importlib.util.spec_from_file_location("machine", REPO / "benchmarks" / "machine.py")
-machine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(machine)
+machine = load_benchmark("machine")
 
 # two processors of a bare-named virtual machine; "model name" must not be read as "model"
 AMD = """processor\t: 0

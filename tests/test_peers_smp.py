@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("peers_smp", REPO / "benchmarks" / "peers_smp.py")
-peers_smp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peers_smp)
+peers_smp = load_benchmark("peers_smp")
 
 
 class _StrideModel(torch.nn.Module):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("per_group_iou", REPO / "benchmarks" / "per_group_iou.py")
-per_group_iou = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(per_group_iou)
+per_group_iou = load_benchmark("per_group_iou")
 
 
 def test_default_groups_are_camvid_sequences():
