@@ -69,6 +69,12 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def _all_succeeded(procs: dict[str, subprocess.Popen]) -> bool:
+    """Wait for every side (so none outlives the script), then say whether all exited cleanly."""
+    codes = [p.wait() for p in procs.values()]
+    return all(code == 0 for code in codes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
@@ -101,7 +107,7 @@ def main() -> int:
     wave = 1 if args.sequential else os.cpu_count()
     procs = {}
     for i, (label, model) in enumerate(sides.items()):
-        if i % wave == 0 and any(p.wait() != 0 for p in procs.values()):
+        if i % wave == 0 and not _all_succeeded(procs):
             return 1
         core = i % wave
         cmd = [
@@ -128,7 +134,7 @@ def main() -> int:
             cmd = ["taskset", "-c", str(core), *cmd]
         print("+", " ".join(cmd), flush=True)
         procs[label] = subprocess.Popen(cmd, env=env)
-    if any(p.wait() != 0 for p in procs.values()):
+    if not _all_succeeded(procs):
         return 1
 
     runs = {label: json.loads((out_dir / label / "peer_result.json").read_text()) for label in sides}
