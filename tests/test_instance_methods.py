@@ -124,6 +124,14 @@ def test_instances_config_section():
         "instances.center_sigma_per_radius=0: must be > 0, or null for one center_sigma for all instances"
     )
     with pytest.raises(ConfigError) as e:
+        InstanceSettings.from_dict({"method": "panoptic", "nms_kernel": 8})
+    assert str(e.value) == "instances.nms_kernel=8: must be odd (e.g. 9)"
+    for bad in (True, "0.5"):  # null by default, so the config's type check does not see these
+        with pytest.raises(ConfigError) as e:
+            InstanceSettings.from_dict({"method": "panoptic", "center_sigma_per_radius": bad})
+        assert str(e.value) == f"instances.center_sigma_per_radius={bad!r}: must be a number (e.g. 0.5), or null"
+    assert InstanceSettings.from_dict({"center_sigma_per_radius": 1}).center_sigma_per_radius == 1
+    with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"small_instance_area": -1, "small_instance_weight": 3})
     assert str(e.value) == (
         "instances.small_instance_area=-1, small_instance_weight=3: the area must be >= 0 pixels and the weight > 0"
@@ -183,6 +191,8 @@ def test_train_eval_predict_each_method(method, tmp_path):
         ConfigError, match=r"^decoding setting\(s\) sigma; valid: center_threshold, nms_kernel, top_k, min_size$"
     ):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"sigma": 1})
+    with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
+        evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
     out = tmp_path / "out"
     written = predict(run / "best.pt", [data / "toy/images/val"], out, progress=False)
     for files in written:

@@ -41,8 +41,15 @@ class InstanceSettings:
         for key in ("boundary_width", "nms_kernel", "top_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"instances.{key}={getattr(self, key)}: must be >= 1")
+        if self.nms_kernel % 2 == 0:
+            # a centred max-pooling window needs a middle pixel
+            raise ConfigError(f"instances.nms_kernel={self.nms_kernel}: must be odd (e.g. {self.nms_kernel + 1})")
         if self.center_sigma <= 0:
             raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be > 0")
+        per_radius = self.center_sigma_per_radius
+        if per_radius is not None and (isinstance(per_radius, bool) or not isinstance(per_radius, (int, float))):
+            # null-default keys escape the config's type check, which compares with the default's type
+            raise ConfigError(f"instances.center_sigma_per_radius={per_radius!r}: must be a number (e.g. 0.5), or null")
         if self.center_sigma_per_radius is not None and self.center_sigma_per_radius <= 0:
             raise ConfigError(
                 f"instances.center_sigma_per_radius={self.center_sigma_per_radius}: must be > 0, or null for one "
