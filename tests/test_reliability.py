@@ -200,6 +200,17 @@ def test_resume_compares_the_instances_section_but_not_its_decoding():
     }
 
 
+def test_resume_compares_the_inference_section_that_validation_scores_with():
+    saved = {"inference": {"flip": True}}
+    assert changed_settings(saved, {"inference": {"flip": True, "scales": [1.0]}}) == {}  # a spelled-out default
+    assert changed_settings(saved, {"inference": {"flip": True, "scales": [0.75, 1.0]}}) == {
+        "inference.scales": ([1.0], [0.75, 1.0])
+    }
+    assert changed_settings({}, {"inference": {"class_weight_correction": 0.5}}) == {
+        "inference.class_weight_correction": (0.0, 0.5)
+    }
+
+
 def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):
     run, root, _ = toy_run
     changed = load_config(toy_config(tmp_path, iters=4, eval_interval=2), ["train.lr=0.01"])

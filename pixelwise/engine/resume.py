@@ -168,8 +168,9 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     checkpoint was trained with (the ``crf`` section and :data:`FREE_ON_RESUME` excepted). A key the checkpoint's
     config lacks (a setting added since it was written) counts as its default."""
     out = {}
-    # the model section is :func:`restore`'s model check (against the recorded spec), which no flag overrides
-    for section in ("data", "train", "instances"):
+    # the model section is :func:`restore`'s model check (against the recorded spec), which no flag overrides;
+    # inference is compared because validation scores with it, and best.pt is chosen on those scores
+    for section in ("data", "train", "instances", "inference"):
         old, new = saved.get(section) or {}, config.get(section) or {}
         for key, change in _section_changes(old, new, DEFAULTS.get(section, {})).items():
             if f"{section}.{key}" not in FREE_ON_RESUME:
