@@ -193,6 +193,12 @@ def test_train_eval_predict_each_method(method, tmp_path):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"sigma": 1})
     with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
+    with pytest.raises(
+        ConfigError,
+        match=rf"best.pt: the dense CRF refines a semantic model's scores, and this model decodes instances "
+        rf"\(instances.method={method}\), which it would not change: drop --crf$",
+    ):
+        evaluate_checkpoint(run / "best.pt", progress=False, crf=True)
     out = tmp_path / "out"
     written = predict(run / "best.pt", [data / "toy/images/val"], out, progress=False)
     for files in written:

@@ -177,6 +177,12 @@ class Predictor:
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
         self.instance_method = instance_decoding(self.meta.get("instances"), decoding, checkpoint)
+        if self.crf is not None and self.instance_method.enabled:
+            # instance decoding reads the model's own outputs, so a CRF would be recorded but never applied
+            raise ConfigError(
+                f"{checkpoint}: the dense CRF refines a semantic model's scores, and this model decodes instances "
+                f"(instances.method={self.instance_method.method}), which it would not change: drop --crf"
+            )
         image_range = self.meta.get("image_range")
         self.image_range = tuple(image_range) if image_range else None
 
