@@ -206,6 +206,11 @@ def test_train_eval_predict_each_method(method, tmp_path):
         assert inst.mode.startswith("I;16") and inst.size == (48, 40)
         assert int(files["instance_count"]) == np.count_nonzero(np.unique(np.asarray(inst)))
         assert Image.open(files["instance_overlay"]).size == (48, 40)
+    # the manifest records the decoding used, overrides included
+    predict(run / "best.pt", [data / "toy/images/val"], out, progress=False, overwrite=True, decoding={"min_size": 3})
+    manifest = json.loads((out / "manifest.json").read_text())
+    trained = InstanceSettings.from_dict(ckpt["meta"]["instances"]).decoding
+    assert manifest["settings"]["decoding"] == {**trained, "min_size": 3}
 
 
 def test_panoptic_training_with_small_instance_weights_and_narrow_centres(tmp_path):

@@ -518,6 +518,7 @@ def predict(
             "crf": None if predictor.crf is None else asdict(predictor.crf),
             "effect": None if chosen is None else chosen.describe(),
             "smooth": smooth,
+            "decoding": predictor.instance_method.decoding if predictor.instance_method.enabled else None,
         },
         "files": written,
         "failed": failed,
