@@ -91,6 +91,21 @@ def test_gaussian_window_and_settings_errors():
         InferenceSettings(mode="slide")
     with pytest.raises(ConfigError, match="valid: whole, slide"):
         InferenceSettings(mode="tiles")
+    whole_with_windows = (
+        r"^inference crop/stride size the windows of mode slide: add --mode slide \(inference.mode: slide\), or "
+        r"leave them out$"
+    )
+    for sizes in ({"crop": 512}, {"stride": 256}):  # ignored by a whole-image pass: refused instead
+        with pytest.raises(ConfigError, match=whole_with_windows):
+            InferenceSettings(**sizes)
+    with pytest.raises(ConfigError, match=r"^inference stride must be at least 1 pixel, got 0$"):
+        InferenceSettings(mode="slide", crop=64, stride=0)
+    with pytest.raises(ConfigError, match=r"^inference crop must be at least 1 pixel, got \[64, -1\]$"):
+        InferenceSettings(mode="slide", crop=[64, -1])
+    with pytest.raises(ConfigError, match=r"^inference scales must be positive, got \[1.0, nan\]$"):
+        InferenceSettings(scales=[1.0, float("nan")])
+    with pytest.raises(ConfigError, match=r"^inference.class_weight_correction=nan: must be a finite number >= 0$"):
+        InferenceSettings(class_weight_correction=float("nan"))
     assert InferenceSettings().is_plain and not InferenceSettings(flip=True).is_plain
     assert not InferenceSettings(rot90=True).is_plain
 

@@ -6,6 +6,7 @@ predicted on the whole (rescaled) image or by sliding windows (:mod:`.sliding_wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -59,8 +60,22 @@ class InferenceSettings:
             raise ConfigError(f"inference blend {self.blend!r}; valid: uniform, gaussian")
         if self.mode == "slide" and self.crop is None:
             raise ConfigError("sliding-window inference needs a crop size")
-        if not self.scales or any(s <= 0 for s in self.scales):
+        if self.mode == "whole" and (self.crop is not None or self.stride is not None):
+            # a whole-image pass has no windows: the sizes would be ignored without a word
+            raise ConfigError(
+                "inference crop/stride size the windows of mode slide: add --mode slide (inference.mode: slide), "
+                "or leave them out"
+            )
+        for name in ("crop", "stride"):
+            value = getattr(self, name)
+            if value is not None and any(v < 1 for v in _pair(value)):
+                raise ConfigError(f"inference {name} must be at least 1 pixel, got {value}")
+        if not self.scales or any(not s > 0 or not math.isfinite(s) for s in self.scales):
             raise ConfigError(f"inference scales must be positive, got {list(self.scales)}")
+        if not math.isfinite(self.class_weight_correction):
+            raise ConfigError(
+                f"inference.class_weight_correction={self.class_weight_correction}: must be a finite number >= 0"
+            )
         if self.class_weight_correction < 0:
             raise ConfigError(
                 f"inference.class_weight_correction={self.class_weight_correction}: must be >= 0 (0: off, 1: undo "
