@@ -4,13 +4,18 @@ end is checkpointed, and --resume keeps what is left of the budget."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
 
+import pixelwise.engine.trainer as trainer
 from pixelwise.config import load_config
 from pixelwise.engine import train
 from pixelwise.engine.builders import lr_factor
+from pixelwise.engine.trainer import TrainingInterrupted
 
 from .conftest import write_dataset
 from .test_engine import toy_config
@@ -50,3 +55,35 @@ def test_training_stops_at_the_budget_then_resume_keeps_the_rest(tmp_path):
     resumed = train(more, run_dir=run, data_root=root, resume=True, allow_changes=True, progress=False)
     assert 120 * budget <= resumed["train_seconds"] < 120 * budget + 5
     assert torch.load(run / "last.pt", weights_only=True)["train_state"]["iter"] > stopped_at
+
+
+def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
+    """The step a SIGTERM interrupts is finished and counted in the iterations, so its seconds count against the
+    budget too (else --resume would grant them again)."""
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=100, eval_interval=100, max_minutes=10))
+    clock = [0.0]  # the trainer's clock stands still but for the third step, which takes 100 s
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def perf_counter(self):
+            return clock[0]
+
+    real, calls = trainer.step_loss, [0]
+
+    def slow_third_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # the signal comes during a long step
+            clock[0] += 100.0
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "time", Clock())
+    monkeypatch.setattr(trainer, "step_loss", slow_third_step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
+        train(cfg, run_dir=run, data_root=root, progress=False)
+    state = torch.load(run / "last.pt", weights_only=True)["train_state"]
+    assert state["iter"] == 3 and state["train_seconds"] == 100.0

@@ -386,8 +386,9 @@ def _train(
                     raise
                 loss_value = None  # a signal also stopped the loader's workers mid-step: nothing was stepped
             if caught:
-                if loss_value is not None:
+                if loss_value is not None:  # the step counts, so does its time (the budget left after --resume)
                     state.iter += 1
+                    state.train_seconds += time.perf_counter() - step_start
                     rng = None
                 save(best=False, rng=rng)
                 name = signal.Signals(caught[0]).name
