@@ -14,7 +14,7 @@ import torch
 from pixelwise.config import load_config
 from pixelwise.engine import Predictor, train
 from pixelwise.errors import ConfigError, DataError, PixelwiseError
-from pixelwise.inference import InferenceSettings
+from pixelwise.inference import InferenceSettings, InstanceSettings
 
 from .conftest import write_dataset
 from .test_engine import toy_config
@@ -260,6 +260,19 @@ def test_writer_keeps_odd_sizes_and_rates(tmp_path):
     with pytest.raises(ValueError, match="frame is 10x10, the video 47x33"):
         with VideoWriter(tmp_path / "bad.mp4", fps=25, width=47, height=33) as w:
             w.write(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_a_model_whose_outputs_are_not_its_classes_is_refused(predictor, tmp_path, monkeypatch):
+    # a boundary-method model has one output more than classes: its argmax is not a label
+    monkeypatch.setitem(predictor.meta, "model", {**predictor.meta["model"], "num_classes": 4})
+    monkeypatch.setattr(predictor, "instance_method", InstanceSettings(method="boundary"))
+    with pytest.raises(ConfigError) as e:
+        predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "out", progress=False)
+    assert str(e.value) == (
+        f"{tmp_path / 'clip.mp4'}: video writes each frame's class labels, and this model's 4 outputs are not its 3 "
+        "classes (instances.method=boundary): predict the frames as images, which decodes them"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_not_a_video_and_missing_pyav(predictor, tmp_path, monkeypatch):

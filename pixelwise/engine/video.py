@@ -211,6 +211,15 @@ def predict_video(
         raise ConfigError(f"video masks {masks!r}; valid: {', '.join(MASK_OUTPUTS)}")
     if not overlay_video and masks is None and effect is None:
         raise ConfigError("nothing to write: ask for the overlay, the masks or an effect")
+    outputs = predictor.meta.get("model", {}).get("num_classes", len(predictor.classes))
+    if outputs != len(predictor.classes):
+        # e.g. the boundary method's extra channel: the argmax of the outputs is not a class, and video does not
+        # decode instances
+        raise ConfigError(
+            f"{path}: video writes each frame's class labels, and this model's {outputs} outputs are not its "
+            f"{len(predictor.classes)} classes (instances.method={predictor.instance_method.method}): predict the "
+            "frames as images, which decodes them"
+        )
     info = probe_video(path)
     predictor.check_size(info.height, info.width, str(path))
     ema = TemporalEMA(smooth) if smooth is not None else None
