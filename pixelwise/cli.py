@@ -258,6 +258,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         dynamic=not args.static,
         exporter=args.exporter,
+        overwrite=args.overwrite,
     )
     shape = "dynamic batch, height and width" if report["dynamic"] else f"fixed size {args.size[0]}x{args.size[-1]}"
     print(f"{args.out}: ONNX opset {report['opset']} ({report['exporter']} exporter), {shape}")
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="torchscript",
         help="torch.onnx exporter (torchscript is fast; dynamo is torch.export based)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="data set tools: check, import")

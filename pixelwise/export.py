@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -109,20 +111,50 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic: bool = True,
     exporter: str = "torchscript",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint's model to ONNX and check it with onnxruntime. Returns a report:
     ``{"out", "opset", "exporter", "dynamic", "max_abs_diff": {"NxHxW": value, ..., "relative": r}}``.
     If the graph does not take other sizes (or an op lacks dynamic-shape support), it is exported
-    with the fixed example size, then with the other exporter; ``"failures"`` says why."""
+    with the fixed example size, then with the other exporter; ``"failures"`` says why. ``out`` appears only
+    once the graph has passed the check (an existing file is replaced only with ``overwrite``)."""
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise PixelwiseError(f"ONNX export needs {', '.join(missing)}: pip install 'pixelwise[onnx]'")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PixelwiseError(f"--out {out} exists: pass --overwrite to replace it, or choose another file")
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
     meta = ckpt["meta"]
-    in_channels = input_channels(meta["model"])
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # built and checked beside out, then renamed over it: a failed export leaves nothing unchecked behind
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        report = _export_checked(model, meta, work / out.name, height, width, opset, dynamic, exporter)
+        # the run's inference protocol travels with the graph (the onnxruntime backend runs it as the checkpoint
+        # would)
+        protocol = (ckpt.get("config") or {}).get("inference")
+        onnx_meta = {k: report[k] for k in ("opset", "dynamic")}
+        _add_metadata(work / out.name, {**meta, "inference": protocol, "onnx": onnx_meta})
+        os.replace(work / out.name, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out), **report}
+
+
+def _export_checked(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    out: Path,
+    height: int,
+    width: int,
+    opset: int,
+    dynamic: bool,
+    exporter: str,
+) -> dict[str, Any]:
+    """Export to ``out`` and check with onnxruntime, falling back to a fixed size and the other exporter."""
+    in_channels = input_channels(meta["model"])
     torch.manual_seed(0)
     x = torch.randn(1, in_channels, height, width)
     sizes = [(1, height, width)] + ([(2, height - 13, width + 7)] if dynamic else [])
@@ -138,12 +170,9 @@ def export_onnx(
             failures.append(f"{how}{' dynamic' if dyn else ''}: {type(e).__name__}: {str(e).strip()[:160]}")
     else:
         raise PixelwiseError(f"ONNX export of {meta['model']['name']} failed: " + " | ".join(failures))
-    report = {"out": str(out), "opset": opset, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
+    report = {"opset": opset, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
     if failures:
         report["failures"] = failures
-    # the run's inference protocol travels with the graph (the onnxruntime backend runs it as the checkpoint would)
-    protocol = (ckpt.get("config") or {}).get("inference")
-    _add_metadata(out, {**meta, "inference": protocol, "onnx": {k: report[k] for k in ("opset", "dynamic")}})
     return report
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from pixelwise import build_model
 from pixelwise.engine import predict
-from pixelwise.errors import CheckpointError
+from pixelwise.errors import CheckpointError, PixelwiseError
 from pixelwise.inference import fold_batch_norm, optimize_for_inference
 from pixelwise.models.weights import save_checkpoint
 
@@ -91,6 +91,32 @@ def test_export_dynamic_and_onnxruntime_backend(tmp_path, name, kwargs):
         a = np.asarray(Image.open(tmp_path / f"torch/masks/img{i}.png"))
         b = np.asarray(Image.open(tmp_path / f"ort/masks/img{i}.png"))
         assert (a == b).mean() > 0.999
+
+
+def test_export_never_leaves_an_unchecked_graph_nor_replaces_a_file_unasked(tmp_path, monkeypatch):
+    import pixelwise.export as export
+    from pixelwise.inference.onnx_backend import OnnxModel
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    out = tmp_path / "models" / "m.onnx"
+    export.export_onnx(ckpt, out, height=32, width=32, dynamic=False)
+    first = out.read_bytes()
+    with pytest.raises(PixelwiseError) as e:
+        export.export_onnx(ckpt, out, height=32, width=32, dynamic=False)
+    assert str(e.value) == f"--out {out} exists: pass --overwrite to replace it, or choose another file"
+
+    def disagree(*args, **kwargs):
+        raise RuntimeError("onnxruntime's outputs differ from PyTorch's")
+
+    monkeypatch.setattr(export, "verify_onnx", disagree)
+    with pytest.raises(PixelwiseError, match=r"^ONNX export of unet failed: torchscript: RuntimeError: onnxruntime"):
+        export.export_onnx(ckpt, out, height=32, width=32, dynamic=False, overwrite=True)
+    assert out.read_bytes() == first  # the checked graph is still there, and nothing else
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
+    monkeypatch.undo()
+    report = export.export_onnx(ckpt, out, height=48, width=48, dynamic=False, overwrite=True)
+    assert report["out"] == str(out) and OnnxModel(out).fixed_size == (48, 48)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
 
 
 def test_onnx_without_pixelwise_metadata_is_refused(tmp_path):
