@@ -229,8 +229,8 @@ class Predictor:
 
     def check_size(self, height: int, width: int, source: str) -> None:
         """A one-line DataError for an image smaller than the model's total stride."""
-        if self.ckpt is None:
-            return
+        if getattr(self.model, "fixed_size", None) is not None:
+            return  # an ONNX graph of a fixed size: every input is resized to it
         if self._smallest is None:
             self._smallest = smallest_input(self.meta["model"])
         if min(height, width) < self._smallest:
