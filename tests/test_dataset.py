@@ -77,6 +77,17 @@ def test_bad_classes_json(toy_root):
     (toy_root / "toy/classes.json").write_text(json.dumps({"names": ["a"]}))
     with pytest.raises(DataError, match=r"classes.json: not a valid classes.json"):
         DatasetInfo.load(toy_root, "toy")
+    path = toy_root / "toy/classes.json"
+    for bad in (-1, 300, 1, "255", None, True):  # outside 8 bits, a class's own index, not a whole number
+        path.write_text(json.dumps({"classes": ["a", "b", "c"], "ignore_index": bad}))
+        with pytest.raises(DataError) as e:
+            DatasetInfo.load(toy_root, "toy")
+        assert str(e.value) == (
+            f'{path}: "ignore_index" is {bad!r}; it must be a whole number from 3 to 255 (8-bit masks, classes 0-2), '
+            "e.g. 255"
+        )
+    path.write_text(json.dumps({"classes": ["a", "b", "c"], "ignore_index": 3}))
+    assert DatasetInfo.load(toy_root, "toy").ignore_index == 3
 
 
 def test_unlabelled_split(tmp_path):

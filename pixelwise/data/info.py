@@ -124,7 +124,14 @@ class DatasetInfo:
         palette = raw.get("palette") or default_palette(len(classes))
         if len(palette) != len(classes):
             raise DataError(f"{path}: {len(classes)} classes but {len(palette)} palette entries")
-        ignore = int(raw.get("ignore_index", 255))
+        ignore = raw.get("ignore_index", 255)
+        n = len(classes)
+        if isinstance(ignore, bool) or not isinstance(ignore, int) or not n <= ignore <= 255:
+            # masks are 8-bit and 0..n-1 are the classes: any other value cannot mark pixels without a label
+            raise DataError(
+                f'{path}: "ignore_index" is {ignore!r}; it must be a whole number from {n} to 255 (8-bit masks, '
+                f"classes 0-{n - 1}), e.g. 255"
+            )
         return cls(
             name,
             classes,
