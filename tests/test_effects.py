@@ -189,7 +189,10 @@ def test_effect_from_spec(tmp_path, scene):
     [
         ("sepia", None, "--effect 'sepia'; valid: blur[=SIGMA], replace=IMAGE_OR_COLOUR, cutout, highlight[=OPACITY]"),
         ("blur=strong", None, "--effect 'blur=strong': 'strong' is not a number; valid: blur[=SIGMA], "),
-        ("blur=0", None, "--effect blur=0.0: the strength must be > 0 (a Gaussian sigma in pixels)"),
+        ("blur=0", None, "--effect blur=0.0: the strength must be a finite number > 0 (a Gaussian sigma in pixels)"),
+        ("blur=nan", None, "--effect blur=nan: the strength must be a finite number > 0 (a Gaussian sigma in pixels)"),
+        ("blur=inf", None, "--effect blur=inf: the strength must be a finite number > 0 (a Gaussian sigma in pixels)"),
+        ("highlight=nan", None, "--effect highlight=nan: the opacity must be in (0, 1]"),
         ("highlight=2", None, "--effect highlight=2.0: the opacity must be in (0, 1]"),
         ("replace", None, "--effect 'replace': give the background, replace=IMAGE_OR_COLOUR"),
         ("replace=nowhere.jpg", None, "--effect replace=nowhere.jpg: no such image file, and not a colour"),

@@ -258,8 +258,10 @@ class Effect:
             raise ConfigError("--effect replace needs a background: replace=IMAGE_OR_COLOUR")
         if self.name == "highlight" and not self.palette:
             raise ConfigError("--effect highlight needs the model's palette")
-        if self.sigma is not None and self.sigma <= 0:
-            raise ConfigError(f"--effect blur={self.sigma}: the strength must be > 0 (a Gaussian sigma in pixels)")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):  # nan passes "<= 0"
+            raise ConfigError(
+                f"--effect blur={self.sigma}: the strength must be a finite number > 0 (a Gaussian sigma in pixels)"
+            )
         if not 0 < self.opacity <= 1:
             raise ConfigError(f"--effect highlight={self.opacity}: the opacity must be in (0, 1]")
 
