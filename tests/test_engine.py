@@ -13,8 +13,9 @@ import yaml
 
 from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
+from pixelwise.errors import DataError
 from pixelwise.models.weights import load_checkpoint
-from pixelwise.report import write_report
+from pixelwise.report import read_log, write_report
 
 from .conftest import REPO, write_dataset
 
@@ -271,3 +272,16 @@ def test_torch_compile_option_trains_and_saves_plain_keys(tmp_path):
     train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
     keys = list(load_checkpoint(tmp_path / "r/last.pt")["model"])
     assert keys and not any(k.startswith("_orig_mod") for k in keys)
+
+
+def test_report_reads_a_log_cut_short_by_a_kill(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"type": "train", "iter": 1, "loss": 0.5}, {"type": "val", "iter": 1, "miou": 0.25}]
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    (run / "metrics.jsonl").write_text(whole + '{"type": "train", "it')  # killed mid-write
+    assert read_log(run) == ([records[0]], [records[1]])
+    (run / "metrics.jsonl").write_text('{"type": "tr\n' + whole)  # damage elsewhere is not a kill: say where
+    with pytest.raises(DataError) as e:
+        read_log(run)
+    assert str(e.value) == f"{run / 'metrics.jsonl'}: line 1 is not a JSON record; remove it or restore the file"
