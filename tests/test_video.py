@@ -262,6 +262,27 @@ def test_writer_keeps_odd_sizes_and_rates(tmp_path):
             w.write(np.zeros((10, 10, 3), np.uint8))
 
 
+@pytest.mark.parametrize("masks", ["png", "video"])
+def test_a_video_that_fails_partway_leaves_no_outputs(predictor, tmp_path, monkeypatch, masks):
+    import pixelwise.engine.video as video
+
+    clip = write_video(tmp_path / "clip.mp4", square_frames())
+    real = video.decode_frames
+
+    def broken_after_five(path, mode):
+        for i, frame in enumerate(real(path, mode)):
+            if i == 5:
+                raise DataError(f"cannot read video {path}: frame 5 is damaged")
+            yield frame
+
+    monkeypatch.setattr(video, "decode_frames", broken_after_five)
+    effect = Effect.from_spec("blur=2", predictor.classes, predictor.meta["palette"], foreground="c1,c2")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="frame 5 is damaged"):
+        predict_video(predictor, clip, out, masks=masks, effect=effect, batch_size=2, progress=False)
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no shortened video, no first frames' masks
+
+
 def test_a_model_whose_outputs_are_not_its_classes_is_refused(predictor, tmp_path, monkeypatch):
     # a boundary-method model has one output more than classes: its argmax is not a label
     monkeypatch.setitem(predictor.meta, "model", {**predictor.meta["model"], "num_classes": 4})

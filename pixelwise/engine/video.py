@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -277,6 +278,10 @@ def predict_video(
                 writer.close()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 log.debug("closing %s failed", writer.path, exc_info=True)
+            # a shortened video that looks whole, and that no manifest lists, would mislead
+            Path(writer.path).unlink(missing_ok=True)
+        if masks == "png":
+            shutil.rmtree(mask_dir, ignore_errors=True)
         raise
     seconds = time.perf_counter() - start
     rgb = writers.get("overlay") or writers.get("effect")
