@@ -262,6 +262,22 @@ def test_writer_keeps_odd_sizes_and_rates(tmp_path):
             w.write(np.zeros((10, 10, 3), np.uint8))
 
 
+def test_frames_go_through_windows_when_memory_is_short(predictor, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import pixelwise.engine.predictor as predictor_module
+
+    clip = write_video(tmp_path / "clip.mp4", square_frames())
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)  # bytes
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    files = predict_video(predictor, clip, tmp_path / "out", masks="video", batch_size=4, progress=False)
+    assert f"image {clip} (64x48): a whole-image pass needs about" in caplog.text
+    assert "predicting it in 32x32 sliding windows" in caplog.text
+    labels = [m[..., 0] for m in read_frames(files["masks"], "L")]
+    for frame, label in zip(read_frames(clip), labels, strict=True):  # each frame as predict runs it, in windows
+        np.testing.assert_array_equal(label, predictor.predict(frame))
+
+
 @pytest.mark.parametrize("masks", ["png", "video"])
 def test_a_video_that_fails_partway_leaves_no_outputs(predictor, tmp_path, monkeypatch, masks):
     import pixelwise.engine.video as video

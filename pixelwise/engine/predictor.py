@@ -240,16 +240,18 @@ class Predictor:
                 f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
             )
 
-    def settings_for_size(self, height: int, width: int, source: str) -> InferenceSettings | None:
-        """The protocol for an image of this size: the configured one, except that a whole-image pass that
-        would not fit in memory becomes a sliding window (said in the log)."""
+    def settings_for_size(self, height: int, width: int, source: str, batch: int = 1) -> InferenceSettings | None:
+        """The protocol for ``batch`` images of this size at a time: the configured one, except that a
+        whole-image pass that would not fit in memory becomes a sliding window (said in the log)."""
         s = self.inference
         if self.ckpt is None or (s is not None and s.mode == "slide"):
             return s
         free = available_memory(self.device)
         top = max(s.scales) if s is not None else 1.0  # the largest scale's pass is the biggest
-        need = inference_bytes(self.meta["model"], round(height * top), round(width * top)) * (
-            1 + (s is not None and (s.flip or s.rot90))
+        need = (
+            inference_bytes(self.meta["model"], round(height * top), round(width * top))
+            * (1 + (s is not None and (s.flip or s.rot90)))
+            * batch
         )
         if free is None or need <= MEMORY_SHARE * free:
             return s

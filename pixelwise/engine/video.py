@@ -223,6 +223,8 @@ def predict_video(
         )
     info = probe_video(path)
     predictor.check_size(info.height, info.width, str(path))
+    # frames go through batch_size at a time: windows where that many whole frames would not fit, as for images
+    settings = predictor.settings_for_size(info.height, info.width, str(path), batch=batch_size)
     ema = TemporalEMA(smooth) if smooth is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {"video": str(path)}
@@ -254,7 +256,7 @@ def predict_video(
             for batch in batches(decode_frames(path, predictor.image_mode), batch_size):
                 images = [image for _, image in batch]
                 x = torch.stack([predictor.normalise(image) for image in images])
-                probs = batch_probabilities(predictor, x)
+                probs = batch_probabilities(predictor, x, settings)
                 if ema is not None:
                     probs = ema(probs)
                 labels = class_argmax(probs).to(torch.uint8).cpu().numpy()
