@@ -14,12 +14,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .crf import settings_for
 from .errors import PixelwiseError
 from .inference.onnx_backend import META_KEY, onnxruntime_module
 from .models import input_channels, load_checkpoint, model_from_checkpoint, model_logits
@@ -135,8 +137,10 @@ def export_onnx(
         # the run's inference protocol travels with the graph (the onnxruntime backend runs it as the checkpoint
         # would)
         protocol = (ckpt.get("config") or {}).get("inference")
+        # and the CRF parameters --crf uses with the checkpoint (crf-search's, beside it), wherever the file goes
+        crf = asdict(settings_for(checkpoint, (ckpt.get("config") or {}).get("crf")))
         onnx_meta = {k: report[k] for k in ("opset", "dynamic")}
-        _add_metadata(work / out.name, {**meta, "inference": protocol, "onnx": onnx_meta})
+        _add_metadata(work / out.name, {**meta, "inference": protocol, "crf": crf, "onnx": onnx_meta})
         os.replace(work / out.name, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

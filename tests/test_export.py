@@ -124,6 +124,24 @@ def test_export_never_leaves_an_unchecked_graph_nor_replaces_a_file_unasked(tmp_
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
 
 
+def test_onnx_carries_the_crf_parameters_of_its_checkpoint(tmp_path):
+    import yaml
+
+    from pixelwise.engine import Predictor
+    from pixelwise.export import export_onnx
+    from pixelwise.models.weights import load_checkpoint
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    trained = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, {**trained, "config": {"crf": {"w1": 7.0}}})  # the run's config
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"crf": {"theta_beta": 5.0}}))  # crf-search's, beside it
+    out = tmp_path / "elsewhere" / "m.onnx"
+    export_onnx(ckpt, out, height=32, width=32, dynamic=False)
+    from_onnx = Predictor(out, backend="onnxruntime", crf=True).crf
+    assert from_onnx == Predictor(ckpt, device="cpu", crf=True).crf
+    assert (from_onnx.w1, from_onnx.theta_beta, from_onnx.theta_alpha) == (7.0, 5.0, 67.0)
+
+
 def test_onnx_without_pixelwise_metadata_is_refused(tmp_path):
     from pixelwise.inference.onnx_backend import OnnxModel
 

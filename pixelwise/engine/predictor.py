@@ -189,7 +189,8 @@ class Predictor:
     def _crf_settings(self, crf: CRFOption) -> CRFSettings | None:
         if crf is None or crf is False or isinstance(crf, CRFSettings):
             return crf or None
-        stored = (self.ckpt or {}).get("config", {}).get("crf")
+        # an ONNX file carries the parameters of the checkpoint it came from (pixelwise export)
+        stored = self.ckpt.get("config", {}).get("crf") if self.ckpt is not None else self.meta.get("crf")
         return settings_for(self.checkpoint, stored, crf if isinstance(crf, dict) else None)
 
     @property
