@@ -206,6 +206,13 @@ def test_train_eval_predict_each_method(method, tmp_path):
         assert inst.mode.startswith("I;16") and inst.size == (48, 40)
         assert int(files["instance_count"]) == np.count_nonzero(np.unique(np.asarray(inst)))
         assert Image.open(files["instance_overlay"]).size == (48, 40)
+    # an effect follows the decoded mask (a boundary model's outputs are not its classes): cut out where it says c1
+    cut = predict(
+        run / "best.pt", [data / "toy/images/val"], tmp_path / "cut", progress=False, effect="cutout", foreground="c1"
+    )
+    for files in cut:
+        alpha = np.asarray(Image.open(files["effect"]))[..., 3]
+        np.testing.assert_array_equal(alpha, 255 * (np.asarray(Image.open(files["masks"])) == 1))
     # the manifest records the decoding used, overrides included
     predict(run / "best.pt", [data / "toy/images/val"], out, progress=False, overwrite=True, decoding={"min_size": 3})
     manifest = json.loads((out / "manifest.json").read_text())

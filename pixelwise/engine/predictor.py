@@ -30,7 +30,7 @@ from ..device import autocast, available_memory, inference_dtype, resolve_amp, r
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
-from ..inference.effects import Effect
+from ..inference.effects import Effect, one_hot
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
@@ -551,12 +551,13 @@ def predict(
                     continue
                 pages = predictor.read(path)
                 probs = None
-                if chosen is not None:  # the effect needs probabilities: their argmax is the prediction
-                    probs = [image_probabilities(predictor, page, str(path)) for page in pages]
                 if predictor.instance_method.enabled:
                     found = [predictor.predict_instances(page, str(path)) for page in pages]
                     preds = [f.semantic.astype(np.uint8) for f in found]
-                elif probs is not None:
+                    if chosen is not None:  # as serve: the effect from the decoded mask (outputs may not be classes)
+                        probs = [torch.from_numpy(one_hot(pred, len(predictor.classes))) for pred in preds]
+                elif chosen is not None:  # the effect needs probabilities: their argmax is the prediction
+                    probs = [image_probabilities(predictor, page, str(path)) for page in pages]
                     found, preds = None, [class_argmax(p, 0).to(torch.uint8).cpu().numpy() for p in probs]
                 else:
                     found, preds = None, [predictor.predict(page, str(path)) for page in pages]
