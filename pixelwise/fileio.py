@@ -1,8 +1,10 @@
-"""Writing files so that nothing already written is lost: atomic replacement, strict JSON."""
+"""Writing files so that nothing already written is lost: atomic replacement, strict JSON; reading the
+JSON-lines logs a kill may have cut short."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -10,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DataError
+
 TEMP_SUFFIX = ".tmp"
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -51,3 +56,19 @@ def to_jsonable(obj: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented strict JSON, written atomically."""
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log. A last line cut short (a run killed mid-write) is left out with a
+    warning; a damaged line elsewhere is a :class:`DataError` naming it."""
+    lines = [(i, line) for i, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == lines[-1][0]:
+                log.warning("%s: line %d is cut short (a killed run); left out", path, i)
+                continue
+            raise DataError(f"{path}: line {i} is not a JSON record; remove it or restore the file") from None
+    return records

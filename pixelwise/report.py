@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -12,25 +10,15 @@ from typing import Any
 import yaml
 
 from .errors import DataError
+from .fileio import read_jsonl
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
-
-log = logging.getLogger(__name__)
 
 
 def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise DataError(f"{run_dir} is not a run directory: {path} does not exist")
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    records = []
-    for i, line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == lines[-1][0]:  # a run killed mid-write: its last line is cut short
-                log.warning("%s: line %d is cut short (a killed run); left out", path, i)
-                continue
-            raise DataError(f"{path}: line {i} is not a JSON record; remove it or restore the file") from None
+    records = read_jsonl(path)
     return [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
+from pixelwise.engine.resume import truncate_log
 from pixelwise.errors import DataError
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import read_log, write_report
@@ -281,6 +282,9 @@ def test_report_reads_a_log_cut_short_by_a_kill(tmp_path):
     whole = "".join(json.dumps(r) + "\n" for r in records)
     (run / "metrics.jsonl").write_text(whole + '{"type": "train", "it')  # killed mid-write
     assert read_log(run) == ([records[0]], [records[1]])
+    truncate_log(run / "metrics.jsonl", upto_iter=1)  # --resume after such a kill reads it the same way
+    assert read_log(run) == ([records[0]], [records[1]])
+    (run / "metrics.jsonl").write_text(whole + '{"type": "train", "it')
     (run / "metrics.jsonl").write_text('{"type": "tr\n' + whole)  # damage elsewhere is not a kill: say where
     with pytest.raises(DataError) as e:
         read_log(run)

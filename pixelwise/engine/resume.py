@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import DEFAULTS
 from ..errors import ConfigError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_jsonl
 from ..inference.instance_settings import DECODING_KEYS
 from ..models import model_defaults
 from ..models.weights import load_checkpoint, load_weights
@@ -137,8 +137,8 @@ def truncate_log(path: Path, upto_iter: int) -> None:
     """On resume, drop the log records written after the checkpoint being resumed from."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= upto_iter]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [record for record in read_jsonl(path) if record["iter"] <= upto_iter]  # a cut-short last line goes too
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
 def sampler_start(state: TrainState, accumulate: int) -> int:
