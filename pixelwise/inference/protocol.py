@@ -63,8 +63,7 @@ class InferenceSettings:
         if self.mode == "whole" and (self.crop is not None or self.stride is not None):
             # a whole-image pass has no windows: the sizes would be ignored without a word
             raise ConfigError(
-                "inference crop/stride size the windows of mode slide: add --mode slide (inference.mode: slide), "
-                "or leave them out"
+                "inference crop/stride size the windows of mode slide: add --mode slide, or leave them out"
             )
         for name in ("crop", "stride"):
             value = getattr(self, name)
