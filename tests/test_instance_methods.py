@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pixelwise.config import load_config
-from pixelwise.engine import evaluate_checkpoint, predict, train
+from pixelwise.engine import crf_search, evaluate_checkpoint, predict, train
 from pixelwise.engine.instance_methods import TargetBuilder, build_loss, decode
 from pixelwise.errors import ConfigError
 from pixelwise.inference import InstanceSettings
@@ -199,6 +199,8 @@ def test_train_eval_predict_each_method(method, tmp_path):
         rf"\(instances.method={method}\), which it would not change: drop --crf$",
     ):
         evaluate_checkpoint(run / "best.pt", progress=False, crf=True)
+    with pytest.raises(ConfigError, match=r"best.pt: the dense CRF refines a semantic model's scores"):
+        crf_search(run / "best.pt", num_images=1, progress=False, write=False)  # would tune what --crf refuses
     out = tmp_path / "out"
     written = predict(run / "best.pt", [data / "toy/images/val"], out, progress=False)
     for files in written:

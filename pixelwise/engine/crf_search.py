@@ -18,7 +18,7 @@ from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
 from ..fileio import write_json
 from ..inference import InferenceSettings
 from .evaluator import checkpoint_dataset
-from .predictor import Predictor
+from .predictor import Predictor, check_crf_applies
 from .video import batch_probabilities
 
 
@@ -42,6 +42,7 @@ def crf_search(
     the run's inference protocol, or ``inference`` over it (as :class:`Predictor`), in precision ``amp``.
     Returns the search result, with the protocol used under ``"inference"``."""
     predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
+    check_crf_applies(checkpoint, predictor.instance_method)
     meta, ckpt = predictor.meta, predictor.ckpt
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})

@@ -103,6 +103,16 @@ def instance_decoding(
     return settings.with_decoding(decoding)
 
 
+def check_crf_applies(checkpoint: str | os.PathLike, method: InstanceSettings) -> None:
+    """A ConfigError for an instance model: its decoding reads the model's own outputs, so a CRF would be
+    recorded (or tuned) but never applied."""
+    if method.enabled:
+        raise ConfigError(
+            f"{checkpoint}: the dense CRF refines a semantic model's scores, and this model decodes instances "
+            f"(instances.method={method.method}), which it would not change: drop --crf"
+        )
+
+
 def inference_model(
     ckpt: dict[str, Any], checkpoint: str | os.PathLike, device: torch.device, *, amp: str, compile: bool
 ) -> nn.Module:
@@ -177,12 +187,8 @@ class Predictor:
         self._smallest: int | None = None
         self.image_mode = image_mode(input_channels(self.meta["model"]))
         self.instance_method = instance_decoding(self.meta.get("instances"), decoding, checkpoint)
-        if self.crf is not None and self.instance_method.enabled:
-            # instance decoding reads the model's own outputs, so a CRF would be recorded but never applied
-            raise ConfigError(
-                f"{checkpoint}: the dense CRF refines a semantic model's scores, and this model decodes instances "
-                f"(instances.method={self.instance_method.method}), which it would not change: drop --crf"
-            )
+        if self.crf is not None:
+            check_crf_applies(checkpoint, self.instance_method)
         image_range = self.meta.get("image_range")
         self.image_range = tuple(image_range) if image_range else None
 
