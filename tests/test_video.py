@@ -297,6 +297,12 @@ def test_a_video_that_fails_partway_leaves_no_outputs(predictor, tmp_path, monke
     with pytest.raises(DataError, match="frame 5 is damaged"):
         predict_video(predictor, clip, out, masks=masks, effect=effect, batch_size=2, progress=False)
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no shortened video, no first frames' masks
+    if masks == "png":  # an earlier run's file in the folder (predict --overwrite) is not this run's to remove
+        (out / "masks/clip").mkdir(parents=True)
+        (out / "masks/clip/notes.txt").write_text("kept")
+        with pytest.raises(DataError, match="frame 5 is damaged"):
+            predict_video(predictor, clip, out, masks=masks, batch_size=2, progress=False)
+        assert [p.name for p in out.rglob("*") if p.is_file()] == ["notes.txt"]
 
 
 def test_a_model_whose_outputs_are_not_its_classes_is_refused(predictor, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ from ..models.stats import inference_bytes
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .video import batch_probabilities, image_probabilities, predict_video
+from .video import batch_probabilities, check_video_model, image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
 
@@ -511,6 +511,10 @@ def predict(
     chosen = None
     if effect is not None:  # checked before anything is written
         chosen = Effect.from_spec(effect, predictor.classes, predictor.meta["palette"], foreground)
+    for path in paths:  # a model video cannot run stops here, not after the images before the video are written
+        if is_video(path):
+            check_video_model(predictor, path)
+            break
     prepare_out_dir(out_dir, overwrite)
     written: list[dict[str, str]] = []
     failed: list[dict[str, str]] = []

@@ -49,6 +49,18 @@ MASK_OUTPUTS = ("video", "png")
 DEFAULT_BATCH = 4
 
 
+def check_video_model(predictor: Predictor, path: str | os.PathLike) -> None:
+    """A ConfigError where the model's outputs are not its classes (the boundary method's extra channel): their
+    argmax is not a label, and video does not decode instances."""
+    outputs = predictor.meta.get("model", {}).get("num_classes", len(predictor.classes))
+    if outputs != len(predictor.classes):
+        raise ConfigError(
+            f"{path}: video writes each frame's class labels, and this model's {outputs} outputs are not its "
+            f"{len(predictor.classes)} classes (instances.method={predictor.instance_method.method}): predict the "
+            "frames as images, which decodes them"
+        )
+
+
 def batch_probabilities(predictor: Predictor, batch: torch.Tensor, settings: Any = None) -> torch.Tensor:
     """``N x K x H x W`` float32 class probabilities of a normalised batch, with the predictor's protocol and
     CRF (``settings`` overrides its protocol, e.g. :meth:`Predictor.settings_for_size`)."""
@@ -212,15 +224,7 @@ def predict_video(
         raise ConfigError(f"video masks {masks!r}; valid: {', '.join(MASK_OUTPUTS)}")
     if not overlay_video and masks is None and effect is None:
         raise ConfigError("nothing to write: ask for the overlay, the masks or an effect")
-    outputs = predictor.meta.get("model", {}).get("num_classes", len(predictor.classes))
-    if outputs != len(predictor.classes):
-        # e.g. the boundary method's extra channel: the argmax of the outputs is not a class, and video does not
-        # decode instances
-        raise ConfigError(
-            f"{path}: video writes each frame's class labels, and this model's {outputs} outputs are not its "
-            f"{len(predictor.classes)} classes (instances.method={predictor.instance_method.method}): predict the "
-            "frames as images, which decodes them"
-        )
+    check_video_model(predictor, path)
     info = probe_video(path)
     predictor.check_size(info.height, info.width, str(path))
     # frames go through batch_size at a time: windows where that many whole frames would not fit, as for images
@@ -236,6 +240,7 @@ def predict_video(
     meter = FlickerMeter()
     frames = 0
     start = time.perf_counter()
+    made_mask_dir = False
     try:
         size = {"fps": info.fps, "width": info.width, "height": info.height}
         if overlay_video:
@@ -249,6 +254,7 @@ def predict_video(
             files["masks"] = str(out_dir / f"{stem}_masks.mkv")
             writers["masks"] = VideoWriter(files["masks"], kind="mask", **size)
         elif masks == "png":
+            made_mask_dir = not mask_dir.exists()  # (with --overwrite, an earlier run's frames may be there)
             mask_dir.mkdir(parents=True, exist_ok=True)
             files["masks"] = str(mask_dir)
         bar = tqdm(total=info.frames, desc=stem, unit="frame", disable=not progress, dynamic_ncols=True, smoothing=0.1)
@@ -282,8 +288,11 @@ def predict_video(
                 log.debug("closing %s failed", writer.path, exc_info=True)
             # a shortened video that looks whole, and that no manifest lists, would mislead
             Path(writer.path).unlink(missing_ok=True)
-        if masks == "png":
+        if made_mask_dir:
             shutil.rmtree(mask_dir, ignore_errors=True)
+        elif masks == "png":  # only this run's frames: an earlier run's other files stay
+            for i in range(frames):
+                (mask_dir / f"{i:06d}.png").unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
     rgb = writers.get("overlay") or writers.get("effect")
