@@ -141,6 +141,9 @@ def export_onnx(
         crf = asdict(settings_for(checkpoint, (ckpt.get("config") or {}).get("crf")))
         onnx_meta = {k: report[k] for k in ("opset", "dynamic")}
         _add_metadata(work / out.name, {**meta, "inference": protocol, "crf": crf, "onnx": onnx_meta})
+        # a graph over 2 GB keeps its weights in files beside it, which it names relative to itself: they go first
+        for sidecar in sorted(f for f in work.iterdir() if f.name != out.name):
+            os.replace(sidecar, out.parent / sidecar.name)
         os.replace(work / out.name, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

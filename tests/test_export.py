@@ -122,6 +122,17 @@ def test_export_never_leaves_an_unchecked_graph_nor_replaces_a_file_unasked(tmp_
     report = export.export_onnx(ckpt, out, height=48, width=48, dynamic=False, overwrite=True)
     assert report["out"] == str(out) and OnnxModel(out).fixed_size == (48, 48)
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
+    # the external data file of a graph over 2 GB (as the exporter would write it) arrives beside the graph
+    real_export = export._export
+
+    def with_external_data(model, x, path, *args):
+        real_export(model, x, path, *args)
+        (path.parent / f"{path.name}.data").write_bytes(b"weights")
+
+    monkeypatch.setattr(export, "_export", with_external_data)
+    export.export_onnx(ckpt, out, height=32, width=32, dynamic=False, overwrite=True)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (out.parent / "m.onnx.data").read_bytes() == b"weights"
 
 
 def test_onnx_carries_the_crf_parameters_of_its_checkpoint(tmp_path):
