@@ -88,6 +88,13 @@ def test_bad_classes_json(toy_root):
         )
     path.write_text(json.dumps({"classes": ["a", "b", "c"], "ignore_index": 3}))
     assert DatasetInfo.load(toy_root, "toy").ignore_index == 3
+    path.write_text(json.dumps({"classes": [f"c{i}" for i in range(256)]}))
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == (
+        f"{path}: 256 classes, and 8-bit masks hold classes 0-254 with 255 left to mark unlabelled pixels: at most "
+        "255 classes"
+    )
 
 
 def test_unlabelled_split(tmp_path):

@@ -126,6 +126,11 @@ class DatasetInfo:
             raise DataError(f"{path}: {len(classes)} classes but {len(palette)} palette entries")
         ignore = raw.get("ignore_index", 255)
         n = len(classes)
+        if n > 255:
+            raise DataError(
+                f"{path}: {n} classes, and 8-bit masks hold classes 0-254 with 255 left to mark unlabelled pixels: "
+                "at most 255 classes"
+            )
         if isinstance(ignore, bool) or not isinstance(ignore, int) or not n <= ignore <= 255:
             # masks are 8-bit and 0..n-1 are the classes: any other value cannot mark pixels without a label
             raise DataError(
