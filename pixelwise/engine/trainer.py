@@ -385,24 +385,22 @@ def _train(
                 if not caught:
                     raise
                 loss_value = None  # a signal also stopped the loader's workers mid-step: nothing was stepped
+            if loss_value is not None:  # a step taken counts, and so does its time, signal or not
+                state.iter += 1
+                state.train_seconds += time.perf_counter() - step_start
             if caught:
-                if loss_value is not None:  # the step counts, so does its time (the budget left after --resume)
-                    state.iter += 1
-                    state.train_seconds += time.perf_counter() - step_start
-                    rng = None
-                save(best=False, rng=rng)
+                # a finished step needs no RNG state to redo it; an unfinished one is redone from this state
+                save(best=False, rng=rng if loss_value is None else None)
                 name = signal.Signals(caught[0]).name
                 raise TrainingInterrupted(
                     f"stopped by {name} at iteration {state.iter}: {files.last} written; "
                     f"continue with --resume --run-dir {run_dir}",
                     caught[0],
                 )
-            state.iter += 1
             it = state.iter
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at iteration {it}; lower train.lr")
             window_loss, window_n = window_loss + loss_value, window_n + 1
-            state.train_seconds += time.perf_counter() - step_start
             bar.update(1)
             lr = scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
