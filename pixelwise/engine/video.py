@@ -290,8 +290,8 @@ def predict_video(
             Path(writer.path).unlink(missing_ok=True)
         if made_mask_dir:
             shutil.rmtree(mask_dir, ignore_errors=True)
-        elif masks == "png":  # only this run's frames: an earlier run's other files stay
-            for i in range(frames):
+        elif masks == "png":  # only this run's frames (the one being saved too): an earlier run's other files stay
+            for i in range(frames + 1):
                 (mask_dir / f"{i:06d}.png").unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
