@@ -217,8 +217,8 @@ def test_train_eval_predict_each_method(method, tmp_path):
         np.testing.assert_array_equal(alpha, 255 * (np.asarray(Image.open(files["masks"])) == 1))
     if method == "boundary":  # one output more than classes: video refuses it, before any image is written
         (tmp_path / "clip.mp4").write_bytes(b"")
+        inputs = [data / "toy/images/val", tmp_path / "clip.mp4"]
         with pytest.raises(ConfigError, match=r"clip.mp4: video writes each frame's class labels, and this model's 3 "):
-            inputs = [data / "toy/images/val", tmp_path / "clip.mp4"]
             predict(run / "best.pt", inputs, tmp_path / "mixed", progress=False)
         assert not [p for p in (tmp_path / "mixed").rglob("*") if p.is_file()]
     # the manifest records the decoding used, overrides included
