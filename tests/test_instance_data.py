@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pixelwise.data import SegmentationDataset, build_transforms
-from pixelwise.data.transforms import ElasticDeformation, InstanceMap, JointTransform, RandomScale
+from pixelwise.data.transforms import ElasticDeformation, InstanceMap, JointTransform, RandomRot90, RandomScale
 from pixelwise.errors import DataError
 
 from .conftest import write_dataset
@@ -58,8 +58,9 @@ def test_instances_are_read_with_16_bit_ids(tmp_path):
         v2.RandomVerticalFlip(p=1.0),
         RandomScale((0.6, 1.7)),
         ElasticDeformation(sigma=6.0, p=1.0),
+        RandomRot90(),
     ],
-    ids=["crop", "hflip", "vflip", "scale", "elastic"],
+    ids=["crop", "hflip", "vflip", "scale", "elastic", "rot90"],
 )
 def test_every_augmentation_moves_instances_exactly_as_the_mask(pipeline, tmp_path):
     inst = torch.from_numpy(blobs(40, 48, 3).astype(np.int64))

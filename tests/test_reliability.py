@@ -66,6 +66,17 @@ def test_bad_config_values(tmp_path, override, message):
     assert config_error(tmp_path, override) == message
 
 
+def test_rot90_on_whole_images_needs_a_crop_or_batches_of_one(tmp_path):
+    message = (
+        "data.rot90 with data.crop_size null: a turned whole image is not the shape of an unturned one "
+        "and cannot share its batch; set data.crop_size (or data.batch_size: 1)"
+    )
+    assert config_error(tmp_path, "data.rot90=true", "data.crop_size=null") == message
+    path = toy_config(tmp_path, iters=3)
+    assert load_config(path, ["data.rot90=true", "data.crop_size=null", "data.batch_size=1"])["data"]["rot90"]
+    assert load_config(path, ["data.rot90=true"])["data"]["rot90"]  # the toy config's crop of 16
+
+
 def test_crop_smaller_than_the_model_stride(tmp_path):
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=2), ["data.crop_size=10", "model.depth=4"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pixelwise.data import SegmentationDataset, build_transforms, shift_image
-from pixelwise.data.transforms import ElasticDeformation, JointTransform
+from pixelwise.data.transforms import ElasticDeformation, JointTransform, RandomRot90
 
 from .conftest import write_dataset
 
@@ -30,6 +30,7 @@ def class_from_image(image: torch.Tensor) -> torch.Tensor:
         dict(crop_size=64, scale_range=(0.5, 2.0), hflip=True, vflip=True),
         dict(crop_size=(50, 70), scale_range=None, hflip=True, elastic_p=1.0, elastic_sigma=10.0),
         dict(crop_size=200, scale_range=(1.5, 2.0), hflip=True, vflip=True, elastic_p=1.0),
+        dict(crop_size=(50, 70), scale_range=(1.0, 1.5), hflip=True, vflip=True, rot90=True),
     ],
 )
 def test_image_and_mask_stay_aligned(kwargs):
@@ -46,6 +47,19 @@ def test_image_and_mask_stay_aligned(kwargs):
         agreements.append((class_from_image(image)[labelled] == mask[labelled].long()).float().mean().item())
     # only pixels on block edges (bilinear blends there) may disagree
     assert min(agreements) > 0.9, agreements
+
+
+def test_rot90_turns_image_and_mask_together_by_each_quarter():
+    image, mask = blocky_pair(h=30, w=45)
+    joint = JointTransform(RandomRot90())
+    seen = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        turned_image, turned_mask = joint(image, mask)
+        turns = next(k for k in range(4) if torch.equal(turned_mask, torch.rot90(mask, k)))
+        assert torch.equal(turned_image, torch.rot90(image, turns, dims=(-2, -1)))
+        seen.add(turns)
+    assert seen == {0, 1, 2, 3}
 
 
 def test_flipping_the_image_alone_would_be_caught():

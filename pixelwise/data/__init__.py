@@ -14,7 +14,15 @@ from .io import (
     read_instances,
     read_mask,
 )
-from .transforms import ElasticDeformation, ImageShift, JointTransform, RandomScale, build_transforms, shift_image
+from .transforms import (
+    ElasticDeformation,
+    ImageShift,
+    JointTransform,
+    RandomRot90,
+    RandomScale,
+    build_transforms,
+    shift_image,
+)
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -26,6 +34,7 @@ __all__ = [
     "ImageShift",
     "JointTransform",
     "Problem",
+    "RandomRot90",
     "RandomScale",
     "SegmentationDataset",
     "SplitFiles",

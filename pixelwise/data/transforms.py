@@ -92,6 +92,21 @@ class RandomScale(v2.Transform):
         return self._call_kernel(F.resize, inpt, params["size"], interpolation=_interpolation(inpt), antialias=True)
 
 
+class RandomRot90(v2.Transform):
+    """Turn image, mask and instance map together by 0, 90, 180 or 270 degrees, each equally likely: with
+    both flips, all 8 symmetries of the square, for data with no up or left (EM sections, microscopy, aerial
+    images). Runs before the crop, so non-square images and crops keep their crop size."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"turns": int(torch.randint(4, ()).item())}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["turns"] or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        turned = torch.rot90(inpt.as_subclass(torch.Tensor), params["turns"], dims=(-2, -1))
+        return tv_tensors.wrap(turned.contiguous(), like=inpt)
+
+
 class ElasticDeformation(v2.Transform):
     """The U-Net paper's elastic deformation (Ronneberger et al. 2015, sec. 3.1): random displacement
     vectors on a coarse ``grid x grid`` grid, drawn from a Gaussian with ``sigma`` pixels standard
@@ -160,14 +175,15 @@ def build_transforms(
     scale_range: Sequence[float] | None = (0.5, 2.0),
     hflip: bool = True,
     vflip: bool = False,
+    rot90: bool = False,
     color_jitter: float = 0.0,
     elastic_p: float = 0.0,
     elastic_sigma: float = 10.0,
     elastic_grid: int = 3,
     image_shift: Sequence[float] | None = None,
 ) -> JointTransform:
-    """Training (random scale, padded random crop, flips, elastic, colour jitter) or evaluation
-    (normalisation only) pipeline. Order: image shift -> scale -> crop -> flips -> elastic -> jitter ->
+    """Training (random scale, quarter turns, padded random crop, flips, elastic, colour jitter) or evaluation
+    (normalisation only) pipeline. Order: image shift -> scale -> turn -> crop -> flips -> elastic -> jitter ->
     normalise; the elastic warp runs on the crop, not on the up-to-2x scaled full image, to stay cheap.
     ``image_shift`` (``data.image_shift``) applies to training and evaluation alike."""
     steps: list[v2.Transform] = []
@@ -176,6 +192,8 @@ def build_transforms(
     if train:
         if scale_range is not None:
             steps.append(RandomScale(scale_range))
+        if rot90:
+            steps.append(RandomRot90())
         if crop_size is not None:
             steps.append(
                 v2.RandomCrop(
