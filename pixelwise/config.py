@@ -37,7 +37,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scale_range": [0.5, 2.0],  # random scale factor; null disables
         "hflip": True,
         "vflip": False,
-        "rot90": False,  # random quarter turns (with both flips: the 8 symmetries); data with no up or left
+        "rot90": False,  # random quarter turns (with a flip: the 8 symmetries); for data with no up or left
         "color_jitter": 0.0,  # brightness/contrast(/saturation) jitter strength; 0 disables
         "elastic_p": 0.0,  # probability of the U-Net paper's elastic deformation
         "elastic_sigma": 10.0,  # std of the coarse-grid displacements, pixels
@@ -160,14 +160,14 @@ def _check_ranges(config: dict[str, Any]) -> None:
             raise ConfigError(f"data.crop_size={crop!r}: give one size or [height, width] in pixels, or null")
         if min(sides) <= 0:
             raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
-    if config["data"]["rot90"] and crop is None and config["data"]["batch_size"] > 1:
-        raise ConfigError(
-            "data.rot90 with data.crop_size null: a turned whole image is not the shape of an unturned one "
-            "and cannot share its batch; set data.crop_size (or data.batch_size: 1)"
-        )
     scale = config["data"]["scale_range"]
     if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, or null")
+    if scale is not None and scale[0] < scale[1] and crop is None and (config["data"]["batch_size"] or 0) > 1:
+        raise ConfigError(
+            f"data.scale_range={scale!r} with data.crop_size null: whole images scaled by different factors "
+            "cannot share a batch; set data.crop_size (or data.batch_size: 1, or data.scale_range: null)"
+        )
     shift = config["data"]["image_shift"]
     if shift is not None and not (
         isinstance(shift, list)

@@ -66,15 +66,37 @@ def test_bad_config_values(tmp_path, override, message):
     assert config_error(tmp_path, override) == message
 
 
-def test_rot90_on_whole_images_needs_a_crop_or_batches_of_one(tmp_path):
-    message = (
-        "data.rot90 with data.crop_size null: a turned whole image is not the shape of an unturned one "
-        "and cannot share its batch; set data.crop_size (or data.batch_size: 1)"
+def test_random_scales_of_whole_images_need_a_crop_or_batches_of_one(tmp_path):
+    assert config_error(tmp_path, "data.crop_size=null", "data.scale_range=[0.5, 2.0]") == (
+        "data.scale_range=[0.5, 2.0] with data.crop_size null: whole images scaled by different factors cannot "
+        "share a batch; set data.crop_size (or data.batch_size: 1, or data.scale_range: null)"
     )
-    assert config_error(tmp_path, "data.rot90=true", "data.crop_size=null") == message
     path = toy_config(tmp_path, iters=3)
-    assert load_config(path, ["data.rot90=true", "data.crop_size=null", "data.batch_size=1"])["data"]["rot90"]
-    assert load_config(path, ["data.rot90=true"])["data"]["rot90"]  # the toy config's crop of 16
+    for ok in (["data.batch_size=1"], ["data.scale_range=null"], ["data.scale_range=[0.5, 0.5]"]):
+        assert load_config(path, ["data.crop_size=null", "data.scale_range=[0.5, 2.0]", *ok])
+
+
+def test_rot90_of_whole_images_needs_square_images_a_crop_or_batches_of_one(tmp_path):
+    whole = ["data.rot90=true", "data.crop_size=null", "data.scale_range=null", "data.batch_size=2"]
+    oblong = write_dataset(tmp_path / "oblong", size=(24, 20)).parent  # 24 wide, 20 high
+    cfg = load_config(toy_config(tmp_path, iters=1), whole)
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "r", data_root=oblong, progress=False)
+    image = oblong / "toy" / "images" / "train" / "s00.png"
+    assert str(e.value) == (
+        f"data.rot90 with data.crop_size null: {image} is 24x20, and turned it cannot share a batch with unturned "
+        "images; set data.crop_size (or data.batch_size: 1)"
+    )
+    square = write_dataset(tmp_path / "square", size=(20, 20)).parent
+    result = train(cfg, run_dir=tmp_path / "sq", data_root=square, progress=False)
+    assert result["iterations"] == 1
+    result = train(
+        load_config(toy_config(tmp_path, iters=1), [*whole, "data.batch_size=1"]),
+        run_dir=tmp_path / "b1",
+        data_root=oblong,
+        progress=False,
+    )
+    assert result["iterations"] == 1
 
 
 def test_crop_smaller_than_the_model_stride(tmp_path):

@@ -62,6 +62,19 @@ def test_rot90_turns_image_and_mask_together_by_each_quarter():
     assert seen == {0, 1, 2, 3}
 
 
+def test_build_transforms_turns_with_rot90_only():
+    image, mask = blocky_pair(h=30, w=45)
+    shapes = {False: set(), True: set()}
+    for rot90 in (False, True):
+        tf = build_transforms(
+            train=True, mean=MEAN, std=STD, crop_size=None, scale_range=None, hflip=False, rot90=rot90
+        )
+        for seed in range(8):
+            torch.manual_seed(seed)
+            shapes[rot90].add(tuple(tf(image, mask)[1].shape))
+    assert shapes == {False: {(30, 45)}, True: {(30, 45), (45, 30)}}
+
+
 def test_flipping_the_image_alone_would_be_caught():
     image, mask = blocky_pair()
     image = image.float().div(255).sub(0.5).div(0.25)

@@ -243,6 +243,7 @@ class SegmentationDataset(Dataset):
                 raise DataError(files.instance_problems[0][1])
         self.instance_paths: list[Path] = []
         self.samples: list[tuple[Path, Path | None]] = []
+        self.image_sizes: list[tuple[int, int]] = []  # (width, height) as read, from the headers
         for stem, image in files.images.items():
             isize, pages, orientation = probe_image(image)
             if pages > 1:
@@ -260,6 +261,7 @@ class SegmentationDataset(Dataset):
                     )
                 self.instance_paths.append(inst)
             self.samples.append((image, mask))
+            self.image_sizes.append(isize)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -93,18 +93,20 @@ class RandomScale(v2.Transform):
 
 
 class RandomRot90(v2.Transform):
-    """Turn image, mask and instance map together by 0, 90, 180 or 270 degrees, each equally likely: with
-    both flips, all 8 symmetries of the square, for data with no up or left (EM sections, microscopy, aerial
+    """Turn image, mask and instance map together by 0, 90, 180 or 270 degrees, each equally likely: with a
+    flip, all 8 symmetries of the square, for data with no up or left (EM sections, microscopy, aerial
     images). Runs before the crop, so non-square images and crops keep their crop size."""
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return {"turns": int(torch.randint(4, ()).item())}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not params["turns"] or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+        if not params["turns"]:
             return inpt
-        turned = torch.rot90(inpt.as_subclass(torch.Tensor), params["turns"], dims=(-2, -1))
-        return tv_tensors.wrap(turned.contiguous(), like=inpt)
+        if not isinstance(inpt, torch.Tensor) or isinstance(inpt, tv_tensors.BoundingBoxes):
+            raise TypeError(f"RandomRot90 turns image, mask and instance-map tensors, not {type(inpt).__name__}")
+        turned = torch.rot90(inpt.as_subclass(torch.Tensor), params["turns"], dims=(-2, -1)).contiguous()
+        return tv_tensors.wrap(turned, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else turned
 
 
 class ElasticDeformation(v2.Transform):

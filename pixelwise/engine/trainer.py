@@ -237,6 +237,13 @@ def _train(
             f"data.batch_size={batch_size} x {ddp.world_size} process(es) exceeds the {len(train_ds)} "
             f"images of split {data_cfg['train_split']!r}"
         )
+    if data_cfg["rot90"] and crop is None and batch_size > 1:
+        for (image, _), (w, h) in zip(train_ds.samples, train_ds.image_sizes, strict=True):
+            if w != h:
+                raise ConfigError(
+                    f"data.rot90 with data.crop_size null: {image} is {w}x{h}, and turned it cannot share a batch "
+                    "with unturned images; set data.crop_size (or data.batch_size: 1)"
+                )
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
