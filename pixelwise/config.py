@@ -98,9 +98,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
 
 
+# keys with a value by default that null also means something for (whole images; no random scale)
+_NULLABLE = {"data.crop_size", "data.scale_range"}
+
+
 def _check_type(key: str, value: Any, default: Any) -> None:
-    if default is None or value is None:
+    if default is None:
         return
+    if value is None:
+        if key in _NULLABLE:
+            return
+        raise ConfigError(f"config key {key} cannot be null; give a {type(default).__name__} (default {default!r})")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -163,7 +171,7 @@ def _check_ranges(config: dict[str, Any]) -> None:
     scale = config["data"]["scale_range"]
     if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, or null")
-    if scale is not None and scale[0] < scale[1] and crop is None and (config["data"]["batch_size"] or 0) > 1:
+    if scale is not None and scale[0] < scale[1] and crop is None and config["data"]["batch_size"] > 1:
         raise ConfigError(
             f"data.scale_range={scale!r} with data.crop_size null: whole images scaled by different factors "
             "cannot share a batch; set data.crop_size (or data.batch_size: 1, or data.scale_range: null)"

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import yaml
@@ -62,6 +64,23 @@ def test_bad_values(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_null_only_where_it_means_something(tmp_path):
+    path = write(tmp_path, BASE)
+    # each of these was a TypeError traceback at load or at the first batch
+    for key, kind, default in [
+        ("data.batch_size", "int", "4"),
+        ("train.lr", "float", "0.01"),
+        ("inference.scales", "list", "[1.0]"),
+        ("inference.class_weight_correction", "float", "0.0"),
+        ("instances.top_k", "int", "200"),
+    ]:
+        message = f"config key {key} cannot be null; give a {kind} (default {default})"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            load_config(path, [f"{key}=null"])
+    cfg = load_config(path, ["data.crop_size=null", "data.scale_range=null", "train.class_weights=null"])
+    assert cfg["data"]["crop_size"] is None and cfg["data"]["scale_range"] is None
 
 
 def test_num_classes_must_match_dataset(tmp_path):
