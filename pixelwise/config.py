@@ -130,6 +130,10 @@ _RANGES = (
     ("data.batch_size", 1, True),
     ("data.val_batch_size", 1, True),
     ("data.num_workers", 0, True),
+    ("data.color_jitter", 0, True),
+    ("data.elastic_p", 0, True),
+    ("data.elastic_sigma", 0, True),
+    ("data.elastic_grid", 1, True),
     ("train.iters", 1, True),
     ("train.max_minutes", 0, True),
     ("train.eval_interval", 1, True),
@@ -138,6 +142,7 @@ _RANGES = (
     ("train.momentum", 0, True),
     ("train.weight_decay", 0, True),
     ("train.warmup_iters", 0, True),
+    ("train.poly_power", 0, True),
     ("train.accumulate", 1, True),
     ("train.grad_clip", 0, True),
     ("train.checkpoint_interval", 0, True),
@@ -155,9 +160,11 @@ def _check_ranges(config: dict[str, Any]) -> None:
         value = config[section][name]
         if value is None:
             continue
-        if value < low or (value == low and not inclusive):
+        if not (value > low or (value == low and inclusive)):  # NaN fails both
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key}={value}: must be {bound}")
+    if config["data"]["elastic_p"] > 1:
+        raise ConfigError(f"data.elastic_p={config['data']['elastic_p']}: a probability, at most 1")
     decay = config["train"]["ema_decay"]
     if decay is None or not 0 <= decay < 1:
         raise ConfigError(f"train.ema_decay={decay}: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)")
