@@ -230,6 +230,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
+    CRFSettings.from_dict(out["crf"])  # its ranges
     method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
     if list(InferenceSettings(**out["inference"]).scales) != [1.0] and method.enabled:  # positive scales
         raise ConfigError(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pixelwise.crf import CRFSettings, PermutohedralLattice, dense_crf, dense_crf_batch, permutohedral_filter
+from pixelwise.errors import ConfigError
 
 try:  # optional reference implementation (pip install pydensecrf2); never a dependency
     import pydensecrf.densecrf as dcrf
@@ -303,3 +304,20 @@ def test_exact_smoothness_in_bands_equals_the_whole_image():
         out = torch.empty_like(q)
         assert torch.equal(smooth.message(q, add, out=out), smooth.message(q, add))
         assert torch.equal(smooth.message(q, None, out=out), smooth.message(q))
+
+
+def test_settings_ranges_one_line_each():
+    # NaN, negative weights and non-positive widths used to pass and give silently wrong maps
+    for values, message in [
+        ({"iterations": -1}, "crf.iterations=-1: a whole number >= 0 (0: no mean-field step)"),
+        ({"iterations": 2.5}, "crf.iterations=2.5: a whole number >= 0 (0: no mean-field step)"),
+        ({"w1": -1.0}, "crf.w1=-1.0: must be a finite number >= 0 (0: kernel off)"),
+        ({"w2": float("nan")}, "crf.w2=nan: must be a finite number >= 0 (0: kernel off)"),
+        ({"theta_alpha": 0}, "crf.theta_alpha=0: must be a finite number > 0 (pixels, or intensity levels)"),
+        ({"theta_beta": float("inf")}, "crf.theta_beta=inf: must be a finite number > 0 (pixels, or intensity levels)"),
+        ({"theta_gamma": "3"}, "crf.theta_gamma='3': must be a number"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            CRFSettings.from_dict(values)
+        assert str(e.value) == message
+    assert CRFSettings.from_dict({"w1": 0, "iterations": 0}).w1 == 0

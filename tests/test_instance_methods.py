@@ -126,6 +126,18 @@ def test_instances_config_section():
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"method": "panoptic", "nms_kernel": 8})
     assert str(e.value) == "instances.nms_kernel=8: must be odd (e.g. 9)"
+    # NaN and out-of-range weights and thresholds used to pass and train or decode silently wrong
+    nan = float("nan")
+    for values, message in [
+        ({"center_sigma": nan}, "instances.center_sigma=nan: must be > 0"),
+        ({"center_weight": -1.0}, "instances.center_weight=-1.0: must be a finite number >= 0"),
+        ({"offset_weight": nan}, "instances.offset_weight=nan: must be a finite number >= 0"),
+        ({"center_threshold": float("inf")}, "instances.center_threshold=inf: must be a finite number"),
+        ({"min_size": -1}, "instances.min_size=-1: must be >= 0 pixels (0 keeps every instance)"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            InstanceSettings.from_dict({"method": "panoptic", **values})
+        assert str(e.value) == message
     for bad in (True, "0.5"):  # null by default, so the config's type check does not see these
         with pytest.raises(ConfigError) as e:
             InstanceSettings.from_dict({"method": "panoptic", "center_sigma_per_radius": bad})

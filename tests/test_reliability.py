@@ -596,3 +596,19 @@ def test_image_shift_reaches_every_inference_path(tmp_path):
     mean = torch.tensor(predictor.meta["mean"]).view(3, 1, 1)
     std = torch.tensor(predictor.meta["std"]).view(3, 1, 1)
     assert torch.allclose(from_predict, (moved - mean) / std, atol=1e-5)
+
+
+def test_instances_class_by_name_or_index():
+    from pixelwise.engine.evaluator import class_index
+
+    classes = ["membrane", "cell"]
+    assert class_index("cell", classes, "--instances") == 1
+    assert class_index("Cell", classes, "--instances") == 1
+    assert class_index(0, classes, "--instances") == 0
+    # an index past the classes used to pass and score no instances at all
+    for bad in (2, "2", "nucleus"):
+        with pytest.raises(ConfigError) as e:
+            class_index(bad, classes, "--instances")
+        assert str(e.value) == f"--instances '{bad}': no such class; the model's classes are 0 membrane, 1 cell"
+    with pytest.raises(ConfigError, match=r"^--instances 'cell,membrane': give one class; the model's classes are"):
+        class_index("cell,membrane", classes, "--instances")

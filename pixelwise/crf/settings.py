@@ -12,6 +12,7 @@ They are tuned for ~500-pixel PASCAL images; pass other values for other data (`
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +34,20 @@ class CRFSettings:
     theta_beta: float = 3.0  # bi_rgb_std
     w2: float = 3.0  # pos_w
     theta_gamma: float = 1.0  # pos_xy_std
+
+    def __post_init__(self) -> None:
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+            raise ConfigError(f"crf.iterations={it!r}: a whole number >= 0 (0: no mean-field step)")
+        for name in ("w1", "w2", "theta_alpha", "theta_beta", "theta_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"crf.{name}={value!r}: must be a number")
+            # NaN fails every comparison; a negative weight would reward disagreeing neighbours
+            if name.startswith("w") and not 0 <= value < math.inf:
+                raise ConfigError(f"crf.{name}={value}: must be a finite number >= 0 (0: kernel off)")
+            if name.startswith("theta") and not 0 < value < math.inf:
+                raise ConfigError(f"crf.{name}={value}: must be a finite number > 0 (pixels, or intensity levels)")
 
     @classmethod
     def names(cls) -> list[str]:

@@ -20,6 +20,7 @@ from ..data import SegmentationDataset, build_transforms, resolve_data_root
 from ..device import autocast
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, label_instances, predict_outputs
+from ..inference.effects import class_list, parse_classes
 from ..metrics import BoundaryF1, ChallengePixelError, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
@@ -182,12 +183,11 @@ def checkpoint_dataset(
 
 
 def class_index(name_or_index: int | str, classes: Sequence[str], option: str) -> int:
-    """A class given by index or name (an unknown name lists the classes)."""
-    if isinstance(name_or_index, int):
-        return name_or_index
-    if name_or_index not in classes:
-        raise ConfigError(f"{option} {name_or_index!r}: no such class; classes: {', '.join(classes)}")
-    return list(classes).index(name_or_index)
+    """One class given by index or name (an unknown one lists the classes)."""
+    found = parse_classes(str(name_or_index), classes, option)
+    if len(found) > 1:
+        raise ConfigError(f"{option} {name_or_index!r}: give one class; the model's classes are {class_list(classes)}")
+    return found[0]
 
 
 def evaluate_checkpoint(

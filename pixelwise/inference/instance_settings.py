@@ -3,6 +3,7 @@ that method's parameters (what each method does: :mod:`pixelwise.engine.instance
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -41,21 +42,28 @@ class InstanceSettings:
         for key in ("boundary_width", "nms_kernel", "top_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"instances.{key}={getattr(self, key)}: must be >= 1")
+        for key in ("center_weight", "offset_weight"):
+            if not 0 <= getattr(self, key) < math.inf:  # NaN too
+                raise ConfigError(f"instances.{key}={getattr(self, key)}: must be a finite number >= 0")
+        if not math.isfinite(self.center_threshold):  # the regressed heatmap is not bounded: any finite number
+            raise ConfigError(f"instances.center_threshold={self.center_threshold}: must be a finite number")
+        if self.min_size < 0:
+            raise ConfigError(f"instances.min_size={self.min_size}: must be >= 0 pixels (0 keeps every instance)")
         if self.nms_kernel % 2 == 0:
             # a centred max-pooling window needs a middle pixel
             raise ConfigError(f"instances.nms_kernel={self.nms_kernel}: must be odd (e.g. {self.nms_kernel + 1})")
-        if self.center_sigma <= 0:
+        if not self.center_sigma > 0:  # NaN too
             raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be > 0")
         per_radius = self.center_sigma_per_radius
         if per_radius is not None and (isinstance(per_radius, bool) or not isinstance(per_radius, (int, float))):
             # null-default keys escape the config's type check, which compares with the default's type
             raise ConfigError(f"instances.center_sigma_per_radius={per_radius!r}: must be a number (e.g. 0.5), or null")
-        if self.center_sigma_per_radius is not None and self.center_sigma_per_radius <= 0:
+        if self.center_sigma_per_radius is not None and not self.center_sigma_per_radius > 0:
             raise ConfigError(
                 f"instances.center_sigma_per_radius={self.center_sigma_per_radius}: must be > 0, or null for one "
                 "center_sigma for all instances"
             )
-        if self.small_instance_area < 0 or self.small_instance_weight <= 0:
+        if self.small_instance_area < 0 or not self.small_instance_weight > 0:
             raise ConfigError(
                 f"instances.small_instance_area={self.small_instance_area}, small_instance_weight="
                 f"{self.small_instance_weight}: the area must be >= 0 pixels and the weight > 0"
