@@ -108,7 +108,9 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     if value is None:
         if key in _NULLABLE:
             return
-        raise ConfigError(f"config key {key} cannot be null; give a {type(default).__name__} (default {default!r})")
+        kind = type(default).__name__
+        article = "an" if kind == "int" else "a"
+        raise ConfigError(f"config key {key} cannot be null; give {article} {kind} (default {default!r})")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -163,10 +165,12 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if not (value > low or (value == low and inclusive)):  # NaN fails both
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key}={value}: must be {bound}")
+        if value == math.inf:
+            raise ConfigError(f"{key}=inf: must be a finite number")
     if config["data"]["elastic_p"] > 1:
         raise ConfigError(f"data.elastic_p={config['data']['elastic_p']}: a probability, at most 1")
     decay = config["train"]["ema_decay"]
-    if decay is None or not 0 <= decay < 1:
+    if not 0 <= decay < 1:
         raise ConfigError(f"train.ema_decay={decay}: must be >= 0 and < 1 (e.g. 0.999; 0 turns the average off)")
     crop = config["data"]["crop_size"]
     if crop is not None:
@@ -176,8 +180,9 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if min(sides) <= 0:
             raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
     scale = config["data"]["scale_range"]
-    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
-        raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, or null")
+    numbers = scale is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+    if scale is not None and (len(scale) != 2 or not numbers or not 0 < scale[0] <= scale[1] < math.inf):
+        raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, both finite, or null")
     if scale is not None and scale[0] < scale[1] and crop is None and config["data"]["batch_size"] > 1:
         raise ConfigError(
             f"data.scale_range={scale!r} with data.crop_size null: whole images scaled by different factors "

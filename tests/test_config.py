@@ -62,6 +62,15 @@ def test_bad_values(tmp_path):
         load_config(path, ["train.lr=.nan"])
     with pytest.raises(ConfigError, match=r"^train.max_minutes=nan: must be >= 0$"):
         load_config(path, ["train.max_minutes=.nan"])
+    with pytest.raises(ConfigError, match=r"^train.lr=inf: must be a finite number$"):
+        load_config(path, ["train.lr=.inf"])
+    with pytest.raises(ConfigError, match=r"^data.color_jitter=inf: must be a finite number$"):
+        load_config(path, ["data.color_jitter=.inf"])  # a torchvision traceback at the first batch
+    message = r"^data.scale_range=\[0.5, inf\]: give \[low, high\] with 0 < low <= high, both finite, or null$"
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, ["data.scale_range=[0.5, .inf]"])
+    with pytest.raises(ConfigError, match=r"^data.scale_range=\[0.5, 'a'\]: give \[low, high\]"):
+        load_config(path, ["data.scale_range=[0.5, a]"])
     # these were silently off (negative, NaN) or a traceback at the first batch (grid 0)
     with pytest.raises(ConfigError, match=r"^data.color_jitter=-0.2: must be >= 0$"):
         load_config(path, ["data.color_jitter=-0.2"])
@@ -86,13 +95,14 @@ def test_null_only_where_it_means_something(tmp_path):
     path = write(tmp_path, BASE)
     # each of these was a TypeError traceback at load or at the first batch
     for key, kind, default in [
-        ("data.batch_size", "int", "4"),
-        ("train.lr", "float", "0.01"),
-        ("inference.scales", "list", "[1.0]"),
-        ("inference.class_weight_correction", "float", "0.0"),
-        ("instances.top_k", "int", "200"),
+        ("data.batch_size", "an int", "4"),
+        ("train.lr", "a float", "0.01"),
+        ("train.ema_decay", "a float", "0.0"),
+        ("inference.scales", "a list", "[1.0]"),
+        ("inference.class_weight_correction", "a float", "0.0"),
+        ("instances.top_k", "an int", "200"),
     ]:
-        message = f"config key {key} cannot be null; give a {kind} (default {default})"
+        message = f"config key {key} cannot be null; give {kind} (default {default})"
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             load_config(path, [f"{key}=null"])
     cfg = load_config(path, ["data.crop_size=null", "data.scale_range=null", "train.class_weights=null"])

@@ -321,3 +321,5 @@ def test_settings_ranges_one_line_each():
             CRFSettings.from_dict(values)
         assert str(e.value) == message
     assert CRFSettings.from_dict({"w1": 0, "iterations": 0}).w1 == 0
+    # numpy scalars (a grid from np.arange) are numbers too
+    assert CRFSettings.from_dict({"iterations": np.int64(5), "w1": np.float32(4.0)}).iterations == 5

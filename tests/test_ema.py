@@ -105,7 +105,7 @@ def test_a_run_from_before_the_setting_resumes_without_allow_changes(tmp_path):
     train(cfg, run_dir=run, data_root=root, resume=True, progress=False)  # its own settings: resumes
 
 
-@pytest.mark.parametrize("value", [1.0, -0.5, None])
+@pytest.mark.parametrize("value", [1.0, -0.5, float("nan")])  # null: test_config's test of nulls
 def test_a_decay_out_of_range_is_named(tmp_path, value):
     with pytest.raises(ConfigError) as err:
         load_config(toy_config(tmp_path, ema_decay=value))

@@ -129,7 +129,8 @@ def test_instances_config_section():
     # NaN and out-of-range weights and thresholds used to pass and train or decode silently wrong
     nan = float("nan")
     for values, message in [
-        ({"center_sigma": nan}, "instances.center_sigma=nan: must be > 0"),
+        ({"center_sigma": nan}, "instances.center_sigma=nan: must be a finite number > 0"),
+        ({"center_sigma": float("inf")}, "instances.center_sigma=inf: must be a finite number > 0"),
         ({"center_weight": -1.0}, "instances.center_weight=-1.0: must be a finite number >= 0"),
         ({"offset_weight": nan}, "instances.offset_weight=nan: must be a finite number >= 0"),
         ({"center_threshold": float("inf")}, "instances.center_threshold=inf: must be a finite number"),
@@ -146,7 +147,8 @@ def test_instances_config_section():
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"small_instance_area": -1, "small_instance_weight": 3})
     assert str(e.value) == (
-        "instances.small_instance_area=-1, small_instance_weight=3: the area must be >= 0 pixels and the weight > 0"
+        "instances.small_instance_area=-1, small_instance_weight=3: the area must be >= 0 pixels and the weight a "
+        "finite number > 0"
     )
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"small_instance_weight": 3})

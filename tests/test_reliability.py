@@ -51,7 +51,10 @@ def config_error(tmp_path, *overrides):
         ("train.iters=-5", "train.iters=-5: must be >= 1"),
         ("data.crop_size=0", "data.crop_size=0: must be positive (or null for whole images)"),
         ("data.crop_size=[32, -1]", "data.crop_size=[32, -1]: must be positive (or null for whole images)"),
-        ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5]: give [low, high] with 0 < low <= high, or null"),
+        (
+            "data.scale_range=[2.0, 0.5]",
+            "data.scale_range=[2.0, 0.5]: give [low, high] with 0 < low <= high, both finite, or null",
+        ),
         ("data.image_shift=0.5", "data.image_shift=0.5: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
         ("data.image_shift=[0.5]", "data.image_shift=[0.5]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),
         ("data.image_shift=[true, 0]", "data.image_shift=[True, 0]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null"),

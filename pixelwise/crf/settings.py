@@ -13,6 +13,7 @@ They are tuned for ~500-pixel PASCAL images; pass other values for other data (`
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,11 +38,11 @@ class CRFSettings:
 
     def __post_init__(self) -> None:
         it = self.iterations
-        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+        if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 0:
             raise ConfigError(f"crf.iterations={it!r}: a whole number >= 0 (0: no mean-field step)")
         for name in ("w1", "w2", "theta_alpha", "theta_beta", "theta_gamma"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"crf.{name}={value!r}: must be a number")
             # NaN fails every comparison; a negative weight would reward disagreeing neighbours
             if name.startswith("w") and not 0 <= value < math.inf:

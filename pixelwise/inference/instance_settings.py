@@ -52,21 +52,21 @@ class InstanceSettings:
         if self.nms_kernel % 2 == 0:
             # a centred max-pooling window needs a middle pixel
             raise ConfigError(f"instances.nms_kernel={self.nms_kernel}: must be odd (e.g. {self.nms_kernel + 1})")
-        if not self.center_sigma > 0:  # NaN too
-            raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be > 0")
+        if not 0 < self.center_sigma < math.inf:  # NaN too
+            raise ConfigError(f"instances.center_sigma={self.center_sigma}: must be a finite number > 0")
         per_radius = self.center_sigma_per_radius
         if per_radius is not None and (isinstance(per_radius, bool) or not isinstance(per_radius, (int, float))):
             # null-default keys escape the config's type check, which compares with the default's type
             raise ConfigError(f"instances.center_sigma_per_radius={per_radius!r}: must be a number (e.g. 0.5), or null")
-        if self.center_sigma_per_radius is not None and not self.center_sigma_per_radius > 0:
+        if self.center_sigma_per_radius is not None and not 0 < self.center_sigma_per_radius < math.inf:
             raise ConfigError(
                 f"instances.center_sigma_per_radius={self.center_sigma_per_radius}: must be > 0, or null for one "
                 "center_sigma for all instances"
             )
-        if self.small_instance_area < 0 or not self.small_instance_weight > 0:
+        if self.small_instance_area < 0 or not 0 < self.small_instance_weight < math.inf:
             raise ConfigError(
                 f"instances.small_instance_area={self.small_instance_area}, small_instance_weight="
-                f"{self.small_instance_weight}: the area must be >= 0 pixels and the weight > 0"
+                f"{self.small_instance_weight}: the area must be >= 0 pixels and the weight a finite number > 0"
             )
         if self.small_instance_weight != 1.0 and self.small_instance_area <= 0:
             raise ConfigError(
