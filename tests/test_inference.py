@@ -99,6 +99,14 @@ def test_gaussian_window_and_settings_errors():
         InferenceSettings(mode="slide", crop=64, stride=0)
     with pytest.raises(ConfigError, match=r"^inference crop must be at least 1 pixel, got \[64, -1\]$"):
         InferenceSettings(mode="slide", crop=[64, -1])
+    # windows further apart than their size left unpredicted pixels (NaN, then class 0)
+    with pytest.raises(ConfigError, match=r"^inference stride 8 is larger than the crop 4: the windows would leave"):
+        InferenceSettings(mode="slide", crop=4, stride=8)
+    with pytest.raises(ConfigError, match=r"^inference stride \[4, 9\] is larger than the crop \[8, 8\]"):
+        InferenceSettings(mode="slide", crop=[8, 8], stride=[4, 9])
+    assert InferenceSettings(mode="slide", crop=8, stride=8).stride == 8  # abutting windows cover everything
+    with pytest.raises(ConfigError, match=r"^inference crop \[64, 64, 64\]: give one size or \[height, width\]"):
+        InferenceSettings(mode="slide", crop=[64, 64, 64])
     with pytest.raises(ConfigError, match=r"^inference scales must be positive, got \[1.0, nan\]$"):
         InferenceSettings(scales=[1.0, float("nan")])
     with pytest.raises(ConfigError, match=r"^inference.class_weight_correction=nan: must be a finite number >= 0$"):

@@ -67,8 +67,17 @@ class InferenceSettings:
             )
         for name in ("crop", "stride"):
             value = getattr(self, name)
+            if value is not None and not isinstance(value, (int, float)) and len(value) not in (1, 2):
+                raise ConfigError(f"inference {name} {list(value)}: give one size or [height, width] in pixels")
             if value is not None and any(v < 1 for v in _pair(value)):
                 raise ConfigError(f"inference {name} must be at least 1 pixel, got {value}")
+        if self.crop is not None and self.stride is not None:
+            if any(s > c for s, c in zip(_pair(self.stride), _pair(self.crop), strict=True)):
+                # windows further apart than their size leave pixels that no window predicts
+                raise ConfigError(
+                    f"inference stride {self.stride} is larger than the crop {self.crop}: the windows would leave "
+                    "pixels unpredicted; give a stride at most the crop (default: 2/3 of it)"
+                )
         if not self.scales or any(not s > 0 or not math.isfinite(s) for s in self.scales):
             raise ConfigError(f"inference scales must be positive, got {list(self.scales)}")
         if not math.isfinite(self.class_weight_correction):
