@@ -146,3 +146,17 @@ def test_predict_with_crf(toy_checkpoint, tmp_path):
     )
     mask = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "p/masks/s00.png"))
     assert mask.shape == (30, 40) and mask.max() < 3
+
+
+def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, capsys):
+    ckpt, root = toy_checkpoint
+    before = (ckpt.parent / "config.yaml").read_text()
+    for flags, message in [
+        # no images: every mIoU was NaN and the first grid point was written into the run's config
+        (["--num-images", "0"], "--num-images 0: must be >= 1 (the images the settings are scored on)"),
+        (["--w1", "-1"], "crf.w1=-1.0: must be a finite number >= 0 (0: kernel off)"),
+        (["--theta-alpha", "nan"], "crf.theta_alpha=nan: must be a finite number > 0 (pixels, or intensity levels)"),
+    ]:
+        assert main(["crf-search", str(ckpt), *flags, "--data-root", str(root), "--no-progress"]) == 2
+        assert capsys.readouterr().err.strip().endswith(message)
+    assert (ckpt.parent / "config.yaml").read_text() == before and not (ckpt.parent / "crf_search.json").exists()

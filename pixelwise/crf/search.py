@@ -17,6 +17,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
@@ -33,6 +34,19 @@ DEFAULT_GRID: dict[str, list[float]] = {
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 
 
+def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRFSettings]:
+    """Every combination of ``grid``, the other parameters from ``base`` (each checked: a ConfigError naming
+    the first bad value or unknown name)."""
+    unknown = sorted(set(grid) - set(CRFSettings.names()))
+    if unknown:
+        raise ConfigError(
+            f"unknown dense CRF parameter(s) {', '.join(unknown)}; valid: {', '.join(CRFSettings.names())}"
+        )
+    names = list(grid)
+    combos = itertools.product(*(grid[name] for name in names))
+    return [CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))}) for values in combos]
+
+
 def grid_search(
     cached: Cached,
     *,
@@ -46,7 +60,10 @@ def grid_search(
 ) -> dict[str, Any]:
     """mIoU of every combination of ``grid`` (the other parameters from ``base``) on ``cached`` network
     outputs. Returns ``{"best": settings dict, "best_miou", "no_crf_miou", "num_images", "results": [...]}``."""
-    device = cached[0][0].device if cached else torch.device("cpu")
+    if not cached:
+        raise ConfigError("the CRF search needs at least one image")
+    points = grid_points(grid, base)
+    device = cached[0][0].device
 
     def score(settings: CRFSettings | None) -> float:
         cm = ConfusionMatrix(num_classes, ignore_index, device=device)
@@ -54,13 +71,10 @@ def grid_search(
             cm.update(probs if settings is None else apply_crf(probs, x, mean, std, settings), y)
         return cm.compute()["miou"]
 
-    names = list(grid)
-    combos = list(itertools.product(*(grid[name] for name in names)))
     results = []
     no_crf = score(None)
-    bar = tqdm(combos, desc="crf-search", disable=not progress)
-    for values in bar:
-        settings = CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))})
+    bar = tqdm(points, desc="crf-search", disable=not progress)
+    for settings in bar:
         t = time.perf_counter()
         miou = score(settings)
         results.append({**asdict(settings), "miou": miou, "seconds": time.perf_counter() - t})

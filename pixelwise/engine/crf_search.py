@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..crf import settings_for
-from ..crf.search import DEFAULT_GRID, grid_search, write_crf_to_run_config
+from ..crf.search import DEFAULT_GRID, grid_points, grid_search, write_crf_to_run_config
+from ..errors import ConfigError
 from ..fileio import write_json
 from ..inference import InferenceSettings
 from .evaluator import checkpoint_dataset
@@ -41,11 +42,15 @@ def crf_search(
     and the whole search into ``crf_search.json`` beside the checkpoint. The network's probabilities come from
     the run's inference protocol, or ``inference`` over it (as :class:`Predictor`), in precision ``amp``.
     Returns the search result, with the protocol used under ``"inference"``."""
+    if num_images < 1:
+        raise ConfigError(f"--num-images {num_images}: must be >= 1 (the images the settings are scored on)")
     predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
     check_crf_applies(checkpoint, predictor.instance_method)
     meta, ckpt = predictor.meta, predictor.ckpt
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
+    grid = dict(grid or DEFAULT_GRID)
+    grid_points(grid, base)  # a bad value stops here, not after the network's pass over the images
     cached = []
     with torch.inference_mode():
         for i in tqdm(range(min(num_images, len(ds))), desc="network", disable=not progress, leave=False):
@@ -60,7 +65,7 @@ def crf_search(
         ignore_index=ds.info.ignore_index,
         mean=meta["mean"],
         std=meta["std"],
-        grid=dict(grid or DEFAULT_GRID),
+        grid=grid,
         base=base,
         progress=progress,
     )
