@@ -22,6 +22,7 @@ from .crf.settings import CRFSettings
 from .errors import ConfigError
 from .inference.instance_settings import InstanceSettings
 from .inference.protocol import InferenceSettings
+from .losses.class_weights import METHODS as CLASS_WEIGHT_METHODS
 from .models import list_models, model_arguments
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -155,6 +156,13 @@ _RANGES = (
 )
 
 
+def _finite_numbers(values: Any) -> bool:
+    """Whether ``values`` is a list of finite numbers (not bools)."""
+    return isinstance(values, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+
+
 def _check_ranges(config: dict[str, Any]) -> None:
     """Values out of range stop at load time with the key named (not as a traceback mid-run)."""
     for key, low, inclusive in _RANGES:
@@ -180,8 +188,7 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if min(sides) <= 0:
             raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
     scale = config["data"]["scale_range"]
-    numbers = scale is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-    if scale is not None and (len(scale) != 2 or not numbers or not 0 < scale[0] <= scale[1] < math.inf):
+    if scale is not None and (len(scale) != 2 or not _finite_numbers(scale) or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, both finite, or null")
     if scale is not None and scale[0] < scale[1] and crop is None and config["data"]["batch_size"] > 1:
         raise ConfigError(
@@ -189,12 +196,25 @@ def _check_ranges(config: dict[str, Any]) -> None:
             "cannot share a batch; set data.crop_size (or data.batch_size: 1, or data.scale_range: null)"
         )
     shift = config["data"]["image_shift"]
-    if shift is not None and not (
-        isinstance(shift, list)
-        and len(shift) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in shift)
-    ):
+    if shift is not None and not (len(shift) == 2 and _finite_numbers(shift)):
         raise ConfigError(f"data.image_shift={shift!r}: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null")
+    mean, std = config["data"]["mean"], config["data"]["std"]
+    if not (_finite_numbers(mean) and _finite_numbers(std) and len(mean) == len(std) >= 1 and min(std) > 0):
+        raise ConfigError(
+            f"data.mean={mean!r}, data.std={std!r}: give one finite mean and one std > 0 per input channel, on "
+            "[0, 1] images (e.g. [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225])"
+        )
+    weights = config["train"]["class_weights"]
+    if isinstance(weights, list) and not (_finite_numbers(weights) and min(weights, default=0) >= 0 and any(weights)):
+        raise ConfigError(
+            f"train.class_weights={weights!r}: give one finite weight >= 0 per class, not all 0 (or median_frequency, "
+            "inverse_frequency)"
+        )
+    if isinstance(weights, str) and weights not in CLASS_WEIGHT_METHODS:
+        methods = ", ".join(CLASS_WEIGHT_METHODS)
+        raise ConfigError(f"train.class_weights={weights!r}; valid: {methods}, or a list of one weight per class")
+    if weights is not None and not isinstance(weights, (list, str)):
+        raise ConfigError(f"train.class_weights={weights!r}: give median_frequency, inverse_frequency or a list")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,30 @@ def test_bad_values(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
+def test_normalisation_and_class_weights_are_checked_at_load(tmp_path):
+    path = write(tmp_path, BASE)
+    norm = "give one finite mean and one std > 0 per input channel, on [0, 1] images"
+    # std 0 was a ValueError at the first batch, a length mismatch a RuntimeError there
+    for flags, given in [
+        (["data.std=[0.2, 0, 0.2]"], "data.mean=[0.485, 0.456, 0.406], data.std=[0.2, 0, 0.2]"),
+        (["data.mean=[0.5, 0.5]"], "data.mean=[0.5, 0.5], data.std=[0.229, 0.224, 0.225]"),
+        (["data.mean=[.nan, 0.5, 0.5]"], "data.mean=[nan, 0.5, 0.5], data.std=[0.229, 0.224, 0.225]"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(given)}: {re.escape(norm)}"):
+            load_config(path, flags)
+    # negative, NaN or non-number weights trained silently or failed mid-run; an unknown method only after a scan
+    for value in ("[1, -1, 1]", "[1, .nan, 1]", "[0, 0, 0]", "[1, a, 1]"):
+        with pytest.raises(ConfigError, match=r"^train.class_weights=\[.*\]: give one finite weight >= 0 per class"):
+            load_config(path, [f"train.class_weights={value}"])
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.class_weights=median_freq"])
+    assert str(e.value) == (
+        "train.class_weights='median_freq'; valid: median_frequency, inverse_frequency, or a list of one weight per "
+        "class"
+    )
+    assert load_config(path, ["train.class_weights=[0, 1, 2.5]"])["train"]["class_weights"] == [0, 1, 2.5]
+
+
 def test_null_only_where_it_means_something(tmp_path):
     path = write(tmp_path, BASE)
     # each of these was a TypeError traceback at load or at the first batch

@@ -8,6 +8,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
+METHODS = ("median_frequency", "inverse_frequency")
+
 
 def class_frequency_weights(
     counts: Sequence[int], image_counts: Sequence[int] | None = None, method: str = "median_frequency"
@@ -29,5 +31,5 @@ def class_frequency_weights(
     elif method == "inverse_frequency":
         weights[present] = n.sum() / (present.sum() * n[present])
     else:
-        raise ConfigError(f"class weights {method!r}; valid: median_frequency, inverse_frequency, or a list")
+        raise ConfigError(f"class weights {method!r}; valid: {', '.join(METHODS)}, or a list")
     return weights.tolist()
