@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from .cli_options import (
     decoding_overrides,
     inference_settings,
 )
-from .errors import PixelwiseError
+from .errors import ConfigError, PixelwiseError
 
 DESCRIPTION = "Semantic and instance segmentation with the classic architectures built to their papers."
 EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
@@ -53,7 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _class_arg(value: str | None) -> int | str | None:
-    return int(value) if value is not None and value.isdigit() else value
+    return int(value) if value is not None and value.isdecimal() else value
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -140,6 +141,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run
+
+    for flag, value in (("--max-mb", args.max_mb), ("--max-megapixels", args.max_megapixels)):
+        if not 0 < value < math.inf:  # NaN too; int() of either would be a traceback
+            raise ConfigError(f"{flag} {value}: must be a finite number > 0")
 
     run(
         args.checkpoint,
@@ -250,6 +255,8 @@ def _cmd_weight_map(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
+    if len(args.size) > 2:
+        raise ConfigError(f"--size {' '.join(map(str, args.size))}: give S or H W")
     report = export_onnx(
         args.checkpoint,
         args.out,

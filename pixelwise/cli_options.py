@@ -118,5 +118,10 @@ def inference_settings(args: argparse.Namespace) -> dict | None:
 def crf_overrides(args: argparse.Namespace) -> dict | None:
     """With --crf: the --crf-* flags given, over the run's settings (resolved by the library)."""
     from .crf import CRFSettings
+    from .errors import ConfigError
 
-    return {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()} if args.crf else None
+    given = {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()}
+    if not args.crf and any(v is not None for v in given.values()):
+        flags = " ".join(f"--crf-{k.replace('_', '-')}" for k, v in given.items() if v is not None)
+        raise ConfigError(f"{flags} given without --crf, which turns the CRF on: add --crf (or drop them)")
+    return given if args.crf else None

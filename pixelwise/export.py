@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .crf import settings_for
-from .errors import PixelwiseError
+from .errors import ConfigError, PixelwiseError
 from .inference.onnx_backend import META_KEY, onnxruntime_module
 from .models import input_channels, load_checkpoint, model_from_checkpoint, model_logits
+from .models.registry import input_size_problem
 
 DEFAULT_OPSET = 17
 
@@ -127,8 +128,11 @@ def export_onnx(
     if out.exists() and not overwrite:
         raise PixelwiseError(f"--out {out} exists: pass --overwrite to replace it, or choose another file")
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
     meta = ckpt["meta"]
+    problem = "sizes are positive" if min(height, width) < 1 else input_size_problem(meta["model"], height, width)
+    if problem is not None:
+        raise ConfigError(f"--size {height} {width}: {problem}; give a larger example size")
+    model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     # built and checked beside out, then renamed over it: a failed export leaves nothing unchecked behind
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -164,7 +168,10 @@ def _export_checked(
     in_channels = input_channels(meta["model"])
     torch.manual_seed(0)
     x = torch.randn(1, in_channels, height, width)
-    sizes = [(1, height, width)] + ([(2, height - 13, width + 7)] if dynamic else [])
+    # a second, odd size checks that the graph takes others (smaller where the model takes it)
+    smaller = height > 13 and input_size_problem(meta["model"], height - 13, width + 7) is None
+    other_height = height - 13 if smaller else height + 13
+    sizes = [(1, height, width)] + ([(2, other_height, width + 7)] if dynamic else [])
     other = "dynamo" if exporter == "torchscript" else "torchscript"
     attempts = [(exporter, True), (exporter, False), (other, False)] if dynamic else [(exporter, False), (other, False)]
     failures = []

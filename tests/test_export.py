@@ -11,7 +11,7 @@ from torch import nn
 
 from pixelwise import build_model
 from pixelwise.engine import predict
-from pixelwise.errors import CheckpointError, DataError, PixelwiseError
+from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
 from pixelwise.inference import fold_batch_norm, optimize_for_inference
 from pixelwise.models.weights import save_checkpoint
 
@@ -225,3 +225,20 @@ def test_inference_weights_dtype_follows_amp_on_cuda_only():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype(cpu, "bf16") is None and inference_dtype(gpu, "none") is None
     assert inference_dtype(gpu, "fp16") == torch.float16 and inference_dtype(gpu, "bf16") == torch.bfloat16
+
+
+def test_export_example_sizes(tmp_path):
+    from pixelwise.export import export_onnx
+
+    pytest.importorskip("onnxruntime")
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    # 20 - 13 is under the U-Net's total stride (16): the second check size was refused and the export fell back to a
+    # fixed-size graph without saying why; it now checks at a larger odd size instead
+    report = export_onnx(ckpt, tmp_path / "m.onnx", height=20, width=24)
+    assert report["dynamic"] and set(report["max_abs_diff"]) == {"1x20x24", "2x33x31", "relative"}
+    with pytest.raises(ConfigError) as e:
+        export_onnx(ckpt, tmp_path / "small.onnx", height=8, width=24)
+    assert str(e.value) == (
+        "--size 8 24: model unet needs inputs of at least 16x16 pixels (its total stride); give a larger example size"
+    )
+    assert not (tmp_path / "small.onnx").exists()

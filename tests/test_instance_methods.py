@@ -207,6 +207,9 @@ def test_train_eval_predict_each_method(method, tmp_path):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"sigma": 1})
     with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
+    # silently ignored before: the model's own instances were scored
+    with pytest.raises(ConfigError, match=rf"^--instances/--watershed make .* \(instances.method={method}\): leave"):
+        evaluate_checkpoint(run / "best.pt", progress=False, instances=1, watershed=True)
     with pytest.raises(
         ConfigError,
         match=rf"best.pt: the dense CRF refines a semantic model's scores, and this model decodes instances "

@@ -3,6 +3,7 @@ directories are locked and survive signals, kills and restarts, prediction never
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -609,9 +610,72 @@ def test_instances_class_by_name_or_index():
     assert class_index("Cell", classes, "--instances") == 1
     assert class_index(0, classes, "--instances") == 0
     # an index past the classes used to pass and score no instances at all
-    for bad in (2, "2", "nucleus"):
+    for bad in (2, "2", "nucleus", "²"):  # "²".isdigit() is true and int("²") a ValueError
         with pytest.raises(ConfigError) as e:
             class_index(bad, classes, "--instances")
         assert str(e.value) == f"--instances '{bad}': no such class; the model's classes are 0 membrane, 1 cell"
     with pytest.raises(ConfigError, match=r"^--instances 'cell,membrane': give one class; the model's classes are"):
         class_index("cell,membrane", classes, "--instances")
+
+
+def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_run, tmp_path, capsys):
+    from pixelwise.cli import main
+
+    run, root, _ = toy_run
+    ckpt, images, out = str(run / "best.pt"), str(root / "toy/images/val"), str(tmp_path / "out")
+    cases = [
+        # silently ignored: the CRF flags without --crf
+        (
+            ["eval", ckpt, "--crf-w1", "3", "--crf-theta-beta", "5"],
+            "pixelwise eval: error: --crf-w1 --crf-theta-beta given without --crf, which turns the CRF on: add --crf "
+            "(or drop them)",
+        ),
+        # tracebacks after the model and data had loaded
+        (["eval", ckpt, "--boundary-width", "-1"], "pixelwise eval: error: --boundary-width -1: must be >= 0 pixels"),
+        (
+            ["eval", ckpt, "--watershed"],
+            "pixelwise eval: error: --watershed splits the instances of --instances CLASS: add --instances "
+            "(or drop it)",
+        ),
+        (
+            ["eval", ckpt, "--num-workers", "-1"],
+            "pixelwise eval: error: --num-workers -1: must be >= 0 (0 loads in this process)",
+        ),
+        # an overlay extrapolated (2) or black (NaN)
+        (
+            ["predict", ckpt, images, "--out", out, "--alpha", "2"],
+            "pixelwise predict: error: --alpha 2.0: the overlay's opacity must be between 0 and 1",
+        ),
+        (
+            ["predict", ckpt, images, "--out", out, "--alpha", "nan"],
+            "pixelwise predict: error: --alpha nan: the overlay's opacity must be between 0 and 1",
+        ),
+        # checked only when a video came, after the images before it were written (or never, for images only)
+        (
+            ["predict", ckpt, images, "--out", out, "--smooth", "0"],
+            "pixelwise predict: error: --smooth 0.0: the moving average's factor must be in (0, 1] (1 = no smoothing)",
+        ),
+        (
+            ["predict", ckpt, images, "--out", out, "--batch-size", "0"],
+            "pixelwise predict: error: --batch-size 0: must be >= 1 (video frames per forward pass)",
+        ),
+        # int(nan) was a ValueError traceback; port 70000 listened on 4464
+        (["serve", ckpt, "--max-mb", "nan"], "pixelwise serve: error: --max-mb nan: must be a finite number > 0"),
+        (["serve", ckpt, "--port", "70000"], "pixelwise serve: error: --port 70000: must be 0-65535 (0: a free one)"),
+        # a torch traceback (negative), a silent fall-back to a fixed-size graph, a third size ignored
+        (
+            ["export", ckpt, "--out", f"{out}.onnx", "--size", "1", "2", "3"],
+            "pixelwise export: error: --size 1 2 3: give S or H W",
+        ),
+    ]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        cases.append(
+            (
+                ["export", ckpt, "--out", f"{out}.onnx", "--size", "-5"],
+                "pixelwise export: error: --size -5 -5: sizes are positive; give a larger example size",
+            )
+        )
+    for argv, message in cases:
+        assert main([*argv, "--no-progress"] if argv[0] in ("eval", "predict") else argv) == 2, argv
+        assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.onnx").exists()

@@ -215,11 +215,22 @@ def evaluate_checkpoint(
     ``{"checkpoint", "dataset", "split", "num_images", "classes", "amp", "inference", "metrics"}`` (``inference``:
     the protocol used, ``None`` for the plain whole-image one), and for instance models ``"decoding"`` (the
     decoding settings used)."""
+    if boundary_width is not None and not boundary_width >= 0:
+        raise ConfigError(f"--boundary-width {boundary_width}: must be >= 0 pixels")
+    if num_workers < 0:
+        raise ConfigError(f"--num-workers {num_workers}: must be >= 0 (0 loads in this process)")
     predictor = Predictor(
         checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf, decoding=decoding
     )
     meta = predictor.meta
     method = predictor.instance_method
+    if method.enabled and (instances is not None or watershed):
+        raise ConfigError(
+            f"--instances/--watershed make instances of a semantic model's classes; this model decodes its own "
+            f"(instances.method={method.method}): leave them out"
+        )
+    if watershed and instances is None:
+        raise ConfigError("--watershed splits the instances of --instances CLASS: add --instances (or drop it)")
     # instance maps: required for an instance model, used where present for --instances, else not read
     with_maps = True if method.enabled else (None if instances is not None else False)
     ds = checkpoint_dataset(predictor.ckpt, checkpoint, split, data_root, instances=with_maps)

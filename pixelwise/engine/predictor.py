@@ -37,7 +37,7 @@ from ..models.stats import inference_bytes
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .video import batch_probabilities, check_video_model, image_probabilities, predict_video
+from .video import TemporalEMA, batch_probabilities, check_video_model, image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
 
@@ -495,6 +495,12 @@ def predict(
     ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
     and ``audio`` as there. ``decoding`` as :class:`Predictor`."""
     out_dir = Path(out_dir)
+    if not 0 <= alpha <= 1:  # NaN too
+        raise ConfigError(f"--alpha {alpha}: the overlay's opacity must be between 0 and 1")
+    if smooth is not None:
+        TemporalEMA(smooth)  # its range, checked before anything is written
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")

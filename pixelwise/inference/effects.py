@@ -136,7 +136,7 @@ def blur(image: np.ndarray, alpha: np.ndarray, sigma: float | None = None) -> np
 def parse_colour(text: str) -> tuple[int, int, int] | None:
     """``#00b140``, ``0,177,64``, ``rgb(0,177,64)`` or a CSS name (``green``) as RGB; None if it is none of those."""
     parts = text.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
+    if len(parts) == 3 and all(p.strip().isdecimal() for p in parts):
         rgb = tuple(int(p) for p in parts)
         return rgb if all(0 <= v <= 255 for v in rgb) else None  # type: ignore[return-value]
     try:
@@ -213,7 +213,7 @@ def parse_classes(text: str | Sequence[str | int], classes: Sequence[str], optio
     for item in items:
         if not item:
             continue
-        index = int(item) if item.isdigit() else lower.get(item.lower())
+        index = int(item) if item.isdecimal() else lower.get(item.lower())  # not isdigit: int("²") fails
         if index is None or not 0 <= index < len(classes):
             raise ConfigError(f"{option} {item!r}: no such class; the model's classes are {class_list(classes)}")
         if index not in out:

@@ -64,6 +64,8 @@ def check_host(host: str) -> None:
 
 def bind(host: str, port: int) -> socket.socket:
     """A TCP socket bound to exactly ``host:port`` (port 0: a free one); a one-line ConfigError if it cannot be."""
+    if not 0 <= port <= 65535:  # the OS would take 70000 as 70000 mod 65536
+        raise ConfigError(f"--port {port}: must be 0-65535 (0: a free one)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:

@@ -269,7 +269,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The image bytes and their name: the multipart field ``image`` (file name from the form), else the whole
     body (``upload``). The body is counted as it arrives and refused past ``max_bytes``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise RequestError(413, f"request body is {int(declared)} bytes, over the limit of {max_bytes} bytes")
     chunks, total = [], 0
     try:
