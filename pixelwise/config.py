@@ -188,7 +188,7 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if min(sides) <= 0:
             raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
     scale = config["data"]["scale_range"]
-    if scale is not None and (len(scale) != 2 or not _finite_numbers(scale) or not 0 < scale[0] <= scale[1]):
+    if scale is not None and (not _finite_numbers(scale) or len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, both finite, or null")
     if scale is not None and scale[0] < scale[1] and crop is None and config["data"]["batch_size"] > 1:
         raise ConfigError(
@@ -196,7 +196,7 @@ def _check_ranges(config: dict[str, Any]) -> None:
             "cannot share a batch; set data.crop_size (or data.batch_size: 1, or data.scale_range: null)"
         )
     shift = config["data"]["image_shift"]
-    if shift is not None and not (len(shift) == 2 and _finite_numbers(shift)):
+    if shift is not None and not (_finite_numbers(shift) and len(shift) == 2):
         raise ConfigError(f"data.image_shift={shift!r}: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null")
     mean, std = config["data"]["mean"], config["data"]["std"]
     if not (_finite_numbers(mean) and _finite_numbers(std) and len(mean) == len(std) >= 1 and min(std) > 0):

@@ -109,6 +109,8 @@ def test_gaussian_window_and_settings_errors():
         InferenceSettings(mode="slide", crop=[64, 64, 64])
     with pytest.raises(ConfigError, match=r"^inference scales must be positive, got \[1.0, nan\]$"):
         InferenceSettings(scales=[1.0, float("nan")])
+    with pytest.raises(ConfigError, match=r"^inference scales must be positive, got \['a'\]$"):
+        InferenceSettings(scales=["a"])  # a TypeError traceback before
     with pytest.raises(ConfigError, match=r"^inference.class_weight_correction=nan: must be a finite number >= 0$"):
         InferenceSettings(class_weight_correction=float("nan"))
     assert InferenceSettings().is_plain and not InferenceSettings(flip=True).is_plain

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,8 @@ class InferenceSettings:
                     f"inference stride {self.stride} is larger than the crop {self.crop}: the windows would leave "
                     "pixels unpredicted; give a stride at most the crop (default: 2/3 of it)"
                 )
-        if not self.scales or any(not s > 0 or not math.isfinite(s) for s in self.scales):
+        numbers = all(isinstance(s, Real) and not isinstance(s, bool) for s in self.scales)
+        if not self.scales or not numbers or any(not s > 0 or not math.isfinite(s) for s in self.scales):
             raise ConfigError(f"inference scales must be positive, got {list(self.scales)}")
         if not math.isfinite(self.class_weight_correction):
             raise ConfigError(
