@@ -205,16 +205,13 @@ def _check_ranges(config: dict[str, Any]) -> None:
             "[0, 1] images (e.g. [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225])"
         )
     weights = config["train"]["class_weights"]
+    methods = ", ".join(CLASS_WEIGHT_METHODS)
     if isinstance(weights, list) and not (_finite_numbers(weights) and min(weights, default=0) >= 0 and any(weights)):
         raise ConfigError(
-            f"train.class_weights={weights!r}: give one finite weight >= 0 per class, not all 0 (or median_frequency, "
-            "inverse_frequency)"
+            f"train.class_weights={weights!r}: give one finite weight >= 0 per class, not all 0 (or {methods})"
         )
-    if isinstance(weights, str) and weights not in CLASS_WEIGHT_METHODS:
-        methods = ", ".join(CLASS_WEIGHT_METHODS)
+    if weights is not None and not isinstance(weights, list) and weights not in CLASS_WEIGHT_METHODS:
         raise ConfigError(f"train.class_weights={weights!r}; valid: {methods}, or a list of one weight per class")
-    if weights is not None and not isinstance(weights, (list, str)):
-        raise ConfigError(f"train.class_weights={weights!r}: give median_frequency, inverse_frequency or a list")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -57,31 +57,6 @@ def test_bad_values(tmp_path):
     path = write(tmp_path, BASE)
     with pytest.raises(ConfigError, match="train.iters should be int"):
         load_config(path, ["train.iters=many"])
-    # NaN compares false with every bound, so it used to pass them all
-    with pytest.raises(ConfigError, match=r"^train.lr=nan: must be > 0$"):
-        load_config(path, ["train.lr=.nan"])
-    with pytest.raises(ConfigError, match=r"^train.max_minutes=nan: must be >= 0$"):
-        load_config(path, ["train.max_minutes=.nan"])
-    with pytest.raises(ConfigError, match=r"^train.lr=inf: must be a finite number$"):
-        load_config(path, ["train.lr=.inf"])
-    with pytest.raises(ConfigError, match=r"^data.color_jitter=inf: must be a finite number$"):
-        load_config(path, ["data.color_jitter=.inf"])  # a torchvision traceback at the first batch
-    message = r"^data.scale_range=\[0.5, inf\]: give \[low, high\] with 0 < low <= high, both finite, or null$"
-    with pytest.raises(ConfigError, match=message):
-        load_config(path, ["data.scale_range=[0.5, .inf]"])
-    with pytest.raises(ConfigError, match=r"^data.scale_range=\[0.5, 'a'\]: give \[low, high\]"):
-        load_config(path, ["data.scale_range=[0.5, a]"])
-    # these were silently off (negative, NaN) or a traceback at the first batch (grid 0)
-    with pytest.raises(ConfigError, match=r"^data.color_jitter=-0.2: must be >= 0$"):
-        load_config(path, ["data.color_jitter=-0.2"])
-    with pytest.raises(ConfigError, match=r"^data.elastic_p=nan: must be >= 0$"):
-        load_config(path, ["data.elastic_p=.nan"])
-    with pytest.raises(ConfigError, match=r"^data.elastic_p=1.5: a probability, at most 1$"):
-        load_config(path, ["data.elastic_p=1.5"])
-    with pytest.raises(ConfigError, match=r"^data.elastic_grid=0: must be >= 1$"):
-        load_config(path, ["data.elastic_grid=0"])
-    with pytest.raises(ConfigError, match=r"^train.poly_power=-1: must be >= 0$"):
-        load_config(path, ["train.poly_power=-1"])
     with pytest.raises(ConfigError, match="unknown model.name 'resnet'"):
         load_config(path, ["model.name=resnet"])
     with pytest.raises(ConfigError, match="does not exist"):

@@ -64,6 +64,25 @@ def config_error(tmp_path, *overrides):
             "data.image_shift=[0.5, .nan]",
             "data.image_shift=[0.5, nan]: give [dy, dx] in pixels (e.g. [-0.5, 0]), or null",
         ),
+        # NaN compares false with every bound, so it used to pass them all; infinity passed the lower bounds
+        ("train.lr=.nan", "train.lr=nan: must be > 0"),
+        ("train.max_minutes=.nan", "train.max_minutes=nan: must be >= 0"),
+        ("train.lr=.inf", "train.lr=inf: must be a finite number"),
+        ("data.color_jitter=.inf", "data.color_jitter=inf: must be a finite number"),  # a torchvision traceback
+        (
+            "data.scale_range=[0.5, .inf]",
+            "data.scale_range=[0.5, inf]: give [low, high] with 0 < low <= high, both finite, or null",
+        ),
+        (
+            "data.scale_range=[0.5, a]",
+            "data.scale_range=[0.5, 'a']: give [low, high] with 0 < low <= high, both finite, or null",
+        ),
+        # silently off (negative, NaN) or a traceback at the first batch (grid 0)
+        ("data.color_jitter=-0.2", "data.color_jitter=-0.2: must be >= 0"),
+        ("data.elastic_p=.nan", "data.elastic_p=nan: must be >= 0"),
+        ("data.elastic_p=1.5", "data.elastic_p=1.5: a probability, at most 1"),
+        ("data.elastic_grid=0", "data.elastic_grid=0: must be >= 1"),
+        ("train.poly_power=-1", "train.poly_power=-1: must be >= 0"),
     ],
 )
 def test_bad_config_values(tmp_path, override, message):
