@@ -17,6 +17,8 @@ from scipy.optimize import linear_sum_assignment
 from pixelwise.metrics import MATCHING_THRESHOLDS, InstanceMetrics, instance_metrics
 from pixelwise.metrics import matching as matching_module
 
+from .conftest import run_in_processes
+
 KEYS = ["0.50", "0.55", "0.60", "0.65", "0.70", "0.75", "0.80", "0.85", "0.90"]
 
 
@@ -201,7 +203,7 @@ def test_image_without_predictions_counts_for_coco_ap_without_scores():
 
 
 def test_one_prediction_over_two_truths_matches_one():
-    # pred 1 covers true 1 and true 2, each exactly half of it: IoU 8/16 = 0.5 with both
+    # pred 1 covers true 1 and true 2, each exactly half of it: IoU 16/32 = 0.5 with both
     true = np.zeros((4, 8), np.uint8)
     true[:, :4], true[:, 4:] = 1, 2
     pred = np.zeros_like(true)
@@ -340,6 +342,28 @@ def test_classes_from_semantic_maps_by_majority_and_from_mappings():
     by_dict = InstanceMetrics()
     by_dict.update(true, pred, true_classes={1: 2, 2: 3}, pred_classes={1: 2, 2: 1})
     assert same_results(by_dict.compute(), m)
+
+
+def test_pq_leaves_void_out_as_the_panopticapi():
+    true = np.zeros((6, 6), np.uint8)
+    true[0:3, 0:3] = 1  # 9 pixels of class 1
+    sem = np.zeros_like(true)
+    sem[0:3, 0:3] = 1
+    sem[0:3, 3:6] = 255  # void: 9 pixels beside the object
+    sem[4:6, 4:6] = 255  # and 4 in the corner
+    pred = np.zeros_like(true)
+    pred[0:3, 0:5] = 4  # the object and 6 void pixels: IoU 9 / (9 + 15 - 9 - 6) = 1, not 9 / 15
+    pred[4:6, 0:2] = 7  # on labelled background: a false positive
+    pred[4:6, 3:6] = 8  # 4 of its 6 pixels void: not a false positive
+    m = InstanceMetrics()
+    m.update(true, pred, true_classes=sem, pred_classes={4: 1, 7: 1, 8: 1})
+    assert m.per_class()[1] == {"pq": 2 / 3, "sq": 1.0, "rq": 2 / 3, "tp": 1, "fp": 1, "fn": 0}
+    # without void (classes as a mapping), every pixel counts: IoU 9 / 15 and two false positives
+    plain = InstanceMetrics()
+    plain.update(true, pred, true_classes={1: 1}, pred_classes={4: 1, 7: 1, 8: 1})
+    assert plain.per_class()[1] == {"pq": pytest.approx(0.6 / 2), "sq": 0.6, "rq": 0.5, "tp": 1, "fp": 2, "fn": 0}
+    # the StarDist matching is not affected: IoU 9 / 15 = 0.6 matches up to 0.60
+    assert m.compute()["tp"]["0.55"] == 1 and m.compute()["tp"]["0.60"] == 1 and m.compute()["tp"]["0.65"] == 0
 
 
 def test_invalid_inputs_raise():
@@ -589,3 +613,65 @@ def test_default_thresholds_are_the_papers():
     pred[0, :20] = 1  # IoU 11/20
     assert instance_metrics(true, pred)["tp"]["0.55"] == 1
     assert instance_metrics(true, pred)["tp"]["0.60"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- data-parallel
+
+
+def _two_images() -> list[tuple[np.ndarray, np.ndarray, dict[int, float]]]:
+    """Image A: one nucleus, found (score 0.9) plus a false positive (0.2); image B: nine nuclei, one found
+    (0.6)."""
+    a_true = np.zeros((8, 8), np.uint8)
+    a_true[2:5, 2:5] = 1
+    a_pred = a_true.copy()
+    a_pred[6:8, 6:8] = 2
+    b_true = np.zeros((12, 12), np.uint8)
+    for i in range(9):
+        b_true[(i // 3) * 4 : (i // 3) * 4 + 3, (i % 3) * 4 : (i % 3) * 4 + 3] = i + 1
+    b_pred = np.where(b_true == 5, 1, 0).astype(np.uint8)
+    return [(a_true, a_pred, {1: 0.9, 2: 0.2}), (b_true, b_pred, {1: 0.6})]
+
+
+def test_merged_shares_equal_one_pass_over_all_images():
+    images = _two_images()
+    whole, first, second = InstanceMetrics(), InstanceMetrics(), InstanceMetrics()
+    for t, p, s in images:
+        whole.update(t, p, scores=s)
+    first.update(*images[0][:2], scores=images[0][2])
+    second.update(*images[1][:2], scores=images[1][2])
+    first.merge(second)
+    m = first.compute()
+    assert same_results(m, whole.compute())
+    # by hand: TP 2, FP 1, FN 8 at every threshold; COCO AP50: ranked 0.9 (hit), 0.6 (hit), 0.2 (miss) of 10 true
+    assert m["ap"]["0.50"] == pytest.approx(2 / 11) and m["num_true"] == 10 and m["num_pred"] == 3
+    assert m["coco_ap50"] == pytest.approx(21 / 101)  # precision 1 at recall 0, 0.1, 0.2; 0 beyond
+    unscored = InstanceMetrics()
+    unscored.update(*images[0][:2])
+    with pytest.raises(ValueError, match="scores were given for some images and not for others"):
+        unscored.merge(second)
+
+
+def _instance_shares(rank: int) -> dict:
+    from pixelwise.metrics import ISBIScores
+
+    t, p, s = _two_images()[rank]  # rank 0 image A, rank 1 image B
+    matching, isbi = InstanceMetrics(), ISBIScores()
+    matching.update(t, p, scores=s)
+    isbi.update(p, t)
+    matching.all_reduce()
+    isbi.all_reduce()
+    return {**matching.compute(), **{f"isbi_{k}": v for k, v in isbi.compute().items()}}
+
+
+@pytest.mark.slow
+def test_all_reduce_joins_instance_scores_over_processes():
+    from pixelwise.metrics import ISBIScores
+
+    results = run_in_processes(_instance_shares)
+    whole, isbi = InstanceMetrics(), ISBIScores()
+    for t, p, s in _two_images():
+        whole.update(t, p, scores=s)
+        isbi.update(p, t)
+    expected = {**whole.compute(), **{f"isbi_{k}": v for k, v in isbi.compute().items()}}
+    assert same_results(results[0], expected) and same_results(results[1], expected)
+    assert results[0]["num_true"] == 10 and results[0]["isbi_num_slices"] == 2

@@ -68,6 +68,29 @@ def test_logits_equal_indices_and_streaming_equals_one_batch():
     assert a.matrix.sum() == 3 * 7 * 5 - 2 * 5
 
 
+def test_scores_whose_class_dim_is_ambiguous_or_a_single_channel():
+    # C x H x W scores of one image with C = H (3 x 3 x 2 against 3 x 2): the classes are dim 0, not the rows
+    scores = torch.zeros(3, 3, 2)
+    scores[2] = 1.0  # class 2 everywhere
+    target = torch.full((3, 2), 2)
+    cm = ConfusionMatrix(3)
+    cm.update(scores, target)
+    assert cm.matrix[2, 2] == 6 and cm.matrix.sum() == 6
+    # a batch of N = C images (2 x 2 x 4 x 4 against 2 x 4 x 4): the classes are dim 1
+    logits = torch.zeros(2, 2, 4, 4)
+    logits[:, 1] = 1.0
+    cm = ConfusionMatrix(2)
+    cm.update(logits, torch.ones(2, 4, 4, dtype=torch.long))
+    assert cm.matrix[1, 1] == 32
+    # one sigmoid channel: an argmax would be class 0 everywhere
+    with pytest.raises(ValueError) as e:
+        cm.update(torch.rand(2, 1, 4, 4), torch.ones(2, 4, 4, dtype=torch.long))
+    assert str(e.value) == (
+        "prediction shape (2, 1, 4, 4) has one score channel for target (2, 4, 4): give class indices shaped like "
+        "the target (a one-channel sigmoid output: (p > 0.5).long().squeeze(1)) or one score per class"
+    )
+
+
 def test_reset_and_errors():
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))

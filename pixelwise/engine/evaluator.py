@@ -31,12 +31,15 @@ MAX_DETECTIONS = 1000
 """Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
 
 
-def _components(pred: np.ndarray, foreground: int, watershed: bool) -> InstanceOutput:
+def _components(pred: np.ndarray, probs: np.ndarray, foreground: int, watershed: bool) -> InstanceOutput:
     """The connected components (or watershed regions) of one class of a semantic prediction, as instances
-    scored 1 (a semantic model gives no per-object confidence)."""
+    scored by their mean probability of that class (``probs``: ``K x H x W``), which ranks them for COCO AP."""
     inst = label_instances(pred, foreground, watershed=watershed).astype(np.int32)
     k = int(inst.max())
-    return InstanceOutput(pred, inst, np.full(k, foreground, np.int64), np.ones(k, np.float32))
+    sizes = np.bincount(inst.ravel(), minlength=k + 1)[1:]
+    mass = np.bincount(inst.ravel(), weights=probs[foreground].ravel(), minlength=k + 1)[1:]
+    scores = (mass / np.maximum(sizes, 1)).astype(np.float32)
+    return InstanceOutput(pred, inst, np.full(k, foreground, np.int64), scores)
 
 
 @torch.inference_mode()
@@ -59,7 +62,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled split: whole images, or the sliding-window / multi-scale /
     flip / quarter-turn protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
-    ``world_size``-th image and the counts are summed over the processes.
+    ``world_size``-th image and the counts (instance scores included) are joined over the processes.
 
     Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, for a two-class data set (ISBI 2012's membrane
     and cell) ``"challenge_pixel_error"`` (:class:`pixelwise.metrics.ChallengePixelError`: the challenge's and
@@ -105,19 +108,34 @@ def evaluate(
             pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
         else:
             scores = batch_scores(
-                model, images, cm.num_classes, device=device, amp=amp, settings=inference, crf=crf, probabilities=binary
+                model,
+                images,
+                cm.num_classes,
+                device=device,
+                amp=amp,
+                settings=inference,
+                crf=crf,
+                probabilities=binary or counting,
             )
             pred = class_argmax(scores)
             if challenge is not None:
                 challenge.update(scores[:, 1], masks)
             if counting:
-                decoded = [_components(p, instances, watershed) for p in pred.cpu().numpy()]
+                probs = scores.float().cpu().numpy()
+                decoded = [
+                    _components(p, q, instances, watershed) for p, q in zip(pred.cpu().numpy(), probs, strict=True)
+                ]
         cm.update(pred, masks)
         if bf is not None:
             bf.update(pred, masks)
         if counting:
             for i, (d, t) in enumerate(zip(decoded, masks.cpu().numpy(), strict=True)):
-                truth = true_instances[i] if true_instances is not None else label_instances(t, things[0])
+                if true_instances is None:
+                    truth = label_instances(t, things[0])
+                elif method is None:  # one class's components: its own true instances only, not every thing's
+                    truth = np.where(t == instances, true_instances[i], 0)
+                else:
+                    truth = true_instances[i]
                 isbi.update(d.instances, truth)
                 d.add_to(matching, truth, t)
     cm.all_reduce()
@@ -130,6 +148,8 @@ def evaluate(
         metrics["boundary"] = {k: v for k, v in bf.compute().items() if k != "counts"}
         metrics["boundary"]["width"] = boundary_width
     if counting:
+        isbi.all_reduce()
+        matching.all_reduce()
         how = {"method": method.method} if method is not None else {"foreground": instances, "watershed": watershed}
         metrics["instances"] = {**how, **matching.compute(), **isbi.compute()}
     if was_training:

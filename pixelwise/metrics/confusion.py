@@ -26,13 +26,23 @@ from ..argmax import class_argmax
 
 
 def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
-    """The dim of ``pred`` holding class scores (``N x C x ...`` or ``C x ...``), None for indices."""
+    """The dim of ``pred`` holding class scores (``N x C x ...`` or ``C x ...``), None for indices. Where both
+    fit (``C x H x W`` scores of an ``H x W`` image with C = H, or a batch of N = C images), a 2-D target is one
+    image (dim 0) and any other a batch (dim 1); so ``N x C x L`` scores of 1-D signals need N != C."""
     if pred.dim() != target.dim() + 1:
         return None
-    for dim in (1, 0):
-        if dim < pred.dim() and pred.shape[:dim] + pred.shape[dim + 1 :] == target.shape:
-            return dim
-    return None
+    fits = [d for d in (1, 0) if d < pred.dim() and pred.shape[:d] + pred.shape[d + 1 :] == target.shape]
+    if not fits:
+        return None
+    dim = fits[0] if len(fits) == 1 else (0 if target.dim() == 2 else 1)
+    if pred.shape[dim] == 1:
+        # an argmax over one channel is class 0 everywhere: a sigmoid output needs its threshold first
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} has one score channel for target {tuple(target.shape)}: give "
+            "class indices shaped like the target (a one-channel sigmoid output: (p > 0.5).long().squeeze(1)) or "
+            "one score per class"
+        )
+    return dim
 
 
 def as_class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -168,6 +168,14 @@ class ISBIScores:
             raise ValueError(f"expected H x W or N x H x W instance maps, got shape {gt.shape}")
         self.slice_stats.extend(_slice_stats(p, g) for p, g in zip(pred, gt, strict=True))
 
+    def all_reduce(self) -> None:
+        """Join the slices of all processes of the default group, in rank order, on every process (no-op when not
+        distributed)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shares: list[list[np.ndarray] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, self.slice_stats)
+            self.slice_stats = [s for share in shares for s in share]
+
     def compute(self, mode: Literal["pooled", "mean"] = "pooled") -> dict[str, Any]:
         """Scores over all slices added so far, plus ``num_slices``.
 
@@ -218,8 +226,10 @@ class ChallengePixelError:
     "cell", index 1: the nonzero value of Fiji's binary labels) when its probability map is binarised at
     ``p > t``, with the counts pooled over all slices, maximised over Fiji's thresholds 0, 0.1, ..., 1
     (``trainableSegmentation.metrics.PixelError.getPixelErrorMaximalFScore(0, 1, 0.1)``, the value the
-    challenge's leaderboard and the U-Net paper report; like Fiji, F = 1 at a threshold with no true positive,
-    false positive or false negative). Pixels whose target is ``ignore_index`` are left out (Fiji has no ignore
+    challenge's leaderboard and the U-Net paper report; like Fiji's ``ClassificationStatistics``, whose precision
+    is 1 without false positives and recall 1 without false negatives, F = 1 at a threshold with no true positive,
+    false positive or false negative; revisions of Fiji before that divided 0 by 0 there and passed the threshold
+    over). Pixels whose target is ``ignore_index`` are left out (Fiji has no ignore
     label). Counts stay on ``device``; :meth:`all_reduce` sums them over DDP processes."""
 
     def __init__(

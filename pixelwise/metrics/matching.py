@@ -30,8 +30,10 @@ Per class, summed over the data set: ``pq = sum IoU / (TP + FP/2 + FN/2)``, ``sq
 matches), ``rq = TP / (TP + FP/2 + FN/2)``, so ``pq = sq * rq`` (where TP > 0). The overall ``pq``, ``sq``, ``rq``
 are the means over the (thing) classes where they are defined. An instance's class is the majority class of a
 semantic map under it (ties go to the smaller class id; ``ignore_index`` pixels do not vote), or is given per
-instance, or is one class for all (class-agnostic, the default). There are no void or crowd regions: every pixel
-counts.
+instance, or is one class for all (class-agnostic, the default). Void, as in the panopticapi's ``pq_compute``: where
+the true classes are a semantic map, its ``ignore_index`` pixels are void; a predicted instance's void pixels are
+left out of its IoU's union, and an unmatched prediction that lies more than half on void is not a false positive.
+There are no crowd regions.
 
 **COCO mask AP** (T.-Y. Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014; computed as
 ``pycocotools.cocoeval.COCOeval`` with ``iouType="segm"``, ``iscrowd=0`` and area range "all"). Needs a score per
@@ -59,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
 
 logger = logging.getLogger(__name__)
@@ -260,7 +263,8 @@ class InstanceMetrics:
             default, 100, is COCO's (``maxDets=100`` of pycocotools' AP) and makes results comparable with published
             COCO-style numbers, but images with several hundred nuclei then lose their lowest-scored predictions
             (a warning is logged); raise it to score them all. The matching and PQ never drop predictions.
-        ignore_index: pixels of this class in semantic maps do not vote for an instance's class.
+        ignore_index: pixels of this class in semantic maps do not vote for an instance's class; in a semantic map
+            of true classes, those outside every true instance are void for PQ.
     """
 
     def __init__(
@@ -351,20 +355,46 @@ class InstanceMetrics:
             cand = iou >= tau
             rows, _ = _max_matching(ti[cand], pi[cand], iou[cand])
             self.tp[k] += rows.size
-        self._update_pq(ti, pi, iou, t_cls, p_cls)
+        self._update_pq(ti, pi, inter, tl.areas, pl.areas, t_cls, p_cls, self._void_counts(true_classes, tl, pl))
         if scored:
             self._update_coco(ti, pi, iou, t_cls, p_cls, s)
 
-    def _update_pq(self, ti: np.ndarray, pi: np.ndarray, iou: np.ndarray, t_cls: np.ndarray, p_cls: np.ndarray) -> None:
-        # IoU > 0.5 makes the matching unique: no assignment needed
+    def _void_counts(self, true_classes: ClassSpec | None, true: _Instances, pred: _Instances) -> np.ndarray:
+        """Per predicted instance (``pred.ids`` order), its pixels that are void: ``ignore_index`` in a semantic map
+        of true classes and in no true instance (none for mappings or without classes)."""
+        if self.ignore_index is None or true_classes is None or isinstance(true_classes, Mapping) or not pred.ids.size:
+            return np.zeros(pred.ids.size, np.int64)
+        void = (_as_numpy(true_classes, "true_classes").ravel() == self.ignore_index) & (true.flat == 0)
+        ids = pred.flat[void]
+        ids = ids[ids > 0]
+        return np.bincount(np.searchsorted(pred.ids, ids), minlength=pred.ids.size)
+
+    def _update_pq(
+        self,
+        ti: np.ndarray,
+        pi: np.ndarray,
+        inter: np.ndarray,
+        t_areas: np.ndarray,
+        p_areas: np.ndarray,
+        t_cls: np.ndarray,
+        p_cls: np.ndarray,
+        p_void: np.ndarray,
+    ) -> None:
+        # the panopticapi's IoU: the prediction's void pixels are not part of the union; IoU > 0.5 makes the
+        # matching unique, no assignment needed
+        iou = inter / (t_areas[ti] + p_areas[pi] - inter - p_void[pi])
         hit = (iou > 0.5) & (t_cls[ti] == p_cls[pi])
         hit_cls, hit_iou = t_cls[ti[hit]], iou[hit]
+        matched = np.zeros(p_cls.size, bool)
+        matched[pi[hit]] = True
+        # an unmatched prediction mostly on void is not counted against the model
+        counted = matched | (p_void <= 0.5 * p_areas)
         for c in np.union1d(t_cls, p_cls).tolist():
             acc = self._pq.setdefault(c, _PQCounts())
             in_c = hit_cls == c
             tp = int(in_c.sum())
             acc.tp += tp
-            acc.fp += int((p_cls == c).sum()) - tp
+            acc.fp += int(((p_cls == c) & counted).sum()) - tp
             acc.fn += int((t_cls == c).sum()) - tp
             acc.iou_sum += float(hit_iou[in_c].sum())
 
@@ -397,6 +427,47 @@ class InstanceMetrics:
             self._coco_scores.setdefault(c, []).append(s[dt])
             self._coco_matched.setdefault(c, []).append(matched)
             self._coco_num_true[c] = self._coco_num_true.get(c, 0) + gt.size
+
+    def merge(self, other: InstanceMetrics) -> None:
+        """Add the images ``other`` has counted (same thresholds and detection cap), as if they had been added here
+        after this one's own: how data-parallel evaluation joins its processes' shares."""
+        if (other.thresholds, other.max_detections, other.ignore_index) != (
+            self.thresholds,
+            self.max_detections,
+            self.ignore_index,
+        ):
+            raise ValueError("merge needs the same thresholds, max_detections and ignore_index")
+        for mine, theirs, what in ((self._scored, other._scored, "scores"), (self._classed, other._classed, "classes")):
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"{what} were given for some images and not for others; give them for all or none")
+        self._scored = other._scored if self._scored is None else self._scored
+        self._classed = other._classed if self._classed is None else self._classed
+        self.tp += other.tp
+        self.num_true += other.num_true
+        self.num_pred += other.num_pred
+        self.num_images += other.num_images
+        for c, acc in other._pq.items():
+            mine = self._pq.setdefault(c, _PQCounts())
+            mine.tp, mine.fp, mine.fn = mine.tp + acc.tp, mine.fp + acc.fp, mine.fn + acc.fn
+            mine.iou_sum += acc.iou_sum
+        for c in other._coco_num_true:
+            self._coco_scores.setdefault(c, []).extend(other._coco_scores.get(c, []))
+            self._coco_matched.setdefault(c, []).extend(other._coco_matched.get(c, []))
+            self._coco_num_true[c] = self._coco_num_true.get(c, 0) + other._coco_num_true[c]
+        self._coco_truncated += other._coco_truncated
+
+    def all_reduce(self) -> None:
+        """Join the counts of all processes of the default group, in rank order, on every process (no-op when not
+        distributed)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shares: list[InstanceMetrics | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, self)
+            joined = InstanceMetrics(
+                self.thresholds, max_detections=self.max_detections, ignore_index=self.ignore_index
+            )
+            for share in shares:
+                joined.merge(share)
+            self.__dict__.update(joined.__dict__)
 
     def per_class(self) -> dict[int, dict[str, float]]:
         """Panoptic quality per class, for every class that a true or predicted instance had:
