@@ -142,9 +142,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run
 
-    for flag, value in (("--max-mb", args.max_mb), ("--max-megapixels", args.max_megapixels)):
+    for flag, value, scale, unit in (
+        ("--max-mb", args.max_mb, 2**20, "byte"),
+        ("--max-megapixels", args.max_megapixels, 10**6, "pixel"),
+    ):
         if not 0 < value < math.inf:  # NaN too; int() of either would be a traceback
             raise ConfigError(f"{flag} {value}: must be a finite number > 0")
+        if int(value * scale) < 1:
+            raise ConfigError(f"{flag} {value}: under one {unit}; give at least {1 / scale:.3g}")
 
     run(
         args.checkpoint,

@@ -680,6 +680,14 @@ def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_ru
         ),
         # int(nan) was a ValueError traceback; port 70000 listened on 4464
         (["serve", ckpt, "--max-mb", "nan"], "pixelwise serve: error: --max-mb nan: must be a finite number > 0"),
+        (
+            ["serve", ckpt, "--max-mb", "1e-9"],
+            "pixelwise serve: error: --max-mb 1e-09: under one byte; give at least 9.54e-07",
+        ),
+        (
+            ["serve", ckpt, "--max-megapixels", "1e-7"],
+            "pixelwise serve: error: --max-megapixels 1e-07: under one pixel; give at least 1e-06",
+        ),
         (["serve", ckpt, "--port", "70000"], "pixelwise serve: error: --port 70000: must be 0-65535 (0: a free one)"),
         # a torch traceback (negative), a silent fall-back to a fixed-size graph, a third size ignored
         (
