@@ -26,6 +26,7 @@ from pixelwise.data import (
     read_image_stack,
     read_mask,
 )
+from pixelwise.data.io import probe_image
 from pixelwise.errors import DataError
 
 from .conftest import write_dataset
@@ -305,6 +306,30 @@ def test_exif_rotated_jpeg_is_oriented_and_its_mask_checked_at_the_oriented_size
     ds = SegmentationDataset(tmp_path, "toy", "train")
     img, mask = ds[0]
     assert img.shape == (3, 30, 20) and mask.shape == (30, 20)
+
+
+def test_png_exif_after_the_pixels_is_read_as_the_header_says(tmp_path):
+    # an eXIf chunk after IDAT only appears once Pillow has loaded the pixels: the data set's size check reads the
+    # header, so the decoder must not turn the image by it either (it would no longer fit its mask)
+    path = tmp_path / "late.png"
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:6, :6] = 255
+    Image.fromarray(stored).save(path)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()
+    payload = payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload) & 0xFFFFFFFF)
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4  # before IEND's length field
+    path.write_bytes(data[:end] + chunk + data[end:])
+    with Image.open(path) as im:  # Pillow does find it after loading
+        im.load()
+        assert im.getexif().get(0x0112) == 6
+    assert probe_image(path) == ((30, 20), 1, 1)
+    image = read_image(path, "RGB")
+    assert image.shape == (20, 30, 3) and image[:6, :6].mean() == 255
 
 
 def test_multipage_tiff(tmp_path):

@@ -50,6 +50,22 @@ def test_instances_are_read_with_16_bit_ids(tmp_path):
     assert int(inst.max()) > 255  # not truncated to 8 bits
 
 
+def test_random_scale_samples_masks_at_the_image_pixel_centres():
+    # one row of 10 pixels to 14: output pixel i sits at source position (i + 0.5) * 10 / 14 - 0.5, as the bilinear
+    # image resize reads it; nearest-exact takes floor((i + 0.5) * 10 / 14), legacy nearest floor(i * 10 / 14)
+    mask = tv_tensors.Mask(torch.arange(10, dtype=torch.uint8).repeat(5, 1))
+    inst = InstanceMap(torch.arange(10, dtype=torch.int64).repeat(5, 1) * 1000 + 70000)
+    image = tv_tensors.Image(torch.arange(10, dtype=torch.float32).repeat(1, 5, 1))
+    scale = RandomScale((1.4, 1.4))
+    out_image, out_mask, out_inst = scale(image, mask, inst)
+    assert out_mask.shape == (7, 14) and out_mask.dtype == torch.uint8
+    expected = [int((i + 0.5) * 10 / 14) for i in range(14)]
+    assert out_mask[0].tolist() == expected and expected[4] == 3  # legacy nearest: 2
+    assert (out_inst[0] - 70000).div(1000).long().tolist() == expected and out_inst.dtype == torch.int64
+    # and the image's value at each pixel is nearest to the mask's there
+    assert (out_image[0, 0] - out_mask[0].float()).abs().max() <= 0.5
+
+
 @pytest.mark.parametrize(
     "pipeline",
     [

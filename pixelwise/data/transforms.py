@@ -89,6 +89,13 @@ class RandomScale(v2.Transform):
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            # nearest-exact here, not through F.resize: torchvision before 0.28 resized masks with legacy
+            # NEAREST whatever it was asked (pytorch/vision#9188), off the image's pixel centres by up to a pixel
+            x = inpt.as_subclass(torch.Tensor)
+            flat = x.reshape(-1, 1, *x.shape[-2:])
+            out = tF.interpolate(flat.double(), size=params["size"], mode="nearest-exact")  # ids exact in float64
+            return tv_tensors.wrap(out.to(x.dtype).reshape(*x.shape[:-2], *params["size"]), like=inpt)
         return self._call_kernel(F.resize, inpt, params["size"], interpolation=_interpolation(inpt), antialias=True)
 
 
