@@ -618,6 +618,38 @@ def test_labelme(tmp_path):
     assert any("line shapes enclose no area" in reason for _, reason in summary.skipped)
 
 
+def _b64_png(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_labelme_mask_shapes_are_pasted_into_their_box(tmp_path):
+    # LabelMe 5.4's AI masks: points are the box's corners (truncated to integers), "mask" a PNG of the box
+    src = tmp_path / "labelme"
+    h, w = 7, 10
+    save_png(src / "cats.png", rgb_image(h, w))
+    blob = np.zeros((3, 4), np.uint8)  # box x 2..5, y 1..3
+    blob[0, 1:3] = 1
+    blob[1:, :] = 1
+    cat = shape("cat", [[2.7, 1.2], [5.9, 3.6]], "mask")
+    cat["mask"] = _b64_png(blob)
+    dog = shape("dog", [[6, 4], [9, 6]], "rectangle")  # a plain shape beside it
+    bad = shape("dog", [[0, 0], [1, 1]], "mask")
+    bad["mask"] = _b64_png(np.ones((5, 5)))  # 5x5 for a 2x2 box
+    (src / "cats.json").write_text(json.dumps(labelme_doc("cats.png", [cat, dog, bad])))
+    base, summary = imported(tmp_path, "labelme", src)
+    expected = np.zeros((h, w), np.uint8)
+    expected[1:4, 2:6] = blob
+    expected[4:7, 6:10] = 2
+    np.testing.assert_array_equal(mask_of(base, "train", "cats"), expected)
+    expected_inst = np.zeros((h, w), np.int64)
+    expected_inst[1:4, 2:6] = blob
+    expected_inst[4:7, 6:10] = 2
+    np.testing.assert_array_equal(instances_of(base, "train", "cats"), expected_inst)
+    assert [r for _, r in summary.skipped] == ["shape 2 ('dog', mask): its 5x5 mask does not fit its 2x2 box; left out"]
+
+
 def test_labelme_with_a_palette_lists_unknown_labels(tmp_path):
     src = tmp_path / "labelme"
     save_png(src / "train" / "a.png", rgb_image(7, 10))

@@ -4,7 +4,9 @@
 One JSON per image: ``imagePath`` (relative to the JSON file), optional ``imageData`` (the image, base64), and
 ``imageHeight``/``imageWidth``, and ``shapes``: each with ``label``, ``points`` (``[[x, y], ...]``),
 ``shape_type`` (``polygon``, the default; ``rectangle``: two corners; ``circle``: the centre and a point on the
-circle; ``line``, ``linestrip``, ``point`` and others enclose no area and are skipped, reported) and ``group_id``
+circle; ``mask``: the two corners of a box and ``mask``, a base64 PNG of the box whose nonzero pixels are the
+object, LabelMe 5.4's AI masks; ``line``, ``linestrip``, ``point`` and others enclose no area and are skipped,
+reported) and ``group_id``
 (shapes sharing a label and a group id are the parts of one object). Shapes are drawn in file order, later ones on
 top, with PIL's polygon, rectangle and ellipse (outline included), as LabelMe's ``shape_to_mask`` does.
 
@@ -69,6 +71,26 @@ def _draw(draw: ImageDraw.ImageDraw, kind: str, xy: list[tuple[float, float]], v
         draw.polygon(xy, outline=value, fill=value)
 
 
+def _mask_region(shape: dict[str, Any]) -> tuple[tuple[int, int], Image.Image] | str:
+    """A ``mask`` shape (LabelMe 5.4+): its box's top-left corner ``points[0]`` (truncated to integers, as
+    LabelMe's ``shapes_to_label``) and its mask, a base64 PNG of the box whose nonzero pixels are the object, as an
+    ``L`` image (255 inside); or why it cannot be read."""
+    points = shape.get("points")
+    try:
+        (x1, y1), (x2, y2) = [(int(float(p[0])), int(float(p[1]))) for p in points]
+    except (TypeError, ValueError, IndexError):
+        return "points are not the two corners of its box"
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(str(shape.get("mask") or ""), validate=False))) as im:
+            inside = np.asarray(im.convert("L")) > 0
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError):
+        return "its mask is not a base64 image"
+    if inside.shape != (y2 - y1 + 1, x2 - x1 + 1):
+        h, w = inside.shape
+        return f"its {w}x{h} mask does not fit its {x2 - x1 + 1}x{y2 - y1 + 1} box"
+    return (x1, y1), Image.fromarray(inside.astype(np.uint8) * 255, mode="L")
+
+
 def _image(data: dict[str, Any], json_path: Path) -> tuple[Path | None, bytes | None, str | None]:
     """The image file the JSON names (``imagePath``), else its embedded ``imageData`` with a suffix."""
     name = data.get("imagePath")
@@ -114,7 +136,12 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
             label = _label(shape)
             kind = str(shape.get("shape_type") or "polygon")
             where = f"shape {i} ({label!r}, {kind})"
-            if kind not in AREA_SHAPES:
+            if kind == "mask":
+                region = _mask_region(shape)
+                if isinstance(region, str):
+                    conv.skipped.append((str(path), f"{where}: {region}; left out"))
+                    continue
+            elif kind not in AREA_SHAPES:
                 conv.skipped.append((str(path), f"{kind} shapes enclose no area: left out"))
                 continue
             try:
@@ -122,7 +149,7 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
             except (TypeError, ValueError, IndexError):
                 conv.skipped.append((str(path), f"{where}: points are not [x, y] pairs; left out"))
                 continue
-            if (kind == "polygon" and len(xy) < 3) or (kind != "polygon" and len(xy) != 2):
+            if (kind == "polygon" and len(xy) < 3) or (kind != "polygon" and kind != "mask" and len(xy) != 2):
                 conv.skipped.append((str(path), f"{where}: {len(xy)} point(s), too few for a {kind}; left out"))
                 continue
             cls = class_index.get(label)
@@ -134,6 +161,11 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
                 group = shape.get("group_id")
                 key = (label, group) if group is not None else ("shape", i)
                 inst = objects.setdefault(key, len(objects) + 1)
+            if kind == "mask":
+                (x1, y1), inside = region
+                cls_img.paste(cls, (x1, y1, x1 + inside.width, y1 + inside.height), mask=inside)
+                ins_img.paste(inst, (x1, y1, x1 + inside.width, y1 + inside.height), mask=inside)
+                continue
             _draw(cls_draw, kind, xy, cls)
             _draw(ins_draw, kind, xy, inst)
         conv.mask = np.array(cls_img)
