@@ -57,6 +57,33 @@ def test_training_stops_at_the_budget_then_resume_keeps_the_rest(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["train_state"]["iter"] > stopped_at
 
 
+def test_a_resume_with_changes_sets_the_rate_of_the_time_already_spent(tmp_path, monkeypatch):
+    # --allow-changes resets the rates from the schedule: its clock must be the checkpoint's, not zero
+    import pixelwise.engine.resume as resume
+
+    root = write_dataset(tmp_path / "data").parent
+    budget = 0.02
+    run = tmp_path / "run"
+    train(
+        load_config(toy_config(tmp_path, iters=100000, max_minutes=budget, eval_interval=100000)),
+        run_dir=run,
+        data_root=root,
+        progress=False,
+    )
+    spent = torch.load(run / "last.pt", weights_only=True)["train_state"]["train_seconds"]
+    more = load_config(toy_config(tmp_path, iters=100000, max_minutes=4 * budget, eval_interval=100000))
+    real, rates = resume.apply_optimizer_changes, []
+
+    def recording(changes, optimizer, *args, **kwargs):
+        real(changes, optimizer, *args, **kwargs)
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    monkeypatch.setattr(resume, "apply_optimizer_changes", recording)
+    train(more, run_dir=run, data_root=root, resume=True, allow_changes=True, progress=False)
+    expected = more["train"]["lr"] * (1 - spent / (240 * budget)) ** more["train"]["poly_power"]
+    assert rates == [pytest.approx(expected)] and expected < 0.9 * more["train"]["lr"]
+
+
 def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
     """The step a SIGTERM interrupts is finished and counted in the iterations, so its seconds count against the
     budget too (else --resume would grant them again)."""

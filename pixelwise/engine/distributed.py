@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,13 @@ def mean_over_processes(value: float, ddp: Distributed, device: torch.device) ->
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / ddp.world_size
+
+
+def broadcast_buffers(module: nn.Module, ddp: Distributed) -> None:
+    """Give every process rank 0's buffers (BatchNorm's running statistics). DDP broadcasts them at the start of
+    each forward, so after the last training step each process holds one update from its own batch: evaluated
+    as they are, the processes would score slightly different models, none of them the one rank 0 saves."""
+    if ddp.world_size == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

@@ -91,6 +91,7 @@ def restore(
     device: torch.device,
     allow_changes: bool = False,
     ema: WeightEMA | None = None,
+    state: TrainState | None = None,
 ) -> TrainState:
     """Load ``path`` (a ``last.pt``) into the training objects and the RNG; returns its state.
 
@@ -98,7 +99,8 @@ def restore(
     the list, unless ``allow_changes``: then they are applied for real (optimizer settings by
     :func:`apply_optimizer_changes`, a new optimizer type with a fresh optimizer state) and logged. A changed
     model never resumes (its weights would not fit). ``ema`` (``train.ema_decay`` on) continues the checkpoint's
-    average, or starts one from its weights when it had none."""
+    average, or starts one from its weights when it had none. ``state``, when given, is filled in place (and
+    returned) before the changes are applied: a time-driven schedule reads its clock from it."""
     ckpt = load_checkpoint(path, map_location=device)
     # load_checkpoint filled the checkpoint's spec with the defaults its training recorded, so a default changed
     # since shows as a change; a key the config lacks is today's default
@@ -126,11 +128,15 @@ def restore(
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+    restored = TrainState.from_dict(ckpt["train_state"])
+    if state is not None:
+        vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set
+        restored = state
     if changes:
         apply_optimizer_changes(changes, optimizer, scheduler, config["train"])
         for key, (old, new) in changes.items():
             log.warning("--allow-changes: %s %r -> %r from iteration %d", key, old, new, ckpt["train_state"]["iter"])
-    return TrainState.from_dict(ckpt["train_state"])
+    return restored
 
 
 def truncate_log(path: Path, upto_iter: int) -> None:

@@ -145,9 +145,9 @@ class RunFiles:
     def save(self, checkpoint: dict[str, Any], it: int, best: bool) -> None:
         if not self.enabled:
             return
-        save_checkpoint(self.last, checkpoint)
-        if best:
+        if best:  # first: a kill between the two must not leave last.pt naming a best.pt that was never written
             save_checkpoint(self.best, weights_only(checkpoint))
+        save_checkpoint(self.last, checkpoint)
         if self.keep_last > 1:  # also keep the last k checkpoints by iteration
             save_checkpoint(self.dir / f"iter_{it:07d}.pt", checkpoint)
             for old in sorted(self.dir.glob("iter_*.pt"))[: -self.keep_last]:

@@ -28,7 +28,7 @@ from ..models import build_model, input_channels, model_defaults
 from ..models.registry import input_size_problem
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
-from .distributed import mean_over_processes, setup_distributed
+from .distributed import broadcast_buffers, mean_over_processes, setup_distributed
 from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
@@ -254,7 +254,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     optimizer = build_optimizer(model, train_cfg)
     state = TrainState()
-    # the time budget's clock: the training seconds so far (`state` is rebound on resume; the closure follows it)
+    # the time budget's clock: the training seconds so far (a resume fills `state` in place)
     scheduler = build_scheduler(optimizer, train_cfg, elapsed=lambda: state.train_seconds)
     class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
     protocol = run_inference(config["inference"], class_weights=class_weights)  # validation as eval will run it
@@ -287,6 +287,7 @@ def _train(
             device=device,
             allow_changes=allow_changes,
             ema=ema,
+            state=state,
         )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
@@ -434,6 +435,7 @@ def _train(
             due = it % eval_interval == 0 or last
             improved = False
             if val_ds is not None and due:
+                broadcast_buffers(scored, ddp)  # every process scores the model rank 0 saves
                 last_metrics = evaluate(
                     scored,
                     val_ds,
