@@ -288,3 +288,31 @@ def test_report_reads_a_log_cut_short_by_a_kill(tmp_path):
     with pytest.raises(DataError) as e:
         read_log(run)
     assert str(e.value) == f"{run / 'metrics.jsonl'}: line 1 is not a JSON record; remove it or restore the file"
+
+
+def test_a_resumed_run_with_dropout_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Dropout draws from the global RNG, which the checkpoint restores: nothing between the restore and the next
+    step may draw from it (the loader's iterator did)."""
+    import pixelwise.engine.trainer as trainer
+
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6))
+    cfg["model"]["dropout"] = 0.5
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    real, calls = trainer.step_loss, [0]
+
+    def stopped_at_three(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
+    with pytest.raises(trainer.TrainingInterrupted):
+        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
+    monkeypatch.setattr(trainer, "step_loss", real)
+    train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed/last.pt")["model"]
+    assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["iter"] == 6
+    assert all(torch.equal(a[k], b[k]) for k in a)
