@@ -48,6 +48,16 @@ def boundary_distance(labels: np.ndarray) -> np.ndarray:
     return np.where(first, inside, outside)
 
 
+def distance_counts(wrong: np.ndarray, dist: np.ndarray) -> dict[str, int]:
+    """How many ``wrong`` pixels lie 1, 2, or 3 or more (or no boundary: -1) pixels from the boundary (``dist``
+    of :func:`boundary_distance`)."""
+    return {
+        "1": int((wrong & (dist == 1)).sum()),
+        "2": int((wrong & (dist == 2)).sum()),
+        "3+": int((wrong & ((dist >= 3) | (dist < 0))).sum()),
+    }
+
+
 def shifted_errors(labels: np.ndarray, radius: int, counted: np.ndarray | None = None) -> tuple[int, int]:
     """Wrong pixels of the ground truth with its class-0 region dilated, and eroded, by ``radius`` (among the
     ``counted`` pixels: default all)."""
@@ -91,9 +101,8 @@ def main() -> int:
         dist = boundary_distance(np.where(counted, labels, 1))  # ignored pixels count as class 1 for the edges
         first = labels == 0
         for kind, wrong in (("missed", (pred != 0) & first), ("false", (pred == 0) & ~first & counted)):
-            by_distance[kind]["1"] += int((wrong & (dist == 1)).sum())
-            by_distance[kind]["2"] += int((wrong & (dist == 2)).sum())
-            by_distance[kind]["3+"] += int((wrong & ((dist >= 3) | (dist < 0))).sum())
+            for b, v in distance_counts(wrong, dist).items():
+                by_distance[kind][b] += v
         pixels += int(counted.sum())
         for r in shifted:
             grown, shrunk = shifted_errors(labels, r, counted)

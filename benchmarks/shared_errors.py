@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_boundary_errors import boundary_distance  # noqa: E402
+from isbi_boundary_errors import boundary_distance, distance_counts  # noqa: E402
 from machine import machine_info  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
@@ -87,21 +87,19 @@ def main() -> int:
             with torch.inference_mode():
                 probs.append(batch_probabilities(p, image[None])[0].float().cpu())
         per_model, ensemble = wrong_counts(probs, target, ignore)
-        labelled = int((target != ignore).sum())
+        counted = target != ignore
+        labelled = int(counted.sum())
         pixels += labelled
         for m, w in enumerate(per_model):
             model_wrong[m] += int(w.sum())
         ensemble_wrong += int(ensemble.sum())
         count = torch.stack(per_model).sum(0)
         for k in range(n + 1):
-            by_count[k] += int(((count == k) & (target != ignore)).sum())
+            by_count[k] += int(((count == k) & counted).sum())
         if two_class:
-            labels = target.numpy()
-            dist = boundary_distance(np.where(labels != ignore, labels, 1))
-            every = (count == n).numpy()
-            all_by_distance["1"] += int((every & (dist == 1)).sum())
-            all_by_distance["2"] += int((every & (dist == 2)).sum())
-            all_by_distance["3+"] += int((every & ((dist >= 3) | (dist < 0))).sum())
+            dist = boundary_distance(torch.where(counted, target, 1).numpy())
+            for b, v in distance_counts((count == n).numpy(), dist).items():
+                all_by_distance[b] += v
         per_image.append([int(w.sum()) / labelled for w in per_model])
 
     result = {

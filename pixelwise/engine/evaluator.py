@@ -24,7 +24,7 @@ from ..inference.effects import class_list, parse_classes
 from ..metrics import BoundaryF1, ChallengePixelError, ConfusionMatrix, InstanceMetrics, ISBIScores
 from ..models import input_channels
 from .builders import image_mode
-from .instance_methods import InstanceOutput, decode
+from .instance_methods import InstanceOutput, decode, label_means
 from .predictor import CRFOption, Predictor
 
 MAX_DETECTIONS = 1000
@@ -36,9 +36,7 @@ def _components(pred: np.ndarray, probs: np.ndarray, foreground: int, watershed:
     scored by their mean probability of that class (``probs``: ``K x H x W``), which ranks them for COCO AP."""
     inst = label_instances(pred, foreground, watershed=watershed).astype(np.int32)
     k = int(inst.max())
-    sizes = np.bincount(inst.ravel(), minlength=k + 1)[1:]
-    mass = np.bincount(inst.ravel(), weights=probs[foreground].ravel(), minlength=k + 1)[1:]
-    scores = (mass / np.maximum(sizes, 1)).astype(np.float32)
+    scores = label_means(inst, probs[foreground], k)[1][1:].astype(np.float32)
     return InstanceOutput(pred, inst, np.full(k, foreground, np.int64), scores)
 
 

@@ -109,6 +109,14 @@ class InstanceOutput:
         )
 
 
+def label_means(labels: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per label 0..``k`` of ``labels``: its pixel count, and the mean of ``values`` over its pixels (0 where it
+    has none): an instance's score from a probability map."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=k + 1)
+    return sizes, np.bincount(flat, weights=values.ravel(), minlength=k + 1) / np.maximum(sizes, 1)
+
+
 def _components(semantic: np.ndarray, probs: np.ndarray, things: list[int], min_size: int) -> InstanceOutput:
     """Connected components of each thing class (8-connected), scored by their mean class probability."""
     instances = np.zeros(semantic.shape, np.int32)
@@ -117,8 +125,7 @@ def _components(semantic: np.ndarray, probs: np.ndarray, things: list[int], min_
         labels, k = ndi.label(semantic == c, structure=np.ones((3, 3), bool))
         if k == 0:
             continue
-        sizes = np.bincount(labels.ravel(), minlength=k + 1)
-        score = np.bincount(labels.ravel(), weights=probs[c].ravel(), minlength=k + 1) / np.maximum(sizes, 1)
+        sizes, score = label_means(labels, probs[c], k)
         keep = np.flatnonzero(sizes >= max(min_size, 1))
         keep = keep[keep > 0]
         lut = np.zeros(k + 1, np.int32)
@@ -174,8 +181,7 @@ def decode(
             masked = votes[1:, thing_classes]
             classes = np.asarray(thing_classes, np.int64)[masked.argmax(1)] if masked.size else np.zeros(0, np.int64)
             fg_prob = p[[*thing_classes, num_classes]].sum(0)
-            sizes = np.maximum(np.bincount(inst.ravel(), minlength=len(classes) + 1), 1)
-            scores = (np.bincount(inst.ravel(), weights=fg_prob.ravel(), minlength=len(classes) + 1) / sizes)[1:]
+            scores = label_means(inst, fg_prob, len(classes))[1][1:]
             # the semantic map agrees with the instances: their pixels (boundary ones too) take their class
             semantic = np.where(inst > 0, np.concatenate([[0], classes])[inst], semantic)
             decoded.append(InstanceOutput(semantic, inst.astype(np.int32), classes, scores.astype(np.float32)))

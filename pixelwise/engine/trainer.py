@@ -380,12 +380,10 @@ def _train(
         _summary(run_dir, device, info, train_ds, val_ds, spec, model, state, total, amp, ddp.world_size)
     net.train()
     bar = tqdm(total=total, initial=state.iter, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
-    restored_rng = torch.get_rng_state()
-    batches = iter(loader)  # draws from the global RNG (its base seed)
-    if resume:
-        # the run being continued made that draw at its first iteration, before the RNG state it saved: dropout
-        # must continue from the saved state itself
-        torch.set_rng_state(restored_rng)
+    # the iterator draws its base seed from the global RNG; the run being continued made that draw at its first
+    # iteration, before the RNG state it saved, so on resume dropout must continue from the saved state itself
+    with torch.random.fork_rng(devices=[], enabled=resume):
+        batches = iter(loader)
     minutes = train_cfg["checkpoint_minutes"]
     last_save = time.monotonic()
     with _stop_on_signals() as caught:
