@@ -173,3 +173,34 @@ def test_torchrun_nccl_ddp_sync_bn_one_process_equals_plain_run(tmp_path):
     a, b = runs["ddp"][0], runs["plain"][0]
     assert a.keys() == b.keys()
     assert max(rel(a[k], b[k]) for k in a if a[k].is_floating_point() and b[k].norm() > 0) < 1e-3
+
+
+def test_resume_with_dropout_on_cuda_continues_the_gpus_random_stream(tmp_path, monkeypatch):
+    """Dropout on a GPU draws from that device's generator: last.pt holds its state, so a run stopped by SIGTERM
+    and resumed ends where the uninterrupted run ends (up to the GPU's non-deterministic summation order; another
+    dropout mask would move the weights far more)."""
+    import signal
+
+    import pixelwise.engine.trainer as trainer
+
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6, device=DEVICE, deterministic=False))
+    cfg["model"]["dropout"] = 0.5
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    real, calls = trainer.step_loss, [0]
+
+    def stopped_at_three(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
+    with pytest.raises(trainer.TrainingInterrupted):
+        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
+    assert ("cuda" in load_checkpoint(tmp_path / "killed/last.pt")["rng"]) == (DEVICE == "cuda")
+    monkeypatch.setattr(trainer, "step_loss", real)
+    train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed/last.pt")["model"]
+    assert max(rel(b[k], a[k]) for k in a if a[k].is_floating_point() and a[k].norm() > 0) < 1e-4

@@ -30,3 +30,56 @@ def test_one_process_keeps_its_buffers():
     bn.running_mean.fill_(3.0)
     broadcast_buffers(bn, Distributed())
     assert torch.equal(bn.running_mean, torch.full((2,), 3.0))
+
+
+def _time_budget_rank(rank: int, root: str, config: dict, run_dir: str) -> dict:
+    """Train ``config`` as process ``rank`` of 2 with a time budget; process 1's clock runs three times fast."""
+    import os
+    import time
+
+    import pixelwise.engine.trainer as trainer
+    from pixelwise.engine import train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    built = {}
+    real_build = trainer.build_optimizer
+
+    def keep(model, train_cfg):
+        built["model"], built["optimizer"] = model, real_build(model, train_cfg)
+        return built["optimizer"]
+
+    class FastClock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def perf_counter(self):
+            return 3 * time.perf_counter()
+
+    trainer.build_optimizer = keep
+    if rank == 1:
+        trainer.time = FastClock()
+    result = train(config, run_dir=run_dir, data_root=root, progress=False)
+    return {
+        "iterations": result["iterations"],
+        "lr": [g["lr"] for g in built["optimizer"].param_groups],
+        "weights": [p.detach().flatten().tolist() for p in built["model"].parameters()],  # no tensors: shared memory
+    }
+
+
+@pytest.mark.slow
+def test_processes_with_clocks_apart_share_the_time_budget_and_its_rates(tmp_path):
+    """A time budget sets the learning rate from the training clock: every process must use the same clock, or
+    the replicas step apart (same averaged gradients, other rates) and stop at different steps."""
+    from functools import partial
+
+    from pixelwise.config import load_config
+
+    from .conftest import write_dataset
+    from .test_engine import toy_config
+
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
+    config = load_config(toy_config(tmp_path, iters=100000, max_minutes=0.05, eval_interval=100000))
+    results = run_in_processes(partial(_time_budget_rank, root=str(root), config=config, run_dir=str(tmp_path / "r")))
+    assert results[0]["iterations"] == results[1]["iterations"] > 2  # 1 s of process 0's time at most
+    assert results[0]["lr"] == results[1]["lr"] and results[0]["lr"][0] < config["train"]["lr"]
+    assert results[0]["weights"] == results[1]["weights"]

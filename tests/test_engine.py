@@ -14,7 +14,7 @@ import yaml
 from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
 from pixelwise.engine.resume import truncate_log
-from pixelwise.errors import DataError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import read_log, write_report
 
@@ -263,6 +263,60 @@ def test_head_learning_rate_multiplier():
     assert len(backbone["params"]) == len(list(model.backbone.parameters()))
     assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
     assert len(_optimizer(model, {**DEFAULTS["train"]}).param_groups) == 1
+    with pytest.raises(ConfigError) as e:
+        _optimizer(build_model("unet", num_classes=3, base_channels=4), {**DEFAULTS["train"], "head_lr_mult": 10.0})
+    assert str(e.value) == (
+        "train.head_lr_mult=10.0: model UNet has no backbone (model.backbone) to tell from its head; "
+        "set train.head_lr_mult: 1"
+    )
+
+
+def test_a_resume_cannot_split_the_optimizer_state_into_backbone_and_head(tmp_path):
+    """head_lr_mult 1 -> 10 on --resume --allow-changes makes two parameter groups of one: a clear refusal, not
+    the optimizer's own mismatch traceback (or, with a new optimizer type, a fresh state as asked)."""
+    import copy
+
+    from pixelwise import build_model
+    from pixelwise.config import DEFAULTS
+    from pixelwise.engine.builders import build_optimizer, build_scheduler
+    from pixelwise.engine.resume import TrainState, pack, restore
+    from pixelwise.models.weights import FORMAT
+
+    spec = {"name": "deeplabv3plus_mobilenetv2", "num_classes": 3}
+    config = copy.deepcopy({k: DEFAULTS[k] for k in ("data", "train", "instances", "inference")})
+
+    def objects(train_cfg):
+        model = build_model(**spec)
+        optimizer = build_optimizer(model, train_cfg)
+        return model, optimizer, build_scheduler(optimizer, train_cfg), torch.amp.GradScaler("cpu", enabled=False)
+
+    model, optimizer, scheduler, scaler = objects(config["train"])
+    ckpt = pack(
+        model=model,
+        meta={"model": spec},
+        config=config,
+        state=TrainState(iter=1),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+    )
+    torch.save({"format": FORMAT, **ckpt}, tmp_path / "last.pt")
+    changed = copy.deepcopy(config)
+    changed["train"]["head_lr_mult"] = 10.0
+    model, optimizer, scheduler, scaler = objects(changed["train"])
+    kwargs = dict(model=model, spec=spec, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device="cpu")
+    with pytest.raises(ConfigError) as e:
+        restore(tmp_path / "last.pt", config=changed, allow_changes=True, **kwargs)
+    assert str(e.value) == (
+        f"--resume: train.head_lr_mult 1.0 -> 10.0 turns the 1 parameter group(s) of {tmp_path / 'last.pt'}'s "
+        "optimizer into 2, which its state cannot follow; keep train.head_lr_mult at 1.0, or also change "
+        "train.optimizer (a fresh optimizer state)"
+    )
+    changed["train"]["optimizer"] = "adamw"
+    model, optimizer, scheduler, scaler = objects(changed["train"])
+    kwargs = dict(model=model, spec=spec, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device="cpu")
+    assert restore(tmp_path / "last.pt", config=changed, allow_changes=True, **kwargs).iter == 1
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1])
 
 
 @pytest.mark.slow
@@ -316,3 +370,39 @@ def test_a_resumed_run_with_dropout_ends_with_the_uninterrupted_weights(tmp_path
     b = load_checkpoint(tmp_path / "killed/last.pt")["model"]
     assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["iter"] == 6
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_after_a_step_due_for_validation_validates_it_on_resume(tmp_path, monkeypatch):
+    """SIGTERM during step 3 of a run validating every 3 steps: the step finishes and is saved, and --resume
+    validates it first, so the log and the checkpoints are the uninterrupted run's (the validation was lost)."""
+    import pixelwise.engine.trainer as trainer
+
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=3))
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    real, calls = trainer.step_loss, [0]
+
+    def stopped_at_three(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
+    with pytest.raises(trainer.TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
+        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
+    assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["eval_due"] is True
+    monkeypatch.setattr(trainer, "step_loss", real)
+    train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
+
+    def validations(run):
+        records = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["iter"], r["confusion_matrix"]) for r in records if r["type"] == "val"]
+
+    assert [it for it, _ in validations("straight")] == [3, 6]
+    assert validations("killed") == validations("straight")
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "straight" / name)
+        b = load_checkpoint(tmp_path / "killed" / name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["eval_due"] is False

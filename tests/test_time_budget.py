@@ -114,3 +114,15 @@ def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
         train(cfg, run_dir=run, data_root=root, progress=False)
     state = torch.load(run / "last.pt", weights_only=True)["train_state"]
     assert state["iter"] == 3 and state["train_seconds"] == 100.0
+
+
+def test_warmup_scales_the_schedule_without_a_jump_where_it_ends():
+    cfg = {"iters": 100, "warmup_iters": 10, "poly_power": 1.0, "lr_schedule": "poly", "max_minutes": 0.0}
+    factor = lr_factor(cfg)
+    assert factor(0) == pytest.approx(0.1 * 1.0)  # ramp 1/10 of poly (1 - 0/100)
+    assert factor(4) == pytest.approx(0.5 * 0.96)
+    assert factor(9) == pytest.approx(1.0 * 0.91)
+    assert factor(10) == pytest.approx(0.90)  # the step after warmup continues the poly line
+    assert max(abs(factor(i + 1) - factor(i)) for i in range(9, 99)) == pytest.approx(0.01)
+    cfg["lr_schedule"] = "constant"
+    assert [lr_factor(cfg)(i) for i in (0, 9, 10, 99)] == pytest.approx([0.1, 1.0, 1.0, 1.0])

@@ -49,7 +49,12 @@ def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.
     name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
     mult = train_cfg["head_lr_mult"]
     backbone = getattr(model, "backbone", None)
-    if mult != 1 and isinstance(backbone, nn.Module):
+    if mult != 1 and not isinstance(backbone, nn.Module):
+        raise ConfigError(
+            f"train.head_lr_mult={mult}: model {type(model).__name__} has no backbone (model.backbone) to tell "
+            "from its head; set train.head_lr_mult: 1"
+        )
+    if mult != 1:
         in_backbone = {id(p) for p in backbone.parameters()}
         head = [p for p in model.parameters() if id(p) not in in_backbone]
         params = [{"params": list(backbone.parameters()), "lr": lr}, {"params": head, "lr": lr * mult}]
@@ -63,9 +68,10 @@ def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.
 
 
 def lr_factor(train_cfg: dict[str, Any], elapsed: Callable[[], float] | None = None) -> Callable[[int], float]:
-    """The learning-rate multiplier per iteration: linear warmup, then poly (power ``train.poly_power``) or
-    constant. With ``train.max_minutes`` (a time budget) the poly schedule follows the training time so far,
-    ``elapsed()`` seconds, instead of the iteration, as time-budgeted benchmarks do."""
+    """The learning-rate multiplier per iteration: poly (power ``train.poly_power``) or constant, scaled by a
+    linear warmup over the first ``train.warmup_iters``. With ``train.max_minutes`` (a time budget) the poly
+    schedule follows the training time so far, ``elapsed()`` seconds, instead of the iteration, as
+    time-budgeted benchmarks do."""
     iters, warmup = train_cfg["iters"], train_cfg["warmup_iters"]
     power, schedule = train_cfg["poly_power"], train_cfg["lr_schedule"]
     budget = 60.0 * train_cfg["max_minutes"]
@@ -75,13 +81,13 @@ def lr_factor(train_cfg: dict[str, Any], elapsed: Callable[[], float] | None = N
         raise ValueError("train.max_minutes needs the training clock (elapsed)")
 
     def factor(it: int) -> float:
-        if it < warmup:
-            return (it + 1) / warmup
+        # warmup scales the main schedule (as mmsegmentation's), so the rate runs on without a jump where it ends
+        ramp = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
         if schedule == "constant":
-            return 1.0
+            return ramp
         if budget > 0:
-            return max(0.0, 1 - elapsed() / budget) ** power
-        return (1 - min(it, iters - 1) / iters) ** power  # poly: (1 - iter/max_iter)^power
+            return ramp * max(0.0, 1 - elapsed() / budget) ** power
+        return ramp * (1 - min(it, iters - 1) / iters) ** power  # poly: (1 - iter/max_iter)^power
 
     return factor
 

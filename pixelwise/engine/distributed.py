@@ -53,6 +53,16 @@ def mean_over_processes(value: float, ddp: Distributed, device: torch.device) ->
     return float(t) / ddp.world_size
 
 
+def max_over_processes(values: list[float], ddp: Distributed, device: torch.device) -> list[float]:
+    """Each of ``values`` at its largest over the processes: what every process must agree on before acting
+    (the training clock, a caught signal, a non-finite loss), one collective for all of them."""
+    if ddp.world_size == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def broadcast_buffers(module: nn.Module, ddp: Distributed) -> None:
     """Give every process rank 0's buffers (BatchNorm's running statistics). DDP broadcasts them at the start of
     each forward, so after the last training step each process holds one update from its own batch: evaluated

@@ -39,10 +39,28 @@ class TrainState:
     best_miou: float = -1.0
     best_iter: int | None = None
     train_seconds: float = 0.0
+    eval_due: bool = False  # stopped by a signal after a step due for validation: validate first on resume
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random states a training step draws from: the CPU generator, and on a GPU that device's generator
+    (dropout and random kernels on CUDA draw from it). Every process of a DDP run holds the same states (one seed),
+    so rank 0's, restored on each process's own device, continue every process exactly."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore :func:`rng_state` (a checkpoint from before the CUDA state was saved restores the CPU's only)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.device(device).type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def pack(
@@ -54,12 +72,12 @@ def pack(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    rng: torch.Tensor | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
     ema: WeightEMA | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of a training at ``state.iter`` (``last.pt``); ``rng``: the torch RNG state at that
-    iteration (default: now). With ``ema``, ``"model"`` holds the averaged weights and ``"train_model"`` the
-    trained ones."""
+    """The checkpoint dict of a training at ``state.iter`` (``last.pt``); ``rng``: the random states at that
+    iteration (:func:`rng_state`; default: the CPU generator's now). With ``ema``, ``"model"`` holds the averaged
+    weights and ``"train_model"`` the trained ones."""
     averaged = {"train_model": model.state_dict(), "ema": ema.state()} if ema is not None else {}
     return {
         "model": (ema.module if ema is not None else model).state_dict(),
@@ -70,7 +88,7 @@ def pack(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state() if rng is None else rng},
+        "rng": rng_state(torch.device("cpu")) if rng is None else rng,
     }
 
 
@@ -121,13 +139,21 @@ def restore(
     load_weights(model, ckpt.get("train_model", ckpt["model"]), str(path))
     if ema is not None:
         ema.load(ckpt["model"], ckpt.get("ema", {"updates": 0}))
+    saved_groups = len(ckpt["optimizer"]["param_groups"])
+    if "train.optimizer" not in changes and saved_groups != len(optimizer.param_groups):
+        old_mult, new_mult = changes.get("train.head_lr_mult", (None, config["train"]["head_lr_mult"]))
+        raise ConfigError(
+            f"--resume: train.head_lr_mult {old_mult!r} -> {new_mult!r} turns the {saved_groups} parameter group(s) "
+            f"of {path}'s optimizer into {len(optimizer.param_groups)}, which its state cannot follow; keep "
+            f"train.head_lr_mult at {old_mult!r}, or also change train.optimizer (a fresh optimizer state)"
+        )
     if "train.optimizer" in changes:
         log.warning("--allow-changes: a new %s optimizer starts with a fresh state", config["train"]["optimizer"])
     else:
         optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+    set_rng_state(ckpt["rng"], device)
     restored = TrainState.from_dict(ckpt["train_state"])
     if state is not None:
         vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set

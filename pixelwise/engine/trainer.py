@@ -28,13 +28,13 @@ from ..models import build_model, input_channels, model_defaults
 from ..models.registry import input_size_problem
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
-from .distributed import broadcast_buffers, mean_over_processes, setup_distributed
+from .distributed import broadcast_buffers, max_over_processes, mean_over_processes, setup_distributed
 from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
 from .instance_methods import build_loss as build_instance_loss
 from .predictor import run_inference
-from .resume import TrainState, pack, restore, sampler_start
+from .resume import TrainState, pack, restore, rng_state, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
 
@@ -322,8 +322,8 @@ def _train(
     budget = 60.0 * train_cfg["max_minutes"]
 
     def out_of_time() -> bool:
-        """The time budget is spent (the same answer on every process: under DDP the first to run out stops all)."""
-        return budget > 0 and mean_over_processes(float(state.train_seconds >= budget), ddp, device) > 0
+        """The time budget is spent (``state.train_seconds`` is the same on every process: see below)."""
+        return budget > 0 and state.train_seconds >= budget
 
     eval_interval = train_cfg["eval_interval"]
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
@@ -362,7 +362,7 @@ def _train(
             ema.update(model)
         return loss_value
 
-    def save(best: bool, rng: torch.Tensor | None = None) -> None:
+    def save(best: bool, rng: dict[str, torch.Tensor] | None = None) -> None:
         checkpoint = pack(
             model=model,
             meta=meta,
@@ -371,7 +371,7 @@ def _train(
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=scaler,
-            rng=rng,
+            rng=rng or rng_state(device),
             ema=ema,
         )
         files.save(checkpoint, state.iter, best=best)
@@ -385,11 +385,63 @@ def _train(
     with torch.random.fork_rng(devices=[], enabled=resume):
         batches = iter(loader)
     minutes = train_cfg["checkpoint_minutes"]
-    last_save = time.monotonic()
+
+    def validate(it: int) -> bool:
+        """Score the val split at iteration ``it`` and log it (without a val split the latest counts as the
+        best); True when ``best.pt`` should become this model."""
+        nonlocal last_metrics
+        if val_ds is None:
+            state.best_iter = it
+            return True
+        broadcast_buffers(scored, ddp)  # every process scores the model rank 0 saves
+        last_metrics = evaluate(
+            scored,
+            val_ds,
+            device=device,
+            progress=progress,
+            amp=amp,
+            inference=protocol,
+            num_workers=data_cfg["num_workers"],
+            instance_method=method,
+            shard=(ddp.rank, ddp.world_size),
+        )
+        net.train()
+        counted = last_metrics.get("instances") or {}
+        challenge = last_metrics.get("challenge_pixel_error")  # two-class data sets
+        files.record(
+            {
+                "type": "val",
+                "iter": it,
+                **{k: last_metrics[k] for k in SUMMARY_KEYS},
+                **({"challenge_pixel_error": challenge["pixel_error"]} if challenge else {}),
+                "iou": last_metrics["iou"],
+                "confusion_matrix": last_metrics["confusion_matrix"],
+                **({"instances": {k: counted[k] for k in INSTANCE_LOG_KEYS}} if counted else {}),
+            }
+        )
+        if files.tensorboard is not None:
+            tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
+        log.info("iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"])
+        if challenge:
+            log.info("iter %d: val challenge pixel error %.4f", it, challenge["pixel_error"])
+        # best.pt: the best val mIoU, or for an instance method the best mean matching AP (tau 0.5..0.9)
+        score = counted["mean_ap"] if method.enabled else last_metrics["miou"]
+        if method.enabled:
+            log.info("iter %d: val AP@0.5 %.4f  mean AP %.4f", it, counted["ap"]["0.50"], score)
+        if score > state.best_miou:
+            state.best_miou, state.best_iter = score, it
+            return True
+        return False
+
     with _stop_on_signals() as caught:
+        if state.eval_due:  # the run being continued was stopped right after a step due for validation
+            state.eval_due = False
+            save(best=validate(state.iter))
+            window_t = time.perf_counter()
+        last_save = time.monotonic()
         while state.iter < total and not out_of_time():
             step_start = time.perf_counter()
-            rng = torch.get_rng_state()
+            rng = rng_state(device)
             try:
                 loss_value = step(batches)
             except Exception:
@@ -399,23 +451,34 @@ def _train(
             if loss_value is not None:  # a step taken counts, and so does its time, signal or not
                 state.iter += 1
                 state.train_seconds += time.perf_counter() - step_start
-            if caught:
-                # a finished step needs no RNG state to redo it; an unfinished one is redone from this state
-                save(best=False, rng=rng if loss_value is None else None)
-                name = signal.Signals(caught[0]).name
-                raise TrainingInterrupted(
-                    f"stopped by {name} at iteration {state.iter}: {files.last} written; "
-                    f"continue with --resume --run-dir {run_dir}",
-                    caught[0],
-                )
+            # What every process must act on alike, agreed in one collective: the clock (a time budget sets the
+            # learning rate and the last step from it; per-process clocks would step the replicas apart), a signal
+            # caught by any process, a loss that is no longer finite.
+            nonfinite = loss_value is not None and not math.isfinite(loss_value)
+            seconds, signum, bad = max_over_processes(
+                [state.train_seconds, caught[0] if caught else 0, nonfinite], ddp, device
+            )
+            state.train_seconds = seconds
             it = state.iter
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at iteration {it}; lower train.lr")
+            last = it == total or out_of_time()
+            if signum:
+                # a finished step needs no RNG state to redo it; an unfinished one is redone from this state.
+                # A finished step due for validation is validated first thing on --resume.
+                state.eval_due = loss_value is not None and (it % eval_interval == 0 or last)
+                save(best=False, rng=rng if loss_value is None else None)
+                name = signal.Signals(int(signum)).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} at iteration {it}: {files.last} written; "
+                    f"continue with --resume --run-dir {run_dir}",
+                    int(signum),
+                )
+            if bad:
+                value = loss_value if nonfinite else "non-finite on another process"
+                raise FloatingPointError(f"loss became {value} at iteration {it}; lower train.lr")
             window_loss, window_n = window_loss + loss_value, window_n + 1
             bar.update(1)
             lr = scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            last = it == total or out_of_time()
             if it % log_interval == 0 or last:
                 mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
@@ -436,50 +499,7 @@ def _train(
                 waited[0] = 0.0
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
             due = it % eval_interval == 0 or last
-            improved = False
-            if val_ds is not None and due:
-                broadcast_buffers(scored, ddp)  # every process scores the model rank 0 saves
-                last_metrics = evaluate(
-                    scored,
-                    val_ds,
-                    device=device,
-                    progress=progress,
-                    amp=amp,
-                    inference=protocol,
-                    num_workers=data_cfg["num_workers"],
-                    instance_method=method,
-                    shard=(ddp.rank, ddp.world_size),
-                )
-                net.train()
-                counted = last_metrics.get("instances") or {}
-                challenge = last_metrics.get("challenge_pixel_error")  # two-class data sets
-                files.record(
-                    {
-                        "type": "val",
-                        "iter": it,
-                        **{k: last_metrics[k] for k in SUMMARY_KEYS},
-                        **({"challenge_pixel_error": challenge["pixel_error"]} if challenge else {}),
-                        "iou": last_metrics["iou"],
-                        "confusion_matrix": last_metrics["confusion_matrix"],
-                        **({"instances": {k: counted[k] for k in INSTANCE_LOG_KEYS}} if counted else {}),
-                    }
-                )
-                if files.tensorboard is not None:
-                    tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
-                log.info(
-                    "iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"]
-                )
-                if challenge:
-                    log.info("iter %d: val challenge pixel error %.4f", it, challenge["pixel_error"])
-                # best.pt: the best val mIoU, or for an instance method the best mean matching AP (tau 0.5..0.9)
-                score = counted["mean_ap"] if method.enabled else last_metrics["miou"]
-                if method.enabled:
-                    log.info("iter %d: val AP@0.5 %.4f  mean AP %.4f", it, counted["ap"]["0.50"], score)
-                improved = score > state.best_miou
-                if improved:
-                    state.best_miou, state.best_iter = score, it
-            elif val_ds is None and due:
-                improved, state.best_iter = True, it  # no validation: best = latest
+            improved = due and validate(it)
             timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
             if improved or it % ckpt_interval == 0 or last or timed:
                 save(best=improved)
