@@ -83,3 +83,57 @@ def test_processes_with_clocks_apart_share_the_time_budget_and_its_rates(tmp_pat
     assert results[0]["iterations"] == results[1]["iterations"] > 2  # 1 s of process 0's time at most
     assert results[0]["lr"] == results[1]["lr"] and results[0]["lr"][0] < config["train"]["lr"]
     assert results[0]["weights"] == results[1]["weights"]
+
+
+def _count_gradient_all_reduces(rank: int, root: str, config: dict, run_dir: str) -> int:
+    """Train as process ``rank`` of 2 and count the gradient buckets DDP all-reduced."""
+    import os
+
+    import torch.distributed as dist
+
+    from pixelwise.engine import train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    calls = [0]
+
+    def counting_hook(state, bucket):
+        calls[0] += 1
+        work = dist.all_reduce(bucket.buffer().div_(dist.get_world_size()), async_op=True)
+        return work.get_future().then(lambda fut: fut.value()[0])
+
+    real = nn.parallel.DistributedDataParallel
+
+    class Counted(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.register_comm_hook(None, counting_hook)
+
+    nn.parallel.DistributedDataParallel = Counted
+    try:
+        train(config, run_dir=run_dir, data_root=root, progress=False)
+    finally:
+        nn.parallel.DistributedDataParallel = real
+    return calls[0]
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path):
+    """With train.accumulate: 3 the gradients travel between the processes once per step, not once per
+    micro-batch (the micro-batches' forwards too run under no_sync)."""
+    from functools import partial
+
+    from pixelwise.config import load_config
+
+    from .conftest import write_dataset
+    from .test_engine import toy_config
+
+    root = write_dataset(tmp_path / "data", splits={"train": 12, "val": 2}).parent
+    counts = {}
+    for accumulate in (1, 3):
+        config = load_config(toy_config(tmp_path, iters=4, eval_interval=100, accumulate=accumulate))
+        run = partial(
+            _count_gradient_all_reduces, root=str(root), config=config, run_dir=str(tmp_path / f"a{accumulate}")
+        )
+        counts[accumulate] = run_in_processes(run)
+    assert counts[1][0] == counts[1][1] > 0
+    assert counts[3] == counts[1]

@@ -344,12 +344,13 @@ def _train(
                 targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             else:
                 targets = targets.to(device, non_blocking=True)
-            with autocast(device, amp):
-                out = net(images)
-            loss = step_loss(loss_fn, out, targets, train_cfg["aux_weight"])
-            # DDP: synchronise gradients only on the last micro-batch
+            # DDP: synchronise gradients only on the last micro-batch (its forward decides whether the backward
+            # all-reduces, so the forward too runs under no_sync)
             sync = not ddp.enabled or micro == accumulate - 1
             with contextlib.nullcontext() if sync else net.no_sync():
+                with autocast(device, amp):
+                    out = net(images)
+                loss = step_loss(loss_fn, out, targets, train_cfg["aux_weight"])
                 scaler.scale(loss / accumulate).backward()
             loss_value += float(loss.detach()) / accumulate
         if train_cfg["grad_clip"]:
