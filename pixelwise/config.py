@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 1e-4,
+        "norm_bias_weight_decay": None,  # weight decay of biases and norm layers (1-D parameters); null: weight_decay
         "lr_schedule": "poly",  # poly | constant
         "poly_power": 0.9,
         "warmup_iters": 0,
@@ -144,6 +145,7 @@ _RANGES = (
     ("train.lr", 0, False),
     ("train.momentum", 0, True),
     ("train.weight_decay", 0, True),
+    ("train.norm_bias_weight_decay", 0, True),
     ("train.warmup_iters", 0, True),
     ("train.poly_power", 0, True),
     ("train.accumulate", 1, True),

@@ -307,10 +307,11 @@ def test_a_resume_cannot_split_the_optimizer_state_into_backbone_and_head(tmp_pa
     kwargs = dict(model=model, spec=spec, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device="cpu")
     with pytest.raises(ConfigError) as e:
         restore(tmp_path / "last.pt", config=changed, allow_changes=True, **kwargs)
-    assert str(e.value) == (
-        f"--resume: train.head_lr_mult 1.0 -> 10.0 turns the 1 parameter group(s) of {tmp_path / 'last.pt'}'s "
-        "optimizer into 2, which its state cannot follow; keep train.head_lr_mult at 1.0, or also change "
-        "train.optimizer (a fresh optimizer state)"
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    assert len(sizes) == 2 and str(e.value) == (
+        f"--resume: train.head_lr_mult: 1.0 -> 10.0 turns the parameter groups of {tmp_path / 'last.pt'}'s optimizer "
+        f"([{sum(sizes)}] parameters) into {sizes}, which its state cannot follow; keep the run's "
+        "train.head_lr_mult and train.norm_bias_weight_decay, or also change train.optimizer (a fresh optimizer state)"
     )
     changed["train"]["optimizer"] = "adamw"
     model, optimizer, scheduler, scaler = objects(changed["train"])
@@ -406,3 +407,42 @@ def test_a_signal_after_a_step_due_for_validation_validates_it_on_resume(tmp_pat
         b = load_checkpoint(tmp_path / "killed" / name)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["eval_due"] is False
+
+
+def test_biases_and_norm_layers_can_have_their_own_weight_decay():
+    """train.norm_bias_weight_decay: the 1-D parameters (biases, BatchNorm's scale and shift) get it, the
+    convolution kernels keep train.weight_decay; with head_lr_mult, backbone and head are split too."""
+    from pixelwise import build_model
+    from pixelwise.config import DEFAULTS
+    from pixelwise.engine import build_optimizer
+
+    model = build_model("deeplabv3plus_mobilenetv2", num_classes=3)
+    opt = build_optimizer(model, {**DEFAULTS["train"], "weight_decay": 0.05, "norm_bias_weight_decay": 0.0})
+    decayed, norm_bias = opt.param_groups
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    assert {id(bn.weight), id(bn.bias)} <= ids(norm_bias) and id(conv.weight) in ids(decayed)
+    assert (decayed["weight_decay"], norm_bias["weight_decay"]) == (0.05, 0.0)
+    assert all(p.ndim <= 1 for p in norm_bias["params"]) and all(p.ndim > 1 for p in decayed["params"])
+    settings = {**DEFAULTS["train"], "lr": 0.01, "head_lr_mult": 10.0, "norm_bias_weight_decay": 0.0}
+    groups = build_optimizer(model, settings).param_groups
+    assert [(g["lr"], g["weight_decay"], g["lr_mult"], g["norm_bias"]) for g in groups] == [
+        (0.01, 1e-4, 1.0, False),
+        (0.01, 0.0, 1.0, True),
+        (pytest.approx(0.1), 1e-4, 10.0, False),
+        (pytest.approx(0.1), 0.0, 10.0, True),
+    ]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert ids(groups[0]) | ids(groups[1]) == backbone and not (ids(groups[2]) | ids(groups[3])) & backbone
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_a_resume_with_a_new_weight_decay_keeps_the_norm_and_bias_decay(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2, norm_bias_weight_decay=0.0))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    more = load_config(toy_config(tmp_path, iters=3, eval_interval=3, norm_bias_weight_decay=0.0, weight_decay=0.01))
+    train(more, run_dir=tmp_path / "run", data_root=root, progress=False, resume=True, allow_changes=True)
+    groups = load_checkpoint(tmp_path / "run/last.pt")["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["norm_bias"]) for g in groups] == [(0.01, False), (0.0, True)]

@@ -43,23 +43,42 @@ def image_mode(in_channels: int) -> str:
     return "L" if in_channels == 1 else "RGB"
 
 
-def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD or AdamW; with ``train.head_lr_mult`` the parameters outside ``model.backbone`` (the
-    newly initialised head) get that multiple of the learning rate, as DeepLab's 10x."""
-    name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
-    mult = train_cfg["head_lr_mult"]
+def parameter_groups(model: nn.Module, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: with ``train.head_lr_mult`` the parameters outside ``model.backbone``
+    (the newly initialised head) get that multiple of the learning rate, as DeepLab's 10x; with
+    ``train.norm_bias_weight_decay`` the 1-D parameters (biases, normalisation scales and shifts) get that weight
+    decay instead of ``train.weight_decay``, as timm's and torchvision's recipes (0). Each group records its
+    ``lr_mult`` and whether it is the ``norm_bias`` one; empty groups are left out."""
+    lr, wd = train_cfg["lr"], train_cfg["weight_decay"]
+    mult, norm_bias_wd = train_cfg["head_lr_mult"], train_cfg["norm_bias_weight_decay"]
     backbone = getattr(model, "backbone", None)
     if mult != 1 and not isinstance(backbone, nn.Module):
         raise ConfigError(
             f"train.head_lr_mult={mult}: model {type(model).__name__} has no backbone (model.backbone) to tell "
             "from its head; set train.head_lr_mult: 1"
         )
-    if mult != 1:
-        in_backbone = {id(p) for p in backbone.parameters()}
-        head = [p for p in model.parameters() if id(p) not in in_backbone]
-        params = [{"params": list(backbone.parameters()), "lr": lr}, {"params": head, "lr": lr * mult}]
-    else:
-        params = [{"params": list(model.parameters()), "lr": lr}]
+    in_backbone = {id(p) for p in backbone.parameters()} if mult != 1 else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        head = mult != 1 and id(p) not in in_backbone
+        norm_bias = norm_bias_wd is not None and p.ndim <= 1
+        groups.setdefault((head, norm_bias), []).append(p)
+    return [
+        {
+            "params": groups[key],
+            "lr": lr * (mult if key[0] else 1.0),
+            "weight_decay": norm_bias_wd if key[1] else wd,
+            "lr_mult": mult if key[0] else 1.0,
+            "norm_bias": key[1],
+        }
+        for key in sorted(groups)  # backbone before head, decayed before not
+    ]
+
+
+def build_optimizer(model: nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD or AdamW over :func:`parameter_groups`."""
+    name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
+    params = parameter_groups(model, train_cfg)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
     if name == "adamw":

@@ -139,13 +139,17 @@ def restore(
     load_weights(model, ckpt.get("train_model", ckpt["model"]), str(path))
     if ema is not None:
         ema.load(ckpt["model"], ckpt.get("ema", {"updates": 0}))
-    saved_groups = len(ckpt["optimizer"]["param_groups"])
-    if "train.optimizer" not in changes and saved_groups != len(optimizer.param_groups):
-        old_mult, new_mult = changes.get("train.head_lr_mult", (None, config["train"]["head_lr_mult"]))
+    # what the new settings make of the parameter groups (their saved copies replace them on loading)
+    layout = [(g["lr_mult"], g["norm_bias"]) for g in optimizer.param_groups]
+    saved_sizes = [len(g["params"]) for g in ckpt["optimizer"]["param_groups"]]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if "train.optimizer" not in changes and saved_sizes != sizes:
+        grouping = [k for k in ("train.head_lr_mult", "train.norm_bias_weight_decay") if k in changes]
+        listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in grouping) or "the model's parameters"
         raise ConfigError(
-            f"--resume: train.head_lr_mult {old_mult!r} -> {new_mult!r} turns the {saved_groups} parameter group(s) "
-            f"of {path}'s optimizer into {len(optimizer.param_groups)}, which its state cannot follow; keep "
-            f"train.head_lr_mult at {old_mult!r}, or also change train.optimizer (a fresh optimizer state)"
+            f"--resume: {listed} turns the parameter groups of {path}'s optimizer ({saved_sizes} parameters) into "
+            f"{sizes}, which its state cannot follow; keep the run's train.head_lr_mult and "
+            "train.norm_bias_weight_decay, or also change train.optimizer (a fresh optimizer state)"
         )
     if "train.optimizer" in changes:
         log.warning("--allow-changes: a new %s optimizer starts with a fresh state", config["train"]["optimizer"])
@@ -159,7 +163,7 @@ def restore(
         vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set
         restored = state
     if changes:
-        apply_optimizer_changes(changes, optimizer, scheduler, config["train"])
+        apply_optimizer_changes(changes, optimizer, scheduler, config["train"], layout)
         for key, (old, new) in changes.items():
             log.warning("--allow-changes: %s %r -> %r from iteration %d", key, old, new, ckpt["train_state"]["iter"])
     return restored
@@ -234,18 +238,20 @@ def apply_optimizer_changes(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     train_cfg: dict[str, Any],
+    layout: list[tuple[float, bool]],
 ) -> None:
     """Make a restored optimizer and schedule follow the new ``train`` settings (``--allow-changes``): the base
-    learning rates (and the head multiple), momentum and weight decay; the schedule's shape (iters, warmup,
-    poly power) already comes from the new config, only its base values are restored from the checkpoint."""
-    lr = train_cfg["lr"]
-    mults = [1.0, train_cfg["head_lr_mult"]] if len(optimizer.param_groups) == 2 else [1.0]
-    for group, mult in zip(optimizer.param_groups, mults, strict=True):
+    learning rates (each group's ``layout`` learning-rate multiple: the head's), momentum and weight decay (the
+    norm-and-bias group's its own); the schedule's shape (iters, warmup, poly power) already comes from the new
+    config, only its base values are restored from the checkpoint."""
+    lr, wd, norm_bias_wd = train_cfg["lr"], train_cfg["weight_decay"], train_cfg["norm_bias_weight_decay"]
+    for group, (mult, norm_bias) in zip(optimizer.param_groups, layout, strict=True):
         group["initial_lr"] = lr * mult
+        group["lr_mult"], group["norm_bias"] = mult, norm_bias
         if "momentum" in group:
             group["momentum"] = train_cfg["momentum"]
-        group["weight_decay"] = train_cfg["weight_decay"]
-    scheduler.base_lrs = [lr * m for m in mults]
+        group["weight_decay"] = norm_bias_wd if norm_bias else wd
+    scheduler.base_lrs = [lr * mult for mult, _ in layout]
     step = scheduler.last_epoch
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * factor(step)
