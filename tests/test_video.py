@@ -66,7 +66,12 @@ def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None
         t = np.arange(int(sample_rate * len(frames) / fps)) / sample_rate
         fmt = astream.codec_context.format.name
         tone = 0.3 * np.sin(2 * np.pi * 440 * t)
-        samples = (tone * 127 + 128).astype(np.uint8) if fmt == "u8" else tone.astype(np.float32)
+        if fmt == "u8":
+            samples = (tone * 127 + 128).astype(np.uint8)
+        elif fmt.startswith("s16"):
+            samples = (tone * 3000).astype(np.int16)
+        else:
+            samples = tone.astype(np.float32)
         for k in range(0, len(samples), 1024):
             af = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(samples[None, k : k + 1024]), format=fmt, layout="mono"
@@ -336,3 +341,95 @@ def test_not_a_video_and_missing_pyav(predictor, tmp_path, monkeypatch):
     with pytest.raises(PixelwiseError) as e:
         predict_video(predictor, clip, tmp_path / "out", progress=False)
     assert str(e.value) == "video needs PyAV: pip install 'pixelwise[video]' (or pip install av)"
+
+
+def write_timed_video(path, frames, times, codec="libx264"):
+    """``frames`` at the given times (seconds, kept to the millisecond): a variable-rate video, as phones record."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec, rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+    for frame, t in zip(frames, times, strict=True):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts, vf.time_base = round(t * 1000), Fraction(1, 1000)
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def frame_times(path):
+    with av.open(str(path)) as c:
+        return [float(f.time) for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_a_variable_rate_video_keeps_its_frame_times(predictor, tmp_path, codec):
+    """30 frames a second, then 10: each output frame at its input time (the average rate's grid moved the
+    slow part's frames by up to 0.85 s, away from the audio)."""
+    times = [i / 30 for i in range(8)] + [8 / 30 + i / 10 for i in range(1, 7)]
+    clip = write_timed_video(tmp_path / "vfr.mp4", square_frames(len(times)), times)
+    assert frame_times(clip) == pytest.approx(times, abs=1e-3)
+    files = predict_video(predictor, clip, tmp_path / "out", codec=codec, masks="video", progress=False)
+    assert frame_times(files["overlay"]) == pytest.approx(times, abs=1e-3)
+    assert frame_times(files["masks"]) == pytest.approx(times, abs=1e-3)
+
+
+def test_pcm_audio_is_re_encoded_for_an_mp4(predictor, tmp_path):
+    """An MKV's PCM audio: FFmpeg's mp4 muxer refuses it (at the trailer, after every frame), so it is re-encoded
+    as AAC; a MOV takes it as it is."""
+    clip = write_video(tmp_path / "pcm.mkv", square_frames(), codec="ffv1", audio="pcm_s16le")
+    files = predict_video(predictor, clip, tmp_path / "out", progress=False)
+    assert files["audio"] == "passed through (pcm_s16le re-encoded as aac)"
+    assert stream_facts(files["overlay"])[:5] == (N, FPS, W, H, "aac")
+    effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="2")
+    files = predict_video(predictor, clip, tmp_path / "mov", effect=effect, overlay_video=False, progress=False)
+    assert files["audio"] == "passed through (pcm_s16le, copied)" and stream_facts(files["effect"])[4] == "pcm_s16le"
+
+
+def test_a_frame_size_change_mid_stream_is_one_line(predictor, tmp_path):
+    small = write_video(tmp_path / "a.ts", square_frames(4), codec="mpeg2video")
+    big = [np.zeros((64, 96, 3), np.uint8)] * 4
+    out = av.open(str(tmp_path / "b.ts"), "w")
+    stream = out.add_stream("mpeg2video", rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    for i, frame in enumerate(big):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = i
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    joined = tmp_path / "joined.ts"  # MPEG-TS files join byte for byte
+    joined.write_bytes(small.read_bytes() + (tmp_path / "b.ts").read_bytes())
+    with pytest.raises(DataError) as e:
+        predict_video(predictor, joined, tmp_path / "out", progress=False)
+    first = str(e.value).split("frame ")[1].split(" ")[0]  # where the decoder switches (3 or 4: the join's seam)
+    assert first in ("3", "4") and str(e.value) == (
+        f"video {joined}: frame {first} is 96x64, the frames before it 64x48; re-encode it at one size "
+        "(ffmpeg -i IN -vf scale=64:48 OUT)"
+    )
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_overwriting_png_masks_removes_the_longer_videos_frames(predictor, tmp_path):
+    out = tmp_path / "out"
+    predict_video(predictor, write_video(tmp_path / "clip.mp4", square_frames(12)), out, masks="png", progress=False)
+    (out / "masks/clip/notes.txt").write_text("kept")
+    files = predict_video(
+        predictor, write_video(tmp_path / "clip.mp4", square_frames(5)), out, masks="png", progress=False
+    )
+    assert files["frames"] == "5"
+    assert sorted(p.name for p in (out / "masks/clip").iterdir()) == [f"{i:06d}.png" for i in range(5)] + ["notes.txt"]
+
+
+def test_an_mpeg4_fallback_takes_an_average_rate_with_a_large_denominator(tmp_path):
+    fps = Fraction(1000000, 33367)  # 29.97 as some cameras record it: MPEG-4 part 2 allows denominators <= 65535
+    with VideoWriter(tmp_path / "m.mp4", fps=fps, width=W, height=H, codec="mpeg4") as w:
+        for i, frame in enumerate(square_frames(6)):
+            w.write(frame, i / fps)
+    assert len(frame_times(tmp_path / "m.mp4")) == 6
+    assert frame_times(tmp_path / "m.mp4") == pytest.approx([float(i / fps) for i in range(6)], abs=1e-3)

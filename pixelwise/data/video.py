@@ -36,6 +36,10 @@ H264 = "libx264"
 FALLBACK = "mpeg4"
 # libx264: a quality target (crf) rather than a bit rate, and a preset fast enough not to cost more than the model
 X264_OPTIONS = {"preset": "veryfast", "crf": "18"}
+CLOCK = 90000  # output frame times in 1/90000 s (MPEG's system clock); MPEG-4 part 2 allows at most 65535 ticks/s
+MPEG4_CLOCK = 60000  # a multiple of 24, 25, 30, 50 and 60 (and of 30000/1001's frame spacing)
+# audio codecs an MP4 carries as they are (FFmpeg's mp4 muxer refuses PCM, which MOV and MKV take)
+MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
 MPEG4_BITS_PER_PIXEL = 0.25  # about 1.3 Mbit/s at 480x360, 30 fps: no visible blocks on overlays
 
 
@@ -149,7 +153,15 @@ def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[
             array = frame.to_ndarray(format=fmt)
             if array.ndim == 2:
                 array = array[..., None]
-            yield frame.time, _upright(frame, array)
+            array = _upright(frame, array)
+            if index == 0:
+                size = array.shape[:2]
+            elif array.shape[:2] != size:
+                raise DataError(
+                    f"video {path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the frames before it "
+                    f"{size[1]}x{size[0]}; re-encode it at one size (ffmpeg -i IN -vf scale={size[1]}:{size[0]} OUT)"
+                )
+            yield frame.time, array
             index += 1
     finally:
         container.close()
@@ -180,9 +192,10 @@ class VideoWriter:
 
     ``kind``: ``"rgb"`` (H.264/MPEG-4 video, :func:`choose_codec`; frames ``H x W x 3`` uint8), ``"mask"``
     (lossless FFV1 grey, frames ``H x W`` uint8 class indices; use an .mkv) or ``"rgba"`` (lossless PNG-in-MOV
-    with alpha, frames ``H x W x 4``; use a .mov). ``fps`` is the frame rate; a frame's ``time`` (seconds, the
-    input's timestamp) places it on that rate's grid, so the output keeps the input's timing and stays in step
-    with passed-through audio; without times frames are spaced 1 / fps apart. ``audio_from``: a video whose
+    with alpha, frames ``H x W x 4``; use a .mov). ``fps`` is the (average) frame rate; a frame's ``time``
+    (seconds, the input's timestamp) is kept to 1/90000 s (1/60000 s for MPEG-4 part 2), so the output keeps a
+    variable-rate input's timing and stays in step with passed-through audio; without times frames are spaced
+    1 / fps apart. ``audio_from``: a video whose
     first audio stream to carry along (``rgb`` and ``rgba`` only)."""
 
     def __init__(
@@ -206,9 +219,13 @@ class VideoWriter:
         self.container = av.open(str(self.path), "w")
         try:
             self.codec = {"rgb": choose_codec(codec), "mask": "ffv1", "rgba": "png"}[kind]
-            stream = self.container.add_stream(self.codec, rate=self.fps)
+            # MPEG-4 part 2 allows rates with denominators up to 65535 (an average such as 1000000/33367 fails)
+            rate = self.fps.limit_denominator(65535) if self.codec == FALLBACK else self.fps
+            stream = self.container.add_stream(self.codec, rate=rate)
             stream.width, stream.height = width, height
-            self._time_base = 1 / self.fps  # frames' clock; the muxer may choose another for the stream's
+            # the frames' clock: fine enough to keep a variable-rate input's times (phones record those), with the
+            # average rate only the encoder's hint; MPEG-4 part 2 takes at most 65535 ticks a second
+            self._time_base = Fraction(1, MPEG4_CLOCK if self.codec == FALLBACK else CLOCK)
             stream.time_base = stream.codec_context.time_base = self._time_base
             stream.pix_fmt, self._frame_format = self._formats()
             if self.codec == H264:
@@ -246,28 +263,36 @@ class VideoWriter:
             raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.width}x{self.height}")
         if self.kind == "mask" and frame.ndim == 3:
             frame = frame[..., 0]
-        pts = self._last_pts + 1 if time is None else max(self._last_pts + 1, round(time * self.fps))
+        seconds = self.frames / self.fps if time is None else time
+        pts = max(self._last_pts + 1, round(seconds / self._time_base))
         self._last_pts = pts
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=self._frame_format)
         vf.pts = pts
         vf.time_base = self._time_base
-        if self._audio is not None:
-            self._audio.mux_until(float(pts / self.fps))
-        for packet in self.stream.encode(vf):
-            self.container.mux(packet)
+        try:
+            if self._audio is not None:
+                self._audio.mux_until(float(pts * self._time_base))
+            for packet in self.stream.encode(vf):
+                self.container.mux(packet)
+        except av.FFmpegError as e:
+            raise DataError(f"cannot write video {self.path} at frame {self.frames}: {_reason(e)}") from None
         self.frames += 1
 
     def close(self) -> None:
         """Flush the encoder (and the rest of the audio) and finish the file."""
+        av = require_av()
         try:
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-            if self._audio is not None:
-                self._audio.finish()
-        finally:
-            if self._audio is not None:
-                self._audio.close()
-            self.container.close()
+            try:
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+                if self._audio is not None:
+                    self._audio.finish()
+            finally:
+                if self._audio is not None:
+                    self._audio.close()
+                self.container.close()
+        except av.FFmpegError as e:
+            raise DataError(f"cannot finish video {self.path}: {_reason(e)}") from None
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -311,7 +336,8 @@ class _AudioCarrier:
             source.close()
             return None
         stream = source.streams.audio[0]
-        copy = stream.codec_context.name in output.supported_codecs
+        name = stream.codec_context.name
+        copy = name in output.supported_codecs and (output.format.name == "mov" or name in MP4_AUDIO)
         try:
             return cls(source, stream, output, copy)
         except (av.FFmpegError, ValueError) as e:

@@ -280,6 +280,10 @@ def predict_video(
                 bar.update(len(batch))
         for writer in writers.values():
             writer.close()
+        if masks == "png" and not made_mask_dir:  # --overwrite: frames past this video's end are another's
+            for stale in mask_dir.glob("[0-9]" * 6 + ".png"):
+                if int(stale.stem) >= frames:
+                    stale.unlink()
     except BaseException:
         for writer in writers.values():
             try:
