@@ -69,3 +69,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_atomic_write_gives_the_umasks_permissions_and_leaves_the_umask_alone(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+        assert os.umask(0o027) == 0o027  # not changed on the way
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640 and (tmp_path / "a.json").read_bytes() == b"{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

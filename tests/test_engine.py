@@ -15,6 +15,7 @@ from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
 from pixelwise.engine.resume import truncate_log
 from pixelwise.errors import ConfigError, DataError
+from pixelwise.metrics import SUMMARY_KEYS
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import read_log, write_report
 
@@ -446,3 +447,36 @@ def test_a_resume_with_a_new_weight_decay_keeps_the_norm_and_bias_decay(tmp_path
     train(more, run_dir=tmp_path / "run", data_root=root, progress=False, resume=True, allow_changes=True)
     groups = load_checkpoint(tmp_path / "run/last.pt")["optimizer"]["param_groups"]
     assert [(g["weight_decay"], g["norm_bias"]) for g in groups] == [(0.01, False), (0.0, True)]
+
+
+def test_tensorboard_overlays_of_16_bit_images_are_not_black(tmp_path, monkeypatch):
+    """16-bit and float images load as float in [0, 1]: the overlay takes them to 0..255 first (it read 0.8 as
+    0.8 of 255, a black picture). The same image loaded as float or as uint8 gives the same overlay."""
+    import numpy as np
+
+    from pixelwise import build_model
+    from pixelwise.config import DEFAULTS
+    from pixelwise.data import SegmentationDataset, build_transforms
+    from pixelwise.engine.run_dir import tensorboard_val
+
+    root = write_dataset(tmp_path / "data", splits={"val": 1}).parent
+    norm = {k: DEFAULTS["data"][k] for k in ("mean", "std")}
+    ds = SegmentationDataset(root, "toy", "val", transforms=build_transforms(train=False, **norm))
+    pictures = []
+
+    class Writer:
+        def add_scalar(self, *args):
+            pass
+
+        def add_image(self, tag, picture, it, dataformats):
+            pictures.append(picture)
+
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=3, base_channels=4, depth=2).eval()
+    metrics = {k: 0.0 for k in SUMMARY_KEYS} | {"iou": [0.0, 0.0, 0.0]}
+    tensorboard_val(Writer(), model, ds, metrics, {"palette": ds.info.palette}, torch.device("cpu"), 1, images=1)
+    raw, mask = ds.load(0)
+    monkeypatch.setattr(ds, "load", lambda i: (raw.astype(np.float32) / 255, mask))  # as a 16-bit file reads
+    tensorboard_val(Writer(), model, ds, metrics, {"palette": ds.info.palette}, torch.device("cpu"), 1, images=1)
+    as_uint8, as_float = pictures
+    assert as_float.dtype == np.uint8 and np.abs(as_float.astype(int) - as_uint8).max() <= 1

@@ -166,6 +166,36 @@ def test_a_live_run_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     assert (run / "last.pt").exists() and not (run / ".lock").exists()
 
 
+def test_a_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path, caplog):
+    """The lock appears with its owner in it; an unreadable one (a file system without hard links, mid-write) is
+    stale only once it is older than a few seconds; one naming no process is taken over, not a traceback."""
+    from pixelwise.engine.run_dir import CLAIM_SECONDS, RunLock
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    owner = json.loads((tmp_path / ".lock").read_text())
+    assert owner["pid"] == os.getpid() and [p.name for p in tmp_path.iterdir()] == [".lock"]
+    lock.release()
+    (tmp_path / ".lock").write_text("")  # created by another process, its owner not yet written
+    with pytest.raises(ConfigError) as e:
+        RunLock(tmp_path).acquire()
+    assert str(e.value) == (
+        f"{tmp_path} is being claimed by another training right now ({tmp_path / '.lock'} was created moments ago): "
+        "wait for it, or choose another --run-dir"
+    )
+    for text in ("", json.dumps({"pid": "12x", "host": "h"}), json.dumps({"host": os.uname().nodename})):
+        (tmp_path / ".lock").write_text(text)
+        past = time.time() - CLAIM_SECONDS - 1
+        os.utime(tmp_path / ".lock", (past, past))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pixelwise"):
+            lock = RunLock(tmp_path)
+            lock.acquire()
+        assert "taking over the stale lock" in caplog.text and lock.held
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        lock.release()
+
+
 def test_two_concurrent_trainings_into_one_directory(tmp_path):
     write_dataset(tmp_path / "data", splits={"train": 6, "val": 2})
     cfg = toy_config(tmp_path, iters=100000, eval_interval=100000)

@@ -263,6 +263,18 @@ BAD_UPLOADS = {
         "'I' image upload holds values -5..-5, outside 0..65535: this model reads float images in [0, 1], integer "
         "ones in 0..65535",
     ),
+    # formats Pillow has but the server does not read (EPS would be handed to Ghostscript)
+    "ppm": (
+        encode(Image.fromarray(picture()), "PPM"),
+        415,
+        f"upload is not an image: none of the readable formats (PNG, JPEG, WebP, TIFF or BMP) recognises its "
+        f"{len(encode(Image.fromarray(picture()), 'PPM'))} bytes",
+    ),
+    "eps": (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        415,
+        "upload is not an image: none of the readable formats (PNG, JPEG, WebP, TIFF or BMP) recognises its 58 bytes",
+    ),
     "two pages": (tiff_pages(), 422, "image upload has 2 pages: send one image (one request per page)"),
     "too many pixels": (
         encode(Image.fromarray(np.zeros((500, 401, 3), np.uint8))),

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..argmax import class_argmax
 from ..config import dump_config
-from ..data import SegmentationDataset
+from ..data import SegmentationDataset, image_to_uint8
 from ..errors import ConfigError
 from ..fileio import TEMP_SUFFIX, atomic_write_text, to_jsonable
 from ..metrics import SUMMARY_KEYS
@@ -27,6 +27,7 @@ from .resume import truncate_log, weights_only
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
+CLAIM_SECONDS = 10.0  # an unreadable lock younger than this may be one being written (no hard links): not stale
 
 
 def _alive(pid: int) -> bool:
@@ -42,7 +43,8 @@ def _alive(pid: int) -> bool:
 class RunLock:
     """``RUN_DIR/.lock`` holding the pid and host of the training that owns the directory. A second training
     into a live run stops with an error naming the owner; a lock left by a dead process on this host is
-    taken over."""
+    taken over. The lock appears with its owner already in it (written aside, then hard-linked into place), so
+    no other process ever reads a lock still empty and takes it for a dead one's."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_NAME
@@ -53,30 +55,60 @@ class RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(json.dumps(me))
             except FileExistsError:
                 owner = self._owner()
-                if owner is None or (owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1)))):
+                if owner is None and self._age() < CLAIM_SECONDS:
+                    # a file system without hard links: another process has created the lock and not yet written it
+                    raise ConfigError(
+                        f"{self.path.parent} is being claimed by another training right now ({self.path} was "
+                        "created moments ago): wait for it, or choose another --run-dir"
+                    ) from None
+                if owner is None or (owner["host"] == me["host"] and not _alive(owner["pid"])):
                     log.warning("taking over the stale lock %s %s", self.path, owner or "(unreadable)")
                     self.path.unlink(missing_ok=True)
                     continue
                 raise ConfigError(
-                    f"{self.path.parent} is in use by the training with pid {owner.get('pid')} on host "
-                    f"{owner.get('host')} (since {owner.get('started')}): wait for it, stop it, or choose another "
+                    f"{self.path.parent} is in use by the training with pid {owner['pid']} on host "
+                    f"{owner['host']} (since {owner.get('started')}): wait for it, stop it, or choose another "
                     f"--run-dir (delete {self.path} only if that process is gone)"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             return
         raise ConfigError(f"cannot take the lock {self.path}: another process keeps creating it")
 
+    def _create(self, text: str) -> None:
+        """Create the lock holding ``text``, or raise FileExistsError."""
+        aside = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}{TEMP_SUFFIX}")
+        aside.write_text(text)
+        try:
+            os.link(aside, self.path)  # atomic, and fails if the lock exists
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some network and FAT file systems): create, then write
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
     def _owner(self) -> dict[str, Any] | None:
+        """The lock's owner, or None when it is unreadable or names no process."""
         try:
             owner = json.loads(self.path.read_text())
-            return owner if isinstance(owner, dict) else None
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
+        if not isinstance(owner, dict) or type(owner.get("pid")) is not int or not isinstance(owner.get("host"), str):
+            return None
+        return owner
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return math.inf
 
     def release(self) -> None:
         if self.held:
@@ -199,6 +231,6 @@ def tensorboard_val(
             x, _ = val_ds[i]
             pred = class_argmax(model(x[None].to(device)))[0].to(torch.uint8).cpu().numpy()
             raw, _ = val_ds.load(i)
-            picture = overlay(raw, colorize(pred, overlay_palette(meta["palette"])))
+            picture = overlay(image_to_uint8(raw), colorize(pred, overlay_palette(meta["palette"])))
             writer.add_image(f"val_overlay/{val_ds.name_of(i)}", picture, it, dataformats="HWC")
     model.train(was_training)

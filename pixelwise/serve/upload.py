@@ -15,6 +15,9 @@ from ..data import io as image_io
 from ..errors import DataError
 
 READABLE = "PNG, JPEG, WebP, TIFF or BMP"
+# the Pillow formats the server decodes: those of data.io's image files (JPEG's opener also gives a camera's MPO).
+# Any other plugin a client could pick by the bytes alone is refused, EPS above all (Pillow runs Ghostscript on it).
+PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 
 
 class RequestError(Exception):
@@ -66,7 +69,7 @@ def decode_upload(
         with warnings.catch_warnings():
             # Pillow warns above its own pixel limit; ours is checked (and reported) below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"{name}: {e}") from None
     except UnidentifiedImageError:
