@@ -162,6 +162,21 @@ def test_num_classes_must_match_the_classes(toy_root):
     assert DatasetInfo.load(toy_root, "toy").num_classes == 3
 
 
+def test_palette_entries_and_class_names_are_checked(toy_root):
+    path = set_classes(toy_root, palette=[1, 2, 3])
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == f"{path}: palette entry 0 must be [r, g, b] with integers 0..255, not 1"
+    set_classes(toy_root, palette=[[0, 0, 0], [300, 0, 0], [0, 0, 255]])
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == f"{path}: palette entry 1 must be [r, g, b] with integers 0..255, not [300, 0, 0]"
+    set_classes(toy_root, palette=None, classes=["road", "car", "road"])
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == f"{path}: class 'road' is listed twice (entries 0 and 2); class names must differ"
+
+
 # ---- 3. images: bit depths, alpha, palette, EXIF, pages ----
 
 
@@ -511,6 +526,15 @@ def test_check_dataset_reads_instance_maps(tmp_path):
     assert check_dataset(tmp_path, "toy", progress=False).errors == [
         (str(img / "s01.png"), f"image {img}/s01.png has no instance map (expected {inst_dir}/s01.png)")
     ]
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(inst_dir / "s01.jpg")
+    assert check_dataset(tmp_path, "toy", progress=False).errors == [
+        (
+            str(inst_dir / "s01.jpg"),
+            f"instance map {inst_dir}/s01.jpg is a JPEG: its compression changes the ids along every object's edge; "
+            "save it lossless (s01.png or .tif)",
+        )
+    ]
+    (inst_dir / "s01.jpg").unlink()
     a[7, 0] = 300  # instance 300 now also covers a pixel of class 0
     Image.fromarray(a).save(inst_dir / "s00.png")
     assert (

@@ -401,6 +401,35 @@ def test_coco_instances(tmp_path):
 
 
 @pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_segmentations_of_another_size_are_skipped_with_a_line(tmp_path):
+    """An RLE encoded on the transposed array, and an uncompressed one without its size (pycocotools raises a
+    bare Exception): each skipped with its reason, the rest imported (was: a traceback, nothing imported)."""
+    mask_api = pytest.importorskip("pycocotools.mask")
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    path = src / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    turned = mask_api.encode(np.asfortranarray(np.ones((W, H), np.uint8)))
+    turned["counts"] = turned["counts"].decode()
+    data["annotations"] += [
+        {"id": 20, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": turned},
+        {"id": 21, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": {"counts": [0, H * W]}},
+    ]
+    path.write_text(json.dumps(data))
+    base, summary = imported(tmp_path, "coco", src, workers=1)
+    reasons = [reason for _, reason in summary.skipped]
+    assert (
+        f"annotation 20 of 000000000001.jpg: unreadable segmentation (RLE size [{W}, {H}] is not the image's "
+        f"[height, width] [{H}, {W}])"
+    ) in reasons
+    assert (
+        "annotation 21 of 000000000001.jpg: unreadable segmentation (RLE size None is not the image's "
+        f"[height, width] [{H}, {W}])"
+    ) in reasons
+    assert summary.instances == {"train": 2, "val": 0}  # the fixture's two objects, as without the bad ones
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
 def test_coco_masks_follow_the_exif_orientation(tmp_path):
     """COCO's annotations are drawn on the stored pixels; pixelwise reads images turned by their EXIF orientation,
     so the mask is turned with its image (here orientation 6: the stored 8x6 image is read 6 wide, 8 high)."""

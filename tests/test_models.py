@@ -484,6 +484,20 @@ def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
             assert model(x).shape == (2, 5, *size)
 
 
+def test_heads_take_the_backbones_own_feature_at_a_reduction_not_a_dilated_one():
+    """At output stride 8 the stages after stage 2 are dilated and stay at 1/8: LR-ASPP's 1/8 branch is stage 2
+    (40 channels, torchvision's ``stage_indices[-4]``), not the last stage again; below the output stride the
+    deepest feature at a reduction is still taken (DeepLab v3+'s 1/4 decoder input)."""
+    for output_stride in (8, 16, 32):
+        model = build_model("lraspp", num_classes=3, output_stride=output_stride)
+        low = model.backbone.info(model.low)
+        assert (model.low, low.reduction, low.channels) == ("stage2", 8, 40) and model.high == "stage4"
+    for output_stride in (8, 16):
+        model = build_model("deeplabv3plus_resnet50", num_classes=3, output_stride=output_stride)
+        assert model.backbone.at_reduction(4, "test") == "layer1"
+        assert model.backbone.at_reduction(output_stride, "test") == ("layer2" if output_stride == 8 else "layer3")
+
+
 def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_scores():
     """``fine_reduction=4``: the paper's 1/8 scores upsampled to 1/4 plus the 1/4 feature's own 1x1 scores; the
     paper's head is kept unchanged inside it, and without the option there is no fine branch."""

@@ -33,6 +33,7 @@ from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
 from .instance_targets import class_components
 from .io import (
     IMAGE_EXTENSIONS,
+    LOSSY_EXTENSIONS,
     MASK_EXTENSION,
     check_instance_classes,
     check_mask_values,
@@ -147,12 +148,21 @@ def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
     instances = None
     instance_problems: list[tuple[Path, str]] = []
     if instance_dir.is_dir():
-        instances = _by_stem(instance_dir, "instance map", split, instance_problems)
-        for stem in sorted(set(instances) - set(images)):
-            path = instances[stem]
+        found = _by_stem(instance_dir, "instance map", split, instance_problems)
+        instances = {stem: path for stem, path in found.items() if path.suffix.lower() not in LOSSY_EXTENSIONS}
+        for stem in sorted(set(found) - set(instances)):
+            instance_problems.append(
+                (
+                    found[stem],
+                    f"instance map {found[stem]} is a JPEG: its compression changes the ids along every object's "
+                    f"edge; save it lossless ({stem}.png or .tif)",
+                )
+            )
+        for stem in sorted(set(found) - set(images)):
+            path = found[stem]
             instance_problems.append((path, f"instance map {path} has no image (expected {image_dir / stem}.<ext>)"))
         for stem, image in images.items():
-            if stem not in instances:
+            if stem not in found:
                 instance_problems.append(
                     (image, f"image {image} has no instance map (expected {instance_dir / stem}.png)")
                 )

@@ -62,6 +62,17 @@ def default_palette(n: int) -> list[list[int]]:
     return out
 
 
+def check_colour(value: Any, path: str | os.PathLike, what: str) -> tuple[int, int, int]:
+    """``value`` as an ``(r, g, b)`` colour, or a DataError naming ``path`` and ``what``."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        raise DataError(f"{path}: {what} must be [r, g, b] with integers 0..255, not {value!r}")
+    return int(value[0]), int(value[1]), int(value[2])
+
+
 @dataclass
 class DatasetInfo:
     """What ``classes.json`` says: class names, palette (RGB per class), the ignore value, the optional
@@ -121,9 +132,17 @@ class DatasetInfo:
                 f'{path}: "num_classes" is {raw["num_classes"]!r} but "classes" lists {len(classes)} names; '
                 f'make them agree (or drop "num_classes")'
             )
+        for i, name_i in enumerate(classes):
+            if name_i in classes[:i]:
+                raise DataError(
+                    f"{path}: class {name_i!r} is listed twice (entries {classes.index(name_i)} and {i}); "
+                    "class names must differ"
+                )
         palette = raw.get("palette") or default_palette(len(classes))
-        if len(palette) != len(classes):
-            raise DataError(f"{path}: {len(classes)} classes but {len(palette)} palette entries")
+        if not isinstance(palette, list) or len(palette) != len(classes):
+            count = len(palette) if isinstance(palette, list) else repr(palette)
+            raise DataError(f"{path}: {len(classes)} classes but {count} palette entries")
+        palette = [list(check_colour(c, path, f"palette entry {i}")) for i, c in enumerate(palette)]
         ignore = raw.get("ignore_index", 255)
         n = len(classes)
         if n > 255:
@@ -140,7 +159,7 @@ class DatasetInfo:
         return cls(
             name,
             classes,
-            [list(map(int, c)) for c in palette],
+            palette,
             ignore,
             raw,
             value_map=_value_map(raw.get("value_map"), len(classes), ignore, path),

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 MASK_EXTENSION = ".png"
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")  # fine for images; labels and instance ids must be stored lossless
 MOSTLY_IGNORE = 0.5
 """A mask is "mostly ignore" when more than this fraction of its pixels is the ignore value."""
 

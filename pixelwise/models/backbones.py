@@ -64,13 +64,16 @@ class Backbone(nn.Module):
         raise KeyError(f"{type(self).__name__} has no feature {name!r}; it has {[f.name for f in self.feature_info]}")
 
     def at_reduction(self, reduction: int, purpose: str) -> str:
-        """The deepest feature with this reduction (heads pick features by reduction, never by name); a
-        one-line ConfigError naming the reductions the backbone has if there is none."""
+        """The backbone's own feature at this reduction (heads pick features by reduction, never by name): the
+        deepest one, except at the output stride, where the stages after the first to reach it are dilated and
+        only keep its reduction: there the first (LR-ASPP's 1/8 branch at output stride 8 is stage 2, as in
+        torchvision, not the dilated last stage). A one-line ConfigError naming the reductions the backbone has
+        if there is none."""
         names = [f.name for f in self.feature_info if f.reduction == reduction]
         if not names:
             have = ", ".join(f"1/{r}" for r in sorted({f.reduction for f in self.feature_info}))
             raise ConfigError(f"{purpose} needs the backbone's 1/{reduction} feature; {self.name} has {have}")
-        return names[-1]
+        return names[0] if reduction == self.feature_info[-1].reduction else names[-1]
 
 
 def _dilations(output_stride: int) -> list[bool]:

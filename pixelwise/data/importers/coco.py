@@ -160,20 +160,31 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
 
 
 def _decode(api: Any, segm: Any, h: int, w: int) -> np.ndarray:
-    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` bool mask."""
-    if isinstance(segm, list):  # polygons; a polygon needs three points
-        polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6]
-        if not polygons:
-            return np.zeros((h, w), dtype=bool)
-        rle = api.merge(api.frPyObjects(polygons, h, w))
-    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-        rle = api.frPyObjects(segm, h, w)
-    elif isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
-        counts = segm["counts"]
-        rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-    else:
-        raise ValueError("not polygons or RLE")
-    return api.decode(rle).astype(bool)
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` bool mask; ValueError
+    for anything else, an RLE of another size than its image included."""
+    if isinstance(segm, dict) and list(segm.get("size") or []) != [h, w]:
+        raise ValueError(f"RLE size {segm.get('size')!r} is not the image's [height, width] [{h}, {w}]")
+    try:
+        if isinstance(segm, list):  # polygons; a polygon needs three points
+            polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6]
+            if not polygons:
+                return np.zeros((h, w), dtype=bool)
+            rle = api.merge(api.frPyObjects(polygons, h, w))
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+            rle = api.frPyObjects(segm, h, w)
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+            counts = segm["counts"]
+            rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+        else:
+            raise ValueError("not polygons or RLE")
+        mask = api.decode(rle).astype(bool)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exceptions for malformed input
+        raise ValueError(str(e) or type(e).__name__) from None
+    if mask.shape != (h, w):
+        raise ValueError(f"decodes to {mask.shape[0]}x{mask.shape[1]}, not the image's {h}x{w}")
+    return mask
 
 
 def _instances_converter(api: Any) -> Any:

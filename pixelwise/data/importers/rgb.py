@@ -18,21 +18,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
+from ..info import check_colour
 from ..io import IMAGE_EXTENSIONS
 from .core import Converted, Item, Plan, describe_unknown, read_int_png, read_rgb_png
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 """Lossless files a colour mask may come in (a JPEG's colours are not exact)."""
-
-
-def _colour(value: Any, path: Path, what: str) -> tuple[int, int, int]:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
-    ):
-        raise DataError(f"{path}: {what} must be [r, g, b] with integers 0..255, not {value!r}")
-    return int(value[0]), int(value[1]), int(value[2])
 
 
 def load_palette_file(path: Path) -> dict[str, Any]:
@@ -52,13 +43,14 @@ def load_palette_file(path: Path) -> dict[str, Any]:
     if palette is not None:
         if not isinstance(palette, list) or len(palette) != len(classes):
             raise DataError(f"{path}: 'palette' must give one [r, g, b] per class ({len(classes)})")
-        colours = [_colour(c, path, f"the palette entry of {name!r}") for c, name in zip(palette, classes, strict=True)]
+        pairs = zip(palette, classes, strict=True)
+        colours = [check_colour(c, path, f"the palette entry of {name!r}") for c, name in pairs]
     ignore = raw.get("ignore_index", 255)
     if not isinstance(ignore, int) or not 0 <= ignore <= 255 or ignore < len(classes):
         raise DataError(f"{path}: 'ignore_index' must be an integer in {len(classes)}..255, not {ignore!r}")
     ignore_color = raw.get("ignore_color")
     if ignore_color is not None:
-        ignore_color = _colour(ignore_color, path, "'ignore_color'")
+        ignore_color = check_colour(ignore_color, path, "'ignore_color'")
     things = raw.get("instance_classes")
     if things is not None and (not isinstance(things, list) or any(t not in classes for t in things)):
         raise DataError(f"{path}: 'instance_classes' must list names among its classes")
