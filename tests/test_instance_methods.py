@@ -114,6 +114,21 @@ def test_connected_components_merge_touching_objects_and_boundaries_split_them()
     assert np.all(out.scores > 0.99)
 
 
+def test_panoptic_decoding_takes_a_top_k_of_a_thousand_and_more():
+    """Nuclei images hold hundreds of objects: --top-k 1000 stopped decoding with the panoptic map's id rule
+    (top_k below label_divisor 1000), a map decoding does not use. 1200 centres give 1200 instances."""
+    side = 4 * 40
+    output = {
+        "out": logits_of(np.ones((side, side), np.int64), 2),
+        "center": torch.zeros(1, 1, side, side),
+        "offset": torch.zeros(1, 2, side, side),
+    }
+    output["center"][0, 0, 2::4, 2::4] = 1.0  # 40 x 40 = 1600 peaks, each its own 4 x 4 cell
+    for top_k in (1000, 1200):
+        found = decode(InstanceSettings(method="panoptic", top_k=top_k), output, 2, [1])[0]
+        assert found.instances.max() == top_k and len(found.classes) == top_k
+
+
 def test_instances_config_section():
     with pytest.raises(ConfigError) as e:
         InstanceSettings.from_dict({"method": "mask_rcnn"})

@@ -24,6 +24,7 @@ from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
 from pixelwise.engine.resume import _section_changes, changed_settings
 from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
+from pixelwise.inference import InferenceSettings
 from pixelwise.models import model_defaults
 from pixelwise.models.weights import checkpoint_model_spec, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pixelwise.visualize import overlay_palette
@@ -506,6 +507,58 @@ def test_predict_skip_errors_and_tiny_images(toy_run, tmp_path):
     )
 
 
+def test_sizes_the_network_sees_at_a_scale_or_in_windows_are_checked(toy_run, tmp_path):
+    """The network sees images at the protocol's scales and windows at the crop: too small there is a one-line
+    error (an image's DataError, which --skip-errors skips; a crop's ConfigError at once), not a traceback."""
+    from pixelwise.engine import Predictor
+
+    run, _, _ = toy_run
+    small = np.zeros((10, 13, 3), np.uint8)
+    with pytest.raises(DataError) as e:
+        Predictor(run / "best.pt", device="cpu", inference={"scales": [0.25, 1.0]}).predict(small, source="s.png")
+    assert str(e.value) == (
+        "image s.png is 13x10, and at inference scale 0.25 3x2, smaller than model unet takes (at least 4x4 pixels, "
+        "its total stride): leave out the scales below 0.4, or upscale the image"
+    )
+    assert Predictor(run / "best.pt", device="cpu", inference={"scales": [0.5, 1.0]}).predict(small).shape == (10, 13)
+    with pytest.raises(ConfigError) as e:
+        Predictor(run / "best.pt", device="cpu", inference={"mode": "slide", "crop": 3})
+    assert str(e.value) == (
+        "inference crop 3: windows smaller than model unet takes (at least 4x4 pixels, its total stride); give a "
+        "crop of at least 4"
+    )
+
+
+def test_a_protocol_override_replaces_the_runs_windows_with_its_mode():
+    from pixelwise.engine.predictor import run_inference
+
+    slide = {"mode": "slide", "crop": 16, "stride": 12, "flip": True}
+    assert run_inference(slide, {"mode": "whole"}) == InferenceSettings(flip=True)  # was: "leave crop/stride out"
+    assert run_inference({**slide, "crop": 512, "stride": 341}, {"crop": 256}).stride is None  # its own default
+    assert run_inference(slide, {"crop": 32, "stride": 8}).stride == 8
+
+
+def test_batch_norm_is_folded_in_a_model_that_takes_nothing_below_128_pixels():
+    """Folding checks itself on a random image, which was 64 x 64 whatever the model: a U-Net of depth 7 (total
+    stride 128) stopped predict, eval and serve with a traceback."""
+    from pixelwise import build_model
+    from pixelwise.engine.predictor import inference_model
+
+    torch.manual_seed(0)
+    spec = {"name": "unet", "num_classes": 2, "base_channels": 2, "depth": 7, "batch_norm": True}
+    model = build_model(**spec).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    folded = inference_model({"meta": {"model": spec}, "model": model.state_dict()}, "u.pt", torch.device("cpu"),
+                             amp="none", compile=False)  # fmt: skip
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_path, monkeypatch, caplog):
     import pixelwise.engine.predictor as predictor_module
     from pixelwise.engine import Predictor
@@ -626,6 +679,24 @@ def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_r
     page16, page8 = predictor.read(tmp_path / "grey16.png"), predictor.read(tmp_path / "grey8.png")
     assert page16[0].dtype == np.float32 and page16[0].max() <= 1.0 and page16[0].max() > 0.1
     np.testing.assert_array_equal(predictor.predict(page16[0]), predictor.predict(page8[0]))
+
+
+def test_a_file_named_like_a_stacks_slice_gets_its_own_outputs(toy_run, tmp_path):
+    """stack.tif's slice pictures are color/stack_z0001.png ...; an input stack_z0001.png beside it took that name
+    too and one overwrote the other (which one, by sort order). Now the later one's stem moves aside."""
+    run, root, _ = toy_run
+    slices = [Image.open(root / f"toy/images/val/s0{i}.png") for i in range(2)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    slices[0].save(folder / "stack.tif", save_all=True, append_images=slices[1:])
+    Image.fromarray(np.zeros((30, 36, 3), np.uint8)).save(folder / "stack_z0001.png")
+    written = predict(run / "best.pt", [folder], tmp_path / "out", progress=False)
+    by_input = {Path(w["image"]).name: w for w in written}
+    out = tmp_path / "out"
+    assert by_input["stack_z0001.png"]["color"] == str(out / "color/stack_z0001_.png")  # after the stack (sorted)
+    assert Image.open(out / "color/stack_z0001_.png").size == (36, 30)
+    for z in range(2):  # the stack's slices, both its own
+        assert Image.open(out / f"color/stack_z000{z}.png").size == slices[z].size != (36, 30)
 
 
 def test_image_shift_reaches_every_inference_path(tmp_path):

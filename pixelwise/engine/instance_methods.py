@@ -152,6 +152,7 @@ def decode(
             threshold=settings.center_threshold,
             nms_kernel=settings.nms_kernel,
             top_k=settings.top_k,
+            label_divisor=10 ** len(str(settings.top_k)),  # above top_k, as the panoptic ids need (unused here)
         )
         decoded = []
         for r in results:

@@ -55,7 +55,15 @@ def run_inference(
     correction) with ``overrides`` (any :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None``
     for the plain whole-image one (and for checkpoints from before the section existed); ``class_weights``: the
     run's ``train.class_weights``, which the class weight correction divides by."""
-    settings = InferenceSettings(**{**(section or {}), **(overrides or {})})
+    section, overrides = dict(section or {}), dict(overrides or {})
+    # an override replaces its own field; the run's window sizes belong to its sliding windows, so they go with
+    # them (--mode whole over a slide run), and a new crop takes its own default stride, not the run's
+    if overrides.get("mode") == "whole":
+        section.pop("crop", None)
+        section.pop("stride", None)
+    elif "crop" in overrides and "stride" not in overrides:
+        section.pop("stride", None)
+    settings = InferenceSettings(**{**section, **overrides})
     if settings.class_weight_correction and settings.class_weights is None and class_weights is not None:
         settings = replace(settings, class_weights=tuple(class_weights))
     return None if settings.is_plain else settings
@@ -81,7 +89,9 @@ def recorded_class_weights(
             cached = json.loads(cache.read_text())
         except (OSError, ValueError):
             return None
-        weights = cached.get("weights") if isinstance(cached, dict) else None
+        if not isinstance(cached, dict):
+            return None
+        weights = cached.get("weights")
         if cached.get("method") == given and isinstance(weights, list) and len(weights) == n:
             return [float(w) for w in weights]
     return None
@@ -119,8 +129,13 @@ def inference_model(
     """A loaded checkpoint's model on ``device``, prepared as eval/predict run it
     (:func:`pixelwise.inference.optimize_for_inference`; half-precision weights under ``amp`` on CUDA)."""
     model = model_from_checkpoint(ckpt, str(checkpoint)).to(device)
+    spec = ckpt["meta"]["model"]
     return optimize_for_inference(
-        model, in_channels=input_channels(ckpt["meta"]["model"]), compile=compile, dtype=inference_dtype(device, amp)
+        model,
+        in_channels=input_channels(spec),
+        compile=compile,
+        dtype=inference_dtype(device, amp),
+        example_size=max(64, smallest_input(spec)),  # a model with a larger total stride cannot run 64 x 64
     )
 
 
@@ -185,6 +200,7 @@ class Predictor:
             )
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
+        self._check_windows()
         self.image_mode = image_mode(input_channels(self.meta["model"]))
         self.instance_method = instance_decoding(self.meta.get("instances"), decoding, checkpoint)
         if self.crf is not None:
@@ -235,16 +251,41 @@ class Predictor:
         return read_image_stack(Path(path), self.image_mode, image_range=self.image_range)
 
     def check_size(self, height: int, width: int, source: str) -> None:
-        """A one-line DataError for an image smaller than the model's total stride."""
+        """A one-line DataError for an image that the network would see smaller than its total stride allows: at
+        its size, or at the protocol's smallest scale."""
         if getattr(self.model, "fixed_size", None) is not None:
             return  # an ONNX graph of a fixed size: every input is resized to it
+        side = self._smallest_side()
+        name = self.meta["model"]["name"]
+        if min(height, width) < side:
+            raise DataError(
+                f"image {source} is {width}x{height}, smaller than model {name} takes "
+                f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
+            )
+        low = min(self.inference.scales) if self.inference is not None else 1.0
+        h, w = max(1, round(height * low)), max(1, round(width * low))
+        if min(h, w) < side:
+            raise DataError(
+                f"image {source} is {width}x{height}, and at inference scale {low} {w}x{h}, smaller than model "
+                f"{name} takes (at least {side}x{side} pixels, its total stride): leave out the scales below "
+                f"{side / min(height, width):.3g}, or upscale the image"
+            )
+
+    def _smallest_side(self) -> int:
         if self._smallest is None:
             self._smallest = smallest_input(self.meta["model"])
-        if min(height, width) < self._smallest:
-            side = self._smallest
-            raise DataError(
-                f"image {source} is {width}x{height}, smaller than model {self.meta['model']['name']} takes "
-                f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
+        return self._smallest
+
+    def _check_windows(self) -> None:
+        """Sliding windows smaller than the model takes stop at once (not at the first image, as a traceback)."""
+        s = self.inference
+        if s is None or s.mode != "slide" or getattr(self.model, "fixed_size", None) is not None:
+            return
+        side = self._smallest_side()
+        if min([s.crop] if isinstance(s.crop, (int, float)) else s.crop) < side:
+            raise ConfigError(
+                f"inference crop {s.crop}: windows smaller than model {self.meta['model']['name']} takes (at least "
+                f"{side}x{side} pixels, its total stride); give a crop of at least {side}"
             )
 
     def settings_for_size(self, height: int, width: int, source: str, batch: int = 1) -> InferenceSettings | None:
@@ -383,6 +424,12 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             )
     for sub in OUTPUT_FOLDERS:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def output_names(stem: str, pages: int) -> set[str]:
+    """The file names (without suffix) that an input of ``pages`` pages writes under ``stem`` in each output
+    folder: ``stem``, and for a stack ``stem_z0000`` ... per slice."""
+    return {stem} if pages == 1 else {stem, *(f"{stem}_z{z:04d}" for z in range(pages))}
 
 
 def _write_prediction(
@@ -545,10 +592,10 @@ def predict(
     try:
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
             stem = path.stem
-            while stem in used:  # same stem from two folders: keep both
-                stem += "_"
             try:
                 if is_video(path):
+                    while stem in used:  # same stem from two folders: keep both
+                        stem += "_"
                     video = predict_video(
                         predictor,
                         path,
@@ -566,6 +613,9 @@ def predict(
                     written.append(video)
                     continue
                 pages = predictor.read(path)
+                # the names this input's files take (a stack's slices: <stem>_z0000 ...): none may be another's
+                while not used.isdisjoint(output_names(stem, len(pages))):
+                    stem += "_"
                 probs = None
                 if predictor.instance_method.enabled:
                     found = [predictor.predict_instances(page, str(path)) for page in pages]
@@ -583,7 +633,7 @@ def predict(
                 failed.append({"image": str(path), "error": str(e)})
                 log.warning("skipped: %s", e)
                 continue
-            used.add(stem)
+            used.update(output_names(stem, len(pages)))
             files = _write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
             if found is not None:
                 files.update(_write_instances(out_dir, stem, pages, found, alpha))

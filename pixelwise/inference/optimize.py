@@ -70,19 +70,21 @@ def optimize_for_inference(
     channels_last: bool = True,
     compile: bool = False,
     dtype: torch.dtype | None = None,
+    example_size: int = 64,
 ) -> nn.Module:
     """Eval mode, batch norm folded into the convolutions, channels-last weights: what ``pixelwise
     predict``/``eval`` run by default (identical outputs up to float rounding). ``compile=True`` adds
     ``torch.compile`` with Inductor's freezing (weights become constants, so convolutions are prepacked
     and fused with what follows): faster, at the cost of a compilation per new input size. ``dtype``
     (float16/bfloat16, for use under autocast) stores the folded weights in that precision, so that
-    autocast does not cast every weight again on every call."""
+    autocast does not cast every weight again on every call. ``example_size``: the side of the random image the
+    folding is checked on (at least the model's smallest input)."""
     model.eval()
     try:
         device = next(model.parameters()).device
     except StopIteration:
         return model
-    fold_batch_norm(model, torch.randn(1, in_channels, 64, 64, device=device))
+    fold_batch_norm(model, torch.randn(1, in_channels, example_size, example_size, device=device))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dtype is not None:
