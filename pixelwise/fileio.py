@@ -18,9 +18,11 @@ TEMP_SUFFIX = ".tmp"
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, durable: bool = True) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path`` (and fsync the folder): a reader (or a crash) sees the old file or the new one, never half of one."""
+    ``path`` (and fsync the folder): a reader (or a crash) sees the old file or the new one, never half of one.
+    ``durable=False`` leaves out the fsyncs: a killed process still leaves the old file or the new one, a power
+    cut may not (for many small outputs, where an fsync each would cost more than writing them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -28,20 +30,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         try:
             # mode 0o666 under the process's umask: the permissions any new file gets (mkstemp's 0600 would need a
             # chmod, and reading the umask means setting it, for every thread at once)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             break
         except FileExistsError:
             continue
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # readable too: Pillow reads back a multi-page TIFF as it writes it
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    if durable:
+        _fsync_folder(path.parent)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -82,3 +82,26 @@ def test_atomic_write_gives_the_umasks_permissions_and_leaves_the_umask_alone(tm
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640 and (tmp_path / "a.json").read_bytes() == b"{}"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_write_image_keeps_the_old_picture_when_saving_fails(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.data import write_image
+
+    write_image(tmp_path / "a.png", np.full((4, 5), 7, np.uint8))
+    before = (tmp_path / "a.png").read_bytes()
+
+    def half_then_fail(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_image(tmp_path / "a.png", np.zeros((4, 5), np.uint8))
+    assert (tmp_path / "a.png").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    monkeypatch.undo()
+    write_image(tmp_path / "s.tif", Image.fromarray(np.zeros((4, 5), np.uint8)), save_all=True,
+                append_images=[Image.fromarray(np.ones((4, 5), np.uint8))])  # fmt: skip
+    assert Image.open(tmp_path / "s.tif").n_frames == 2

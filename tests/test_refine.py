@@ -35,6 +35,15 @@ def test_settings_precedence(tmp_path):
     assert (s.w1, s.theta_alpha, s.theta_beta, s.w2) == (6.0, 11.0, 9.0, CRFSettings().w2)
     with pytest.raises(ConfigError, match="valid: iterations, w1"):
         CRFSettings.from_dict({"w3": 1})
+    (tmp_path / "config.yaml").write_text("crf: [1, 2\n")  # a hand-edited config beside the checkpoint
+    with pytest.raises(ConfigError) as e:
+        settings_for(ckpt, None)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'config.yaml'}: not valid YAML (") and message.endswith("move it away")
+    (tmp_path / "config.yaml").write_text("crf: 5\n")
+    with pytest.raises(ConfigError) as e:
+        settings_for(ckpt, None)
+    assert str(e.value) == f"{tmp_path / 'config.yaml'}: its crf section is 5, not a mapping of CRF parameters"
 
 
 @pytest.fixture

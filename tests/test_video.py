@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +303,14 @@ def test_a_video_that_fails_partway_leaves_no_outputs(predictor, tmp_path, monke
     with pytest.raises(DataError, match="frame 5 is damaged"):
         predict_video(predictor, clip, out, masks=masks, effect=effect, batch_size=2, progress=False)
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no shortened video, no first frames' masks
+    monkeypatch.setattr(video, "decode_frames", real)  # an earlier run's finished video stays while a new one fails
+    done = predict_video(predictor, clip, out, batch_size=2, progress=False)["overlay"]
+    before = Path(done).read_bytes()
+    monkeypatch.setattr(video, "decode_frames", broken_after_five)
+    with pytest.raises(DataError, match="frame 5 is damaged"):
+        predict_video(predictor, clip, out, batch_size=2, progress=False)
+    assert Path(done).read_bytes() == before and [p.name for p in out.rglob("*") if p.is_file()] == ["clip_overlay.mp4"]
+    Path(done).unlink()
     if masks == "png":  # an earlier run's file in the folder (predict --overwrite) is not this run's to remove
         (out / "masks/clip").mkdir(parents=True)
         (out / "masks/clip/notes.txt").write_text("kept")

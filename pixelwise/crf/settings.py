@@ -80,6 +80,13 @@ def settings_for(
     values = dict(stored or {})
     beside = Path(checkpoint).parent / "config.yaml"
     if beside.is_file():
-        values.update((yaml.safe_load(beside.read_text()) or {}).get("crf") or {})
+        try:
+            run_config = yaml.safe_load(beside.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{beside}: not valid YAML ({str(e).splitlines()[0]}); fix it or move it away") from None
+        section = run_config.get("crf") if isinstance(run_config, dict) else None
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{beside}: its crf section is {section!r}, not a mapping of CRF parameters")
+        values.update(section or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return CRFSettings.from_dict(values)

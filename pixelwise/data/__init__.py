@@ -13,6 +13,7 @@ from .io import (
     read_image_stack,
     read_instances,
     read_mask,
+    write_image,
 )
 from .transforms import (
     ElasticDeformation,
@@ -46,6 +47,7 @@ __all__ = [
     "default_palette",
     "image_to_tensor",
     "image_to_uint8",
+    "write_image",
     "list_split",
     "read_image",
     "read_image_stack",

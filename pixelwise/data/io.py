@@ -24,14 +24,17 @@ label check (one ``bincount``) that loading and the data check share.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from ..errors import DataError
+from ..fileio import atomic_write
 from .info import DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -247,6 +250,18 @@ def image_to_tensor(
     m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
     return x.sub_(m).div_(s)
+
+
+def write_image(path: str | os.PathLike, image: Image.Image | np.ndarray, **options: Any) -> None:
+    """Save ``image`` (a Pillow image or an array) to ``path`` in the format its suffix names (``options`` as
+    Pillow's ``save``: ``save_all``, ``append_images``, ``compression``), through a temporary file renamed into
+    place: an interrupted run leaves the old file or the new one, never a truncated picture."""
+    path = Path(path)
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: no image format for the suffix {path.suffix!r}")
+    atomic_write(path, lambda f: picture.save(f, format=fmt, **options), durable=False)
 
 
 def image_to_uint8(image: np.ndarray) -> np.ndarray:

@@ -216,7 +216,11 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1001000)
         self.frames = 0
         self._last_pts = -1
-        self.container = av.open(str(self.path), "w")
+        # encoded beside its name and renamed into place when finished: a killed run leaves no video that looks
+        # whole but is not, and an earlier one (predict --overwrite) stays until the new one is done
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.finished = False
+        self.container = av.open(str(self.partial), "w")
         try:
             self.codec = {"rgb": choose_codec(codec), "mask": "ffv1", "rgba": "png"}[kind]
             # MPEG-4 part 2 allows rates with denominators up to 65535 (an average such as 1000000/33367 fails)
@@ -241,6 +245,7 @@ class VideoWriter:
                     self.audio = self._audio.description
         except BaseException:
             self.container.close()
+            self.partial.unlink(missing_ok=True)
             raise
 
     def _formats(self) -> tuple[str, str]:
@@ -293,6 +298,21 @@ class VideoWriter:
                 self.container.close()
         except av.FFmpegError as e:
             raise DataError(f"cannot finish video {self.path}: {_reason(e)}") from None
+        os.replace(self.partial, self.path)
+        self.finished = True
+
+    def discard(self) -> None:
+        """Stop after an error: close what is open and remove this writer's file (the part written, or the
+        finished video that no manifest will list)."""
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            log.debug("closing %s after an error failed too", self.path, exc_info=True)
+        if self._audio is not None:
+            self._audio.close()
+        self.partial.unlink(missing_ok=True)
+        if self.finished:
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -301,10 +321,7 @@ class VideoWriter:
         if error is None:
             self.close()
         else:  # do not hide the error behind one from flushing a half-written file
-            try:
-                self.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing %s after an error failed too", self.path, exc_info=True)
+            self.discard()
 
 
 class _AudioCarrier:

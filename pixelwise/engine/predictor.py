@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
-from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack, shift_image
+from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack, shift_image, write_image
 from ..data.video import VIDEO_EXTENSIONS, is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
@@ -453,16 +453,16 @@ def _write_prediction(
     if len(pages) == 1:
         for sub, array in (("masks", preds[0]), ("color", pictures[0][0]), ("overlay", pictures[0][1])):
             files[sub] = str(out_dir / sub / f"{stem}.png")
-            Image.fromarray(array).save(files[sub])
+            write_image(files[sub], array)
         return files
     files["pages"] = str(len(pages))
     files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
     first, *rest = (Image.fromarray(p) for p in preds)
-    first.save(files["masks"], save_all=True, append_images=rest, compression="tiff_deflate")
+    write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
     for sub, index in (("color", 0), ("overlay", 1)):
         files[sub] = str(out_dir / sub / f"{stem}_z0000.png")
         for z, picture in enumerate(pictures):
-            Image.fromarray(picture[index]).save(out_dir / sub / f"{stem}_z{z:04d}.png")
+            write_image(out_dir / sub / f"{stem}_z{z:04d}.png", picture[index])
     return files
 
 
@@ -479,14 +479,14 @@ def _write_instances(
     files = {"instance_count": str(sum(int(f.classes.size) for f in found))}
     if len(maps) == 1:
         files["instances"] = str(out_dir / "instances" / f"{stem}.png")
-        maps[0].save(files["instances"])
+        write_image(files["instances"], maps[0])
     else:
         files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
-        maps[0].save(files["instances"], save_all=True, append_images=maps[1:], compression="tiff_deflate")
+        write_image(files["instances"], maps[0], save_all=True, append_images=maps[1:], compression="tiff_deflate")
     for z, (page, f) in enumerate(zip(pages, found, strict=True)):
         name = f"{stem}.png" if len(pages) == 1 else f"{stem}_z{z:04d}.png"
         picture = instance_overlay(image_to_uint8(page), f.instances, alpha)
-        Image.fromarray(picture).save(out_dir / "instance_overlay" / name)
+        write_image(out_dir / "instance_overlay" / name, picture)
         if z == 0:
             files["instance_overlay"] = str(out_dir / "instance_overlay" / name)
     return files
@@ -499,7 +499,7 @@ def _write_effect(
     (out_dir / "effect").mkdir(exist_ok=True)
     names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
     for name, page, p in zip(names, pages, probs, strict=True):
-        Image.fromarray(effect.apply(page, p)).save(out_dir / "effect" / name)
+        write_image(out_dir / "effect" / name, effect.apply(page, p))
     return {"effect": str(out_dir / "effect" / names[0])}
 
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..argmax import class_argmax
+from ..data import write_image
 from ..data.video import VideoWriter, decode_frames, probe_video
 from ..errors import ConfigError
 from ..inference import batch_scores
@@ -275,7 +275,7 @@ def predict_video(
                     if "masks" in writers:
                         writers["masks"].write(label, t)
                     elif masks == "png":
-                        Image.fromarray(label).save(mask_dir / f"{frames:06d}.png")
+                        write_image(mask_dir / f"{frames:06d}.png", label)
                     frames += 1
                 bar.update(len(batch))
         for writer in writers.values():
@@ -286,12 +286,7 @@ def predict_video(
                     stale.unlink()
     except BaseException:
         for writer in writers.values():
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                log.debug("closing %s failed", writer.path, exc_info=True)
-            # a shortened video that looks whole, and that no manifest lists, would mislead
-            Path(writer.path).unlink(missing_ok=True)
+            writer.discard()  # a shortened video that looks whole, and that no manifest lists, would mislead
         if made_mask_dir:
             shutil.rmtree(mask_dir, ignore_errors=True)
         elif masks == "png":  # only this run's frames (the one being saved too): an earlier run's other files stay
