@@ -12,6 +12,7 @@ would need with the same FLOPs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -43,20 +44,24 @@ def best_rate(fn, flops: float, repeats: int = 5) -> float:
     return flops / best / 1e9
 
 
-def conv_peak() -> dict[str, float]:
+def conv_peak(amp: str = "none") -> dict[str, float]:
+    """GFLOP/s of large matrix products and convolutions: the compute peak a model's rate is compared with.
+    ``amp="bf16"`` runs them under bf16 autocast, the peak of a bf16 training step (AVX-512 BF16 or AMX)."""
     rates = {}
-    for n in (2048, 4096):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        rates[f"matmul {n}^3"] = best_rate(lambda a=a, b=b: a @ b, 2 * n**3)
-    with torch.inference_mode():
-        shapes = [(256, 256, 3, 128, 1), (256, 256, 3, 64, 1), (512, 512, 3, 64, 2), (1024, 1024, 1, 64, 1)]
-        for cin, cout, k, hw, dil in shapes:
-            conv = torch.nn.Conv2d(cin, cout, k, padding=dil * (k // 2), dilation=dil).eval()
-            conv = conv.to(memory_format=torch.channels_last)
-            x = torch.randn(1, cin, hw, hw).contiguous(memory_format=torch.channels_last)
-            rates[f"conv {cin}->{cout} {k}x{k} rate {dil} at {hw}x{hw}"] = best_rate(
-                lambda conv=conv, x=x: conv(x), 2 * cin * cout * k * k * hw * hw
-            )
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+    with context:
+        for n in (2048, 4096):
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            rates[f"matmul {n}^3"] = best_rate(lambda a=a, b=b: a @ b, 2 * n**3)
+        with torch.inference_mode():
+            shapes = [(256, 256, 3, 128, 1), (256, 256, 3, 64, 1), (512, 512, 3, 64, 2), (1024, 1024, 1, 64, 1)]
+            for cin, cout, k, hw, dil in shapes:
+                conv = torch.nn.Conv2d(cin, cout, k, padding=dil * (k // 2), dilation=dil).eval()
+                conv = conv.to(memory_format=torch.channels_last)
+                x = torch.randn(1, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+                rates[f"conv {cin}->{cout} {k}x{k} rate {dil} at {hw}x{hw}"] = best_rate(
+                    lambda conv=conv, x=x: conv(x), 2 * cin * cout * k * k * hw * hw
+                )
     return rates
 
 

@@ -10,9 +10,14 @@ times ``--steps`` optimisation steps after ``--warmup``. It reports:
 - the share of a step spent waiting for the next batch (``next(loader)``) rather than computing;
 - GFLOP/s of the compute part: the FLOPs of one forward + backward pass counted by ``torch.utils.flop_counter`` on
   the same batch shape (grouped convolutions' backward corrected: ``flops.py``), divided by the compute time, and
-  that rate as a share of this CPU's measured fp32 peak (``roofline.py``'s largest convolutions and matrix
-  products, same threads);
-- peak memory: the process's maximum resident set size (each entry runs in its own process).
+  that rate as a share of this CPU's measured peak in the entry's precision (``roofline.py``'s largest
+  convolutions and matrix products, same threads; fp32, and bf16 under autocast for bf16 entries);
+- peak memory of the training (the process and its loader workers, proportional set size so that pages the
+  workers share with it count once; sampled every 0.2 s while the timed steps run, from /proc), beside the
+  process's own maximum resident set size.
+
+Entries run in turns: ``--rounds`` rounds, each entry once per round in a fresh process; each figure is the median
+over the rounds (the host's speed drifts between minutes, so entries timed back to back in one round compare).
 
     pip install -e '.[bench]'
     python benchmarks/train_throughput.py --threads 2 --out benchmarks/results/train_throughput.json
@@ -33,6 +38,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +75,58 @@ def load_entry(entry: str, data_root: str | None) -> dict:
     if data_root:
         config["data"]["root"] = data_root
     return config
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional set size of a process in KiB (resident pages, shared ones divided among their users)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+class TreeMemory:
+    """The largest total PSS of this process and its descendants (loader workers) seen while it runs."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak_kib = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        pids, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            todo += _children(pid)
+        self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in pids))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> TreeMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
@@ -126,15 +184,17 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
 
     it = batches()
     waits, computes = [], []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        images, targets = next(it)
-        t1 = time.perf_counter()
-        step(images, targets)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            waits.append(t1 - t0)
-            computes.append(t2 - t1)
+    with TreeMemory() as memory:  # the training steps only: the FLOP count below builds its own graph
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            images, targets = next(it)
+            t1 = time.perf_counter()
+            step(images, targets)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                waits.append(t1 - t0)
+                computes.append(t2 - t1)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     flops = step_flops(lambda: step(images, targets, model))  # eager: the counter sees each operator
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     step_s = statistics.median(totals)
@@ -154,7 +214,8 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
         "data_wait_share": sum(waits) / sum(totals),
         "gflop_per_step": flops / 1e9,
         "gflops": flops / compute_s / 1e9,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": rss_mib,  # this process only, loader workers not counted
+        "peak_tree_pss_mib": memory.peak_kib / 1024,  # this process and its loader workers
     }
 
 
@@ -164,6 +225,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="each entry once per round, in turns; medians")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -175,52 +237,62 @@ def main() -> int:
 
     from roofline import conv_peak
 
-    peak = max(conv_peak().values())
+    peaks = {"none": max(conv_peak().values())}
+    rounds: dict[str, list[dict]] = {entry: [] for entry in args.entries}
+    for r in range(args.rounds):
+        for entry in args.entries:  # in turns: every entry once per round
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                entry,
+                "--threads",
+                str(args.threads),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ] + (["--data-root", args.data_root] if args.data_root else [])
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                print(f"{entry}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rounds[entry].append(row)
+            print(f"round {r + 1}: {entry}: {row['images_per_s']:.2f} img/s", flush=True)
     rows = []
-    for entry in args.entries:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            entry,
-            "--threads",
-            str(args.threads),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-        ] + (["--data-root", args.data_root] if args.data_root else [])
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            print(f"{entry}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+    for runs in rounds.values():
+        if not runs:
             continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["peak_share"] = row["gflops"] / peak
+        row = dict(runs[0])
+        for key in ("step_s", "images_per_s", "data_wait_share", "gflops", "peak_rss_mib", "peak_tree_pss_mib"):
+            row[key] = statistics.median(run[key] for run in runs)
+        row["images_per_s_rounds"] = [run["images_per_s"] for run in runs]
+        if row["amp"] not in peaks:
+            peaks[row["amp"]] = max(conv_peak(row["amp"]).values())
+        row["peak_gflops"] = peaks[row["amp"]]
+        row["peak_share"] = row["gflops"] / row["peak_gflops"]
         rows.append(row)
-        print(
-            f"{entry}: {row['images_per_s']:.2f} img/s, data wait {100 * row['data_wait_share']:.0f} %, "
-            f"{row['gflops']:.0f} GFLOP/s ({100 * row['peak_share']:.0f} % of {peak:.0f}), "
-            f"peak RSS {row['peak_rss_mib']:.0f} MiB",
-            flush=True,
-        )
     print(
         "\n| entry | model | params (M) | batch x crop | precision | images/s | data wait | GFLOP/step | GFLOP/s | "
-        "of peak | peak RSS (MiB) |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"
+        "of peak | peak memory (MiB) |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"
     )
     for r in rows:
+        precision = "fp32" if r["amp"] == "none" else r["amp"]
         print(
             f"| {r['entry']} | {r['model']} | {r['params_m']:.1f} | {r['batch_size']} x {r['crop_size']} | "
-            f"{'fp32' if r['amp'] == 'none' else r['amp']} | {r['images_per_s']:.2f} | "
-            f"{100 * r['data_wait_share']:.0f} % | {r['gflop_per_step']:.0f} | {r['gflops']:.0f} | "
-            f"{100 * r['peak_share']:.0f} % | {r['peak_rss_mib']:.0f} |"
+            f"{precision} | {r['images_per_s']:.2f} | {100 * r['data_wait_share']:.0f} % | {r['gflop_per_step']:.0f} | "
+            f"{r['gflops']:.0f} | {100 * r['peak_share']:.0f} % of {precision} {r['peak_gflops']:.0f} | "
+            f"{r['peak_tree_pss_mib']:.0f} |"
         )
     result = {
         **machine_info(),
         "torch": torch.__version__,
         "threads": args.threads,
-        "peak_gflops": peak,
+        "peak_gflops": {("fp32" if k == "none" else k): v for k, v in peaks.items()},
         "steps": args.steps,
+        "rounds": args.rounds,
         "rows": rows,
     }
     if args.out:

@@ -192,7 +192,7 @@ def test_the_log_says_how_much_of_a_step_waits_for_data(tmp_path, monkeypatch):
     slow = SegmentationDataset.__getitem__
 
     def sleepy(self, index):
-        time.sleep(0.15)
+        time.sleep(0.4)  # long beside the toy step, even on a busy machine
         return slow(self, index)
 
     monkeypatch.setattr(SegmentationDataset, "__getitem__", sleepy)
