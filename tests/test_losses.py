@@ -271,3 +271,52 @@ def test_median_frequency_weights_on_camvid_match_segnet(data_root):
     assert w["Pole"] == pytest.approx(4.79, abs=0.01)
     assert w["Pedestrian"] == pytest.approx(6.37, abs=0.01)
     assert w["Road"] == pytest.approx(0.149, abs=0.001)
+
+
+def test_classes_of_weight_zero_alone_give_zero_not_nan():
+    """A crop holding only a class of weight 0 (and ignored pixels): 0 with a zero gradient, as an all-ignored
+    batch (F.cross_entropy divides 0 by 0); OHEM keeping no pixel likewise."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0] = 255
+    for loss in (
+        build_loss("cross_entropy", weight=[0.0, 1.0]),
+        build_loss("ohem", min_kept=5, weight=[0.0, 1.0]),
+        build_loss("sum", terms=[{"name": "cross_entropy"}, {"name": "dice"}], class_weights=[0.0, 1.0]),
+    ):
+        value = loss(logits, target)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(logits.grad).all(), loss
+        logits.grad = None
+    ce = build_loss("cross_entropy", weight=[0.0, 1.0])
+    assert ce(logits, target).item() == 0.0
+    pixel = ce(logits, target, pixel_weights=torch.ones(1, 4, 4))
+    assert pixel.item() == 0.0
+    confident = torch.zeros(1, 2, 4, 4)
+    confident[:, 0] = 20.0  # every pixel sure of class 0: above the threshold, and min_kept 0 keeps none
+    assert build_loss("ohem", min_kept=0)(confident, torch.zeros(1, 4, 4, dtype=torch.long)).item() == 0.0
+
+
+def test_ohem_keeps_min_kept_pixels_per_image():
+    """mmsegmentation's OHEMPixelSampler keeps min_kept x batch size: with every pixel above the threshold, the
+    loss is the mean over the hardest 3 x 2 pixels."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4)
+    logits[:, 0] += 8.0  # every pixel confident of class 0, the truth
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none").flatten()
+    expected = per_pixel.topk(6).values.mean()
+    assert build_loss("ohem", thresh=1e-6, min_kept=3)(logits, target).item() == pytest.approx(expected.item())
+
+
+def test_focal_below_gamma_one_keeps_finite_gradients_and_checks_its_inputs():
+    logits = torch.tensor([[[[40.0]], [[0.0]]]], requires_grad=True)  # p_t = 1 to float precision
+    loss = build_loss("focal", gamma=0.5)(logits, torch.zeros(1, 1, 1, dtype=torch.long))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and loss.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="target holds class 7 but the logits have 2 classes"):
+        build_loss("focal")(torch.randn(1, 2, 2, 2), torch.full((1, 2, 2), 7))
+    with pytest.raises(ConfigError) as e:
+        build_loss("focal", alpha=[0.5, 0.5, 0.5])(torch.randn(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert str(e.value) == "focal alpha has 3 values for 2 classes: give one per class"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .registry import _as_weight, _valid, _zero, register_loss
 
 
@@ -37,12 +38,17 @@ class CrossEntropyLoss(nn.Module):
         if not valid.any():
             return _zero(logits)
         args = {"weight": self.weight, "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing}
+        # the mean's denominator as F.cross_entropy's: the class weights of the non-ignored pixels; a crop holding
+        # only classes of weight 0 has none, and its loss is 0 (F.cross_entropy's 0/0 would be NaN)
+        if self.weight is not None:
+            classes = target.long()[valid]
+            if int(classes.max()) < self.weight.numel() and not self.weight[classes].sum() > 0:
+                return _zero(logits)
         if pixel_weights is None:
             return F.cross_entropy(logits.float(), target.long(), **args)
         if pixel_weights.shape != target.shape:
             raise ValueError(f"pixel weights {tuple(pixel_weights.shape)} do not fit the target {tuple(target.shape)}")
         losses = F.cross_entropy(logits.float(), target.long(), reduction="none", **args)  # 0 on ignored pixels
-        # the mean's denominator as F.cross_entropy's: the class weights of the non-ignored pixels
         count = valid.sum() if self.weight is None else self.weight[target.long().where(valid, 0)][valid].sum()
         return (losses * pixel_weights.float()).sum() / count
 
@@ -63,12 +69,22 @@ class FocalLoss(nn.Module):
         valid = _valid(target, self.ignore_index)
         if not valid.any():
             return _zero(logits)
+        num_classes = logits.shape[1]
+        classes = target.long()[valid]
+        if int(classes.max()) >= num_classes or int(classes.min()) < 0:
+            raise ValueError(f"target holds class {int(classes.max())} but the logits have {num_classes} classes")
+        if self.alpha is not None and self.alpha.numel() not in (1, num_classes):
+            raise ConfigError(
+                f"focal alpha has {self.alpha.numel()} values for {num_classes} classes: give one per class"
+            )
         logp = F.log_softmax(logits.float(), dim=1)
-        t = target.long().clamp(min=0, max=logits.shape[1] - 1).unsqueeze(1)
+        t = target.long().where(valid, 0).unsqueeze(1)
         logp_t = logp.gather(1, t).squeeze(1)[valid]
-        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
+        # 1 - p_t kept off 0: a gamma below 1 has an infinite slope there, and 0 x inf would be a NaN gradient
+        one_minus = (-torch.expm1(logp_t)).clamp_min(1e-12)
+        loss = -(one_minus**self.gamma) * logp_t
         if self.alpha is not None:
-            loss = loss * (self.alpha if self.alpha.numel() > 1 else self.alpha.expand(logits.shape[1]))[target[valid]]
+            loss = loss * self.alpha.expand(num_classes)[classes]
         return loss.mean()
 
 
@@ -76,7 +92,9 @@ class FocalLoss(nn.Module):
 class OHEMCrossEntropy(nn.Module):
     """Online hard example mining cross entropy (as PSPNet's / mmsegmentation's OHEM): only the
     pixels whose probability of the true class is below ``thresh`` count, but at least the
-    ``min_kept`` hardest non-ignored pixels (the threshold is raised to keep them)."""
+    ``min_kept`` hardest non-ignored pixels per image of the batch (the threshold is raised to keep them; as
+    mmsegmentation's ``OHEMPixelSampler``, ``min_kept`` times the batch size). Nothing kept (or only classes of
+    weight 0) gives a loss of 0."""
 
     def __init__(
         self,
@@ -100,10 +118,13 @@ class OHEMCrossEntropy(nn.Module):
             p_true = F.softmax(logits, dim=1).gather(1, t).squeeze(1)
             p_valid = p_true[valid]
             threshold = self.thresh
-            k = min(self.min_kept, p_valid.numel())
+            k = min(self.min_kept * target.shape[0], p_valid.numel())
             if k > 0:
                 kth = p_valid.kthvalue(k).values.item()
                 threshold = max(threshold, kth)
             keep = valid & (p_true <= threshold)
+        kept = target.long()[keep]
+        if kept.numel() == 0 or (self.weight is not None and not self.weight[kept].sum() > 0):
+            return _zero(logits)
         hard = torch.where(keep, target.long(), torch.full_like(target.long(), self.ignore_index))
         return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore_index)
