@@ -20,8 +20,10 @@ import yaml
 
 from .crf.settings import CRFSettings
 from .errors import ConfigError
+from .fileio import load_yaml
 from .inference.instance_settings import InstanceSettings
 from .inference.protocol import InferenceSettings
+from .losses import check_loss_config
 from .losses.class_weights import METHODS as CLASS_WEIGHT_METHODS
 from .models import list_models, model_arguments
 
@@ -104,8 +106,21 @@ SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
 _NULLABLE = {"data.crop_size", "data.scale_range"}
 
 
+# keys whose default is null: what else they may be (their own checks elsewhere: class_weights, image_shift, the
+# instance settings)
+_NULL_DEFAULT_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "data.dataset": ((str,), "the data set's folder name"),
+    "data.root": ((str,), "a folder path"),
+    "train.init_from": ((str,), "a checkpoint path"),
+    "train.norm_bias_weight_decay": ((int, float), "a number"),
+}
+
+
 def _check_type(key: str, value: Any, default: Any) -> None:
     if default is None:
+        kinds = _NULL_DEFAULT_TYPES.get(key)
+        if value is not None and kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds[0])):
+            raise ConfigError(f"config key {key} should be {kinds[1]} or null, got {value!r}")
         return
     if value is None:
         if key in _NULLABLE:
@@ -238,6 +253,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             _check_type(f"{section}.{key}", value, defaults[key])
         out[section] = {**copy.deepcopy(defaults), **given}
 
+    if not isinstance(config.get("model") or {}, dict):
+        raise ConfigError(f"config section 'model' must be a mapping (e.g. name: unet), got {config['model']!r}")
     model = dict(config.get("model") or {})
     if "name" not in model:
         raise ConfigError(f"config needs model.name; available: {', '.join(list_models())}")
@@ -254,6 +271,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)
+    check_loss_config(out["train"]["loss"], out["train"]["loss_args"])  # names and arguments, before any data
     CRFSettings.from_dict(out["crf"])  # its ranges
     method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
     if list(InferenceSettings(**out["inference"]).scales) != [1.0] and method.enabled:  # positive scales
@@ -286,7 +304,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         if section not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
         config.setdefault(section, {})
@@ -300,7 +318,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Read a YAML config, apply ``--set`` overrides and validate it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:

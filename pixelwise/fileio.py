@@ -7,10 +7,13 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+import yaml
 
 from .errors import DataError
 
@@ -64,6 +67,30 @@ def _fsync_folder(folder: Path) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` is a number, as in every other YAML and JSON reader
+    (YAML 1.1, which PyYAML follows, wants a dot: ``1.0e-4``; without one it is a string)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML as the configs are read everywhere (``yaml.safe_load`` with YAML 1.2's floats)."""
+    return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from .errors import DataError
-from .fileio import read_jsonl
+from .fileio import load_yaml, read_jsonl
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
 
@@ -33,7 +33,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     train, val = read_log(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    config = load_yaml((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     classes = _class_names(run_dir, config, val)
     plt = _pyplot()
 

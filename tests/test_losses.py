@@ -320,3 +320,16 @@ def test_focal_below_gamma_one_keeps_finite_gradients_and_checks_its_inputs():
     with pytest.raises(ConfigError) as e:
         build_loss("focal", alpha=[0.5, 0.5, 0.5])(torch.randn(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     assert str(e.value) == "focal alpha has 3 values for 2 classes: give one per class"
+
+
+def test_the_criterion_gives_class_weights_to_a_named_sum_and_refuses_two_sources():
+    from pixelwise.config import DEFAULTS
+    from pixelwise.engine.builders import build_criterion
+
+    train = {**DEFAULTS["train"], "loss": "sum", "loss_args": {"terms": [{"name": "cross_entropy"}, {"name": "dice"}]}}
+    loss = build_criterion(train, 255, [0.5, 2.0])  # was: "no loss term takes class weights"
+    assert loss.terms[0].weight.tolist() == [0.5, 2.0]
+    one = {**DEFAULTS["train"], "loss": "cross_entropy", "loss_args": {"weight": [1.0, 1.0]}}
+    with pytest.raises(ConfigError) as e:
+        build_criterion(one, 255, [0.5, 2.0])  # the loss_args' weights silently won
+    assert str(e.value) == ("train.loss_args.weight and train.class_weights both give class weights: keep one of them")

@@ -84,10 +84,46 @@ def config_error(tmp_path, *overrides):
         ("data.elastic_p=1.5", "data.elastic_p=1.5: a probability, at most 1"),
         ("data.elastic_grid=0", "data.elastic_grid=0: must be >= 1"),
         ("train.poly_power=-1", "train.poly_power=-1: must be >= 0"),
+        # keys whose default is null were not type-checked: a traceback later, or weight decay 1.0 from "true"
+        (
+            "train.norm_bias_weight_decay=abc",
+            "config key train.norm_bias_weight_decay should be a number or null, got 'abc'",
+        ),
+        (
+            "train.norm_bias_weight_decay=true",
+            "config key train.norm_bias_weight_decay should be a number or null, got True",
+        ),
+        ("data.dataset=2012", "config key data.dataset should be the data set's folder name or null, got 2012"),
+        ("train.init_from=[a]", "config key train.init_from should be a checkpoint path or null, got ['a']"),
+        # loss names and arguments at load time, before the data check and class counting
+        (
+            "train.loss=nosuch",
+            "unknown loss 'nosuch'; available: cross_entropy, dice, focal, lovasz, ohem, sum, unet_weighted",
+        ),
+        (
+            "train.loss_args={gama: 2}",
+            "loss 'cross_entropy' has no argument(s) gama; valid: ignore_index, weight, label_smoothing",
+        ),
     ],
 )
 def test_bad_config_values(tmp_path, override, message):
     assert config_error(tmp_path, override) == message
+
+
+def test_yaml_12_floats_in_configs_and_overrides(tmp_path):
+    """PyYAML reads 1e-4 (no dot) as a string, and the config refused it as a float; configs now read YAML 1.2's
+    numbers, in files and in --set."""
+    path = toy_config(tmp_path, iters=3)
+    path.write_text(path.read_text() + "crf:\n  theta_alpha: 1e2\n")
+    config = load_config(path, ["train.lr=1e-4", "train.loss_args={label_smoothing: 1e-1}"])
+    assert config["train"]["lr"] == 1e-4 and config["crf"]["theta_alpha"] == 100.0
+    assert config["train"]["loss_args"] == {"label_smoothing": 0.1}
+    assert load_config(path, ["data.dataset='2012'"])["data"]["dataset"] == "2012"  # quoted: still a name
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model: unet\ndata:\n  dataset: toy\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bare)
+    assert str(e.value) == "config section 'model' must be a mapping (e.g. name: unet), got 'unet'"
 
 
 def test_random_scales_of_whole_images_need_a_crop_or_batches_of_one(tmp_path):

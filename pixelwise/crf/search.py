@@ -18,7 +18,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, load_yaml
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
 from .settings import CRFSettings
@@ -92,6 +92,6 @@ def grid_search(
 def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
     """Put ``settings`` into the ``crf`` section of a run's ``config.yaml`` (atomically)."""
     run_config = Path(run_config)
-    config = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
+    config = load_yaml(run_config.read_text()) if run_config.is_file() else {}
     config["crf"] = settings
     atomic_write_text(run_config, yaml.safe_dump(config, sort_keys=False))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..fileio import load_yaml
 
 
 @dataclass
@@ -81,7 +82,7 @@ def settings_for(
     beside = Path(checkpoint).parent / "config.yaml"
     if beside.is_file():
         try:
-            run_config = yaml.safe_load(beside.read_text()) or {}
+            run_config = load_yaml(beside.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{beside}: not valid YAML ({str(e).splitlines()[0]}); fix it or move it away") from None
         section = run_config.get("crf") if isinstance(run_config, dict) else None

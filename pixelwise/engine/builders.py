@@ -14,7 +14,7 @@ from torch import nn
 from ..data import DatasetInfo, SegmentationDataset
 from ..errors import ConfigError
 from ..fileio import write_json
-from ..losses import build_loss, class_frequency_weights, list_losses, loss_arguments
+from ..losses import build_loss, check_loss_config, class_frequency_weights, loss_arguments, takes_class_weights
 from ..models import input_channels
 
 
@@ -153,27 +153,26 @@ def resolve_class_weights(
 
 def build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None) -> nn.Module:
     """The loss of ``train.loss`` (a name with ``train.loss_args``, or a list of summed terms), with
-    the data set's ignore index and the class weights given to every term that takes ``weight``."""
+    the data set's ignore index and the class weights given to every term that takes them."""
     loss = train_cfg["loss"]
-    if isinstance(loss, str):
-        terms = [{"name": loss, **train_cfg["loss_args"]}]
-    else:
-        if train_cfg["loss_args"]:
-            raise ConfigError("train.loss_args applies to a single named loss; give a list's terms their own args")
-        terms = [dict(t) if isinstance(t, dict) else t for t in loss]
-    for term in terms:
-        if not isinstance(term, dict) or "name" not in term:
-            raise ConfigError(f"train.loss term {term!r} needs a name; available: {', '.join(list_losses())}")
-    if class_weights is not None and not any("weight" in loss_arguments(t["name"]) for t in terms):
+    check_loss_config(loss, train_cfg["loss_args"])
+    terms = [{"name": loss, **train_cfg["loss_args"]}] if isinstance(loss, str) else [dict(t) for t in loss]
+    if class_weights is not None and not any(takes_class_weights(t) for t in terms):
         raise ConfigError("train.class_weights is set but no loss term takes class weights (cross_entropy, ohem do)")
     if isinstance(loss, str):
-        args = loss_arguments(loss)
         term = terms[0]
         term.pop("name")
+        args = loss_arguments(loss)
         if "ignore_index" in args:
             term.setdefault("ignore_index", ignore_index)
         if class_weights is not None:
-            term.setdefault("weight", class_weights)
+            key = "class_weights" if loss == "sum" else "weight"
+            if key in term:
+                raise ConfigError(
+                    f"train.loss_args.{key} and train.class_weights both give class weights: keep one of them"
+                )
+            if key in args:
+                term[key] = class_weights
         return build_loss(loss, **term)
     # in a list, a term's ``weight`` is its factor: the class weights travel separately
     return build_loss("sum", terms=terms, ignore_index=ignore_index, class_weights=class_weights)

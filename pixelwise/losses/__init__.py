@@ -21,9 +21,19 @@ from .class_weights import class_frequency_weights
 from .cross_entropy import CrossEntropyLoss, FocalLoss, OHEMCrossEntropy
 from .panoptic import PanopticLoss
 from .region import DiceLoss, LovaszSoftmaxLoss
-from .registry import WeightedSum, build_loss, list_losses, loss_arguments, register_loss
+from .registry import (
+    WeightedSum,
+    build_loss,
+    check_loss_config,
+    list_losses,
+    loss_arguments,
+    register_loss,
+    takes_class_weights,
+)
 
 __all__ = [
+    "check_loss_config",
+    "takes_class_weights",
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalLoss",

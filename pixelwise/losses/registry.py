@@ -42,6 +42,35 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
     return _LOSSES[name](**kwargs)
 
 
+def check_loss_config(loss: str | Sequence[Any], loss_args: dict[str, Any]) -> None:
+    """``train.loss`` and ``train.loss_args`` checked when a config is loaded, before any data is read: every
+    loss name and argument name (a ConfigError listing the valid ones); values are checked when it is built."""
+    if isinstance(loss, str):
+        terms, factor = [{"name": loss, **loss_args}], False
+    else:
+        if loss_args:
+            raise ConfigError("train.loss_args applies to a single named loss; give a list's terms their own args")
+        terms, factor = list(loss), True
+    for term in terms:
+        if not isinstance(term, dict) or "name" not in term:
+            raise ConfigError(f"train.loss term {term!r} needs a name; available: {', '.join(list_losses())}")
+        valid = loss_arguments(term["name"])
+        unknown = sorted(set(term) - {"name"} - set(valid) - ({"weight"} if factor else set()))
+        if unknown:
+            raise ConfigError(
+                f"loss {term['name']!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+            )
+        if term["name"] == "sum":
+            check_loss_config(term.get("terms") or [], {})
+
+
+def takes_class_weights(term: dict[str, Any]) -> bool:
+    """Whether a loss term takes per-class weights (its ``weight``, or a sum's terms')."""
+    if term["name"] == "sum":
+        return any(takes_class_weights(t) for t in term.get("terms") or [])
+    return "weight" in loss_arguments(term["name"])
+
+
 def _valid(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return target != ignore_index
 
