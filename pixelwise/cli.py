@@ -169,8 +169,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
-    from .models.stats import model_stats
+    from .models.stats import model_table
 
     if args.backbones:
         from .models.backbones import TIMM_NOT_WORKING, backbone_rows
@@ -191,10 +190,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"Known not to work: {TIMM_NOT_WORKING}."
         )
         return 0
-    rows = []
-    for name in list_models():
-        params, flops = model_stats(name, num_classes=args.num_classes, size=args.size)
-        rows.append({"name": name, "params_m": params / 1e6, "gflops": flops / 1e9})
+    rows = model_table(num_classes=args.num_classes, size=args.size)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -239,20 +235,17 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_weight_map(args: argparse.Namespace) -> int:
-    from .data.dataset import read_mask
-    from .losses import unet_weight_map
-    from .visualize import save_heatmap
+    from .losses import write_weight_map
 
-    mask = read_mask(Path(args.mask))
-    w = unet_weight_map(
-        mask,
-        args.w0,
-        args.sigma,
+    w = write_weight_map(
+        args.mask,
+        args.out,
+        w0=args.w0,
+        sigma=args.sigma,
         foreground=args.foreground,
         class_balance=not args.no_balance,
         ignore_index=args.ignore_index,
     )
-    save_heatmap(w, args.out, title=f"U-Net weights, w0={args.w0}, sigma={args.sigma}: max {w.max():.2f}")
     print(f"weight map of {args.mask} (min {w.min():.3f}, mean {w.mean():.3f}, max {w.max():.3f}) -> {args.out}")
     return 0
 

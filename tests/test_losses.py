@@ -333,3 +333,26 @@ def test_the_criterion_gives_class_weights_to_a_named_sum_and_refuses_two_source
     with pytest.raises(ConfigError) as e:
         build_criterion(one, 255, [0.5, 2.0])  # the loss_args' weights silently won
     assert str(e.value) == ("train.loss_args.weight and train.class_weights both give class weights: keep one of them")
+
+
+def test_weight_map_arguments_are_checked_and_the_verb_is_one_call(tmp_path):
+    from PIL import Image
+
+    from pixelwise.losses import write_weight_map
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[3:9, 3:12], mask[11:18, 3:12] = 1, 1
+    for w0, sigma, message in (
+        (10.0, 0.0, "U-Net weight map sigma=0.0: must be a finite number > 0 of pixels (the paper's 5)"),
+        (10.0, float("nan"), "U-Net weight map sigma=nan: must be a finite number > 0 of pixels (the paper's 5)"),
+        (-5.0, 5.0, "U-Net weight map w0=-5.0: must be a finite number >= 0 (the paper's 10; 0: no border term)"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            unet_weight_map(mask, w0, sigma)
+        assert str(e.value) == message
+        with pytest.raises(ConfigError):
+            build_loss("unet_weighted", w0=w0, sigma=sigma)
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    weights = write_weight_map(tmp_path / "m.png", tmp_path / "w.png", w0=10.0, sigma=5.0)
+    np.testing.assert_array_equal(weights, unet_weight_map(mask, 10.0, 5.0))
+    assert Image.open(tmp_path / "w.png").size[0] > 0

@@ -565,10 +565,28 @@ def test_sizes_the_network_sees_at_a_scale_or_in_windows_are_checked(toy_run, tm
     )
 
 
+def test_flags_that_would_be_ignored_are_refused(toy_run, tmp_path):
+    from pixelwise.models.stats import model_table
+
+    run, _, _ = toy_run
+    with pytest.raises(ConfigError) as e:
+        predict(run / "best.pt", [tmp_path], tmp_path / "o", foreground="c1", progress=False)
+    assert str(e.value) == "--foreground chooses the classes an --effect keeps: add --effect, or leave it out"
+    with pytest.raises(ConfigError) as e:
+        InferenceSettings(blend="gaussian")
+    assert (
+        str(e.value) == "inference blend gaussian weights the windows of mode slide: add --mode slide, or leave it out"
+    )
+    with pytest.raises(ConfigError) as e:
+        model_table(num_classes=3, size=1)
+    assert str(e.value).startswith("--size 1: model ") and str(e.value).endswith("; give a larger size")
+    assert {r["name"] for r in model_table(num_classes=3, size=64)} >= {"unet", "lraspp"}
+
+
 def test_a_protocol_override_replaces_the_runs_windows_with_its_mode():
     from pixelwise.engine.predictor import run_inference
 
-    slide = {"mode": "slide", "crop": 16, "stride": 12, "flip": True}
+    slide = {"mode": "slide", "crop": 16, "stride": 12, "blend": "gaussian", "flip": True}
     assert run_inference(slide, {"mode": "whole"}) == InferenceSettings(flip=True)  # was: "leave crop/stride out"
     assert run_inference({**slide, "crop": 512, "stride": 341}, {"crop": 256}).stride is None  # its own default
     assert run_inference(slide, {"crop": 32, "stride": 8}).stride == 8

@@ -59,8 +59,8 @@ def run_inference(
     # an override replaces its own field; the run's window sizes belong to its sliding windows, so they go with
     # them (--mode whole over a slide run), and a new crop takes its own default stride, not the run's
     if overrides.get("mode") == "whole":
-        section.pop("crop", None)
-        section.pop("stride", None)
+        for key in ("crop", "stride", "blend"):
+            section.pop(key, None)
     elif "crop" in overrides and "stride" not in overrides:
         section.pop("stride", None)
     settings = InferenceSettings(**{**section, **overrides})
@@ -548,6 +548,8 @@ def predict(
         TemporalEMA(smooth)  # its range, checked before anything is written
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
+    if foreground is not None and effect is None:
+        raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")

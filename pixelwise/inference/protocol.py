@@ -61,6 +61,10 @@ class InferenceSettings:
             raise ConfigError(f"inference blend {self.blend!r}; valid: uniform, gaussian")
         if self.mode == "slide" and self.crop is None:
             raise ConfigError("sliding-window inference needs a crop size")
+        if self.mode == "whole" and self.blend != "uniform":
+            raise ConfigError(
+                f"inference blend {self.blend} weights the windows of mode slide: add --mode slide, or leave it out"
+            )
         if self.mode == "whole" and (self.crop is not None or self.stride is not None):
             # a whole-image pass has no windows: the sizes would be ignored without a word
             raise ConfigError(

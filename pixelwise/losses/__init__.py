@@ -16,7 +16,7 @@ L1 on the offsets) has no name: it wraps one of the above and is built in code f
 from __future__ import annotations
 
 from . import border_weights, cross_entropy, region  # noqa: F401  (registers the losses)
-from .border_weights import UNetWeightedCrossEntropy, unet_weight_map
+from .border_weights import UNetWeightedCrossEntropy, unet_weight_map, write_weight_map
 from .class_weights import class_frequency_weights
 from .cross_entropy import CrossEntropyLoss, FocalLoss, OHEMCrossEntropy
 from .panoptic import PanopticLoss
@@ -48,4 +48,5 @@ __all__ = [
     "loss_arguments",
     "register_loss",
     "unet_weight_map",
+    "write_weight_map",
 ]

@@ -4,6 +4,8 @@ thin gaps between touching objects count, and the cross entropy weighted by it."
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +13,41 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from ..errors import ConfigError
 from .registry import _valid, _zero, register_loss
+
+
+def check_weight_map_args(w0: float, sigma: float) -> None:
+    """The border term's weight and width: ``w0 >= 0`` (0: no border term) and ``sigma > 0`` pixels, both finite."""
+    if isinstance(w0, bool) or not isinstance(w0, (int, float)) or not 0 <= w0 < math.inf:
+        raise ConfigError(
+            f"U-Net weight map w0={w0!r}: must be a finite number >= 0 (the paper's 10; 0: no border term)"
+        )
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
+        raise ConfigError(f"U-Net weight map sigma={sigma!r}: must be a finite number > 0 of pixels (the paper's 5)")
+
+
+def write_weight_map(
+    mask_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    foreground: int = 1,
+    class_balance: bool = True,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """``pixelwise weight-map``: the :func:`unet_weight_map` of the mask file ``mask_path``, drawn as a heat map
+    picture at ``out``; returns the map."""
+    from ..data.dataset import read_mask
+    from ..visualize import save_heatmap
+
+    weights = unet_weight_map(
+        read_mask(Path(mask_path)), w0, sigma, foreground=foreground, class_balance=class_balance,
+        ignore_index=ignore_index,
+    )  # fmt: skip
+    save_heatmap(weights, out, title=f"U-Net weights, w0={w0}, sigma={sigma}: max {weights.max():.2f}")
+    return weights
 
 
 def unet_weight_map(
@@ -33,6 +69,7 @@ def unet_weight_map(
     the paper's Fig. 3d the border term is applied to the pixels between objects (not foreground);
     it is cut off where it falls below ``1e-4 * w0``, which bounds the distance computations to each
     object's neighbourhood. Ignored pixels get weight 0."""
+    check_weight_map_args(w0, sigma)
     mask = np.asarray(mask)
     labelled = mask != ignore_index
     weights = np.ones(mask.shape, dtype=np.float32)
@@ -74,6 +111,7 @@ class UNetWeightedCrossEntropy(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
+        check_weight_map_args(w0, sigma)
         self.w0, self.sigma, self.foreground = w0, sigma, foreground
         self.class_balance, self.ignore_index = class_balance, ignore_index
 

@@ -9,7 +9,21 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import build_model, input_channels, shape_spec
+from ..errors import ConfigError
+from .registry import build_model, input_channels, input_size_problem, list_models, shape_spec
+
+
+def model_table(*, num_classes: int = 21, size: int = 512) -> list[dict[str, Any]]:
+    """``pixelwise models``: every registered model's ``name``, ``params_m`` (millions) and ``gflops`` on a
+    ``size x size`` image; a ConfigError naming the first model that cannot take that size."""
+    rows = []
+    for name in list_models():
+        problem = input_size_problem({"name": name, "num_classes": num_classes}, size, size)
+        if problem:
+            raise ConfigError(f"--size {size}: {problem}; give a larger size")
+        params, flops = model_stats(name, num_classes=num_classes, size=size)
+        rows.append({"name": name, "params_m": params / 1e6, "gflops": flops / 1e9})
+    return rows
 
 
 def model_stats(name: str, *, num_classes: int = 21, size: int = 512) -> tuple[int, int]:
