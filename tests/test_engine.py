@@ -480,3 +480,26 @@ def test_tensorboard_overlays_of_16_bit_images_are_not_black(tmp_path, monkeypat
     tensorboard_val(Writer(), model, ds, metrics, {"palette": ds.info.palette}, torch.device("cpu"), 1, images=1)
     as_uint8, as_float = pictures
     assert as_float.dtype == np.uint8 and np.abs(as_float.astype(int) - as_uint8).max() <= 1
+
+
+def test_a_loss_gone_non_finite_at_a_signalled_step_is_the_error(tmp_path, monkeypatch):
+    """A SIGTERM during a step whose loss is NaN: the run stops with the loss's error, and no last.pt marks that
+    step for validation on --resume (it would validate and save NaN weights)."""
+    import pixelwise.engine.trainer as trainer
+
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=3))
+    real, calls = trainer.step_loss, [0]
+
+    def nan_at_three(*args, **kwargs):
+        calls[0] += 1
+        loss = real(*args, **kwargs)
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(trainer, "step_loss", nan_at_three)
+    with pytest.raises(FloatingPointError, match="loss became nan at iteration 3; lower train.lr"):
+        train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert not (tmp_path / "r/last.pt").exists()

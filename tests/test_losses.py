@@ -356,3 +356,10 @@ def test_weight_map_arguments_are_checked_and_the_verb_is_one_call(tmp_path):
     weights = write_weight_map(tmp_path / "m.png", tmp_path / "w.png", w0=10.0, sigma=5.0)
     np.testing.assert_array_equal(weights, unet_weight_map(mask, 10.0, 5.0))
     assert Image.open(tmp_path / "w.png").size[0] > 0
+
+
+def test_a_nested_sum_hands_the_class_weights_to_its_terms():
+    loss = build_loss(
+        "sum", terms=[{"name": "sum", "terms": [{"name": "cross_entropy"}]}, {"name": "dice"}], class_weights=[0.5, 2.0]
+    )
+    assert loss.terms[0].terms[0].weight.tolist() == [0.5, 2.0]  # was: trained unweighted without a word

@@ -590,6 +590,10 @@ def test_a_protocol_override_replaces_the_runs_windows_with_its_mode():
     assert run_inference(slide, {"mode": "whole"}) == InferenceSettings(flip=True)  # was: "leave crop/stride out"
     assert run_inference({**slide, "crop": 512, "stride": 341}, {"crop": 256}).stride is None  # its own default
     assert run_inference(slide, {"crop": 32, "stride": 8}).stride == 8
+    # an older run's whole-image section with a blend (which then did nothing) still predicts; a flag does not
+    assert run_inference({"blend": "gaussian", "flip": True}, None) == InferenceSettings(flip=True)
+    with pytest.raises(ConfigError):
+        run_inference({"flip": True}, {"blend": "gaussian"})
 
 
 def test_batch_norm_is_folded_in_a_model_that_takes_nothing_below_128_pixels():

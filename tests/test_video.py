@@ -442,3 +442,17 @@ def test_an_mpeg4_fallback_takes_an_average_rate_with_a_large_denominator(tmp_pa
             w.write(frame, i / fps)
     assert len(frame_times(tmp_path / "m.mp4")) == 6
     assert frame_times(tmp_path / "m.mp4") == pytest.approx([float(i / fps) for i in range(6)], abs=1e-3)
+
+
+def test_a_writer_that_cannot_finish_leaves_no_partial_file(tmp_path, monkeypatch):
+    import pixelwise.data.video as video_io
+
+    def no_rename(src, dst):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(video_io.os, "replace", no_rename)
+    with pytest.raises(OSError, match="read-only"):
+        with VideoWriter(tmp_path / "v.mp4", fps=FPS, width=W, height=H) as w:
+            for frame in square_frames(3):
+                w.write(frame)
+    assert list(tmp_path.iterdir()) == []

@@ -296,9 +296,12 @@ class VideoWriter:
                 if self._audio is not None:
                     self._audio.close()
                 self.container.close()
-        except av.FFmpegError as e:
-            raise DataError(f"cannot finish video {self.path}: {_reason(e)}") from None
-        os.replace(self.partial, self.path)
+            os.replace(self.partial, self.path)
+        except BaseException as e:
+            self.partial.unlink(missing_ok=True)  # no half-finished file left beside the name
+            if isinstance(e, av.FFmpegError):
+                raise DataError(f"cannot finish video {self.path}: {_reason(e)}") from None
+            raise
         self.finished = True
 
     def discard(self) -> None:
@@ -309,7 +312,10 @@ class VideoWriter:
         except Exception:  # noqa: BLE001 - the first error is the one to report
             log.debug("closing %s after an error failed too", self.path, exc_info=True)
         if self._audio is not None:
-            self._audio.close()
+            try:
+                self._audio.close()
+            except Exception:  # noqa: BLE001 - as above
+                log.debug("closing the audio source of %s failed", self.path, exc_info=True)
         self.partial.unlink(missing_ok=True)
         if self.finished:
             self.path.unlink(missing_ok=True)

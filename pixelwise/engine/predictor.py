@@ -58,8 +58,9 @@ def run_inference(
     section, overrides = dict(section or {}), dict(overrides or {})
     # an override replaces its own field; the run's window sizes belong to its sliding windows, so they go with
     # them (--mode whole over a slide run), and a new crop takes its own default stride, not the run's
-    if overrides.get("mode") == "whole":
-        for key in ("crop", "stride", "blend"):
+    if overrides.get("mode") == "whole" or (section.get("mode", "whole") == "whole" and "mode" not in overrides):
+        # a whole-image pass has no windows: the run's window settings go (older runs could record a blend for it)
+        for key in ("crop", "stride", "blend") if overrides.get("mode") == "whole" else ("blend",):
             section.pop(key, None)
     elif "crop" in overrides and "stride" not in overrides:
         section.pop("stride", None)

@@ -3,6 +3,7 @@ write atomic or an appended log line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from .resume import truncate_log, weights_only
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
+LOCK_ASIDE_SUFFIX = ".claim"  # not TEMP_SUFFIX: remove_stale_temporaries must not take another claimant's
 CLAIM_SECONDS = 10.0  # an unreadable lock younger than this may be one being written (no hard links): not stale
 
 
@@ -79,15 +81,20 @@ class RunLock:
 
     def _create(self, text: str) -> None:
         """Create the lock holding ``text``, or raise FileExistsError."""
-        aside = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}{TEMP_SUFFIX}")
+        aside = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}{LOCK_ASIDE_SUFFIX}")
         aside.write_text(text)
         try:
             os.link(aside, self.path)  # atomic, and fails if the lock exists
             return
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here (some network and FAT file systems): create, then write
-            pass
+        except OSError as e:
+            # NFS may report a link that was made as failed (a retransmitted request): two names, it is ours
+            # (the open(2) manual's recipe)
+            with contextlib.suppress(OSError):
+                if aside.stat().st_nlink == 2:
+                    return
+            if isinstance(e, FileExistsError):
+                raise
+            # no hard links here (some network and FAT file systems): create, then write
         finally:
             aside.unlink(missing_ok=True)
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

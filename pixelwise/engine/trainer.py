@@ -456,12 +456,20 @@ def _train(
             # learning rate and the last step from it; per-process clocks would step the replicas apart), a signal
             # caught by any process, a loss that is no longer finite.
             nonfinite = loss_value is not None and not math.isfinite(loss_value)
-            seconds, signum, bad = max_over_processes(
-                [state.train_seconds, caught[0] if caught else 0, nonfinite], ddp, device
-            )
-            state.train_seconds = seconds
+            if loss_value is None:
+                # the step itself was cut short here: another process may be inside the step's own collectives
+                # (DDP's gradient all-reduce), which a collective of ours would pair with; stop as before agreeing
+                signum, bad = caught[0], False
+            else:
+                seconds, signum, bad = max_over_processes(
+                    [state.train_seconds, caught[0] if caught else 0, nonfinite], ddp, device
+                )
+                state.train_seconds = seconds
             it = state.iter
             last = it == total or out_of_time()
+            if bad:
+                value = loss_value if nonfinite else "non-finite on another process"
+                raise FloatingPointError(f"loss became {value} at iteration {it}; lower train.lr")
             if signum:
                 # a finished step needs no RNG state to redo it; an unfinished one is redone from this state.
                 # A finished step due for validation is validated first thing on --resume.
@@ -473,9 +481,6 @@ def _train(
                     f"continue with --resume --run-dir {run_dir}",
                     int(signum),
                 )
-            if bad:
-                value = loss_value if nonfinite else "non-finite on another process"
-                raise FloatingPointError(f"loss became {value} at iteration {it}; lower train.lr")
             window_loss, window_n = window_loss + loss_value, window_n + 1
             bar.update(1)
             lr = scheduler.get_last_lr()[0]

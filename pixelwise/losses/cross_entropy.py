@@ -42,7 +42,8 @@ class CrossEntropyLoss(nn.Module):
         # only classes of weight 0 has none, and its loss is 0 (F.cross_entropy's 0/0 would be NaN)
         if self.weight is not None:
             classes = target.long()[valid]
-            if int(classes.max()) < self.weight.numel() and not self.weight[classes].sum() > 0:
+            in_range = int(classes.min()) >= 0 and int(classes.max()) < self.weight.numel()  # else F.cross_entropy says
+            if in_range and not self.weight[classes].sum() > 0:
                 return _zero(logits)
         if pixel_weights is None:
             return F.cross_entropy(logits.float(), target.long(), **args)

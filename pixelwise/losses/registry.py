@@ -126,6 +126,8 @@ class WeightedSum(nn.Module):
                 term.setdefault("ignore_index", ignore_index)
             if class_weights is not None and "weight" in args:
                 term["weight"] = list(class_weights)
+            elif class_weights is not None and name == "sum":  # a nested sum hands them to its own terms
+                term["class_weights"] = list(class_weights)
             modules.append(build_loss(name, **term))
         self.terms = nn.ModuleList(modules)
 
