@@ -104,7 +104,7 @@ def main() -> int:
     sides = {} if args.no_recipe else {"pixelwise": None}
     sides.update({peer: peer for peer in args.peer})
     # concurrently: one side per core, in waves of as many sides as there are cores
-    wave = 1 if args.sequential else os.cpu_count()
+    wave = 1 if args.sequential else len(os.sched_getaffinity(0))  # the cores this process may use
     procs = {}
     for i, (label, model) in enumerate(sides.items()):
         if i % wave == 0 and not _all_succeeded(procs):
@@ -143,7 +143,8 @@ def main() -> int:
         "overrides": args.set,
         "minutes": args.minutes,
         "split": args.split,
-        "inference": next(iter(runs.values()))["inference"],
+        "inference": next(iter(runs.values()))["inference"],  # the same protocol for every side
+        "eval_precision": "fp32",  # evaluate_checkpoint's default amp "none", for every side
         "schedule": "sequential" if args.sequential else "concurrent, one core each",
         "machine": {
             **machine_info(),

@@ -294,7 +294,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (value parsed as YAML) to a raw config."""
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a raw config; ``section.key.sub=value`` sets
+    one entry of a mapping-valued key (``train.loss_args.gamma=1``), as mmsegmentation's ``--cfg-options``."""
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -310,7 +311,17 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         config.setdefault(section, {})
         if config[section] is None:
             config[section] = {}
-        config[section][name] = value
+        *path, last = name.split(".")
+        target = config[section]
+        for depth, part in enumerate(path):  # section.key.sub=value: into a mapping-valued key (train.loss_args)
+            inner = target.get(part)
+            if inner is None:
+                inner = target[part] = {}
+            if not isinstance(inner, dict):
+                where = ".".join([section, *path[: depth + 1]])
+                raise ConfigError(f"--set {item!r}: {where} is {inner!r}, not a mapping; set it whole ({where}=...)")
+            target = inner
+        target[last] = value
     return config
 
 

@@ -110,6 +110,15 @@ def test_bad_config_values(tmp_path, override, message):
     assert config_error(tmp_path, override) == message
 
 
+def test_set_reaches_one_entry_of_a_mapping_valued_key(tmp_path):
+    path = toy_config(tmp_path, iters=3)
+    config = load_config(path, ["train.loss=focal", "train.loss_args.gamma=1", "train.loss_args.alpha=0.5"])
+    assert config["train"]["loss_args"] == {"gamma": 1, "alpha": 0.5}
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.lr.x=1"])
+    assert str(e.value) == "--set 'train.lr.x=1': train.lr is 0.05, not a mapping; set it whole (train.lr=...)"
+
+
 def test_yaml_12_floats_in_configs_and_overrides(tmp_path):
     """PyYAML reads 1e-4 (no dot) as a string, and the config refused it as a float; configs now read YAML 1.2's
     numbers, in files and in --set."""
