@@ -23,7 +23,7 @@ def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 def _fmt(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"  # a percentage
 
 
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
@@ -38,7 +38,8 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot([r["iter"] for r in train], [r["loss"] for r in train], color="#4878a8")
+    marker = "." if len(train) < 50 else None  # a short run's few points (one alone draws no line)
+    ax.plot([r["iter"] for r in train], [_value(r, "loss") for r in train], color="#4878a8", marker=marker)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
@@ -48,14 +49,20 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     lines = [f"# Run report: {run_dir}", ""]
     if val:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for key, label in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_f1", "mean F1")):
-            ax.plot([r["iter"] for r in val], [100 * (r[key] or 0) for r in val], marker="o", label=label)
+        instances = any("instances" in r for r in val)
+        curves = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_f1", "mean F1")]
+        if instances:
+            curves += [("instances.mean_ap", "mean AP (0.5-0.9)"), ("instances.pq", "PQ")]
+        for key, label in curves:  # a missing value (NaN, logged as null) is a gap, not a drop to 0
+            ax.plot([r["iter"] for r in val], [100 * _value(r, key) for r in val], marker="o", label=label)
         ax.set_xlabel("iteration")
         ax.set_ylabel("validation (%)")
         ax.grid(alpha=0.3)
         ax.legend()
         _save(fig, out / "val.png")
-        best = max(val, key=lambda r: -1 if r["miou"] is None else r["miou"])
+        # best.pt's choice: the best mean AP for an instance method, else the best mIoU (engine/trainer.py)
+        chosen = "instances.mean_ap" if instances else "miou"
+        best = max(val, key=lambda r: -1 if math.isnan(_value(r, chosen)) else _value(r, chosen))
         plot_per_class(best["iou"], classes, out / "per_class_iou.png")
         if "confusion_matrix" in best:
             plot_confusion_matrix(
@@ -64,10 +71,16 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                 out / "confusion.png",
                 title=f"validation at iteration {best['iter']} (row-normalised)",
             )
+        counted = best.get("instances") or {}
+        scores = (
+            f"mean AP **{_fmt(counted.get('mean_ap'))}**, PQ {_fmt(counted.get('pq'))}, mIoU {_fmt(best.get('miou'))}"
+            if instances
+            else f"mIoU **{_fmt(best.get('miou'))}**"
+        )
         lines += [
-            f"Best validation mIoU **{_fmt(best['miou'])}** at iteration {best['iter']} "
-            f"(pixel accuracy {_fmt(best['pixel_accuracy'])}, mean F1 {_fmt(best['mean_f1'])}, "
-            f"fwIoU {_fmt(best['fwiou'])}).",
+            f"Best validation {scores} at iteration {best['iter']} "
+            f"(pixel accuracy {_fmt(best.get('pixel_accuracy'))}, mean F1 {_fmt(best.get('mean_f1'))}, "
+            f"fwIoU {_fmt(best.get('fwiou'))}).",
             "",
             "| class | IoU (%) |",
             "|---|---:|",
@@ -80,10 +93,11 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     if train:
         last = train[-1]
         wait = f" ({100 * last['data_wait_share']:.0f} % of it waiting for data)" if "data_wait_share" in last else ""
+        minutes = f"{last['train_seconds'] / 60:.1f}" if last.get("train_seconds") is not None else "n/a"
+        speed = f"{last['images_per_s']:.2f}" if last.get("images_per_s") is not None else "n/a"
         lines += [
             "",
-            f"{last['iter']} iterations, {last['train_seconds'] / 60:.1f} min of training "
-            f"(evaluation excluded), last {last['images_per_s']:.2f} images/s{wait}.",
+            f"{last['iter']} iterations, {minutes} min of training (evaluation excluded), last {speed} images/s{wait}.",
             "",
             "![loss](loss.png)",
         ]
@@ -92,6 +106,14 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _value(record: dict[str, Any], key: str) -> float:
+    """``record[key]`` (``a.b``: nested) as a float, NaN where missing or null."""
+    value: Any = record
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float("nan") if value is None else float(value)
 
 
 def _class_names(run_dir: Path, config: dict[str, Any], val: list[dict[str, Any]]) -> list[str]:

@@ -11,10 +11,11 @@ import numpy as np
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
     """``H x W`` class indices -> ``H x W x 3`` uint8 RGB with the data set's palette; indices
     outside the palette (the ignore value) get ``ignore_color``."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:] = ignore_color
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[mask.astype(np.uint8)]
+    lut = np.zeros((len(palette) + 1, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lut[-1] = ignore_color
+    m = np.asarray(mask).astype(np.int64)
+    return lut[np.where((m >= 0) & (m < len(palette)), m, len(palette))]  # no wrap of ids >= 256 into classes
 
 
 # Vivid colours (matplotlib's tab10, then its tab20 lights) for overlays of data sets whose palette is grey
@@ -31,15 +32,30 @@ def overlay_palette(palette: Sequence[Sequence[int]]) -> list[list[int]]:
     colours = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     if len(colours) and (colours.max(1) - colours.min(1)).max() > 24:
         return [list(map(int, c)) for c in colours]
-    return [VIVID[i % len(VIVID)] for i in range(len(colours))]
+    more = instance_colors(max(0, len(colours) - len(VIVID)))[1:].tolist()  # golden-angle hues past tab20's lights
+    return [VIVID[i] if i < len(VIVID) else more[i - len(VIVID)] for i in range(len(colours))]
+
+
+def as_rgb8(image: np.ndarray) -> np.ndarray:
+    """An image as ``H x W x 3`` uint8 for pictures: grey repeated, alpha dropped, float in [0, 1] and 16-bit
+    integers (0..65535) scaled to 0..255."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] in (2, 4):  # grey + alpha, RGBA
+        image = image[..., :-1]
+    if image.dtype.kind == "f":
+        image = np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = (np.clip(image.astype(np.int64), 0, 65535) // 257).astype(np.uint8)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image
 
 
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour mask over an image (``H x W x 1`` or ``H x W x 3`` uint8)."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
+    """Blend a colour mask over an image (grey, RGB or RGBA; uint8, 16-bit, or float in [0, 1]: :func:`as_rgb8`)."""
+    image = as_rgb8(image)
     out = (1 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
 
@@ -47,13 +63,24 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
 def instance_colors(count: int) -> np.ndarray:
     """``count + 1`` x 3 uint8 colours: black for 0 (no instance), then hues spaced by the golden angle, so
     neighbouring ids (often touching objects) differ and an id keeps its colour between pictures."""
-    import colorsys
+    return np.concatenate([np.zeros((1, 3), np.uint8), _golden_hues(np.arange(count))])
 
-    hues = (np.arange(count) * 0.618033988749895) % 1.0
-    out = np.zeros((count + 1, 3), np.uint8)
-    for i, h in enumerate(hues):
-        out[i + 1] = np.round(np.asarray(colorsys.hsv_to_rgb(h, 0.85, 1.0)) * 255)
-    return out
+
+def _golden_hues(ids: np.ndarray) -> np.ndarray:
+    """The colour of each 0-based id (HSV with saturation 0.85 and value 1, hue ``id x`` the golden ratio), as
+    ``colorsys.hsv_to_rgb`` gives it, for many ids at once."""
+    h = (np.asarray(ids, np.float64) * 0.618033988749895) % 1.0
+    s, v = 0.85, 1.0
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    rgb = np.zeros(h.shape + (3,))
+    for k, (r, g, b) in enumerate(table):
+        sel = i == k
+        for c, value in enumerate((r, g, b)):
+            rgb[sel, c] = value[sel] if isinstance(value, np.ndarray) else value
+    return np.round(rgb * 255).astype(np.uint8)
 
 
 def instance_contours(instances: np.ndarray) -> np.ndarray:
@@ -72,8 +99,11 @@ def instance_contours(instances: np.ndarray) -> np.ndarray:
 def instance_overlay(image: np.ndarray, instances: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Each instance in its own colour (:func:`instance_colors`) blended over the image, with a white contour;
     pixels of no instance keep the image."""
-    inst = np.asarray(instances).astype(np.int64)
-    colors = instance_colors(int(inst.max()) if inst.size else 0)[inst]
+    inst = np.maximum(np.asarray(instances).astype(np.int64), 0)
+    ids, inverse = np.unique(inst, return_inverse=True)  # colours for the ids present, not for 0..max id
+    palette = _golden_hues(ids - 1)
+    palette[ids == 0] = 0
+    colors = palette[inverse.reshape(inst.shape)]
     base = overlay(image, np.zeros_like(colors), 0.0)  # the image as H x W x 3 uint8
     out = np.where((inst > 0)[..., None], overlay(base, colors, alpha), base)
     out[instance_contours(inst)] = 255
@@ -107,24 +137,20 @@ def plot_confusion_matrix(
     rows = m.sum(1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4.8, 1.8 + 0.55 * n), max(4.0, 1.4 + 0.5 * n)), dpi=110)
+    side = min(n, 40)  # beyond 40 classes the picture stops growing (and cells lose their numbers)
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.8 + 0.55 * side), max(4.0, 1.4 + 0.5 * side)), dpi=110)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=60, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
-    for i in range(n):
-        for j in range(n):
-            if norm[i, j] >= 0.005:
-                ax.text(
-                    j,
-                    i,
-                    f"{100 * norm[i, j]:.0f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
+    if n > 30:  # the numbers would not fit their cells
+        ax.tick_params(labelsize=max(3, int(7 * 30 / n)))
+    else:
+        for i, j in zip(*np.nonzero(norm >= 0.005), strict=True):
+            value = norm[i, j]
+            color = "white" if value > 0.5 else "black"
+            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_title(title or "confusion matrix (% of each ground-truth class)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)

@@ -296,3 +296,16 @@ def test_challenge_pixel_error_thresholds_are_fijis_and_bad_input():
     assert r["f_scores"] == [0.0] + [1.0] * 10 and r["pixel_error"] == 0.0 and r["threshold"] == 0.1
     with pytest.raises(ValueError, match="differ"):
         metric.update(torch.ones(1, 2, 2), torch.ones(1, 2, 3, dtype=torch.long))
+
+
+def test_watershed_never_merges_objects_that_touch_at_a_corner():
+    """Seeds are grouped 8-connected, objects are 4-connected: diagonal seeds of three small squares touching at
+    their corners were one marker, and the watershed painted all three with it (it should only ever split)."""
+    m = np.zeros((8, 8), int)
+    m[1:3, 1:3], m[3:5, 3:5], m[5:7, 5:8] = 1, 1, 1
+    plain = label_instances(m, 1)
+    split = label_instances(m, 1, watershed=True)
+    assert plain.max() == 3
+    for k in range(1, 4):  # each object its own instance, as without the watershed
+        assert len(np.unique(split[plain == k])) == 1 and (split == split[plain == k][0]).sum() == (plain == k).sum()
+    assert len(np.unique(split)) == 4

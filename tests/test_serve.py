@@ -431,6 +431,25 @@ def test_queue_limit(predictor):
         assert c.post("/v1/segment", content=PNG).status_code == 200
 
 
+def test_an_app_started_again_after_a_stop_still_segments(predictor):
+    """The worker thread is made at start-up, not once per app: a second start (tests, a restarted server) used
+    to answer every request with 500 "cannot schedule new futures after shutdown" while /healthz said ok."""
+    app = create_app(predictor)
+    for _ in range(2):
+        with TestClient(app) as c:
+            assert c.post("/v1/segment", content=PNG).status_code == 200
+            assert c.head("/healthz").status_code == 200 and c.head("/").status_code == 200
+    assert app.state.worker.finished == 2 and not app.state.worker.running
+
+
+def test_an_effect_without_output_effect_is_refused(client):
+    r = client.post("/v1/segment?effect=replace=green&foreground=c1", content=PNG)
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "effect and foreground apply to output=effect: add it to ?output="},
+    )
+
+
 def test_time_limit(predictor, caplog):
     fake = Blocking(predictor)
     caplog.set_level(logging.WARNING, logger="pixelwise")

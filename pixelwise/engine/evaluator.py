@@ -128,8 +128,11 @@ def evaluate(
             bf.update(pred, masks)
         if counting:
             for i, (d, t) in enumerate(zip(decoded, masks.cpu().numpy(), strict=True)):
-                if true_instances is None:
-                    truth = label_instances(t, things[0])
+                if true_instances is None:  # no instance maps: each thing class's connected components
+                    truth = np.zeros(t.shape, np.int64)
+                    for thing in things:
+                        parts = label_instances(t, thing)
+                        truth = np.where(parts > 0, parts + truth.max(initial=0), truth)
                 elif method is None:  # one class's components: its own true instances only, not every thing's
                     truth = np.where(t == instances, true_instances[i], 0)
                 else:

@@ -75,6 +75,10 @@ def label_instances(
     window_max = ndi.maximum_filter(dist, size=2 * min_distance + 1, mode="constant", cval=0.0)
     peaks = mask & (dist == window_max)
     markers, m = ndi.label(peaks, np.ones((3,) * mask.ndim, bool))
+    # a plateau of seeds is one seed (8-connected), but never across two objects: objects are 4-connected, and
+    # diagonal seeds of two objects touching at a corner would flood both with one label
+    markers = _relabel_consecutive(np.where(peaks, markers.astype(np.int64) * (n + 1) + components, 0))
+    m = int(markers.max(initial=0))
     index = np.arange(1, n + 1)
     missing = index[ndi.maximum(peaks.astype(np.uint8), components, index) == 0]
     for k, pos in enumerate(ndi.maximum_position(dist, components, missing), start=1):

@@ -98,7 +98,8 @@ def make_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **confi
         "log_level": "info",
         "server_header": False,
         "proxy_headers": False,  # no proxy in front by default: log the real client address
-        "timeout_graceful_shutdown": 5,
+        # on SIGTERM, let a request already accepted finish within its own limit
+        "timeout_graceful_shutdown": (limits.timeout_s if limits is not None else 30) + 5,
         **config,
     }
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, **settings)), sock

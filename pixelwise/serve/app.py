@@ -163,6 +163,10 @@ class Segmenter:
                 raise RequestError(400, f"alpha={query['alpha']!r}: the overlay opacity must be a number in [0, 1]")
         if "effect" in outputs:
             options.effect = self._effect(query.get("effect", "blur"), query.get("foreground"))
+        else:
+            given = [key for key in ("effect", "foreground") if key in query]
+            if given:  # as the CLI: a setting that would do nothing is refused, not ignored
+                raise RequestError(400, f"{' and '.join(given)} apply to output=effect: add it to ?output=")
         return options
 
     def _effect(self, spec: str, foreground: str | None) -> effects.Effect:
@@ -349,8 +353,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        worker.shutdown()
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.shutdown()
 
     # no /docs or /redoc: those pages load their scripts from a CDN, and the server should work offline
     app = FastAPI(title="pixelwise", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -375,20 +382,23 @@ def create_app(
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
         return error_response(400, f"bad request: {e.errors()[0].get('msg', e) if e.errors() else e}")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        """Liveness: answers while a prediction runs (predictions run on the worker thread)."""
-        return {
-            "status": "ok",
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    async def healthz() -> JSONResponse:
+        """Liveness: answers while a prediction runs (predictions run on the worker thread); 503 once the worker
+        has stopped (the server is shutting down)."""
+        body = {
+            "status": "ok" if worker.running else "stopping",
             "pending": worker.pending,
             "max_queue": limits.max_queue,
             "finished": worker.finished,
+            "cancelled": worker.cancelled,
             "refused": worker.refused,
         }
+        return JSONResponse(body, status_code=200 if worker.running else 503)
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:

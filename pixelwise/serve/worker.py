@@ -28,21 +28,35 @@ class BoundedWorker:
         if max_queue < 0:
             raise ValueError(f"max_queue={max_queue}: must be >= 0")
         self.max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelwise-serve")
+        self._executor: ThreadPoolExecutor | None = None  # made at start (an app may be started again after a stop)
         self._lock = threading.Lock()
         self._pending = 0  # running + waiting
         self.finished = 0
+        self.cancelled = 0  # waited, and their client gave up (timeout) before they ran
         self.refused = 0
+
+    def start(self) -> None:
+        """The thread the jobs run on (again after :meth:`shutdown`)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelwise-serve")
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None
 
     @property
     def pending(self) -> int:
         """Jobs running or waiting."""
         return self._pending
 
-    def _release(self, _: Future) -> None:
+    def _release(self, future: Future) -> None:
         with self._lock:
             self._pending -= 1
-            self.finished += 1
+            if future.cancelled():
+                self.cancelled += 1
+            else:
+                self.finished += 1
 
     def _refuse_if_full(self) -> None:
         if self._pending >= 1 + self.max_queue:
@@ -59,8 +73,11 @@ class BoundedWorker:
         with self._lock:
             self._refuse_if_full()
             self._pending += 1
+            executor = self._executor
         try:
-            future = self._executor.submit(fn, *args)
+            if executor is None:
+                raise RuntimeError("the worker is not running (the server is stopping or was not started)")
+            future = executor.submit(fn, *args)
         except BaseException:
             with self._lock:
                 self._pending -= 1
@@ -81,4 +98,7 @@ class BoundedWorker:
 
     def shutdown(self) -> None:
         """Cancel what waits; let the running job end without waiting for it."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
