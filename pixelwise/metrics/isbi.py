@@ -23,11 +23,12 @@ them. ``p_ij`` is the fraction of those pixels lying in predicted segment i and 
   cells in one predicted segment) lowers the merge scores and leaves the split scores at 1. The split score
   is the Rand/information "recall" (normalised by the GT marginals for Rand, by H(S) for information); the
   merge score is the "precision".
-- **Predicted background inside GT foreground** (``S == 0`` where ``T > 0``): as in the SNEMI3D/ISBI
-  adapted-Rand reference code, every such pixel is its own singleton segment. It adds ``(1/n)^2`` to both
-  ``sum p_ij^2`` and ``sum s_i^2`` (and nothing to ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and
-  H(S,T) (as Fiji's foreground-restricted VI does). So leaving cell pixels unassigned costs split score, as
-  fragmenting them would.
+- **Predicted background inside GT foreground** (``S == 0`` where ``T > 0``): every such pixel is its own
+  singleton segment. It adds ``(1/n)^2`` to both ``sum p_ij^2`` and ``sum s_i^2`` (and nothing to
+  ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and H(S,T) (as Fiji's foreground-restricted VI does). So
+  leaving cell pixels unassigned costs split score, as fragmenting them would. (SNEMI3D's Python ``adapted_rand``
+  adds only ``c / n`` in pixel-count units for the ``c`` unassigned pixels, not ``c``: with many unassigned
+  pixels its Rand scores are higher than these; with none, the two agree.)
 - Ground-truth background pixels (``T == 0``) are ignored whatever S says there.
 - Degenerate cases: with no GT foreground every score is NaN. If H(S) = 0 (one predicted segment, nothing can
   be split) ``v_info_split`` is 1; if H(T) = 0 (one GT segment, nothing can be merged) ``v_info_merge`` is 1
