@@ -84,7 +84,7 @@ def _as_weight(weight: Sequence[float] | None) -> torch.Tensor | None:
 
 
 def _term_factor(name: str, factor: Any) -> float:
-    """A summed term's ``weight``: a number (YAML reads ``1e-3``, without a dot, as a string)."""
+    """A summed term's ``weight``: a number (or a string of one, from YAML read elsewhere than ``load_yaml``)."""
     try:
         if not isinstance(factor, bool):
             return float(factor)

@@ -166,7 +166,8 @@ class Segmenter:
         else:
             given = [key for key in ("effect", "foreground") if key in query]
             if given:  # as the CLI: a setting that would do nothing is refused, not ignored
-                raise RequestError(400, f"{' and '.join(given)} apply to output=effect: add it to ?output=")
+                verb = "applies" if len(given) == 1 else "apply"
+                raise RequestError(400, f"{' and '.join(given)} {verb} to output=effect: add it to ?output=")
         return options
 
     def _effect(self, spec: str, foreground: str | None) -> effects.Effect:
