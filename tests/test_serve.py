@@ -540,7 +540,7 @@ def test_server_on_loopback(predictor):
             bind("127.0.0.1", port)
         # a client that announces a body and never sends it: 408 once the time limit has passed
         with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
-            stalled.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + PNG[:10])
+            stalled.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + PNG[:10])
             reply = b""
             while not reply.endswith(b"}"):  # the headers and the JSON body may come in two packets
                 chunk = stalled.recv(65536)
@@ -550,6 +550,16 @@ def test_server_on_loopback(predictor):
         assert reply.startswith("HTTP/1.1 408 ")
         assert reply.endswith('{"error":"the request body did not arrive within 1 s"}')
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()["status"] == "ok"
+        assert httpx.get(f"http://localhost:{port}/healthz", timeout=30).status_code == 200
+        # a page of another name pointed at 127.0.0.1 (DNS rebinding) is refused
+        rebound = httpx.get(f"http://127.0.0.1:{port}/v1/model", headers={"Host": "evil.example"}, timeout=30)
+        assert (rebound.status_code, rebound.json()) == (
+            400,
+            {
+                "error": "host 'evil.example' is not this server's: it listens on a loopback address and answers "
+                "requests for localhost or 127.0.0.1 only (serve with --host 0.0.0.0 to be reached by other names)"
+            },
+        )
     finally:
         server.should_exit = True
         thread.join(30)
@@ -558,10 +568,9 @@ def test_server_on_loopback(predictor):
 
 def test_a_wildcard_host_is_warned_about(caplog):
     caplog.set_level(logging.WARNING, logger="pixelwise")
-    check_host("127.0.0.1")
-    check_host("localhost")
+    assert check_host("127.0.0.1") and check_host("localhost") and check_host("::1")
     assert caplog.text == ""
-    check_host("0.0.0.0")  # only checked: nothing is bound to it
+    assert not check_host("0.0.0.0")  # only checked: nothing is bound to it
     assert "listens on every network interface" in caplog.text
 
 

@@ -43,23 +43,26 @@ def create_app(checkpoint: Any, **options: Any) -> FastAPI:
     return _create_app(checkpoint, **options)
 
 
-def check_host(host: str) -> None:
+def check_host(host: str) -> bool:
     """Warn when ``host`` is reachable from other machines (a wildcard or a non-loopback address): the server
-    has no authentication, and anyone who reaches the port can send it work."""
+    has no authentication, and anyone who reaches the port can send it work. True for a loopback host."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:  # a name: loopback only if it is "localhost"
         if host != "localhost":
             log.warning("serving on %s: every machine that can reach that name can use the model", host)
-        return
+        return host == "localhost"
+    if address.is_loopback:
+        return True
     if address.is_unspecified:
         log.warning(
             "serving on %s listens on every network interface: anyone who can reach this machine can send images "
             "to the model (there is no authentication); use 127.0.0.1 unless that is meant",
             host,
         )
-    elif not address.is_loopback:
+    else:
         log.warning("serving on %s: every machine that can reach that address can use the model", host)
+    return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -88,7 +91,11 @@ def make_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **confi
     _require()
     import uvicorn
 
-    check_host(host)
+    if check_host(host):
+        from .app import LoopbackHosts
+
+        if not any(m.cls is LoopbackHosts for m in app.user_middleware):
+            app.add_middleware(LoopbackHosts)
     sock = bind(host, port)
     limits = getattr(app.state, "limits", None)
     settings: dict[str, Any] = {

@@ -92,6 +92,32 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
+class LoopbackHosts:
+    """ASGI middleware for a server bound to a loopback address: a request whose ``Host`` header names another
+    host is refused (400). A web page whose own name an attacker points at 127.0.0.1 (DNS rebinding) would
+    otherwise read the model's answers and spend its CPU from the visitor's browser. Requests without a
+    ``Host`` header (HTTP/1.0 tools; browsers always send one) pass."""
+
+    ALLOWED = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+            if host and name.lower() not in self.ALLOWED:
+                response = error_response(
+                    400,
+                    f"host {host!r} is not this server's: it listens on a loopback address and answers requests "
+                    "for localhost or 127.0.0.1 only (serve with --host 0.0.0.0 to be reached by other names)",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class Segmenter:
     """A :class:`Predictor` and what the server says about it; :meth:`segment` is the job the worker runs."""
 
