@@ -56,7 +56,9 @@ def native_precisions(device: torch.device) -> tuple[str, ...]:
     """The half precisions ``device`` computes natively: on CUDA bf16 where supported and fp16; on a CPU bf16
     where it has AVX-512 BF16 or AMX (Linux's CPU flags), else none (bf16 would be emulated, slower)."""
     if device.type == "cuda":
-        return ("bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp16",)
+        # bf16 tensor cores from Ampere (compute capability 8) on; is_bf16_supported() also says yes for the
+        # emulation on a V100 or T4, and asks about the current device rather than this one
+        return ("bf16", "fp16") if torch.cuda.get_device_capability(device)[0] >= 8 else ("fp16",)
     if not os.path.exists("/proc/cpuinfo"):
         return ()
     with open("/proc/cpuinfo") as f:

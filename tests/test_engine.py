@@ -503,3 +503,77 @@ def test_a_loss_gone_non_finite_at_a_signalled_step_is_the_error(tmp_path, monke
     with pytest.raises(FloatingPointError, match="loss became nan at iteration 3; lower train.lr"):
         train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
     assert not (tmp_path / "r/last.pt").exists()
+
+
+def test_a_large_seed_trains_and_small_seeds_keep_their_stream():
+    """torch.manual_seed takes values below 2**63; the augmentation seeds of train.seed=2**31-1 went past it."""
+    big = iter(EpochSampler(10, 2, seed=2**31 - 1))
+    for _ in range(4):
+        _, aug = next(big)
+        assert 0 <= aug < 2**63
+        torch.manual_seed(aug)
+    small = iter(EpochSampler(10, 2, seed=3))
+    assert [next(small)[1] for _ in range(3)] == [(3 * 1_000_003) * 100_003 + pos for pos in range(3)]
+
+
+def test_the_sample_order_continues_after_a_resume_with_another_batch_size():
+    from pixelwise.engine.resume import TrainState, sampler_start
+
+    assert sampler_start(TrainState(iter=2, samples=8), 4) == 2  # 8 samples drawn: the third batch of 4 is next
+    assert sampler_start(TrainState(iter=3, samples=6), 4) == 2  # a partial batch is skipped, never repeated
+
+
+def test_how_often_a_run_validates_does_not_change_its_weights(tmp_path):
+    """Each validation's loader drew its seed from the global RNG, moving every later dropout mask: eval_interval
+    (free to change on resume) changed the trained model."""
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    weights = []
+    for interval in (1, 1000):
+        cfg = load_config(toy_config(tmp_path, iters=4, eval_interval=interval))
+        cfg["model"]["dropout"] = 0.5
+        train(cfg, run_dir=tmp_path / f"e{interval}", data_root=root, progress=False)
+        weights.append(load_checkpoint(tmp_path / f"e{interval}/last.pt")["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_keep_last_rotates_by_number_and_leaves_an_earlier_runs_later_files(tmp_path):
+    root = write_dataset(tmp_path / "data").parent
+    run = tmp_path / "run"
+    run.mkdir()
+    for stale in ("iter_0000800.pt", "iter_0000900.pt"):  # an earlier run's, its last.pt deleted
+        (run / stale).write_bytes(b"old")
+    cfg = load_config(toy_config(tmp_path, iters=3, eval_interval=1000, checkpoint_interval=1, keep_last=2))
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    assert sorted(p.name for p in run.glob("iter_*.pt")) == [
+        "iter_0000002.pt", "iter_0000003.pt", "iter_0000800.pt", "iter_0000900.pt"
+    ]  # fmt: skip
+
+
+def test_a_resume_keeps_the_runs_searched_crf_and_a_refused_one_changes_nothing(tmp_path):
+    from pixelwise.crf.search import write_crf_to_run_config
+    from pixelwise.fileio import load_yaml
+
+    root = write_dataset(tmp_path / "data").parent
+    run = tmp_path / "run"
+    train(load_config(toy_config(tmp_path, iters=2, eval_interval=2)), run_dir=run, data_root=root, progress=False)
+    searched = {**load_yaml((run / "config.yaml").read_text())["crf"], "w1": 5.5, "theta_alpha": 20.0}
+    write_crf_to_run_config(run / "config.yaml", searched)
+    more = load_config(toy_config(tmp_path, iters=3, eval_interval=3))
+    train(more, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
+    assert load_yaml((run / "config.yaml").read_text())["crf"] == searched  # was: the defaults back
+    before = (run / "config.yaml").read_text()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(["{damaged", *lines]) + "\n")
+    with pytest.raises(DataError):
+        train(load_config(toy_config(tmp_path, iters=4, eval_interval=4)), run_dir=run, data_root=root,
+              progress=False, resume=True, allow_changes=True)  # fmt: skip
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_auto_precision_on_a_gpu_before_ampere_is_fp16(monkeypatch):
+    from pixelwise import device as device_module
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100
+    assert device_module.native_precisions(torch.device("cuda", 0)) == ("fp16",)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert device_module.native_precisions(torch.device("cuda", 0)) == ("bf16", "fp16")

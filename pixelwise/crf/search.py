@@ -92,6 +92,8 @@ def grid_search(
 def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
     """Put ``settings`` into the ``crf`` section of a run's ``config.yaml`` (atomically)."""
     run_config = Path(run_config)
-    config = load_yaml(run_config.read_text()) if run_config.is_file() else {}
+    config = (load_yaml(run_config.read_text()) if run_config.is_file() else None) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{run_config} does not hold a config (a mapping of sections): fix it or move it away")
     config["crf"] = settings
     atomic_write_text(run_config, yaml.safe_dump(config, sort_keys=False))

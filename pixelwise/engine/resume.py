@@ -40,6 +40,7 @@ class TrainState:
     best_iter: int | None = None
     train_seconds: float = 0.0
     eval_due: bool = False  # stopped by a signal after a step due for validation: validate first on resume
+    samples: int = 0  # training samples drawn so far, over all processes (where the sample order continues)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
@@ -110,6 +111,7 @@ def restore(
     allow_changes: bool = False,
     ema: WeightEMA | None = None,
     state: TrainState | None = None,
+    world_size: int = 1,
 ) -> TrainState:
     """Load ``path`` (a ``last.pt``) into the training objects and the RNG; returns its state.
 
@@ -159,6 +161,10 @@ def restore(
     scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], device)
     restored = TrainState.from_dict(ckpt["train_state"])
+    if "samples" not in ckpt["train_state"]:  # written before the samples were counted: from its own settings
+        saved = {**DEFAULTS["data"], **(ckpt.get("config") or {}).get("data", {})}
+        saved_train = {**DEFAULTS["train"], **(ckpt.get("config") or {}).get("train", {})}
+        restored.samples = restored.iter * saved_train["accumulate"] * saved["batch_size"] * world_size
     if state is not None:
         vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set
         restored = state
@@ -177,9 +183,11 @@ def truncate_log(path: Path, upto_iter: int) -> None:
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
-def sampler_start(state: TrainState, accumulate: int) -> int:
-    """The sampler's first batch: an iteration (optimizer step) takes ``accumulate`` batches."""
-    return state.iter * accumulate
+def sampler_start(state: TrainState, global_batch: int) -> int:
+    """The sampler's first global batch (of ``global_batch`` samples): where the samples drawn so far end, so that
+    a resume with another batch size or accumulation (``--allow-changes``) neither skips nor repeats data (up to
+    a partial batch, skipped)."""
+    return -(-state.samples // global_batch)
 
 
 # Keys whose change does not contradict a restored state: where things are and how often to report or save.

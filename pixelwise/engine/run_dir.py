@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from ..argmax import class_argmax
-from ..config import dump_config
+from ..config import DEFAULTS, dump_config
 from ..data import SegmentationDataset, image_to_uint8
 from ..errors import ConfigError
-from ..fileio import TEMP_SUFFIX, atomic_write_text, to_jsonable
+from ..fileio import TEMP_SUFFIX, atomic_write_text, load_yaml, to_jsonable
 from ..metrics import SUMMARY_KEYS
 from ..models.weights import save_checkpoint
 from ..visualize import colorize, overlay, overlay_palette
@@ -163,18 +164,19 @@ class RunFiles:
         if not self.enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "config.yaml", dump_config(config))
-        if resume_iter is not None:
+        if resume_iter is not None:  # first: a log this refuses must not leave the new settings behind
             truncate_log(self.log_path, resume_iter)
-        elif self.log_path.exists():
+            config = _keep_searched_crf(self.dir / "config.yaml", config)
+        atomic_write_text(self.dir / "config.yaml", dump_config(config))
+        if resume_iter is None and self.log_path.exists():
             log.warning(
                 "%s is from an earlier run without a checkpoint: kept as %s",
                 self.log_path,
                 _set_aside(self.log_path).name,
             )
         self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in close())
-        if tensorboard:
-            self.tensorboard = _summary_writer(self.dir)
+        if tensorboard:  # a resumed run's points past its checkpoint (written before a kill) are dropped
+            self.tensorboard = _summary_writer(self.dir, None if resume_iter is None else resume_iter + 1)
 
     def record(self, entry: dict[str, Any]) -> None:
         if self._log is not None:
@@ -189,7 +191,10 @@ class RunFiles:
         save_checkpoint(self.last, checkpoint)
         if self.keep_last > 1:  # also keep the last k checkpoints by iteration
             save_checkpoint(self.dir / f"iter_{it:07d}.pt", checkpoint)
-            for old in sorted(self.dir.glob("iter_*.pt"))[: -self.keep_last]:
+            # by number (iter_10000000 sorts before iter_9999999 by name), and only this run's past: files of a
+            # later iteration are an earlier run's, not this one's to rotate away
+            kept = sorted((n, p) for p in self.dir.glob("iter_*.pt") if (n := _iteration(p)) is not None and n <= it)
+            for _, old in kept[: -self.keep_last]:
                 old.unlink()
 
     def scalars(self, values: dict[str, float], it: int) -> None:
@@ -207,12 +212,32 @@ class RunFiles:
         self.lock.release()
 
 
-def _summary_writer(run_dir: Path):
+def _summary_writer(run_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _iteration(path: Path) -> int | None:
+    """The iteration of an ``iter_NNNNNNN.pt`` file (None for another name)."""
+    digits = path.stem.removeprefix("iter_")
+    return int(digits) if digits.isdigit() else None
+
+
+def _keep_searched_crf(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the ``crf`` section of the run's existing ``config.yaml`` (where ``crf-search`` writes its
+    result) when ``config`` leaves the CRF at its defaults: a resume must not put the defaults back over a search.
+    The CRF does not take part in training."""
+    if config.get("crf") != DEFAULTS["crf"]:
+        return config  # set by the user for this resume: theirs
+    try:
+        existing = load_yaml(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return config
+    crf = existing.get("crf") if isinstance(existing, dict) else None
+    return {**config, "crf": crf} if isinstance(crf, dict) else config
 
 
 def tensorboard_val(

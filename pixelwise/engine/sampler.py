@@ -35,5 +35,7 @@ class EpochSampler(Sampler):
             for b in range(batch, self.batches_per_epoch):
                 first = b * self.global_batch + self.rank * self.batch_size
                 for pos in range(first, first + self.batch_size):
-                    yield int(order[pos]), key * 100_003 + pos
+                    # below 2**63, which torch.manual_seed takes (a large train.seed overflowed); the same
+                    # values as before for every seed that worked
+                    yield int(order[pos]), (key * 100_003 + pos) % (1 << 63)
             epoch, batch = epoch + 1, 0

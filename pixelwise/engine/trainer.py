@@ -288,6 +288,7 @@ def _train(
             allow_changes=allow_changes,
             ema=ema,
             state=state,
+            world_size=ddp.world_size,
         )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
@@ -307,7 +308,7 @@ def _train(
         len(train_ds),
         batch_size,
         train_cfg["seed"],
-        start_iter=sampler_start(state, accumulate),
+        start_iter=sampler_start(state, batch_size * ddp.world_size),
         rank=ddp.rank,
         world_size=ddp.world_size,
     )
@@ -395,17 +396,20 @@ def _train(
             state.best_iter = it
             return True
         broadcast_buffers(scored, ddp)  # every process scores the model rank 0 saves
-        last_metrics = evaluate(
-            scored,
-            val_ds,
-            device=device,
-            progress=progress,
-            amp=amp,
-            inference=protocol,
-            num_workers=data_cfg["num_workers"],
-            instance_method=method,
-            shard=(ddp.rank, ddp.world_size),
-        )
+        # the validation loader draws its seed from the global RNG: fork it, so that how often a run validates
+        # (train.eval_interval, free to change on resume) does not change its dropout masks
+        with torch.random.fork_rng(devices=[]):
+            last_metrics = evaluate(
+                scored,
+                val_ds,
+                device=device,
+                progress=progress,
+                amp=amp,
+                inference=protocol,
+                num_workers=data_cfg["num_workers"],
+                instance_method=method,
+                shard=(ddp.rank, ddp.world_size),
+            )
         net.train()
         counted = last_metrics.get("instances") or {}
         challenge = last_metrics.get("challenge_pixel_error")  # two-class data sets
@@ -421,7 +425,8 @@ def _train(
             }
         )
         if files.tensorboard is not None:
-            tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
+            with torch.random.fork_rng(devices=[]):  # as above: its loader draws too
+                tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
         log.info("iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"])
         if challenge:
             log.info("iter %d: val challenge pixel error %.4f", it, challenge["pixel_error"])
@@ -451,6 +456,7 @@ def _train(
                 loss_value = None  # a signal also stopped the loader's workers mid-step: nothing was stepped
             if loss_value is not None:  # a step taken counts, and so does its time, signal or not
                 state.iter += 1
+                state.samples += accumulate * batch_size * ddp.world_size
                 state.train_seconds += time.perf_counter() - step_start
             # What every process must act on alike, agreed in one collective: the clock (a time budget sets the
             # learning rate and the last step from it; per-process clocks would step the replicas apart), a signal
