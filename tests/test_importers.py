@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -694,6 +695,48 @@ def test_labelme_with_a_palette_lists_unknown_labels(tmp_path):
     assert summary.images == {"train": 1, "val": 1}  # the train/val folders are the splits
     assert classes_json(base)["classes"] == ["background", "cat", "dog"]
     assert mask_of(base, "val", "b")[2, 2] == 2
+
+
+def test_labelme_from_a_relative_or_dotted_source_with_its_own_background_name(tmp_path, monkeypatch):
+    """SRC given as ../labels (or under a dot-folder) found no files: the hidden-file rule looked at the whole
+    path. A palette spelling LabelMe's _background_ lost its shapes. An ungrouped shape shared an instance with a
+    shape labelled "shape" of group 0. The data set's folder has the usual permissions (mkdtemp gave 0700)."""
+    src = tmp_path / ".cache" / "labelme"
+    save_png(src / "a.png", rgb_image(7, 10))
+    shapes = [
+        shape("_background_", [[0, 0], [9, 0], [9, 6], [0, 6]]),
+        shape("cat", [[1, 1], [3, 1], [3, 3]]),
+        shape("shape", [[6, 1], [8, 1], [8, 3]], group=0),
+    ]
+    (src / "a.json").write_text(json.dumps(labelme_doc("a.png", shapes)))
+    palette = tmp_path / "classes.json"
+    palette.write_text(json.dumps({"classes": ["_background_", "cat", "shape"]}))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    old = os.umask(0o022)
+    try:
+        summary = import_dataset("labelme", Path("../.cache/labelme"), Path("../out"), palette=palette, progress=False,
+                                 workers=1)  # fmt: skip
+    finally:
+        os.umask(old)
+    base = tmp_path / "out" / "labelme"
+    assert summary.images == {"train": 1} and summary.skipped == []
+    mask, inst = mask_of(base, "train", "a"), instances_of(base, "train", "a")
+    assert mask[0, 0] == 0 and mask[2, 2] == 1 and mask[2, 7] == 2
+    assert inst[2, 2] != inst[2, 7] and inst[2, 2] > 0 and inst[2, 7] > 0  # two objects, not one spanning classes
+    assert base.stat().st_mode & 0o777 == 0o755
+
+
+def test_rgb_lists_a_second_file_of_a_stem(tmp_path):
+    src, palette, _ = make_rgb(tmp_path)
+    save_jpeg(src / "images" / "train" / "0001TP_006690.jpg")  # beside the .png of the same stem
+    base, summary = imported(tmp_path, "rgb", src, palette=palette, workers=1)
+    assert summary.images == {"train": 1, "val": 1}
+    assert (
+        str(src / "images" / "train" / "0001TP_006690.png"),
+        "a second file of stem '0001TP_006690' beside 0001TP_006690.jpg: left out",
+    ) in summary.skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import contextlib
 import io
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -222,6 +222,18 @@ def check_destination(src: Path, dst: Path, name: str, overwrite: bool) -> Path:
         if any(final.iterdir()) and not overwrite:
             raise DataError(f"{final} is not empty: pass --overwrite to replace it, or choose another --name")
     return final
+
+
+def _staging_folder(final: Path) -> Path:
+    """A new hidden folder beside ``final`` with the permissions any new folder gets (``mkdtemp``'s 0700 would
+    stay on the data set after the rename, unreadable to the other users of a shared data root)."""
+    while True:
+        staging = final.parent / f".{final.name}.import-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
 
 
 def _commit(staging: Path, final: Path) -> None:
@@ -438,7 +450,7 @@ def run_import(
         log.info("%s: %s", fmt, note)
     unknown: dict[Any, tuple[int, list[str]]] = {}
     n = len(plan.classes)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.import-"))
+    staging = _staging_folder(final)
     try:
         oriented = 0
         for split in _sorted_splits(plan.splits):

@@ -103,7 +103,7 @@ def _image(data: dict[str, Any], json_path: Path) -> tuple[Path | None, bytes | 
         try:
             raw = base64.b64decode(encoded, validate=False)
             with Image.open(io.BytesIO(raw)) as im:
-                suffix = _SUFFIX.get(str(im.format), ".png")
+                suffix = _SUFFIX.get(str(im.format), f".{str(im.format).lower()}")  # re-encoded to PNG when written
         except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{json_path}: imageData is not an image ({e})") from None
         return None, raw, suffix
@@ -119,12 +119,11 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
         try:
             h, w = int(data["imageHeight"]), int(data["imageWidth"])
         except (KeyError, TypeError, ValueError):
-            if image is not None:
-                with Image.open(image) as im:
+            try:
+                with Image.open(image if image is not None else io.BytesIO(raw or b"")) as im:
                     w, h = im.size
-            else:
-                with Image.open(io.BytesIO(raw or b"")) as im:
-                    w, h = im.size
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DataError(f"{path}: its image cannot be read to learn its size ({e})") from None
         cls_img = Image.new("L", (w, h), 0)
         ins_img = Image.new("I", (w, h), 0)
         cls_draw, ins_draw = ImageDraw.Draw(cls_img), ImageDraw.Draw(ins_img)
@@ -153,13 +152,15 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
                 conv.skipped.append((str(path), f"{where}: {len(xy)} point(s), too few for a {kind}; left out"))
                 continue
             cls = class_index.get(label)
+            if cls is None and label == BACKGROUND:  # a palette may spell it LabelMe's way, _background_
+                cls = next((class_index[b] for b in BACKGROUND_LABELS if b in class_index), None)
             if cls is None:
                 conv.unknown[label] = conv.unknown.get(label, 0) + 1
                 continue
             inst = 0
             if cls in things:
                 group = shape.get("group_id")
-                key = (label, group) if group is not None else ("shape", i)
+                key = (label, group) if group is not None else (None, i)  # None: no label is None
                 inst = objects.setdefault(key, len(objects) + 1)
             if kind == "mask":
                 (x1, y1), inside = region
@@ -176,7 +177,8 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
 
 
 def _json_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.json") if not any(part.startswith(".") for part in p.parts))
+    # hidden below the folder only: SRC itself may be "../labels" or sit under a dot-folder (~/.cache/...)
+    return sorted(p for p in folder.rglob("*.json") if not any(s.startswith(".") for s in p.relative_to(folder).parts))
 
 
 def plan_labelme(src: Path, palette: Path | None = None) -> Plan:

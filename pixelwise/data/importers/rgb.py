@@ -141,9 +141,9 @@ def plan_rgb(src: Path, palette: Path | None = None) -> Plan:
     for split_dir in sorted(p for p in image_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         split = split_dir.name
         mask_dir, inst_dir = src / "masks" / split, src / "instances" / split
-        masks = _by_stem(mask_dir, MASK_SUFFIXES) if mask_dir.is_dir() else None
-        insts = _by_stem(inst_dir, (".png",)) if inst_dir.is_dir() else None
-        images = _by_stem(split_dir, IMAGE_EXTENSIONS)
+        masks = _by_stem(mask_dir, MASK_SUFFIXES, plan.skipped) if mask_dir.is_dir() else None
+        insts = _by_stem(inst_dir, (".png",), plan.skipped) if inst_dir.is_dir() else None
+        images = _by_stem(split_dir, IMAGE_EXTENSIONS, plan.skipped)
         if insts is not None and not set(images) <= set(insts):
             plan.notes.append(f"split {split!r}: instances/ not imported (some images have no instance map)")
             insts = None
@@ -170,9 +170,14 @@ def plan_rgb(src: Path, palette: Path | None = None) -> Plan:
     return plan
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: tuple[str, ...], skipped: list[tuple[str, str]]) -> dict[str, Path]:
+    """The files of ``folder`` by stem; a second file of a stem (``a.jpg`` beside ``a.png``) is listed in
+    ``skipped``, not dropped without a word."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes:
-            out.setdefault(p.stem, p)
+            if p.stem in out:
+                skipped.append((str(p), f"a second file of stem {p.stem!r} beside {out[p.stem].name}: left out"))
+                continue
+            out[p.stem] = p
     return out
