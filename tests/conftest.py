@@ -71,32 +71,64 @@ def toy_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _gloo_worker(rank: int, world: int, port: int, fn, queue) -> None:
+def _gloo_worker(rank: int, world: int, store: str, fn, queue) -> None:
+    import traceback
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         queue.put((rank, fn(rank)))
+    except BaseException:
+        queue.put((rank, RuntimeError(f"process {rank} failed:\n{traceback.format_exc()}")))
+        raise
     finally:
         dist.destroy_process_group()
 
 
 def run_in_processes(fn, world: int = 2) -> dict[int, object]:
     """Run ``fn(rank)`` in ``world`` spawned processes joined in a gloo group; ``{rank: result}``.
-    ``fn`` must be a module-level function (it is pickled)."""
-    import socket
+    ``fn`` must be a module-level function (it is pickled). The group meets through a file store (no port to
+    race for); a process's error is raised here with its traceback, and no process outlives the call."""
+    import tempfile
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_gloo_worker, args=(r, world, port, fn, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
+    with tempfile.TemporaryDirectory() as folder:
+        store = os.path.join(folder, "store")
+        procs = [ctx.Process(target=_gloo_worker, args=(r, world, store, fn, queue)) for r in range(world)]
+        for p in procs:
+            p.start()
+        try:
+            results = dict(queue.get(timeout=180) for _ in procs)
+            for p in procs:
+                p.join(60)
+                assert p.exitcode == 0, f"a process exited with {p.exitcode}"
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(10)
+    failed = [r for r in results.values() if isinstance(r, RuntimeError)]
+    if failed:
+        raise failed[0]
     return results
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """What a test's ``train()`` sets for the whole process (deterministic algorithms, cuDNN benchmarking, the
+    global RNG, the thread count) is put back, so that no test's outcome depends on the tests before it."""
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, rng, threads = torch.backends.cudnn.benchmark, torch.get_rng_state(), torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    torch.set_rng_state(rng)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ import json
 import urllib.error
 
 import pytest
+import timm  # noqa: E402  (a dependency: a broken install fails here rather than skipping these tests)
 import torch
 import torch.nn.functional as F
 
@@ -18,8 +19,6 @@ from pixelwise.models.deeplab import default_rates
 from pixelwise.models.fcn import upsample_to
 from pixelwise.models.modules import BilinearUpsample
 from pixelwise.models.registry import input_size_problem
-
-timm = pytest.importorskip("timm")
 
 # one small model per timm family
 FAMILIES = {

@@ -41,14 +41,21 @@ def test_other_number_of_classes_is_named(tmp_path):
 
 
 class Evil:
+    """Unpickling it would create the file ``marker``: the payload must never run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (open, (self.marker, "w"))
 
 
 def test_refuses_pickled_code_and_foreign_files(tmp_path):
-    torch.save({"format": "pixelwise", "model": {}, "meta": Evil()}, tmp_path / "evil.pt")
+    marker = tmp_path / "payload-ran"
+    torch.save({"format": "pixelwise", "model": {}, "meta": Evil(str(marker))}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a pixelwise checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")

@@ -577,3 +577,33 @@ def test_auto_precision_on_a_gpu_before_ampere_is_fp16(monkeypatch):
     assert device_module.native_precisions(torch.device("cuda", 0)) == ("fp16",)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert device_module.native_precisions(torch.device("cuda", 0)) == ("bf16", "fp16")
+
+
+def test_the_auxiliary_head_s_loss_is_weighted_in():
+    from pixelwise.engine.trainer import step_loss
+    from pixelwise.losses import build_loss
+
+    torch.manual_seed(0)
+    ce = build_loss("cross_entropy")
+    a, b, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    assert step_loss(ce, {"out": a, "aux": b}, t, 0.4).item() == pytest.approx((ce(a, t) + 0.4 * ce(b, t)).item())
+    assert step_loss(ce, a, t, 0.4).item() == pytest.approx(ce(a, t).item())
+
+
+def test_grad_clip_bounds_the_first_step(tmp_path):
+    """One SGD step without momentum moves the weights by lr x the clipped gradient: at most lr x grad_clip."""
+    root = write_dataset(tmp_path / "data").parent
+    moved = {}
+    for clip in (0.0, 1e-3):
+        cfg = load_config(toy_config(tmp_path, iters=1, eval_interval=1000, grad_clip=clip, momentum=0.0,
+                                     weight_decay=0.0, lr_schedule="constant"))  # fmt: skip
+        from pixelwise import build_model
+
+        torch.manual_seed(cfg["train"]["seed"])  # as the trainer builds its model
+        model = build_model(**{**cfg["model"], "num_classes": 3})
+        start = {k: v.detach().clone() for k, v in model.named_parameters()}  # parameters: not BN statistics
+        train(cfg, run_dir=tmp_path / f"c{clip}", data_root=root, progress=False)
+        end = load_checkpoint(tmp_path / f"c{clip}/last.pt")["model"]
+        moved[clip] = torch.sqrt(sum(((end[k] - start[k]) ** 2).sum() for k in start))
+    lr = cfg["train"]["lr"]
+    assert moved[1e-3] <= lr * 1e-3 * 1.001 < moved[0.0]  # clipped, and the unclipped step was larger

@@ -116,11 +116,11 @@ def test_the_page_segments_an_upload(served, tmp_path):
             page.locator("#opacity").press("ArrowLeft")
             assert page.eval_on_selector("#overlay", "e => getComputedStyle(e).opacity") == "0.59"
 
-            if page.locator("#effect-controls").is_visible():  # the build has pixelwise.inference.effects
-                page.select_option("#effect", "blur")
-                page.wait_for_function("document.querySelector('#effect-image').naturalWidth > 0")
-                assert page.locator("#effect-figure").is_visible()
-                assert page.inner_text("#effect-caption") == "effect: blur"
+            page.wait_for_selector("#effect-controls", state="visible", timeout=30_000)  # not skipped if missing
+            page.select_option("#effect", "blur")
+            page.wait_for_function("document.querySelector('#effect-image').naturalWidth > 0")
+            assert page.locator("#effect-figure").is_visible()
+            assert page.inner_text("#effect-caption") == "effect: blur"
 
             shot = tmp_path / "serve_page.png"
             page.screenshot(path=str(shot), full_page=True)
