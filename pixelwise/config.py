@@ -20,7 +20,7 @@ import yaml
 
 from .crf.settings import CRFSettings
 from .errors import ConfigError
-from .fileio import load_yaml
+from .fileio import dump_yaml, load_yaml
 from .inference.instance_settings import InstanceSettings
 from .inference.protocol import InferenceSettings
 from .losses import check_loss_config
@@ -340,4 +340,4 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 def dump_config(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+    return dump_yaml(config)

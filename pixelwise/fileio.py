@@ -74,7 +74,11 @@ class _YAMLLoader(yaml.SafeLoader):
     (YAML 1.1, which PyYAML follows, wants a dot: ``1.0e-4``; without one it is a string)."""
 
 
-_YAMLLoader.add_implicit_resolver(
+class _YAMLDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper quoting what :func:`load_yaml` would read back as a number (the string ``"1e5"``)."""
+
+
+_YAML12_FLOAT = (
     "tag:yaml.org,2002:float",
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -86,11 +90,18 @@ _YAMLLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+_YAMLLoader.add_implicit_resolver(*_YAML12_FLOAT)
+_YAMLDumper.add_implicit_resolver(*_YAML12_FLOAT)
 
 
 def load_yaml(text: str) -> Any:
     """Parse YAML as the configs are read everywhere (``yaml.safe_load`` with YAML 1.2's floats)."""
     return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def dump_yaml(obj: Any) -> str:
+    """YAML text that :func:`load_yaml` reads back as ``obj`` (keys in their order)."""
+    return yaml.dump(obj, Dumper=_YAMLDumper, sort_keys=False)
 
 
 def to_jsonable(obj: Any) -> Any:

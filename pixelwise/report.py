@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import DataError
-from .fileio import load_yaml, read_jsonl
+from .fileio import dump_yaml, load_yaml, read_jsonl
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
 
@@ -102,7 +100,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             "![loss](loss.png)",
         ]
     if config:
-        lines += ["", "## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```"]
+        lines += ["", "## Config", "", "```yaml", dump_yaml(config).strip(), "```"]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary

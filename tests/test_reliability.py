@@ -128,6 +128,11 @@ def test_yaml_12_floats_in_configs_and_overrides(tmp_path):
     assert config["train"]["lr"] == 1e-4 and config["crf"]["theta_alpha"] == 100.0
     assert config["train"]["loss_args"] == {"label_smoothing": 0.1}
     assert load_config(path, ["data.dataset='2012'"])["data"]["dataset"] == "2012"  # quoted: still a name
+    from pixelwise.config import dump_config
+    from pixelwise.fileio import load_yaml
+
+    named = load_config(path, ["data.dataset='1e5'"])  # a name that YAML 1.2 would read as a number unquoted
+    assert load_yaml(dump_config(named)) == named  # the run's config.yaml reads back as written
     bare = tmp_path / "bare.yaml"
     bare.write_text("model: unet\ndata:\n  dataset: toy\n")
     with pytest.raises(ConfigError) as e:

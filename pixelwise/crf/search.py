@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_text, load_yaml
+from ..fileio import atomic_write_text, dump_yaml, load_yaml
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
 from .settings import CRFSettings
@@ -96,4 +95,4 @@ def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, A
     if not isinstance(config, dict):
         raise ConfigError(f"{run_config} does not hold a config (a mapping of sections): fix it or move it away")
     config["crf"] = settings
-    atomic_write_text(run_config, yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(run_config, dump_yaml(config))
