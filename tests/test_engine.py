@@ -182,24 +182,42 @@ def test_keep_last_report_and_tensorboard(tmp_path):
 
 
 def test_the_log_says_how_much_of_a_step_waits_for_data(tmp_path, monkeypatch):
-    """A slow data set (num_workers 0, so nothing hides it) shows as most of each step spent waiting."""
+    """A slow data set (num_workers 0, so nothing hides it) shows as its share of each step. The trainer's clock
+    is a fake one: each image takes 1 s to load and each forward 0.5 s, whatever the machine's load, so the share
+    is exactly 2 / 2.5 (a batch of 2 images per step)."""
     import time
 
+    import pixelwise.engine.trainer as trainer
     from pixelwise.data import SegmentationDataset
+
+    clock = [0.0]
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def perf_counter(self):
+            return clock[0]
 
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=4, log_interval=2))
-    slow = SegmentationDataset.__getitem__
+    slow, real_loss = SegmentationDataset.__getitem__, trainer.step_loss
 
-    def sleepy(self, index):
-        time.sleep(0.4)  # long beside the toy step, even on a busy machine
+    def loading(self, index):
+        clock[0] += 1.0
         return slow(self, index)
 
-    monkeypatch.setattr(SegmentationDataset, "__getitem__", sleepy)
+    def computing(*args, **kwargs):
+        clock[0] += 0.5
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", loading)
+    monkeypatch.setattr(trainer, "step_loss", computing)
+    monkeypatch.setattr(trainer, "time", Clock())
     train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False, check_data=False)
     log = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
     shares = [r["data_wait_share"] for r in log if r["type"] == "train"]
-    assert len(shares) == 2 and all(0.5 < share <= 1.0 for share in shares), shares
+    assert shares == [pytest.approx(0.8), pytest.approx(0.8)], shares
     assert "% of it waiting for data" in write_report(tmp_path / "r").read_text()
 
 
