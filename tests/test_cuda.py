@@ -25,7 +25,7 @@ from pixelwise.models.weights import load_checkpoint
 
 from .conftest import write_dataset
 from .test_crf import SMALL, scene
-from .test_engine import torchrun_one_process_and_plain, toy_config
+from .test_engine import torchrun_one_process_and_plain, toy_config, train_stopped_by_sigterm
 
 # PIXELWISE_TEST_DEVICE=cpu runs these tests' logic on the CPU (bf16 for fp16, no SyncBatchNorm): a check of the
 # tests themselves before spending GPU time on them; the comparisons are then trivially CPU against CPU.
@@ -179,27 +179,13 @@ def test_resume_with_dropout_on_cuda_continues_the_gpus_random_stream(tmp_path, 
     """Dropout on a GPU draws from that device's generator: last.pt holds its state, so a run stopped by SIGTERM
     and resumed ends where the uninterrupted run ends (up to the GPU's non-deterministic summation order; another
     dropout mask would move the weights far more)."""
-    import signal
-
-    import pixelwise.engine.trainer as trainer
 
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
     cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6, device=DEVICE, deterministic=False))
     cfg["model"]["dropout"] = 0.5
     train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
-    real, calls = trainer.step_loss, [0]
-
-    def stopped_at_three(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
-    with pytest.raises(trainer.TrainingInterrupted):
-        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
+    train_stopped_by_sigterm(cfg, tmp_path / "killed", root, monkeypatch)
     assert ("cuda" in load_checkpoint(tmp_path / "killed/last.pt")["rng"]) == (DEVICE == "cuda")
-    monkeypatch.setattr(trainer, "step_loss", real)
     train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
     a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
     b = load_checkpoint(tmp_path / "killed/last.pt")["model"]

@@ -364,27 +364,37 @@ def test_report_reads_a_log_cut_short_by_a_kill(tmp_path):
     assert str(e.value) == f"{run / 'metrics.jsonl'}: line 1 is not a JSON record; remove it or restore the file"
 
 
+def train_stopped_by_sigterm(cfg, run_dir, root, monkeypatch, step: int = 3):
+    """Train ``cfg`` with a SIGTERM sent to this process during step ``step`` (the run ends with last.pt written);
+    returns the TrainingInterrupted it raised."""
+    import pixelwise.engine.trainer as trainer
+
+    real, calls = trainer.step_loss, [0]
+
+    def stopped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", stopped)
+    try:
+        with pytest.raises(trainer.TrainingInterrupted) as e:
+            train(cfg, run_dir=run_dir, data_root=root, progress=False)
+    finally:
+        monkeypatch.setattr(trainer, "step_loss", real)
+    return e.value
+
+
 def test_a_resumed_run_with_dropout_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
     """Dropout draws from the global RNG, which the checkpoint restores: nothing between the restore and the next
     step may draw from it (the loader's iterator did)."""
-    import pixelwise.engine.trainer as trainer
 
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
     cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6))
     cfg["model"]["dropout"] = 0.5
     train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
-    real, calls = trainer.step_loss, [0]
-
-    def stopped_at_three(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
-    with pytest.raises(trainer.TrainingInterrupted):
-        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
-    monkeypatch.setattr(trainer, "step_loss", real)
+    train_stopped_by_sigterm(cfg, tmp_path / "killed", root, monkeypatch)
     train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
     a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
     b = load_checkpoint(tmp_path / "killed/last.pt")["model"]
@@ -395,24 +405,13 @@ def test_a_resumed_run_with_dropout_ends_with_the_uninterrupted_weights(tmp_path
 def test_a_signal_after_a_step_due_for_validation_validates_it_on_resume(tmp_path, monkeypatch):
     """SIGTERM during step 3 of a run validating every 3 steps: the step finishes and is saved, and --resume
     validates it first, so the log and the checkpoints are the uninterrupted run's (the validation was lost)."""
-    import pixelwise.engine.trainer as trainer
 
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
     cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=3))
     train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
-    real, calls = trainer.step_loss, [0]
-
-    def stopped_at_three(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "step_loss", stopped_at_three)
-    with pytest.raises(trainer.TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
-        train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False)
+    stopped = train_stopped_by_sigterm(cfg, tmp_path / "killed", root, monkeypatch)
+    assert str(stopped).startswith("stopped by SIGTERM at iteration 3:")
     assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["eval_due"] is True
-    monkeypatch.setattr(trainer, "step_loss", real)
     train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
 
     def validations(run):

@@ -50,15 +50,22 @@ def square_frames(n: int = N) -> list[np.ndarray]:
     return frames
 
 
-def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None, sample_rate: int = 8000):
-    """``frames`` encoded with PyAV, with a sine tone in ``audio`` (an audio codec name) for the video's length."""
+def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None, sample_rate: int = 8000, times=None):
+    """``frames`` encoded with PyAV, with a sine tone in ``audio`` (an audio codec name) for the video's length;
+    with ``times`` (seconds, kept to the millisecond) each frame at its own time: a variable-rate video, as phones
+    record."""
     out = av.open(str(path), "w")
     stream = out.add_stream(codec, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    if times is not None:
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
     astream = out.add_stream(audio, rate=sample_rate) if audio else None
     for i, frame in enumerate(frames):
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts = i
+        if times is None:
+            vf.pts = i
+        else:
+            vf.pts, vf.time_base = round(times[i] * 1000), Fraction(1, 1000)
         for packet in stream.encode(vf):
             out.mux(packet)
     for packet in stream.encode(None):
@@ -352,23 +359,6 @@ def test_not_a_video_and_missing_pyav(predictor, tmp_path, monkeypatch):
     assert str(e.value) == "video needs PyAV: pip install 'pixelwise[video]' (or pip install av)"
 
 
-def write_timed_video(path, frames, times, codec="libx264"):
-    """``frames`` at the given times (seconds, kept to the millisecond): a variable-rate video, as phones record."""
-    out = av.open(str(path), "w")
-    stream = out.add_stream(codec, rate=FPS)
-    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
-    for frame, t in zip(frames, times, strict=True):
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts, vf.time_base = round(t * 1000), Fraction(1, 1000)
-        for packet in stream.encode(vf):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
-    return path
-
-
 def frame_times(path):
     with av.open(str(path)) as c:
         return [float(f.time) for f in c.decode(video=0)]
@@ -379,7 +369,7 @@ def test_a_variable_rate_video_keeps_its_frame_times(predictor, tmp_path, codec)
     """30 frames a second, then 10: each output frame at its input time (the average rate's grid moved the
     slow part's frames by up to 0.85 s, away from the audio)."""
     times = [i / 30 for i in range(8)] + [8 / 30 + i / 10 for i in range(1, 7)]
-    clip = write_timed_video(tmp_path / "vfr.mp4", square_frames(len(times)), times)
+    clip = write_video(tmp_path / "vfr.mp4", square_frames(len(times)), times=times)
     assert frame_times(clip) == pytest.approx(times, abs=1e-3)
     files = predict_video(predictor, clip, tmp_path / "out", codec=codec, masks="video", progress=False)
     assert frame_times(files["overlay"]) == pytest.approx(times, abs=1e-3)
@@ -400,18 +390,7 @@ def test_pcm_audio_is_re_encoded_for_an_mp4(predictor, tmp_path):
 
 def test_a_frame_size_change_mid_stream_is_one_line(predictor, tmp_path):
     small = write_video(tmp_path / "a.ts", square_frames(4), codec="mpeg2video")
-    big = [np.zeros((64, 96, 3), np.uint8)] * 4
-    out = av.open(str(tmp_path / "b.ts"), "w")
-    stream = out.add_stream("mpeg2video", rate=FPS)
-    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-    for i, frame in enumerate(big):
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts = i
-        for packet in stream.encode(vf):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
+    write_video(tmp_path / "b.ts", [np.zeros((64, 96, 3), np.uint8)] * 4, codec="mpeg2video")
     joined = tmp_path / "joined.ts"  # MPEG-TS files join byte for byte
     joined.write_bytes(small.read_bytes() + (tmp_path / "b.ts").read_bytes())
     with pytest.raises(DataError) as e:
