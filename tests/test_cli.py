@@ -68,9 +68,12 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     assert ckpt["meta"]["classes"] == ["membrane", "cell"] and ckpt["meta"]["model"]["in_channels"] == 1
 
     out_json = tmp_path / "eval.json"
+    confusion = tmp_path / "confusion.png"
     proc = run_cli(
-        "eval", run / "best.pt", "--split", "val", "--json", out_json, "--no-progress", "--data-root", data_root
-    )
+        "eval", run / "best.pt", "--split", "val", "--json", out_json, "--no-progress", "--data-root", data_root,
+        "--confusion", confusion,
+    )  # fmt: skip
+    assert Image.open(confusion).format == "PNG" and min(Image.open(confusion).size) > 100
     assert "membrane" in proc.stdout and "miou" in proc.stdout
     result = json.loads(out_json.read_text())
     m = result["metrics"]
@@ -132,3 +135,25 @@ def test_label_error_from_a_loader_worker_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert "s00.png holds label value(s) [9]" in proc.stderr
+
+
+def test_weight_map_verb_draws_the_paper_s_weights(tmp_path):
+    """Two cells split by a one-pixel gap: every gap pixel is one pixel from both (d1 = d2 = 1), so its weight is
+    w_c + w0 exp(-4 / (2 sigma^2)); here w0 = 5, sigma = 2: 5 exp(-1/2) = 3.0327."""
+    mask = np.ones((12, 12), np.uint8)
+    mask[:, 5] = 0
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    proc = run_cli(
+        "weight-map", tmp_path / "m.png", "--out", tmp_path / "w.png", "--w0", 5, "--sigma", 2, "--no-balance"
+    )
+    # mean: 132 cell pixels of weight 1 and 12 gap pixels of 4.0327
+    assert "(min 1.000, mean 1.253, max 4.033)" in proc.stdout
+    assert Image.open(tmp_path / "w.png").format == "PNG"
+    # class balance w_c = n / (k n_c): 144 / (2 * 12) = 6 on the gap (6 + 3.0327), 144 / (2 * 132) = 0.545 on the cells
+    proc = run_cli("weight-map", tmp_path / "m.png", "--out", tmp_path / "b.png", "--w0", 5, "--sigma", 2)
+    assert "(min 0.545, " in proc.stdout and "max 9.033)" in proc.stdout
+    # the objects are the components of --foreground: with class 0 as the objects there is only one, no border term
+    proc = run_cli("weight-map", tmp_path / "m.png", "--out", tmp_path / "f.png", "--foreground", 0, "--no-balance")
+    assert "(min 1.000, mean 1.000, max 1.000)" in proc.stdout
+    proc = run_cli("weight-map", tmp_path / "nope.png", "--out", tmp_path / "n.png", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope.png" in proc.stderr

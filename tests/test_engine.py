@@ -624,3 +624,29 @@ def test_grad_clip_bounds_the_first_step(tmp_path):
         moved[clip] = torch.sqrt(sum(((end[k] - start[k]) ** 2).sum() for k in start))
     lr = cfg["train"]["lr"]
     assert moved[1e-3] <= lr * 1e-3 * 1.001 < moved[0.0]  # clipped, and the unclipped step was larger
+
+
+def test_without_a_val_split_the_latest_model_is_best(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 4}).parent
+    cfg = _plain_toy(tmp_path, iters=3, eval_interval=2)
+    cfg["data"]["val_split"] = None
+    result = train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    assert (result["best_iter"], result["iterations"]) == (3, 3)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert records and not [r for r in records if r["type"] == "val"]
+    best, last = load_checkpoint(tmp_path / "run/best.pt")["model"], load_checkpoint(tmp_path / "run/last.pt")["model"]
+    assert all(torch.equal(best[k], last[k]) for k in last)
+
+
+def test_init_from_starts_training_from_the_checkpoint_s_weights(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
+    train(_plain_toy(tmp_path, iters=3), run_dir=tmp_path / "a", data_root=root, progress=False)
+    start = load_checkpoint(tmp_path / "a/last.pt")["model"]
+    # a learning rate so small that one step leaves the weights where they start
+    for name, init in (("b", str(tmp_path / "a/last.pt")), ("fresh", None)):
+        cfg = _plain_toy(tmp_path, iters=1, lr=1e-12, init_from=init, seed=1)
+        train(cfg, run_dir=tmp_path / name, data_root=root, progress=False)
+    b = load_checkpoint(tmp_path / "b/last.pt")["model"]
+    fresh = load_checkpoint(tmp_path / "fresh/last.pt")["model"]
+    assert max((b[k] - start[k]).abs().max().item() for k in start) < 1e-9
+    assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 1e-3
