@@ -761,3 +761,22 @@ def test_cli_import_and_refusal(tmp_path):
     assert proc.stderr.strip() == (
         f"pixelwise data: error: {dst / 'voc'} is not empty: pass --overwrite to replace it, or choose another --name"
     )
+
+
+def test_labelme_files_of_one_name_in_subfolders_are_all_imported(tmp_path):
+    """day1/img.json and day2/img.json: the second was left out as "a second image of stem 'img'"."""
+    src = tmp_path / "labelme"
+    for day, seed in (("day1", 1), ("day2", 2)):
+        save_png(src / "train" / day / "img.png", rgb_image(7, 10, seed=seed))
+        doc = labelme_doc("img.png", [shape("cat", [[1, 1], [3, 1], [3, 3]])] if day == "day1" else [])
+        (src / "train" / day / "img.json").write_text(json.dumps(doc))
+    save_png(src / "train" / "other.png", rgb_image(7, 10))
+    (src / "train" / "other.json").write_text(json.dumps(labelme_doc("other.png", [])))
+    base, summary = imported(tmp_path, "labelme", src, workers=1)
+    assert summary.images == {"train": 3} and summary.skipped == []
+    assert sorted(p.name for p in (base / "images" / "train").iterdir()) == [
+        "day1__img.png",
+        "day2__img.png",
+        "other.png",
+    ]
+    assert mask_of(base, "train", "day1__img")[2, 2] == 1 and mask_of(base, "train", "day2__img").max() == 0

@@ -17,7 +17,9 @@ label, or ``background``, maps there), then the other labels sorted. Each shape 
 ``group_id`` are one; instance ids follow the order of first appearance.
 
 Splits: SRC's ``train``/``val``/``test`` folders if it has any (JSON files found recursively in each), else every
-JSON file under SRC goes to train. Output stems are the JSON file names'. LabelMe draws on the image as EXIF
+JSON file under SRC goes to train. Output stems are the JSON file names', or, where two files of a split share a
+name (``day1/img.json``, ``day2/img.json``), their paths below the split's folder joined with ``__``
+(``day1__img``, ``day2__img``). LabelMe draws on the image as EXIF
 orients it, so masks are not turned.
 """
 
@@ -181,6 +183,14 @@ def _json_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.json") if not any(s.startswith(".") for s in p.relative_to(folder).parts))
 
 
+def _stems(files: list[Path], root: Path) -> list[str]:
+    """Each file's name without suffix, or its path below ``root`` joined with ``__`` where names collide."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.stem] = counts.get(f.stem, 0) + 1
+    return ["__".join(f.relative_to(root).with_suffix("").parts) if counts[f.stem] > 1 else f.stem for f in files]
+
+
 def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
     """LabelMe JSON files (see the module docstring)."""
     split_dirs = {s: src / s for s in ("train", "val", "test") if (src / s).is_dir()}
@@ -231,7 +241,8 @@ def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
     for split, fs in valid.items():
         if not fs:
             continue
-        plan.splits[split] = [Item(split, f.stem, None, f) for f in fs]
+        root = split_dirs.get(split, src)
+        plan.splits[split] = [Item(split, stem, None, f) for f, stem in zip(fs, _stems(fs, root), strict=True)]
         plan.instance_splits.add(split)
     if split_dirs:
         plan.notes.append(f"SRC folders {', '.join(split_dirs)} -> splits of the same names")
