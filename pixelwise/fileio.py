@@ -3,6 +3,7 @@ JSON-lines logs a kill may have cut short."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -134,3 +135,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             raise DataError(f"{path}: line {i} is not a JSON record; remove it or restore the file") from None
     return records
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -532,7 +532,7 @@ def test_predict_out_folder_rules_and_manifest(toy_run, tmp_path):
 
 
 def test_predict_skip_errors_and_tiny_images(toy_run, tmp_path):
-    from pixelwise.engine.predictor import PredictionErrors
+    from pixelwise.engine.prediction_files import PredictionErrors
 
     run, root, _ = toy_run
     folder = tmp_path / "in"

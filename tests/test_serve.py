@@ -29,8 +29,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
 from pixelwise.data import read_image  # noqa: E402
 from pixelwise.engine import Predictor, train  # noqa: E402
-from pixelwise.engine.predictor import file_sha256  # noqa: E402
 from pixelwise.errors import ConfigError  # noqa: E402
+from pixelwise.fileio import file_sha256  # noqa: E402
 from pixelwise.inference import effects  # noqa: E402
 from pixelwise.serve import bind, check_host, create_app, make_server  # noqa: E402
 from pixelwise.visualize import colorize, instance_overlay, overlay, overlay_palette  # noqa: E402

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import math
@@ -17,26 +15,34 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
-from ..data import IMAGE_EXTENSIONS, image_to_tensor, image_to_uint8, read_image_stack, shift_image, write_image
-from ..data.video import VIDEO_EXTENSIONS, is_video
+from ..data import image_to_tensor, read_image_stack, shift_image
+from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import write_json
+from ..fileio import file_sha256, write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.effects import Effect, one_hot
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
-from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
+from .prediction_files import (
+    MANIFEST,
+    PredictionErrors,
+    expand_inputs,
+    output_names,
+    prepare_out_dir,
+    write_effect,
+    write_instances,
+    write_prediction,
+)
 from .video import TemporalEMA, batch_probabilities, check_video_model, image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
@@ -374,136 +380,6 @@ class Predictor:
         return {"checkpoint": str(self.checkpoint), "crf": None if self.crf is None else asdict(self.crf)}
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            if not matches:
-                raise DataError(f"input {str(item)!r} is no file, folder or matching pattern")
-            paths += [m for m in matches if m.is_file()]
-    return paths
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class PredictionErrors(DataError):
-    """Some inputs could not be predicted (``skip_errors``); the others were written."""
-
-    def __init__(self, message: str, written: list[dict[str, str]], failed: list[dict[str, str]]) -> None:
-        super().__init__(message)
-        self.written, self.failed = written, failed
-
-
-OUTPUT_FOLDERS = ("masks", "color", "overlay")
-MANIFEST = "manifest.json"
-
-
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
-    ``overwrite`` (another run's files would be mixed with these)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is a file: give a folder for the masks, colours and overlays")
-    if out_dir.is_dir() and not overwrite:
-        existing = sorted(p for p in out_dir.rglob("*") if p.is_file())
-        if existing:
-            raise DataError(
-                f"--out {out_dir} is not empty ({len(existing)} files, e.g. {existing[0].relative_to(out_dir)}): "
-                "pass --overwrite to replace what is there, or choose another folder"
-            )
-    for sub in OUTPUT_FOLDERS:
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-
-
-def output_names(stem: str, pages: int) -> set[str]:
-    """The file names (without suffix) that an input of ``pages`` pages writes under ``stem`` in each output
-    folder: ``stem``, and for a stack ``stem_z0000`` ... per slice."""
-    return {stem} if pages == 1 else {stem, *(f"{stem}_z{z:04d}" for z in range(pages))}
-
-
-def _write_prediction(
-    out_dir: Path,
-    stem: str,
-    source: Path,
-    pages: list[np.ndarray],
-    preds: list[np.ndarray],
-    palette: Sequence[Sequence[int]],
-    alpha: float,
-) -> dict[str, str]:
-    """``masks/<stem>.png``, ``color/<stem>.png``, ``overlay/<stem>.png`` of one image; for a stack of
-    ``n`` pages the masks as one multi-page ``masks/<stem>.tif`` (slice order kept) and the pictures as
-    ``color/<stem>_z0000.png`` ... per slice."""
-    files = {"image": str(source)}
-    contrast = overlay_palette(palette)
-    pictures = [
-        (colorize(pred, palette), overlay(image_to_uint8(page), colorize(pred, contrast), alpha))
-        for page, pred in zip(pages, preds, strict=True)
-    ]
-    if len(pages) == 1:
-        for sub, array in (("masks", preds[0]), ("color", pictures[0][0]), ("overlay", pictures[0][1])):
-            files[sub] = str(out_dir / sub / f"{stem}.png")
-            write_image(files[sub], array)
-        return files
-    files["pages"] = str(len(pages))
-    files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
-    first, *rest = (Image.fromarray(p) for p in preds)
-    write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
-    for sub, index in (("color", 0), ("overlay", 1)):
-        files[sub] = str(out_dir / sub / f"{stem}_z0000.png")
-        for z, picture in enumerate(pictures):
-            write_image(out_dir / sub / f"{stem}_z{z:04d}.png", picture[index])
-    return files
-
-
-def _write_instances(
-    out_dir: Path, stem: str, pages: list[np.ndarray], found: list[InstanceOutput], alpha: float
-) -> dict[str, str]:
-    """``instances/<stem>.png`` (16-bit ids, 0 = none; a multi-page TIFF for a stack) and
-    ``instance_overlay/<stem>.png`` (each instance its own colour, with its contour)."""
-    for sub in ("instances", "instance_overlay"):
-        (out_dir / sub).mkdir(exist_ok=True)
-    if any(int(f.instances.max(initial=0)) > 65535 for f in found):
-        raise DataError(f"{stem}: more than 65535 instances, beyond a 16-bit instance map")
-    maps = [Image.fromarray(f.instances.astype(np.uint16)) for f in found]
-    files = {"instance_count": str(sum(int(f.classes.size) for f in found))}
-    if len(maps) == 1:
-        files["instances"] = str(out_dir / "instances" / f"{stem}.png")
-        write_image(files["instances"], maps[0])
-    else:
-        files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
-        write_image(files["instances"], maps[0], save_all=True, append_images=maps[1:], compression="tiff_deflate")
-    for z, (page, f) in enumerate(zip(pages, found, strict=True)):
-        name = f"{stem}.png" if len(pages) == 1 else f"{stem}_z{z:04d}.png"
-        picture = instance_overlay(image_to_uint8(page), f.instances, alpha)
-        write_image(out_dir / "instance_overlay" / name, picture)
-        if z == 0:
-            files["instance_overlay"] = str(out_dir / "instance_overlay" / name)
-    return files
-
-
-def _write_effect(
-    out_dir: Path, stem: str, pages: list[np.ndarray], probs: list[torch.Tensor], effect: Effect
-) -> dict[str, str]:
-    """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice."""
-    (out_dir / "effect").mkdir(exist_ok=True)
-    names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
-    for name, page, p in zip(names, pages, probs, strict=True):
-        write_image(out_dir / "effect" / name, effect.apply(page, p))
-    return {"effect": str(out_dir / "effect" / names[0])}
-
-
 def predict(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -529,7 +405,8 @@ def predict(
 ) -> list[dict[str, str]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
-    :func:`_write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's path and
+    :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
+    path and
     sha256, the settings, every file written and every input that failed). One image at a time: memory stays
     flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
     raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` runs an ONNX file written by
@@ -637,11 +514,11 @@ def predict(
                 log.warning("skipped: %s", e)
                 continue
             used.update(output_names(stem, len(pages)))
-            files = _write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
+            files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
             if found is not None:
-                files.update(_write_instances(out_dir, stem, pages, found, alpha))
+                files.update(write_instances(out_dir, stem, pages, found, alpha))
             if probs is not None and chosen is not None:
-                files.update(_write_effect(out_dir, stem, pages, probs, chosen))
+                files.update(write_effect(out_dir, stem, pages, probs, chosen))
             written.append(files)
     finally:
         write_json(out_dir / MANIFEST, manifest)

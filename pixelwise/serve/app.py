@@ -32,9 +32,10 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..argmax import class_argmax
 from ..data import image_to_uint8
-from ..engine.predictor import Predictor, file_sha256
+from ..engine.predictor import Predictor
 from ..engine.video import image_probabilities
 from ..errors import ConfigError, DataError
+from ..fileio import file_sha256
 from ..inference import InferenceSettings, effects
 from ..models import input_channels
 from ..models.registry import smallest_input
