@@ -348,3 +348,30 @@ def test_onnx_export_carries_the_instance_branch_and_predicts_the_same_instances
     assert all(int(a["instance_count"]) > 1 for a in by_torch)
     for a, b in zip(by_torch, by_onnx, strict=True):
         np.testing.assert_array_equal(np.asarray(Image.open(a["instances"])), np.asarray(Image.open(b["instances"])))
+
+
+def test_connected_components_use_the_truth_s_connectivity_where_the_truth_is_components():
+    """Two cells touching at a corner: where the true instances are a class's 4-connected components (ISBI's
+    ``instances.from_class``, or no instance maps) a perfect semantic map scored AP 0.5 and PQ 0 (one 8-connected
+    prediction for two cells); with a data set's own instance maps it stays the StarDist baseline's 8."""
+    from pixelwise.data.instance_targets import class_components
+    from pixelwise.metrics import InstanceMetrics
+
+    mask = np.zeros((6, 6), np.int64)
+    mask[0:3, 0:3] = 1
+    mask[3:6, 3:6] = 1
+    logits = torch.from_numpy(np.stack([mask == 0, mask == 1]).astype(np.float32) * 10)[None]
+    truth = class_components(mask, 1)
+    assert truth.max() == 2
+    for settings, maps, found in (
+        (InstanceSettings(method="connected_components", from_class=1), True, 2),
+        (InstanceSettings(method="connected_components"), False, 2),
+        (InstanceSettings(method="connected_components"), True, 1),
+    ):
+        (out,) = decode(settings, logits, 2, [1], instance_maps=maps)
+        assert out.instances.max() == found
+        if found == 2:
+            metrics = InstanceMetrics()
+            out.add_to(metrics, truth, mask)
+            result = metrics.compute()
+            assert result["ap"]["0.90"] == 1.0 and result["pq"] == 1.0

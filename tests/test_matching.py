@@ -675,3 +675,30 @@ def test_all_reduce_joins_instance_scores_over_processes():
     expected = {**whole.compute(), **{f"isbi_{k}": v for k, v in isbi.compute().items()}}
     assert same_results(results[0], expected) and same_results(results[1], expected)
     assert results[0]["num_true"] == 10 and results[0]["isbi_num_slices"] == 2
+
+
+def test_coco_ap_orders_equal_scores_by_image_whatever_the_shards():
+    """Equal scores in two images: pycocotools ranks them in image-id order. Shards joined in rank order (images
+    0, 2 then 1, 3) put the second image's true positive before the first's false positive: AP50 1.0, not 0.5."""
+    empty = np.zeros((4, 4), np.int64)
+    cell = empty.copy()
+    cell[:2, :2] = 1
+    other = empty.copy()
+    other[2:, 2:] = 1
+    images = [(cell, empty), (empty, other), (cell, cell), (empty, empty)]  # image 1: a false positive; 2: a hit
+
+    def add(metrics, k):
+        true, pred = images[k]
+        metrics.update(true, pred, scores={1: 1.0} if pred.any() else {}, image_id=k)
+
+    whole = InstanceMetrics()
+    for k in range(4):
+        add(whole, k)
+    shards = [InstanceMetrics(), InstanceMetrics()]
+    for k in range(4):
+        add(shards[k % 2], k)
+    shards[0].merge(shards[1])
+    # image 0's cell is never found; the two predictions score 1.0: FP (image 1) then TP (image 2): precision 0.5
+    # at recall 0.5, so 51 of the 101 recall points read 0.5
+    assert whole.compute()["coco_ap50"] == pytest.approx(51 * 0.5 / 101)
+    assert shards[0].compute()["coco_ap50"] == whole.compute()["coco_ap50"]

@@ -89,6 +89,16 @@ def test_scores_whose_class_dim_is_ambiguous_or_a_single_channel():
         "prediction shape (2, 1, 4, 4) has one score channel for target (2, 4, 4): give class indices shaped like "
         "the target (a one-channel sigmoid output: (p > 0.5).long().squeeze(1)) or one score per class"
     )
+    # the same output squeezed to the target's shape was cast to class 0 wherever p < 1: mIoU 0.25, not 1
+    target = torch.tensor([[0, 1, 1, 0]])
+    with pytest.raises(ValueError) as e:
+        cm.update(torch.tensor([[0.1, 0.9, 0.8, 0.2]]), target)
+    assert str(e.value) == (
+        "prediction shape (1, 4) holds fractions, not class indices: threshold a probability map first "
+        "((p > 0.5).long()) or give one score per class (N x C x H x W)"
+    )
+    cm.update(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), target)  # whole numbers in a float tensor are classes
+    assert cm.compute()["miou"] == 1.0
 
 
 def test_reset_and_errors():

@@ -94,6 +94,7 @@ def evaluate(
     rank, world = shard
     subset = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
+    done = 0  # images of this process's share so far: its next is the data set's rank + world * done
     for batch in tqdm(
         loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
     ):
@@ -102,7 +103,7 @@ def evaluate(
         if method is not None:  # whole images: the instance branch and decoding need the model's own output
             with autocast(device, amp):
                 output = predict_outputs(model, images, inference)
-            decoded = decode(method, output, info.num_classes, things)
+            decoded = decode(method, output, info.num_classes, things, instance_maps=true_instances is not None)
             pred = torch.from_numpy(np.stack([d.semantic for d in decoded])).to(device)
         else:
             scores = batch_scores(
@@ -138,7 +139,8 @@ def evaluate(
                 else:
                     truth = true_instances[i]
                 isbi.update(d.instances, truth)
-                d.add_to(matching, truth, t)
+                d.add_to(matching, truth, t, image_id=rank + world * (done + i))
+        done += len(images)
     cm.all_reduce()
     metrics = cm.compute()
     if challenge is not None:

@@ -6,7 +6,10 @@ decoded instances: one place that says what each method changes in the model, th
 
 - ``none``: semantic segmentation only (the default).
 - ``connected_components``: a semantic model; each connected component of a thing class is an instance (the
-  StarDist paper's "U-Net (2 class)" baseline; touching objects merge).
+  StarDist paper's "U-Net (2 class)" baseline; touching objects merge). 8-connected, as that baseline (skimage's
+  ``label``), except where the true instances are themselves a class's 4-connected components
+  (``instances.from_class``, or a data set without instance maps): there 4-connected, as the truth
+  (:func:`component_connectivity`), so that a perfect semantic map scores perfectly.
 - ``boundary``: a semantic model with one more class, the instances' boundaries (``boundary_width`` pixels on
   each side of where two objects or an object and the background meet,
   :func:`pixelwise.data.instance_targets.boundary_classes`); instances are the connected components of the
@@ -97,15 +100,18 @@ class InstanceOutput:
     classes: np.ndarray
     scores: np.ndarray
 
-    def add_to(self, matching: InstanceMetrics, truth: np.ndarray, true_classes: np.ndarray) -> None:
+    def add_to(
+        self, matching: InstanceMetrics, truth: np.ndarray, true_classes: np.ndarray, image_id: int | None = None
+    ) -> None:
         """Score this image in ``matching`` against its true instance map and class map (instance ``k`` carries
-        ``classes[k - 1]`` and ``scores[k - 1]``)."""
+        ``classes[k - 1]`` and ``scores[k - 1]``); ``image_id``: its place in the data set."""
         matching.update(
             truth,
             self.instances,
             true_classes=true_classes,
             pred_classes={k + 1: int(c) for k, c in enumerate(self.classes)},
             scores={k + 1: float(v) for k, v in enumerate(self.scores)},
+            image_id=image_id,
         )
 
 
@@ -117,12 +123,21 @@ def label_means(labels: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndar
     return sizes, np.bincount(flat, weights=values.ravel(), minlength=k + 1) / np.maximum(sizes, 1)
 
 
-def _components(semantic: np.ndarray, probs: np.ndarray, things: list[int], min_size: int) -> InstanceOutput:
-    """Connected components of each thing class (8-connected), scored by their mean class probability."""
+def component_connectivity(settings: InstanceSettings, instance_maps: bool = True) -> int:
+    """The ``connected_components`` method's neighbourhood, 4 or 8: 4 where the data set's true instances are a
+    class's 4-connected components (``instances.from_class``, or no ``instance_maps``), else 8."""
+    return 8 if instance_maps and settings.from_class is None else 4
+
+
+def _components(
+    semantic: np.ndarray, probs: np.ndarray, things: list[int], min_size: int, connectivity: int
+) -> InstanceOutput:
+    """Connected components of each thing class, scored by their mean class probability."""
     instances = np.zeros(semantic.shape, np.int32)
     classes, scores = [], []
+    structure = ndi.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     for c in things:
-        labels, k = ndi.label(semantic == c, structure=np.ones((3, 3), bool))
+        labels, k = ndi.label(semantic == c, structure=structure)
         if k == 0:
             continue
         sizes, score = label_means(labels, probs[c], k)
@@ -141,8 +156,12 @@ def decode(
     output: torch.Tensor | dict[str, torch.Tensor],
     num_classes: int,
     thing_classes: list[int],
+    *,
+    instance_maps: bool = True,
 ) -> list[InstanceOutput]:
-    """Instances of a batch of model outputs (logits ``N x C x H x W``, or the panoptic model's dict)."""
+    """Instances of a batch of model outputs (logits ``N x C x H x W``, or the panoptic model's dict);
+    ``instance_maps=False``: the data set has none, its true instances are components (see
+    :func:`component_connectivity`)."""
     if settings.method == "panoptic":
         results = panoptic_postprocess(
             output["out"].float(),
@@ -187,5 +206,6 @@ def decode(
             semantic = np.where(inst > 0, np.concatenate([[0], classes])[inst], semantic)
             decoded.append(InstanceOutput(semantic, inst.astype(np.int32), classes, scores.astype(np.float32)))
         else:
-            decoded.append(_components(semantic, p, thing_classes, settings.min_size))
+            connectivity = component_connectivity(settings, instance_maps)
+            decoded.append(_components(semantic, p, thing_classes, settings.min_size, connectivity))
     return decoded

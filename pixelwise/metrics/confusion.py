@@ -47,12 +47,18 @@ def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
 
 def as_class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``pred`` as class indices shaped like ``target``: scores with one extra class dim
-    (``N x C x ...`` or ``C x ...``) are arg-maxed; a shape mismatch is an error."""
+    (``N x C x ...`` or ``C x ...``) are arg-maxed; a shape mismatch is an error, and so are floating-point
+    values shaped like the target that are not whole numbers (probabilities, which a cast would floor to 0)."""
     dim = _class_dim(pred, target)
     if dim is not None:
-        pred = class_argmax(pred, dim)
+        return class_argmax(pred, dim)
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
+    if pred.is_floating_point() and bool((pred != pred.round()).any()):
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} holds fractions, not class indices: threshold a probability map "
+            "first ((p > 0.5).long()) or give one score per class (N x C x H x W)"
+        )
     return pred
 
 

@@ -40,9 +40,10 @@ There are no crowd regions.
 predicted instance. Per image and class, the predictions sorted by decreasing score (equal scores in increasing id
 order, as pycocotools keeps the order of its input) are cut to the ``max_detections`` best; each, in that order,
 takes the unmatched true instance of its class with the highest IoU >= t (greedy, not optimal). Over the data set
-the predictions of a class are ranked by score, precision is made monotone and read at the 101 recall points 0,
-0.01, ..., 1; ``coco_ap`` is the mean over t = 0.50, 0.55, ..., 0.95 (:data:`COCO_IOU_THRESHOLDS`) and over the
-classes that have true instances; ``coco_ap50`` and ``coco_ap75`` are those at t = 0.5 and 0.75.
+the predictions of a class are ranked by score (equal scores in image order, ``image_id``), precision is made
+monotone and read at the 101 recall points 0, 0.01, ..., 1; ``coco_ap`` is the mean over t = 0.50, 0.55, ..., 0.95
+(:data:`COCO_IOU_THRESHOLDS`) and over the classes that have true instances; ``coco_ap50`` and ``coco_ap75`` are
+those at t = 0.5 and 0.75.
 
 **Empty cases** (following :class:`~pixelwise.metrics.ConfusionMatrix`): an image with no true and no predicted
 instances contributes nothing. A ratio whose denominator is 0 over the whole data set is NaN: no predictions at all
@@ -298,6 +299,7 @@ class InstanceMetrics:
         # COCO: per class, per image, the kept predictions' scores (in rank order) and whether each matched at each
         # COCO threshold; and the number of true instances per class
         self._coco_scores: dict[int, list[np.ndarray]] = {}
+        self._coco_images: dict[int, list[np.ndarray]] = {}  # each kept prediction's image_id
         self._coco_matched: dict[int, list[np.ndarray]] = {}
         self._coco_num_true: dict[int, int] = {}
         self._coco_truncated = 0
@@ -310,6 +312,7 @@ class InstanceMetrics:
         true_classes: ClassSpec | None = None,
         pred_classes: ClassSpec | None = None,
         scores: Mapping[int, float] | None = None,
+        image_id: int | None = None,
     ) -> None:
         """Add one image.
 
@@ -320,6 +323,9 @@ class InstanceMetrics:
                 class. Give both or neither (neither: one class for all).
             scores: a confidence per predicted instance id (higher = more confident), for COCO AP. Give them for all
                 images or none; ids absent from ``pred`` are ignored.
+            image_id: the image's place in the data set (default: the order of the updates), which orders equal
+                scores of different images for COCO AP as pycocotools' image ids do; give it where images arrive in
+                another order (shards of processes joined by :meth:`all_reduce`).
         """
         t = _as_numpy(true, "true")
         p = _as_numpy(pred, "pred")
@@ -357,7 +363,7 @@ class InstanceMetrics:
             self.tp[k] += rows.size
         self._update_pq(ti, pi, inter, tl.areas, pl.areas, t_cls, p_cls, self._void_counts(true_classes, tl, pl))
         if scored:
-            self._update_coco(ti, pi, iou, t_cls, p_cls, s)
+            self._update_coco(ti, pi, iou, t_cls, p_cls, s, self.num_images - 1 if image_id is None else image_id)
 
     def _void_counts(self, true_classes: ClassSpec | None, true: _Instances, pred: _Instances) -> np.ndarray:
         """Per predicted instance (``pred.ids`` order), its pixels that are void: ``ignore_index`` in a semantic map
@@ -399,7 +405,14 @@ class InstanceMetrics:
             acc.iou_sum += float(hit_iou[in_c].sum())
 
     def _update_coco(
-        self, ti: np.ndarray, pi: np.ndarray, iou: np.ndarray, t_cls: np.ndarray, p_cls: np.ndarray, s: np.ndarray
+        self,
+        ti: np.ndarray,
+        pi: np.ndarray,
+        iou: np.ndarray,
+        t_cls: np.ndarray,
+        p_cls: np.ndarray,
+        s: np.ndarray,
+        image_id: int,
     ) -> None:
         same = t_cls[ti] == p_cls[pi]
         thresholds = np.minimum(COCO_IOU_THRESHOLDS, 1 - 1e-10)  # pycocotools caps t below 1 the same way
@@ -426,6 +439,7 @@ class InstanceMetrics:
                     matched[k] = _coco_greedy(r, g, vals[cand], dt.size, gt.size)
             self._coco_scores.setdefault(c, []).append(s[dt])
             self._coco_matched.setdefault(c, []).append(matched)
+            self._coco_images.setdefault(c, []).append(np.full(dt.size, image_id, np.int64))
             self._coco_num_true[c] = self._coco_num_true.get(c, 0) + gt.size
 
     def merge(self, other: InstanceMetrics) -> None:
@@ -453,6 +467,7 @@ class InstanceMetrics:
         for c in other._coco_num_true:
             self._coco_scores.setdefault(c, []).extend(other._coco_scores.get(c, []))
             self._coco_matched.setdefault(c, []).extend(other._coco_matched.get(c, []))
+            self._coco_images.setdefault(c, []).extend(other._coco_images.get(c, []))
             self._coco_num_true[c] = self._coco_num_true.get(c, 0) + other._coco_num_true[c]
         self._coco_truncated += other._coco_truncated
 
@@ -531,7 +546,10 @@ class InstanceMetrics:
                 continue  # pycocotools leaves such a class out (-1)
             scores = np.concatenate(self._coco_scores[c])
             matched = np.concatenate(self._coco_matched[c], axis=1)
-            order = np.argsort(-scores, kind="mergesort")  # stable over images in update order, as pycocotools
+            images = np.concatenate(self._coco_images[c])
+            in_image = np.concatenate([np.arange(a.size) for a in self._coco_images[c]])
+            # equal scores in image order, then in the image's own rank order, as pycocotools (sorted image ids)
+            order = np.lexsort((in_image, images, -scores))
             tps = matched[:, order]
             tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
             fp_sum = np.cumsum(~tps, axis=1).astype(np.float64)
