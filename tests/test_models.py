@@ -244,6 +244,29 @@ def test_pretrained_vgg_for_fcn_and_deeplab(tmp_path):
     assert torch.equal(v1.branches[0].fc7.weight[..., 0, 0], vgg["classifier.3.weight"][::4, ::4])
 
 
+def test_pretrained_files_of_another_depth_or_without_fc_layers_are_refused(tmp_path):
+    """A ResNet-18 file for a ResNet-34 backbone loaded what fitted and left layer1.2, ... at random (reported in
+    the log only); a VGG-16 file of its features only said that none of its 0 tensors fits."""
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(CheckpointError) as e:
+        build_model("unet_resnet34", num_classes=2, pretrained_backbone=str(tmp_path / "r18.pth"))
+    assert str(e.value) == (
+        f"pretrained_backbone {tmp_path / 'r18.pth'} lacks 48 of the 108 parameter tensors of the ResNet it is for "
+        "(e.g. layer1.2.bn1.bias, layer1.2.bn1.weight, layer1.2.bn2.bias): weights of another model or depth? give "
+        "that backbone's own file"
+    )
+    vgg = torchvision.models.vgg16().state_dict()
+    torch.save({k: v for k, v in vgg.items() if k.startswith("features.")}, tmp_path / "features.pth")
+    for name in ("fcn8s_vgg16", "deeplabv1_vgg16_largefov"):
+        with pytest.raises(CheckpointError) as e:
+            build_model(name, num_classes=2, pretrained_backbone=str(tmp_path / "features.pth"))
+        assert str(e.value) == (
+            f"pretrained_backbone {tmp_path / 'features.pth'} has no fc6/fc7 (torchvision's classifier.0/classifier.3 "
+            "or timm's pre_logits.fc1/fc2): the VGG-16 nets start their fc6/fc7 from ImageNet's; give the whole "
+            "VGG-16 state dict, not its features only"
+        )
+
+
 def test_pretrained_timm_xception(tmp_path):
     import timm
 

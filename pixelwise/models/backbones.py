@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError, PixelwiseError
+from ..errors import CheckpointError, ConfigError, PixelwiseError
 from .weights import Pretrained, load_state, read_pretrained, timm_features_layout
 
 
@@ -566,10 +566,11 @@ def backbone_rows() -> list[dict]:
     return rows
 
 
-def vgg16_fc_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def vgg16_fc_weights(state: dict[str, torch.Tensor], what: str = "pretrained_backbone") -> dict[str, torch.Tensor]:
     """fc6/fc7 of an ImageNet VGG-16 as convolutions (FCN sec. 3.1, "convolutionalization"):
     ``fc6.weight`` 4096x512x7x7 and ``fc7.weight`` 4096x4096x1x1, from torchvision's
-    ``classifier.0``/``classifier.3`` (linear) or timm's ``pre_logits.fc1``/``fc2`` (conv)."""
+    ``classifier.0``/``classifier.3`` (linear) or timm's ``pre_logits.fc1``/``fc2`` (conv); a file without them
+    (``what`` names it) is an error."""
     out = {}
     for fc, tv, tm in (("fc6", "classifier.0", "pre_logits.fc1"), ("fc7", "classifier.3", "pre_logits.fc2")):
         if f"{tv}.weight" in state:
@@ -578,4 +579,9 @@ def vgg16_fc_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"{fc}.bias"] = state[f"{tv}.bias"]
         elif f"{tm}.weight" in state:
             out[f"{fc}.weight"], out[f"{fc}.bias"] = state[f"{tm}.weight"], state[f"{tm}.bias"]
+    if len(out) != 4:
+        raise CheckpointError(
+            f"{what} has no fc6/fc7 (torchvision's classifier.0/classifier.3 or timm's pre_logits.fc1/fc2): the "
+            "VGG-16 nets start their fc6/fc7 from ImageNet's; give the whole VGG-16 state dict, not its features only"
+        )
     return out

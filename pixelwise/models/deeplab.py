@@ -54,12 +54,10 @@ class LargeFOV(nn.Sequential):
         nn.init.zeros_(self.fc8.bias)
 
 
-def _decimated_fc(state: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+def _decimated_fc(state: dict[str, torch.Tensor], width: int, what: str) -> dict[str, torch.Tensor]:
     """ImageNet fc6/fc7 subsampled for LargeFOV (v1 sec. 4.1): fc6's 7x7 kernel decimated to 3x3
     and both layers' 4096 channels to ``width`` (every 4th for 1024)."""
-    fc = vgg16_fc_weights(state)
-    if not fc:
-        return {}
+    fc = vgg16_fc_weights(state, what)
     step = fc["fc6.weight"].shape[0] // width
     return {
         "fc6.weight": fc["fc6.weight"][::step, :, ::3, ::3],
@@ -91,9 +89,10 @@ class DeepLabVGG(nn.Module):
         self.branches = nn.ModuleList(LargeFOV(channels, num_classes, r, width, dropout) for r in rates)
         if pretrained_backbone:
             state = read_pretrained(pretrained_backbone, torchvision_name="vgg16")
-            load_state(self.backbone, state)
+            what = f"pretrained_backbone {pretrained_backbone}"
+            load_state(self.backbone, state, what=what)
             for branch in self.branches:
-                load_state(branch, _decimated_fc(state, width))
+                load_state(branch, _decimated_fc(state, width, what), what=what, complete=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool5 = self.backbone(x)["pool5"]  # 1/8, 512 channels

@@ -122,8 +122,9 @@ class FCN(nn.Module):
         self.offsets = self._offsets()
         if pretrained_backbone:
             state = read_pretrained(pretrained_backbone, torchvision_name="vgg16")
-            load_state(self.backbone, state)
-            load_state(self, vgg16_fc_weights(state))
+            what = f"pretrained_backbone {pretrained_backbone}"
+            load_state(self.backbone, state, what=what)
+            load_state(self, vgg16_fc_weights(state, what), what=what, complete=False)
 
     def _offsets(self) -> dict[str, int]:
         features = list(self.backbone.features)

@@ -214,10 +214,20 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     load_state_dict(model, state, source=source)
 
 
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], *, what: str = "pretrained_backbone") -> None:
-    """Lenient loading of pretrained weights into a backbone or head: the keys both have (a classifier
-    ``fc.*`` the module lacks is fine), an RGB first conv adapted to the module's input channels."""
-    load_state_dict(module, state, source=what, strict=False, adapt_input_channels=True)
+def load_state(
+    module: nn.Module, state: dict[str, torch.Tensor], *, what: str = "pretrained_backbone", complete: bool = True
+) -> None:
+    """Pretrained weights into a backbone or head: the keys both have (a classifier ``fc.*`` the module lacks is
+    fine), an RGB first conv adapted to the module's input channels. ``complete``: every parameter of the module
+    must be in ``state`` (a file of another depth or model would leave layers at random)."""
+    result = load_state_dict(module, state, source=what, strict=False, adapt_input_channels=True)
+    params = {name for name, _ in module.named_parameters()}
+    missing = [k for k in result["missing"] if k in params]
+    if complete and missing:
+        raise CheckpointError(
+            f"{what} lacks {len(missing)} of the {len(params)} parameter tensors of the {type(module).__name__} it is "
+            f"for (e.g. {', '.join(missing[:3])}): weights of another model or depth? give that backbone's own file"
+        )
 
 
 def init_weights(model: nn.Module, path: str | os.PathLike, *, partial: bool = False) -> None:
