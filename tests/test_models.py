@@ -165,9 +165,14 @@ def test_fcn_offsets_and_upsampling():
     assert fcn8.backbone.features[0].padding == (100, 100)
     assert fcn8.fc6.kernel_size == (7, 7) and fcn8.fc6.out_channels == 4096 and fcn8.fc7.kernel_size == (1, 1)
     assert torch.equal(fcn8.upscore8.weight, bilinear_kernel(21, 16)) and fcn8.upscore8.stride == (8, 8)
-    assert fcn8.upscore2.weight.requires_grad
+    # sec. 4.3: the final upsampling fixed bilinear, the 2x ones learned unless learnable_upsampling=False
+    learned = {n for n, p in fcn8.named_parameters() if p.requires_grad and "upscore" in n}
+    assert learned == {"upscore2.weight", "upscore_pool4.weight"}
+    assert not build_model("fcn32s_vgg16", num_classes=21).upscore.weight.requires_grad
     fixed = build_model("fcn8s_vgg16", num_classes=21, learnable_upsampling=False)
-    assert not fixed.upscore8.weight.requires_grad
+    assert not any(p.requires_grad for n, p in fixed.named_parameters() if "upscore" in n)
+    other = build_model("fcn8s", backbone="resnet18", num_classes=3)
+    assert [n for n, p in other.named_parameters() if p.requires_grad and "up" in n] == ["up2.0.weight", "up2.1.weight"]
     params, _ = model_stats("fcn8s_vgg16", num_classes=21)
     assert 134.0e6 < params < 134.7e6  # "about 134 M" (Caffe's FCN-8s)
     # a transposed conv with the bilinear kernel interpolates: constants stay constant inside

@@ -4,8 +4,10 @@ J. Long, E. Shelhamer, T. Darrell, "Fully Convolutional Networks for Semantic Se
 CVPR 2015 (arXiv:1411.4038), and the reference Caffe models (fcn.berkeleyvision.org).
 
 VGG-16 with its fully connected layers cast as convolutions (fc6: 7x7, 4096; fc7: 1x1, 4096), a
-1x1 class-score layer on fc7, and learned upsampling by transposed convolutions initialised to
-bilinear interpolation (sec. 3.3). FCN-16s adds the scores of pool4 to the 2x-upsampled fc7
+1x1 class-score layer on fc7, and upsampling by transposed convolutions initialised to bilinear interpolation
+(sec. 3.3): as sec. 4.3 says, "final layer deconvolutional filters are fixed to bilinear interpolation, while
+intermediate upsampling layers [the 2x of FCN-16s/8s] are initialized to bilinear upsampling, and then learned"
+(``learnable_upsampling=False`` fixes those too). FCN-16s adds the scores of pool4 to the 2x-upsampled fc7
 scores; FCN-8s also those of pool3 (Fig. 3). As in the Caffe models, conv1_1 pads the input by
 100 pixels so that fc6's valid 7x7 conv works on any input, and each fusion crops the larger map
 with the offset that aligns both; here the offsets are derived from the layers' geometry (Caffe's
@@ -101,18 +103,18 @@ class FCN(nn.Module):
         self.fc7 = nn.Conv2d(4096, 4096, 1)
         self.relu, self.drop = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
-        up = dict(learnable=learnable_upsampling)
+        up = dict(learnable=learnable_upsampling)  # the 2x ones; the last is fixed bilinear (sec. 4.3)
         if stride == 32:
-            self.upscore = BilinearUpsample(num_classes, 32, **up)
+            self.upscore = BilinearUpsample(num_classes, 32, learnable=False)
         else:
             self.upscore2 = BilinearUpsample(num_classes, 2, **up)
             self.score_pool4 = nn.Conv2d(self.backbone.info("pool4").channels, num_classes, 1)
             if stride == 16:
-                self.upscore16 = BilinearUpsample(num_classes, 16, **up)
+                self.upscore16 = BilinearUpsample(num_classes, 16, learnable=False)
             else:
                 self.upscore_pool4 = BilinearUpsample(num_classes, 2, **up)
                 self.score_pool3 = nn.Conv2d(self.backbone.info("pool3").channels, num_classes, 1)
-                self.upscore8 = BilinearUpsample(num_classes, 8, **up)
+                self.upscore8 = BilinearUpsample(num_classes, 8, learnable=False)
         init_relu_convs(nn.ModuleList([self.fc6, self.fc7]))
         # new score layers start at zero (the Caffe net surgery), so fusion starts from the coarser net
         for name in ("score_fr", "score_pool4", "score_pool3"):
@@ -161,11 +163,11 @@ class FCN(nn.Module):
 
 
 class BackboneFCN(nn.Module):
-    """FCN-``stride``s' skip architecture (Fig. 3) on any backbone at output stride 32: a 1x1 score layer on its
-    1/32 feature (a classifier's pooling and linear layer cast as a convolution, as FCN casts VGG's fc layers),
-    learned 2x upsampling initialised to bilinear with the scores of the 1/16 (FCN-16s) and then 1/8 (FCN-8s)
-    features added, and a last learned upsampling to the input. Today's backbones pad their convolutions, so the
-    maps need neither Caffe's 100-pixel padding nor crop offsets: each upsampling is fitted to the map it joins
+    """FCN-``stride``s' skip architecture (Fig. 3) on any backbone at output stride 32: a 1x1 score layer on its 1/32
+    feature (a classifier's pooling and linear layer cast as a convolution, as FCN casts VGG's fc layers), learned 2x
+    upsampling initialised to bilinear with the scores of the 1/16 (FCN-16s) and then 1/8 (FCN-8s) features added,
+    and a last upsampling to the input, fixed bilinear (as the paper's). Today's backbones pad their convolutions, so
+    the maps need neither Caffe's 100-pixel padding nor crop offsets: each upsampling is fitted to the map it joins
     (:func:`upsample_to`). Score layers start at zero, as in the Caffe net surgery."""
 
     def __init__(
@@ -189,7 +191,7 @@ class BackboneFCN(nn.Module):
         self.score = nn.ModuleList(nn.Conv2d(backbone.info(n).channels, num_classes, 1) for n in self.features)
         up = dict(learnable=learnable_upsampling)
         self.up2 = nn.ModuleList(BilinearUpsample(num_classes, 2, **up) for _ in self.features[1:])
-        self.upscore = BilinearUpsample(num_classes, stride, **up)
+        self.upscore = BilinearUpsample(num_classes, stride, learnable=False)
         for conv in self.score:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -230,7 +232,7 @@ def _family(stride: int):
     build.__name__ = f"fcn{stride}s"
     build.__doc__ = (
         f"FCN-{stride}s (Long et al. 2015) on any backbone (``timm/<model>`` for timm's; ``vgg16``: the paper's net); "
-        "``learnable_upsampling=False`` fixes it bilinear."
+        "``learnable_upsampling=False`` fixes its 2x upsamplings bilinear too (the last one always is)."
     )
     return register_model(build)
 
@@ -255,7 +257,10 @@ def _preset(family):
 
     stride = family.__name__.removeprefix("fcn").removesuffix("s")
     build.__name__ = f"{family.__name__}_vgg16"
-    build.__doc__ = f"FCN-{stride}s (Long et al. 2015) on VGG-16; ``learnable_upsampling=False`` fixes it bilinear."
+    build.__doc__ = (
+        f"FCN-{stride}s (Long et al. 2015) on VGG-16; ``learnable_upsampling=False`` fixes its 2x upsamplings "
+        "bilinear too (the last one always is)."
+    )
     return register_model(build)
 
 
