@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ from pixelwise import build_model, list_models
 from pixelwise.errors import ConfigError
 from pixelwise.models.modules import mirror_pad
 from pixelwise.models.stats import model_stats
+from pixelwise.models.unet import UNet
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
@@ -81,3 +84,24 @@ def test_registry_errors():
         build_model("unet")
     with pytest.raises(ValueError, match="padding"):
         build_model("unet", num_classes=2, padding="full")
+
+
+def test_the_paper_s_net_starts_from_its_gaussian_init():
+    """Sec. 3: weights from N(0, 2/N), N a neuron's incoming nodes; PyTorch's default (uniform, a third of that
+    variance) let the valid, BN-free net's activations fade with depth (logits std 0.05 at width 16)."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, num_classes=2, base_channels=16, padding="valid", batch_norm=False)
+    convs = [m for m in net.encoder.modules() if isinstance(m, nn.Conv2d)]
+    first, deep = convs[0], convs[-1]  # 3 -> 16 and 256 -> 256, 3x3
+    assert (first.in_channels, deep.in_channels) == (3, 256)
+    for conv in (first, deep):
+        n = conv.in_channels * 9
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / n), rel=0.1)
+        assert not conv.bias.any()
+    up = net.up[0]  # 256 -> 128, 2x2 stride 2: each output pixel takes one tap of each of the 256 inputs
+    assert up.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 3, 188, 188)).std() > 1.0
+    bn = UNet(in_channels=3, num_classes=2, base_channels=16, batch_norm=True)  # not the paper's: torch's default
+    bn_first = next(m for m in bn.encoder.modules() if isinstance(m, nn.Conv2d))
+    assert bn_first.weight.abs().max() <= 1 / math.sqrt(27)

@@ -8,7 +8,9 @@ doubling the channels 64-128-256-512, and a 1024-channel bottom block. Expansive
 convolution" halving the channels, concatenation with the (cropped) feature map of the same level,
 two 3x3 convs. A 1x1 conv maps the 64 channels to the classes. The paper's net uses unpadded
 ("valid") convs, so a 572x572 input gives a 388x388 output, and predicts large images tile by tile
-with the missing context mirrored (overlap-tile, Fig. 2).
+with the missing context mirrored (overlap-tile, Fig. 2). Its weights start from a Gaussian of standard deviation
+sqrt(2 / N), N the incoming nodes of a neuron (sec. 3: 9 x 64 for a 3x3 conv on 64 channels), so that each map has
+about unit variance; with ``batch_norm=True`` (not the paper's) PyTorch's default initialisation is kept.
 
 ``instance_head="panoptic"`` adds Panoptic-DeepLab's class-agnostic instance branch (B. Cheng et al., CVPR 2020;
 :mod:`.panoptic`) as a second expansive path of the same shape, on the shared contracting path, ending in 1x1
@@ -22,6 +24,7 @@ segmentation_models_pytorch's ``Unet``): one of pixelwise's backbones or any tim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -56,6 +59,21 @@ class InstanceDecoder(nn.Module):
 
 def _instance_outputs(logits: torch.Tensor, instance: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"out": logits, "center": instance[:, :1], "offset": instance[:, 1:]}
+
+
+def paper_init(module: nn.Module) -> None:
+    """U-Net sec. 3: every conv's weights from N(0, 2 / N), N its incoming nodes (a transposed conv's output pixel
+    takes one tap of each input channel per stride cell), zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            kh, kw = m.kernel_size
+            if isinstance(m, nn.ConvTranspose2d):
+                n = m.in_channels * max(kh // m.stride[0], 1) * max(kw // m.stride[1], 1)
+            else:
+                n = m.in_channels // m.groups * kh * kw
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class UNet(nn.Module):
@@ -118,6 +136,8 @@ class UNet(nn.Module):
                     for i in reversed(range(depth))
                 ),
             )
+        if not batch_norm:
+            paper_init(nn.ModuleList([self.encoder, self.up, self.decoder, self.classifier]))
         if padding == "valid":
             self.margin = self._valid_margin()
             if tile_size is not None and self.valid_output_size(tile_size + 2 * self.margin) != tile_size:
