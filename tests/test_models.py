@@ -561,3 +561,22 @@ def test_shape_checks_never_load_the_pretrained_backbone():
         build_model(**missing)  # building for real does read it
     assert smallest_input(missing) == smallest_input(spec)
     assert inference_bytes(missing, 64, 96) == inference_bytes(spec, 64, 96) > 0
+
+
+def test_empty_or_non_positive_pyramids_are_refused():
+    """pspnet(bins=[]) divided by zero; deeplabv3(rates=[]) silently used (6, 12, 18); deeplabv2_vgg16(rates=[])
+    built a net whose forward failed."""
+    rates = "model.rates must list at least one atrous rate, each a whole number >= 1 (e.g. [6, 12, 18]), got "
+    for name, kwargs, message in (
+        ("pspnet", {"backbone": "resnet18", "bins": []}, "model.bins must list at least one pooling grid size, "
+         "each a whole number >= 1 (the paper's [1, 2, 3, 6]), got []"),
+        ("pspnet", {"backbone": "resnet18", "bins": [1, 0]}, "model.bins must list at least one pooling grid size, "
+         "each a whole number >= 1 (the paper's [1, 2, 3, 6]), got [1, 0]"),
+        ("deeplabv3", {"backbone": "resnet18", "rates": []}, rates + "[]"),
+        ("deeplabv3plus", {"backbone": "resnet18", "rates": [6, -1]}, rates + "[6, -1]"),
+        ("deeplabv2_vgg16", {"rates": []}, rates + "[]"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            build_model(name, num_classes=2, **kwargs)
+        assert str(e.value) == message
+    assert build_model("deeplabv3", backbone="resnet18", num_classes=2, rates=[3]).aspp.rates == (3,)

@@ -86,7 +86,7 @@ class DeepLabVGG(nn.Module):
         self.backbone = VGG16(in_channels=in_channels, variant="deeplab")
         self.backbone.keep("pool5")
         channels = self.backbone.info("pool5").channels
-        self.branches = nn.ModuleList(LargeFOV(channels, num_classes, r, width, dropout) for r in rates)
+        self.branches = nn.ModuleList(LargeFOV(channels, num_classes, r, width, dropout) for r in checked_rates(rates))
         if pretrained_backbone:
             state = read_pretrained(pretrained_backbone, torchvision_name="vgg16")
             what = f"pretrained_backbone {pretrained_backbone}"
@@ -184,6 +184,20 @@ def deeplabv2_resnet101(
 def default_rates(output_stride: int) -> tuple[int, int, int]:
     """ASPP rates: (6, 12, 18) at output stride 16, doubled at 8 (v3 sec. 3.3)."""
     return {16: (6, 12, 18), 8: (12, 24, 36), 32: (3, 6, 9)}[output_stride]
+
+
+def checked_rates(rates: Sequence[int] | None, output_stride: int | None = None) -> tuple[int, ...]:
+    """``model.rates`` as given (a ConfigError unless a non-empty list of whole numbers >= 1), or the default for
+    ``output_stride`` where None."""
+    if rates is None and output_stride is not None:
+        return default_rates(output_stride)
+    values = list(rates) if isinstance(rates, (list, tuple)) else []
+    if not values or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in values):
+        raise ConfigError(
+            f"model.rates must list at least one atrous rate, each a whole number >= 1 (e.g. [6, 12, 18]), "
+            f"got {rates!r}"
+        )
+    return tuple(values)
 
 
 class DeepLabV3(nn.Module):
@@ -325,7 +339,7 @@ def deeplabv3(
         net,
         num_classes=num_classes,
         high=names[-1],
-        rates=rates or default_rates(output_stride),
+        rates=checked_rates(rates, output_stride),
         aux=names[-2] if aux_head else None,
         head_conv=head_conv,
     )
@@ -360,7 +374,7 @@ def deeplabv3plus(
         num_classes=num_classes,
         high=net.feature_info[-1].name,
         low=net.at_reduction(4, "DeepLab v3+'s decoder"),  # ResNet layer1, Xception-65 entry-flow block 2 (256 ch.)
-        rates=rates or default_rates(output_stride),
+        rates=checked_rates(rates, output_stride),
         separable=separable,
         instance_head=instance_head,
     )

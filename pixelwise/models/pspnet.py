@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones import Backbone, build_backbone
 from .modules import ConvNormAct, FCNHead, resize_to
 from .pyramid_pooling import PyramidPooling
@@ -73,8 +74,15 @@ def pspnet(
 ) -> PSPNet:
     """PSPNet (Zhao et al. 2017) on any backbone (``timm/<model>`` for timm's), dilated to ``output_stride`` (the
     paper's 8); ``bins=(1, 2, 4)`` for SPPNet's pyramid."""
+    values = list(bins) if isinstance(bins, (list, tuple)) else []
+    if not values or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in values):
+        raise ConfigError(
+            f"model.bins must list at least one pooling grid size, each a whole number >= 1 "
+            f"(the paper's [1, 2, 3, 6]), "
+            f"got {bins!r}"
+        )
     net = build_backbone(backbone, in_channels=in_channels, output_stride=output_stride, pretrained=pretrained_backbone)
-    return PSPNet(net, num_classes=num_classes, bins=bins, aux_head=aux_head)
+    return PSPNet(net, num_classes=num_classes, bins=values, aux_head=aux_head)
 
 
 @register_model
