@@ -337,6 +337,21 @@ def test_from_torchvision_gives_the_same_outputs(name):
     assert ref["out"].abs().max() > 0.1  # not trivially equal
 
 
+def test_from_torchvision_keeps_its_heads_dropout():
+    """torchvision's ASPP drops half of its projection (0.5), ours 0.1: fine-tuning converted weights trained
+    another head. Its FCNHead (the aux) drops 0.1, as ours."""
+    tv = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=3,
+                                                             aux_loss=True)  # fmt: skip
+    ours = from_torchvision(tv)
+
+    def rates(m):
+        return sorted(x.p for x in m.modules() if isinstance(x, nn.Dropout))
+
+    assert rates(ours.aspp) == rates(tv.classifier) == [0.5]
+    assert rates(ours.aux) == rates(tv.aux_classifier) == [0.1]
+    assert rates(build_model("deeplabv3_resnet50", num_classes=3).aspp) == [0.1]  # the paper's
+
+
 def test_from_torchvision_without_aux_and_via_init_from(tmp_path):
     from pixelwise.models.weights import init_weights
 

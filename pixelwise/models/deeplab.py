@@ -326,7 +326,9 @@ def deeplabv3(
     pretrained_backbone: Pretrained = False,
 ) -> DeepLabV3:
     """DeepLab v3 (Chen et al. 2017) on any backbone (``pixelwise models --backbones``; ``timm/<model>`` for timm's):
-    ASPP on its last feature, rates for the output stride unless given; ``aux_head`` on the feature before."""
+    ASPP on its last feature, rates for the output stride unless given; ``aux_head`` on the feature before.
+    ``head_conv=True`` is torchvision's ``DeepLabHead`` (its extra 3x3 conv, and its ASPP's dropout of 0.5 instead
+    of 0.1), so that its weights train on as they would there."""
     net = build_backbone(
         backbone,
         in_channels=in_channels,
@@ -342,6 +344,7 @@ def deeplabv3(
         rates=checked_rates(rates, output_stride),
         aux=names[-2] if aux_head else None,
         head_conv=head_conv,
+        aspp_dropout=0.5 if head_conv else 0.1,  # torchvision's head (head_conv) drops half, as its ASPP does
     )
 
 
