@@ -83,7 +83,9 @@ class UNet(nn.Module):
     head: ``{"out": logits, "center", "offset"}``, each at the input size). With ``padding="valid"`` it
     does so by overlap-tile: the input is mirror-padded by the net's receptive-field margin (92 px per
     side for depth 4) and, if ``tile_size`` is set, predicted in output tiles of that size, so that
-    memory stays bounded on large images.
+    memory stays bounded on large images. As with the paper's 388-pixel tiles, a valid output size is not a
+    multiple of the net's total stride (388 = 24 x 16 + 4), so neighbouring tiles meet the 2x2 pooling grid at
+    different phases and a tiled prediction is not exactly the one-tile prediction (``tile_size=None``).
     """
 
     def __init__(
