@@ -29,6 +29,26 @@ DESCRIPTION = "Semantic and instance segmentation with the classic architectures
 EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def _check_output(path: str | None, flag: str, overwrite: bool, suffixes: tuple[str, ...] = ()) -> None:
+    """Before any work: ``path`` (given as ``flag``) can be written, is not a folder, has one of ``suffixes``, and
+    replaces an existing file only with ``--overwrite``."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder: give a file name")
+    blocking = next((q for q in p.parents if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"{flag} {p} exists: pass --overwrite to replace it, or choose another file")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import train
@@ -63,6 +83,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_metrics_table
     from .visualize import plot_confusion_matrix
 
+    _check_output(args.json, "--json", args.overwrite)
+    _check_output(args.confusion, "--confusion", args.overwrite, PICTURE_SUFFIXES)
     result = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
@@ -205,6 +227,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from .data import check_dataset, resolve_data_root
     from .fileio import write_json
 
+    _check_output(args.json, "--json", args.overwrite)
     root = resolve_data_root(args.data_root, None)
     report = check_dataset(root, args.name, args.split or None, progress=not args.no_progress, warn=False)
     print(report.format(max_problems=None))
@@ -217,6 +240,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     from .data.importers import import_dataset
     from .fileio import write_json
 
+    _check_output(args.json, "--json", args.overwrite)
     summary = import_dataset(
         args.format,
         args.src,
@@ -237,6 +261,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 def _cmd_weight_map(args: argparse.Namespace) -> int:
     from .losses import write_weight_map
 
+    _check_output(args.out, "--out", args.overwrite, PICTURE_SUFFIXES)
     w = write_weight_map(
         args.mask,
         args.out,
@@ -354,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--confusion", metavar="PNG", help="also draw the row-normalised confusion matrix here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --confusion file")
     p.add_argument(
         "--boundary-width", type=int, metavar="PX", help="also score boundary F1 per class, within this many pixels"
     )
@@ -460,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the data set's folder name under the data root")
     p.add_argument("--split", action="append", help="check only this split (repeatable; default: every split)")
     p.add_argument("--json", help="also write the report (per-split counts, class pixels, problems) to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     add_common_options(p)
     p.set_defaults(func=_cmd_data_check)
     from .data.importers import FORMATS  # the format names only; the readers' own dependencies load when used
@@ -476,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="the folder the format's documentation starts from")
     p.add_argument("dst", metavar="DST", help="the data root to write DST/NAME into")
     p.add_argument("--name", help="the data set's folder name under DST (default: the format's name)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST/NAME (and an existing --json)")
     p.add_argument("--workers", type=int, help="threads converting images (default: the CPUs, at most 8)")
     p.add_argument(
         "--palette",
@@ -498,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", type=int, default=1, help="class whose connected components are the objects")
     p.add_argument("--ignore-index", type=int, default=255)
     p.add_argument("--no-balance", action="store_true", help="no class-frequency term w_c")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_weight_map)
 
     p = sub.add_parser("report", help="plots (loss, val metrics, per-class IoU, confusion) and a summary of a run")
@@ -584,16 +612,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet)
     from .engine.trainer import TrainingInterrupted
 
+    verb = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
     try:
         return args.func(args)
     except TrainingInterrupted as e:
-        print(f"pixelwise {args.command}: {e}", file=sys.stderr)
+        print(f"pixelwise {verb}: {e}", file=sys.stderr)
         return 128 + e.signum
     except PixelwiseError as e:
-        print(f"pixelwise {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"pixelwise {verb}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, its traceback wanted
+            raise
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        print(
+            f"pixelwise {verb}: error: {where}: {e.strerror or e}; check the path and its permissions", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
-        print(f"pixelwise {args.command}: interrupted", file=sys.stderr)
+        print(f"pixelwise {verb}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -21,7 +21,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device if there is one, else the CPU; else the named device (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r}: give auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: give auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
     return device
@@ -32,7 +37,7 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     if amp not in AMP_CHOICES:
         raise ConfigError(f"train.amp={amp!r}; valid: {', '.join(AMP_CHOICES)}")
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        raise ConfigError("amp fp16 (train.amp or --amp) needs a CUDA device; use bf16 on CPU")
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 

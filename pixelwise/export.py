@@ -8,10 +8,14 @@ absolute difference between onnxruntime's and PyTorch's logits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -28,6 +32,7 @@ from .models import input_channels, load_checkpoint, model_from_checkpoint, mode
 from .models.registry import input_size_problem
 
 DEFAULT_OPSET = 17
+log = logging.getLogger(__name__)
 
 
 class LogitsOnly(torch.nn.Module):
@@ -72,7 +77,7 @@ def _export(
 ) -> None:
     model, outputs = _graph(model, meta)
     names = {"input_names": ["image"], "output_names": list(outputs)}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             dims = None
@@ -94,6 +99,42 @@ def _export(
             )
         else:
             raise PixelwiseError(f"exporter {exporter!r}; valid: torchscript, dynamo")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' own printing off (a failed dynamo attempt prints its whole graph, onnxscript tracebacks):
+    an attempt that fails is reported in one line (``"failures"``)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    # the TorchScript exporter prints from C++, past sys.stdout: the process's own descriptors are swapped
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _file_opset(path: Path) -> int:
+    """The ONNX operator set the file was written with (the dynamo exporter may raise the one asked for)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _add_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -125,17 +166,27 @@ def export_onnx(
     if missing:
         raise PixelwiseError(f"ONNX export needs {', '.join(missing)}: pip install 'pixelwise[onnx]'")
     out = Path(out)
+    if out.is_dir():
+        raise PixelwiseError(f"--out {out} is a folder: give the ONNX file's name (e.g. {out / 'model.onnx'})")
     if out.exists() and not overwrite:
         raise PixelwiseError(f"--out {out} exists: pass --overwrite to replace it, or choose another file")
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise PixelwiseError(f"--out {out}: {blocking} is a file, not a folder; choose another place")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
     problem = "sizes are positive" if min(height, width) < 1 else input_size_problem(meta["model"], height, width)
     if problem is not None:
         raise ConfigError(f"--size {height} {width}: {problem}; give a larger example size")
     model = model_from_checkpoint(ckpt, str(checkpoint)).float().eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # built and checked beside out, then renamed over it: a failed export leaves nothing unchecked behind
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    except OSError as e:
+        raise PixelwiseError(
+            f"--out {out}: cannot write in {out.parent} ({e.strerror}); choose another folder"
+        ) from None
     try:
         report = _export_checked(model, meta, work / out.name, height, width, opset, dynamic, exporter)
         # the run's inference protocol travels with the graph (the onnxruntime backend runs it as the checkpoint
@@ -146,7 +197,14 @@ def export_onnx(
         onnx_meta = {k: report[k] for k in ("opset", "dynamic")}
         _add_metadata(work / out.name, {**meta, "inference": protocol, "crf": crf, "onnx": onnx_meta})
         # a graph over 2 GB keeps its weights in files beside it, which it names relative to itself: they go first
-        for sidecar in sorted(f for f in work.iterdir() if f.name != out.name):
+        sidecars = sorted(f for f in work.iterdir() if f.name != out.name)
+        taken = [out.parent / f.name for f in sidecars if (out.parent / f.name).exists()]
+        if taken and not overwrite:
+            raise PixelwiseError(
+                f"the graph keeps its weights beside it in {taken[0]}, which exists: pass --overwrite to replace it, "
+                "or choose another --out"
+            )
+        for sidecar in sidecars:
             os.replace(sidecar, out.parent / sidecar.name)
         os.replace(work / out.name, out)
     finally:
@@ -184,7 +242,10 @@ def _export_checked(
             failures.append(f"{how}{' dynamic' if dyn else ''}: {type(e).__name__}: {str(e).strip()[:160]}")
     else:
         raise PixelwiseError(f"ONNX export of {meta['model']['name']} failed: " + " | ".join(failures))
-    report = {"opset": opset, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
+    written = _file_opset(out)
+    if written != opset:
+        log.warning("the %s exporter wrote ONNX opset %d, not the %d asked for", how, written, opset)
+    report = {"opset": written, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
     if failures:
         report["failures"] = failures
     return report

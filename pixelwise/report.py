@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .fileio import dump_yaml, load_yaml, read_jsonl
+from .fileio import atomic_write_text, dump_yaml, load_yaml, read_jsonl
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
 
@@ -29,8 +29,8 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     (into ``RUN_DIR/report`` by default); returns the summary's path."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
+    train, val = read_log(run_dir)  # first: no report folder made for what is no run
     out.mkdir(parents=True, exist_ok=True)
-    train, val = read_log(run_dir)
     config = load_yaml((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     classes = _class_names(run_dir, config, val)
     plt = _pyplot()
@@ -102,7 +102,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     if config:
         lines += ["", "## Config", "", "```yaml", dump_yaml(config).strip(), "```"]
     summary = out / "summary.md"
-    summary.write_text("\n".join(lines) + "\n")
+    atomic_write_text(summary, "\n".join(lines) + "\n")
     return summary
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .errors import DataError
+from .fileio import atomic_write
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
@@ -120,11 +124,19 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
+    """``fig`` into ``path`` whole or not at all, in the format its suffix names; the figure is closed."""
     path = Path(path)
-    fig.savefig(path)
-    fig.clf()
-    _pyplot().close(fig)
+    try:
+        kind = path.suffix.lower().lstrip(".")
+        if kind not in fig.canvas.get_supported_filetypes():
+            raise DataError(f"{path}: a picture is written as .png, .pdf, .svg or .jpg; give one of those suffixes")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=kind)
+        atomic_write(path, lambda f: f.write(buffer.getvalue()), durable=False)
+    finally:
+        fig.clf()
+        _pyplot().close(fig)
     return path
 
 

@@ -157,3 +157,46 @@ def test_weight_map_verb_draws_the_paper_s_weights(tmp_path):
     assert "(min 1.000, mean 1.000, max 1.000)" in proc.stdout
     proc = run_cli("weight-map", tmp_path / "nope.png", "--out", tmp_path / "n.png", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope.png" in proc.stderr
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys):
+    """An existing --json was replaced silently (after a whole evaluation); a folder, a path under a file or a
+    picture suffix matplotlib cannot write failed with a traceback after the work."""
+    from pixelwise.cli import main
+
+    def error(*argv):
+        assert main([str(a) for a in argv]) == 2
+        return capsys.readouterr().err.strip()
+
+    existing = tmp_path / "m.json"
+    existing.write_text('{"keep": 1}')
+    (tmp_path / "a.txt").write_text("x")
+    missing = tmp_path / "none.pt"  # the outputs are refused before the checkpoint is even read
+    assert error("eval", missing, "--json", existing) == (
+        f"pixelwise eval: error: --json {existing} exists: pass --overwrite to replace it, or choose another file"
+    )
+    assert existing.read_text() == '{"keep": 1}'
+    assert error("eval", missing, "--json", tmp_path) == (
+        f"pixelwise eval: error: --json {tmp_path} is a folder: give a file name"
+    )
+    assert error("eval", missing, "--confusion", tmp_path / "a.txt" / "c.png") == (
+        f"pixelwise eval: error: --confusion {tmp_path / 'a.txt' / 'c.png'}: {tmp_path / 'a.txt'} is a file, not a "
+        "folder; choose another place"
+    )
+    assert error("eval", missing, "--confusion", tmp_path / "c.txt") == (
+        f"pixelwise eval: error: --confusion {tmp_path / 'c.txt'}: give a file ending in .png, .jpg, .jpeg, .pdf, .svg"
+    )
+    assert error("eval", missing, "--json", existing, "--overwrite") == (
+        f"pixelwise eval: error: checkpoint {missing} does not exist"
+    )
+    assert error("data", "check", "toy", "--data-root", toy_root, "--json", existing) == (
+        f"pixelwise data check: error: --json {existing} exists: pass --overwrite to replace it, or choose another file"
+    )
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(mask)
+    assert error("weight-map", mask, "--out", mask) == (
+        f"pixelwise weight-map: error: --out {mask} exists: pass --overwrite to replace it, or choose another file"
+    )
+    assert error("predict", missing, mask, "--out", tmp_path / "p", "--device", "nonsense") == (
+        "pixelwise predict: error: device 'nonsense': give auto, cpu, cuda or cuda:N"
+    )

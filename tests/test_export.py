@@ -1,6 +1,7 @@
 """ONNX export with onnxruntime, the onnxruntime prediction backend, batch-norm folding."""
 
 import copy
+import json
 import shutil
 
 import numpy as np
@@ -242,3 +243,61 @@ def test_export_example_sizes(tmp_path):
         "--size 8 24: model unet needs inputs of at least 16x16 pixels (its total stride); give a larger example size"
     )
     assert not (tmp_path / "small.onnx").exists()
+
+
+def test_export_reports_the_opset_it_wrote_quietly_and_refuses_folders_and_taken_sidecars(tmp_path, capfd, monkeypatch):
+    """The dynamo fallback writes opset 18 whatever was asked, and the report, the message and the file's metadata
+    said the number asked for; the failed TorchScript attempt printed its whole graph (hundreds of lines)."""
+    import onnx
+
+    import pixelwise.export as export
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    capfd.readouterr()
+    report = export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, dynamic=False, opset=99)
+    out, err = capfd.readouterr()
+    assert (report["opset"], report["exporter"]) == (18, "dynamo")
+    assert report["failures"] == ["torchscript: RuntimeError: Unsupported onnx_opset_version: 99"]
+    # nothing printed but our own warning (shown where the CLI's log handler is set up)
+    assert out == "" and all("the dynamo exporter wrote ONNX opset 18, not the 99" in line for line in err.splitlines())
+    graph = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    meta = json.loads(next(p.value for p in graph.metadata_props if p.key == export.META_KEY))
+    assert meta["onnx"]["opset"] == 18
+
+    with pytest.raises(PixelwiseError) as e:
+        export.export_onnx(ckpt, tmp_path, height=32, width=32)
+    assert str(e.value) == f"--out {tmp_path} is a folder: give the ONNX file's name (e.g. {tmp_path / 'model.onnx'})"
+    # a weights file beside the graph (a graph over 2 GB) is not replaced unasked
+    (tmp_path / "big.onnx.data").write_bytes(b"precious")
+    real_export = export._export
+
+    def with_external_data(model, x, path, *args):
+        real_export(model, x, path, *args)
+        (path.parent / f"{path.name}.data").write_bytes(b"weights")
+
+    monkeypatch.setattr(export, "_export", with_external_data)
+    with pytest.raises(PixelwiseError) as e:
+        export.export_onnx(ckpt, tmp_path / "big.onnx", height=32, width=32, dynamic=False)
+    assert str(e.value) == (
+        f"the graph keeps its weights beside it in {tmp_path / 'big.onnx.data'}, which exists: pass --overwrite to "
+        "replace it, or choose another --out"
+    )
+    assert (tmp_path / "big.onnx.data").read_bytes() == b"precious" and not (tmp_path / "big.onnx").exists()
+
+
+def test_onnxruntime_backend_refuses_settings_it_would_ignore(tmp_path):
+    """--amp bf16 was accepted and recorded in the manifest while the graph ran in fp32; --device cuda and
+    --compile were accepted and ignored."""
+    from pixelwise.engine import Predictor
+    from pixelwise.export import export_onnx
+
+    export_onnx(checkpoint(tmp_path, "unet", base_channels=8), tmp_path / "m.onnx", height=32, width=32)
+    for kwargs, flags in (({"amp": "bf16"}, "--amp"), ({"device": "cuda", "compile": True}, "--device, --compile")):
+        with pytest.raises(ConfigError) as e:
+            Predictor(tmp_path / "m.onnx", backend="onnxruntime", **kwargs)
+        assert str(e.value) == (
+            f"{flags}: the onnxruntime backend runs the exported graph as it is (fp32, on the CPU); drop them, or "
+            "use --backend torch with the checkpoint"
+        )
+    assert Predictor(tmp_path / "m.onnx", backend="onnxruntime", amp="auto").amp == "none"

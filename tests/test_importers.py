@@ -759,7 +759,8 @@ def test_cli_import_and_refusal(tmp_path):
     proc = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"pixelwise data: error: {dst / 'voc'} is not empty: pass --overwrite to replace it, or choose another --name"
+        f"pixelwise data import: error: {dst / 'voc'} is not empty: pass --overwrite to replace it, "
+        "or choose another --name"
     )
 
 

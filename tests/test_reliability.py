@@ -468,7 +468,10 @@ def test_foreign_files_get_their_own_messages(tmp_path, toy_run):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
     with pytest.raises(CheckpointError) as e:
         predict(tmp_path / "model.onnx", [tmp_path / "image.png"], tmp_path / "out", progress=False)
-    assert str(e.value) == f"{tmp_path / 'model.onnx'} is an ONNX file: run it with --backend onnxruntime"
+    assert str(e.value) == (
+        f"{tmp_path / 'model.onnx'} is an ONNX file: predict and serve run it with --backend onnxruntime; eval and "
+        "crf-search need the run's .pt"
+    )
 
 
 def test_class_names_of_checkpoint_and_data_set_are_compared(toy_run):
@@ -684,7 +687,8 @@ def test_cli_messages_for_a_file_out_and_an_onnx_checkpoint(toy_run, tmp_path):
     proc = run_cli("predict", tmp_path / "x.onnx", root / "toy/images/val", "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"pixelwise predict: error: {tmp_path / 'x.onnx'} is an ONNX file: run it with --backend onnxruntime"
+        f"pixelwise predict: error: {tmp_path / 'x.onnx'} is an ONNX file: predict and serve run it with --backend "
+        "onnxruntime; eval and crf-search need the run's .pt"
     )
 
 

@@ -176,13 +176,26 @@ class Predictor:
         if backend == "onnxruntime":
             from ..inference.onnx_backend import OnnxModel
 
+            # onnxruntime runs the graph as exported, on the CPU: settings it would ignore are refused, not recorded
+            ignored = [
+                f"--{flag}" for flag, used in (("device", device not in ("auto", "cpu")),
+                                               ("amp", amp not in ("auto", "none")), ("compile", compile)) if used
+            ]  # fmt: skip
+            if ignored:
+                raise ConfigError(
+                    f"{', '.join(ignored)}: the onnxruntime backend runs the exported graph as it is (fp32, on the "
+                    "CPU); drop them, or use --backend torch with the checkpoint"
+                )
             self.device = torch.device("cpu")
             self.model: Any = OnnxModel(checkpoint)
             self.meta = self.model.meta
-            self.amp = "none" if amp == "auto" else amp  # onnxruntime runs the graph as exported
+            self.amp = "none"
         elif backend == "torch":
             if str(checkpoint).lower().endswith(".onnx"):
-                raise CheckpointError(f"{checkpoint} is an ONNX file: run it with --backend onnxruntime")
+                raise CheckpointError(
+                    f"{checkpoint} is an ONNX file: predict and serve run it with --backend onnxruntime; eval and "
+                    "crf-search need the run's .pt"
+                )
             self.device = resolve_device(device)
             self.ckpt = load_checkpoint(checkpoint, map_location=self.device)
             self.meta = self.ckpt["meta"]

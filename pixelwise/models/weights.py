@@ -46,7 +46,10 @@ def _why_unreadable(path: Path, error: Exception) -> str:
     """Our own reason for a failed ``torch.load``: torch's messages for these cases advise turning
     ``weights_only`` off, which pixelwise never does nor suggests."""
     if path.suffix.lower() == ".onnx":
-        return "it is an ONNX file, not a checkpoint: run it with --backend onnxruntime"
+        return (
+            "it is an ONNX file, not a checkpoint: predict and serve run it (--backend onnxruntime); eval, export "
+            "and crf-search need the run's .pt"
+        )
     text = str(error)
     if not zipfile.is_zipfile(path):
         # torch.save writes zip archives; anything else that fails to load (random bytes fail in many ways, e.g.
