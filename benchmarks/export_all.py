@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
 from pixelwise import build_model, list_models
 from pixelwise.export import export_onnx
 from pixelwise.models.weights import save_checkpoint
@@ -61,6 +64,7 @@ def main() -> int:
                     "max_abs_diff": max(v for k, v in report["max_abs_diff"].items() if k != "relative"),
                     "max_rel_diff": report["max_abs_diff"]["relative"],
                     "exporter": report["exporter"],
+                    "opset": report["opset"],
                     "failures": report.get("failures", []),
                     "seconds": time.perf_counter() - t,
                 }
@@ -76,7 +80,8 @@ def main() -> int:
         else:
             print(f"| {name} | export failed: {row['error']} | | | |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"opset": args.opset, "size": args.size, "models": rows}, indent=2))
+    results = {**machine_info(), "opset": args.opset, "size": args.size, "models": rows}
+    Path(args.out).write_text(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

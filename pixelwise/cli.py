@@ -302,10 +302,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_crf_search(args: argparse.Namespace) -> int:
-    from .crf.search import DEFAULT_GRID
     from .engine import crf_search
 
-    grid = {k: getattr(args, k) for k in DEFAULT_GRID}  # nargs="+": each a non-empty list
+    # nargs="+": each a non-empty list; w2 and theta_gamma keep the run's values unless given
+    grid = {k: v for k in ("w1", "theta_alpha", "theta_beta", "w2", "theta_gamma") if (v := getattr(args, k))}
     result = crf_search(
         args.checkpoint,
         split=args.split,
@@ -452,9 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--num-images", type=int, default=20)
     p.add_argument("--iterations", type=int, help="mean-field iterations (default: the run's crf section, else 10)")
-    for name, values in DEFAULT_GRID.items():
+    for name in ("w1", "theta_alpha", "theta_beta", "w2", "theta_gamma"):
+        values = DEFAULT_GRID.get(name)
         p.add_argument(
-            f"--{name.replace('_', '-')}", type=float, nargs="+", default=values, help=f"{CRF_HELP[name][1]} (grid)"
+            f"--{name.replace('_', '-')}",
+            type=float,
+            nargs="+",
+            default=values,
+            help=f"{CRF_HELP[name][1]} (grid; default {values if values else 'the run' + chr(39) + 's value'})",
         )
     p.add_argument("--device", default="auto")
     add_inference_options(p, compile=False)

@@ -238,6 +238,13 @@ def test_bad_inputs_are_rejected():
         dense_crf(image, probs, compat=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="smoothness_filter"):
         dense_crf(image, probs, smoothness_filter="fast")
+    # a float image in [0, 1] ran with a colour term 255 times too weak (68.8 % of labels kept, 20 x 20)
+    with pytest.raises(ValueError) as e:
+        dense_crf(torch.as_tensor(image).float() / 255, probs)
+    assert str(e.value) == (
+        "images must be uint8 RGB (0-255, as theta_beta's scale), got torch.float32: e.g. "
+        "(image * 255).round().to(torch.uint8) for a float image in [0, 1]"
+    )
 
 
 # --- against pydensecrf2 -------------------------------------------------------------------------

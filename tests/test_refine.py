@@ -169,3 +169,24 @@ def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, c
         assert main(["crf-search", str(ckpt), *flags, "--data-root", str(root), "--no-progress"]) == 2
         assert capsys.readouterr().err.strip().endswith(message)
     assert (ckpt.parent / "config.yaml").read_text() == before and not (ckpt.parent / "crf_search.json").exists()
+
+
+def test_crf_search_keeps_the_runs_smoothness_kernel_and_needs_labelled_pixels():
+    """The default grid fixed w2 = 3 and theta_gamma = 3, so a search replaced the run's own (the defaults' 1) in
+    its config.yaml; an all-ignore split gave NaN everywhere and the first grid point was written as the best."""
+    from pixelwise.crf.search import DEFAULT_GRID, grid_search
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 2, 6, 7), 1)
+    image = torch.randn(1, 3, 6, 7)
+    labels = (torch.rand(1, 6, 7) > 0.5).long()
+    base = CRFSettings(iterations=1, w2=5.0, theta_gamma=2.0)
+    common = {"num_classes": 2, "ignore_index": 255, "mean": [0.5] * 3, "std": [0.25] * 3, "progress": False}
+    result = grid_search([(probs, image, labels)], grid=DEFAULT_GRID, base=base, **common)
+    assert {(r["w2"], r["theta_gamma"]) for r in result["results"]} == {(5.0, 2.0)}
+    assert (result["best"]["w2"], result["best"]["theta_gamma"]) == (5.0, 2.0) and len(result["results"]) == 36
+    with pytest.raises(ConfigError) as e:
+        grid_search([(probs, image, torch.full_like(labels, 255))], grid={"w1": [1.0, 2.0]}, base=base, **common)
+    assert str(e.value) == (
+        "no labelled pixel in the 1 image(s) searched (every mIoU is undefined): search another split, or more images"
+    )

@@ -227,6 +227,13 @@ def _mean_field(
         raise ValueError(f"probs must be (B, C, H, W), got {tuple(probs.shape)}")
     device = probs.device
     images = torch.as_tensor(images, device=device)
+    if images.dtype != torch.uint8:
+        # theta_beta is in 0-255 levels (as pydensecrf's, which takes only uint8): a float image in [0, 1] would make
+        # the colour term 255 times too weak, a 16-bit one overflow the lattice keys
+        raise ValueError(
+            f"images must be uint8 RGB (0-255, as theta_beta's scale), got {images.dtype}: e.g. "
+            "(image * 255).round().to(torch.uint8) for a float image in [0, 1]"
+        )
     b, c, h, w = probs.shape
     if tuple(images.shape) != (b, h, w, 3):
         raise ValueError(f"images must be (B, H, W, 3) = {(b, h, w, 3)} to match probs, got {tuple(images.shape)}")

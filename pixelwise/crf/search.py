@@ -1,11 +1,13 @@
 """Grid search of the dense CRF's parameters by mIoU on held-out images, as DeepLab v1/v2 (sec. 4.1)
-cross-validate w1, theta_alpha and theta_beta with w2 and theta_gamma fixed (so does :data:`DEFAULT_GRID`).
+cross-validate w1, theta_alpha and theta_beta with w2 and theta_gamma fixed (so does :data:`DEFAULT_GRID`: those two
+keep the run's values).
 The network's probabilities are computed once (:func:`pixelwise.engine.crf_search`); every combination
 refines those."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -26,9 +28,7 @@ DEFAULT_GRID: dict[str, list[float]] = {
     "w1": [3.0, 4.0, 5.0],
     "theta_alpha": [30.0, 50.0, 70.0, 90.0],
     "theta_beta": [3.0, 5.0, 10.0],
-    "w2": [3.0],  # fixed, as DeepLab
-    "theta_gamma": [3.0],  # fixed, as DeepLab
-}
+}  # w2 and theta_gamma fixed, as DeepLab: the run's own (base)
 
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 
@@ -78,7 +78,13 @@ def grid_search(
         miou = score(settings)
         results.append({**asdict(settings), "miou": miou, "seconds": time.perf_counter() - t})
         bar.set_postfix(best=f"{max(r['miou'] for r in results):.4f}")
-    best = max(results, key=lambda r: r["miou"])
+    scored = [r for r in results if not math.isnan(r["miou"])]
+    if not scored:
+        raise ConfigError(
+            f"no labelled pixel in the {len(cached)} image(s) searched (every mIoU is undefined): search another "
+            "split, or more images"
+        )
+    best = max(scored, key=lambda r: r["miou"])
     return {
         "best": {name: best[name] for name in CRFSettings.names()},
         "best_miou": best["miou"],
