@@ -4,6 +4,7 @@ targets of pixelwise.data.instance_targets."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pixelwise.inference.panoptic as panoptic_module
 from pixelwise.data.instance_targets import boundary_classes, panoptic_targets, relabel_consecutive
 from pixelwise.inference import (
     PanopticPostProcess,
@@ -89,14 +91,37 @@ def test_touching_squares_with_own_offsets_become_two_instances():
     assert torch.equal(r.panoptic, torch.where(m > 0, 1000 + m, 0))
 
 
+class _ListHandler(logging.Handler):
+    def __init__(self, records: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record.getMessage())
+
+
 def test_threshold_and_top_k():
     peaks = {(5, 5): 0.09, (5, 20): 0.1, (5, 35): 0.11, (20, 5): 0.7, (20, 20): 0.5, (20, 35): 0.9}
     heat = heat_with(30, 45, peaks)
     centers, scores = find_instance_centers(heat)
     assert centers.tolist() == [[20, 35], [20, 5], [20, 20], [5, 35]]  # strictly above 0.1, highest first
     assert torch.allclose(scores, torch.tensor([0.9, 0.7, 0.5, 0.11]))
-    centers, scores = find_instance_centers(heat, top_k=2)
+    caplog_records = []
+    handler = _ListHandler(caplog_records)
+    logger = logging.getLogger("pixelwise.inference.panoptic")
+    logger.addHandler(handler)
+    panoptic_module._WARNED.discard("top_k")
+    try:
+        centers, scores = find_instance_centers(heat, top_k=2)
+        find_instance_centers(heat, top_k=2)
+    finally:
+        logger.removeHandler(handler)
     assert centers.tolist() == [[20, 35], [20, 5]]
+    # the centres cut off merge into the kept ones' instances: said, once
+    assert caplog_records == [
+        "4 instance centres above the threshold, only the top_k=2 highest kept (their pixels join the nearest kept "
+        "centre's instance): raise top_k (instances.top_k / --top-k)"
+    ]
     centers, _ = find_instance_centers(heat, threshold=0.6)
     assert centers.tolist() == [[20, 35], [20, 5]]
     assert find_instance_centers(torch.zeros(1, 8, 8))[0].shape == (0, 2)
@@ -183,6 +208,9 @@ def test_group_pixels_chunking_and_mask():
     d = ((target[:, :, None, :] - centers[None, None].float()) ** 2).sum(-1)
     assert torch.equal(whole[mask], d.argmin(-1)[mask] + 1)
     assert (group_pixels(centers[:0], offset, mask) == 0).all()
+    # a pixel pointing 30 000 px from its only centre still belongs to it (the dummies at 1e4 took it: id 0)
+    far = group_pixels(torch.tensor([[0, 0]]), torch.stack([torch.zeros(1, 3), torch.full((1, 3), 3.0e4)]))
+    assert far.tolist() == [[1, 1, 1]]
     # zero offsets on integer centres: many exact ties, which go to the lower index (as argmin's first minimum)
     still = group_pixels(centers, torch.zeros(2, 40, 50), max_elements=64)
     flat = torch.stack([ys, xs], -1)

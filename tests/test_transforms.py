@@ -154,3 +154,24 @@ def test_image_shift_lines_up_an_offset_pair_under_flips(seed):
     out_image, out_mask = tf(drawn_offset, mask)
     inner = (slice(1, -1), slice(2, -2))  # leaves out what the shift filled by repetition, wherever flips took it
     assert torch.equal(class_from_image(out_image)[inner], out_mask[inner].long())
+
+
+def test_elastic_deformation_keeps_instance_ids_beyond_float32():
+    """torchvision warps through float32, exact below 2^24: ids 2^24 and 2^24 + 1 came out as one (and 2^30 + 7 as
+    2^30); a 32-bit instance map (read_instances takes them) lost objects."""
+    from torchvision import tv_tensors
+
+    from pixelwise.data.transforms import InstanceMap
+
+    ids = torch.zeros(20, 20, dtype=torch.int64)
+    ids[2:8, 2:8], ids[10:18, 10:18], ids[2:8, 12:18] = 2**24, 2**24 + 1, 2**30 + 7
+    image = tv_tensors.Image(torch.zeros(3, 20, 20, dtype=torch.uint8))
+    still = ElasticDeformation(sigma=0.0)(image, InstanceMap(ids))[1]
+    assert torch.equal(still.as_subclass(torch.Tensor), ids)
+    torch.manual_seed(0)
+    moved = ElasticDeformation(sigma=3.0)(image, InstanceMap(ids))[1].as_subclass(torch.Tensor)
+    assert sorted(torch.unique(moved).tolist()) == [0, 2**24, 2**24 + 1, 2**30 + 7]
+    full = torch.full((6, 6), 2**25)  # no background: rank 0 is still 0, the fill
+    assert torch.equal(
+        ElasticDeformation(sigma=0.0)(image[:, :6, :6], InstanceMap(full))[1].as_subclass(torch.Tensor), full
+    )

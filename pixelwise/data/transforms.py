@@ -19,6 +19,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+FLOAT32_EXACT = 2**24  # every integer below is exact in float32
+
 
 class InstanceMap(tv_tensors.Mask):
     """An ``H x W`` map of instance ids (0 = none): resampled as a mask, but filled with 0, not the ignore value."""
@@ -143,6 +145,13 @@ class ElasticDeformation(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["displacement"] is None:
             return inpt
+        plain = inpt.as_subclass(torch.Tensor)
+        if isinstance(inpt, InstanceMap) and plain.numel() and int(plain.max()) >= FLOAT32_EXACT:
+            # torchvision resamples through float32, exact only below 2^24: ids above would merge; warp their ranks
+            # (0 among the values, so that rank 0 is id 0: the background and the fill)
+            ids, ranks = torch.unique(torch.cat([plain.reshape(-1), plain.new_zeros(1)]), return_inverse=True)
+            warped = self.transform(InstanceMap(ranks[:-1].reshape(plain.shape)), params)
+            return InstanceMap(ids[warped.as_subclass(torch.Tensor)])
         if isinstance(inpt, InstanceMap):
             fill = 0
         else:

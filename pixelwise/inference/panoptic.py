@@ -74,6 +74,16 @@ class PanopticResult:
     panoptic: torch.Tensor
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Log ``message`` once per process (it would recur for every image)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
+
+
 def find_instance_centers(
     center: torch.Tensor,
     *,
@@ -99,6 +109,15 @@ def find_instance_centers(
     r = nms_kernel // 2
     pooled = F.max_pool2d(F.max_pool2d(heat, (1, nms_kernel), 1, (0, r)), (nms_kernel, 1), 1, (r, 0))
     kept = torch.where(heat == pooled, heat, low).reshape(-1)
+    if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        found = int((kept > threshold).sum())
+        if found > top_k:
+            # the others' pixels go to the nearest kept centre: neighbouring objects merge
+            _warn_once(
+                "top_k",
+                f"{found} instance centres above the threshold, only the top_k={top_k} highest kept (their pixels "
+                "join the nearest kept centre's instance): raise top_k (instances.top_k / --top-k)",
+            )
     values, index = torch.topk(kept, min(top_k, kept.numel()))
     valid = values > threshold
     values, index = values[valid], index[valid]
@@ -150,9 +169,9 @@ def group_pixels(
     if not exporting and (k == 0 or n == 0):
         return out.reshape(h, w)
     # two far-away dummy centres: K + 2 >= 2 candidates for the top-2, also in a graph traced with other counts;
-    # a pixel nearest to a dummy (only when there is no centre) gets id 0
-    far = torch.full((2, 2), 1.0e4, device=device)
-    far[1] = -1.0e4
+    # they never win the exact comparison below (a pixel gets id 0 only when there is no centre)
+    far = torch.full((2, 2), 1.0e6, device=device)
+    far[1] = -1.0e6
     cands = torch.cat([centers.float() - mid, far])  # (K + 2) x 2
     ids = torch.cat([torch.ones_like(centers[:, 0]).long().cumsum(0), torch.zeros(2, dtype=torch.long, device=device)])
     norms = (cands * cands).sum(1)
@@ -162,8 +181,9 @@ def group_pixels(
         t = targets[start : start + step]
         two = torch.addmm(norms[None, :], t, cands.T, alpha=-2.0).topk(2, 1, largest=False).indices  # chunk x 2
         first, second = two.min(1).values, two.max(1).values  # an exact tie goes to the lower index
-        d_first = ((t - cands[first]) ** 2).sum(1)
-        d_second = ((t - cands[second]) ** 2).sum(1)
+        # a dummy (id 0) is infinitely far: ids, not K, tell them apart (a traced graph takes other counts)
+        d_first = torch.where(ids[first] > 0, ((t - cands[first]) ** 2).sum(1), torch.inf)
+        d_second = torch.where(ids[second] > 0, ((t - cands[second]) ** 2).sum(1), torch.inf)
         nearest.append(torch.where(d_second < d_first, second, first))
     out[index] = ids[torch.cat(nearest)]
     return out.reshape(h, w)
