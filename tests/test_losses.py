@@ -89,6 +89,26 @@ def test_cross_entropy_pixel_weights_hand_computed():
         ce(logits, target, torch.ones(1, 3))
 
 
+def test_bootstrapped_cross_entropy_keeps_the_hardest_share_of_pixels():
+    """Panoptic-DeepLab's semantic loss (detectron2's DeepLabCE, top_k_percent_pixels): the mean of the largest
+    pixel-weighted terms, that share of all pixels (ignored ones are 0 terms)."""
+    p_true = [0.5, 0.75, 0.9, 0.2, 0.6]
+    logits = torch.tensor([[[[0.0] * 5], [[math.log(p / (1 - p)) for p in p_true]]]])  # class 1's probabilities
+    target = torch.tensor([[[1, 1, 1, 1, 255]]])
+    terms = sorted([-math.log(p) for p in p_true[:4]] + [0.0], reverse=True)
+    boot = build_loss("cross_entropy", top_k_percent=0.4)  # 2 of the 5 pixels
+    assert boot(logits, target).item() == pytest.approx((terms[0] + terms[1]) / 2)
+    # weight 10 on the easiest labelled pixel (p = 0.9) makes it the second hardest: 10 x 0.105 = 1.05 > 0.69
+    w = torch.tensor([[[1.0, 1.0, 10.0, 1.0, 1.0]]])
+    assert boot(logits, target, w).item() == pytest.approx((-math.log(0.2) - 10 * math.log(0.9)) / 2)
+    assert build_loss("cross_entropy", top_k_percent=1.0)(logits, target).item() == pytest.approx(
+        sum(terms) / 4
+    )  # 1: the plain mean over the labelled pixels
+    with pytest.raises(ConfigError) as e:
+        build_loss("cross_entropy", top_k_percent=0)
+    assert str(e.value) == "cross_entropy top_k_percent=0: the share of pixels kept, in (0, 1] (the paper's 0.2)"
+
+
 def test_focal_hand_computed_and_gamma_zero_is_cross_entropy():
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 5, 4)

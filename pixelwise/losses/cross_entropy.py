@@ -19,16 +19,30 @@ class CrossEntropyLoss(nn.Module):
     class) the average is weighted, as ``torch.nn.functional.cross_entropy``. ``forward``'s optional
     ``pixel_weights`` (``N x H x W``) multiply each pixel's term (Panoptic-DeepLab's heavier small instances); the
     sum is still divided by the (class-weighted) count of non-ignored pixels, so weights of 1 give the plain mean
-    (detectron2's ``DeepLabCE`` divides by all pixels, ignored ones included)."""
+    (detectron2's ``DeepLabCE`` divides by all pixels, ignored ones included).
+
+    ``top_k_percent`` below 1 is Panoptic-DeepLab's bootstrapped cross entropy (sec. 3.3, after Wu et al. 2016;
+    detectron2's ``DeepLabCE(top_k_percent_pixels=0.2)``): the mean of the largest (pixel-weighted) terms, that
+    share of all the batch's pixels, ignored ones counting as 0 as there."""
 
     takes_pixel_weights = True  # forward accepts a weight map
 
     def __init__(
-        self, *, ignore_index: int = 255, weight: Sequence[float] | None = None, label_smoothing: float = 0.0
+        self,
+        *,
+        ignore_index: int = 255,
+        weight: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        top_k_percent: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 < top_k_percent <= 1:
+            raise ConfigError(
+                f"cross_entropy top_k_percent={top_k_percent}: the share of pixels kept, in (0, 1] (the paper's 0.2)"
+            )
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.top_k_percent = float(top_k_percent)
         self.register_buffer("weight", _as_weight(weight))
 
     def forward(
@@ -45,13 +59,18 @@ class CrossEntropyLoss(nn.Module):
             in_range = int(classes.min()) >= 0 and int(classes.max()) < self.weight.numel()  # else F.cross_entropy says
             if in_range and not self.weight[classes].sum() > 0:
                 return _zero(logits)
-        if pixel_weights is None:
+        if pixel_weights is None and self.top_k_percent == 1:
             return F.cross_entropy(logits.float(), target.long(), **args)
-        if pixel_weights.shape != target.shape:
+        if pixel_weights is not None and pixel_weights.shape != target.shape:
             raise ValueError(f"pixel weights {tuple(pixel_weights.shape)} do not fit the target {tuple(target.shape)}")
         losses = F.cross_entropy(logits.float(), target.long(), reduction="none", **args)  # 0 on ignored pixels
+        if pixel_weights is not None:
+            losses = losses * pixel_weights.float()
+        if self.top_k_percent < 1:
+            hardest = torch.topk(losses.reshape(-1), max(1, int(self.top_k_percent * losses.numel()))).values
+            return hardest.mean()
         count = valid.sum() if self.weight is None else self.weight[target.long().where(valid, 0)][valid].sum()
-        return (losses * pixel_weights.float()).sum() / count
+        return losses.sum() / count
 
 
 @register_loss("focal")

@@ -44,8 +44,9 @@ def weighted_mean(loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 class PanopticLoss(nn.Module):
     """``semantic(out, mask) + center_weight * L_heatmap + offset_weight * L_offset`` (Panoptic-DeepLab, sec.
-    3.3; weights 200 and 0.01 as the paper). ``semantic`` is any of the semantic criteria (the paper uses
-    bootstrapped cross entropy: ``ohem``).
+    3.3; weights 200 and 0.01 as the paper). ``semantic`` is any of the semantic criteria; the paper's is the
+    bootstrapped cross entropy with weight 3 on small instances' pixels: ``cross_entropy`` with ``top_k_percent:
+    0.2``, ``instances.small_instance_area: 4096`` and ``small_instance_weight: 3``.
 
     ``forward(outputs, targets)`` takes the model's ``{"out", "center", "offset"}`` and the targets ``mask``
     (``N x H x W`` long), ``center`` (``N x 1 x H x W``; ``N x H x W`` is accepted), ``center_weights``,
