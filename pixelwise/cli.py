@@ -193,6 +193,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models.stats import model_table
 
+    if args.num_classes < 1:
+        raise ConfigError(f"--num-classes {args.num_classes}: must be >= 1")
     if args.backbones:
         from .models.backbones import TIMM_NOT_WORKING, backbone_rows
 

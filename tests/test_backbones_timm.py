@@ -363,7 +363,9 @@ def test_onnx_export(tmp_path, spec):
     for p in model.parameters():  # FCN's zero-initialised score layers would give all-zero logits
         if not p.any():
             p.data.normal_(0, 0.01)
-    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "meta": {"model": spec}})
+    meta = {"model": spec, "classes": [str(i) for i in range(K)], "palette": [[0, 0, 0]] * K, "mean": [0.5] * 3,
+            "std": [0.25] * 3}  # fmt: skip
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "meta": meta})
     report = export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", height=H, width=W)
     assert report["exporter"] == "torchscript" and report["dynamic"] and "failures" not in report
     assert set(report["max_abs_diff"]) == {f"1x{H}x{W}", f"2x{H - 13}x{W + 7}", "relative"}

@@ -112,3 +112,20 @@ def test_write_image_keeps_the_old_picture_when_saving_fails(tmp_path, monkeypat
     write_image(tmp_path / "s.tif", Image.fromarray(np.zeros((4, 5), np.uint8)), save_all=True,
                 append_images=[Image.fromarray(np.ones((4, 5), np.uint8))])  # fmt: skip
     assert Image.open(tmp_path / "s.tif").n_frames == 2
+
+
+def test_a_checkpoint_without_its_meta_or_a_folder_is_named_as_such(tmp_path):
+    """A meta without classes loaded, then failed with KeyError: 'classes' in predict (and export wrote an ONNX
+    file that failed the same way); a folder given as the checkpoint said it did not exist."""
+    _, ckpt = make_ckpt()
+    del ckpt["meta"]["classes"], ckpt["meta"]["palette"]
+    save_checkpoint(tmp_path / "a.pt", ckpt)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "a.pt")
+    assert str(e.value) == (
+        f"{tmp_path / 'a.pt'}: its meta lacks classes, palette (a checkpoint written by hand or by another tool?); "
+        "a pixelwise checkpoint's meta holds model, classes, palette, mean, std"
+    )
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path)
+    assert str(e.value) == f"checkpoint {tmp_path} is a folder: give the file in it (e.g. {tmp_path / 'best.pt'})"

@@ -197,6 +197,11 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys):
     assert error("weight-map", mask, "--out", mask) == (
         f"pixelwise weight-map: error: --out {mask} exists: pass --overwrite to replace it, or choose another file"
     )
+    assert error("weight-map", mask, "--out", tmp_path / "w.png", "--foreground", 9) == (
+        f"pixelwise weight-map: error: {mask} holds no pixel of class 9 (it holds 1): --foreground names the class "
+        "whose connected components are the objects"
+    )  # was a flat map of the class-balance term alone
+    assert error("models", "--num-classes", -2) == "pixelwise models: error: --num-classes -2: must be >= 1"
     assert error("predict", missing, mask, "--out", tmp_path / "p", "--device", "nonsense") == (
         "pixelwise predict: error: device 'nonsense': give auto, cpu, cuda or cuda:N"
     )

@@ -206,3 +206,12 @@ def test_class_weight_correction_divides_by_the_weights_to_the_power_tau():
         predict_probs(model, x, 3, InferenceSettings(class_weight_correction=1.0))
     with pytest.raises(ConfigError, match=r"2 class weights for a model with 3 classes$"):
         predict_probs(model, x, 3, InferenceSettings(class_weight_correction=1.0, class_weights=(1.0, 2.0)))
+
+
+def test_window_sizes_must_be_whole_pixels():
+    """InferenceSettings(crop="64") slid a 6 x 4 window ('64' read character by character); crop=8.7 became 8."""
+    for crop in ("64", 8.7, True, [32, 48, 64]):
+        with pytest.raises(ConfigError) as e:
+            InferenceSettings(mode="slide", crop=crop)
+        assert str(e.value) == f"inference crop {crop!r}: give one size or [height, width], whole pixels"
+    assert InferenceSettings(mode="slide", crop=[32, 48], stride=16).stride == 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,11 @@ class InferenceSettings:
             )
         for name in ("crop", "stride"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (int, float)) and len(value) not in (1, 2):
-                raise ConfigError(f"inference {name} {list(value)}: give one size or [height, width] in pixels")
+            sizes = [value] if isinstance(value, (int, float, str)) else list(value or [])
+            whole = all(isinstance(v, Integral) and not isinstance(v, bool) for v in sizes)
+            if value is not None and (not whole or len(sizes) not in (1, 2)):
+                # a string would be read character by character ('64' as 6 x 4), 8.7 floored to 8
+                raise ConfigError(f"inference {name} {value!r}: give one size or [height, width], whole pixels")
             if value is not None and any(v < 1 for v in _pair(value)):
                 raise ConfigError(f"inference {name} must be at least 1 pixel, got {value}")
         if self.crop is not None and self.stride is not None:

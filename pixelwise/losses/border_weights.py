@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .registry import _valid, _zero, register_loss
 
 
@@ -42,10 +42,16 @@ def write_weight_map(
     from ..data.dataset import read_mask
     from ..visualize import save_heatmap
 
+    mask = read_mask(Path(mask_path))
+    if not (mask == foreground).any():
+        present = ", ".join(str(c) for c in np.unique(mask).tolist()[:20])
+        raise DataError(
+            f"{mask_path} holds no pixel of class {foreground} (it holds {present}): --foreground names the class "
+            "whose connected components are the objects"
+        )
     weights = unet_weight_map(
-        read_mask(Path(mask_path)), w0, sigma, foreground=foreground, class_balance=class_balance,
-        ignore_index=ignore_index,
-    )  # fmt: skip
+        mask, w0, sigma, foreground=foreground, class_balance=class_balance, ignore_index=ignore_index
+    )
     save_heatmap(weights, out, title=f"U-Net weights, w0={w0}, sigma={sigma}: max {weights.max():.2f}")
     return weights
 

@@ -67,6 +67,8 @@ def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.dev
     """``torch.load(path, weights_only=True)``: tensors and plain types only; any failure (a truncated
     file, a pickle of other objects, not a torch file) is a one-line :class:`CheckpointError`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a folder: give the file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
@@ -98,6 +100,9 @@ def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") 
 
 
 # --- pixelwise checkpoints ------------------------------------------------------------------------
+META_KEYS = ("model", "classes", "palette", "mean", "std")  # what eval, predict, export and serve read
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically (:func:`pixelwise.fileio.atomic_write`)."""
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
@@ -108,6 +113,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt = torch_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path} is not a pixelwise checkpoint (no 'format': 'pixelwise' / 'model' / 'meta')")
+    meta = ckpt["meta"]
+    lacking = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if lacking:
+        raise CheckpointError(
+            f"{path}: its meta lacks {', '.join(lacking)} (a checkpoint written by hand or by another tool?); "
+            f"a pixelwise checkpoint's meta holds {', '.join(META_KEYS)}"
+        )
     # every reader of the spec (input channels, size checks, the model itself) sees what the run was built with
     ckpt["meta"]["model"] = checkpoint_model_spec(ckpt["meta"])
     return ckpt
