@@ -57,6 +57,9 @@ def active_autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
+CPUINFO = "/proc/cpuinfo"  # Linux's CPU flags (a module constant: tests point it at other CPUs' files)
+
+
 def native_precisions(device: torch.device) -> tuple[str, ...]:
     """The half precisions ``device`` computes natively: on CUDA bf16 where supported and fp16; on a CPU bf16
     where it has AVX-512 BF16 or AMX (Linux's CPU flags), else none (bf16 would be emulated, slower)."""
@@ -64,9 +67,9 @@ def native_precisions(device: torch.device) -> tuple[str, ...]:
         # bf16 tensor cores from Ampere (compute capability 8) on; is_bf16_supported() also says yes for the
         # emulation on a V100 or T4, and asks about the current device rather than this one
         return ("bf16", "fp16") if torch.cuda.get_device_capability(device)[0] >= 8 else ("fp16",)
-    if not os.path.exists("/proc/cpuinfo"):
+    if not os.path.exists(CPUINFO):
         return ()
-    with open("/proc/cpuinfo") as f:
+    with open(CPUINFO) as f:
         flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     return ("bf16",) if {"avx512_bf16", "amx_bf16"} & set(flags) else ()
 

@@ -226,7 +226,7 @@ def test_reset_and_errors():
         m.update(torch.full((3, 3), 2), torch.zeros(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="does not match"):
         m.update(torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match="^width must be a non-negative integer, got -1$"):
         BoundaryF1(2, width=-1)
 
 

@@ -53,15 +53,23 @@ class Evil:
 def test_refuses_pickled_code_and_foreign_files(tmp_path):
     marker = tmp_path / "payload-ran"
     torch.save({"format": "pixelwise", "model": {}, "meta": Evil(str(marker))}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+    with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "evil.pt")
+    assert str(e.value) == (
+        f"cannot load checkpoint {tmp_path / 'evil.pt'}: it holds Python objects besides tensors and plain types (a "
+        "pickled model or optimizer?), and pixelwise never unpickles code: save a state dict (model.state_dict()) or "
+        "a pixelwise checkpoint"
+    )
     assert not marker.exists()
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a pixelwise checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+    with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "junk.pt")
+    assert str(e.value) == (
+        f"cannot load checkpoint {tmp_path / 'junk.pt'}: it is not a PyTorch file (truncated, or another format)"
+    )
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -159,7 +159,7 @@ def test_weight_map_verb_draws_the_paper_s_weights(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope.png" in proc.stderr
 
 
-def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys):
+def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, monkeypatch):
     """An existing --json was replaced silently (after a whole evaluation); a folder, a path under a file or a
     picture suffix matplotlib cannot write failed with a traceback after the work."""
     from pixelwise.cli import main
@@ -202,6 +202,27 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys):
         "whose connected components are the objects"
     )  # was a flat map of the class-balance term alone
     assert error("models", "--num-classes", -2) == "pixelwise models: error: --num-classes -2: must be >= 1"
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not a checkpoint")
+    assert error("export", onnx, "--out", tmp_path / "n.onnx") == (
+        f"pixelwise export: error: cannot load checkpoint {onnx}: it is an ONNX file, not a checkpoint: predict and "
+        "serve run it (--backend onnxruntime); eval, export and crf-search need the run's .pt"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: unet}\ndata: {dataset: toy}\ncrf: {iterations: 2.5}\n")
+    assert error("train", config, "--data-root", toy_root) == (
+        "pixelwise train: error: config key crf.iterations should be int, got 2.5"
+    )
+    # a file-system error the checks could not foresee (permissions, a full disk): one line naming the path
+    import pixelwise.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/data/out/m.json")
+
+    monkeypatch.setattr(cli, "_cmd_models", denied)
+    assert error("models") == (
+        "pixelwise models: error: /data/out/m.json: Permission denied; check the path and its permissions"
+    )
     assert error("predict", missing, mask, "--out", tmp_path / "p", "--device", "nonsense") == (
         "pixelwise predict: error: device 'nonsense': give auto, cpu, cuda or cuda:N"
     )

@@ -49,7 +49,28 @@ def test_a_decision_is_reused_then_renewed(monkeypatch):
     assert len(probes) == 2
 
 
-def test_busy_cores_measures_this_machine_without_counting_itself():
+def test_busy_cores_measures_this_machine_without_counting_itself(monkeypatch):
+    """Scripted clocks: over 2 s the two cores were busy for 2.5 s, 0.5 s of them this process's own: one core
+    busy with other work. Without /proc/stat: None (nothing known)."""
+    import os
+    import types
+
+    tick = os.sysconf("SC_CLK_TCK")
+    ticks = iter([1000, 1000 + int(2.5 * tick)])
+    clocks = {"monotonic": iter([10.0, 12.0]), "process_time": iter([5.0, 5.5])}
+    fake_time = types.SimpleNamespace(
+        monotonic=lambda: next(clocks["monotonic"]), process_time=lambda: next(clocks["process_time"]),
+        sleep=lambda s: None,
+    )  # fmt: skip
+    monkeypatch.setattr(cpu_threads, "_cpus", lambda: [0, 1])
+    monkeypatch.setattr(cpu_threads, "_busy_ticks", lambda cpus: next(ticks))
+    monkeypatch.setattr(cpu_threads, "time", fake_time)
+    assert cpu_threads.busy_cores(2.0) == pytest.approx(1.0)
+    monkeypatch.setattr(cpu_threads, "_busy_ticks", lambda cpus: None)
+    clocks.update(monotonic=iter([0.0, 1.0]), process_time=iter([0.0, 0.0]))
+    assert cpu_threads.busy_cores(1.0) is None
+    # the real /proc/stat of this machine gives a share within its cores
+    monkeypatch.undo()
     busy = cpu_threads.busy_cores(0.05)
     assert busy is None or 0.0 <= busy <= len(cpu_threads._cpus())
 

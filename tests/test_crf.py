@@ -232,11 +232,13 @@ def test_lattice_backward_is_the_transpose():
 
 def test_bad_inputs_are_rejected():
     image, probs, _ = scene(0)
-    with pytest.raises(ValueError, match="match probs"):
+    with pytest.raises(
+        ValueError, match=r"^images must be \(B, H, W, 3\) = \(1, 20, 24, 3\) to match probs, got \(1, 10, 24, 3\)$"
+    ):
         dense_crf(image[:10], probs)
-    with pytest.raises(ValueError, match="compat"):
+    with pytest.raises(ValueError, match=r"^compat must be \(3, 3\), got \(2, 2\)$"):
         dense_crf(image, probs, compat=torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="smoothness_filter"):
+    with pytest.raises(ValueError, match="^smoothness_filter must be 'exact' or 'lattice', got 'fast'$"):
         dense_crf(image, probs, smoothness_filter="fast")
     # a float image in [0, 1] ran with a colour term 255 times too weak (68.8 % of labels kept, 20 x 20)
     with pytest.raises(ValueError) as e:

@@ -555,10 +555,15 @@ def test_check_real_datasets(data_root):
     isbi = check_dataset(data_root, "isbi2012_membrane", progress=False)
     assert isbi.ok and not isbi.splits["test"].labelled, isbi.format()
     assert isbi.splits["train"].histogram == [1418245, 4873211]
-    if (data_root / "dsb2018/classes.json").is_file():
-        dsb = check_dataset(data_root, "dsb2018", progress=False)
-        assert dsb.ok, dsb.format()
-        meta = json.loads((data_root / "dsb2018/classes.json").read_text())["splits"]
-        for split in ("train", "val", "test"):
-            assert dsb.splits[split].histogram == meta[split]["pixels"]
-            assert dsb.splits[split].instances == meta[split]["instances"]
+
+
+@pytest.mark.realdata
+def test_check_the_real_instance_data_set(data_root):
+    if not (data_root / "dsb2018/classes.json").is_file():
+        pytest.skip(f"dsb2018 not found under {data_root}")
+    dsb = check_dataset(data_root, "dsb2018", progress=False)
+    assert dsb.ok, dsb.format()
+    meta = json.loads((data_root / "dsb2018/classes.json").read_text())["splits"]
+    for split in ("train", "val", "test"):
+        assert dsb.splits[split].histogram == meta[split]["pixels"]
+        assert dsb.splits[split].instances == meta[split]["instances"]

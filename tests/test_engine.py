@@ -226,8 +226,11 @@ def test_existing_run_is_not_overwritten(tmp_path):
     cfg = load_config(toy_config(tmp_path, iters=1))
     train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
     before = (tmp_path / "r/last.pt").read_bytes()
-    with pytest.raises(Exception, match="already holds a run"):
+    with pytest.raises(ConfigError) as e:
         train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert str(e.value) == (
+        f"{tmp_path / 'r'} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir"
+    )
     assert (tmp_path / "r/last.pt").read_bytes() == before
 
 
@@ -340,12 +343,22 @@ def test_a_resume_cannot_split_the_optimizer_state_into_backbone_and_head(tmp_pa
 
 
 @pytest.mark.slow
-def test_torch_compile_option_trains_and_saves_plain_keys(tmp_path):
+def test_torch_compile_option_trains_and_saves_plain_keys(tmp_path, monkeypatch):
     root = write_dataset(tmp_path / "data").parent
-    cfg = _plain_toy(tmp_path, iters=2, compile=True)
-    cfg["data"]["batch_size"] = 2
-    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
-    keys = list(load_checkpoint(tmp_path / "r/last.pt")["model"])
+    real, compiled = torch.compile, []
+
+    def spy(model, *args, **kwargs):
+        compiled.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    for flag in (False, True):
+        cfg = _plain_toy(tmp_path, iters=2, compile=flag)
+        cfg["data"]["batch_size"] = 2
+        train(cfg, run_dir=tmp_path / f"r{flag}", data_root=root, progress=False)
+        assert len(compiled) == int(flag)  # the model is compiled exactly when asked
+    assert type(compiled[0]).__name__ == "UNet"
+    keys = list(load_checkpoint(tmp_path / "rTrue/last.pt")["model"])
     assert keys and not any(k.startswith("_orig_mod") for k in keys)
 
 

@@ -43,6 +43,27 @@ def test_flip_and_scale_one_equal_whole_for_a_pointwise_model():
     assert multi.shape == whole.shape and torch.allclose(multi.sum(1), torch.ones(1, 30, 40), atol=1e-5)
 
 
+def test_scales_average_the_resized_views_by_hand():
+    """Each scale: the image resized bilinearly (30 x 40 -> 15 x 20 and 45 x 60), the model's softmax there,
+    resized back; the mean over the scales. A model that sees its input's size (a blur) tells the scales apart."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AvgPool2d(5, 1, 2, count_include_pad=False), nn.Conv2d(3, 4, 1)).eval()
+    x = torch.randn(1, 3, 30, 40)
+
+    def view(size):
+        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (30, 40) else x
+        p = torch.softmax(model(scaled), 1)
+        return F.interpolate(p, size=(30, 40), mode="bilinear", align_corners=False) if size != (30, 40) else p
+
+    with torch.no_grad():
+        expected = (view((15, 20)) + view((30, 40)) + view((45, 60))) / 3
+        got = predict_probs(model, x, 4, InferenceSettings(scales=(0.5, 1.0, 1.5)))
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert (got - predict_probs(model, x, 4)).abs().max() > 1e-2  # the scales do change this model's output
+
+
 def test_flip_averages_a_position_dependent_model():
     class LeftBias(nn.Module):  # class 0 on the left half of its input, class 1 on the right
         def forward(self, x):
@@ -100,8 +121,12 @@ def test_gaussian_window_and_settings_errors():
     with pytest.raises(ConfigError, match=r"^inference crop must be at least 1 pixel, got \[64, -1\]$"):
         InferenceSettings(mode="slide", crop=[64, -1])
     # windows further apart than their size left unpredicted pixels (NaN, then class 0)
-    with pytest.raises(ConfigError, match=r"^inference stride 8 is larger than the crop 4: the windows would leave"):
+    with pytest.raises(ConfigError) as e:
         InferenceSettings(mode="slide", crop=4, stride=8)
+    assert str(e.value) == (
+        "inference stride 8 is larger than the crop 4: the windows would leave pixels unpredicted; give a stride at "
+        "most the crop (default: 2/3 of it)"
+    )
     with pytest.raises(ConfigError, match=r"^inference stride \[4, 9\] is larger than the crop \[8, 8\]"):
         InferenceSettings(mode="slide", crop=[8, 8], stride=[4, 9])
     assert InferenceSettings(mode="slide", crop=8, stride=8).stride == 8  # abutting windows cover everything

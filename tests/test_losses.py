@@ -370,8 +370,9 @@ def test_weight_map_arguments_are_checked_and_the_verb_is_one_call(tmp_path):
         with pytest.raises(ConfigError) as e:
             unet_weight_map(mask, w0, sigma)
         assert str(e.value) == message
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError) as e:
             build_loss("unet_weighted", w0=w0, sigma=sigma)
+        assert str(e.value) == message  # the loss checks its arguments as the map does
     Image.fromarray(mask).save(tmp_path / "m.png")
     weights = write_weight_map(tmp_path / "m.png", tmp_path / "w.png", w0=10.0, sigma=5.0)
     np.testing.assert_array_equal(weights, unet_weight_map(mask, 10.0, 5.0))

@@ -47,10 +47,20 @@ def test_training_amp_auto_is_bf16_only_where_native(monkeypatch, caplog):
         training_amp("half", cpu)
 
 
-def test_native_precisions_follow_the_cpu_flags():
-    flags = open("/proc/cpuinfo").read() if device_module.os.path.exists("/proc/cpuinfo") else ""
-    native = device_module.native_precisions(torch.device("cpu"))
-    assert native == (("bf16",) if ("avx512_bf16" in flags or "amx_bf16" in flags) else ())
+def test_native_precisions_follow_the_cpu_flags(tmp_path, monkeypatch):
+    """bf16 where the flags hold AVX-512 BF16 (Zen 4/5, Cooper Lake) or AMX (Sapphire Rapids on), else none."""
+    cpus = {
+        "zen5": ("fpu avx2 avx512f avx512_bf16 avx512_vnni", ("bf16",)),
+        "xeon_amx": ("fpu avx2 avx512f amx_bf16 amx_tile", ("bf16",)),
+        "avx2_only": ("fpu sse4_2 avx2 fma", ()),
+    }
+    for name, (flags, expected) in cpus.items():
+        path = tmp_path / name
+        path.write_text(f"processor\t: 0\nmodel name\t: {name}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        monkeypatch.setattr(device_module, "CPUINFO", str(path))
+        assert device_module.native_precisions(torch.device("cpu")) == expected, name
+    monkeypatch.setattr(device_module, "CPUINFO", str(tmp_path / "none"))  # no /proc (macOS): none native
+    assert device_module.native_precisions(torch.device("cpu")) == ()
 
 
 @pytest.mark.parametrize("native", [("bf16",), ()])

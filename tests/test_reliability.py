@@ -596,7 +596,9 @@ def test_flags_that_would_be_ignored_are_refused(toy_run, tmp_path):
     )
     with pytest.raises(ConfigError) as e:
         model_table(num_classes=3, size=1)
-    assert str(e.value).startswith("--size 1: model ") and str(e.value).endswith("; give a larger size")
+    assert str(e.value) == (
+        "--size 1: model unet needs inputs of at least 16x16 pixels (its total stride); give a larger size"
+    )
     assert {r["name"] for r in model_table(num_classes=3, size=64)} >= {"unet", "lraspp"}
 
 
@@ -609,8 +611,11 @@ def test_a_protocol_override_replaces_the_runs_windows_with_its_mode():
     assert run_inference(slide, {"crop": 32, "stride": 8}).stride == 8
     # an older run's whole-image section with a blend (which then did nothing) still predicts; a flag does not
     assert run_inference({"blend": "gaussian", "flip": True}, None) == InferenceSettings(flip=True)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as e:
         run_inference({"flip": True}, {"blend": "gaussian"})
+    assert str(e.value) == (
+        "inference blend gaussian weights the windows of mode slide: add --mode slide, or leave it out"
+    )
 
 
 def test_batch_norm_is_folded_in_a_model_that_takes_nothing_below_128_pixels():

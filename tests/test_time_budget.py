@@ -40,7 +40,8 @@ def test_training_stops_at_the_budget_then_resume_keeps_the_rest(tmp_path):
     cfg = load_config(toy_config(tmp_path, iters=100000, max_minutes=budget, eval_interval=100000))
     run = tmp_path / "run"
     first = train(cfg, run_dir=run, data_root=root, progress=False)
-    assert 60 * budget <= first["train_seconds"] < 60 * budget + 5  # stopped at the budget, not at iters
+    # stopped at the budget, not at iters (100 000 toy steps take minutes; the margin is for a loaded machine)
+    assert 60 * budget <= first["train_seconds"] < 60 * budget + 30
     last = torch.load(run / "last.pt", weights_only=True)
     stopped_at = last["train_state"]["iter"]
     assert 1 <= stopped_at < 100000 and (run / "best.pt").exists()
@@ -53,7 +54,7 @@ def test_training_stops_at_the_budget_then_resume_keeps_the_rest(tmp_path):
     # a larger budget (an allowed change) continues from the time already spent
     more = load_config(toy_config(tmp_path, iters=100000, max_minutes=2 * budget, eval_interval=100000))
     resumed = train(more, run_dir=run, data_root=root, resume=True, allow_changes=True, progress=False)
-    assert 120 * budget <= resumed["train_seconds"] < 120 * budget + 5
+    assert 120 * budget <= resumed["train_seconds"] < 120 * budget + 30
     assert torch.load(run / "last.pt", weights_only=True)["train_state"]["iter"] > stopped_at
 
 
