@@ -144,16 +144,28 @@ def test_train_with_amp_on_cuda_then_eval_matches_cpu(tmp_path, amp):
     assert abs(gpu_amp["metrics"]["miou"] - on_cpu["metrics"]["miou"]) < 0.02
 
 
-def test_deterministic_mode_runs_on_cuda(tmp_path):
+def test_deterministic_mode_runs_on_cuda(tmp_path, monkeypatch):
     """2-D NLL loss and bilinear upsampling backward have no deterministic CUDA kernels: deterministic mode
-    warns about them and runs."""
+    warns about them (warn_only on CUDA, errors on CPU where every kernel has one) and runs."""
+    import pixelwise.engine.trainer as trainer
+
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=2, device=DEVICE, deterministic=True))
+    real, seen = trainer.step_loss, []
+
+    def spy(*args, **kwargs):
+        seen.append(
+            (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", spy)
     try:
         train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
     finally:
         torch.use_deterministic_algorithms(False)
     assert load_checkpoint(tmp_path / "run/last.pt")["train_state"]["iter"] == 2
+    assert seen and set(seen) == {(True, torch.device(DEVICE).type == "cuda")}
 
 
 def test_torchrun_nccl_ddp_sync_bn_one_process_equals_plain_run(tmp_path):
