@@ -663,3 +663,22 @@ def test_init_from_starts_training_from_the_checkpoint_s_weights(tmp_path):
     fresh = load_checkpoint(tmp_path / "fresh/last.pt")["model"]
     assert max((b[k] - start[k]).abs().max().item() for k in start) < 1e-9
     assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 1e-3
+
+
+def test_a_missing_split_names_the_setting_and_leaves_no_empty_run_folder(tmp_path):
+    """A data set imported without val/: the message pointed at `data check` (which said OK) and
+    --no-check-data (which failed the same way); the failed run left its empty folder behind."""
+    root = write_dataset(tmp_path / "data", splits={"train": 4}).parent
+    cfg = _plain_toy(tmp_path, iters=1)
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "runs" / "new", data_root=root, progress=False)
+    assert str(e.value) == (
+        "data.val_split='val': data set 'toy' has no split 'val' (it has train): set data.val_split to one of them, "
+        "or null to train without validation"
+    )
+    assert not (tmp_path / "runs" / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(ConfigError):
+        train(cfg, run_dir=existing, data_root=root, progress=False)
+    assert existing.is_dir()  # a folder that was there stays

@@ -127,3 +127,24 @@ def test_warmup_scales_the_schedule_without_a_jump_where_it_ends():
     assert max(abs(factor(i + 1) - factor(i)) for i in range(9, 99)) == pytest.approx(0.01)
     cfg["lr_schedule"] = "constant"
     assert [lr_factor(cfg)(i) for i in (0, 9, 10, 99)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+
+
+def test_a_budgeted_run_says_so_counts_its_seconds_and_warns_when_iters_end_it_first(tmp_path, caplog, capsys):
+    """A 1-minute run showed a bar of 1 000 000 iterations (100+ hours to go); `--set train.iters=20` on a
+    budgeted recipe ended with the learning rate undecayed (the schedule follows the clock), without a word."""
+    import logging
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=3, max_minutes=10, eval_interval=100000, warmup_iters=5))
+    logging.getLogger("pixelwise").propagate = True  # an in-process CLI run may have stopped it at its handler
+    with caplog.at_level("INFO", logger="pixelwise"):
+        train(cfg, run_dir=tmp_path / "run", data_root=root, progress=True)
+    text = caplog.text
+    assert "train.max_minutes 10 (the schedule follows the clock), at most 3 iterations" in text
+    assert "train.warmup_iters=5 is not below train.iters=3: the run ends inside its warmup" in text
+    assert (
+        "train.iters=3 ended the run with 10.0 of train.max_minutes=10 left: the learning rate follows the clock"
+        in text
+    )
+    bar = capsys.readouterr().err
+    assert "s of training" in bar and "/600 s" in bar and "it=3" in bar

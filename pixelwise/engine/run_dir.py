@@ -153,10 +153,12 @@ class RunFiles:
         self._log = None
         self.tensorboard = None
         self.lock = RunLock(run_dir)
+        self._created = False
 
     def claim(self) -> None:
         """Take the directory's lock and clean up after an interrupted run (rank 0 only)."""
         if self.enabled:
+            self._created = not self.dir.exists()  # made for this run: removed again if it fails before writing
             self.lock.acquire()
             remove_stale_temporaries(self.dir)
 
@@ -210,6 +212,9 @@ class RunFiles:
             self.tensorboard.close()
             self.tensorboard = None
         self.lock.release()
+        if self._created:
+            with contextlib.suppress(OSError):  # not empty (the run wrote something): kept
+                self.dir.rmdir()
 
 
 def _summary_writer(run_dir: Path, purge_step: int | None = None):

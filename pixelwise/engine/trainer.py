@@ -109,12 +109,18 @@ def _summary(
     total: int,
     amp: str,
     world_size: int,
+    budget: float = 0.0,
 ) -> None:
-    """What the run is about to do, before its first step."""
+    """What the run is about to do, before its first step (``budget``: the time budget in seconds, 0 for none)."""
     params = sum(p.numel() for p in model.parameters())
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     splits = f"{len(train_ds)} {train_ds.split}" + (f", {len(val_ds)} {val_ds.split}" if val_ds is not None else "")
+    if val_ds is not None and val_ds.split == train_ds.split:
+        splits = f"{len(train_ds)} {train_ds.split} (validated on the same split)"
     start = f"iterations {state.iter + 1}-{total}" if state.iter else f"{total} iterations"
+    if budget > 0:  # the clock, not the iterations, ends such a run
+        spent = f", {state.train_seconds / 60:.1f} spent" if state.train_seconds else ""
+        start = f"train.max_minutes {budget / 60:g} (the schedule follows the clock{spent}), at most {total} iterations"
     log.info("run directory %s", run_dir)
     log.info(
         "device %s (%s), %d process(es), precision %s", device, threads, world_size, "fp32" if amp == "none" else amp
@@ -225,6 +231,16 @@ def _train(
         problem = input_size_problem(spec, h, w)
         if problem:
             raise ConfigError(f"data.crop_size={crop}: {problem}; use a larger crop")
+    images = root / info.name / "images"
+    present = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+    for key in ("train_split", "val_split"):
+        split = data_cfg[key]
+        if split and split not in present:
+            also = ", or null to train without validation" if key == "val_split" else ""
+            raise ConfigError(
+                f"data.{key}={split!r}: data set {info.name!r} has no split {split!r} (it has "
+                f"{', '.join(present) or 'none'}): set data.{key} to one of them{also}"
+            )
     if check_data:
         splits = [s for s in (data_cfg["train_split"], data_cfg["val_split"]) if s]
         require_valid(root, info.name, splits, progress=progress)
@@ -379,9 +395,25 @@ def _train(
         files.save(checkpoint, state.iter, best=best)
 
     if ddp.is_main:
-        _summary(run_dir, device, info, train_ds, val_ds, spec, model, state, total, amp, ddp.world_size)
+        _summary(run_dir, device, info, train_ds, val_ds, spec, model, state, total, amp, ddp.world_size, budget)
+        warmup = train_cfg["warmup_iters"]
+        if warmup >= total:
+            log.warning(
+                "train.warmup_iters=%d is not below train.iters=%d: the run ends inside its warmup", warmup, total
+            )
     net.train()
-    bar = tqdm(total=total, initial=state.iter, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    if budget > 0:  # the budget ends the run: the bar counts its seconds (the iterations go in the postfix)
+        bar = tqdm(
+            total=round(budget),
+            initial=min(round(state.train_seconds), round(budget)),
+            desc="train",
+            unit="s",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s of training [{elapsed}<{remaining}{postfix}]",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+    else:
+        bar = tqdm(total=total, initial=state.iter, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
     # the iterator draws its base seed from the global RNG; the run being continued made that draw at its first
     # iteration, before the RNG state it saved, so on resume dropout must continue from the saved state itself
     with torch.random.fork_rng(devices=[], enabled=resume):
@@ -488,9 +520,9 @@ def _train(
                     int(signum),
                 )
             window_loss, window_n = window_loss + loss_value, window_n + 1
-            bar.update(1)
+            bar.update(min(state.train_seconds, budget) - bar.n if budget > 0 else 1)
             lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(**({"it": it} if budget > 0 else {}), loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if it % log_interval == 0 or last:
                 mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
@@ -520,6 +552,12 @@ def _train(
                 window_t = time.perf_counter()  # evaluation time is not training speed
                 waited[0] = 0.0
     bar.close()
+    if ddp.is_main and budget > 0 and state.iter >= total and state.train_seconds < 0.9 * budget:
+        log.warning(
+            "train.iters=%d ended the run with %.1f of train.max_minutes=%g left: the learning rate follows the clock, "
+            "so it ended at %.2e, barely decayed; for a run by iterations set train.max_minutes=0",
+            total, (budget - state.train_seconds) / 60, budget / 60, scheduler.get_last_lr()[0],
+        )  # fmt: skip
     return {
         "best_miou": state.best_miou,
         "best_metric": "mean_ap" if method.enabled else "miou",
