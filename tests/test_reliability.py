@@ -743,7 +743,7 @@ def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_r
     frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
     out = tmp_path / "out"
     written = predict(run / "best.pt", [folder], out, progress=False)
-    assert written[0]["pages"] == "2" and written[0]["masks"] == str(out / "masks/stack.tif")
+    assert written[0]["pages"] == 2 and written[0]["masks"] == str(out / "masks/stack.tif")
     stack = Image.open(out / "masks/stack.tif")
     assert stack.n_frames == 2
     predictor = Predictor(run / "best.pt")
@@ -888,3 +888,18 @@ def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_ru
         assert main([*argv, "--no-progress"] if argv[0] in ("eval", "predict") else argv) == 2, argv
         assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.onnx").exists()
+
+
+def test_predict_overwrite_replaces_an_earlier_prediction_and_leaves_other_files(toy_run, tmp_path):
+    """--overwrite left the earlier run's six masks beside this run's one, while manifest.json listed one."""
+    run, root, _ = toy_run
+    images = sorted((root / "toy/images/val").glob("*.png"))
+    out = tmp_path / "pred"
+    predict(run / "best.pt", images, out, progress=False)
+    assert len(list((out / "masks").iterdir())) == len(images) > 1
+    (out / "notes.txt").write_text("mine")
+    predict(run / "best.pt", images[:1], out, overwrite=True, progress=False)
+    for sub in ("masks", "color", "overlay"):
+        assert [p.name for p in (out / sub).iterdir()] == [images[0].name]
+    assert len(json.loads((out / "manifest.json").read_text())["files"]) == 1
+    assert (out / "notes.txt").read_text() == "mine"

@@ -124,7 +124,7 @@ def test_predict_video_writes_overlay_masks_and_effect(predictor, tmp_path):
     assert files["overlay"] == str(tmp_path / "out" / "clip_overlay.mp4")
     assert files["effect"] == str(tmp_path / "out" / "clip_effect.mp4")
     assert files["masks"] == str(tmp_path / "out" / "clip_masks.mkv")
-    assert (files["frames"], files["fps"], files["size"]) == ("12", "25", "64x48")
+    assert (files["frames"], files["fps"], files["size"]) == (12, "25", "64x48")
     assert files["codec"] == choose_codec() == "libx264"
     for key in ("overlay", "effect", "masks"):
         assert stream_facts(files[key])[:4] == (N, FPS, W, H), key
@@ -214,8 +214,8 @@ def test_smoothing_factor_one_is_no_smoothing(predictor, tmp_path):
     )
     a, b = list(read_frames(plain["masks"], "L")), list(read_frames(same["masks"], "L"))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert smoothed["smooth"] == "0.3" and stream_facts(smoothed["masks"])[0] == N
-    assert plain["smooth"] == "none" and float(smoothed["flicker"]) < float(plain["flicker"])
+    assert smoothed["smooth"] == 0.3 and stream_facts(smoothed["masks"])[0] == N
+    assert plain["smooth"] is None and float(smoothed["flicker"]) < float(plain["flicker"])
 
 
 def noisy_sequence(frames=30, classes=3, size=(24, 32), noise=1.5, seed=0):
@@ -411,7 +411,7 @@ def test_overwriting_png_masks_removes_the_longer_videos_frames(predictor, tmp_p
     files = predict_video(
         predictor, write_video(tmp_path / "clip.mp4", square_frames(5)), out, masks="png", progress=False
     )
-    assert files["frames"] == "5"
+    assert files["frames"] == 5
     assert sorted(p.name for p in (out / "masks/clip").iterdir()) == [f"{i:06d}.png" for i in range(5)] + ["notes.txt"]
 
 

@@ -5,9 +5,11 @@ written whole or not at all."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 class PredictionErrors(DataError):
     """Some inputs could not be predicted (``skip_errors``); the others were written."""
 
-    def __init__(self, message: str, written: list[dict[str, str]], failed: list[dict[str, str]]) -> None:
+    def __init__(self, message: str, written: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
         super().__init__(message)
         self.written, self.failed = written, failed
 
@@ -50,9 +52,13 @@ OUTPUT_FOLDERS = ("masks", "color", "overlay")
 MANIFEST = "manifest.json"
 
 
+PREDICTION_FOLDERS = (*OUTPUT_FOLDERS, "instances", "instance_overlay", "effect")
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
-    ``overwrite`` (another run's files would be mixed with these)."""
+    ``overwrite`` (another run's files would be mixed with these), which first removes an earlier prediction's
+    outputs: its folders' files and the files its ``manifest.json`` lists (videos); other files are left."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: give a folder for the masks, colours and overlays")
     if out_dir.is_dir() and not overwrite:
@@ -62,8 +68,32 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 f"--out {out_dir} is not empty ({len(existing)} files, e.g. {existing[0].relative_to(out_dir)}): "
                 "pass --overwrite to replace what is there, or choose another folder"
             )
+    if out_dir.is_dir() and overwrite:
+        _remove_earlier_prediction(out_dir)
     for sub in OUTPUT_FOLDERS:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _remove_earlier_prediction(out_dir: Path) -> None:
+    """An earlier run's outputs, so that the folder holds this run's alone (its manifest says what that is)."""
+    listed: list[Path] = []
+    try:
+        earlier = json.loads((out_dir / MANIFEST).read_text())
+        listed = [Path(v) for entry in earlier.get("files", []) for k, v in entry.items() if k != "image"]
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no manifest, or not ours: only the prediction folders are cleared
+    root = out_dir.resolve()
+    for path in listed:
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.resolve().parent == root and path.is_file():  # its videos
+            path.unlink()
+    for sub in PREDICTION_FOLDERS:
+        if (out_dir / sub).is_dir():
+            for path in sorted((out_dir / sub).rglob("*"), reverse=True):  # files first, then emptied folders
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+                elif path.is_dir():
+                    path.rmdir()
+    (out_dir / MANIFEST).unlink(missing_ok=True)
 
 
 def output_names(stem: str, pages: int) -> set[str]:
@@ -80,7 +110,7 @@ def write_prediction(
     preds: list[np.ndarray],
     palette: Sequence[Sequence[int]],
     alpha: float,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """``masks/<stem>.png``, ``color/<stem>.png``, ``overlay/<stem>.png`` of one image; for a stack of
     ``n`` pages the masks as one multi-page ``masks/<stem>.tif`` (slice order kept) and the pictures as
     ``color/<stem>_z0000.png`` ... per slice."""
@@ -95,7 +125,7 @@ def write_prediction(
             files[sub] = str(out_dir / sub / f"{stem}.png")
             write_image(files[sub], array)
         return files
-    files["pages"] = str(len(pages))
+    files["pages"] = len(pages)
     files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
     first, *rest = (Image.fromarray(p) for p in preds)
     write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
@@ -108,7 +138,7 @@ def write_prediction(
 
 def write_instances(
     out_dir: Path, stem: str, pages: list[np.ndarray], found: list[InstanceOutput], alpha: float
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """``instances/<stem>.png`` (16-bit ids, 0 = none; a multi-page TIFF for a stack) and
     ``instance_overlay/<stem>.png`` (each instance its own colour, with its contour)."""
     for sub in ("instances", "instance_overlay"):
@@ -116,7 +146,7 @@ def write_instances(
     if any(int(f.instances.max(initial=0)) > 65535 for f in found):
         raise DataError(f"{stem}: more than 65535 instances, beyond a 16-bit instance map")
     maps = [Image.fromarray(f.instances.astype(np.uint16)) for f in found]
-    files = {"instance_count": str(sum(int(f.classes.size) for f in found))}
+    files: dict[str, Any] = {"instance_count": sum(int(f.classes.size) for f in found)}
     if len(maps) == 1:
         files["instances"] = str(out_dir / "instances" / f"{stem}.png")
         write_image(files["instances"], maps[0])
@@ -134,7 +164,7 @@ def write_instances(
 
 def write_effect(
     out_dir: Path, stem: str, pages: list[np.ndarray], probs: list[torch.Tensor], effect: Effect
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice."""
     (out_dir / "effect").mkdir(exist_ok=True)
     names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]

@@ -415,7 +415,7 @@ def predict(
     batch_size: int = 4,
     audio: bool = True,
     decoding: dict[str, Any] | None = None,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
     :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
@@ -462,7 +462,7 @@ def predict(
             check_video_model(predictor, path)
             break
     prepare_out_dir(out_dir, overwrite)
-    written: list[dict[str, str]] = []
+    written: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     used: set[str] = set()
     manifest = {

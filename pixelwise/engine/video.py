@@ -210,7 +210,7 @@ def predict_video(
     codec: str = "auto",
     audio: bool = True,
     progress: bool = True,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Predict every frame of the video ``path`` and write, in ``out_dir``, ``<stem>_overlay.mp4`` (class colours
     at opacity ``alpha``), and with ``masks="video"`` ``<stem>_masks.mkv`` (lossless) or ``masks="png"``
     ``masks/<stem>/000000.png`` ..., and with ``effect`` ``<stem>_effect.mp4`` (``.mov`` for cutout): the input's
@@ -231,7 +231,7 @@ def predict_video(
     settings = predictor.settings_for_size(info.height, info.width, str(path), batch=batch_size)
     ema = TemporalEMA(smooth) if smooth is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {"video": str(path)}
+    files: dict[str, Any] = {"video": str(path)}
     writers: dict[str, VideoWriter] = {}
     audio_from = path if audio else None
     palette = predictor.meta["palette"]
@@ -298,14 +298,14 @@ def predict_video(
     audio_text = "dropped (asked for)" if not audio else (rgb.audio if rgb is not None else "none (no picture video)")
     files.update(
         {
-            "frames": str(frames),
+            "frames": frames,
             "fps": _fps_text(info.fps),
             "size": info.size,
             "codec": rgb.codec if rgb is not None else "ffv1",
             "audio": audio_text,
-            "smooth": "none" if smooth is None else str(smooth),
-            "flicker": f"{meter.value:.6f}",
-            "frames_per_second": f"{frames / seconds:.2f}" if seconds > 0 else "nan",
+            "smooth": smooth,
+            "flicker": round(meter.value, 6),
+            "frames_per_second": round(frames / seconds, 2) if seconds > 0 else None,
         }
     )
     log.debug(  # the CLI prints the same facts from the returned entry
