@@ -80,6 +80,7 @@ def _class_arg(value: str | None) -> int | str | None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint
     from .fileio import write_json
+    from .inference import InferenceSettings
     from .metrics import format_metrics_table
     from .visualize import plot_confusion_matrix
 
@@ -105,6 +106,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print("dense CRF: " + ", ".join(f"{k}={v}" for k, v in result["metrics"]["crf"].items()))
     precision = "fp32" if result["amp"] == "none" else result["amp"]
     print(f"{result['dataset']} / {result['split']}: {result['num_images']} images, {args.checkpoint} ({precision})")
+    print("protocol: " + InferenceSettings(**(result["inference"] or {})).describe())
     print(format_metrics_table(result["metrics"], result["classes"]))
     if args.json:
         write_json(args.json, result)
@@ -409,9 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="onnxruntime: CHECKPOINT is an .onnx file from pixelwise export",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="auto (default): onnxruntime for an .onnx file from pixelwise export, else torch",
     )
     g = p.add_argument_group("effects and video")
     g.add_argument(

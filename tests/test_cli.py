@@ -75,6 +75,7 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     )  # fmt: skip
     assert Image.open(confusion).format == "PNG" and min(Image.open(confusion).size) > 100
     assert "membrane" in proc.stdout and "miou" in proc.stdout
+    assert "\nprotocol: whole image, scale 1, as is: 1 pass(es) per image\n" in proc.stdout
     result = json.loads(out_json.read_text())
     m = result["metrics"]
     assert result["num_images"] == 6 and result["split"] == "val"

@@ -87,7 +87,7 @@ def test_export_dynamic_and_onnxruntime_backend(tmp_path, name, kwargs):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
     images = sorted(str(p) for p in tmp_path.glob("img*.png"))
     predict(ckpt, images, tmp_path / "torch", progress=False)
-    predict(tmp_path / "m.onnx", images, tmp_path / "ort", backend="onnxruntime", progress=False)
+    predict(tmp_path / "m.onnx", images, tmp_path / "ort", progress=False)  # the suffix picks onnxruntime
     for i in range(2):
         a = np.asarray(Image.open(tmp_path / f"torch/masks/img{i}.png"))
         b = np.asarray(Image.open(tmp_path / f"ort/masks/img{i}.png"))

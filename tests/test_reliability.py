@@ -467,7 +467,7 @@ def test_foreign_files_get_their_own_messages(tmp_path, toy_run):
         assert "weights_only=False" not in str(e.value)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
     with pytest.raises(CheckpointError) as e:
-        predict(tmp_path / "model.onnx", [tmp_path / "image.png"], tmp_path / "out", progress=False)
+        predict(tmp_path / "model.onnx", [tmp_path / "image.png"], tmp_path / "out", backend="torch", progress=False)
     assert str(e.value) == (
         f"{tmp_path / 'model.onnx'} is an ONNX file: predict and serve run it with --backend onnxruntime; eval and "
         "crf-search need the run's .pt"
@@ -689,7 +689,10 @@ def test_help_and_version():
 def test_cli_messages_for_a_file_out_and_an_onnx_checkpoint(toy_run, tmp_path):
     run, root, _ = toy_run
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07")
-    proc = run_cli("predict", tmp_path / "x.onnx", root / "toy/images/val", "--out", tmp_path / "o", check=False)
+    proc = run_cli(
+        "predict", tmp_path / "x.onnx", root / "toy/images/val", "--out", tmp_path / "o", "--backend", "torch",
+        check=False,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"pixelwise predict: error: {tmp_path / 'x.onnx'} is an ONNX file: predict and serve run it with --backend "

@@ -47,7 +47,16 @@ from .video import TemporalEMA, batch_probabilities, check_video_model, image_pr
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def resolve_backend(checkpoint: str | os.PathLike, backend: str) -> str:
+    """``auto``: onnxruntime for an ``.onnx`` file, else torch; any other value as given."""
+    if backend == "auto":
+        return "onnxruntime" if str(checkpoint).lower().endswith(".onnx") else "torch"
+    return backend
+
+
 MEMORY_SHARE = 0.7  # whole-image inference may use this share of the free memory before windows take over
 CRFOption = CRFSettings | dict[str, Any] | bool | None
 
@@ -173,6 +182,7 @@ class Predictor:
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
         self.ckpt: dict[str, Any] | None = None
+        backend = resolve_backend(checkpoint, backend)
         if backend == "onnxruntime":
             from ..inference.onnx_backend import OnnxModel
 
@@ -403,7 +413,7 @@ def predict(
     amp: str = "none",
     inference: InferenceSettings | dict[str, Any] | None = None,
     crf: CRFOption = None,
-    backend: str = "torch",
+    backend: str = "auto",
     compile: bool = False,
     overwrite: bool = False,
     skip_errors: bool = False,
@@ -419,10 +429,10 @@ def predict(
     """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
     :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
-    path and
-    sha256, the settings, every file written and every input that failed). One image at a time: memory stays
+    path and sha256, the settings, every file written and every input that failed). One image at a time: memory stays
     flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
-    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` runs an ONNX file written by
+    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` (``"auto"``, the default, for an ``.onnx``
+    file) runs an ONNX file written by
     ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
     (torch backend); ``crf`` as :class:`Predictor`.
 
@@ -469,7 +479,7 @@ def predict(
         "pixelwise": __version__,
         "checkpoint": str(Path(checkpoint).resolve()),
         "sha256": file_sha256(checkpoint),
-        "backend": backend,
+        "backend": resolve_backend(checkpoint, backend),
         "settings": {
             "amp": predictor.amp,
             "alpha": alpha,

@@ -114,6 +114,19 @@ class InferenceSettings:
         """The (quarter turns, horizontal flip) pairs averaged at each scale."""
         return [(k, f) for k in (range(4) if self.rot90 else (0,)) for f in ((False, True) if self.flip else (False,))]
 
+    def describe(self) -> str:
+        """One line for people: what is averaged, and how many network passes an image takes."""
+        views = {1: "as is", 2: "and its mirror image", 4: "4 quarter turns", 8: "8 symmetries"}[len(self.views)]
+        scales = "/".join(f"{s:g}" for s in self.scales)
+        where = "whole image" if self.mode == "whole" else f"{self.blend} windows of {self.crop} (stride {self.stride})"
+        passes = len(self.scales) * len(self.views)
+        text = f"{where}, scale{'s' if len(self.scales) > 1 else ''} {scales}, {views}: {passes} pass(es) per image"
+        if self.mode == "slide":
+            text += " (times its windows)"
+        if self.class_weight_correction:
+            text += f", class weights undone by tau {self.class_weight_correction:g}"
+        return text
+
 
 @torch.inference_mode()
 def predict_probs(
