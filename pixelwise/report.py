@@ -41,6 +41,9 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
+    # plain decimals (0.42), not 4.2x10^-1, on the major and the minor ticks of the log axis
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:.2g}"))
     ax.grid(alpha=0.3)
     _save(fig, out / "loss.png")
 

@@ -446,8 +446,8 @@ def run_import(
     summary = ImportSummary(fmt, src, final, list(plan.classes), plan.ignore_index, workers)
     summary.notes = list(plan.notes)
     summary.skipped = list(plan.skipped)
-    for note in plan.notes:
-        log.info("%s: %s", fmt, note)
+    for note in plan.notes:  # the summary lists them (the CLI prints it): debug here, not twice on screen
+        log.debug("%s: %s", fmt, note)
     unknown: dict[Any, tuple[int, list[str]]] = {}
     n = len(plan.classes)
     staging = _staging_folder(final)
