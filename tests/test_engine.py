@@ -55,7 +55,8 @@ DDP_SETTINGS = [
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     """2 gloo processes x batch 2 end with the weights of 1 process x batch 4 (same global batch).
-    Tolerance 1e-6 absolute: only float summation order differs. (With batch norm the per-process
+    Tolerance 1e-6 absolute plus 1e-5 of each weight: only float summation order differs (a wrong average of the
+    gradients is off by a percent). (With batch norm the per-process
     batch statistics differ unless SyncBatchNorm, which PyTorch has on CUDA only.)"""
     env = {**os.environ, "PIXELWISE_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
     sets = [a for s in DDP_SETTINGS for a in ("--set", s)]
@@ -74,7 +75,7 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
         assert proc.returncode == 0, f"{run}: {proc.stderr[-3000:]}"  # the child's own error, not only its exit code
     a = load_checkpoint(tmp_path / "one/last.pt")["model"]
     b = load_checkpoint(tmp_path / "two/last.pt")["model"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
     assert sum((a[k] - load_checkpoint(tmp_path / "one/best.pt")["model"][k]).abs().sum() for k in a) == 0
     logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
     assert logs[0][0]["loss"] == pytest.approx(logs[1][0]["loss"], rel=1e-6)  # loss averaged over processes
@@ -315,7 +316,13 @@ def test_a_resume_cannot_split_the_optimizer_state_into_backbone_and_head(tmp_pa
     model, optimizer, scheduler, scaler = objects(config["train"])
     ckpt = pack(
         model=model,
-        meta={"model": spec},
+        meta={
+            "model": spec,
+            "classes": ["a", "b", "c"],
+            "palette": [[0, 0, 0]] * 3,
+            "mean": [0.5] * 3,
+            "std": [0.2] * 3,
+        },
         config=config,
         state=TrainState(iter=1),
         optimizer=optimizer,

@@ -102,7 +102,7 @@ def config_error(tmp_path, *overrides):
         ),
         (
             "train.loss_args={gama: 2}",
-            "loss 'cross_entropy' has no argument(s) gama; valid: ignore_index, weight, label_smoothing",
+            "loss 'cross_entropy' has no argument(s) gama; valid: ignore_index, weight, label_smoothing, top_k_percent",
         ),
     ],
 )
