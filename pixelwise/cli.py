@@ -101,6 +101,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         compile=args.compile,
         progress=not args.no_progress,
         decoding=decoding_overrides(args),
+        num_images=args.num_images,
     )
     if "crf" in result["metrics"]:
         print("dense CRF: " + ", ".join(f"{k}={v}" for k, v in result["metrics"]["crf"].items()))
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--confusion", metavar="PNG", help="also draw the row-normalised confusion matrix here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --confusion file")
+    p.add_argument("--num-images", type=int, metavar="N", help="score only the split's first N images (a quick look)")
     p.add_argument(
         "--boundary-width", type=int, metavar="PX", help="also score boundary F1 per class, within this many pixels"
     )

@@ -906,3 +906,20 @@ def test_predict_overwrite_replaces_an_earlier_prediction_and_leaves_other_files
         assert [p.name for p in (out / sub).iterdir()] == [images[0].name]
     assert len(json.loads((out / "manifest.json").read_text())["files"]) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_eval_can_score_the_first_images_of_a_split(toy_run):
+    """A quick look (e.g. with --crf) needed the whole split; --num-images N scores its first N."""
+    run, root, _ = toy_run
+    whole = evaluate_checkpoint(run / "best.pt", num_workers=0, progress=False)
+    first = evaluate_checkpoint(run / "best.pt", num_workers=0, progress=False, num_images=1)
+    assert whole["num_images"] == 2 and first["num_images"] == 1
+    h, w = np.asarray(Image.open(sorted((root / "toy/masks/val").glob("*.png"))[0])).shape
+    assert (
+        sum(map(sum, first["metrics"]["confusion_matrix"]))
+        <= h * w
+        < sum(map(sum, whole["metrics"]["confusion_matrix"]))
+    )
+    with pytest.raises(ConfigError) as e:
+        evaluate_checkpoint(run / "best.pt", progress=False, num_images=0)
+    assert str(e.value) == "--num-images 0: must be >= 1 (leave it out for the whole split)"

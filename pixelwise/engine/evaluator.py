@@ -57,10 +57,12 @@ def evaluate(
     instance_method: InstanceSettings | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
+    num_images: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on a labelled split: whole images, or the sliding-window / multi-scale /
-    flip / quarter-turn protocol of ``inference``. With ``shard=(rank, world_size)`` this process takes every
-    ``world_size``-th image and the counts (instance scores included) are joined over the processes.
+    """Evaluate ``model`` on a labelled split (its first ``num_images`` only, where given): whole images, or the
+    sliding-window / multi-scale / flip / quarter-turn protocol of ``inference``. With ``shard=(rank,
+    world_size)`` this process takes every ``world_size``-th image and the counts (instance scores included) are
+    joined over the processes.
 
     Returns :meth:`pixelwise.metrics.ConfusionMatrix.compute`, for a two-class data set (ISBI 2012's membrane
     and cell) ``"challenge_pixel_error"`` (:class:`pixelwise.metrics.ChallengePixelError`: the challenge's and
@@ -92,7 +94,8 @@ def evaluate(
     matching = InstanceMetrics(ignore_index=info.ignore_index, max_detections=MAX_DETECTIONS) if counting else None
     things = [instances] if method is None and instances is not None else info.thing_classes
     rank, world = shard
-    subset = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    count = len(dataset) if num_images is None else min(num_images, len(dataset))
+    subset = dataset if world == 1 and count == len(dataset) else Subset(dataset, range(rank, count, world))
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
     done = 0  # images of this process's share so far: its next is the data set's rank + world * done
     for batch in tqdm(
@@ -229,8 +232,10 @@ def evaluate_checkpoint(
     compile: bool = False,
     progress: bool = True,
     decoding: dict[str, Any] | None = None,
+    num_images: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split of the data set it was trained on (options as
+    """Evaluate a checkpoint on a split of the data set it was trained on (its first ``num_images``, where given;
+    options as
     :func:`evaluate`; ``instances`` may be a class name; ``crf`` refines with the dense CRF, as
     :class:`~pixelwise.engine.predictor.Predictor`; ``compile`` as
     :func:`pixelwise.inference.optimize_for_inference`; ``inference`` as :class:`Predictor`: by default the run's
@@ -242,6 +247,8 @@ def evaluate_checkpoint(
         raise ConfigError(f"--boundary-width {boundary_width}: must be >= 0 pixels")
     if num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers}: must be >= 0 (0 loads in this process)")
+    if num_images is not None and num_images < 1:
+        raise ConfigError(f"--num-images {num_images}: must be >= 1 (leave it out for the whole split)")
     predictor = Predictor(
         checkpoint, device=device, amp=amp, compile=compile, inference=inference, crf=crf, decoding=decoding
     )
@@ -272,6 +279,7 @@ def evaluate_checkpoint(
         crf=predictor.crf_args,
         instance_method=method,
         progress=progress,
+        num_images=num_images,
     )
     if predictor.crf is not None:
         metrics["crf"] = asdict(predictor.crf)
@@ -281,7 +289,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "dataset": meta["dataset"],
         "split": split,
-        "num_images": len(ds),
+        "num_images": len(ds) if num_images is None else min(num_images, len(ds)),
         "classes": meta["classes"],
         "amp": predictor.amp,
         "inference": None if predictor.inference is None else asdict(predictor.inference),
