@@ -153,7 +153,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         effect = f", {args.out}/effect" if args.effect else ""
         print(
             f"{len(written) - len(videos)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay{effect} "
-            f"({args.out}/manifest.json)"
+            f"({args.out}/manifest.json; the colours: {args.out}/legend.png)"
         )
     for v in videos:
         outputs = ", ".join(os.path.relpath(v[k], args.out) for k in ("overlay", "effect", "masks") if k in v)

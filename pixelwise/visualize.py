@@ -40,6 +40,28 @@ def overlay_palette(palette: Sequence[Sequence[int]]) -> list[list[int]]:
     return [VIVID[i] if i < len(VIVID) else more[i - len(VIVID)] for i in range(len(colours))]
 
 
+def legend(classes: Sequence[str], palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """An RGB picture naming each class beside its colour in ``color/`` masks and in overlays (they differ where
+    the palette is grey: :func:`overlay_palette`)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    vivid = overlay_palette(palette)
+    row, swatch, text_x = 24, 18, 130
+    names = [f"{i}  {name}" for i, name in enumerate(classes)]
+    width = text_x + max((int(font.getlength(n)) for n in names), default=40) + 12
+    img = Image.new("RGB", (max(width, 200), row * (len(classes) + 1) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for x, title in ((8, "mask"), (64, "overlay"), (text_x, "class")):
+        draw.text((x, 6), title, fill=(0, 0, 0), font=font)
+    for i, (name, plain, bright) in enumerate(zip(names, palette, vivid, strict=True)):
+        y = row * (i + 1) + 8
+        for x, colour in ((14, plain), (76, bright)):
+            draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colour), outline=(120, 120, 120))
+        draw.text((text_x, y + 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
 def as_rgb8(image: np.ndarray) -> np.ndarray:
     """An image as ``H x W x 3`` uint8 for pictures: grey repeated, alpha dropped, float in [0, 1] and 16-bit
     integers (0..65535) scaled to 0..255."""

@@ -906,6 +906,7 @@ def test_predict_overwrite_replaces_an_earlier_prediction_and_leaves_other_files
         assert [p.name for p in (out / sub).iterdir()] == [images[0].name]
     assert len(json.loads((out / "manifest.json").read_text())["files"]) == 1
     assert (out / "notes.txt").read_text() == "mine"
+    assert Image.open(out / "legend.png").mode == "RGB"  # which colour is which class, in masks and overlays
 
 
 def test_eval_can_score_the_first_images_of_a_split(toy_run):

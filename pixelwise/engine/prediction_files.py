@@ -50,6 +50,7 @@ class PredictionErrors(DataError):
 
 OUTPUT_FOLDERS = ("masks", "color", "overlay")
 MANIFEST = "manifest.json"
+LEGEND = "legend.png"
 
 
 PREDICTION_FOLDERS = (*OUTPUT_FOLDERS, "instances", "instance_overlay", "effect")
@@ -94,6 +95,7 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
                 elif path.is_dir():
                     path.rmdir()
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / LEGEND).unlink(missing_ok=True)
 
 
 def output_names(stem: str, pages: int) -> set[str]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
-from ..data import image_to_tensor, read_image_stack, shift_image
+from ..data import image_to_tensor, read_image_stack, shift_image, write_image
 from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
@@ -31,9 +31,11 @@ from ..inference.effects import Effect, one_hot
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
+from ..visualize import legend
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
 from .prediction_files import (
+    LEGEND,
     MANIFEST,
     PredictionErrors,
     expand_inputs,
@@ -472,6 +474,8 @@ def predict(
             check_video_model(predictor, path)
             break
     prepare_out_dir(out_dir, overwrite)
+    # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
+    write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
     written: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     used: set[str] = set()
