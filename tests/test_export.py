@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -198,7 +199,19 @@ def test_fixed_size_onnx_resizes_any_input(tmp_path):
     onnx_model = OnnxModel(tmp_path / "m.onnx")
     assert onnx_model.fixed_size == (64, 96) and onnx_model.fixed_batch == 1
     x = torch.randn(2, 3, 70, 90)
-    got = onnx_model(x)
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("pixelwise.inference.onnx_backend").addHandler(handler)
+    try:
+        got = onnx_model(x)
+        onnx_model(x)
+    finally:
+        logging.getLogger("pixelwise.inference.onnx_backend").removeHandler(handler)
+    assert said == [  # said once, not per image
+        f"{tmp_path / 'm.onnx'} was exported at a fixed 64x96: inputs of other sizes (here 70x90) are resized to it "
+        "and the scores back, which blurs them; export at the size you predict (--size H W), or use the checkpoint"
+    ]
     model = model_from_checkpoint(load_checkpoint(ckpt), ckpt).eval()
     with torch.no_grad():
         ref = F.interpolate(model(F.interpolate(x, size=(64, 96), mode="bilinear")), size=(70, 90), mode="bilinear")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, PixelwiseError
 
+log = logging.getLogger(__name__)
 META_KEY = "pixelwise_meta"  # the ONNX metadata entry holding the checkpoint's meta (classes, palette, ...)
 
 
@@ -45,6 +47,7 @@ class OnnxModel:
         self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
         fixed_hw = first.shape[2:]
         self.fixed_size = tuple(fixed_hw) if all(isinstance(d, int) for d in fixed_hw) else None
+        self.path, self._resize_said = path, False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Logits at the input's size; for a graph with the instance branch (outputs ``logits``, ``center``,
@@ -53,6 +56,13 @@ class OnnxModel:
         x = x.detach().float().cpu()
         size = tuple(x.shape[-2:])
         if self.fixed_size is not None and size != self.fixed_size:
+            if not self._resize_said:  # once: every other image of another size is resized the same way
+                self._resize_said = True
+                log.warning(
+                    "%s was exported at a fixed %dx%d: inputs of other sizes (here %dx%d) are resized to it and the "
+                    "scores back, which blurs them; export at the size you predict (--size H W), or use the checkpoint",
+                    self.path, *self.fixed_size, *size,
+                )  # fmt: skip
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
         runs = [self.session.run(None, {self.input: c.numpy()}) for c in chunks]
