@@ -29,7 +29,7 @@ DESCRIPTION = "Semantic and instance segmentation with the classic architectures
 EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".tif", ".tiff", ".webp", ".eps", ".ps")
 
 
 def _check_output(path: str | None, flag: str, overwrite: bool, suffixes: tuple[str, ...] = ()) -> None:

@@ -109,20 +109,26 @@ def _quiet():
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
-    # the TorchScript exporter prints from C++, past sys.stdout: the process's own descriptors are swapped
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    # the TorchScript exporter prints from C++, past sys.stdout: the process's own descriptors are swapped (where it
+    # has them: without, only Python's own streams are)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        saved = []
     try:
         with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
+            for fd in (1, 2) if saved else ():
+                os.dup2(sink.fileno(), fd)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((1, 2), saved, strict=True):
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        for fd, copy in zip((1, 2), saved, strict=False):
             os.dup2(copy, fd)
             os.close(copy)
         for lg, level in zip(loggers, levels, strict=True):

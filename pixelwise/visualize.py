@@ -150,8 +150,9 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     try:
         kind = path.suffix.lower().lstrip(".")
-        if kind not in fig.canvas.get_supported_filetypes():
-            raise DataError(f"{path}: a picture is written as .png, .pdf, .svg or .jpg; give one of those suffixes")
+        kinds = fig.canvas.get_supported_filetypes()
+        if kind not in kinds:
+            raise DataError(f"{path}: a picture is written as one of {', '.join('.' + k for k in sorted(kinds))}")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format=kind)

@@ -137,3 +137,14 @@ def test_a_checkpoint_without_its_meta_or_a_folder_is_named_as_such(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path)
     assert str(e.value) == f"checkpoint {tmp_path} is a folder: give the file in it (e.g. {tmp_path / 'best.pt'})"
+
+
+def test_an_old_deeplab_run_with_empty_rates_still_loads(tmp_path):
+    """DeepLab v3 took `rates: []` for its default rates (and trained so) before an empty list was refused: such a
+    run's checkpoint must still build the net it trained."""
+    model = build_model("deeplabv3", backbone="resnet18", num_classes=2)  # the default rates (6, 12, 18)
+    meta = {"model": {"name": "deeplabv3", "backbone": "resnet18", "num_classes": 2, "rates": []},
+            "classes": ["a", "b"], "palette": [[0, 0, 0], [1, 1, 1]], "mean": [0.5] * 3, "std": [0.2] * 3}  # fmt: skip
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "meta": meta})
+    loaded = model_from_checkpoint(load_checkpoint(tmp_path / "old.pt"))
+    assert loaded.aspp.rates == (6, 12, 18)

@@ -185,7 +185,8 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
         "folder; choose another place"
     )
     assert error("eval", missing, "--confusion", tmp_path / "c.txt") == (
-        f"pixelwise eval: error: --confusion {tmp_path / 'c.txt'}: give a file ending in .png, .jpg, .jpeg, .pdf, .svg"
+        f"pixelwise eval: error: --confusion {tmp_path / 'c.txt'}: give a file ending in .png, .jpg, .jpeg, .pdf, "
+        ".svg, .svgz, .tif, .tiff, .webp, .eps, .ps"
     )
     assert error("eval", missing, "--json", existing, "--overwrite") == (
         f"pixelwise eval: error: checkpoint {missing} does not exist"

@@ -924,3 +924,32 @@ def test_eval_can_score_the_first_images_of_a_split(toy_run):
     with pytest.raises(ConfigError) as e:
         evaluate_checkpoint(run / "best.pt", progress=False, num_images=0)
     assert str(e.value) == "--num-images 0: must be >= 1 (leave it out for the whole split)"
+
+
+def test_predict_overwrite_removes_only_what_an_earlier_manifest_lists(tmp_path):
+    """The first --overwrite cleared every file under masks/, color/, ... (a data set's ground truth when --out
+    was its folder) and took an input video lying in --out for an output."""
+    from pixelwise.engine.prediction_files import prepare_out_dir
+
+    data = tmp_path / "dataset"
+    (data / "masks").mkdir(parents=True)
+    (data / "masks/gt_0001.png").write_bytes(b"truth")
+    prepare_out_dir(data, overwrite=True)  # no manifest of ours: nothing goes
+    assert (data / "masks/gt_0001.png").read_bytes() == b"truth"
+
+    out = tmp_path / "out"
+    for name in ("clip.mp4", "clip_overlay.mp4", "masks/a.png", "color/a.png", "color/s_z0000.png",
+                 "color/s_z0001.png", "masks/clip/f000000.png", "masks/mine.png"):  # fmt: skip
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    manifest = {"pixelwise": "0.1.0", "files": [
+        {"image": str(out / "a.png"), "masks": str(out / "masks/a.png"), "color": str(out / "color/a.png")},
+        {"image": str(out / "s.tif"), "pages": 2, "color": str(out / "color/s_z0000.png")},
+        {"video": str(out / "clip.mp4"), "frames": 10, "overlay": str(out / "clip_overlay.mp4"),
+         "masks": str(out / "masks/clip"), "smooth": None},
+        {"image": "/elsewhere/b.png", "masks": "/elsewhere/masks/b.png"},
+    ]}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    prepare_out_dir(out, overwrite=True)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["clip.mp4", "masks/mine.png"]  # the input video and a file no manifest listed

@@ -143,7 +143,7 @@ def test_a_budgeted_run_says_so_counts_its_seconds_and_warns_when_iters_end_it_f
     assert "train.max_minutes 10 (the schedule follows the clock), at most 3 iterations" in text
     assert "train.warmup_iters=5 is not below train.iters=3: the run ends inside its warmup" in text
     assert (
-        "train.iters=3 ended the run with 10.0 of train.max_minutes=10 left: the learning rate follows the clock"
+        "train.iters=3 ended the run with 600 s of train.max_minutes=10 left: the learning rate follows the clock"
         in text
     )
     bar = capsys.readouterr().err

@@ -102,6 +102,10 @@ def test_the_paper_s_net_starts_from_its_gaussian_init():
     assert up.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 3, 188, 188)).std() > 1.0
+    # the instance branch's decoder too; its centre/offset predictors keep detectron2's near-zero start
+    pan = UNet(in_channels=3, num_classes=2, base_channels=16, batch_norm=False, instance_head="panoptic")
+    assert pan.instance.up[0].weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    assert pan.instance.center.weight.std().item() == pytest.approx(0.001, rel=0.2)
     bn = UNet(in_channels=3, num_classes=2, base_channels=16, batch_norm=True)  # not the paper's: torch's default
     bn_first = next(m for m in bn.encoder.modules() if isinstance(m, nn.Conv2d))
     assert bn_first.weight.abs().max() <= 1 / math.sqrt(27)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,18 +50,17 @@ class PredictionErrors(DataError):
         self.written, self.failed = written, failed
 
 
+log = logging.getLogger(__name__)
+
 OUTPUT_FOLDERS = ("masks", "color", "overlay")
 MANIFEST = "manifest.json"
 LEGEND = "legend.png"
 
 
-PREDICTION_FOLDERS = (*OUTPUT_FOLDERS, "instances", "instance_overlay", "effect")
-
-
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
-    ``overwrite`` (another run's files would be mixed with these), which first removes an earlier prediction's
-    outputs: its folders' files and the files its ``manifest.json`` lists (videos); other files are left."""
+    ``overwrite`` (another run's files would be mixed with these), which first removes the outputs an earlier
+    prediction's ``manifest.json`` lists; other files are left."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: give a folder for the masks, colours and overlays")
     if out_dir.is_dir() and not overwrite:
@@ -69,31 +70,46 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 f"--out {out_dir} is not empty ({len(existing)} files, e.g. {existing[0].relative_to(out_dir)}): "
                 "pass --overwrite to replace what is there, or choose another folder"
             )
-    if out_dir.is_dir() and overwrite:
+    if out_dir.is_dir() and overwrite and any(out_dir.iterdir()):
         _remove_earlier_prediction(out_dir)
     for sub in OUTPUT_FOLDERS:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+OUTPUT_KEYS = ("masks", "color", "overlay", "instances", "instance_overlay", "effect")  # a manifest entry's outputs
+
+
 def _remove_earlier_prediction(out_dir: Path) -> None:
-    """An earlier run's outputs, so that the folder holds this run's alone (its manifest says what that is)."""
-    listed: list[Path] = []
+    """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), so that the
+    folder holds this run's alone; never its inputs, nothing outside ``out_dir``, nothing without a manifest of
+    ours (a folder such as a data set's own ``masks/`` stays as it is)."""
     try:
         earlier = json.loads((out_dir / MANIFEST).read_text())
-        listed = [Path(v) for entry in earlier.get("files", []) for k, v in entry.items() if k != "image"]
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass  # no manifest, or not ours: only the prediction folders are cleared
+        entries = earlier["files"] if isinstance(earlier, dict) and "pixelwise" in earlier else None
+    except (OSError, ValueError, KeyError):
+        entries = None
+    if not isinstance(entries, list):
+        log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
+        return
     root = out_dir.resolve()
-    for path in listed:
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.resolve().parent == root and path.is_file():  # its videos
-            path.unlink()
-    for sub in PREDICTION_FOLDERS:
-        if (out_dir / sub).is_dir():
-            for path in sorted((out_dir / sub).rglob("*"), reverse=True):  # files first, then emptied folders
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-                elif path.is_dir():
-                    path.rmdir()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        for key in OUTPUT_KEYS:
+            value = entry.get(key)
+            if not isinstance(value, str):
+                continue
+            path = Path(value)
+            if root not in path.resolve().parents or path.is_symlink():
+                continue
+            if path.is_dir():  # a video's masks as PNGs: a folder of its own under masks/
+                shutil.rmtree(path)
+                continue
+            siblings = [path]
+            if path.stem.endswith("_z0000"):  # a stack's slices: the manifest names the first
+                siblings = sorted(path.parent.glob(f"{path.stem[: -len('_z0000')]}_z[0-9][0-9][0-9][0-9]{path.suffix}"))
+            for p in siblings:
+                p.unlink(missing_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / LEGEND).unlink(missing_ok=True)
 

@@ -554,9 +554,9 @@ def _train(
     bar.close()
     if ddp.is_main and budget > 0 and state.iter >= total and state.train_seconds < 0.9 * budget:
         log.warning(
-            "train.iters=%d ended the run with %.1f of train.max_minutes=%g left: the learning rate follows the clock, "
-            "so it ended at %.2e, barely decayed; for a run by iterations set train.max_minutes=0",
-            total, (budget - state.train_seconds) / 60, budget / 60, scheduler.get_last_lr()[0],
+            "train.iters=%d ended the run with %.0f s of train.max_minutes=%g left: the learning rate follows the "
+            "clock, so it ended at %.2e, barely decayed; for a run by iterations set train.max_minutes=0",
+            total, budget - state.train_seconds, budget / 60, scheduler.get_last_lr()[0],
         )  # fmt: skip
     return {
         "best_miou": state.best_miou,

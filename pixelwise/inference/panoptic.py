@@ -109,7 +109,7 @@ def find_instance_centers(
     r = nms_kernel // 2
     pooled = F.max_pool2d(F.max_pool2d(heat, (1, nms_kernel), 1, (0, r)), (nms_kernel, 1), 1, (r, 0))
     kept = torch.where(heat == pooled, heat, low).reshape(-1)
-    if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+    if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         found = int((kept > threshold).sum())
         if found > top_k:
             # the others' pixels go to the nearest kept centre: neighbouring objects merge

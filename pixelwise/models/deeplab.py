@@ -156,7 +156,7 @@ class DeepLabV2ResNet(nn.Module):
         self.backbone = resnet(depth, in_channels=in_channels, output_stride=8, pretrained=pretrained_backbone)
         self.backbone.keep("layer4")
         channels = self.backbone.info("layer4").channels
-        self.aspp = nn.ModuleList(conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        self.aspp = nn.ModuleList(conv2d(channels, num_classes, 3, padding=r, dilation=r) for r in checked_rates(rates))
         for conv in self.aspp:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)

@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from .backbones import Backbone, build_backbone
 from .modules import DoubleConv, center_crop, mirror_pad
-from .panoptic import check_instance_head, prediction_conv
+from .panoptic import PredictionConv, check_instance_head, prediction_conv
 from .registry import register_model
 from .weights import Pretrained
 
@@ -63,9 +63,10 @@ def _instance_outputs(logits: torch.Tensor, instance: torch.Tensor) -> dict[str,
 
 def paper_init(module: nn.Module) -> None:
     """U-Net sec. 3: every conv's weights from N(0, 2 / N), N its incoming nodes (a transposed conv's output pixel
-    takes one tap of each input channel per stride cell), zero biases."""
+    takes one tap of each input channel per stride cell), zero biases. The centre and offset predictors keep
+    detectron2's near-zero start (:func:`~pixelwise.models.panoptic.prediction_conv`)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not isinstance(m, PredictionConv):
             kh, kw = m.kernel_size
             if isinstance(m, nn.ConvTranspose2d):
                 n = m.in_channels * max(kh // m.stride[0], 1) * max(kw // m.stride[1], 1)
@@ -139,7 +140,8 @@ class UNet(nn.Module):
                 ),
             )
         if not batch_norm:
-            paper_init(nn.ModuleList([self.encoder, self.up, self.decoder, self.classifier]))
+            parts = [self.encoder, self.up, self.decoder, self.classifier]
+            paper_init(nn.ModuleList(parts + ([self.instance] if self.instance is not None else [])))
         if padding == "valid":
             self.margin = self._valid_margin()
             if tile_size is not None and self.valid_output_size(tile_size + 2 * self.margin) != tile_size:

@@ -135,6 +135,9 @@ def checkpoint_model_spec(meta: dict[str, Any]) -> dict[str, Any]:
     except PixelwiseError:  # a model no longer registered: building it will say so
         return spec
     recorded = {k: v for k, v in (meta.get("model_defaults") or {}).items() if k in valid}
+    if spec.get("rates") == [] and "rates" in valid and spec.get("name", "").startswith("deeplabv3"):
+        # DeepLab v3/v3+ took an empty list for the default rates (and trained with them) before it was refused
+        del spec["rates"]
     return {**recorded, **spec}
 
 
