@@ -528,7 +528,7 @@ def test_predict_out_folder_rules_and_manifest(toy_run, tmp_path):
     with pytest.raises(DataError) as e:
         predict(run / "best.pt", [images], out, progress=False)
     assert str(e.value) == (
-        f"--out {out} is not empty (7 files, e.g. color/s00.png): pass --overwrite to replace what is there, "
+        f"--out {out} is not empty (8 files, e.g. color/s00.png): pass --overwrite to replace what is there, "
         "or choose another folder"
     )
     assert predict(run / "best.pt", [images], out, overwrite=True, progress=False) == written
