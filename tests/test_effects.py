@@ -211,3 +211,19 @@ def test_a_model_without_a_background_class_needs_foreground():
     assert str(e.value) == (
         "--effect blur needs --foreground CLASS[,CLASS...]; the model's classes are 0 Sky, 1 Road, 2 Car"
     )
+
+
+def test_highlight_tints_a_grey_palette_in_the_overlays_colours():
+    """A mask-style palette ([0,0,0], [1,1,1]) 'highlighted' class 1 by darkening the image; the overlays and
+    legend.png show that class in a vivid colour, which the highlight now uses too."""
+    from pixelwise.visualize import overlay_palette
+
+    palette = [[0, 0, 0], [1, 1, 1]]
+    effect = Effect.from_spec("highlight=0.5", ["background", "cell"], palette, foreground="cell")
+    assert effect.palette == overlay_palette(palette) and effect.palette[1] != [1, 1, 1]
+    image = np.full((2, 3, 3), 128, np.uint8)
+    probs = torch.zeros(2, 2, 3)
+    probs[1] = 1.0  # every pixel is the cell
+    out = effect.apply(image, probs)
+    expected = np.round(0.5 * 128 + 0.5 * np.asarray(effect.palette[1]))
+    assert np.abs(out.astype(float) - expected).max() <= 1

@@ -947,9 +947,22 @@ def test_predict_overwrite_removes_only_what_an_earlier_manifest_lists(tmp_path)
         {"image": str(out / "s.tif"), "pages": 2, "color": str(out / "color/s_z0000.png")},
         {"video": str(out / "clip.mp4"), "frames": 10, "overlay": str(out / "clip_overlay.mp4"),
          "masks": str(out / "masks/clip"), "smooth": None},
-        {"image": "/elsewhere/b.png", "masks": "/elsewhere/masks/b.png"},
+        {"image": "/elsewhere/b.png", "masks": "/elsewhere/masks/b.png", "color": "..", "overlay": "overlay/.."},
     ]}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest))
     prepare_out_dir(out, overwrite=True)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert left == ["clip.mp4", "masks/mine.png"]  # the input video and a file no manifest listed
+
+
+def test_predict_overwrite_finds_the_earlier_outputs_from_another_working_directory(toy_run, tmp_path, monkeypatch):
+    """The manifest holds paths as typed ("preds/masks/s00.png"): run again from another folder (--out ../preds),
+    they pointed elsewhere and the earlier outputs stayed."""
+    run, root, _ = toy_run
+    images = sorted((root / "toy/images/val").glob("*.png"))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    predict(run / "best.pt", images, Path("preds"), progress=False)
+    monkeypatch.chdir(tmp_path / "sub")
+    predict(run / "best.pt", images[:1], Path("../preds"), overwrite=True, progress=False)
+    assert [p.name for p in (tmp_path / "preds/masks").iterdir()] == [images[0].name]

@@ -436,3 +436,23 @@ def test_a_writer_that_cannot_finish_leaves_no_partial_file(tmp_path, monkeypatc
             for frame in square_frames(3):
                 w.write(frame)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_opus_audio_is_re_encoded_for_a_mov(predictor, tmp_path):
+    """A WebM's Opus audio was copied into the cutout's MOV, whose muxer refuses it ("opus only supported in MP4"):
+    the whole effect video failed at its first frame."""
+    clip = write_video(tmp_path / "opus.webm", square_frames(), codec="libvpx-vp9", audio="libopus", sample_rate=48000)
+    effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="2")
+    files = predict_video(predictor, clip, tmp_path / "mov", effect=effect, overlay_video=False, progress=False)
+    assert files["audio"] == "passed through (opus re-encoded as aac)" and stream_facts(files["effect"])[4] == "aac"
+    files = predict_video(predictor, clip, tmp_path / "mp4", progress=False)  # an MP4 takes it as it is
+    assert files["audio"] == "passed through (opus, copied)" and stream_facts(files["overlay"])[4] == "opus"
+
+
+def test_a_webm_without_a_frame_count_gets_one_estimated_from_its_duration(tmp_path):
+    """WebM and MKV record no frame count: the progress bar counted up with no total or time to go."""
+    info = probe_video(write_video(tmp_path / "c.webm", square_frames(), codec="libvpx-vp9"))
+    assert info.frames is None and info.duration == pytest.approx(N / FPS, abs=0.05)
+    assert info.expected_frames == N
+    mp4 = probe_video(write_video(tmp_path / "c.mp4", square_frames()))
+    assert mp4.frames == mp4.expected_frames == N  # recorded: taken as it is

@@ -40,6 +40,8 @@ CLOCK = 90000  # output frame times in 1/90000 s (MPEG's system clock); MPEG-4 p
 MPEG4_CLOCK = 60000  # a multiple of 24, 25, 30, 50 and 60 (and of 30000/1001's frame spacing)
 # audio codecs an MP4 carries as they are (FFmpeg's mp4 muxer refuses PCM, which MOV and MKV take)
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
+# and those of them FFmpeg's mov muxer refuses ("opus only supported in MP4"), re-encoded for a MOV (cutout)
+MP4_ONLY_AUDIO = frozenset({"opus", "flac"})
 MPEG4_BITS_PER_PIXEL = 0.25  # about 1.3 Mbit/s at 480x360, 30 fps: no visible blocks on overlays
 
 
@@ -69,10 +71,18 @@ class VideoInfo:
     codec: str
     rotation: int
     audio: str | None  # the first audio stream's codec, None without audio
+    duration: float | None = None  # seconds, as the stream or the container records it
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def expected_frames(self) -> int | None:
+        """The recorded frame count, else the duration times the rate (an estimate, for a progress bar)."""
+        if self.frames:
+            return self.frames
+        return round(self.duration * self.fps) if self.duration else None
 
 
 def _open_input(path: Path) -> Any:
@@ -116,8 +126,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if rotation in (90, 270):
             w, h = h, w
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = container.duration / 1_000_000 if container.duration else None  # microseconds
         return VideoInfo(
-            str(path), w, h, _rate(stream), stream.frames or None, stream.codec_context.name, rotation, audio
+            str(path), w, h, _rate(stream), stream.frames or None, stream.codec_context.name, rotation, audio, duration
         )
     finally:
         container.close()
@@ -360,7 +374,8 @@ class _AudioCarrier:
             return None
         stream = source.streams.audio[0]
         name = stream.codec_context.name
-        copy = name in output.supported_codecs and (output.format.name == "mov" or name in MP4_AUDIO)
+        mov = output.format.name == "mov"
+        copy = name in output.supported_codecs and (name not in MP4_ONLY_AUDIO if mov else name in MP4_AUDIO)
         try:
             return cls(source, stream, output, copy)
         except (av.FFmpegError, ValueError) as e:

@@ -91,7 +91,6 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
     if not isinstance(entries, list):
         log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
         return
-    root = out_dir.resolve()
     for entry in entries:
         if not isinstance(entry, dict):
             continue
@@ -99,11 +98,18 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
             value = entry.get(key)
             if not isinstance(value, str):
                 continue
-            path = Path(value)
-            if root not in path.resolve().parents or path.is_symlink():
+            # where it lies in this folder (the manifest holds paths as they were typed, maybe from another working
+            # directory): out_dir/<output folder>/<name>, or out_dir/<name> for a video's files
+            listed = Path(value)
+            if listed.name in ("", ".", ".."):
                 continue
-            if path.is_dir():  # a video's masks as PNGs: a folder of its own under masks/
-                shutil.rmtree(path)
+            inside = listed.parent.name in OUTPUT_KEYS
+            path = out_dir / listed.parent.name / listed.name if inside else out_dir / listed.name
+            if path.is_symlink() or not path.exists():
+                continue
+            if path.is_dir():  # a video's masks as PNGs: a folder of its own under masks/, nothing else
+                if inside and key == "masks":
+                    shutil.rmtree(path)
                 continue
             siblings = [path]
             if path.stem.endswith("_z0000"):  # a stack's slices: the manifest names the first

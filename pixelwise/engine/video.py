@@ -257,7 +257,9 @@ def predict_video(
             made_mask_dir = not mask_dir.exists()  # (with --overwrite, an earlier run's frames may be there)
             mask_dir.mkdir(parents=True, exist_ok=True)
             files["masks"] = str(mask_dir)
-        bar = tqdm(total=info.frames, desc=stem, unit="frame", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=info.expected_frames, desc=stem, unit="frame", disable=not progress, dynamic_ncols=True, smoothing=0.1
+        )
         with bar, torch.inference_mode():
             for batch in batches(decode_frames(path, predictor.image_mode), batch_size):
                 images = [image for _, image in batch]

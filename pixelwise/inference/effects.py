@@ -34,6 +34,7 @@ from PIL import Image, ImageColor
 
 from ..data import image_to_uint8, read_image
 from ..errors import ConfigError
+from ..visualize import overlay_palette
 
 EFFECTS = ("blur", "replace", "cutout", "highlight")
 EFFECT_SYNTAX = "blur[=SIGMA], replace=IMAGE_OR_COLOUR, cutout, highlight[=OPACITY]"
@@ -286,7 +287,8 @@ class Effect:
         if name not in EFFECTS or (value and name == "cutout"):
             raise ConfigError(f"--effect {spec!r}; valid: {EFFECT_SYNTAX}")
         fg = default_foreground(classes, name) if foreground is None else parse_classes(foreground, classes)
-        kwargs: dict[str, Any] = {"palette": [list(map(int, c)) for c in palette]}
+        # highlight tints in the overlays' colours (a grey palette made vivid, as legend.png shows them)
+        kwargs: dict[str, Any] = {"palette": overlay_palette(palette)}
         if name in ("blur", "highlight") and value:
             try:
                 number = float(value)

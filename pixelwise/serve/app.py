@@ -216,7 +216,7 @@ class Segmenter:
                     f"effect {name} needs ?foreground=CLASS[,CLASS...]; the model's classes are "
                     f"{effects.class_list(self.classes)}",
                 )
-            kwargs: dict[str, Any] = {"palette": self.palette}
+            kwargs: dict[str, Any] = {"palette": self.contrast}  # the overlays' colours, as predict's highlight
             if name in ("blur", "highlight") and value:
                 try:
                     kwargs["sigma" if name == "blur" else "opacity"] = float(value)
