@@ -634,3 +634,47 @@ def test_run_reports_a_signal_stop_as_an_interrupt(toy_checkpoint, monkeypatch):
         run(toy_checkpoint, port=0, log_level="warning")
     monkeypatch.setattr(uvicorn.Server, "run", stopped(None))
     assert run(toy_checkpoint, port=0, log_level="warning") is None
+
+
+def test_requests_beyond_the_limit_get_our_json_503_before_their_body_is_read():
+    """Past uvicorn's connection limit the answer was its plain-text 503, which the page (and any JSON client)
+    failed to parse; the app's own limit answers in JSON with Retry-After, without reading the body."""
+    import asyncio
+    import json
+
+    from pixelwise.serve.app import RequestLimit
+
+    started, release = asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def slow_app(scope, receive, send):
+        calls.append(scope["path"])
+        started.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limited = RequestLimit(slow_app, limit=1)
+
+    async def scenario():
+        sent = []
+
+        async def receive():
+            raise AssertionError("the refused request's body must not be read")
+
+        async def send(message):
+            sent.append(message)
+
+        first = asyncio.create_task(limited({"type": "http", "path": "/a", "headers": []}, receive, send))
+        await started.wait()
+        await limited({"type": "http", "path": "/b", "headers": []}, receive, send)  # refused at once
+        refused = list(sent)
+        release.set()
+        await first
+        return refused
+
+    refused = asyncio.run(scenario())
+    head, body = refused[0], refused[1]
+    assert head["status"] == 503 and (b"retry-after", b"1") in head["headers"]
+    assert json.loads(body["body"]) == {"error": "server busy: 1 requests in progress, at most 1; retry later"}
+    assert calls == ["/a"] and limited.active == 0

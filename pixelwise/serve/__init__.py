@@ -97,11 +97,14 @@ def make_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **confi
         if not any(m.cls is LoopbackHosts for m in app.user_middleware):
             app.add_middleware(LoopbackHosts)
     sock = bind(host, port)
+    from .app import request_limit
+
     limits = getattr(app.state, "limits", None)
     settings: dict[str, Any] = {
-        # bodies are read before a request joins the queue: bounding the connections bounds the memory that
-        # uploads in flight can hold (at most this many x max_bytes); uvicorn answers 503 beyond it
-        "limit_concurrency": 16 + 2 * (1 + limits.max_queue) if limits is not None else None,
+        # bodies are read before a request joins the queue: the app's RequestLimit bounds the requests in flight
+        # (so the memory their uploads can hold, at most that many x max_bytes) with a JSON 503; uvicorn's own
+        # limit, on connections (idle keep-alive ones too) and in plain text, stays above it as a backstop
+        "limit_concurrency": 2 * request_limit(limits) if limits is not None else None,
         "log_level": "info",
         "server_header": False,
         "proxy_headers": False,  # no proxy in front by default: log the real client address

@@ -119,6 +119,38 @@ class LoopbackHosts:
         await self.app(scope, receive, send)
 
 
+def request_limit(limits: ServeLimits) -> int:
+    """Requests the app takes at once (each may hold an upload of up to ``max_bytes`` while its body is read):
+    the running one and the queue's, twice over, and 16 for the page, /healthz and /v1/model."""
+    return 16 + 2 * (1 + limits.max_queue)
+
+
+class RequestLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in the app at once; beyond, our JSON 503 with
+    ``Retry-After`` at once, before the body is read (uvicorn's own limit, kept above this one as a backstop,
+    answers in plain text, which clients expecting JSON, the page among them, cannot read)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            response = error_response(
+                503, f"server busy: {self.active} requests in progress, at most {self.limit}; retry later",
+                {"Retry-After": "1"},
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class Segmenter:
     """A :class:`Predictor` and what the server says about it; :meth:`segment` is the job the worker runs."""
 
@@ -359,8 +391,6 @@ def create_app(
     ``inference`` and ``crf`` as :class:`Predictor`; the limits as :class:`ServeLimits`."""
     limits = ServeLimits(max_queue=max_queue, max_bytes=max_bytes, max_pixels=max_pixels, timeout_s=timeout_s)
     if isinstance(checkpoint, (str, os.PathLike)):
-        if backend == "auto":
-            backend = "onnxruntime" if str(checkpoint).lower().endswith(".onnx") else "torch"
         predictor = Predictor(checkpoint, backend=backend, device=device, amp=amp, inference=inference, crf=crf)
     else:
         predictor = checkpoint
@@ -390,6 +420,7 @@ def create_app(
     # no /docs or /redoc: those pages load their scripts from a CDN, and the server should work offline
     app = FastAPI(title="pixelwise", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.segmenter, app.state.worker, app.state.limits = segmenter, worker, limits
+    app.add_middleware(RequestLimit, limit=request_limit(limits))
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError) -> JSONResponse:
