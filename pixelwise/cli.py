@@ -70,6 +70,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best_text = f"{best:.4f} at iteration {result['best_iter']}" if best is not None and best >= 0 else "n/a"
     name = "mean AP" if result.get("best_metric") == "mean_ap" else "mIoU"
     print(f"done in {minutes:.1f} min; best val {name} {best_text}; checkpoints in {run_dir}")
+    challenge = (result.get("last") or {}).get("challenge_pixel_error")
+    if challenge:  # a two-class run (ISBI 2012): the measure its papers report, of the last validation
+        plain = 1 - result["last"]["pixel_accuracy"]
+        print(f"last val pixel error {plain:.4f}; challenge's {challenge['pixel_error']:.4f}")
     return 0
 
 
@@ -217,7 +221,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"Known not to work: {TIMM_NOT_WORKING}."
         )
         return 0
-    rows = model_table(num_classes=args.num_classes, size=args.size)
+    rows = model_table(num_classes=args.num_classes, size=args.size, progress=not args.json)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -36,7 +36,7 @@ def run_cli(*args, env_root=None, check=True):
 @pytest.mark.slow
 def test_train_eval_predict_on_isbi(data_root, tmp_path):
     run = tmp_path / "run"
-    run_cli(
+    trained = run_cli(
         "train",
         REPO / "configs/isbi2012_unet.yaml",
         "--run-dir",
@@ -62,6 +62,12 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]
     assert [r["iter"] for r in records if r["type"] == "val"] == [2, 4]
+    last_val = [r for r in records if r["type"] == "val"][-1]
+    # a two-class run ends naming the measures its papers report, of the last validation
+    assert (
+        f"last val pixel error {1 - last_val['pixel_accuracy']:.4f}; "
+        f"challenge's {last_val['challenge_pixel_error']:.4f}" in trained.stdout
+    )
     assert all(0 <= r["challenge_pixel_error"] <= 1 for r in records if r["type"] == "val")
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4
     ckpt = load_checkpoint(run / "best.pt")

@@ -13,11 +13,14 @@ from ..errors import ConfigError
 from .registry import build_model, input_channels, input_size_problem, list_models, shape_spec
 
 
-def model_table(*, num_classes: int = 21, size: int = 512) -> list[dict[str, Any]]:
+def model_table(*, num_classes: int = 21, size: int = 512, progress: bool = False) -> list[dict[str, Any]]:
     """``pixelwise models``: every registered model's ``name``, ``params_m`` (millions) and ``gflops`` on a
-    ``size x size`` image; a ConfigError naming the first model that cannot take that size."""
+    ``size x size`` image (each model built and run once on the meta device: ``progress`` shows a bar); a
+    ConfigError naming the first model that cannot take that size."""
+    from tqdm.auto import tqdm
+
     rows = []
-    for name in list_models():
+    for name in tqdm(list_models(), desc="models", unit="model", disable=not progress, leave=False):
         problem = input_size_problem({"name": name, "num_classes": num_classes}, size, size)
         if problem:
             raise ConfigError(f"--size {size}: {problem}; give a larger size")
