@@ -24,29 +24,13 @@ from .cli_options import (
     inference_settings,
 )
 from .errors import ConfigError, PixelwiseError
+from .fileio import check_output_file
 
 DESCRIPTION = "Semantic and instance segmentation with the classic architectures built to their papers."
 EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".tif", ".tiff", ".webp", ".eps", ".ps")
-
-
-def _check_output(path: str | None, flag: str, overwrite: bool, suffixes: tuple[str, ...] = ()) -> None:
-    """Before any work: ``path`` (given as ``flag``) can be written, is not a folder, has one of ``suffixes``, and
-    replaces an existing file only with ``--overwrite``."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{flag} {p} is a folder: give a file name")
-    blocking = next((q for q in p.parents if q.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
-    if suffixes and p.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")
-    if p.exists() and not overwrite:
-        raise ConfigError(f"{flag} {p} exists: pass --overwrite to replace it, or choose another file")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -88,8 +72,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_metrics_table
     from .visualize import plot_confusion_matrix
 
-    _check_output(args.json, "--json", args.overwrite)
-    _check_output(args.confusion, "--confusion", args.overwrite, PICTURE_SUFFIXES)
+    check_output_file(args.json, "--json", args.overwrite)
+    check_output_file(args.confusion, "--confusion", args.overwrite, PICTURE_SUFFIXES)
     result = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
@@ -236,7 +220,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from .data import check_dataset, resolve_data_root
     from .fileio import write_json
 
-    _check_output(args.json, "--json", args.overwrite)
+    check_output_file(args.json, "--json", args.overwrite)
     root = resolve_data_root(args.data_root, None)
     report = check_dataset(root, args.name, args.split or None, progress=not args.no_progress, warn=False)
     print(report.format(max_problems=None))
@@ -249,7 +233,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     from .data.importers import import_dataset
     from .fileio import write_json
 
-    _check_output(args.json, "--json", args.overwrite)
+    check_output_file(args.json, "--json", args.overwrite)
     summary = import_dataset(
         args.format,
         args.src,
@@ -270,7 +254,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 def _cmd_weight_map(args: argparse.Namespace) -> int:
     from .losses import write_weight_map
 
-    _check_output(args.out, "--out", args.overwrite, PICTURE_SUFFIXES)
+    check_output_file(args.out, "--out", args.overwrite, PICTURE_SUFFIXES)
     w = write_weight_map(
         args.mask,
         args.out,
@@ -311,10 +295,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_crf_search(args: argparse.Namespace) -> int:
+    from .crf.search import GRID_PARAMETERS
     from .engine import crf_search
 
     # nargs="+": each a non-empty list; w2 and theta_gamma keep the run's values unless given
-    grid = {k: v for k in ("w1", "theta_alpha", "theta_beta", "w2", "theta_gamma") if (v := getattr(args, k))}
+    grid = {k: v for k in GRID_PARAMETERS if (v := getattr(args, k))}
     result = crf_search(
         args.checkpoint,
         split=args.split,
@@ -349,7 +334,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .crf import CRFSettings
-    from .crf.search import DEFAULT_GRID
+    from .crf.search import DEFAULT_GRID, GRID_PARAMETERS
 
     assert list(CRF_HELP) == CRFSettings.names(), "CRF_HELP must list CRFSettings's fields"
     parser = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG)
@@ -462,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--num-images", type=int, default=20)
     p.add_argument("--iterations", type=int, help="mean-field iterations (default: the run's crf section, else 10)")
-    for name in ("w1", "theta_alpha", "theta_beta", "w2", "theta_gamma"):
+    for name in GRID_PARAMETERS:
         values = DEFAULT_GRID.get(name)
         p.add_argument(
             f"--{name.replace('_', '-')}",

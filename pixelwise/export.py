@@ -27,6 +27,7 @@ import torch
 
 from .crf import settings_for
 from .errors import ConfigError, PixelwiseError
+from .fileio import check_output_file
 from .inference.onnx_backend import META_KEY, onnxruntime_module
 from .models import input_channels, load_checkpoint, model_from_checkpoint, model_logits
 from .models.registry import input_size_problem
@@ -172,13 +173,7 @@ def export_onnx(
     if missing:
         raise PixelwiseError(f"ONNX export needs {', '.join(missing)}: pip install 'pixelwise[onnx]'")
     out = Path(out)
-    if out.is_dir():
-        raise PixelwiseError(f"--out {out} is a folder: give the ONNX file's name (e.g. {out / 'model.onnx'})")
-    if out.exists() and not overwrite:
-        raise PixelwiseError(f"--out {out} exists: pass --overwrite to replace it, or choose another file")
-    blocking = next((p for p in out.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise PixelwiseError(f"--out {out}: {blocking} is a file, not a folder; choose another place")
+    check_output_file(out, "--out", overwrite, folder_hint=f"give the ONNX file's name (e.g. {out / 'model.onnx'})")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
     problem = "sizes are positive" if min(height, width) < 1 else input_size_problem(meta["model"], height, width)

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import yaml
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 TEMP_SUFFIX = ".tmp"
 log = logging.getLogger(__name__)
@@ -144,3 +144,27 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_output_file(
+    path: str | os.PathLike | None,
+    flag: str,
+    overwrite: bool,
+    suffixes: tuple[str, ...] = (),
+    folder_hint: str = "give a file name",
+) -> None:
+    """Before any work: the file ``path`` (given as ``flag``) can be written there, is not a folder (``folder_hint``
+    says what to give instead), ends in one of ``suffixes`` (any, where empty), and replaces an existing file only
+    with ``--overwrite``. ConfigError otherwise."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder: {folder_hint}")
+    blocking = next((q for q in p.parents if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"{flag} {p} exists: pass --overwrite to replace it, or choose another file")

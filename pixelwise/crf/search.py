@@ -29,6 +29,8 @@ DEFAULT_GRID: dict[str, list[float]] = {
     "theta_alpha": [30.0, 50.0, 70.0, 90.0],
     "theta_beta": [3.0, 5.0, 10.0],
 }  # w2 and theta_gamma fixed, as DeepLab: the run's own (base)
+# the parameters a search may vary (crf-search's flags): all but the iterations
+GRID_PARAMETERS = tuple(name for name in CRFSettings.names() if name != "iterations")
 
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 

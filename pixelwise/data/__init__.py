@@ -1,6 +1,6 @@
 """Data sets in the native format, image/mask reading, the data check, and joint image/mask transforms."""
 
-from .check import DataCheckReport, Problem, SplitReport, check_dataset, require_valid
+from .check import DataCheckReport, Problem, SplitReport, check_dataset, dataset_splits, require_valid
 from .dataset import SegmentationDataset, SplitFiles, list_split
 from .info import DATA_ROOT_ENV, DatasetInfo, default_palette, resolve_data_root
 from .io import (
@@ -44,6 +44,7 @@ __all__ = [
     "check_dataset",
     "require_valid",
     "count_pages",
+    "dataset_splits",
     "default_palette",
     "image_to_tensor",
     "image_to_uint8",

@@ -239,8 +239,10 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
     return item
 
 
-def _splits(root: Path, name: str) -> list[str]:
-    folder = root / name / "images"
+def dataset_splits(root: str | os.PathLike, name: str) -> list[str]:
+    """The splits of a data set (its ``images/`` subfolders), train, val and test first; a DataError without an
+    ``images`` folder."""
+    folder = Path(root) / name / "images"
     if not folder.is_dir():
         raise DataError(f"data set {name!r} has no images folder: {folder} does not exist")
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -272,7 +274,7 @@ def check_dataset(
     workers = max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))
     n = info.num_classes
     with ThreadPoolExecutor(workers) as pool:
-        for split in list(splits) if splits is not None else _splits(root, name):
+        for split in list(splits) if splits is not None else dataset_splits(root, name):
             t0 = time.perf_counter()
             summary = SplitReport(split)
             report.splits[split] = summary

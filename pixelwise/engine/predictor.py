@@ -184,7 +184,7 @@ class Predictor:
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
         self.ckpt: dict[str, Any] | None = None
-        backend = resolve_backend(checkpoint, backend)
+        self.backend = backend = resolve_backend(checkpoint, backend)
         if backend == "onnxruntime":
             from ..inference.onnx_backend import OnnxModel
 
@@ -483,7 +483,7 @@ def predict(
         "pixelwise": __version__,
         "checkpoint": str(Path(checkpoint).resolve()),
         "sha256": file_sha256(checkpoint),
-        "backend": resolve_backend(checkpoint, backend),
+        "backend": predictor.backend,
         "settings": {
             "amp": predictor.amp,
             "alpha": alpha,

@@ -18,7 +18,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import DatasetInfo, SegmentationDataset, build_transforms, require_valid, resolve_data_root
+from ..data import (
+    DatasetInfo,
+    SegmentationDataset,
+    build_transforms,
+    dataset_splits,
+    require_valid,
+    resolve_data_root,
+)
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, PixelwiseError
@@ -231,8 +238,7 @@ def _train(
         problem = input_size_problem(spec, h, w)
         if problem:
             raise ConfigError(f"data.crop_size={crop}: {problem}; use a larger crop")
-    images = root / info.name / "images"
-    present = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+    present = dataset_splits(root, info.name) if (root / info.name / "images").is_dir() else []
     for key in ("train_split", "val_split"):
         split = data_cfg[key]
         if split and split not in present:
