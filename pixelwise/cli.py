@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crf-search", help="grid-search the dense CRF's parameters on a val subset (as DeepLab)")
     p.add_argument("checkpoint")
     p.add_argument("--split", default="val")
-    p.add_argument("--num-images", type=int, default=20)
+    p.add_argument(
+        "--num-images", type=int, default=20, help="images scored, spread evenly over the split (default: 20)"
+    )
     p.add_argument("--iterations", type=int, help="mean-field iterations (default: the run's crf section, else 10)")
     for name in GRID_PARAMETERS:
         values = DEFAULT_GRID.get(name)

@@ -141,13 +141,21 @@ def test_sigkill_at_any_point_then_resume_equals_uninterrupted(tmp_path):
     base = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--no-progress"]
     subprocess.run([*base, "--run-dir", str(tmp_path / "straight")], check=True, env=env, timeout=600)
     killed_at = []
-    for attempt, delay in enumerate((0.0, 0.37)):
+
+    def logged_up_to(run, iteration):
+        # the train log's line for `iteration` is written: the process is past it, and, 150 iterations long,
+        # still running (a sleep instead raced a fast machine to the end of training)
+        log = run / "metrics.jsonl"
+        return log.exists() and f'"iter": {iteration},' in log.read_text()
+
+    # killed right after its first checkpoint is written, then between two checkpoints (iteration 80 is logged,
+    # 77 the last checkpoint)
+    for attempt, ready in enumerate((lambda run: (run / "last.pt").exists(), lambda run: logged_up_to(run, 80))):
         run = tmp_path / f"killed{attempt}"
         proc = subprocess.Popen([*base, "--run-dir", str(run)], env=env)
         deadline = time.time() + 120
-        while not (run / "last.pt").exists() and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
+        while not ready(run) and time.time() < deadline:
+            time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at.append(load_checkpoint(run / "last.pt")["train_state"]["iter"])

@@ -82,6 +82,7 @@ def test_eval_with_crf_and_crf_search(toy_checkpoint, capsys):
     assert main(["crf-search", str(ckpt), *search, "--data-root", str(root)]) == 0
     result = json.loads((ckpt.parent / "crf_search.json").read_text())
     assert len(result["results"]) == 4 and result["num_images"] == 2
+    assert result["image_indices"] == [0, 2]  # the first and the last of the 3 val images, not the first two
     best = max(result["results"], key=lambda r: r["miou"])
     written = yaml.safe_load((ckpt.parent / "config.yaml").read_text())["crf"]
     assert written == {k: best[k] for k in ("iterations", "w1", "theta_alpha", "theta_beta", "w2", "theta_gamma")}
@@ -190,3 +191,16 @@ def test_crf_search_keeps_the_runs_smoothness_kernel_and_needs_labelled_pixels()
     assert str(e.value) == (
         "no labelled pixel in the 1 image(s) searched (every mIoU is undefined): search another split, or more images"
     )
+
+
+def test_spread_indices_cover_the_split_evenly():
+    from pixelwise.engine.crf_search import spread_indices
+
+    assert spread_indices(101, 20)[:3] == [0, 5, 11] and spread_indices(101, 20)[-1] == 100
+    assert len(set(spread_indices(101, 20))) == 20
+    assert spread_indices(4, 3) == [0, 2, 3]  # 1.5 rounds to 2 (half to even), still three distinct images
+    assert spread_indices(3, 20) == [0, 1, 2] and spread_indices(7, 1) == [0]
+    for length in range(1, 40):
+        for count in range(1, length + 1):
+            got = spread_indices(length, count)
+            assert len(set(got)) == count and got[0] == 0 and (count == 1 or got[-1] == length - 1)

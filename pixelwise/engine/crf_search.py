@@ -23,6 +23,17 @@ from .predictor import Predictor, check_crf_applies
 from .video import batch_probabilities
 
 
+def spread_indices(length: int, count: int) -> list[int]:
+    """``count`` indices of ``range(length)`` spread evenly from the first to the last (all of them when
+    ``count >= length``): data sets stored in sequence order (CamVid's val holds a few drives one after the other)
+    would otherwise be tuned on one scene."""
+    if count >= length:
+        return list(range(length))
+    if count == 1:
+        return [0]
+    return [round(i * (length - 1) / (count - 1)) for i in range(count)]
+
+
 def crf_search(
     checkpoint: str | os.PathLike,
     *,
@@ -37,11 +48,12 @@ def crf_search(
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Grid-search ``grid`` (default :data:`~pixelwise.crf.search.DEFAULT_GRID`) on the first ``num_images``
-    of ``split``; with ``write`` the best settings go into the ``crf`` section of the run's ``config.yaml``
-    and the whole search into ``crf_search.json`` beside the checkpoint. The network's probabilities come from
-    the run's inference protocol, or ``inference`` over it (as :class:`Predictor`), in precision ``amp``.
-    Returns the search result, with the protocol used under ``"inference"``."""
+    """Grid-search ``grid`` (default :data:`~pixelwise.crf.search.DEFAULT_GRID`) on ``num_images`` images of
+    ``split`` spread evenly over it (:func:`spread_indices`); with ``write`` the best settings go into the ``crf``
+    section of the run's ``config.yaml`` and the whole search into ``crf_search.json`` beside the checkpoint. The
+    network's probabilities come from the run's inference protocol, or ``inference`` over it (as
+    :class:`Predictor`), in precision ``amp``. Returns the search result, with the protocol used under
+    ``"inference"``."""
     if num_images < 1:
         raise ConfigError(f"--num-images {num_images}: must be >= 1 (the images the settings are scored on)")
     predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
@@ -52,8 +64,9 @@ def crf_search(
     grid = dict(grid or DEFAULT_GRID)
     grid_points(grid, base)  # a bad value stops here, not after the network's pass over the images
     cached = []
+    indices = spread_indices(len(ds), num_images)
     with torch.inference_mode():
-        for i in tqdm(range(min(num_images, len(ds))), desc="network", disable=not progress, leave=False):
+        for i in tqdm(indices, desc="network", disable=not progress, leave=False):
             x, y = ds[i]
             x = x[None].to(predictor.device)
             # the run's protocol (e.g. half-size images): the CRF is tuned on what eval/predict --crf will refine
@@ -69,6 +82,7 @@ def crf_search(
         base=base,
         progress=progress,
     )
+    result["image_indices"] = indices
     result["inference"] = None if predictor.inference is None else asdict(predictor.inference)
     if write:
         run_dir = Path(checkpoint).parent
