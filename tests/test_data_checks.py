@@ -347,6 +347,86 @@ def test_png_exif_after_the_pixels_is_read_as_the_header_says(tmp_path):
     assert image.shape == (20, 30, 3) and image[:6, :6].mean() == 255
 
 
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_tiff_orientation_is_applied_once_as_for_png(tmp_path, compression):
+    """Recent Pillow turns a TIFF by its orientation tag itself (and scrambles uncompressed pages turned by 5-8):
+    read as a PNG with the same EXIF is, every orientation, the size from the header alike; a stack's pages each by
+    their own tag."""
+    from pixelwise.data import read_image_stack
+
+    kwargs = {"compression": compression} if compression else {}
+    stored = (np.arange(12 * 20).reshape(12, 20) % 251).astype(np.uint8)  # 20 wide, 12 high, no symmetry
+    turned = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(tmp_path / "a.png", exif=exif)
+        Image.fromarray(stored).save(tmp_path / "a.tif", exif=exif, **kwargs)
+        turned.append(read_image(tmp_path / "a.png", "L"))
+        assert probe_image(tmp_path / "a.tif") == probe_image(tmp_path / "a.png")
+        assert np.array_equal(read_image(tmp_path / "a.tif", "L"), turned[-1]), orientation
+    assert turned[5].shape == (20, 12, 1) and not np.array_equal(turned[5], turned[7])  # the check can fail
+    # a stack whose pages carry orientations 6 and 3
+    square = (np.arange(16 * 16).reshape(16, 16) % 251).astype(np.uint8)
+    want, frames = [], []
+    for orientation in (6, 3):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(square).save(tmp_path / "s.png", exif=exif)
+        want.append(read_image(tmp_path / "s.png", "L"))
+        frame = Image.fromarray(square)
+        frame.encoderinfo = {"exif": exif, **kwargs}  # each page's own tags
+        frames.append(frame)
+    frames[0].save(
+        tmp_path / "s.tif", save_all=True, append_images=frames[1:], exif=frames[0].encoderinfo["exif"], **kwargs
+    )
+    with Image.open(tmp_path / "s.tif") as im:  # the file does hold two pages with their own tags
+        im.seek(1)
+        assert im.tag_v2.get(0x0112) == 3
+    got = read_image_stack(tmp_path / "s.tif", "L")
+    assert len(got) == 2 and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_an_image_over_the_pixel_limit_names_the_variable_that_lifts_it(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "a.png")  # 600 pixels
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "100")  # Pillow refuses above twice its limit
+    with pytest.raises(DataError) as e:
+        read_image(tmp_path / "a.png")
+    assert str(e.value) == (
+        f"cannot read image {tmp_path / 'a.png'}: Image size (600 pixels) exceeds limit of 200 pixels, could be "
+        "decompression bomb DOS attack; if you trust the file, set PIXELWISE_MAX_IMAGE_PIXELS to its pixel count or "
+        "more"
+    )
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "600")
+    assert read_image(tmp_path / "a.png").shape == (20, 30, 3)
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError) as e:
+        read_image(tmp_path / "a.png")
+    assert str(e.value) == "PIXELWISE_MAX_IMAGE_PIXELS='lots': give a whole number of pixels (e.g. 400000000)"
+    monkeypatch.delenv("PIXELWISE_MAX_IMAGE_PIXELS")
+    read_image(tmp_path / "a.png")
+    assert Image.MAX_IMAGE_PIXELS == 1024**3 // 4 // 3  # Pillow's own limit is back
+
+
+def test_a_tiff_with_a_broken_second_page_is_one_line(tmp_path):
+    """Pillow raises TypeError for a page without its dimensions (found when counting the pages)."""
+    import struct
+
+    page = Image.fromarray(np.zeros((6, 8), np.uint8))
+    path = tmp_path / "two.tif"
+    page.save(path, save_all=True, append_images=[page])
+    data = bytearray(path.read_bytes())
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for i in range(struct.unpack_from("<H", data, second)[0]):  # the second page's ImageWidth tag renamed
+        if struct.unpack_from("<H", data, second + 2 + 12 * i)[0] == 256:
+            struct.pack_into("<H", data, second + 2 + 12 * i, 65000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        read_image(path)
+    assert str(e.value) == f"cannot read image {path}: Missing dimensions"
+
+
 def test_multipage_tiff(tmp_path):
     pages = [np.full((20, 24), 10 * (i + 1), np.uint8) for i in range(3)]
     write_dataset(tmp_path, splits={"train": 1})

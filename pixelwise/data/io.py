@@ -77,16 +77,43 @@ def multipage_message(path: Path, pages: int) -> str:
     )
 
 
+MAX_PIXELS_VARIABLE = "PIXELWISE_MAX_IMAGE_PIXELS"
+_PILLOW_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS
+
+
+def _pixel_limit() -> int | None:
+    """Pillow's limit against decompression bombs, or ``$PIXELWISE_MAX_IMAGE_PIXELS`` for files a user trusts
+    (aerial and slide images are often larger)."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE)
+    if not value:
+        return _PILLOW_PIXEL_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(f"{MAX_PIXELS_VARIABLE}={value!r}: give a whole number of pixels (e.g. 400000000)")
+    return limit
+
+
 def _open(path: Path, kind: str = "image") -> Image.Image:
+    Image.MAX_IMAGE_PIXELS = _pixel_limit()
     try:
         return Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"cannot read {kind} {path}: {str(e).rstrip('.')}; if you trust the file, set {MAX_PIXELS_VARIABLE} to "
+            "its pixel count or more"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as e:
+        # TypeError / SyntaxError: Pillow's word for some malformed headers (a TIFF without its dimensions)
         raise DataError(f"cannot read {kind} {path}: {e}") from None
 
 
-def page_count(im: Image.Image) -> int:
-    """Pages of an opened image (a TIFF stack's slices, an animation's frames); a JPEG's MPO extras are not pages."""
-    return _pages(im)
+def page_count(im: Image.Image, name: str | os.PathLike | None = None) -> int:
+    """Pages of an opened image (a TIFF stack's slices, an animation's frames); a JPEG's MPO extras are not pages.
+    ``name`` names the image in the DataError of a broken page (default: its file name)."""
+    return _pages(im, name)
 
 
 def decode_image(
@@ -97,18 +124,41 @@ def decode_image(
     return _decode(im, path, mode, image_range)
 
 
-def _pages(im: Image.Image) -> int:
+def _pages(im: Image.Image, name: str | os.PathLike | None = None) -> int:
     if im.format == "MPO":  # a JPEG with extra pictures (previews, depth): the first one is the image
         return 1
-    return int(getattr(im, "n_frames", 1) or 1)
+    try:
+        return int(getattr(im, "n_frames", 1) or 1)
+    except (EOFError, OSError, ValueError, TypeError, SyntaxError) as e:  # a broken page further on (TIFF)
+        raise DataError(f"cannot read image {name or getattr(im, 'filename', '')}: {e}") from None
 
 
 def _orientation(im: Image.Image) -> int:
     """The EXIF orientation (1 = none), from what the header holds (never decodes the pixels)."""
     try:
+        if im.format == "TIFF":
+            return _tiff_orientation(im)
         return int(Image.Image.getexif(im).get(_ORIENTATION, 1) or 1)
     except Exception:  # a malformed EXIF block is not worth refusing the image for
         return 1
+
+
+def _tiff_orientation(im: Image.Image) -> int:
+    """The orientation tag of a TIFF's current page, taken off the page: recent Pillow turns a TIFF by it as it
+    loads (and reports the turned size), which pixelwise would then turn again, and it scrambles uncompressed pages
+    turned by 5-8. Without the tag Pillow keeps the stored pixels, which pixelwise turns as any other format's."""
+    remembered: dict[int, int] = im.__dict__.setdefault("_pixelwise_orientation", {})
+    tag = im.tag_v2.get(_ORIENTATION)  # type: ignore[attr-defined]
+    if tag is None:  # none, or taken off before (a seek back to the page puts it back)
+        return remembered.get(im.tell(), 1)
+    orientation = int(tag or 1)
+    stored_size = getattr(im, "_tile_size", None)  # Pillow versions that turn TIFFs keep the stored size here
+    if orientation != 1 and stored_size is not None:
+        del im.tag_v2[_ORIENTATION]  # type: ignore[attr-defined]
+        im.getexif().pop(_ORIENTATION, None)
+        im._size = tuple(stored_size)
+    remembered[im.tell()] = orientation
+    return orientation
 
 
 def count_pages(path: Path) -> int:
@@ -120,8 +170,8 @@ def count_pages(path: Path) -> int:
 def probe_image(path: Path) -> tuple[tuple[int, int], int, int]:
     """``((width, height) after the EXIF orientation, pages, orientation)`` from the header alone."""
     with _open(Path(path)) as im:
+        orientation = _orientation(im)  # first: it may restore a TIFF's stored size
         w, h = im.size
-        orientation = _orientation(im)
         return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), _pages(im), orientation
 
 
@@ -195,7 +245,7 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
         return _channels(np.array(im), mode)
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 

@@ -76,7 +76,7 @@ def decode_upload(
         raise RequestError(
             415, f"{name} is not an image: none of the readable formats ({READABLE}) recognises its {len(data)} bytes"
         ) from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, TypeError, SyntaxError) as e:
         raise RequestError(422, f"cannot read image {name}: {e}") from None
     with im:
         w, h = im.size
@@ -84,7 +84,10 @@ def decode_upload(
             raise RequestError(
                 413, f"image {name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels per image"
             )
-        pages = image_io.page_count(im)  # the one home of the page rule (MPO previews are not pages)
+        try:
+            pages = image_io.page_count(im, name)  # the one home of the page rule (MPO previews are not pages)
+        except DataError as e:  # a broken page further on
+            raise RequestError(422, _for_clients(str(e))) from None
         if pages > 1:
             raise RequestError(422, f"image {name} has {pages} pages: send one image (one request per page)")
         try:
