@@ -431,6 +431,80 @@ def test_coco_segmentations_of_another_size_are_skipped_with_a_line(tmp_path):
 
 
 @pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_run_lengths_that_do_not_cover_the_image_are_skipped(tmp_path):
+    """pycocotools leaves the pixels after short runs uninitialised: a truncated RLE became a random mask."""
+    mask_api = pytest.importorskip("pycocotools.mask")
+    from pixelwise.data.importers.coco import _compressed_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # our reading of the compressed string against pycocotools' encoder
+        m = (rng.random((7, 9)) < rng.random()).astype(np.uint8)
+        runs = _compressed_counts(mask_api.encode(np.asfortranarray(m))["counts"])
+        flat = m.flatten(order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        expected = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        assert runs == (expected if flat[0] == 0 else [0, *expected])
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    path = src / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"] += [
+        {"id": 30, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": {"size": [H, W], "counts": [3, 5]}},
+        {"id": 31, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": {"size": [H, W], "counts": "n1"}},
+    ]
+    path.write_text(json.dumps(data))
+    _, summary = imported(tmp_path, "coco", src, workers=1)
+    reasons = [reason for _, reason in summary.skipped]
+    for ann, covered in ((30, 8), (31, 62)):
+        assert (
+            f"annotation {ann} of 000000000001.jpg: unreadable segmentation (RLE runs cover {covered} pixels, not the "
+            f"image's {H}x{W} = {H * W})"
+        ) in reasons
+    assert summary.instances == {"train": 2, "val": 0}
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_files_with_malformed_entries_or_too_many_categories(tmp_path, capsys):
+    from pixelwise.cli import main
+
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    path = src / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    good = data["images"][0]
+    data["images"] = [dict(good, height=float(H)), {"id": 7, "file_name": "x.jpg"}, "not an entry"]
+    data["annotations"] += [["not", "an", "annotation"]]
+    path.write_text(json.dumps(data))
+    _, summary = imported(tmp_path, "coco", src, workers=1)
+    assert summary.images == {"train": 1, "val": 1}  # a height written as 5.0 is fine
+    assert (str(path), "image 'x.jpg': no positive whole 'height' and 'width'") in summary.skipped
+    assert (str(path), "1 images entr(ies) that are not JSON objects") in summary.skipped
+    assert (str(path), "1 annotations entr(ies) that are not JSON objects") in summary.skipped
+    data["annotations"] = None  # as "no annotations"
+    path.write_text(json.dumps(data))
+    _, summary = imported(tmp_path / "again", "coco", src, workers=1)
+    assert summary.instances == {"train": 0, "val": 0}
+    data["annotations"] = {"id": 1}
+    path.write_text(json.dumps(data))
+    assert main(["data", "import", "coco", str(src), str(tmp_path / "d3"), "--name", "c"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"pixelwise data import: error: {path}: 'annotations' is a dict, not a list"
+    )
+    # 255 categories and background: class 255 would be the ignore value (299 overflowed uint8 with a traceback)
+    data["annotations"] = []
+    for n in (255, 299):
+        data["categories"] = [{"id": i, "name": f"c{i}"} for i in range(1, n + 1)]
+        (src / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+        path.write_text(json.dumps(data))
+        assert main(["data", "import", "coco", str(src), str(tmp_path / "d4"), "--name", "c"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"pixelwise data import: error: {src}: {n + 1} classes, more than 8-bit masks hold (255 at most, "
+            "background included; 255 marks ignored pixels): merge or leave out categories"
+        )
+    assert not (tmp_path / "d4" / "c").exists()
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
 def test_coco_masks_follow_the_exif_orientation(tmp_path):
     """COCO's annotations are drawn on the stored pixels; pixelwise reads images turned by their EXIF orientation,
     so the mask is turned with its image (here orientation 6: the stored 8x6 image is read 6 wide, 8 high)."""
@@ -678,6 +752,27 @@ def test_labelme_mask_shapes_are_pasted_into_their_box(tmp_path):
     expected_inst[4:7, 6:10] = 2
     np.testing.assert_array_equal(instances_of(base, "train", "cats"), expected_inst)
     assert [r for _, r in summary.skipped] == ["shape 2 ('dog', mask): its 5x5 mask does not fit its 2x2 box; left out"]
+
+
+def test_labelme_point_labels_make_no_class_and_files_beside_the_splits_are_listed(tmp_path):
+    src = tmp_path / "labelme"
+    save_png(src / "train" / "a.png", rgb_image(7, 10))
+    shapes = [
+        shape("cat", [[1, 1], [5, 1], [5, 4], [1, 4]]),
+        shape("nose", [[2, 2]], "point"),  # only ever a point: no class without pixels
+        shape("cat", [[7, 1], [9, 1], [9, 4]], group=[1]),  # a list where LabelMe writes a number
+    ]
+    (src / "train" / "a.json").write_text(json.dumps(labelme_doc("a.png", shapes)))
+    (src / "stray.json").write_text(json.dumps(labelme_doc("train/a.png", shapes[:1])))
+    (src / "more").mkdir()
+    (src / "more" / "b.json").write_text(json.dumps(labelme_doc("../train/a.png", shapes[:1])))
+    base, summary = imported(tmp_path, "labelme", src)
+    assert classes_json(base)["classes"] == ["background", "cat"]
+    assert summary.images == {"train": 1} and summary.instances == {"train": 1}
+    reasons = [(Path(f).name, r) for f, r in summary.skipped]
+    assert ("stray.json", "outside SRC's train/val/test folders: not read") in reasons
+    assert ("b.json", "outside SRC's train/val/test folders: not read") in reasons
+    assert ("a.json", "shape 2 ('cat', polygon): group_id [1] is not a number; left out") in reasons
 
 
 def test_labelme_with_a_palette_lists_unknown_labels(tmp_path):

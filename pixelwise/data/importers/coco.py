@@ -33,6 +33,7 @@ Split mapping for all three: a set whose name starts with ``train`` -> train, ``
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,35 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _entries(data: dict[str, Any], key: str, path: Path, plan_skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The ``key`` list (``images``, ``annotations``) of a COCO file: missing or null is empty; an entry that is not
+    an object is left out, listed in ``plan_skipped``; anything else than a list is a DataError."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{path}: {key!r} is a {type(value).__name__}, not a list")
+    kept = [e for e in value if isinstance(e, dict)]
+    if len(kept) < len(value):
+        plan_skipped.append((str(path), f"{len(value) - len(kept)} {key} entr(ies) that are not JSON objects"))
+    return kept
+
+
+def _image_size(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """``(height, width)`` of an ``images`` entry, or None when it lacks them or they are not positive whole numbers."""
+    try:
+        h, w = entry["height"], entry["width"]
+    except KeyError:
+        return None
+    # some exporters write 480.0
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 and v == int(v)
+        for v in (h, w)
+    ):
+        return None
+    return int(h), int(w)
+
+
 def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     try:
         cats = sorted(data["categories"], key=lambda c: int(c["id"]))
@@ -159,6 +189,37 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
 # instances
 
 
+def _compressed_counts(counts: bytes) -> list[int]:
+    """The run lengths of a compressed RLE string (COCO's maskApi ``rleFrString``: 5 bits a character from '0',
+    0x20 continues, 0x10 the sign of the last; from the third run on, each is stored as its difference to the run
+    two before)."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise ValueError("compressed RLE ends in the middle of a run")
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        runs.append(x + runs[-2] if len(runs) > 2 else x)
+    return runs
+
+
+def _check_run_lengths(runs: list[Any], h: int, w: int) -> None:
+    """An RLE's runs must cover its ``h x w`` pixels exactly: pycocotools leaves the pixels after short runs
+    uninitialised (a random mask) and writes past the end for long ones."""
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        raise ValueError("RLE counts must be whole numbers >= 0")
+    if sum(runs) != h * w:
+        raise ValueError(f"RLE runs cover {sum(runs)} pixels, not the image's {h}x{w} = {h * w}")
+
+
 def _decode(api: Any, segm: Any, h: int, w: int) -> np.ndarray:
     """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` bool mask; ValueError
     for anything else, an RLE of another size than its image included."""
@@ -171,10 +232,13 @@ def _decode(api: Any, segm: Any, h: int, w: int) -> np.ndarray:
                 return np.zeros((h, w), dtype=bool)
             rle = api.merge(api.frPyObjects(polygons, h, w))
         elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+            _check_run_lengths(segm["counts"], h, w)
             rle = api.frPyObjects(segm, h, w)
         elif isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
             counts = segm["counts"]
-            rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+            counts = counts.encode() if isinstance(counts, str) else counts
+            _check_run_lengths(_compressed_counts(counts), h, w)
+            rle = {"size": segm["size"], "counts": counts}
         else:
             raise ValueError("not polygons or RLE")
         mask = api.decode(rle).astype(bool)
@@ -190,7 +254,7 @@ def _decode(api: Any, segm: Any, h: int, w: int) -> np.ndarray:
 def _instances_converter(api: Any) -> Any:
     def convert(item: Item) -> Converted:
         entry, anns, cat_index = item.data
-        h, w = int(entry["height"]), int(entry["width"])
+        h, w = _image_size(entry)  # checked when planned
         mask = np.zeros((h, w), dtype=np.uint8)
         inst = np.zeros((h, w), dtype=np.int64)
         conv = Converted(mask=mask, instances=inst)
@@ -246,12 +310,17 @@ def plan_coco(src: Path, palette: Path | None = None) -> Plan:
             raise DataError(f"{path} lists other categories than {sets[next(iter(sorted(sets)))][1]}")
         cat_index = {cid: i + 1 for i, (cid, _) in enumerate(reference)}
         by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-        for ann in data.get("annotations", []):
+        for ann in _entries(data, "annotations", path, plan.skipped):
             by_image[ann.get("image_id")].append(ann)
         items = []
         empty = 0
-        for entry in sorted(data.get("images", []), key=lambda e: str(e.get("file_name"))):
+        for entry in sorted(_entries(data, "images", path, plan.skipped), key=lambda e: str(e.get("file_name"))):
             name = str(entry.get("file_name", ""))
+            if _image_size(entry) is None:
+                plan.skipped.append(
+                    (str(path), f"image {name or entry.get('id')!r}: no positive whole 'height' and 'width'")
+                )
+                continue
             anns = by_image.get(entry.get("id"), [])
             empty += not anns
             items.append(Item(split, Path(name).stem, images / name, path, (entry, anns, cat_index)))
@@ -336,9 +405,9 @@ def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
         seg_class = {
             cid: (i, bool(c.get("isthing"))) for i, (c, (cid, _)) in enumerate(zip(cats, reference, strict=True))
         }
-        entries = {e.get("id"): e for e in data.get("images", [])}
+        entries = {e.get("id"): e for e in _entries(data, "images", path, plan.skipped)}
         items = []
-        for ann in sorted(data.get("annotations", []), key=lambda a: str(a.get("file_name"))):
+        for ann in sorted(_entries(data, "annotations", path, plan.skipped), key=lambda a: str(a.get("file_name"))):
             entry = entries.get(ann.get("image_id"))
             if entry is None:
                 plan.skipped.append((str(path), f"annotation of image id {ann.get('image_id')}: no such image"))

@@ -442,6 +442,12 @@ def run_import(
 ) -> ImportSummary:
     """Write ``plan`` into ``final`` (checked by :func:`check_destination`) through a staging folder beside it."""
     start = time.perf_counter()
+    if len(plan.classes) > plan.ignore_index:
+        # masks are 8-bit and the ignore value is one of them: class 255 would be ignored, 256 and up do not fit
+        raise DataError(
+            f"{src}: {len(plan.classes)} classes, more than 8-bit masks hold ({plan.ignore_index} at most, "
+            f"background included; {plan.ignore_index} marks ignored pixels): merge or leave out categories"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary(fmt, src, final, list(plan.classes), plan.ignore_index, workers)
     summary.notes = list(plan.notes)

@@ -56,6 +56,10 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _encloses_area(shape: dict[str, Any]) -> bool:
+    return str(shape.get("shape_type") or "polygon") in (*AREA_SHAPES, "mask")
+
+
 def _label(shape: dict[str, Any]) -> str:
     label = str(shape.get("label", ""))
     return BACKGROUND if label in BACKGROUND_LABELS else label
@@ -162,6 +166,9 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
             inst = 0
             if cls in things:
                 group = shape.get("group_id")
+                if group is not None and not isinstance(group, (int, str)):
+                    conv.skipped.append((str(path), f"{where}: group_id {group!r} is not a number; left out"))
+                    continue
                 key = (label, group) if group is not None else (None, i)  # None: no label is None
                 inst = objects.setdefault(key, len(objects) + 1)
             if kind == "mask":
@@ -198,6 +205,10 @@ def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
     if not any(files.values()):
         raise DataError(f"no LabelMe .json files under {src}")
     skipped: list[tuple[str, str]] = []
+    if split_dirs:  # said, not dropped without a word: files beside the split folders are not read
+        inside = {f for fs in files.values() for f in fs}
+        outside = [f for f in _json_files(src) if f not in inside]
+        skipped += [(str(f), "outside SRC's train/val/test folders: not read") for f in outside]
     if palette is not None:
         spec = load_palette_file(palette)
         classes = spec["classes"]
@@ -218,7 +229,8 @@ def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
                     skipped.append((str(f), str(e)))
                     continue
                 valid[split].append(f)
-                labels.update(_label(s) for s in data["shapes"] if isinstance(s, dict))
+                # points and lines draw nothing: their labels would be classes without pixels
+                labels.update(_label(s) for s in data["shapes"] if isinstance(s, dict) and _encloses_area(s))
         classes = [BACKGROUND, *sorted(labels - {BACKGROUND})]
         colours = default_palette(len(classes))
         ignore = 255
