@@ -697,3 +697,27 @@ def test_a_missing_split_names_the_setting_and_leaves_no_empty_run_folder(tmp_pa
     with pytest.raises(ConfigError):
         train(cfg, run_dir=existing, data_root=root, progress=False)
     assert existing.is_dir()  # a folder that was there stays
+
+
+def test_a_run_from_a_pretrained_file_resumes_without_it(tmp_path):
+    """The checkpoint holds the weights: a resume needs neither the pretrained file nor the network, and naming
+    another one (or none) is no change of model."""
+    import torchvision
+
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    cfg = tmp_path / "c.yaml"
+    model = {"name": "deeplabv3", "backbone": "resnet18", "pretrained_backbone": str(tmp_path / "r18.pth")}
+    config = {
+        "model": model,
+        "data": {"dataset": "toy", "crop_size": 32, "batch_size": 2, "num_workers": 0},
+        "train": {"iters": 2, "eval_interval": 2, "checkpoint_interval": 1},
+    }
+    cfg.write_text(yaml.safe_dump(config))
+    train(load_config(cfg), run_dir=tmp_path / "r", data_root=root, progress=False)
+    (tmp_path / "r18.pth").unlink()
+    more = {"run_dir": tmp_path / "r", "data_root": root, "progress": False, "resume": True, "allow_changes": True}
+    train(load_config(cfg, ["train.iters=3"]), **more)
+    assert load_checkpoint(tmp_path / "r/last.pt")["train_state"]["iter"] == 3
+    train(load_config(cfg, ["train.iters=4", "model.pretrained_backbone=false"]), **more)
+    assert load_checkpoint(tmp_path / "r/last.pt")["train_state"]["iter"] == 4

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text, read_jsonl
 from ..inference.instance_settings import DECODING_KEYS
 from ..models import model_defaults
+from ..models.registry import without_pretrained
 from ..models.weights import load_checkpoint, load_weights
 from .ema import WeightEMA
 
@@ -124,7 +125,10 @@ def restore(
     ckpt = load_checkpoint(path, map_location=device)
     # load_checkpoint filled the checkpoint's spec with the defaults its training recorded, so a default changed
     # since shows as a change; a key the config lacks is today's default
-    model_changes = _section_changes(ckpt["meta"]["model"], spec, model_defaults(spec.get("name", "")))
+    # where the backbone's first weights came from is no part of the model: the checkpoint's weights replace them
+    model_changes = _section_changes(
+        without_pretrained(ckpt["meta"]["model"]), without_pretrained(spec), model_defaults(spec.get("name", ""))
+    )
     if model_changes:
         listed = "; ".join(f"model.{k}: {old!r} -> {new!r}" for k, (old, new) in model_changes.items())
         raise ConfigError(

@@ -32,7 +32,7 @@ from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, model_defaults
-from ..models.registry import input_size_problem
+from ..models.registry import input_size_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import broadcast_buffers, max_over_processes, mean_over_processes, setup_distributed
@@ -272,7 +272,8 @@ def _train(
     amp = training_amp(train_cfg["amp"], device)  # "auto": bf16 only where the device computes it natively
     autocast(device, amp)  # validates the setting before any work
     memory_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
-    model = build_model(**spec).to(device, memory_format=memory_format)
+    # a resumed run's weights come from its checkpoint: its pretrained file (or the network) may be gone by now
+    model = build_model(**(without_pretrained(spec) if resume else spec)).to(device, memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     optimizer = build_optimizer(model, train_cfg)
     state = TrainState()
