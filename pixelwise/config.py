@@ -103,7 +103,7 @@ SECTIONS = ("model", "data", "train", "crf", "instances", "inference")
 
 
 # keys with a value by default that null also means something for (whole images; no random scale)
-_NULLABLE = {"data.crop_size", "data.scale_range"}
+_NULLABLE = {"data.crop_size", "data.scale_range", "data.val_split"}  # val_split null: no validation
 
 
 # keys whose default is null: what else they may be (their own checks elsewhere: class_weights, image_shift, the
@@ -204,6 +204,11 @@ def _check_ranges(config: dict[str, Any]) -> None:
             raise ConfigError(f"data.crop_size={crop!r}: give one size or [height, width] in pixels, or null")
         if min(sides) <= 0:
             raise ConfigError(f"data.crop_size={crop!r}: must be positive (or null for whole images)")
+        if isinstance(crop, list) and len(crop) == 1:
+            config["data"]["crop_size"] = crop[0]  # [S] is S: one size for both sides
+    seed = config["train"]["seed"]
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"train.seed={seed}: must be >= 0 and below 2**63 (torch's seeds are 64-bit)")
     scale = config["data"]["scale_range"]
     if scale is not None and (not _finite_numbers(scale) or len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, both finite, or null")

@@ -217,6 +217,38 @@ def test_a_live_run_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     assert (run / "last.pt").exists() and not (run / ".lock").exists()
 
 
+def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, caplog):
+    """After a restart (a container's), the dead training's pid may be this process's own or a newer process's:
+    neither is the owner. A live owner that started before its lock was written still holds it."""
+    from pixelwise.engine.run_dir import RunLock
+
+    host = os.uname().nodename
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": host, "started": "t0"}))
+    lock = RunLock(tmp_path)
+    lock.acquire()  # its own pid, in a lock it does not hold: taken over, not "in use by pid <itself>"
+    assert "taking over the stale lock" in caplog.text
+    with pytest.raises(ConfigError):  # but a lock this process does hold stays held
+        RunLock(tmp_path).acquire()
+    lock.release()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for created, stale in ((time.time() - 3600, True), (time.time() + 3600, False)):
+            caplog.clear()
+            owner = {"pid": sleeper.pid, "host": host, "started": "t0", "created": created}
+            (tmp_path / ".lock").write_text(json.dumps(owner))
+            if stale:  # the pid's process started an hour after the lock was written: another process
+                RunLock(tmp_path).acquire()
+                assert "taking over the stale lock" in caplog.text
+                (tmp_path / ".lock").unlink()
+            else:
+                with pytest.raises(ConfigError):
+                    RunLock(tmp_path).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path, caplog):
     """The lock appears with its owner in it; an unreadable one (a file system without hard links, mid-write) is
     stale only once it is older than a few seconds; one naming no process is taken over, not a traceback."""

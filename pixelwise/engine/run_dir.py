@@ -33,14 +33,34 @@ LOCK_ASIDE_SUFFIX = ".claim"  # not TEMP_SUFFIX: remove_stale_temporaries must n
 CLAIM_SECONDS = 10.0  # an unreadable lock younger than this may be one being written (no hard links): not stale
 
 
-def _alive(pid: int) -> bool:
+_HELD: set[Path] = set()  # the locks this process holds: its own pid in any other lock is a reused one
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), where /proc tells (Linux); else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _alive(owner: dict[str, Any], path: Path) -> bool:
+    """Whether the process that wrote lock ``path`` still runs: its pid exists, is not this process (unless it
+    holds the lock), and did not start after the lock was written (a pid reused after a restart)."""
+    pid = owner["pid"]
+    if pid == os.getpid():
+        return path.resolve() in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        pass
+    started, created = _process_start(pid), owner.get("created")
+    # a second of slack: /proc's clock ticks and the boot time are coarse
+    return started is None or not isinstance(created, (int, float)) or started <= created + 1.0
 
 
 class RunLock:
@@ -55,7 +75,12 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "created": time.time(),
+        }
         for _ in range(2):
             try:
                 self._create(json.dumps(me))
@@ -67,7 +92,7 @@ class RunLock:
                         f"{self.path.parent} is being claimed by another training right now ({self.path} was "
                         "created moments ago): wait for it, or choose another --run-dir"
                     ) from None
-                if owner is None or (owner["host"] == me["host"] and not _alive(owner["pid"])):
+                if owner is None or (owner["host"] == me["host"] and not _alive(owner, self.path)):
                     log.warning("taking over the stale lock %s %s", self.path, owner or "(unreadable)")
                     self.path.unlink(missing_ok=True)
                     continue
@@ -77,6 +102,7 @@ class RunLock:
                     f"--run-dir (delete {self.path} only if that process is gone)"
                 ) from None
             self.held = True
+            _HELD.add(self.path.resolve())
             return
         raise ConfigError(f"cannot take the lock {self.path}: another process keeps creating it")
 
@@ -122,6 +148,7 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD.discard(self.path.resolve())
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

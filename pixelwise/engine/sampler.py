@@ -30,7 +30,7 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, batch = divmod(self.start_iter, self.batches_per_epoch)
         while True:
-            key = self.seed * 1_000_003 + epoch
+            key = (self.seed * 1_000_003 + epoch) % (1 << 63)  # a Generator's seed is 64-bit (train.seed up to 2**63)
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(key))
             for b in range(batch, self.batches_per_epoch):
                 first = b * self.global_batch + self.rank * self.batch_size

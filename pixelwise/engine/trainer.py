@@ -266,6 +266,13 @@ def _train(
                     f"data.rot90 with data.crop_size null: {image} is {w}x{h}, and turned it cannot share a batch "
                     "with unturned images; set data.crop_size (or data.batch_size: 1)"
                 )
+    if val_ds is not None and data_cfg["val_batch_size"] > 1 and len(set(val_ds.image_sizes)) > 1:
+        sizes = sorted(set(val_ds.image_sizes))
+        raise ConfigError(
+            f"data.val_batch_size={data_cfg['val_batch_size']}: the images of split {data_cfg['val_split']!r} differ "
+            f"in size ({sizes[0][0]}x{sizes[0][1]}, {sizes[1][0]}x{sizes[1][1]}, ...) and are validated whole, so "
+            "they cannot share a batch; set data.val_batch_size: 1"
+        )
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])
@@ -445,6 +452,7 @@ def _train(
                 progress=progress,
                 amp=amp,
                 inference=protocol,
+                batch_size=data_cfg["val_batch_size"],
                 num_workers=data_cfg["num_workers"],
                 instance_method=method,
                 shard=(ddp.rank, ddp.world_size),
