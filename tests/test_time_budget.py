@@ -148,3 +148,53 @@ def test_a_budgeted_run_says_so_counts_its_seconds_and_warns_when_iters_end_it_f
     )
     bar = capsys.readouterr().err
     assert "s of training" in bar and "/600 s" in bar and "it=3" in bar
+
+
+def test_each_step_takes_the_rate_of_its_own_start_and_a_signal_keeps_its_log_line(tmp_path, monkeypatch):
+    """Every step takes 10 s of a fake clock, 6 steps in the 1-minute budget: step k runs at the linear poly rate
+    of 10 (k - 1) s (it took that of the step before's start), and the step a SIGTERM stops has its log line."""
+    root = write_dataset(tmp_path / "data").parent
+    overrides = ["train.log_interval=1", "train.poly_power=1.0", "train.warmup_iters=0", "train.lr=0.01"]
+    cfg = load_config(toy_config(tmp_path, iters=100, eval_interval=100, max_minutes=1), overrides)
+    clock = [0.0]
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def perf_counter(self):
+            return clock[0]
+
+    optimizers, rates = [], []
+    real_optimizer, real_loss = trainer.build_optimizer, trainer.step_loss
+
+    def keep(*args, **kwargs):
+        optimizers.append(real_optimizer(*args, **kwargs))
+        return optimizers[-1]
+
+    def timed(*args, **kwargs):
+        rates.append(optimizers[-1].param_groups[0]["lr"])
+        clock[0] += 10.0
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "time", Clock())
+    monkeypatch.setattr(trainer, "build_optimizer", keep)
+    monkeypatch.setattr(trainer, "step_loss", timed)
+    run = tmp_path / "run"
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    assert rates == pytest.approx([0.01 * (1 - 10 * k / 60) for k in range(6)])
+    logged = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    assert [r["lr"] for r in logged] == pytest.approx(rates)  # the rate each step took
+
+    def stop_in_third(*args, **kwargs):
+        if len(rates) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return timed(*args, **kwargs)
+
+    rates.clear()
+    clock[0] = 0.0
+    monkeypatch.setattr(trainer, "step_loss", stop_in_third)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
+        train(cfg, run_dir=tmp_path / "stopped", data_root=root, progress=False)
+    logged = (tmp_path / "stopped/metrics.jsonl").read_text().splitlines()
+    assert [r["iter"] for r in map(json.loads, logged) if r["type"] == "train"] == [1, 2, 3]

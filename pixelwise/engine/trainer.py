@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -389,7 +389,6 @@ def _train(
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         if ema is not None:
             ema.update(model)
         return loss_value
@@ -407,6 +406,18 @@ def _train(
             ema=ema,
         )
         files.save(checkpoint, state.iter, best=best)
+
+    def stop(signum: int, it: int, rng: dict[str, torch.Tensor] | None, eval_due: bool = False) -> NoReturn:
+        """Save ``last.pt`` and raise TrainingInterrupted. A finished step needs no RNG state to redo it (``rng``
+        None); an unfinished one is redone from ``rng``. A finished step due for validation is validated first
+        thing on --resume."""
+        state.eval_due = eval_due
+        save(best=False, rng=rng)
+        name = signal.Signals(int(signum)).name
+        raise TrainingInterrupted(
+            f"stopped by {name} at iteration {it}: {files.last} written; continue with --resume --run-dir {run_dir}",
+            int(signum),
+        )
 
     if ddp.is_main:
         _summary(run_dir, device, info, train_ds, val_ds, spec, model, state, total, amp, ddp.world_size, budget)
@@ -523,20 +534,14 @@ def _train(
             if bad:
                 value = loss_value if nonfinite else "non-finite on another process"
                 raise FloatingPointError(f"loss became {value} at iteration {it}; lower train.lr")
-            if signum:
-                # a finished step needs no RNG state to redo it; an unfinished one is redone from this state.
-                # A finished step due for validation is validated first thing on --resume.
-                state.eval_due = loss_value is not None and (it % eval_interval == 0 or last)
-                save(best=False, rng=rng if loss_value is None else None)
-                name = signal.Signals(int(signum)).name
-                raise TrainingInterrupted(
-                    f"stopped by {name} at iteration {it}: {files.last} written; "
-                    f"continue with --resume --run-dir {run_dir}",
-                    int(signum),
-                )
+            if loss_value is None:  # the step was cut short by a signal: saved to be redone from its RNG state
+                stop(signum, it, rng)
+            lr = scheduler.get_last_lr()[0]  # the rate this step took
+            # the next step's rate: after the step's seconds are counted (and agreed), so that a time-driven
+            # schedule is at its end exactly when the budget is
+            scheduler.step()
             window_loss, window_n = window_loss + loss_value, window_n + 1
             bar.update(min(state.train_seconds, budget) - bar.n if budget > 0 else 1)
-            lr = scheduler.get_last_lr()[0]
             bar.set_postfix(**({"it": it} if budget > 0 else {}), loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if it % log_interval == 0 or last:
                 mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
@@ -557,6 +562,8 @@ def _train(
                 files.scalars({"train/loss": mean_loss, "train/lr": lr}, it)
                 waited[0] = 0.0
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+            if signum:  # after the step's log line (every process agreed on the signal: the same collectives)
+                stop(signum, it, None, eval_due=it % eval_interval == 0 or last)
             due = it % eval_interval == 0 or last
             improved = due and validate(it)
             timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
