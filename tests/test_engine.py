@@ -753,3 +753,21 @@ def test_validation_settings_the_messages_name_and_odd_but_valid_values(tmp_path
         "data.val_batch_size=2: the images of split 'val' differ in size (12x10, 24x20, ...) and are validated "
         "whole, so they cannot share a batch; set data.val_batch_size: 1"
     )
+
+
+def test_a_batch_of_one_that_batch_norm_cannot_train_on_is_refused_before_training(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}, size=(40, 36)).parent
+    cfg = tmp_path / "c.yaml"
+    model = {"name": "deeplabv3", "backbone": "resnet18", "output_stride": 32}
+    data = {"dataset": "toy", "crop_size": 32, "batch_size": 1, "num_workers": 0}
+    cfg.write_text(yaml.safe_dump({"model": model, "data": data, "train": {"iters": 1, "eval_interval": 1}}))
+    with pytest.raises(ConfigError) as e:
+        train(load_config(cfg), run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert str(e.value) == (
+        "data.batch_size=1 with data.crop_size=32: model deeplabv3's batch norm would get one value per channel "
+        "(a map of 1x512x1x1), which cannot train; use a batch size of 2 or more"
+    )
+    train(load_config(cfg, ["data.batch_size=2"]), run_dir=tmp_path / "r2", data_root=root, progress=False)
+    model = {"name": "unet", "base_channels": 4, "depth": 2}  # no 1x1 map: trains at batch 1
+    cfg.write_text(yaml.safe_dump({"model": model, "data": data, "train": {"iters": 1, "eval_interval": 1}}))
+    train(load_config(cfg), run_dir=tmp_path / "r3", data_root=root, progress=False)

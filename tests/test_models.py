@@ -289,6 +289,38 @@ def test_pretrained_timm_xception(tmp_path):
         build_model("deeplabv3plus_xception65", num_classes=2, pretrained_backbone=str(bad))
 
 
+def test_unreadable_weight_files_are_one_line(tmp_path):
+    """A truncated safetensors file (whatever the suffix's case), and a legacy (pre-zip) torch file holding
+    objects, each with its own reason, not safetensors' traceback or "not a PyTorch file"."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    from pixelwise.models.weights import read_state_file
+
+    save_file({"a": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:9])
+    torch.save({"a": torch.zeros(3)}, tmp_path / "W.SAFETENSORS")  # a torch file under that name
+    for name, reason in (("cut.safetensors", "invalid header length"), ("W.SAFETENSORS", "header too large")):
+        with pytest.raises(CheckpointError) as e:
+            read_state_file(tmp_path / name)
+        assert str(e.value) == (
+            f"cannot load pretrained_backbone {tmp_path / name}: it is not a safetensors file (truncated, or another "
+            f"format: Error while deserializing header: {reason})"
+        )
+    legacy = tmp_path / "legacy.pth"
+    torch.save(
+        {"state_dict": {"a": torch.zeros(3)}, "args": argparse.Namespace(lr=1)},
+        legacy,
+        _use_new_zipfile_serialization=False,
+    )
+    with pytest.raises(CheckpointError) as e:
+        read_state_file(legacy)
+    assert "it holds Python objects besides tensors and plain types" in str(e.value)
+    torch.save({"a": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)  # a plain legacy one loads
+    assert list(read_state_file(legacy)) == ["a"]
+
+
 def test_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "none.pth"))
@@ -595,3 +627,38 @@ def test_empty_or_non_positive_pyramids_are_refused():
             build_model(name, num_classes=2, **kwargs)
         assert str(e.value) == message
     assert build_model("deeplabv3", backbone="resnet18", num_classes=2, rates=[3]).aspp.rates == (3,)
+
+
+def test_builder_argument_errors_are_one_line_config_errors():
+    from pixelwise.models import register_model
+    from pixelwise.models.weights import load_weights
+
+    cases = [
+        ("unet", {"padding": "foo"}, "model 'unet': padding must be 'same' or 'valid', got 'foo'"),
+        (
+            "unet",
+            {"backbone": "resnet18", "decoder_channels": [8, 8]},
+            "model 'unet': decoder_channels needs 5 entries",
+        ),
+        ("deeplabv3", {"backbone": "resnet18", "multi_grid": [1, 0]}, "model 'deeplabv3': multi_grid [1, 0]: unit "),
+        ("deeplabv3", {"backbone": "resnet18", "multi_grid": [1, "2"]}, "model 'deeplabv3': multi_grid [1, '2']"),
+        ("unet", {"num_classes": 3.0}, "model 'unet': num_classes=3.0, must be a whole number >= 1"),
+        ("unet", {"num_classes": 0}, "model 'unet': num_classes=0, must be a whole number >= 1"),
+    ]
+    for name, kwargs, start in cases:
+        with pytest.raises(ConfigError) as e:
+            build_model(name, **{"num_classes": 2, **kwargs})
+        assert str(e.value).startswith(start), str(e.value)
+    with pytest.raises(ConfigError, match=r"^model 'unet': .*dropout"):
+        build_model("unet", num_classes=2, dropout=1.5)
+
+    def catch_all(*, num_classes: int, **extra):  # its extra keys could never be given (build_model checks them)
+        return nn.Identity()
+
+    with pytest.raises(TypeError, match="no positional ones, no \\*\\*kwargs"):
+        register_model(catch_all)
+    # the classifier of an aux-head model is named as such, as without the aux head
+    a = build_model("deeplabv3", num_classes=21, backbone="resnet18", aux_head=True)
+    b = build_model("deeplabv3", num_classes=5, backbone="resnet18", aux_head=True)
+    with pytest.raises(CheckpointError, match=r"\(a checkpoint for 21 classes, a model for 5\)$"):
+        load_weights(b, a.state_dict(), "ck")

@@ -22,9 +22,14 @@ def model_spec(config: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     """The config's model section with ``num_classes`` filled from the data set and checked."""
     spec = dict(config["model"])
     n = spec.setdefault("num_classes", info.num_classes)
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ConfigError(
+            f"model.num_classes={n!r}: give a whole number (data set {info.name!r} has {info.num_classes} classes), "
+            "or leave it out to take the data set's"
+        )
     if n != info.num_classes:
         raise ConfigError(
-            f"model.num_classes={n} but data set {info.name!r} has {info.num_classes} classes "
+            f"model.num_classes={n!r} but data set {info.name!r} has {info.num_classes} classes "
             f"({', '.join(info.classes)})"
         )
     in_channels = input_channels(spec)

@@ -32,7 +32,7 @@ from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, model_defaults
-from ..models.registry import input_size_problem, without_pretrained
+from ..models.registry import input_size_problem, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import broadcast_buffers, max_over_processes, mean_over_processes, setup_distributed
@@ -273,6 +273,11 @@ def _train(
             f"in size ({sizes[0][0]}x{sizes[0][1]}, {sizes[1][0]}x{sizes[1][1]}, ...) and are validated whole, so "
             "they cannot share a batch; set data.val_batch_size: 1"
         )
+    # SyncBatchNorm under torchrun counts the values of every process
+    if crop is not None and batch_size == 1 and not (train_cfg["sync_bn"] and ddp.world_size > 1):
+        problem = training_batch_problem(spec, batch_size, h, w)
+        if problem:
+            raise ConfigError(f"data.batch_size=1 with data.crop_size={crop}: {problem}; use a batch size of 2 or more")
     accumulate = train_cfg["accumulate"]
 
     torch.manual_seed(train_cfg["seed"])

@@ -202,6 +202,8 @@ class ResNet(Backbone):
         if multi_grid is not None:
             if len(multi_grid) != blocks:
                 raise ValueError(f"multi_grid needs {blocks} unit rates for this stage, got {list(multi_grid)}")
+            if not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in multi_grid):
+                raise ValueError(f"multi_grid {list(multi_grid)}: unit rates are whole numbers >= 1 (e.g. [1, 2, 4])")
             rates = [self.dilation * g for g in multi_grid]
         else:
             rates = [previous] + [self.dilation] * (blocks - 1)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PixelwiseError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,8 +28,9 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     if name in _BUILDERS:
         raise ValueError(f"model {name!r} is already registered")
     params = inspect.signature(fn).parameters.values()
-    if any(p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params):
-        raise TypeError(f"builder {name!r} must take keyword-only arguments")
+    if any(p.kind != p.KEYWORD_ONLY for p in params):
+        # **kwargs too: a config's keys map one to one onto the builder's arguments, which build_model checks
+        raise TypeError(f"builder {name!r} must take named keyword-only arguments (no positional ones, no **kwargs)")
     _BUILDERS[name] = fn
     return fn
 
@@ -75,7 +77,15 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in kwargs]
     if missing:
         raise ConfigError(f"model {name!r} needs argument(s) {', '.join(missing)}")
-    return builder(**kwargs)
+    n = kwargs.get("num_classes")
+    if "num_classes" in kwargs and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"model {name!r}: num_classes={n!r}, must be a whole number >= 1")
+    try:
+        return builder(**kwargs)
+    except PixelwiseError:
+        raise
+    except ValueError as e:  # the builders' own argument checks (a padding, a dropout, a channel list...)
+        raise ConfigError(f"model {name!r}: {e}") from None
 
 
 def input_channels(spec: dict[str, Any]) -> int:
@@ -125,6 +135,30 @@ def smallest_input(spec: dict[str, Any], limit: int = 512) -> int:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if _runs_at(text, mid, mid) else (mid + 1, hi)
     return lo
+
+
+@functools.lru_cache(maxsize=32)
+def _single_value_batch_norm(spec_json: str, batch: int, height: int, width: int) -> str | None:
+    spec = shape_spec(spec_json)
+    with torch.device("meta"):  # shapes only
+        model = build_model(**spec).train()
+        x = torch.empty(batch, input_channels(spec), height, width)
+    try:
+        model(x)
+    except ValueError as e:  # torch's check in F.batch_norm: one value per channel has no variance
+        if "Expected more than 1 value per channel" in str(e):
+            return "x".join(re.findall(r"\d+", str(e).rsplit("input size ", 1)[-1]))  # e.g. 1x512x1x1
+        raise
+    return None
+
+
+def training_batch_problem(spec: dict[str, Any], batch: int, height: int, width: int) -> str | None:
+    """``None`` if the model of ``spec`` trains on batches of ``batch`` crops of ``height x width``, else why not:
+    a batch norm that would see one value per channel (a batch of one and a 1x1 map)."""
+    shape = _single_value_batch_norm(json.dumps(spec, sort_keys=True), batch, height, width)
+    if shape is None:
+        return None
+    return f"model {spec['name']}'s batch norm would get one value per channel (a map of {shape}), which cannot train"
 
 
 def input_size_problem(spec: dict[str, Any], height: int, width: int) -> str | None:

@@ -51,7 +51,9 @@ def _why_unreadable(path: Path, error: Exception) -> str:
             "and crf-search need the run's .pt"
         )
     text = str(error)
-    if not zipfile.is_zipfile(path):
+    if "Weights only load failed" in text and not zipfile.is_zipfile(path):
+        pass  # a legacy (pre-1.6, non-zip) torch file holding objects: the reason below
+    elif not zipfile.is_zipfile(path):
         # torch.save writes zip archives; anything else that fails to load (random bytes fail in many ways, e.g.
         # "pop from empty list" from the unpickler) is no PyTorch file, or a truncated one
         return "it is not a PyTorch file (truncated, or another format)"
@@ -83,12 +85,19 @@ def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") 
     """A state dict of tensors from a local file (``.safetensors``, or a torch file whose dict may wrap it
     under ``state_dict`` or ``model``); ``module.`` prefixes (DataParallel) are removed."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"{what} {path} does not exist")
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state: Any = load_file(str(path))
+        try:
+            state: Any = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"cannot load {what} {path}: it is not a safetensors file (truncated, or another format: "
+                f"{_first_line(e)})"
+            ) from None
     else:
         state = torch_load(path, what)
     for key in ("state_dict", "model"):  # common wrappers
@@ -185,7 +194,14 @@ def load_state_dict(
             f"{source} does not fit the model: {len(missing)} missing key(s) {missing[:3]}, "
             f"{len(unexpected)} unexpected key(s) {unexpected[:3]}"
         )
-    classifier = [k for k in own if k.endswith(("weight", "bias"))][-2:]  # the last weight/bias pair
+    # the classifiers: the last weight/bias pair of the model and of each of its parts (an aux head's, the semantic
+    # head's of a model whose instance head comes last)
+    parts = [("", module), *((f"{name}.", child) for name, child in module.named_children())]
+    classifier = {
+        prefix + k
+        for prefix, part in parts
+        for k in [k for k in part.state_dict() if k.endswith(("weight", "bias"))][-2:]
+    }
     usable, skipped = {}, []
     for key, value in state.items():
         if key not in own:
