@@ -771,3 +771,17 @@ def test_a_batch_of_one_that_batch_norm_cannot_train_on_is_refused_before_traini
     model = {"name": "unet", "base_channels": 4, "depth": 2}  # no 1x1 map: trains at batch 1
     cfg.write_text(yaml.safe_dump({"model": model, "data": data, "train": {"iters": 1, "eval_interval": 1}}))
     train(load_config(cfg), run_dir=tmp_path / "r3", data_root=root, progress=False)
+
+
+def test_a_data_set_of_one_class_is_refused(tmp_path):
+    """Softmax over one class: loss 0, mIoU 1.0 whatever the model learns (it trained "successfully")."""
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}, num_classes=1).parent
+    with pytest.raises(DataError) as e:
+        train(load_config(toy_config(tmp_path, iters=1)), run_dir=tmp_path / "r", data_root=root, progress=False)
+    classes = root / "toy/classes.json"
+    name = json.loads(classes.read_text())["classes"][0]
+    assert str(e.value) == (
+        f"{classes} lists one class ({name!r}): a segmentation model needs two or more; add the background, e.g. "
+        f'"classes": ["background", "{name}"]'
+    )
+    assert not (tmp_path / "r").exists()

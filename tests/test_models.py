@@ -662,3 +662,16 @@ def test_builder_argument_errors_are_one_line_config_errors():
     b = build_model("deeplabv3", num_classes=5, backbone="resnet18", aux_head=True)
     with pytest.raises(CheckpointError, match=r"\(a checkpoint for 21 classes, a model for 5\)$"):
         load_weights(b, a.state_dict(), "ck")
+
+
+def test_a_whole_models_weights_give_their_backbone(tmp_path):
+    """A pixelwise checkpoint (or smp's encoder.*, Lightning's model.*) as pretrained_backbone: its backbone's."""
+    from pixelwise.models.weights import save_checkpoint
+
+    source = build_model("deeplabv3", num_classes=7, backbone="resnet18")
+    save_checkpoint(tmp_path / "run.pt", {"model": source.state_dict(), "meta": {"model": {"name": "deeplabv3"}}})
+    torch.save({f"model.encoder.{k}": v for k, v in source.backbone.state_dict().items()}, tmp_path / "lit.pth")
+    for name in ("run.pt", "lit.pth"):
+        model = build_model("unet", num_classes=2, backbone="resnet18", pretrained_backbone=str(tmp_path / name))
+        for key, value in source.backbone.state_dict().items():
+            assert torch.equal(model.backbone.state_dict()[key], value), (name, key)

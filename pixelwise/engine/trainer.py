@@ -28,7 +28,7 @@ from ..data import (
 )
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
-from ..errors import CheckpointError, ConfigError, PixelwiseError
+from ..errors import CheckpointError, ConfigError, DataError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, model_defaults
@@ -230,6 +230,12 @@ def _train(
     run_dir = files.dir
     root = resolve_data_root(data_root, data_cfg["root"])
     info = DatasetInfo.load(root, data_cfg["dataset"])
+    if info.num_classes < 2:
+        # a softmax over one class is 1 everywhere: the loss is 0 and every score perfect, whatever is learnt
+        raise DataError(
+            f"{root / info.name / 'classes.json'} lists one class ({info.classes[0]!r}): a segmentation model needs "
+            f'two or more; add the background, e.g. "classes": ["background", "{info.classes[0]}"]'
+        )
     method = InstanceSettings.from_dict(config["instances"])
     spec = {**model_spec(config, info), **model_arguments(method, info)}
     crop = data_cfg["crop_size"]

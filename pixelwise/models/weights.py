@@ -253,7 +253,17 @@ def load_state(
 ) -> None:
     """Pretrained weights into a backbone or head: the keys both have (a classifier ``fc.*`` the module lacks is
     fine), an RGB first conv adapted to the module's input channels. ``complete``: every parameter of the module
-    must be in ``state`` (a file of another depth or model would leave layers at random)."""
+    must be in ``state`` (a file of another depth or model would leave layers at random). A whole segmentation
+    model's weights (a pixelwise checkpoint: ``backbone.*``; smp's: ``encoder.*``; Lightning's ``model.*``) give
+    their backbone's."""
+    own = set(module.state_dict())
+    if not own & set(state):
+        for prefix in ("backbone.", "encoder.", "model.backbone.", "model.encoder.", "model."):
+            inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if own & set(inner):
+                log.info("%s: the weights under %r (a whole model's backbone)", what, prefix)
+                state = inner
+                break
     result = load_state_dict(module, state, source=what, strict=False, adapt_input_channels=True)
     params = {name for name, _ in module.named_parameters()}
     missing = [k for k in result["missing"] if k in params]
