@@ -785,3 +785,15 @@ def test_a_data_set_of_one_class_is_refused(tmp_path):
         f'"classes": ["background", "{name}"]'
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_an_instance_method_on_a_model_without_an_instance_branch_names_the_models_that_have_one(tmp_path):
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}).parent
+    cfg = load_config(toy_config(tmp_path, iters=1), ["instances.method=panoptic"])
+    cfg["model"] = {"name": "pspnet", "backbone": "resnet18"}
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert str(e.value).startswith(
+        "instances.method=panoptic: model pspnet has no instance branch (instance_head); use one that has: "
+    )
+    assert "deeplabv3plus" in str(e.value) and "unet" in str(e.value)

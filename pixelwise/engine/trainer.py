@@ -31,7 +31,8 @@ from ..device import autocast, resolve_device, training_amp
 from ..errors import CheckpointError, ConfigError, DataError, PixelwiseError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
-from ..models import build_model, input_channels, model_defaults
+from ..models import build_model, input_channels, list_models, model_defaults
+from ..models import model_arguments as registered_arguments
 from ..models.registry import input_size_problem, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
@@ -237,7 +238,15 @@ def _train(
             f'two or more; add the background, e.g. "classes": ["background", "{info.classes[0]}"]'
         )
     method = InstanceSettings.from_dict(config["instances"])
-    spec = {**model_spec(config, info), **model_arguments(method, info)}
+    spec = model_spec(config, info)
+    added = model_arguments(method, info)
+    if "instance_head" in added and "instance_head" not in registered_arguments(spec["name"]):
+        with_head = [m for m in list_models() if "instance_head" in registered_arguments(m)]
+        raise ConfigError(
+            f"instances.method={method.method}: model {spec['name']} has no instance branch (instance_head); use one "
+            f"that has: {', '.join(with_head)}"
+        )
+    spec = {**spec, **added}
     crop = data_cfg["crop_size"]
     if crop is not None:
         h, w = (crop, crop) if isinstance(crop, int) else crop
