@@ -797,3 +797,21 @@ def test_an_instance_method_on_a_model_without_an_instance_branch_names_the_mode
         "instances.method=panoptic: model pspnet has no instance branch (instance_head); use one that has: "
     )
     assert "deeplabv3plus" in str(e.value) and "unet" in str(e.value)
+
+
+def test_the_loss_logged_after_a_resume_is_the_uninterrupted_runs(tmp_path, monkeypatch):
+    """Logged every 5 steps, stopped at step 7: the line of step 10 is the mean of steps 6-10 as without the stop
+    (the loss of steps 6-7 is kept in the checkpoint; it was the mean of 8-10)."""
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=10, eval_interval=10, log_interval=5, deterministic=True))
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    train_stopped_by_sigterm(cfg, tmp_path / "killed", root, monkeypatch, step=7)
+    train(cfg, run_dir=tmp_path / "killed", data_root=root, progress=False, resume=True)
+
+    def losses(run):
+        records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        return [(r["iter"], r["loss"]) for r in records if r["type"] == "train"]
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    assert [i for i, _ in resumed] == [5, 10]
+    assert resumed == [(i, pytest.approx(v, rel=1e-6)) for i, v in straight]

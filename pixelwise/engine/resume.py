@@ -42,6 +42,8 @@ class TrainState:
     train_seconds: float = 0.0
     eval_due: bool = False  # stopped by a signal after a step due for validation: validate first on resume
     samples: int = 0  # training samples drawn so far, over all processes (where the sample order continues)
+    log_loss_sum: float = 0.0  # the losses of the steps since the last train log line (rank 0's under DDP)
+    log_steps: int = 0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:

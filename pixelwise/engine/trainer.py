@@ -379,7 +379,7 @@ def _train(
     eval_interval = train_cfg["eval_interval"]
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
     last_metrics: dict[str, Any] | None = None
-    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+    window_n, window_t = 0, time.perf_counter()  # steps and time since the last log line in this process (speed)
     waited = [0.0]  # seconds spent waiting for batches in this logging window (data loading not hidden by workers)
 
     def step(batches) -> float:
@@ -560,11 +560,17 @@ def _train(
             # the next step's rate: after the step's seconds are counted (and agreed), so that a time-driven
             # schedule is at its end exactly when the budget is
             scheduler.step()
-            window_loss, window_n = window_loss + loss_value, window_n + 1
+            # the loss of the steps since the last log line: kept in the checkpoint, so that a resumed run logs the
+            # mean an uninterrupted one would
+            state.log_loss_sum, state.log_steps, window_n = (
+                state.log_loss_sum + loss_value,
+                state.log_steps + 1,
+                window_n + 1,
+            )
             bar.update(min(state.train_seconds, budget) - bar.n if budget > 0 else 1)
             bar.set_postfix(**({"it": it} if budget > 0 else {}), loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if it % log_interval == 0 or last:
-                mean_loss = mean_over_processes(window_loss / window_n, ddp, device)
+                mean_loss = mean_over_processes(state.log_loss_sum / state.log_steps, ddp, device)
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
                 window_seconds = max(time.perf_counter() - window_t, 1e-9)
                 speed = images_seen / window_seconds
@@ -581,7 +587,7 @@ def _train(
                 )
                 files.scalars({"train/loss": mean_loss, "train/lr": lr}, it)
                 waited[0] = 0.0
-                window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+                state.log_loss_sum, state.log_steps, window_n, window_t = 0.0, 0, 0, time.perf_counter()
             if signum:  # after the step's log line (every process agreed on the signal: the same collectives)
                 stop(signum, it, None, eval_due=it % eval_interval == 0 or last)
             due = it % eval_interval == 0 or last
