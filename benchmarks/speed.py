@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,9 @@ from pixelwise.device import autocast, inference_dtype
 from pixelwise.export import LogitsOnly
 from pixelwise.inference import optimize_for_inference
 from pixelwise.models import model_logits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -224,7 +226,7 @@ def main() -> int:
     out_path = Path(args.out or f"benchmarks/results/speed{'_cuda' if device.type == 'cuda' else ''}.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    machine = {**machine_info(), "threads": args.threads, "torch": torch.__version__}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
         machine["tf32_conv"] = torch.backends.cudnn.allow_tf32  # PyTorch's default, left as a user has it

@@ -13,7 +13,8 @@ times ``--steps`` optimisation steps after ``--warmup``. It reports:
   that rate as a share of this CPU's measured peak in the entry's precision (``roofline.py``'s largest
   convolutions and matrix products, same threads; fp32, and bf16 under autocast for bf16 entries);
 - peak memory of the training (the process and its loader workers, proportional set size so that pages the
-  workers share with it count once; sampled every 0.2 s while the timed steps run, from /proc), beside the
+  workers share with it count once; sampled every 0.2 s over the warm-up and timed steps, from /proc; for the
+  compiled entries the warm-up includes torch.compile's compilation), beside the
   process's own maximum resident set size.
 
 Entries run in turns: ``--rounds`` rounds, each entry once per round in a fresh process; each figure is the median
@@ -184,7 +185,8 @@ def measure(entry: str, data_root: str | None, steps: int, warmup: int) -> dict:
 
     it = batches()
     waits, computes = [], []
-    with TreeMemory() as memory:  # the training steps only: the FLOP count below builds its own graph
+    # the warm-up and timed steps (compilation included for compiled entries); the FLOP count below builds its own graph
+    with TreeMemory() as memory:
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             images, targets = next(it)

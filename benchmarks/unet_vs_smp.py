@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from pixelwise.models import build_model, input_channels
 from pixelwise.models.weights import load_checkpoint, model_from_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 from peers_smp import print_table, register_smp_peers, scores  # noqa: E402
 
 register_smp_peers()
@@ -146,7 +146,7 @@ def main() -> int:
         "split": args.split,
         "step_seconds": {"pixelwise unet": t_pw, "smp Unet(resnet34)": t_smp},
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            **machine_info(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
