@@ -207,8 +207,8 @@ def _check_ranges(config: dict[str, Any]) -> None:
         if isinstance(crop, list) and len(crop) == 1:
             config["data"]["crop_size"] = crop[0]  # [S] is S: one size for both sides
     seed = config["train"]["seed"]
-    if not 0 <= seed < 2**63:
-        raise ConfigError(f"train.seed={seed}: must be >= 0 and below 2**63 (torch's seeds are 64-bit)")
+    if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+        raise ConfigError(f"train.seed={seed}: must be a 64-bit seed, from -2**63 to 2**64 - 1")
     scale = config["data"]["scale_range"]
     if scale is not None and (not _finite_numbers(scale) or len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"data.scale_range={scale!r}: give [low, high] with 0 < low <= high, both finite, or null")

@@ -380,9 +380,10 @@ def test_tiff_orientation_is_applied_once_as_for_png(tmp_path, compression):
     frames[0].save(
         tmp_path / "s.tif", save_all=True, append_images=frames[1:], exif=frames[0].encoderinfo["exif"], **kwargs
     )
-    with Image.open(tmp_path / "s.tif") as im:  # the file does hold two pages with their own tags
+    with Image.open(tmp_path / "s.tif") as im:
         im.seek(1)
-        assert im.tag_v2.get(0x0112) == 3
+        if im.tag_v2.get(0x0112) != 3:  # Pillow before 12 writes the first page's tags on every page
+            pytest.skip("this Pillow cannot write a stack whose pages carry their own orientations")
     got = read_image_stack(tmp_path / "s.tif", "L")
     assert len(got) == 2 and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
@@ -406,6 +407,9 @@ def test_an_image_over_the_pixel_limit_names_the_variable_that_lifts_it(tmp_path
     monkeypatch.delenv("PIXELWISE_MAX_IMAGE_PIXELS")
     read_image(tmp_path / "a.png")
     assert Image.MAX_IMAGE_PIXELS == 1024**3 // 4 // 3  # Pillow's own limit is back
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # a process that turned the limit off keeps it off
+    read_image(tmp_path / "a.png")
+    assert Image.MAX_IMAGE_PIXELS is None
 
 
 def test_a_tiff_with_a_broken_second_page_is_one_line(tmp_path):
@@ -424,7 +428,8 @@ def test_a_tiff_with_a_broken_second_page_is_one_line(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError) as e:
         read_image(path)
-    assert str(e.value) == f"cannot read image {path}: Missing dimensions"
+    assert str(e.value).startswith(f"cannot read image {path}: ")  # then Pillow's reason: "Missing dimensions" (12+)
+    assert "\n" not in str(e.value)
 
 
 def test_multipage_tiff(tmp_path):

@@ -726,7 +726,7 @@ def test_a_run_from_a_pretrained_file_resumes_without_it(tmp_path):
 
 def test_validation_settings_the_messages_name_and_odd_but_valid_values(tmp_path, monkeypatch):
     """data.val_split null (the trainer's own advice) trains without validation; data.val_batch_size is used
-    (it was read by nothing), and refused for a split of several sizes; crop_size [S] is S; a seed up to 2**63."""
+    (it was read by nothing), and refused for a split of several sizes; crop_size [S] is S; any 64-bit seed."""
     import pixelwise.engine.trainer as trainer
 
     root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 2}).parent
@@ -734,15 +734,16 @@ def test_validation_settings_the_messages_name_and_odd_but_valid_values(tmp_path
     seen = []
     real = trainer.evaluate
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
-    config = load_config(cfg, ["data.val_batch_size=2", "data.crop_size=[16]", f"train.seed={2**63 - 1}"])
+    config = load_config(cfg, ["data.val_batch_size=2", "data.crop_size=[16]", f"train.seed={2**64 - 1}"])
     assert config["data"]["crop_size"] == 16
     train(config, run_dir=tmp_path / "a", data_root=root, progress=False)
     assert seen == [2]
     train(load_config(cfg, ["data.val_split=null"]), run_dir=tmp_path / "b", data_root=root, progress=False)
     assert seen == [2] and (tmp_path / "b/last.pt").exists()  # no validation
     with pytest.raises(ConfigError) as e:
-        load_config(cfg, [f"train.seed={2**63}"])
-    assert str(e.value) == f"train.seed={2**63}: must be >= 0 and below 2**63 (torch's seeds are 64-bit)"
+        load_config(cfg, [f"train.seed={2**64}"])
+    assert str(e.value) == f"train.seed={2**64}: must be a 64-bit seed, from -2**63 to 2**64 - 1"
+    assert load_config(cfg, ["train.seed=-1"])["train"]["seed"] == -1  # torch takes it: older runs used it
     from PIL import Image
 
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "toy/images/val/s01.png")  # another size

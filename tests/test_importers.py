@@ -772,7 +772,7 @@ def test_labelme_point_labels_make_no_class_and_files_beside_the_splits_are_list
     reasons = [(Path(f).name, r) for f, r in summary.skipped]
     assert ("stray.json", "outside SRC's train/val/test folders: not read") in reasons
     assert ("b.json", "outside SRC's train/val/test folders: not read") in reasons
-    assert ("a.json", "shape 2 ('cat', polygon): group_id [1] is not a number; left out") in reasons
+    assert ("a.json", "shape 2 ('cat', polygon): group_id [1] is not a number or a name; left out") in reasons
 
 
 def test_labelme_with_a_palette_lists_unknown_labels(tmp_path):

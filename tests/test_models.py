@@ -319,6 +319,11 @@ def test_unreadable_weight_files_are_one_line(tmp_path):
     assert "it holds Python objects besides tensors and plain types" in str(e.value)
     torch.save({"a": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)  # a plain legacy one loads
     assert list(read_state_file(legacy)) == ["a"]
+    for name, data in (("random.pth", bytes(range(256)) * 4), ("json.pth", b'{"a": 1}')):  # not torch files at all
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError) as e:
+            read_state_file(tmp_path / name)
+        assert str(e.value).endswith("it is not a PyTorch file (truncated, or another format)"), str(e.value)
 
 
 def test_pretrained_errors(tmp_path, monkeypatch):
@@ -675,3 +680,9 @@ def test_a_whole_models_weights_give_their_backbone(tmp_path):
         model = build_model("unet", num_classes=2, backbone="resnet18", pretrained_backbone=str(tmp_path / name))
         for key, value in source.backbone.state_dict().items():
             assert torch.equal(model.backbone.state_dict()[key], value), (name, key)
+    # a timm backbone's weights sit under backbone.body. in a pixelwise model
+    lraspp = build_model("lraspp", num_classes=7)
+    save_checkpoint(tmp_path / "lraspp.pt", {"model": lraspp.state_dict(), "meta": {"model": {"name": "lraspp"}}})
+    again = build_model("lraspp", num_classes=3, pretrained_backbone=str(tmp_path / "lraspp.pt"))
+    for key, value in lraspp.backbone.state_dict().items():
+        assert torch.equal(again.backbone.state_dict()[key], value), key

@@ -78,15 +78,14 @@ def multipage_message(path: Path, pages: int) -> str:
 
 
 MAX_PIXELS_VARIABLE = "PIXELWISE_MAX_IMAGE_PIXELS"
-_PILLOW_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS
 
 
 def _pixel_limit() -> int | None:
-    """Pillow's limit against decompression bombs, or ``$PIXELWISE_MAX_IMAGE_PIXELS`` for files a user trusts
-    (aerial and slide images are often larger)."""
+    """Pillow's limit against decompression bombs (as the process has it), or ``$PIXELWISE_MAX_IMAGE_PIXELS`` for
+    files a user trusts (aerial and slide images are often larger)."""
     value = os.environ.get(MAX_PIXELS_VARIABLE)
     if not value:
-        return _PILLOW_PIXEL_LIMIT
+        return Image.MAX_IMAGE_PIXELS
     try:
         limit = int(value)
     except ValueError:
@@ -97,7 +96,7 @@ def _pixel_limit() -> int | None:
 
 
 def _open(path: Path, kind: str = "image") -> Image.Image:
-    Image.MAX_IMAGE_PIXELS = _pixel_limit()
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _pixel_limit()  # Pillow checks it as it opens a file
     try:
         return Image.open(path)
     except Image.DecompressionBombError as e:
@@ -108,6 +107,8 @@ def _open(path: Path, kind: str = "image") -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as e:
         # TypeError / SyntaxError: Pillow's word for some malformed headers (a TIFF without its dimensions)
         raise DataError(f"cannot read {kind} {path}: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit  # what the process had set (None: no limit) stays
 
 
 def page_count(im: Image.Image, name: str | os.PathLike | None = None) -> int:
@@ -152,11 +153,12 @@ def _tiff_orientation(im: Image.Image) -> int:
     if tag is None:  # none, or taken off before (a seek back to the page puts it back)
         return remembered.get(im.tell(), 1)
     orientation = int(tag or 1)
-    stored_size = getattr(im, "_tile_size", None)  # Pillow versions that turn TIFFs keep the stored size here
-    if orientation != 1 and stored_size is not None:
+    if orientation != 1:
         del im.tag_v2[_ORIENTATION]  # type: ignore[attr-defined]
         im.getexif().pop(_ORIENTATION, None)
-        im._size = tuple(stored_size)
+        stored_size = getattr(im, "_tile_size", None)  # Pillow 11+ reports the turned size and keeps the stored one
+        if stored_size is not None:
+            im._size = tuple(stored_size)
     remembered[im.tell()] = orientation
     return orientation
 

@@ -42,6 +42,19 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+# what torch.save wrote before its zip format (PyTorch < 1.6, or _use_new_zipfile_serialization=False): a pickled
+# magic number first
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _is_legacy_torch_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+    except OSError:
+        return False
+
+
 def _why_unreadable(path: Path, error: Exception) -> str:
     """Our own reason for a failed ``torch.load``: torch's messages for these cases advise turning
     ``weights_only`` off, which pixelwise never does nor suggests."""
@@ -51,7 +64,7 @@ def _why_unreadable(path: Path, error: Exception) -> str:
             "and crf-search need the run's .pt"
         )
     text = str(error)
-    if "Weights only load failed" in text and not zipfile.is_zipfile(path):
+    if _is_legacy_torch_file(path) and "Weights only load failed" in text:
         pass  # a legacy (pre-1.6, non-zip) torch file holding objects: the reason below
     elif not zipfile.is_zipfile(path):
         # torch.save writes zip archives; anything else that fails to load (random bytes fail in many ways, e.g.
@@ -258,7 +271,16 @@ def load_state(
     their backbone's."""
     own = set(module.state_dict())
     if not own & set(state):
-        for prefix in ("backbone.", "encoder.", "model.backbone.", "model.encoder.", "model."):
+        # the longest first: a timm backbone's weights sit under backbone.body. in a pixelwise model
+        prefixes = (
+            "model.backbone.body.",
+            "backbone.body.",
+            "model.backbone.",
+            "model.encoder.",
+            "backbone.",
+            "encoder.",
+        )
+        for prefix in (*prefixes, "model."):
             inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             if own & set(inner):
                 log.info("%s: the weights under %r (a whole model's backbone)", what, prefix)

@@ -191,7 +191,7 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
 
 def _compressed_counts(counts: bytes) -> list[int]:
     """The run lengths of a compressed RLE string (COCO's maskApi ``rleFrString``: 5 bits a character from '0',
-    0x20 continues, 0x10 the sign of the last; from the third run on, each is stored as its difference to the run
+    0x20 continues, 0x10 the sign of the last; from the fourth run on, each is stored as its difference to the run
     two before)."""
     runs: list[int] = []
     p = 0
@@ -214,7 +214,8 @@ def _compressed_counts(counts: bytes) -> list[int]:
 def _check_run_lengths(runs: list[Any], h: int, w: int) -> None:
     """An RLE's runs must cover its ``h x w`` pixels exactly: pycocotools leaves the pixels after short runs
     uninitialised (a random mask) and writes past the end for long ones."""
-    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+    whole = [isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r == int(r) for r in runs]
+    if not all(whole) or any(r < 0 for r in runs):  # 3.0 is read as 3, as pycocotools does
         raise ValueError("RLE counts must be whole numbers >= 0")
     if sum(runs) != h * w:
         raise ValueError(f"RLE runs cover {sum(runs)} pixels, not the image's {h}x{w} = {h * w}")

@@ -166,9 +166,10 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
             inst = 0
             if cls in things:
                 group = shape.get("group_id")
-                if group is not None and not isinstance(group, (int, str)):
-                    conv.skipped.append((str(path), f"{where}: group_id {group!r} is not a number; left out"))
+                if group is not None and (isinstance(group, bool) or not isinstance(group, (int, float, str))):
+                    conv.skipped.append((str(path), f"{where}: group_id {group!r} is not a number or a name; left out"))
                     continue
+                group = int(group) if isinstance(group, float) and group.is_integer() else group  # 1.0 is 1
                 key = (label, group) if group is not None else (None, i)  # None: no label is None
                 inst = objects.setdefault(key, len(objects) + 1)
             if kind == "mask":
