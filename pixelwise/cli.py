@@ -139,6 +139,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     videos = [w for w in written if "video" in w]
     if len(videos) < len(written):
         effect = f", {args.out}/effect" if args.effect else ""
+        if any("instances" in w for w in written):
+            effect = f", {args.out}/instances, {args.out}/instance_overlay{effect}"
         print(
             f"{len(written) - len(videos)} image(s) -> {args.out}/masks, {args.out}/color, {args.out}/overlay{effect} "
             f"({args.out}/manifest.json; the colours: {args.out}/legend.png)"

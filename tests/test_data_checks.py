@@ -626,6 +626,21 @@ def test_check_dataset_reads_instance_maps(tmp_path):
         str(inst_dir / "s00.png"),
         f"instance map {inst_dir}/s00.png: instance 300 spans classes [0, 1] of its mask; an instance has one class",
     ) in check_dataset(tmp_path, "toy", progress=False).errors
+    # an instance wholly on background (class 0, not an instance class): it would count as an object of a second
+    # class in PQ and COCO AP, halving both for a one-class data set
+    a[7, 0] = 0
+    a[15:, :3] = 7
+    Image.fromarray(a).save(inst_dir / "s00.png")
+    message = (
+        f"instance map {inst_dir}/s00.png: instance 7 lies on class 0 ('c0') of its mask, which is not an instance "
+        "class (instance_classes in classes.json); give those pixels an instance class in the mask, or 0 in the "
+        "instance map"
+    )
+    assert (str(inst_dir / "s00.png"), message) in check_dataset(tmp_path, "toy", progress=False).errors
+    Image.fromarray(np.zeros((20, 24), np.uint16)).save(inst_dir / "s01.png")
+    with pytest.raises(DataError) as e:  # and where training or eval reads it
+        SegmentationDataset(tmp_path, "toy", "train", instances=True)[0]
+    assert str(e.value) == message
 
 
 @pytest.mark.realdata

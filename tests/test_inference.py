@@ -240,3 +240,42 @@ def test_window_sizes_must_be_whole_pixels():
             InferenceSettings(mode="slide", crop=crop)
         assert str(e.value) == f"inference crop {crop!r}: give one size or [height, width], whole pixels"
     assert InferenceSettings(mode="slide", crop=[32, 48], stride=16).stride == 16
+
+
+def test_predictor_takes_paths_pil_images_and_arrays_of_either_channel_count(tmp_path):
+    """The Python API as a user calls it: a path, a PIL image, a grey H x W array or a colour one, for a grey model
+    (each gave a traceback but H x W x 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.config import load_config
+    from pixelwise.engine import Predictor, train
+    from pixelwise.errors import DataError
+
+    from .conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}, size=(40, 32)).parent
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model: {name: unet, base_channels: 4, depth: 2, in_channels: 1}\n"
+        "data: {dataset: toy, crop_size: 32, batch_size: 2, num_workers: 0, mean: [0.5], std: [0.25]}\n"
+        "train: {iters: 2, eval_interval: 2}\n"
+    )
+    train(load_config(cfg), run_dir=tmp_path / "r", data_root=root, progress=False)
+    predictor = Predictor(tmp_path / "r/best.pt")
+    path = root / "toy/images/val/s00.png"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    grey = np.asarray(Image.open(path).convert("L"))
+    expected = predictor.predict(path)
+    assert expected.shape == (32, 40)
+    for given in (Image.open(path), rgb, grey, grey[..., None], np.dstack([rgb, np.full(grey.shape, 255, np.uint8)])):
+        np.testing.assert_array_equal(predictor.predict(given), expected)
+    assert predictor.predict_instances(rgb).semantic.shape == (32, 40)
+    with pytest.raises(DataError) as e:
+        predictor.predict(np.zeros((2, 32, 40, 3), np.uint8), source="batch")
+    assert str(e.value) == (
+        "batch: an image is H x W (grey) or H x W x C with 1, 3 or 4 channels, got an array of shape (2, 32, 40, 3)"
+    )
+    Image.fromarray(grey).save(tmp_path / "two.tif", save_all=True, append_images=[Image.fromarray(grey)])
+    with pytest.raises(DataError, match=r"two.tif has 2 pages: predict each of Predictor.read\("):
+        predictor.predict(tmp_path / "two.tif")

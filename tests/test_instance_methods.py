@@ -216,12 +216,21 @@ def test_train_eval_predict_each_method(method, tmp_path):
     if method == "panoptic":
         none = evaluate_checkpoint(run / "best.pt", progress=False, decoding={"center_threshold": 1e9})
         assert none["decoding"]["center_threshold"] == 1e9 and none["metrics"]["instances"]["num_pred"] == 0
+    else:  # the centre settings were recorded as applied, and ignored
+        for key in ("center_threshold", "top_k"):
+            with pytest.raises(ConfigError) as e:
+                evaluate_checkpoint(run / "best.pt", progress=False, decoding={key: 1})
+            assert str(e.value) == (
+                f"{run / 'best.pt'}: --{key.replace('_', '-')} applies to panoptic models (their centre heatmap), and "
+                f"this one decodes instances by {method}: drop it"
+            )
     with pytest.raises(
         ConfigError, match=r"^decoding setting\(s\) sigma; valid: center_threshold, nms_kernel, top_k, min_size$"
     ):
         evaluate_checkpoint(run / "best.pt", progress=False, decoding={"sigma": 1})
-    with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
-        evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
+    if method == "panoptic":
+        with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
+            evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
     # silently ignored before: the model's own instances were scored
     with pytest.raises(ConfigError, match=rf"^--instances/--watershed make .* \(instances.method={method}\): leave"):
         evaluate_checkpoint(run / "best.pt", progress=False, instances=1, watershed=True)
@@ -253,6 +262,14 @@ def test_train_eval_predict_each_method(method, tmp_path):
         with pytest.raises(ConfigError, match=r"clip.mp4: video writes each frame's class labels, and this model's 3 "):
             predict(run / "best.pt", inputs, tmp_path / "mixed", progress=False)
         assert not [p for p in (tmp_path / "mixed").rglob("*") if p.is_file()]
+    # a stack: the manifest lists every slice's pictures, the instance overlays' too
+    page = Image.open(next((data / "toy/images/val").glob("*.png")))
+    page.save(tmp_path / "stack.tif", save_all=True, append_images=[page])
+    stack = predict(run / "best.pt", [tmp_path / "stack.tif"], tmp_path / "st", progress=False)[0]
+    assert stack["slices"] == {
+        sub: [str(tmp_path / f"st/{sub}/stack_z000{z}.png") for z in range(2)]
+        for sub in ("color", "overlay", "instance_overlay")
+    }
     # the manifest records the decoding used, overrides included
     predict(run / "best.pt", [data / "toy/images/val"], out, progress=False, overwrite=True, decoding={"min_size": 3})
     manifest = json.loads((out / "manifest.json").read_text())

@@ -779,6 +779,10 @@ def test_predict_writes_a_mask_stack_for_a_multipage_tiff_and_reads_16_bit(toy_r
     out = tmp_path / "out"
     written = predict(run / "best.pt", [folder], out, progress=False)
     assert written[0]["pages"] == 2 and written[0]["masks"] == str(out / "masks/stack.tif")
+    manifest = json.loads((out / "manifest.json").read_text())["files"][0]  # every file written, each slice's too
+    assert manifest["slices"] == {
+        sub: [str(out / f"{sub}/stack_z000{z}.png") for z in range(2)] for sub in ("color", "overlay")
+    }
     stack = Image.open(out / "masks/stack.tif")
     assert stack.n_frames == 2
     predictor = Predictor(run / "best.pt")
@@ -998,3 +1002,15 @@ def test_predict_overwrite_finds_the_earlier_outputs_from_another_working_direct
     monkeypatch.chdir(tmp_path / "sub")
     predict(run / "best.pt", images[:1], Path("../preds"), overwrite=True, progress=False)
     assert [p.name for p in (tmp_path / "preds/masks").iterdir()] == [images[0].name]
+
+
+def test_predict_into_its_own_input_folder_does_not_read_its_legend(toy_run, tmp_path):
+    run, root, _ = toy_run
+    folder = tmp_path / "inout"
+    folder.mkdir()
+    for p in sorted((root / "toy/images/val").glob("*.png")):
+        (folder / p.name).write_bytes(p.read_bytes())
+    first = predict(run / "best.pt", [folder], folder, progress=False, overwrite=True)
+    assert (folder / "legend.png").exists()
+    again = predict(run / "best.pt", [folder], folder, progress=False, overwrite=True)
+    assert [w["image"] for w in again] == [w["image"] for w in first]  # legend.png was read as a third image

@@ -233,7 +233,7 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
                 message = size_mismatch_message(instances, isize, image, size, kind="instance map")
                 item.problems.append((str(instances), message, "error"))
             elif m is not None and m.shape == inst.shape:
-                check_instance_classes(inst, m, info.ignore_index, instances)
+                check_instance_classes(inst, m, info.ignore_index, instances, info.thing_classes, info.classes)
         except DataError as e:
             item.problems.append((str(instances), str(e), "error"))
     return item

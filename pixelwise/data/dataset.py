@@ -299,7 +299,7 @@ class SegmentationDataset(Dataset):
         path = self.instance_paths[index]
         inst = read_instances(path).astype(np.int32)
         if mask is not None:
-            check_instance_classes(inst, mask, self.info.ignore_index, path)
+            check_instance_classes(inst, mask, self.info.ignore_index, path, self.info.thing_classes, self.info.classes)
         return inst
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:

@@ -356,9 +356,18 @@ def read_instances(path: Path) -> np.ndarray:
             raise DataError(f"cannot read instance map {path}: {e}") from None
 
 
-def check_instance_classes(instances: np.ndarray, mask: np.ndarray, ignore_index: int, path: Path) -> None:
-    """DataError for an instance that lies on ignore pixels of the mask or spans two classes (an instance's
-    class is the mask's class under it). One ``np.unique`` over (id, class) pairs, not a mask per instance."""
+def check_instance_classes(
+    instances: np.ndarray,
+    mask: np.ndarray,
+    ignore_index: int,
+    path: Path,
+    things: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """DataError for an instance that lies on ignore pixels of the mask, spans two classes (an instance's
+    class is the mask's class under it), or, with ``things`` (the data set's instance classes), lies on a class
+    that has no instances (background: every instance score would count it as an object of another class). One
+    ``np.unique`` over (id, class) pairs, not a mask per instance."""
     fg = instances > 0
     pairs = np.unique(instances[fg].astype(np.int64) * 256 + mask[fg])
     ids, classes = pairs // 256, pairs % 256
@@ -375,6 +384,16 @@ def check_instance_classes(instances: np.ndarray, mask: np.ndarray, ignore_index
             f"instance map {path}: instance {bad} spans classes {classes[ids == bad].tolist()} of its mask; "
             "an instance has one class"
         )
+    if things is not None:
+        stuff = ~np.isin(classes, list(things))
+        if stuff.any():
+            c = int(classes[stuff][0])
+            name = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
+            raise DataError(
+                f"instance map {path}: instance {ids[stuff][0]} lies on class {c}{name} of its mask, which is not an "
+                "instance class (instance_classes in classes.json); give those pixels an instance class in the mask, "
+                "or 0 in the instance map"
+            )
 
 
 def count_instances(instances: np.ndarray) -> int:

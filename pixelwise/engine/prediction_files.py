@@ -153,10 +153,12 @@ def write_prediction(
     files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
     first, *rest = (Image.fromarray(p) for p in preds)
     write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
+    files["slices"] = {}  # every slice's picture (the keys above name the first, as for one image)
     for sub, index in (("color", 0), ("overlay", 1)):
         files[sub] = str(out_dir / sub / f"{stem}_z0000.png")
+        files["slices"][sub] = [str(out_dir / sub / f"{stem}_z{z:04d}.png") for z in range(len(pages))]
         for z, picture in enumerate(pictures):
-            write_image(out_dir / sub / f"{stem}_z{z:04d}.png", picture[index])
+            write_image(files["slices"][sub][z], picture[index])
     return files
 
 
@@ -177,12 +179,12 @@ def write_instances(
     else:
         files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
         write_image(files["instances"], maps[0], save_all=True, append_images=maps[1:], compression="tiff_deflate")
-    for z, (page, f) in enumerate(zip(pages, found, strict=True)):
-        name = f"{stem}.png" if len(pages) == 1 else f"{stem}_z{z:04d}.png"
-        picture = instance_overlay(image_to_uint8(page), f.instances, alpha)
-        write_image(out_dir / "instance_overlay" / name, picture)
-        if z == 0:
-            files["instance_overlay"] = str(out_dir / "instance_overlay" / name)
+    names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
+    for name, page, f in zip(names, pages, found, strict=True):
+        write_image(out_dir / "instance_overlay" / name, instance_overlay(image_to_uint8(page), f.instances, alpha))
+    files["instance_overlay"] = str(out_dir / "instance_overlay" / names[0])
+    if len(pages) > 1:
+        files["slices"] = {"instance_overlay": [str(out_dir / "instance_overlay" / name) for name in names]}
     return files
 
 
@@ -194,4 +196,15 @@ def write_effect(
     names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
     for name, page, p in zip(names, pages, probs, strict=True):
         write_image(out_dir / "effect" / name, effect.apply(page, p))
-    return {"effect": str(out_dir / "effect" / names[0])}
+    files: dict[str, Any] = {"effect": str(out_dir / "effect" / names[0])}
+    if len(pages) > 1:
+        files["slices"] = {"effect": [str(out_dir / "effect" / name) for name in names]}
+    return files
+
+
+def merge_files(files: dict[str, Any], more: dict[str, Any]) -> None:
+    """``more`` (one writer's entries) into ``files``, a stack's per-slice lists under ``slices`` joined."""
+    slices = {**files.get("slices", {}), **more.get("slices", {})}
+    files.update(more)
+    if slices:
+        files["slices"] = slices

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,6 +23,7 @@ from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
 from ..data import image_to_tensor, read_image_stack, shift_image, write_image
+from ..data.io import decode_image
 from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
@@ -39,6 +41,7 @@ from .prediction_files import (
     MANIFEST,
     PredictionErrors,
     expand_inputs,
+    merge_files,
     output_names,
     prepare_out_dir,
     write_effect,
@@ -48,6 +51,9 @@ from .prediction_files import (
 from .video import TemporalEMA, batch_probabilities, check_video_model, image_probabilities, predict_video
 
 log = logging.getLogger(__name__)
+
+ImageLike = np.ndarray | Image.Image | str | os.PathLike
+"""What :meth:`Predictor.predict` takes: an array (``H x W`` or ``H x W x C``), a PIL image, or a file path."""
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -127,6 +133,13 @@ def instance_decoding(
         raise ConfigError(
             f"{checkpoint}: --{next(iter(decoding)).replace('_', '-')} applies to instance models, and this one was "
             "trained without instances.method"
+        )
+    centre_keys = [k for k in ("center_threshold", "nms_kernel", "top_k") if k in decoding]
+    if centre_keys and settings.method != "panoptic":
+        # they choose the centres of Panoptic-DeepLab's heatmap, which other methods have not
+        raise ConfigError(
+            f"{checkpoint}: --{centre_keys[0].replace('_', '-')} applies to panoptic models (their centre heatmap), "
+            f"and this one decodes instances by {settings.method}: drop it"
         )
     return settings.with_decoding(decoding)
 
@@ -277,6 +290,40 @@ class Predictor:
             image = moved.movedim(0, -1).numpy()
         return image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
 
+    def as_input(self, image: ImageLike, source: str = "image") -> np.ndarray:
+        """``image`` as this model takes it, ``H x W x C`` with its channel count: a file path (one page), a PIL
+        image (decoded by :func:`pixelwise.data.read_image`'s rules), or an array ``H x W`` (grey) or ``H x W x C``;
+        colour given to a grey model becomes its luminance as ``read_image`` makes it (ITU-R 601-2), grey given to
+        a colour model is repeated, an alpha channel is dropped."""
+        if isinstance(image, (str, os.PathLike)):
+            pages = self.read(image)
+            if len(pages) > 1:
+                raise DataError(
+                    f"{image} has {len(pages)} pages: predict each of Predictor.read({str(image)!r}) in turn"
+                )
+            return pages[0]
+        if isinstance(image, Image.Image):
+            return decode_image(image, Path(source), self.image_mode, self.image_range)
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or 0 in array.shape:
+            raise DataError(
+                f"{source}: an image is H x W (grey) or H x W x C with 1, 3 or 4 channels, got an array of shape "
+                f"{array.shape}"
+            )
+        if array.shape[2] in (2, 4):  # grey + alpha, RGBA: the alpha is dropped, as when reading a file
+            array = array[..., : array.shape[2] - 1]
+        want = 1 if self.image_mode == "L" else 3
+        if array.shape[2] == 3 and want == 1:
+            if array.dtype == np.uint8:  # Pillow's own conversion, as read_image makes it of a colour file
+                array = np.asarray(Image.fromarray(np.ascontiguousarray(array)).convert("L"))[..., None]
+            else:
+                array = (array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        elif array.shape[2] == 1 and want == 3:
+            array = np.repeat(array, 3, axis=2)
+        return array
+
     def read(self, path: str | os.PathLike) -> list[np.ndarray]:
         """The pages of an image file as this model takes them (one for a plain image; every slice of a
         TIFF stack), with the run's ``image_range`` for 16-bit and float images."""
@@ -357,9 +404,11 @@ class Predictor:
         return list(self.meta.get("thing_classes") or range(1, len(self.classes)))
 
     @torch.inference_mode()
-    def predict_instances(self, image: np.ndarray, source: str = "image") -> InstanceOutput:
-        """Semantic classes and instances of one ``H x W x C`` image: the model's instance method (whole image),
-        or for a semantic model the connected components of its thing classes."""
+    def predict_instances(self, image: ImageLike, source: str = "image") -> InstanceOutput:
+        """Semantic classes and instances of one image (:meth:`as_input`: a path, a PIL image or an array): the
+        model's instance method (whole image), or for a semantic model the connected components of its thing
+        classes."""
+        image = self.as_input(image, source)
         h, w = image.shape[:2]
         self.check_size(h, w, source)
         return self.instances_of(self.normalise(image)[None].to(self.device), source)
@@ -388,8 +437,10 @@ class Predictor:
         return decode(components, torch.log(probs.clamp_min(1e-30)), len(self.classes), self.thing_classes)[0]
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, source: str = "image") -> np.ndarray:
-        """``H x W`` uint8 class indices of one ``H x W x C`` image."""
+    def predict(self, image: ImageLike, source: str = "image") -> np.ndarray:
+        """``H x W`` uint8 class indices of one image (:meth:`as_input`: a path, a PIL image, or an array
+        ``H x W`` or ``H x W x C``)."""
+        image = self.as_input(image, source)
         if self.instance_method.enabled:
             return self.predict_instances(image, source).semantic.astype(np.uint8)
         h, w = image.shape[:2]
@@ -453,7 +504,8 @@ def predict(
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
     if foreground is not None and effect is None:
         raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
-    paths = expand_inputs(inputs)
+    # an earlier run's legend in an --out that is also the input folder is no input
+    paths = [p for p in expand_inputs(inputs) if Path(p).resolve() != (Path(out_dir) / LEGEND).resolve()]
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
     predictor = Predictor(
@@ -543,9 +595,9 @@ def predict(
             used.update(output_names(stem, len(pages)))
             files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
             if found is not None:
-                files.update(write_instances(out_dir, stem, pages, found, alpha))
+                merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
             if probs is not None and chosen is not None:
-                files.update(write_effect(out_dir, stem, pages, probs, chosen))
+                merge_files(files, write_effect(out_dir, stem, pages, probs, chosen))
             written.append(files)
     finally:
         write_json(out_dir / MANIFEST, manifest)

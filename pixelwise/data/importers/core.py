@@ -372,7 +372,8 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
                 raise DataError(f"instance annotation of {source} is not the size of its mask")
             if inst.size and int(inst.max()) > 65535:
                 raise DataError(f"{source} has instance ids above 65535, more than a 16-bit instance map holds")
-            check_instance_classes(inst, mask, plan.ignore_index, Path(source))
+            things = None if plan.instance_classes is None else [plan.classes.index(c) for c in plan.instance_classes]
+            check_instance_classes(inst, mask, plan.ignore_index, Path(source), things, plan.classes)
         # a palette PNG: the pixels are the class indices pixelwise reads, the palette only shows them in colour
         indexed = Image.frombytes("P", (w, h), mask.tobytes())
         indexed.putpalette(_mask_palette(plan.palette, plan.ignore_index))
