@@ -192,6 +192,8 @@ def _check_ranges(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key}={value}: must be {bound}")
         if value == math.inf:
             raise ConfigError(f"{key}=inf: must be a finite number")
+    if config["train"]["momentum"] >= 1:  # the velocity would never decay: SGD diverges
+        raise ConfigError(f"train.momentum={config['train']['momentum']}: must be below 1 (e.g. 0.9)")
     if config["data"]["elastic_p"] > 1:
         raise ConfigError(f"data.elastic_p={config['data']['elastic_p']}: a probability, at most 1")
     decay = config["train"]["ema_decay"]

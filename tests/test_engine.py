@@ -744,6 +744,8 @@ def test_validation_settings_the_messages_name_and_odd_but_valid_values(tmp_path
         load_config(cfg, [f"train.seed={2**64}"])
     assert str(e.value) == f"train.seed={2**64}: must be a 64-bit seed, from -2**63 to 2**64 - 1"
     assert load_config(cfg, ["train.seed=-1"])["train"]["seed"] == -1  # torch takes it: older runs used it
+    with pytest.raises(ConfigError, match=r"^train.momentum=1.5: must be below 1 \(e.g. 0.9\)$"):
+        load_config(cfg, ["train.momentum=1.5"])
     from PIL import Image
 
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "toy/images/val/s01.png")  # another size

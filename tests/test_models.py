@@ -649,6 +649,7 @@ def test_builder_argument_errors_are_one_line_config_errors():
         ("deeplabv3", {"backbone": "resnet18", "multi_grid": [1, "2"]}, "model 'deeplabv3': multi_grid [1, '2']"),
         ("unet", {"num_classes": 3.0}, "model 'unet': num_classes=3.0, must be a whole number >= 1"),
         ("unet", {"num_classes": 0}, "model 'unet': num_classes=0, must be a whole number >= 1"),
+        ("unet", {"base_channels": -4}, "model 'unet': Trying to create tensor with negative dimension -4"),
     ]
     for name, kwargs, start in cases:
         with pytest.raises(ConfigError) as e:

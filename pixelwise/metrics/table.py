@@ -45,7 +45,9 @@ def format_instance_table(scores: dict[str, Any]) -> str:
     for key in ("ap", "precision", "recall", "f1"):
         lines.append(f"{key:<10}" + " ".join(f"{num(scores[key][t]):>5}" for t in taus))
     summary = [("mean AP", scores["mean_ap"]), ("PQ", scores["pq"]), ("SQ", scores["sq"]), ("RQ", scores["rq"])]
-    summary += [(name, scores[key]) for name, key in (("COCO AP", "coco_ap"), ("AP50", "coco_ap50")) if key in scores]
+    summary += [
+        (name, scores[key]) for name, key in (("COCO AP", "coco_ap"), ("COCO AP50", "coco_ap50")) if key in scores
+    ]
     lines.append("  ".join(f"{name} {num(value)}" for name, value in summary))
     lines.append(f"{scores['num_true']} true and {scores['num_pred']} predicted instances")
     return "\n".join(lines)

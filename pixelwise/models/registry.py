@@ -63,6 +63,11 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
@@ -84,8 +89,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return builder(**kwargs)
     except PixelwiseError:
         raise
-    except ValueError as e:  # the builders' own argument checks (a padding, a dropout, a channel list...)
-        raise ConfigError(f"model {name!r}: {e}") from None
+    except (ValueError, RuntimeError) as e:  # the builders' own checks (a padding, a dropout...), torch's (a width)
+        raise ConfigError(f"model {name!r}: {_first_line(e)}") from None
 
 
 def input_channels(spec: dict[str, Any]) -> int:
