@@ -295,6 +295,14 @@ def test_head_learning_rate_multiplier():
     assert len(backbone["params"]) == len(list(model.backbone.parameters()))
     assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
     assert len(_optimizer(model, {**DEFAULTS["train"]}).param_groups) == 1
+    # FCN's and DeepLab-VGG's fc6/fc7 are VGG's ImageNet classifier: at the base rate (DeepLab's fc8 alone gets 10x)
+    fcn_head = {"score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8"}
+    for name, head_names in (("deeplabv2_vgg16", {"fc8"}), ("fcn8s_vgg16", fcn_head)):
+        model = build_model(name, num_classes=3)
+        backbone, head = _optimizer(model, {**DEFAULTS["train"], "lr": 0.01, "head_lr_mult": 10.0}).param_groups
+        in_head = {id(p) for p in head["params"]}
+        named = {n.split(".")[-2] for n, p in model.named_parameters() if id(p) in in_head}
+        assert named == head_names, (name, named)
     with pytest.raises(ConfigError) as e:
         _optimizer(build_model("unet", num_classes=3, base_channels=4), {**DEFAULTS["train"], "head_lr_mult": 10.0})
     assert str(e.value) == (

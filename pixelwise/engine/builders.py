@@ -50,7 +50,8 @@ def image_mode(in_channels: int) -> str:
 
 def parameter_groups(model: nn.Module, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: with ``train.head_lr_mult`` the parameters outside ``model.backbone``
-    (the newly initialised head) get that multiple of the learning rate, as DeepLab's 10x; with
+    and the model's ``backbone_layers()`` (the newly initialised head) get that multiple of the learning rate, as
+    DeepLab's 10x; with
     ``train.norm_bias_weight_decay`` the 1-D parameters (biases, normalisation scales and shifts) get that weight
     decay instead of ``train.weight_decay``, as timm's and torchvision's recipes (0). Each group records its
     ``lr_mult`` and whether it is the ``norm_bias`` one; empty groups are left out."""
@@ -62,7 +63,10 @@ def parameter_groups(model: nn.Module, train_cfg: dict[str, Any]) -> list[dict[s
             f"train.head_lr_mult={mult}: model {type(model).__name__} has no backbone (model.backbone) to tell "
             "from its head; set train.head_lr_mult: 1"
         )
-    in_backbone = {id(p) for p in backbone.parameters()} if mult != 1 else set()
+    # and the layers a model makes from its backbone's ImageNet classifier (FCN's, DeepLab-VGG's fc6/fc7)
+    extra = getattr(model, "backbone_layers", None)
+    pretrained = [backbone, *(extra() if callable(extra) else [])] if mult != 1 else []
+    in_backbone = {id(p) for module in pretrained for p in module.parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         head = mult != 1 and id(p) not in in_backbone

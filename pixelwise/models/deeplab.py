@@ -94,6 +94,11 @@ class DeepLabVGG(nn.Module):
             for branch in self.branches:
                 load_state(branch, _decimated_fc(state, width, what), what=what, complete=False)
 
+    def backbone_layers(self) -> list[nn.Module]:
+        """The head's layers made from VGG's ImageNet classifier (each branch's fc6, fc7): trained at the base
+        rate with the backbone under ``train.head_lr_mult``, as DeepLab's prototxts (lr_mult 10 on fc8 only)."""
+        return [layer for branch in self.branches for layer in (branch.fc6, branch.fc7)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool5 = self.backbone(x)["pool5"]  # 1/8, 512 channels
         score = sum(branch(pool5) for branch in self.branches)  # 1/8, summed over ASPP-L branches

@@ -128,6 +128,11 @@ class FCN(nn.Module):
             load_state(self.backbone, state, what=what)
             load_state(self, vgg16_fc_weights(state, what), what=what, complete=False)
 
+    def backbone_layers(self) -> list[nn.Module]:
+        """fc6 and fc7, VGG's ImageNet classifier cast as convolutions: trained with the backbone at the base rate
+        under ``train.head_lr_mult`` (only the new score layers are the head)."""
+        return [self.fc6, self.fc7]
+
     def _offsets(self) -> dict[str, int]:
         features = list(self.backbone.features)
         taps = {name: i for i, name in self.backbone.taps.items()}
