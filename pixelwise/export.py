@@ -246,7 +246,8 @@ def _export_checked(
     written = _file_opset(out)
     if written != opset:
         log.warning("the %s exporter wrote ONNX opset %d, not the %d asked for", how, written, opset)
-    report = {"opset": written, "exporter": how, "dynamic": dyn, "max_abs_diff": diffs}
+    outputs = list(_graph(model, meta)[1])
+    report = {"opset": written, "exporter": how, "dynamic": dyn, "outputs": outputs, "max_abs_diff": diffs}
     if failures:
         report["failures"] = failures
     return report

@@ -275,6 +275,7 @@ def test_train_eval_predict_each_method(method, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     trained = InstanceSettings.from_dict(ckpt["meta"]["instances"]).decoding
     assert manifest["settings"]["decoding"] == {**trained, "min_size": 3}
+    assert ("center_threshold" in trained) == (method == "panoptic")  # only what applies is recorded
 
 
 def test_panoptic_training_with_small_instance_weights_and_narrow_centres(tmp_path):
@@ -356,6 +357,7 @@ def test_onnx_export_carries_the_instance_branch_and_predicts_the_same_instances
     train(instance_config(tmp_path, "panoptic", center_threshold=-1.0), run_dir=run, data_root=data, progress=False)
     report = export_onnx(run / "best.pt", tmp_path / "model.onnx", height=40, width=48)
     assert report["dynamic"] and report["max_abs_diff"]["relative"] < 1e-3
+    assert report["outputs"] == ["logits", "center", "offset"]  # what the check compared (export prints them)
     import onnx
 
     assert [o.name for o in onnx.load(str(tmp_path / "model.onnx")).graph.output] == ["logits", "center", "offset"]

@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import file_sha256, write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.effects import Effect, one_hot
+from ..inference.instance_settings import CENTRE_KEYS
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
@@ -134,7 +135,7 @@ def instance_decoding(
             f"{checkpoint}: --{next(iter(decoding)).replace('_', '-')} applies to instance models, and this one was "
             "trained without instances.method"
         )
-    centre_keys = [k for k in ("center_threshold", "nms_kernel", "top_k") if k in decoding]
+    centre_keys = [k for k in CENTRE_KEYS if k in decoding]
     if centre_keys and settings.method != "panoptic":
         # they choose the centres of Panoptic-DeepLab's heatmap, which other methods have not
         raise ConfigError(

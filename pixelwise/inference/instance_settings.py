@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 METHODS = ("none", "connected_components", "boundary", "panoptic")
 DECODING_KEYS = ("center_threshold", "nms_kernel", "top_k", "min_size")
+CENTRE_KEYS = ("center_threshold", "nms_kernel", "top_k")  # they choose Panoptic-DeepLab's centres: panoptic only
 """The settings that only change how a trained model's output is decoded, so eval and predict may override them
 (chosen on val with ``benchmarks/instance_decoding_search.py``)."""
 
@@ -100,8 +101,9 @@ class InstanceSettings:
 
     @property
     def decoding(self) -> dict[str, Any]:
-        """The decoding settings (:data:`DECODING_KEYS`) and their values."""
-        return {k: getattr(self, k) for k in DECODING_KEYS}
+        """The decoding settings that apply to this method (:data:`DECODING_KEYS`; the :data:`CENTRE_KEYS` for
+        ``panoptic`` only) and their values."""
+        return {k: getattr(self, k) for k in DECODING_KEYS if self.method == "panoptic" or k not in CENTRE_KEYS}
 
     def from_class_index(self, classes: list[str]) -> int | None:
         """``from_class`` as a class index of ``classes`` (a ConfigError naming the valid ones)."""
