@@ -231,6 +231,11 @@ def test_train_eval_predict_each_method(method, tmp_path):
     if method == "panoptic":
         with pytest.raises(ConfigError, match=r"^instances.nms_kernel=4: must be odd \(e.g. 5\)$"):
             evaluate_checkpoint(run / "best.pt", progress=False, decoding={"nms_kernel": 4})
+    # refused when the model is loaded, before any image is read (it was refused mid-evaluation, on the bar's line)
+    from pixelwise.engine import Predictor
+
+    with pytest.raises(ConfigError, match=r"^instance decoding runs on the whole image at scale 1 .* scales \[0.5\]"):
+        Predictor(run / "best.pt", inference={"scales": [0.5]})
     # silently ignored before: the model's own instances were scored
     with pytest.raises(ConfigError, match=rf"^--instances/--watershed make .* \(instances.method={method}\): leave"):
         evaluate_checkpoint(run / "best.pt", progress=False, instances=1, watershed=True)

@@ -31,6 +31,7 @@ from ..fileio import file_sha256, write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.effects import Effect, one_hot
 from ..inference.instance_settings import CENTRE_KEYS
+from ..inference.protocol import check_instance_protocol
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
@@ -249,6 +250,8 @@ class Predictor:
         self._check_windows()
         self.image_mode = image_mode(input_channels(self.meta["model"]))
         self.instance_method = instance_decoding(self.meta.get("instances"), decoding, checkpoint)
+        if self.instance_method.enabled:  # before any image is read (it was refused mid-evaluation)
+            check_instance_protocol(self.inference)
         if self.crf is not None:
             check_crf_applies(checkpoint, self.instance_method)
         image_range = self.meta.get("image_range")

@@ -181,6 +181,17 @@ def correct_class_weights(probs: torch.Tensor, settings: InferenceSettings) -> t
     return adjusted / adjusted.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
 
 
+def check_instance_protocol(settings: InferenceSettings | None) -> None:
+    """ConfigError unless ``settings`` run the whole image at scale 1, which an instance model's decoding needs
+    (its offsets and centres are in the image's own pixels; flips and quarter turns may be averaged)."""
+    s = settings or InferenceSettings()
+    if s.mode != "whole" or list(s.scales) != [1.0]:
+        raise ConfigError(
+            f"instance decoding runs on the whole image at scale 1 (flip and rot90 may be averaged); got mode "
+            f"{s.mode!r}, scales {list(s.scales)}: remove the inference scales/mode for instance models"
+        )
+
+
 def _unturn_offsets(offset: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
     """``(dy, dx)`` vectors predicted on a view (the image flipped, then turned ``turns`` times by
     ``torch.rot90``) expressed in the image's own frame: each turn maps ``(dy, dx)`` to ``(-dx, dy)``, so undoing
@@ -201,11 +212,7 @@ def predict_outputs(
     ``(dy, dx)`` offsets (``"offset"``) turned back with the image before averaging. Plain settings return
     ``model(image)`` unchanged."""
     s = settings or InferenceSettings()
-    if s.mode != "whole" or list(s.scales) != [1.0]:
-        raise ConfigError(
-            f"instance decoding runs on the whole image at scale 1 (flip and rot90 may be averaged); got mode "
-            f"{s.mode!r}, scales {list(s.scales)}: remove the inference scales/mode for instance models"
-        )
+    check_instance_protocol(s)
     if s.is_plain:
         return model(image)
     total: dict[str, torch.Tensor] = {}
