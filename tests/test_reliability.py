@@ -219,7 +219,7 @@ def test_a_live_run_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
 
 def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, caplog):
     """After a restart (a container's), the dead training's pid may be this process's own or a newer process's:
-    neither is the owner. A live owner that started before its lock was written still holds it."""
+    neither is the owner (the lock records its process's boot id and start tick). A live owner still holds it."""
     from pixelwise.engine.run_dir import RunLock
 
     host = os.uname().nodename
@@ -231,13 +231,16 @@ def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, caplog):
     with pytest.raises(ConfigError):  # but a lock this process does hold stays held
         RunLock(tmp_path).acquire()
     lock.release()
+    from pixelwise.engine.run_dir import process_identity
+
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for created, stale in ((time.time() - 3600, True), (time.time() + 3600, False)):
+        boot, start = process_identity(sleeper.pid)
+        for identity, stale in (([boot, start - 1], True), ([boot, start], False)):
             caplog.clear()
-            owner = {"pid": sleeper.pid, "host": host, "started": "t0", "created": created}
+            owner = {"pid": sleeper.pid, "host": host, "started": "t0", "process": identity}
             (tmp_path / ".lock").write_text(json.dumps(owner))
-            if stale:  # the pid's process started an hour after the lock was written: another process
+            if stale:  # the lock's process started at another tick: the pid is another process's now
                 RunLock(tmp_path).acquire()
                 assert "taking over the stale lock" in caplog.text
                 (tmp_path / ".lock").unlink()

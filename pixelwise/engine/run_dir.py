@@ -36,19 +36,21 @@ CLAIM_SECONDS = 10.0  # an unreadable lock younger than this may be one being wr
 _HELD: set[Path] = set()  # the locks this process holds: its own pid in any other lock is a reused one
 
 
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), where /proc tells (Linux); else None."""
+def process_identity(pid: int) -> list[str | int] | None:
+    """``[boot id, start time in clock ticks since boot]`` of process ``pid``, which no other process shares, even
+    one given the same pid after a restart (Linux's /proc); None where /proc does not tell. Read from the kernel's
+    own counters, not the wall clock, which may be corrected after boot."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
-    except (OSError, ValueError, IndexError, StopIteration):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22 of stat
+    except (OSError, ValueError, IndexError):
         return None
+    return [boot, start]
 
 
 def _alive(owner: dict[str, Any], path: Path) -> bool:
     """Whether the process that wrote lock ``path`` still runs: its pid exists, is not this process (unless it
-    holds the lock), and did not start after the lock was written (a pid reused after a restart)."""
+    holds the lock), and is the same process (not a pid reused after a restart, where the lock says which)."""
     pid = owner["pid"]
     if pid == os.getpid():
         return path.resolve() in _HELD
@@ -58,9 +60,8 @@ def _alive(owner: dict[str, Any], path: Path) -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         pass
-    started, created = _process_start(pid), owner.get("created")
-    # a second of slack: /proc's clock ticks and the boot time are coarse
-    return started is None or not isinstance(created, (int, float)) or started <= created + 1.0
+    recorded, now = owner.get("process"), process_identity(pid)
+    return not isinstance(recorded, list) or now is None or recorded == now
 
 
 class RunLock:
@@ -79,7 +80,7 @@ class RunLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "created": time.time(),
+            "process": process_identity(os.getpid()),
         }
         for _ in range(2):
             try:
