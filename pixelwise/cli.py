@@ -23,6 +23,7 @@ from .cli_options import (
     decoding_overrides,
     inference_settings,
 )
+from .cpu_threads import usable_cpus
 from .errors import ConfigError, PixelwiseError
 from .fileio import check_output_file
 
@@ -79,7 +80,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         data_root=args.data_root,
         device=args.device,
-        num_workers=args.num_workers,
+        num_workers=min(2, usable_cpus()) if args.num_workers is None else args.num_workers,
         amp=args.amp,
         inference=inference_settings(args),
         boundary_width=args.boundary_width,
@@ -374,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument(
+        "--num-workers", type=int, help="image-reading processes (default: 2, or 1 where the process may use one CPU)"
+    )
     p.add_argument("--confusion", metavar="PNG", help="also draw the row-normalised confusion matrix here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --confusion file")
     p.add_argument("--num-images", type=int, metavar="N", help="score only the split's first N images (a quick look)")

@@ -32,6 +32,11 @@ def _cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. under ``taskset``), at least 1."""
+    return max(1, len(_cpus()))
+
+
 def _busy_ticks(cpus: list[int], path: str = "/proc/stat") -> int | None:
     """Clock ticks the CPUs ``cpus`` spent not idle (user, nice, system, irq, softirq, steal), or None."""
     try:

@@ -234,3 +234,21 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
     assert error("predict", missing, mask, "--out", tmp_path / "p", "--device", "nonsense") == (
         "pixelwise predict: error: device 'nonsense': give auto, cpu, cuda or cuda:N"
     )
+
+
+def test_eval_reads_images_with_as_many_workers_as_the_process_has_cpus(monkeypatch):
+    """Two loader workers under one CPU (taskset) drew torch's warning about too many workers."""
+    import pixelwise.cli as cli
+    import pixelwise.engine as engine
+
+    seen = []
+
+    def fake_evaluate(checkpoint, **kwargs):
+        seen.append(kwargs["num_workers"])
+        raise cli.ConfigError("stop here")
+
+    monkeypatch.setattr(engine, "evaluate_checkpoint", fake_evaluate)  # eval imports it when it runs
+    for cpus, flag, expected in ((1, [], 1), (2, [], 2), (8, [], 2), (1, ["--num-workers", "3"], 3)):
+        monkeypatch.setattr(cli, "usable_cpus", lambda cpus=cpus: cpus)
+        assert cli.main(["eval", "x.pt", *flag]) == 2
+        assert seen[-1] == expected
