@@ -23,7 +23,6 @@ from .cli_options import (
     decoding_overrides,
     inference_settings,
 )
-from .cpu_threads import usable_cpus
 from .errors import ConfigError, PixelwiseError
 from .fileio import check_output_file
 
@@ -80,7 +79,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         data_root=args.data_root,
         device=args.device,
-        num_workers=min(2, usable_cpus()) if args.num_workers is None else args.num_workers,
+        num_workers=args.num_workers,
         amp=args.amp,
         inference=inference_settings(args),
         boundary_width=args.boundary_width,

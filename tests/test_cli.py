@@ -239,16 +239,27 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
 def test_eval_reads_images_with_as_many_workers_as_the_process_has_cpus(monkeypatch):
     """Two loader workers under one CPU (taskset) drew torch's warning about too many workers."""
     import pixelwise.cli as cli
-    import pixelwise.engine as engine
+    import pixelwise.engine.evaluator as evaluator
 
     seen = []
 
-    def fake_evaluate(checkpoint, **kwargs):
+    def fake_evaluate(model, dataset, **kwargs):
         seen.append(kwargs["num_workers"])
         raise cli.ConfigError("stop here")
 
-    monkeypatch.setattr(engine, "evaluate_checkpoint", fake_evaluate)  # eval imports it when it runs
+    monkeypatch.setattr(evaluator, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluator, "Predictor", lambda *a, **k: FakePredictor())
+    monkeypatch.setattr(evaluator, "checkpoint_dataset", lambda *a, **k: [])
     for cpus, flag, expected in ((1, [], 1), (2, [], 2), (8, [], 2), (1, ["--num-workers", "3"], 3)):
-        monkeypatch.setattr(cli, "usable_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(evaluator, "usable_cpus", lambda cpus=cpus: cpus)
         assert cli.main(["eval", "x.pt", *flag]) == 2
         assert seen[-1] == expected
+
+
+class FakePredictor:
+    """What evaluate_checkpoint reads of a Predictor before it evaluates."""
+
+    meta = {"classes": ["a", "b"], "dataset": "toy"}
+    ckpt: dict = {}
+    instance_method = type("Method", (), {"enabled": False})()
+    model = device = amp = inference = crf_args = crf = None

@@ -274,8 +274,15 @@ def test_predictor_takes_paths_pil_images_and_arrays_of_either_channel_count(tmp
     with pytest.raises(DataError) as e:
         predictor.predict(np.zeros((2, 32, 40, 3), np.uint8), source="batch")
     assert str(e.value) == (
-        "batch: an image is H x W (grey) or H x W x C with 1, 3 or 4 channels, got an array of shape (2, 32, 40, 3)"
+        "batch: an image is H x W (grey) or H x W x C with 1 to 4 channels (grey, grey + alpha, RGB, RGBA), got an "
+        "array of shape (2, 32, 40, 3)"
     )
+    np.testing.assert_array_equal(predictor.predict(rgb.astype(np.float32) / 255), expected)  # as read_image's
+    for array, seen in ((rgb.astype(np.uint16) * 257, "uint16"), (rgb.astype(np.float32), "values 0..")):
+        with pytest.raises(DataError) as e:  # raw 16-bit or 0..255 floats reached the network unscaled
+            predictor.predict(array, source="raw")
+        assert str(e.value).startswith("raw: an image array is uint8, or float in [0, 1] (as "), str(e.value)
+        assert seen in str(e.value)
     Image.fromarray(grey).save(tmp_path / "two.tif", save_all=True, append_images=[Image.fromarray(grey)])
     with pytest.raises(DataError, match=r"two.tif has 2 pages: predict each of Predictor.read\("):
         predictor.predict(tmp_path / "two.tif")

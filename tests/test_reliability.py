@@ -978,12 +978,17 @@ def test_predict_overwrite_removes_only_what_an_earlier_manifest_lists(tmp_path)
 
     out = tmp_path / "out"
     for name in ("clip.mp4", "clip_overlay.mp4", "masks/a.png", "color/a.png", "color/s_z0000.png",
-                 "color/s_z0001.png", "masks/clip/f000000.png", "masks/mine.png"):  # fmt: skip
+                 "color/s_z0001.png", "masks/clip/f000000.png", "masks/mine.png", "color/t_z0000.png",
+                 "color/t_z0001.png", "color/u_z0000.png", "color/u_z0001.png"):  # fmt: skip
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(b"x")
     manifest = {"pixelwise": "0.1.0", "files": [
         {"image": str(out / "a.png"), "masks": str(out / "masks/a.png"), "color": str(out / "color/a.png")},
-        {"image": str(out / "s.tif"), "pages": 2, "color": str(out / "color/s_z0000.png")},
+        {"image": str(out / "s.tif"), "pages": 2, "color": str(out / "color/s_z0000.png")},  # an older manifest
+        {"image": str(out / "t.tif"), "pages": 2, "color": str(out / "color/t_z0000.png"),
+         "slices": {"color": [str(out / "color/t_z0000.png"), str(out / "color/t_z0001.png")]}},
+        # one image whose own name ends in _z0000: its _z0001 neighbour is not its slice
+        {"image": str(out / "u_z0000.png"), "color": str(out / "color/u_z0000.png")},
         {"video": str(out / "clip.mp4"), "frames": 10, "overlay": str(out / "clip_overlay.mp4"),
          "masks": str(out / "masks/clip"), "smooth": None},
         {"image": "/elsewhere/b.png", "masks": "/elsewhere/masks/b.png", "color": "..", "overlay": "overlay/.."},
@@ -991,7 +996,7 @@ def test_predict_overwrite_removes_only_what_an_earlier_manifest_lists(tmp_path)
     (out / "manifest.json").write_text(json.dumps(manifest))
     prepare_out_dir(out, overwrite=True)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["clip.mp4", "masks/mine.png"]  # the input video and a file no manifest listed
+    assert left == ["clip.mp4", "color/u_z0001.png", "masks/mine.png"]  # the input video, files no manifest lists
 
 
 def test_predict_overwrite_finds_the_earlier_outputs_from_another_working_directory(toy_run, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ def check_colour(value: Any, path: str | os.PathLike, what: str) -> tuple[int, i
     return int(value[0]), int(value[1]), int(value[2])
 
 
+def thing_indices(classes: Sequence[str], instance_classes: Sequence[str] | None) -> list[int]:
+    """Indices of the classes whose objects are counted one by one (``"instance_classes"`` of classes.json, the
+    "things" of panoptic segmentation); none or empty: every class but the first."""
+    if instance_classes:
+        return [list(classes).index(c) for c in instance_classes]
+    return list(range(1, len(classes)))
+
+
 @dataclass
 class DatasetInfo:
     """What ``classes.json`` says: class names, palette (RGB per class), the ignore value, the optional
@@ -94,11 +103,8 @@ class DatasetInfo:
 
     @property
     def thing_classes(self) -> list[int]:
-        """Indices of the classes whose objects are counted one by one (``"instance_classes"`` of
-        classes.json, the "things" of panoptic segmentation); default: every class but the first."""
-        if self.instance_classes:
-            return [self.classes.index(c) for c in self.instance_classes]
-        return list(range(1, self.num_classes))
+        """Indices of the classes whose objects are counted one by one (:func:`thing_indices`)."""
+        return thing_indices(self.classes, self.instance_classes)
 
     @property
     def source(self) -> str:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..argmax import class_argmax
+from ..cpu_threads import usable_cpus
 from ..crf import CRFSettings
 from ..data import SegmentationDataset, build_transforms, resolve_data_root
 from ..device import autocast
@@ -222,7 +223,7 @@ def evaluate_checkpoint(
     split: str = "val",
     data_root: str | os.PathLike | None = None,
     device: str = "auto",
-    num_workers: int = 2,
+    num_workers: int | None = None,
     amp: str = "none",
     inference: InferenceSettings | dict[str, Any] | None = None,
     boundary_width: int | None = None,
@@ -245,7 +246,7 @@ def evaluate_checkpoint(
     decoding settings used)."""
     if boundary_width is not None and not boundary_width >= 0:
         raise ConfigError(f"--boundary-width {boundary_width}: must be >= 0 pixels")
-    if num_workers < 0:
+    if num_workers is not None and num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers}: must be >= 0 (0 loads in this process)")
     if num_images is not None and num_images < 1:
         raise ConfigError(f"--num-images {num_images}: must be >= 1 (leave it out for the whole split)")
@@ -270,7 +271,8 @@ def evaluate_checkpoint(
         predictor.model,
         ds,
         device=predictor.device,
-        num_workers=num_workers,
+        # 2 image readers, or 1 where this process may use one CPU (more drew torch's warning under taskset)
+        num_workers=min(2, usable_cpus()) if num_workers is None else num_workers,
         amp=predictor.amp,
         inference=predictor.inference,
         boundary_width=boundary_width,

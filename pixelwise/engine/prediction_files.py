@@ -94,8 +94,12 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
     for entry in entries:
         if not isinstance(entry, dict):
             continue
-        for key in OUTPUT_KEYS:
-            value = entry.get(key)
+        slices = entry.get("slices") if isinstance(entry.get("slices"), dict) else {}
+        # a stack written before manifests listed every slice: its other slices are found by name
+        older_stack = not slices and str(entry.get("pages", "1")).isdigit() and int(entry.get("pages", "1")) > 1
+        listed_values = [(key, entry.get(key)) for key in OUTPUT_KEYS]
+        listed_values += [(key, v) for key in OUTPUT_KEYS for v in (slices.get(key) or [])]
+        for key, value in listed_values:
             if not isinstance(value, str):
                 continue
             # where it lies in this folder (the manifest holds paths as they were typed, maybe from another working
@@ -112,7 +116,7 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
                     shutil.rmtree(path)
                 continue
             siblings = [path]
-            if path.stem.endswith("_z0000"):  # a stack's slices: the manifest names the first
+            if older_stack and path.stem.endswith("_z0000"):  # the manifest names the first
                 siblings = sorted(path.parent.glob(f"{path.stem[: -len('_z0000')]}_z[0-9][0-9][0-9][0-9]{path.suffix}"))
             for p in siblings:
                 p.unlink(missing_ok=True)

@@ -313,9 +313,20 @@ class Predictor:
             array = array[..., None]
         if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or 0 in array.shape:
             raise DataError(
-                f"{source}: an image is H x W (grey) or H x W x C with 1, 3 or 4 channels, got an array of shape "
-                f"{array.shape}"
+                f"{source}: an image is H x W (grey) or H x W x C with 1 to 4 channels (grey, grey + alpha, RGB, "
+                f"RGBA), got an array of shape {array.shape}"
             )
+        if array.dtype != np.uint8:
+            # other integers (16-bit) and floats out of [0, 1] would reach the network at their raw scale:
+            # read_image maps those with the run's image_range, which a bare array does not carry
+            floating = np.issubdtype(array.dtype, np.floating)
+            lo, hi = (float(array.min()), float(array.max())) if floating else (0.0, 0.0)
+            if not floating or not (0.0 <= lo and hi <= 1.0):
+                seen = f"values {lo:g}..{hi:g}" if floating else str(array.dtype)
+                raise DataError(
+                    f"{source}: an image array is uint8, or float in [0, 1] (as pixelwise.data.read_image returns "
+                    f"16-bit and float images), got {seen}; give its file path to read it with the run's image_range"
+                )
         if array.shape[2] in (2, 4):  # grey + alpha, RGBA: the alpha is dropped, as when reading a file
             array = array[..., : array.shape[2] - 1]
         want = 1 if self.image_mode == "L" else 3

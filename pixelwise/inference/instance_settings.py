@@ -11,9 +11,10 @@ from ..errors import ConfigError
 
 METHODS = ("none", "connected_components", "boundary", "panoptic")
 DECODING_KEYS = ("center_threshold", "nms_kernel", "top_k", "min_size")
-CENTRE_KEYS = ("center_threshold", "nms_kernel", "top_k")  # they choose Panoptic-DeepLab's centres: panoptic only
 """The settings that only change how a trained model's output is decoded, so eval and predict may override them
 (chosen on val with ``benchmarks/instance_decoding_search.py``)."""
+CENTRE_KEYS = ("center_threshold", "nms_kernel", "top_k")
+"""Those of :data:`DECODING_KEYS` that choose Panoptic-DeepLab's centres: for ``panoptic`` only."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError, DataError
 from ...fileio import write_json
 from ..check import text_table
-from ..info import DatasetInfo
+from ..info import DatasetInfo, thing_indices
 from ..io import IMAGE_EXTENSIONS, check_instance_classes, orient_array, probe_image
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
                 raise DataError(f"instance annotation of {source} is not the size of its mask")
             if inst.size and int(inst.max()) > 65535:
                 raise DataError(f"{source} has instance ids above 65535, more than a 16-bit instance map holds")
-            things = None if plan.instance_classes is None else [plan.classes.index(c) for c in plan.instance_classes]
+            things = thing_indices(plan.classes, plan.instance_classes)  # as data check will read the result
             check_instance_classes(inst, mask, plan.ignore_index, Path(source), things, plan.classes)
         # a palette PNG: the pixels are the class indices pixelwise reads, the palette only shows them in colour
         indexed = Image.frombytes("P", (w, h), mask.tobytes())
