@@ -876,3 +876,25 @@ def test_labelme_files_of_one_name_in_subfolders_are_all_imported(tmp_path):
         "other.png",
     ]
     assert mask_of(base, "train", "day1__img")[2, 2] == 1 and mask_of(base, "train", "day2__img").max() == 0
+
+
+def test_an_import_checks_the_instance_classes_as_data_check_will(tmp_path):
+    """classes.json without instance_classes: every class but the first counts objects, at import as in data
+    check (the import took an instance on background that data check then refused)."""
+    src = tmp_path / "src"
+    for d in ("images/train", "masks/train", "instances/train"):
+        (src / d).mkdir(parents=True)
+    (src / "classes.json").write_text(json.dumps({"classes": ["bg", "cell"], "palette": [[0, 0, 0], [255, 0, 0]]}))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "images/train/a.png")
+    mask = np.zeros((8, 8, 3), np.uint8)
+    mask[:4] = [255, 0, 0]
+    Image.fromarray(mask).save(src / "masks/train/a.png")
+    inst = np.zeros((8, 8), np.uint16)
+    inst[:4], inst[6:, :2] = 1, 2  # instance 2 on background
+    Image.fromarray(inst).save(src / "instances/train/a.png")
+    with pytest.raises(DataError, match=r"instance 2 lies on class 0 \('bg'\) of its mask, which is not an instance"):
+        import_dataset("rgb", src, tmp_path / "dst", progress=False, workers=1)
+    inst[6:, :2] = 0
+    Image.fromarray(inst).save(src / "instances/train/a.png")
+    _, summary = imported(tmp_path, "rgb", src, workers=1)  # and what it imports passes data check
+    assert summary.instances == {"train": 1}
