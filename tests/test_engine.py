@@ -826,3 +826,43 @@ def test_the_loss_logged_after_a_resume_is_the_uninterrupted_runs(tmp_path, monk
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
     assert [i for i, _ in resumed] == [5, 10]
     assert resumed == [(i, pytest.approx(v, rel=1e-6)) for i, v in straight]
+
+
+def test_a_run_grouped_the_old_way_names_the_change_on_resume(tmp_path, monkeypatch):
+    """A DeepLab-VGG run trained with head_lr_mult before fc6/fc7 counted with the backbone: the settings are the
+    run's, the grouping is not; the refusal says so (it listed "the model's parameters" as the change)."""
+    import copy
+
+    from pixelwise import build_model
+    from pixelwise.config import DEFAULTS
+    from pixelwise.engine.builders import build_optimizer, build_scheduler
+    from pixelwise.engine.resume import TrainState, pack, restore
+    from pixelwise.models.deeplab import DeepLabVGG
+    from pixelwise.models.weights import FORMAT
+
+    spec = {"name": "deeplabv1_vgg16_largefov", "num_classes": 3}
+    config = copy.deepcopy({k: DEFAULTS[k] for k in ("data", "train", "instances", "inference")})
+    config["train"]["head_lr_mult"] = 10.0
+
+    def objects():
+        model = build_model(**spec)
+        optimizer = build_optimizer(model, config["train"])
+        return model, optimizer, build_scheduler(optimizer, config["train"]), torch.amp.GradScaler("cpu", enabled=False)
+
+    with monkeypatch.context() as m:
+        m.setattr(DeepLabVGG, "backbone_layers", None)  # the grouping before this change
+        model, optimizer, scheduler, scaler = objects()
+    meta = {"model": spec, "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3, "mean": [0.5] * 3, "std": [0.2] * 3}
+    ckpt = pack(
+        model=model, meta=meta, config=config, state=TrainState(iter=1), optimizer=optimizer, scheduler=scheduler,
+        scaler=scaler,
+    )  # fmt: skip
+    torch.save({"format": FORMAT, **ckpt}, tmp_path / "last.pt")
+    model, optimizer, scheduler, scaler = objects()
+    kwargs = dict(model=model, spec=spec, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device="cpu")
+    with pytest.raises(ConfigError) as e:
+        restore(tmp_path / "last.pt", config=config, **kwargs)
+    assert str(e.value).startswith(
+        f"--resume: this version of pixelwise groups the parameters of {tmp_path / 'last.pt'}'s model otherwise ("
+    )
+    assert "leaves FCN's and DeepLab-VGG's fc6/fc7 at the base rate" in str(e.value)

@@ -153,7 +153,15 @@ def restore(
     sizes = [len(g["params"]) for g in optimizer.param_groups]
     if "train.optimizer" not in changes and saved_sizes != sizes:
         grouping = [k for k in ("train.head_lr_mult", "train.norm_bias_weight_decay") if k in changes]
-        listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in grouping) or "the model's parameters"
+        if not grouping:  # the settings are the run's: this version groups the model's parameters otherwise
+            raise ConfigError(
+                f"--resume: this version of pixelwise groups the parameters of {path}'s model otherwise "
+                f"({saved_sizes} parameters in the optimizer's state, {sizes} now; since 0.1.0 train.head_lr_mult "
+                "leaves FCN's and DeepLab-VGG's fc6/fc7 at the base rate), which the state cannot follow; resume "
+                "with --allow-changes and another train.optimizer (a fresh optimizer state), or with the version "
+                "that trained it"
+            )
+        listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in grouping)
         raise ConfigError(
             f"--resume: {listed} turns the parameter groups of {path}'s optimizer ({saved_sizes} parameters) into "
             f"{sizes}, which its state cannot follow; keep the run's train.head_lr_mult and "
