@@ -271,6 +271,9 @@ def test_predictor_takes_paths_pil_images_and_arrays_of_either_channel_count(tmp
     for given in (Image.open(path), rgb, grey, grey[..., None], np.dstack([rgb, np.full(grey.shape, 255, np.uint8)])):
         np.testing.assert_array_equal(predictor.predict(given), expected)
     assert predictor.predict_instances(rgb).semantic.shape == (32, 40)
+    # PIL images made in memory (no file's tiles), colour and RGBA too
+    for made in (Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA"), Image.fromarray(grey)):
+        np.testing.assert_array_equal(predictor.predict(made), expected)
     with pytest.raises(DataError) as e:
         predictor.predict(np.zeros((2, 32, 40, 3), np.uint8), source="batch")
     assert str(e.value) == (
@@ -286,3 +289,5 @@ def test_predictor_takes_paths_pil_images_and_arrays_of_either_channel_count(tmp
     Image.fromarray(grey).save(tmp_path / "two.tif", save_all=True, append_images=[Image.fromarray(grey)])
     with pytest.raises(DataError, match=r"two.tif has 2 pages: predict each of Predictor.read\("):
         predictor.predict(tmp_path / "two.tif")
+    with pytest.raises(DataError, match=r"^stack has 2 pages: predict each page \(PIL.ImageSequence\) in turn$"):
+        predictor.predict(Image.open(tmp_path / "two.tif"), source="stack")

@@ -227,7 +227,9 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
     if mode not in ("RGB", "L", None):
         raise ValueError(f"mode must be 'RGB', 'L' or None, not {mode!r}")
     # the raw mode of the undecoded tiles tells a 16-bit colour file (Pillow decodes it to 8 bits)
-    colour16 = im.mode in ("RGB", "RGBA") and any(len(t) > 3 and ";16" in str(t[3]) for t in im.tile or [])
+    colour16 = im.mode in ("RGB", "RGBA") and any(
+        len(t) > 3 and ";16" in str(t[3]) for t in getattr(im, "tile", None) or []
+    )
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
     orientation = _orientation(im)

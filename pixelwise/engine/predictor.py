@@ -23,7 +23,7 @@ from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
 from ..data import image_to_tensor, read_image_stack, shift_image, write_image
-from ..data.io import decode_image
+from ..data.io import decode_image, page_count
 from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
@@ -307,6 +307,9 @@ class Predictor:
                 )
             return pages[0]
         if isinstance(image, Image.Image):
+            pages = page_count(image, source)
+            if pages > 1:  # an opened stack: decoding would take its current page without a word
+                raise DataError(f"{source} has {pages} pages: predict each page (PIL.ImageSequence) in turn")
             return decode_image(image, Path(source), self.image_mode, self.image_range)
         array = np.asarray(image)
         if array.ndim == 2:
