@@ -156,7 +156,7 @@ def restore(
         if not grouping:  # the settings are the run's: this version groups the model's parameters otherwise
             raise ConfigError(
                 f"--resume: this version of pixelwise groups the parameters of {path}'s model otherwise "
-                f"({saved_sizes} parameters in the optimizer's state, {sizes} now; since 0.1.0 train.head_lr_mult "
+                f"({saved_sizes} parameters in the optimizer's state, {sizes} now; after 0.1.0 train.head_lr_mult "
                 "leaves FCN's and DeepLab-VGG's fc6/fc7 at the base rate), which the state cannot follow; resume "
                 "with --allow-changes and another train.optimizer (a fresh optimizer state), or with the version "
                 "that trained it"
