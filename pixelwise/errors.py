@@ -17,3 +17,9 @@ class ConfigError(PixelwiseError, ValueError):
 
 class CheckpointError(PixelwiseError, ValueError):
     """A checkpoint cannot be used for what was asked (wrong file, other number of classes...)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none): third-party errors as one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

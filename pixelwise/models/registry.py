@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, PixelwiseError
+from ..errors import ConfigError, PixelwiseError, first_line
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -63,11 +63,6 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
@@ -90,7 +85,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     except PixelwiseError:
         raise
     except (ValueError, RuntimeError) as e:  # the builders' own checks (a padding, a dropout...), torch's (a width)
-        raise ConfigError(f"model {name!r}: {_first_line(e)}") from None
+        raise ConfigError(f"model {name!r}: {first_line(e)}") from None
 
 
 def input_channels(spec: dict[str, Any]) -> int:
@@ -115,18 +110,27 @@ def shape_spec(spec_json: str) -> dict[str, Any]:
     return without_pretrained(json.loads(spec_json))
 
 
-@functools.lru_cache(maxsize=32)
-def _runs_at(spec_json: str, height: int, width: int) -> bool:
+def _meta_forward_error(spec_json: str, batch: int, height: int, width: int, training: bool) -> Exception | None:
+    """What a forward pass of the model of ``spec_json`` raises on a ``batch x C x height x width`` input, in
+    training or eval mode, or None: run on the meta device, shapes only (no memory, no compute)."""
     spec = shape_spec(spec_json)
-    with torch.device("meta"):  # shapes only: no memory, no compute
-        model = build_model(**spec).eval()
-        x = torch.empty(1, input_channels(spec), height, width)
+    with torch.device("meta"):
+        model = build_model(**spec).train(training)
+        x = torch.empty(batch, input_channels(spec), height, width)
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError:
-        return False
-    return True
+    except Exception as e:  # noqa: BLE001 - the callers tell which errors mean what
+        return e
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _runs_at(spec_json: str, height: int, width: int) -> bool:
+    error = _meta_forward_error(spec_json, 1, height, width, training=False)
+    if error is not None and not isinstance(error, RuntimeError):
+        raise error
+    return error is None
 
 
 def smallest_input(spec: dict[str, Any], limit: int = 512) -> int:
@@ -144,18 +148,13 @@ def smallest_input(spec: dict[str, Any], limit: int = 512) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _single_value_batch_norm(spec_json: str, batch: int, height: int, width: int) -> str | None:
-    spec = shape_spec(spec_json)
-    with torch.device("meta"):  # shapes only
-        model = build_model(**spec).train()
-        x = torch.empty(batch, input_channels(spec), height, width)
-    try:
-        model(x)
-    except ValueError as e:  # torch's check in F.batch_norm: one value per channel has no variance
-        if "Expected more than 1 value per channel" in str(e):
-            return "x".join(re.findall(r"\d+", str(e).rsplit("input size ", 1)[-1]))  # e.g. 1x512x1x1
-        return None  # something else the meta device cannot tell: training will say
-    except (RuntimeError, NotImplementedError):  # a model that reads values (.item()) cannot run on meta
-        return None
+    error = _meta_forward_error(spec_json, batch, height, width, training=True)
+    # torch's check in F.batch_norm: one value per channel has no variance. Anything else (a model that reads
+    # values, .item(), cannot run on meta) is for training itself to say
+    if isinstance(error, ValueError) and "Expected more than 1 value per channel" in str(error):
+        return "x".join(re.findall(r"\d+", str(error).rsplit("input size ", 1)[-1]))  # e.g. 1x512x1x1
+    if error is not None and not isinstance(error, (ValueError, RuntimeError, NotImplementedError)):
+        raise error
     return None
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PixelwiseError
+from ..errors import CheckpointError, PixelwiseError, first_line
 from ..fileio import atomic_write
 from .registry import build_model, model_arguments, without_pretrained
 
@@ -37,11 +37,6 @@ Pretrained = bool | str | os.PathLike | None
 
 
 # --- reading files --------------------------------------------------------------------------------
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 # what torch.save wrote before its zip format (PyTorch < 1.6, or _use_new_zipfile_serialization=False): a pickled
 # magic number first
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -75,7 +70,7 @@ def _why_unreadable(path: Path, error: Exception) -> str:
             "it holds Python objects besides tensors and plain types (a pickled model or optimizer?), and "
             "pixelwise never unpickles code: save a state dict (model.state_dict()) or a pixelwise checkpoint"
         )
-    return _first_line(error)
+    return first_line(error)
 
 
 def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
@@ -109,7 +104,7 @@ def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") 
         except (SafetensorError, OSError) as e:
             raise CheckpointError(
                 f"cannot load {what} {path}: it is not a safetensors file (truncated, or another format: "
-                f"{_first_line(e)})"
+                f"{first_line(e)})"
             ) from None
     else:
         state = torch_load(path, what)
