@@ -158,17 +158,20 @@ def _entries(data: dict[str, Any], key: str, path: Path, plan_skipped: list[tupl
     return kept
 
 
+def _whole(value: Any) -> bool:
+    """A whole number, as an int or as a float some exporters write (480.0, 3.0); not a bool."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value == int(value)
+    )
+
+
 def _image_size(entry: dict[str, Any]) -> tuple[int, int] | None:
     """``(height, width)`` of an ``images`` entry, or None when it lacks them or they are not positive whole numbers."""
     try:
         h, w = entry["height"], entry["width"]
     except KeyError:
         return None
-    # some exporters write 480.0
-    if not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 and v == int(v)
-        for v in (h, w)
-    ):
+    if not all(_whole(v) and v > 0 for v in (h, w)):
         return None
     return int(h), int(w)
 
@@ -214,8 +217,7 @@ def _compressed_counts(counts: bytes) -> list[int]:
 def _check_run_lengths(runs: list[Any], h: int, w: int) -> None:
     """An RLE's runs must cover its ``h x w`` pixels exactly: pycocotools leaves the pixels after short runs
     uninitialised (a random mask) and writes past the end for long ones."""
-    whole = [isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r == int(r) for r in runs]
-    if not all(whole) or any(r < 0 for r in runs):  # 3.0 is read as 3, as pycocotools does
+    if not all(_whole(r) and r >= 0 for r in runs):  # 3.0 is read as 3, as pycocotools does
         raise ValueError("RLE counts must be whole numbers >= 0")
     if sum(runs) != h * w:
         raise ValueError(f"RLE runs cover {sum(runs)} pixels, not the image's {h}x{w} = {h * w}")
