@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,18 @@ def output_names(stem: str, pages: int) -> set[str]:
     return {stem} if pages == 1 else {stem, *(f"{stem}_z{z:04d}" for z in range(pages))}
 
 
+def _write_pictures(
+    folder: Path, stem: str, pages: int, pictures: Iterable[np.ndarray]
+) -> tuple[str, dict[str, list[str]] | None]:
+    """Each page's picture as ``folder/<stem>.png``, or for a stack ``folder/<stem>_z0000.png`` ... per slice
+    (written as the iterable yields them); returns the first's path and, for a stack, every slice's (the manifest's
+    ``slices`` entry for ``folder``)."""
+    paths = [folder / f"{stem}.png"] if pages == 1 else [folder / f"{stem}_z{z:04d}.png" for z in range(pages)]
+    for path, picture in zip(paths, pictures, strict=True):
+        write_image(path, picture)
+    return str(paths[0]), ({folder.name: [str(p) for p in paths]} if pages > 1 else None)
+
+
 def write_prediction(
     out_dir: Path,
     stem: str,
@@ -149,20 +161,18 @@ def write_prediction(
         for page, pred in zip(pages, preds, strict=True)
     ]
     if len(pages) == 1:
-        for sub, array in (("masks", preds[0]), ("color", pictures[0][0]), ("overlay", pictures[0][1])):
-            files[sub] = str(out_dir / sub / f"{stem}.png")
-            write_image(files[sub], array)
-        return files
-    files["pages"] = len(pages)
-    files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
-    first, *rest = (Image.fromarray(p) for p in preds)
-    write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
-    files["slices"] = {}  # every slice's picture (the keys above name the first, as for one image)
+        files["masks"] = str(out_dir / "masks" / f"{stem}.png")
+        write_image(files["masks"], preds[0])
+    else:
+        files["pages"] = len(pages)
+        files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
+        first, *rest = (Image.fromarray(p) for p in preds)
+        write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
     for sub, index in (("color", 0), ("overlay", 1)):
-        files[sub] = str(out_dir / sub / f"{stem}_z0000.png")
-        files["slices"][sub] = [str(out_dir / sub / f"{stem}_z{z:04d}.png") for z in range(len(pages))]
-        for z, picture in enumerate(pictures):
-            write_image(files["slices"][sub][z], picture[index])
+        # the key names the first slice's picture, as for one image; "slices" lists every slice's
+        files[sub], slices = _write_pictures(out_dir / sub, stem, len(pages), (p[index] for p in pictures))
+        if slices:
+            files.setdefault("slices", {}).update(slices)
     return files
 
 
@@ -183,12 +193,12 @@ def write_instances(
     else:
         files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
         write_image(files["instances"], maps[0], save_all=True, append_images=maps[1:], compression="tiff_deflate")
-    names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
-    for name, page, f in zip(names, pages, found, strict=True):
-        write_image(out_dir / "instance_overlay" / name, instance_overlay(image_to_uint8(page), f.instances, alpha))
-    files["instance_overlay"] = str(out_dir / "instance_overlay" / names[0])
-    if len(pages) > 1:
-        files["slices"] = {"instance_overlay": [str(out_dir / "instance_overlay" / name) for name in names]}
+    pictures = (
+        instance_overlay(image_to_uint8(page), f.instances, alpha) for page, f in zip(pages, found, strict=True)
+    )
+    files["instance_overlay"], slices = _write_pictures(out_dir / "instance_overlay", stem, len(pages), pictures)
+    if slices:
+        files["slices"] = slices
     return files
 
 
@@ -197,13 +207,9 @@ def write_effect(
 ) -> dict[str, Any]:
     """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice."""
     (out_dir / "effect").mkdir(exist_ok=True)
-    names = [f"{stem}.png"] if len(pages) == 1 else [f"{stem}_z{z:04d}.png" for z in range(len(pages))]
-    for name, page, p in zip(names, pages, probs, strict=True):
-        write_image(out_dir / "effect" / name, effect.apply(page, p))
-    files: dict[str, Any] = {"effect": str(out_dir / "effect" / names[0])}
-    if len(pages) > 1:
-        files["slices"] = {"effect": [str(out_dir / "effect" / name) for name in names]}
-    return files
+    pictures = (effect.apply(page, p) for page, p in zip(pages, probs, strict=True))
+    first, slices = _write_pictures(out_dir / "effect", stem, len(pages), pictures)
+    return {"effect": first, **({"slices": slices} if slices else {})}
 
 
 def merge_files(files: dict[str, Any], more: dict[str, Any]) -> None:
