@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_options import add_checkpoint_options  # noqa: E402
 from machine import machine_info  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
 
@@ -57,10 +58,8 @@ def offset_errors(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--split", default="train")
+    add_checkpoint_options(ap, split="train")
     ap.add_argument("--steps", type=float, nargs="+", default=list(DEFAULT_STEPS), help="offsets tried on each axis")
-    ap.add_argument("--data-root")
-    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
     ap.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
@@ -68,8 +67,6 @@ def main() -> int:
         help="average with the mirror image or not (default: the run's protocol); without it, an offset the network "
         "itself makes shows in dx as well",
     )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     if 0.0 not in args.steps:
         args.steps = sorted({*args.steps, 0.0})  # the unmoved probabilities are the reference

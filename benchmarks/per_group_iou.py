@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_options import add_checkpoint_options  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
@@ -41,12 +42,8 @@ def group_of(stem: str, pattern: re.Pattern) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--split", default="test")
+    add_checkpoint_options(ap, split="test")
     ap.add_argument("--group", default=DEFAULT_GROUP, help="regex on the file stem; its first group is the group")
-    ap.add_argument("--data-root")
-    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pattern = re.compile(args.group)

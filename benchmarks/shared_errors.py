@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_options import add_checkpoint_options  # noqa: E402
 from isbi_boundary_errors import boundary_distance, distance_counts  # noqa: E402
 from machine import machine_info  # noqa: E402
 from peers_smp import register_smp_peers  # noqa: E402
@@ -47,11 +48,7 @@ def wrong_counts(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--data-root")
-    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the figures here")
+    add_checkpoint_options(ap, split="val")
     args = ap.parse_args()
     if len(args.checkpoints) < 2:
         print("error: give at least two checkpoints to compare", file=sys.stderr)

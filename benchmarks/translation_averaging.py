@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_options import add_checkpoint_options  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 from pixelwise.argmax import class_argmax  # noqa: E402
@@ -50,11 +51,7 @@ def moved_back_probabilities(predictor: Predictor, image: torch.Tensor, sy: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--data-root")
-    ap.add_argument("--amp", default="auto", help="as eval's --amp (auto: the run's precision where native)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the figures here")
+    add_checkpoint_options(ap, split="val")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     predictor = Predictor(args.checkpoint, amp=args.amp)
