@@ -20,7 +20,7 @@ from pixelwise.metrics import SUMMARY_KEYS
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import read_log, write_report
 
-from .conftest import REPO, write_dataset
+from .conftest import REPO, FakeClock, write_dataset
 
 
 def test_sampler_ranks_split_the_global_batches():
@@ -195,35 +195,27 @@ def test_the_log_says_how_much_of_a_step_waits_for_data(tmp_path, monkeypatch):
     """A slow data set (num_workers 0, so nothing hides it) shows as its share of each step. The trainer's clock
     is a fake one: each image takes 1 s to load and each forward 0.5 s, whatever the machine's load, so the share
     is exactly 2 / 2.5 (a batch of 2 images per step)."""
-    import time
 
     import pixelwise.engine.trainer as trainer
     from pixelwise.data import SegmentationDataset
 
-    clock = [0.0]
-
-    class Clock:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        def perf_counter(self):
-            return clock[0]
+    clock = FakeClock()
 
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=4, log_interval=2))
     slow, real_loss = SegmentationDataset.__getitem__, trainer.step_loss
 
     def loading(self, index):
-        clock[0] += 1.0
+        clock.now += 1.0
         return slow(self, index)
 
     def computing(*args, **kwargs):
-        clock[0] += 0.5
+        clock.now += 0.5
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(SegmentationDataset, "__getitem__", loading)
     monkeypatch.setattr(trainer, "step_loss", computing)
-    monkeypatch.setattr(trainer, "time", Clock())
+    monkeypatch.setattr(trainer, "time", clock)
     train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False, check_data=False)
     log = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
     shares = [r["data_wait_share"] for r in log if r["type"] == "train"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from pixelwise.engine import train
 from pixelwise.engine.builders import lr_factor
 from pixelwise.engine.trainer import TrainingInterrupted
 
-from .conftest import write_dataset
+from .conftest import FakeClock, write_dataset
 from .test_engine import toy_config
 
 
@@ -90,25 +89,18 @@ def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
     budget too (else --resume would grant them again)."""
     root = write_dataset(tmp_path / "data").parent
     cfg = load_config(toy_config(tmp_path, iters=100, eval_interval=100, max_minutes=10))
-    clock = [0.0]  # the trainer's clock stands still but for the third step, which takes 100 s
-
-    class Clock:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        def perf_counter(self):
-            return clock[0]
+    clock = FakeClock()  # the trainer's clock stands still but for the third step, which takes 100 s
 
     real, calls = trainer.step_loss, [0]
 
     def slow_third_step(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 3:  # the signal comes during a long step
-            clock[0] += 100.0
+            clock.now += 100.0
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "time", Clock())
+    monkeypatch.setattr(trainer, "time", clock)
     monkeypatch.setattr(trainer, "step_loss", slow_third_step)
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
@@ -156,14 +148,7 @@ def test_each_step_takes_the_rate_of_its_own_start_and_a_signal_keeps_its_log_li
     root = write_dataset(tmp_path / "data").parent
     overrides = ["train.log_interval=1", "train.poly_power=1.0", "train.warmup_iters=0", "train.lr=0.01"]
     cfg = load_config(toy_config(tmp_path, iters=100, eval_interval=100, max_minutes=1), overrides)
-    clock = [0.0]
-
-    class Clock:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        def perf_counter(self):
-            return clock[0]
+    clock = FakeClock()
 
     optimizers, rates = [], []
     real_optimizer, real_loss = trainer.build_optimizer, trainer.step_loss
@@ -174,10 +159,10 @@ def test_each_step_takes_the_rate_of_its_own_start_and_a_signal_keeps_its_log_li
 
     def timed(*args, **kwargs):
         rates.append(optimizers[-1].param_groups[0]["lr"])
-        clock[0] += 10.0
+        clock.now += 10.0
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "time", Clock())
+    monkeypatch.setattr(trainer, "time", clock)
     monkeypatch.setattr(trainer, "build_optimizer", keep)
     monkeypatch.setattr(trainer, "step_loss", timed)
     run = tmp_path / "run"
@@ -192,7 +177,7 @@ def test_each_step_takes_the_rate_of_its_own_start_and_a_signal_keeps_its_log_li
         return timed(*args, **kwargs)
 
     rates.clear()
-    clock[0] = 0.0
+    clock.now = 0.0
     monkeypatch.setattr(trainer, "step_loss", stop_in_third)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at iteration 3"):
         train(cfg, run_dir=tmp_path / "stopped", data_root=root, progress=False)
