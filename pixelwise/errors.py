@@ -19,6 +19,10 @@ class CheckpointError(PixelwiseError, ValueError):
     """A checkpoint cannot be used for what was asked (wrong file, other number of classes...)."""
 
 
+class ResourceError(PixelwiseError, MemoryError):
+    """The machine cannot do what was asked (e.g. too little memory for an image this large): says what it needs."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none): third-party errors as one line."""
     text = str(error).strip()

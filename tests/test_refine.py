@@ -1,6 +1,8 @@
 """Dense CRF post-processing wired into eval/predict, and the CRF parameter search."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +158,33 @@ def test_predict_with_crf(toy_checkpoint, tmp_path):
     )
     mask = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "p/masks/s00.png"))
     assert mask.shape == (30, 40) and mask.max() < 3
+
+
+def test_predict_with_crf_too_large_for_memory(toy_checkpoint, tmp_path, monkeypatch, capsys):
+    """An image whose dense CRF cannot fit in the free memory stops with one line naming it (not a kill by the
+    kernel part-way through); with --skip-errors the other images are written and it is listed."""
+    dense_crf_module = sys.modules["pixelwise.crf.dense_crf"]  # the package's dense_crf is the function
+
+    ckpt, root = toy_checkpoint
+    images = sorted(str(p) for p in (root / "toy/images/val").glob("*.png"))
+    # 30x40 images need at least 1200 x 640 bytes: leave less than that free
+    monkeypatch.setattr(dense_crf_module, "available_memory", lambda device: 2**19)
+    out = tmp_path / "p"
+    assert main(["predict", str(ckpt), images[0], "--out", str(out), "--crf", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pixelwise predict: error: {images[0]}: dense CRF on 1 image(s) of 40x30: needs at least 0.0 GiB of "
+        "memory, 0.0 GiB are free; refine smaller (downscaled) images or leave the CRF off"
+    )
+    assert (
+        main(
+            ["predict", str(ckpt), *images, "--out", str(out), "--crf", "--skip-errors", "--no-progress", "--overwrite"]
+        )
+        == 2
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(f["image"]).name for f in manifest["failed"]] == [Path(p).name for p in images]
+    monkeypatch.setattr(dense_crf_module, "available_memory", lambda device: 40 * 30 * 640)
+    assert main(["predict", str(ckpt), images[0], "--out", str(out), "--crf", "--no-progress", "--overwrite"]) == 0
 
 
 def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, capsys):

@@ -58,8 +58,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cpu_threads import idle_core_threads
+from ..device import available_memory
+from ..errors import ResourceError
 from .lattice import PermutohedralLattice, _Kernel, _LinearOpFn
 from .settings import CRFSettings
+
+# Peak memory of a call per pixel of the batch, at the least: a flat image, whose appearance lattice has the
+# fewest vertices (about 680-740 bytes; photos and EM slices 690-770, colour noise about 1600:
+# benchmarks/crf_memory.py). A call that cannot fit even so is refused before it starts swapping or is killed.
+MIN_BYTES_PER_PIXEL = 640
 
 DEFAULT_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax(clip=1e-5)
 
@@ -242,6 +249,7 @@ def _mean_field(
     if smoothness_filter not in ("exact", "lattice"):
         raise ValueError(f"smoothness_filter must be 'exact' or 'lattice', got {smoothness_filter!r}")
     n = h * w
+    _check_memory(b, h, w, device)
     # State (B, N, Cp): row-major, the classes padded to 16 (or a multiple of 4) with probability 0, which
     # keeps MKL's sparse products and the softmax over the last dimension on their fast paths.
     cp = 16 if c <= 16 else -(-c // 4) * 4
@@ -298,6 +306,16 @@ def _mean_field(
             q = torch.softmax(logit, -1) if track else torch.softmax(logit, -1, out=q_buf)
     out = q[..., :c].transpose(1, 2).reshape(b, c, h, w).contiguous()
     return out.to(probs.dtype) if probs.is_floating_point() else out
+
+
+def _check_memory(batch: int, height: int, width: int, device: torch.device) -> None:
+    free = available_memory(device)
+    need = batch * height * width * MIN_BYTES_PER_PIXEL
+    if free is not None and need > free:
+        raise ResourceError(
+            f"dense CRF on {batch} image(s) of {width}x{height}: needs at least {need / 2**30:.1f} GiB of memory, "
+            f"{free / 2**30:.1f} GiB are free; refine smaller (downscaled) images or leave the CRF off"
+        )
 
 
 def dense_crf(

@@ -26,7 +26,7 @@ from ..data import image_to_tensor, read_image_stack, shift_image, write_image
 from ..data.io import decode_image, page_count
 from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from ..fileio import file_sha256, write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.effects import Effect, one_hot
@@ -604,9 +604,11 @@ def predict(
                     found, preds = None, [class_argmax(p, 0).to(torch.uint8).cpu().numpy() for p in probs]
                 else:
                     found, preds = None, [predictor.predict(page, str(path)) for page in pages]
-            except DataError as e:
+            except (DataError, ResourceError) as e:
+                if isinstance(e, ResourceError):  # about the machine: name the image it could not do
+                    e = ResourceError(f"{path}: {e}")
                 if not skip_errors:
-                    raise
+                    raise e from None
                 failed.append({"image": str(path), "error": str(e)})
                 log.warning("skipped: %s", e)
                 continue
