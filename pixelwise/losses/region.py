@@ -55,7 +55,8 @@ def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
 class LovaszSoftmaxLoss(nn.Module):
     """Lovász-softmax (Berman, Rannen Triki, Blaschko 2018): the convex surrogate of the per-class
     Jaccard loss, ``mean_c <sorted errors of class c, Lovász gradient>``, over the classes present in
-    the target (``classes="present"``) or all, over the whole batch or averaged per image."""
+    the target (``classes="present"``) or all, over the whole batch or averaged per image (an image without
+    labelled pixels counting 0, as in the authors' code)."""
 
     def __init__(self, *, classes: str = "present", per_image: bool = False, ignore_index: int = 255) -> None:
         super().__init__()
@@ -90,6 +91,7 @@ class LovaszSoftmaxLoss(nn.Module):
         for p, t in groups:
             valid = _valid(t, self.ignore_index)
             loss = self._flat(p.movedim(1, -1)[valid], t[valid])
-            if loss is not None:
-                losses.append(loss)
+            # an image without labelled pixels counts 0 in the per-image mean, whatever ``classes`` says, as in
+            # the authors' code (its lovasz_softmax_flat of no pixels)
+            losses.append(_zero(logits) if loss is None else loss)
         return torch.stack(losses).mean() if losses else _zero(logits)
