@@ -56,16 +56,43 @@ def save_stack(path: Path, pages: list[np.ndarray]) -> None:
 
 
 def save_png16_rgb(path: Path, arr: np.ndarray) -> None:
-    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
-    h, w, _ = arr.shape
+    """A 16-bit RGB PNG (grey+alpha, RGBA for 2 or 4 channels) written by hand (Pillow cannot write one)."""
+    h, w, c = arr.shape
     raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def save_tiff16_rgb(path: Path, arr: np.ndarray) -> None:
+    """An uncompressed 16-bit RGB TIFF (little-endian, one strip) written by hand (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    pixels = arr.astype("<u2").tobytes()
+    tags = [  # (tag, type, count, value): type 3 SHORT, 4 LONG
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 3, 8 + len(pixels)),  # BitsPerSample 16,16,16, stored after the pixels
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 8),
+        (277, 3, 1, 3),
+        (278, 4, 1, h),
+        (279, 4, 1, len(pixels)),
+        (284, 3, 1, 1),
+    ]
+    ifd_at = 8 + len(pixels) + 6
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, count)
+        + (struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value))
+        for tag, kind, count, value in tags
+    )
+    path.write_bytes(
+        b"II*\x00" + struct.pack("<I", ifd_at) + pixels + struct.pack("<HHH", 16, 16, 16) + ifd + b"\x00\x00\x00\x00"
     )
 
 
@@ -286,18 +313,47 @@ def test_rgba_drops_alpha_and_palette_maps_colours(tmp_path):
     assert (read_image(tmp_path / "p.png", "RGB")[0, 1] == [250, 240, 230]).all()
 
 
-def test_16bit_colour_is_read_at_8_bits_and_logged_once(tmp_path, caplog, monkeypatch):
+def test_16bit_colour_png_is_read_at_full_depth(tmp_path, caplog):
+    """Pillow decodes 16-bit colour and grey+alpha PNGs to 8 bits (and grey+alpha as RGBA): they are read at their
+    full depth as float in [0, 1] like 16-bit grey, alpha dropped, grey kept grey, nothing logged."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 65536, (5, 7, 3)).astype(np.uint16)
+    rgb[0, 0] = [0x1234, 0x1200, 0x12FF]  # one 8-bit value, three 16-bit ones
+    save_png16_rgb(tmp_path / "rgb.png", rgb)
+    save_png16_rgb(tmp_path / "rgba.png", np.concatenate([rgb, np.zeros_like(rgb[..., :1])], 2))
+    grey = rng.integers(0, 65536, (5, 7, 1)).astype(np.uint16)
+    save_png16_rgb(tmp_path / "la.png", np.concatenate([grey, np.full_like(grey, 65535)], 2))
+    with caplog.at_level(logging.WARNING, logger="pixelwise.data.io"):
+        for name in ("rgb.png", "rgba.png"):
+            out = read_image(tmp_path / name, "RGB")
+            assert out.dtype == np.float32 and out.shape == (5, 7, 3)
+            np.testing.assert_array_equal(out, rgb.astype(np.float32) / 65535)
+            assert read_image(tmp_path / name, None).shape == (5, 7, 3)
+        luma = read_image(tmp_path / "rgb.png", "L")
+        assert luma.shape == (5, 7, 1)
+        np.testing.assert_allclose(luma[..., 0], (rgb @ [0.299, 0.587, 0.114]) / 65535, rtol=1e-6)
+        assert read_image(tmp_path / "la.png", None).shape == (5, 7, 1)
+        np.testing.assert_array_equal(read_image(tmp_path / "la.png", "L"), grey.astype(np.float32) / 65535)
+        np.testing.assert_array_equal(read_image(tmp_path / "la.png", "RGB"), np.repeat(grey, 3, 2) / np.float32(65535))
+        # a data set's image_range maps them as it maps 16-bit grey
+        ranged = read_image(tmp_path / "rgb.png", "RGB", image_range=(0, 32767.5))
+        np.testing.assert_allclose(ranged, np.clip(rgb / 32767.5, 0, 1), rtol=1e-6)
+    assert caplog.records == []
+
+
+def test_16bit_colour_tiff_is_read_at_8_bits_and_logged_once(tmp_path, caplog, monkeypatch):
     import pixelwise.data.io as io
 
     monkeypatch.setattr(io, "_warned_16bit_colour", False)
     arr = np.full((3, 4, 3), 0x1234, np.uint16)
-    for name in ("a.png", "b.png"):
-        save_png16_rgb(tmp_path / name, arr)
+    for name in ("a.tif", "b.tif"):
+        save_tiff16_rgb(tmp_path / name, arr)
     with caplog.at_level(logging.WARNING, logger="pixelwise.data.io"):
-        out = [read_image(tmp_path / name, "RGB") for name in ("a.png", "b.png")]
+        out = [read_image(tmp_path / name, "RGB") for name in ("a.tif", "b.tif")]
     assert all(o.dtype == np.uint8 and (o == 0x12).all() for o in out)
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path / 'a.png'} has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode)"
+        f"{tmp_path / 'a.tif'} has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode; "
+        "16-bit colour PNGs are read at full depth)"
     ]
 
 

@@ -9,7 +9,9 @@ Images (:func:`read_image`) come back ``H x W x C`` (C = 3 for ``"RGB"``, 1 for 
   an integer image with values outside 0..65535 and no image_range is a DataError.
 - float TIFFs (mode ``F``) as float32 as they are, which must be in [0, 1] (else a DataError pointing
   to ``image_range``); NaN or infinite values are a DataError.
-- 16-bit colour images are read at 8 bits per channel: Pillow has no 16-bit colour mode (logged once).
+- 16-bit colour and grey+alpha PNGs as float32 in [0, 1] likewise (through torchvision's PNG decoder; alpha
+  dropped). Other 16-bit colour images (TIFF) are read at 8 bits per channel: Pillow has no 16-bit colour mode
+  (logged once).
 - an EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose``), so sizes are the oriented ones.
 - a multi-page file (TIFF stack, animated PNG/WebP) is a DataError; :func:`read_image_stack` reads every
   page. A JPEG's MPO extra pictures (previews, depth maps) are not pages: the first picture is the image.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..fileio import atomic_write
 from .info import DatasetInfo
 
@@ -196,7 +199,27 @@ def _channels(arr: np.ndarray, mode: str | None) -> np.ndarray:
     return arr
 
 
-def _high_depth(im: Image.Image, path: Path, image_range: tuple[float, float] | None) -> np.ndarray:
+def _png16_colour(path: Path, orientation: int) -> np.ndarray | None:
+    """A 16-bit colour or grey+alpha PNG at its full depth (Pillow decodes such files to 8 bits), through
+    torchvision's libpng decoder: ``H x W x C`` uint16 (C = 3, or 1 for grey), alpha dropped, turned by the EXIF
+    ``orientation``; None where this torchvision has no PNG decoder (deprecated in 0.29 for TorchCodec)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_png
+    except ImportError:
+        return None
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            arr = decode_png(data, ImageReadMode.UNCHANGED).permute(1, 2, 0).numpy()
+    except RuntimeError as e:
+        raise DataError(f"cannot read image {path}: {first_line(e)}") from None
+    if arr.shape[2] in (2, 4):
+        arr = arr[..., :-1]  # alpha dropped, as for 8-bit images
+    return np.stack([orient_array(arr[..., c], orientation) for c in range(arr.shape[2])], axis=2)
+
+
+def _high_depth(im: Image.Image | np.ndarray, path: Path, image_range: tuple[float, float] | None) -> np.ndarray:
     arr = np.asarray(im).astype(np.float32)
     lo_v, hi_v = float(arr.min()), float(arr.max())
     if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
@@ -206,7 +229,7 @@ def _high_depth(im: Image.Image, path: Path, image_range: tuple[float, float] | 
         arr -= lo
         arr *= 1.0 / (hi - lo)
         return np.clip(arr, 0.0, 1.0, out=arr)
-    if im.mode == "F":
+    if getattr(im, "mode", None) == "F":
         if lo_v < 0.0 or hi_v > 1.0:
             raise DataError(
                 f"float image {path} holds values {lo_v:g}..{hi_v:g}, outside [0, 1] (float images are read as "
@@ -226,13 +249,19 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
     global _warned_16bit_colour
     if mode not in ("RGB", "L", None):
         raise ValueError(f"mode must be 'RGB', 'L' or None, not {mode!r}")
-    # the raw mode of the undecoded tiles tells a 16-bit colour file (Pillow decodes it to 8 bits)
+    # the raw mode of the undecoded tiles tells a 16-bit colour file (Pillow decodes it to 8 bits; a 16-bit grey
+    # and alpha PNG comes as RGBA)
     colour16 = im.mode in ("RGB", "RGBA") and any(
         len(t) > 3 and ";16" in str(t[3]) for t in getattr(im, "tile", None) or []
     )
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
     orientation = _orientation(im)
+    arr = _png16_colour(path, orientation) if colour16 and im.format == "PNG" and _pages(im) == 1 else None
+    if arr is not None:
+        if mode == "L" and arr.shape[2] == 3:  # Pillow's convert("L") weights (ITU-R 601-2 luma)
+            arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return _channels(_high_depth(arr, path, image_range), mode)
     try:
         im.load()
         method = _TRANSPOSE.get(orientation)
@@ -242,7 +271,11 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
             return _channels(_high_depth(im, path, image_range), mode)
         if colour16 and not _warned_16bit_colour:
             _warned_16bit_colour = True
-            log.warning("%s has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode)", path)
+            log.warning(
+                "%s has 16 bits per colour channel: read at 8 bits (Pillow has no 16-bit colour mode; 16-bit colour "
+                "PNGs are read at full depth)",
+                path,
+            )
         target = mode or ("L" if im.mode in _GREY_8BIT else "RGB")
         if im.mode != target:
             im = im.convert(target)  # RGBA/LA -> RGB/L drops alpha; P maps the palette
