@@ -232,6 +232,24 @@ def test_assignment_maximises_matches_where_greedy_would_not():
     assert m["ap"] == {"0.20": pytest.approx(1.0), "0.50": pytest.approx(1 / 3)}
 
 
+def test_one_tie_does_not_make_one_assignment_over_every_instance(monkeypatch):
+    """A grid of 400 instances predicted exactly, and one 2-pixel instance split into two halves (IoU exactly 0.5
+    with each): the assignment sees only the tied pair's own component, not a 401 x 402 table of every instance
+    (which for the 65 536 nuclei of a 2048 x 2048 image would be 32 GiB)."""
+    side = 160
+    true = (np.arange(side)[:, None] // 8) * (side // 8) + (np.arange(side)[None, :] // 8) + 1
+    pred, k = true.copy(), int(true.max())
+    true[0, 0:2], pred[0, 0], pred[0, 1] = k + 1, k + 1, k + 2
+    shapes = []
+    real = matching_module.linear_sum_assignment
+    monkeypatch.setattr(
+        matching_module, "linear_sum_assignment", lambda w, **kw: shapes.append(w.shape) or real(w, **kw)
+    )
+    m = instance_metrics(true, pred, thresholds=[0.5, 0.55])
+    assert m["tp"] == {"0.50": k + 1, "0.55": k}
+    assert shapes == [(1, 2)]
+
+
 def stardist_reference_tp(true: np.ndarray, pred: np.ndarray, tau: float) -> int:
     """TP as stardist.matching computes it: the dense overlap table and the same assignment costs."""
     _, t = np.unique(true, return_inverse=True)

@@ -64,6 +64,8 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +191,27 @@ def _max_matching(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> tuple[
         return rows, cols
     ur, r = np.unique(rows, return_inverse=True)
     uc, c = np.unique(cols, return_inverse=True)
-    # every candidate weighs 1 plus a tie-breaking bonus of at most 1 / (2 n): over any matching (<= n pairs) the
-    # bonuses add up to at most 1/2, so no extra pair is ever traded for IoU
-    weight = np.zeros((ur.size, uc.size))
-    weight[r, c] = 1.0 + iou / (2.0 * min(ur.size, uc.size))
-    ri, ci = linear_sum_assignment(weight, maximize=True)
-    chosen = weight[ri, ci] > 0
-    return ur[ri[chosen]], uc[ci[chosen]]
+    # The candidates fall apart into connected components of the bipartite graph, each matched on its own: one
+    # assignment over every instance of an image that holds a single tie would be a dense table of all of them.
+    graph = coo_matrix((np.ones(r.size), (r, c + ur.size)), shape=(ur.size + uc.size,) * 2)
+    _, component = connected_components(graph, directed=False)
+    component = component[r]
+    alone = np.bincount(component)[component] == 1  # a pair with no rival is in every largest matching
+    keep_r, keep_c = [r[alone]], [c[alone]]
+    order = np.flatnonzero(~alone)
+    order = order[np.argsort(component[order], kind="stable")]
+    for part in np.split(order, np.flatnonzero(np.diff(component[order])) + 1) if order.size else []:
+        pr, sub_r = np.unique(r[part], return_inverse=True)
+        pc, sub_c = np.unique(c[part], return_inverse=True)
+        # every candidate weighs 1 plus a tie-breaking bonus of at most 1 / (2 n): over any matching (<= n pairs)
+        # the bonuses add up to at most 1/2, so no extra pair is ever traded for IoU
+        weight = np.zeros((pr.size, pc.size))
+        weight[sub_r, sub_c] = 1.0 + iou[part] / (2.0 * min(pr.size, pc.size))
+        ri, ci = linear_sum_assignment(weight, maximize=True)
+        chosen = weight[ri, ci] > 0
+        keep_r.append(pr[ri[chosen]])
+        keep_c.append(pc[ci[chosen]])
+    return ur[np.concatenate(keep_r)], uc[np.concatenate(keep_c)]
 
 
 def _instance_classes(
