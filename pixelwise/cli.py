@@ -330,7 +330,7 @@ def _cmd_crf_search(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    summary = write_report(args.run_dir, args.out)
+    summary = write_report(args.run_dir, args.out, overwrite=args.overwrite)
     print(f"report written to {summary.parent} ({summary.name} and PNG plots)")
     return 0
 
@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="plots (loss, val metrics, per-class IoU, confusion) and a summary of a run")
     p.add_argument("run_dir")
-    p.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/report; an earlier report there is replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the report's names it did not write")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")

@@ -128,12 +128,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     records = []
     for i, line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i == lines[-1][0]:
                 log.warning("%s: line %d is cut short (a killed run); left out", path, i)
                 continue
-            raise DataError(f"{path}: line {i} is not a JSON record; remove it or restore the file") from None
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {i} is not a JSON record; remove it or restore the file")
+        records.append(record)
     return records
 
 

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+import yaml
+
+from .errors import ConfigError, DataError, first_line
 from .fileio import atomic_write_text, dump_yaml, load_yaml, read_jsonl
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
@@ -24,14 +26,23 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"  # a percentage
 
 
-def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+REPORT_FILES = ("loss.png", "val.png", "per_class_iou.png", "confusion.png", "summary.md")
+_TITLE = "# Run report: "
+
+
+def write_report(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
     """Write ``loss.png``, ``val.png``, ``per_class_iou.png``, ``confusion.png`` and ``summary.md``
-    (into ``RUN_DIR/report`` by default); returns the summary's path."""
+    (into ``RUN_DIR/report`` by default); returns the summary's path. An earlier report in ``out_dir`` is
+    replaced; files of these names that are not a report's only with ``overwrite``."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
-    train, val = read_log(run_dir)  # first: no report folder made for what is no run
+    # first: no report folder made for what is no run
+    train, val = read_log(run_dir)
+    config = _read_config(run_dir / "config.yaml")
+    _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    config = load_yaml((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     classes = _class_names(run_dir, config, val)
     plt = _pyplot()
 
@@ -41,13 +52,12 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    # plain decimals (0.42), not 4.2x10^-1, on the major and the minor ticks of the log axis
-    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.yaxis.set_major_formatter(_plain_log_formatter(minor=False))
+    ax.yaxis.set_minor_formatter(_plain_log_formatter(minor=True))
     ax.grid(alpha=0.3)
     _save(fig, out / "loss.png")
 
-    lines = [f"# Run report: {run_dir}", ""]
+    lines = [f"{_TITLE}{run_dir}", ""]
     if val:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         instances = any("instances" in r for r in val)
@@ -107,6 +117,48 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     summary = out / "summary.md"
     atomic_write_text(summary, "\n".join(lines) + "\n")
     return summary
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        config = load_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(f"{path} is not valid YAML ({first_line(e)}); restore the run's config.yaml") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path} holds no mapping of config sections; restore the run's config.yaml")
+    return config
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """``out`` is a folder, and holds no file of a report's names that an earlier report did not write (its
+    summary.md's title tells), unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file: give a folder for the report")
+    summary = out / "summary.md"
+    try:
+        ours = summary.is_file() and summary.read_text(errors="replace").startswith(_TITLE)
+    except OSError:
+        ours = False
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if taken and not ours and not overwrite:
+        raise ConfigError(
+            f"--out {out} holds {', '.join(taken)}, not from an earlier report: pass --overwrite to replace "
+            "them, or choose another folder"
+        )
+
+
+def _plain_log_formatter(minor: bool):
+    """Tick labels of a log axis in plain decimals (0.42, 2.41; not 4.2x10^-1), on the ticks matplotlib's own log
+    formatter labels: every minor tick within a short range, a few within a decade, none beyond."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:.4g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4) if minor else None)
 
 
 def _value(record: dict[str, Any], key: str) -> float:

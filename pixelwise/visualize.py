@@ -163,20 +163,26 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+NO_PIXELS_GREY = "#d9d9d9"  # a confusion matrix's row of a class without ground-truth pixels
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
-    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a PNG."""
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a PNG; the row of a class without
+    ground-truth pixels is grey and says so (not 0 % everywhere)."""
     plt = _pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     rows = m.sum(1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    norm = np.divide(m, rows, out=np.full_like(m, np.nan), where=rows > 0)
     n = len(class_names)
     side = min(n, 40)  # beyond 40 classes the picture stops growing (and cells lose their numbers)
     fig, ax = plt.subplots(figsize=(max(4.8, 1.8 + 0.55 * side), max(4.0, 1.4 + 0.5 * side)), dpi=110)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    cmap = plt.get_cmap("Blues").with_extremes(bad=NO_PIXELS_GREY)
+    im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=60, ha="right")
-    ax.set_yticks(range(n), class_names)
+    empty = rows[:, 0] == 0
+    ax.set_yticks(range(n), [f"{name} (no pixels)" if e else name for name, e in zip(class_names, empty, strict=True)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     if n > 30:  # the numbers would not fit their cells

@@ -56,3 +56,95 @@ def test_the_report_of_an_instance_run_picks_best_pt_s_iteration(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     text = write_report(tmp_path).read_text()
     assert "Best validation mean AP **40.00**, PQ 30.00, mIoU 50.00 at iteration 2 (pixel accuracy n/a" in text
+
+
+def _run_dir(path, losses, val_rows=None):
+    path.mkdir(parents=True, exist_ok=True)
+    records = [{"type": "train", "iter": i + 1, "loss": v} for i, v in enumerate(losses)]
+    for i, (iou, matrix) in enumerate(val_rows or []):
+        records.append(
+            {"type": "val", "iter": i + 1, "miou": 0.5, "pixel_accuracy": 0.5, "mean_f1": 0.5, "fwiou": 0.5,
+             "iou": iou, "confusion_matrix": matrix}
+        )  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _loss_axis_labels(monkeypatch, run, out):
+    """The y tick labels of the report's loss plot, as drawn."""
+    import matplotlib.figure
+
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        if ax.get_ylabel() == "training loss":
+            fig.canvas.draw()
+            lo, hi = ax.get_ylim()
+            ticks = ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+            seen.append(sorted((t.get_loc(), t.label1.get_text()) for t in ticks if lo <= t.get_loc() <= hi))
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    write_report(run, out)
+    return [text for _, text in seen[0] if text]
+
+
+def test_the_loss_axis_labels_are_distinct_and_true(tmp_path, monkeypatch):
+    """A short run's losses 2.41-2.46 had five ticks labelled "2.4" and one "2.5"; a fall over 1.6 decades labelled
+    every minor tick, "0.9" on top of "1"."""
+    labels = _loss_axis_labels(monkeypatch, _run_dir(tmp_path / "a", [2.4477, 2.4621, 2.4562, 2.4122]), tmp_path / "o")
+    assert labels == ["2.41", "2.42", "2.43", "2.44", "2.45", "2.46"]
+    labels = _loss_axis_labels(monkeypatch, _run_dir(tmp_path / "b", [2.0, 1.0, 0.3, 0.054]), tmp_path / "p")
+    assert labels == ["0.1", "1"]
+
+
+def test_report_replaces_its_own_files_and_no_one_elses(tmp_path, capsys):
+    from pixelwise.cli import main
+
+    run = _run_dir(tmp_path / "run", [1.0, 0.5])
+    assert main(["report", str(run)]) == 0 and main(["report", str(run)]) == 0  # its own earlier report: replaced
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my own notes\n")
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(mine)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pixelwise report: error: --out {mine} holds summary.md, not from an earlier report: pass --overwrite to "
+        "replace them, or choose another folder"
+    )
+    assert (mine / "summary.md").read_text() == "my own notes\n" and not (mine / "loss.png").exists()
+    assert main(["report", str(run), "--out", str(mine), "--overwrite"]) == 0
+    assert (mine / "summary.md").read_text().startswith("# Run report: ")
+
+
+def test_report_of_a_damaged_run_is_one_line_and_makes_no_folder(tmp_path, capsys):
+    from pixelwise.cli import main
+
+    bad_config = _run_dir(tmp_path / "a", [1.0])
+    (bad_config / "config.yaml").write_text("data: [1,\n")
+    bad_log = _run_dir(tmp_path / "b", [1.0])
+    with open(bad_log / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n" + json.dumps({"type": "train", "iter": 2, "loss": 0.5}) + "\n")
+    for run, message in (
+        (bad_config, f"{bad_config / 'config.yaml'} is not valid YAML ("),
+        (bad_log, f"{bad_log / 'metrics.jsonl'}: line 2 is not a JSON record; remove it or restore the file"),
+    ):
+        assert main(["report", str(run)]) == 2
+        assert capsys.readouterr().err.startswith(f"pixelwise report: error: {message}")
+        assert not (run / "report").exists()
+
+
+def test_confusion_row_of_a_class_without_pixels_is_grey(tmp_path):
+    from PIL import Image
+
+    from pixelwise.visualize import NO_PIXELS_GREY, plot_confusion_matrix
+
+    grey = tuple(int(NO_PIXELS_GREY[i : i + 2], 16) for i in (1, 3, 5))
+    pictures = {}
+    for name, matrix in (("full", [[5, 5], [1, 9]]), ("empty", [[5, 5], [0, 0]])):
+        plot_confusion_matrix(matrix, ["a", "b"], tmp_path / f"{name}.png")
+        pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).reshape(-1, 3)
+        pictures[name] = int((pixels == grey).all(1).sum())
+    assert pictures["full"] < 100 and pictures["empty"] > 10000  # the whole lower row, not "0 %" white
