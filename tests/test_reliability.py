@@ -405,20 +405,30 @@ def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("group", [False, True])
+def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path, group):
+    """SIGTERM to the training process; or, with a loader worker, to its whole process group (GNU timeout, a batch
+    system stopping a job), which killed the worker and made the loader raise before last.pt was written."""
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
     cfg = toy_config(tmp_path, iters=120, checkpoint_interval=1000, eval_interval=1000, checkpoint_minutes=0)
     env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--no-progress"]
+    if group:
+        base += ["--set", "data.num_workers=1"]
     subprocess.run([*base, "--run-dir", str(tmp_path / "straight")], check=True, env=env, timeout=600)
     run = tmp_path / "stopped"
-    proc = subprocess.Popen([*base, "--run-dir", str(run)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*base, "--run-dir", str(run)], env=env, stderr=subprocess.PIPE, text=True, start_new_session=group
+    )
     deadline = time.time() + 120
     log = run / "metrics.jsonl"
     while not (log.exists() and log.stat().st_size) and time.time() < deadline:  # the first 10 steps are done
         time.sleep(0.01)
     assert not (run / "last.pt").exists()  # no checkpoint yet: only the signal writes one
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     stopped_at = load_checkpoint(run / "last.pt")["train_state"]["iter"]

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,7 +27,7 @@ from ..data import (
 )
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
-from ..errors import CheckpointError, ConfigError, DataError, PixelwiseError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, list_models, model_defaults
@@ -45,6 +44,7 @@ from .predictor import run_inference
 from .resume import TrainState, pack, restore, rng_state, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
+from .stop_signals import TrainingInterrupted, stop_on_signals, workers_ignore_stop_signals
 
 log = logging.getLogger(__name__)
 INSTANCE_LOG_KEYS = ("ap", "mean_ap", "pq", "sq", "rq", "num_true", "num_pred")
@@ -184,36 +184,6 @@ def train(
         )
     finally:
         files.close()
-
-
-class TrainingInterrupted(PixelwiseError):
-    """SIGINT/SIGTERM ended a training after writing ``last.pt``."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGINT/SIGTERM set a flag the loop checks after each step (a second SIGINT interrupts at once)."""
-    caught: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if caught and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        caught.append(signum)
-        log.warning("%s: stopping after this step and writing last.pt", signal.Signals(signum).name)
-
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield caught
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _train(
@@ -368,6 +338,7 @@ def _train(
         sampler=sampler,
         num_workers=data_cfg["num_workers"],
         pin_memory=device.type == "cuda",
+        worker_init_fn=workers_ignore_stop_signals,
     )
     total, log_interval = train_cfg["iters"], train_cfg["log_interval"]
     budget = 60.0 * train_cfg["max_minutes"]
@@ -517,7 +488,7 @@ def _train(
             return True
         return False
 
-    with _stop_on_signals() as caught:
+    with stop_on_signals() as caught:
         if state.eval_due:  # the run being continued was stopped right after a step due for validation
             state.eval_due = False
             save(best=validate(state.iter))
