@@ -4,6 +4,7 @@ library call a Python user can make too."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -633,9 +634,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.filename is None:  # not about a file the user named: a bug, its traceback wanted
             raise
         where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
-        print(
-            f"pixelwise {verb}: error: {where}: {e.strerror or e}; check the path and its permissions", file=sys.stderr
-        )
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free some space there, or choose another place" if full else "check the path and its permissions"
+        print(f"pixelwise {verb}: error: {where}: {e.strerror or e}; {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelwise {verb}: interrupted", file=sys.stderr)

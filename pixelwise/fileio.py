@@ -45,6 +45,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a full disk, a file size limit: name the file it was writing (a one-line error)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

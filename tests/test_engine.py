@@ -234,6 +234,16 @@ def test_existing_run_is_not_overwritten(tmp_path):
         f"{tmp_path / 'r'} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir"
     )
     assert (tmp_path / "r/last.pt").read_bytes() == before
+    # a run killed while writing its first last.pt left best.pt alone: not replaced by a new run either
+    (tmp_path / "r/last.pt").unlink()
+    best = (tmp_path / "r/best.pt").read_bytes()
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
+    assert str(e.value) == (
+        f"{tmp_path / 'r'} holds best.pt of a run that wrote no last.pt (stopped during its first checkpoint): move "
+        "best.pt away to train there again, or give a new --run-dir"
+    )
+    assert (tmp_path / "r/best.pt").read_bytes() == best
 
 
 def _plain_toy(tmp_path, **train_cfg):

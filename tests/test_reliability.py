@@ -252,6 +252,38 @@ def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, caplog):
         sleeper.wait()
 
 
+def test_a_lock_copied_with_its_run_directory_guards_the_original_only(tmp_path, caplog):
+    """``cp -a`` of a live run: the copy's lock names a live training, of the original directory (its device and
+    inode), so the copy can be resumed; the original stays locked."""
+    from pixelwise.engine.run_dir import RunLock
+
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    original.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from pixelwise.engine.run_dir import RunLock; "
+            "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
+            str(original),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        copy.mkdir()
+        (copy / ".lock").write_text((original / ".lock").read_text())
+        caplog.set_level(logging.WARNING, logger="pixelwise")
+        RunLock(copy).acquire()
+        assert "taking over the stale lock" in caplog.text
+        with pytest.raises(ConfigError, match=f"is in use by the training with pid {holder.pid}"):
+            RunLock(original).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path, caplog):
     """The lock appears with its owner in it; an unreadable one (a file system without hard links, mid-write) is
     stale only once it is older than a few seconds; one naming no process is taken over, not a traceback."""
@@ -402,6 +434,30 @@ def test_resume_refuses_changed_settings_unless_allowed(toy_run, tmp_path):
     assert group["lr"] == pytest.approx(0.01 * (1 - 3 / 4) ** 0.9)
     assert ckpt["config"]["train"]["lr"] == 0.01
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("limit, name", [(1000, "config.yaml"), (20000, "best.pt")])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit, name):
+    """Writes that fail without a file name (a full disk, here a file size limit: EFBIG) were a traceback; no
+    temporary file or lock claim is left behind."""
+    import resource
+
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}).parent
+    cfg = toy_config(tmp_path, iters=2, eval_interval=2)
+    run = tmp_path / "run"
+    env = {**os.environ, "PIXELWISE_DATA": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--run-dir", str(run), "--no-progress"]
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message == (
+        f"pixelwise train: error: {run / name}: File too large; free some space there, or choose another place"
+    )
+    assert not [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".lock" in p.name]
 
 
 @pytest.mark.slow

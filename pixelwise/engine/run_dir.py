@@ -64,6 +64,12 @@ def _alive(owner: dict[str, Any], path: Path) -> bool:
     return not isinstance(recorded, list) or now is None or recorded == now
 
 
+def _folder_identity(folder: Path) -> list[int]:
+    """The folder's device and inode: the same through any path to it (links, bind mounts), another for a copy."""
+    st = folder.stat()
+    return [st.st_dev, st.st_ino]
+
+
 class RunLock:
     """``RUN_DIR/.lock`` holding the pid and host of the training that owns the directory. A second training
     into a live run stops with an error naming the owner; a lock left by a dead process on this host is
@@ -81,6 +87,7 @@ class RunLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "process": process_identity(os.getpid()),
+            "folder": _folder_identity(self.path.parent),
         }
         for _ in range(2):
             try:
@@ -93,7 +100,9 @@ class RunLock:
                         f"{self.path.parent} is being claimed by another training right now ({self.path} was "
                         "created moments ago): wait for it, or choose another --run-dir"
                     ) from None
-                if owner is None or (owner["host"] == me["host"] and not _alive(owner, self.path)):
+                # a lock copied with its run directory (cp -a of a live run) guards the original, not this copy
+                copied = owner is not None and owner.get("folder") not in (None, me["folder"])
+                if owner is None or (owner["host"] == me["host"] and (copied or not _alive(owner, self.path))):
                     log.warning("taking over the stale lock %s %s", self.path, owner or "(unreadable)")
                     self.path.unlink(missing_ok=True)
                     continue
@@ -110,7 +119,11 @@ class RunLock:
     def _create(self, text: str) -> None:
         """Create the lock holding ``text``, or raise FileExistsError."""
         aside = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}{LOCK_ASIDE_SUFFIX}")
-        aside.write_text(text)
+        try:
+            aside.write_text(text)
+        except OSError as e:  # a full disk: no claim left behind, and the file named (a one-line error)
+            aside.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror or str(e), str(aside)) from None
         try:
             os.link(aside, self.path)  # atomic, and fails if the lock exists
             return
@@ -210,8 +223,11 @@ class RunFiles:
 
     def record(self, entry: dict[str, Any]) -> None:
         if self._log is not None:
-            self._log.write(json.dumps(to_jsonable(entry)) + "\n")
-            self._log.flush()
+            try:
+                self._log.write(json.dumps(to_jsonable(entry)) + "\n")
+                self._log.flush()
+            except OSError as e:  # a full disk: name the log (a one-line error), as a checkpoint's write does
+                raise OSError(e.errno, e.strerror or str(e), str(self._log.name)) from None
 
     def save(self, checkpoint: dict[str, Any], it: int, best: bool) -> None:
         if not self.enabled:

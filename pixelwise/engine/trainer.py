@@ -169,6 +169,11 @@ def train(
         raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist")
     if not resume and (run_dir / "last.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run (last.pt): pass --resume to continue it, or a new --run-dir")
+    if not resume and (run_dir / "best.pt").exists():  # a run killed while writing its first last.pt
+        raise ConfigError(
+            f"{run_dir} holds best.pt of a run that wrote no last.pt (stopped during its first checkpoint): move "
+            "best.pt away to train there again, or give a new --run-dir"
+        )
     ddp, device = setup_distributed(resolve_device(train_cfg["device"]))
     if train_cfg["deterministic"]:
         # Bit-exact on CPU. On CUDA some kernels have no deterministic version (2-D NLL loss, bilinear
