@@ -575,8 +575,19 @@ def test_a_large_seed_trains_and_small_seeds_keep_their_stream():
 def test_the_sample_order_continues_after_a_resume_with_another_batch_size():
     from pixelwise.engine.resume import TrainState, sampler_start
 
-    assert sampler_start(TrainState(iter=2, samples=8), 4) == 2  # 8 samples drawn: the third batch of 4 is next
-    assert sampler_start(TrainState(iter=3, samples=6), 4) == 2  # a partial batch is skipped, never repeated
+    assert sampler_start(TrainState(iter=2, samples=8), 4, 10) == 2  # 8 samples drawn: the third batch of 4 is next
+    assert sampler_start(TrainState(iter=3, samples=6), 4, 10) == 2  # a partial batch is skipped, never repeated
+    # 367 images in batches of 8 (45 a epoch, 7 dropped), 4500 iterations: epoch 100 begins. In batches of 4 (91 a
+    # epoch) that is batch 9100, and in batches of 16 (22 a epoch) batch 2200; counting samples alone (36 000 / 4,
+    # / 16) started 1.1 epochs back (epoch 98, batch 82) or 2 epochs on (epoch 102, batch 6)
+    state = TrainState(iter=4500, samples=36_000, sample_batch=8)
+    assert sampler_start(state, 8, 367) == 4500
+    assert sampler_start(state, 4, 367) == 100 * 91
+    assert sampler_start(state, 16, 367) == 100 * 22
+    # mid-epoch: 3 batches of 8 into epoch 1 are position 24: batch 6 of 4, batch 2 of 16 (position 32; 24-31 skipped)
+    state = TrainState(iter=48, samples=48 * 8, sample_batch=8)
+    assert sampler_start(state, 4, 367) == 91 + 6
+    assert sampler_start(state, 16, 367) == 22 + 2
 
 
 def test_how_often_a_run_validates_does_not_change_its_weights(tmp_path):

@@ -42,6 +42,7 @@ class TrainState:
     train_seconds: float = 0.0
     eval_due: bool = False  # stopped by a signal after a step due for validation: validate first on resume
     samples: int = 0  # training samples drawn so far, over all processes (where the sample order continues)
+    sample_batch: int = 0  # the global batch they were drawn in (0: a checkpoint from before it was recorded)
     log_loss_sum: float = 0.0  # the losses of the steps since the last train log line (rank 0's under DDP)
     log_steps: int = 0
 
@@ -197,11 +198,17 @@ def truncate_log(path: Path, upto_iter: int) -> None:
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
-def sampler_start(state: TrainState, global_batch: int) -> int:
-    """The sampler's first global batch (of ``global_batch`` samples): where the samples drawn so far end, so that
-    a resume with another batch size or accumulation (``--allow-changes``) neither skips nor repeats data (up to
-    a partial batch, skipped)."""
-    return -(-state.samples // global_batch)
+def sampler_start(state: TrainState, global_batch: int, size: int) -> int:
+    """The sampler's first global batch (of ``global_batch`` samples of a data set of ``size``): where the samples
+    drawn so far end, so that a resume with another batch size or accumulation (``--allow-changes``) neither skips
+    nor repeats data (up to a partial batch, skipped). Each epoch drops the remainder of its own batching, so the
+    place is found as (epoch, position in its order) in the batching the samples were drawn in."""
+    old = state.sample_batch or global_batch
+    drawn = -(-state.samples // old)  # batches of the old size begun
+    if old == global_batch:
+        return drawn
+    epoch, batch = divmod(drawn, size // old)
+    return epoch * (size // global_batch) + -(-batch * old // global_batch)
 
 
 # Keys whose change does not contradict a restored state: where things are and how often to report or save.

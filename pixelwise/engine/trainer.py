@@ -329,13 +329,11 @@ def _train(
                 raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    start = sampler_start(state, batch_size * ddp.world_size, len(train_ds))
+    # from here on the samples are counted in this run's batching
+    state.samples, state.sample_batch = start * batch_size * ddp.world_size, batch_size * ddp.world_size
     sampler = EpochSampler(
-        len(train_ds),
-        batch_size,
-        train_cfg["seed"],
-        start_iter=sampler_start(state, batch_size * ddp.world_size),
-        rank=ddp.rank,
-        world_size=ddp.world_size,
+        len(train_ds), batch_size, train_cfg["seed"], start_iter=start, rank=ddp.rank, world_size=ddp.world_size
     )
     loader = DataLoader(
         train_ds,
