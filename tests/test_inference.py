@@ -44,8 +44,9 @@ def test_flip_and_scale_one_equal_whole_for_a_pointwise_model():
 
 
 def test_scales_average_the_resized_views_by_hand():
-    """Each scale: the image resized bilinearly (30 x 40 -> 15 x 20 and 45 x 60), the model's softmax there,
-    resized back; the mean over the scales. A model that sees its input's size (a blur) tells the scales apart."""
+    """Each scale: the image resized bilinearly (30 x 40 -> 15 x 20, antialiased, and 45 x 60), the model's softmax
+    there, resized back; the mean over the scales. A model that sees its input's size (a blur) tells the scales
+    apart."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
@@ -53,7 +54,12 @@ def test_scales_average_the_resized_views_by_hand():
     x = torch.randn(1, 3, 30, 40)
 
     def view(size):
-        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (30, 40) else x
+        shrink = size[0] < 30
+        scaled = (
+            F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+            if size != (30, 40)
+            else x
+        )
         p = torch.softmax(model(scaled), 1)
         return F.interpolate(p, size=(30, 40), mode="bilinear", align_corners=False) if size != (30, 40) else p
 
@@ -291,3 +297,28 @@ def test_predictor_takes_paths_pil_images_and_arrays_of_either_channel_count(tmp
         predictor.predict(tmp_path / "two.tif")
     with pytest.raises(DataError, match=r"^stack has 2 pages: predict each page \(PIL.ImageSequence\) in turn$"):
         predictor.predict(Image.open(tmp_path / "two.tif"), source="stack")
+
+
+def test_shrinking_scales_are_antialiased_as_training_scales_are():
+    """Training's random scale shrinks with torchvision's antialiased resize; inference's scales below 1 fed the
+    network plain bilinear samples (aliased) instead. Enlarging is plain bilinear in both."""
+    import torch.nn.functional as F
+    from torchvision.transforms.v2 import functional as TF
+
+    from pixelwise.inference.protocol import rescale_image
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 37, 53)
+    torch.testing.assert_close(rescale_image(image, (18, 26)), TF.resize(image, [18, 26], antialias=True))
+    big = F.interpolate(image, size=(74, 106), mode="bilinear", align_corners=False)
+    assert torch.equal(rescale_image(image, (74, 106)), big)
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    predict_probs(Recorder(), image, 2, InferenceSettings(scales=[0.5, 2.0]))
+    torch.testing.assert_close(seen[0], TF.resize(image, [18, 26], antialias=True))
+    assert torch.equal(seen[1], big)

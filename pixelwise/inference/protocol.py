@@ -139,7 +139,7 @@ def predict_probs(
     total = None
     for scale in s.scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        scaled = image if size == (h, w) else rescale_image(image, size)
         for turns, flip in s.views:
             x = scaled.flip(-1) if flip else scaled
             x = torch.rot90(x, turns, (-2, -1)) if turns else x
@@ -156,6 +156,14 @@ def predict_probs(
                 p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
             total = p if total is None else total + p
     return correct_class_weights(total / (len(s.scales) * len(s.views)), s)
+
+
+def rescale_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An ``N x C x H x W`` batch resized bilinearly to ``size``, antialiased where it shrinks, as training's random
+    scale (torchvision's resize) shrinks images: without it a network meets aliasing it never trained on
+    (docs/results.md, "Antialiased inference scales")."""
+    shrinks = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
 
 
 def correct_class_weights(probs: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
