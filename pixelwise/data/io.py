@@ -199,15 +199,23 @@ def _channels(arr: np.ndarray, mode: str | None) -> np.ndarray:
     return arr
 
 
-def _png16_colour(path: Path, orientation: int) -> np.ndarray | None:
-    """A 16-bit colour or grey+alpha PNG at its full depth (Pillow decodes such files to 8 bits), through
-    torchvision's libpng decoder: ``H x W x C`` uint16 (C = 3, or 1 for grey), alpha dropped, turned by the EXIF
-    ``orientation``; None where this torchvision has no PNG decoder (deprecated in 0.29 for TorchCodec)."""
+def _png16_colour(im: Image.Image, path: Path, orientation: int) -> np.ndarray | None:
+    """The opened 16-bit colour or grey+alpha PNG ``im`` at its full depth (Pillow decodes such files to 8 bits),
+    through torchvision's libpng decoder: ``H x W x C`` uint16 (C = 3, or 1 for grey), alpha dropped, turned by
+    the EXIF ``orientation``; None where this torchvision has no PNG decoder (deprecated in 0.29 for TorchCodec)
+    or the image's bytes are out of reach."""
     try:
         from torchvision.io import ImageReadMode, decode_png
     except ImportError:
         return None
-    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    fp = getattr(im, "fp", None)  # the file or the bytes it was opened from (an upload has no path)
+    if fp is None:
+        return None
+    try:
+        fp.seek(0)
+        data = torch.frombuffer(bytearray(fp.read()), dtype=torch.uint8)
+    except (OSError, ValueError):  # closed, or not seekable
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -257,7 +265,7 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
     orientation = _orientation(im)
-    arr = _png16_colour(path, orientation) if colour16 and im.format == "PNG" and _pages(im) == 1 else None
+    arr = _png16_colour(im, path, orientation) if colour16 and im.format == "PNG" and _pages(im) == 1 else None
     if arr is not None:
         if mode == "L" and arr.shape[2] == 3:  # Pillow's convert("L") weights (ITU-R 601-2 luma)
             arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)

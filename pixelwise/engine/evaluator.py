@@ -27,7 +27,7 @@ from ..models import input_channels
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode, label_means
 from .predictor import CRFOption, Predictor
-from .stop_signals import workers_ignore_stop_signals
+from .stop_signals import workers_end_quietly_on_sigterm
 
 MAX_DETECTIONS = 1000
 """Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
@@ -98,9 +98,9 @@ def evaluate(
     rank, world = shard
     count = len(dataset) if num_images is None else min(num_images, len(dataset))
     subset = dataset if world == 1 and count == len(dataset) else Subset(dataset, range(rank, count, world))
-    # its workers leave SIGINT/SIGTERM to the main process, as the training loader's (a training validates)
+    # its workers end quietly on SIGTERM, as the training loader's (a training validates)
     loader = DataLoader(
-        subset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=workers_ignore_stop_signals
+        subset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=workers_end_quietly_on_sigterm
     )
     done = 0  # images of this process's share so far: its next is the data set's rank + world * done
     for batch in tqdm(

@@ -1,9 +1,11 @@
 """Stopping a training on SIGINT/SIGTERM: after the current step, with ``last.pt`` written.
 
-The loop checks a flag the handlers set. Loader workers ignore both signals: a signal sent to the whole process
-group (Ctrl-C in a terminal, GNU ``timeout``, ``kill -- -PGID``, a batch system stopping a job) reaches them too,
-and a worker killed by SIGTERM makes the loader raise in the main process wherever it is, ``last.pt`` unwritten.
-Workers still end with the main process (the loader's own watchdog)."""
+The loop checks a flag the handlers set. A signal sent to the whole process group (Ctrl-C in a terminal, GNU
+``timeout``, ``kill -- -PGID``, a batch system stopping a job) reaches the loader's workers too. SIGINT ends a
+worker quietly (torch's worker loop catches the KeyboardInterrupt and exits with status 0), but SIGTERM killed it,
+and the loader then raised in the main process wherever it was, ``last.pt`` unwritten: workers take SIGTERM as
+SIGINT. (Ignoring it instead would keep them from ending when the loader or the interpreter stops them, by
+SIGTERM.)"""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def workers_ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader's ``worker_init_fn``: the worker ignores SIGINT and SIGTERM, which the main process handles."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+def workers_end_quietly_on_sigterm(worker_id: int) -> None:
+    """A DataLoader's ``worker_init_fn``: SIGTERM ends the worker as SIGINT does, quietly (exit status 0), so the
+    main process, which handles the signal itself, is not stopped by a worker's death in the middle of a step."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

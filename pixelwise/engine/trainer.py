@@ -44,7 +44,7 @@ from .predictor import run_inference
 from .resume import TrainState, pack, restore, rng_state, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
-from .stop_signals import TrainingInterrupted, stop_on_signals, workers_ignore_stop_signals
+from .stop_signals import TrainingInterrupted, stop_on_signals, workers_end_quietly_on_sigterm
 
 log = logging.getLogger(__name__)
 INSTANCE_LOG_KEYS = ("ap", "mean_ap", "pq", "sq", "rq", "num_true", "num_pred")
@@ -341,7 +341,7 @@ def _train(
         sampler=sampler,
         num_workers=data_cfg["num_workers"],
         pin_memory=device.type == "cuda",
-        worker_init_fn=workers_ignore_stop_signals,
+        worker_init_fn=workers_end_quietly_on_sigterm,
     )
     total, log_interval = train_cfg["iters"], train_cfg["log_interval"]
     budget = 60.0 * train_cfg["max_minutes"]
