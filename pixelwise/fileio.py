@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.filename is None:  # a full disk, a file size limit: name the file it was writing (a one-line error)
+        if e.filename is None and e.errno is not None:  # a full disk, a size limit: name the file (one line)
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     except BaseException:

@@ -335,6 +335,13 @@ def test_16bit_colour_png_is_read_at_full_depth(tmp_path, caplog):
         assert read_image(tmp_path / "la.png", None).shape == (5, 7, 1)
         np.testing.assert_array_equal(read_image(tmp_path / "la.png", "L"), grey.astype(np.float32) / 65535)
         np.testing.assert_array_equal(read_image(tmp_path / "la.png", "RGB"), np.repeat(grey, 3, 2) / np.float32(65535))
+        # from bytes (an upload, a PIL image in memory): decoded from its own bytes, not from a file of its name
+        import io as bytes_io
+
+        from pixelwise.data.io import decode_image
+
+        opened = Image.open(bytes_io.BytesIO((tmp_path / "rgb.png").read_bytes()))
+        np.testing.assert_array_equal(decode_image(opened, tmp_path / "elsewhere.png"), rgb / np.float32(65535))
         # a data set's image_range maps them as it maps 16-bit grey
         ranged = read_image(tmp_path / "rgb.png", "RGB", image_range=(0, 32767.5))
         np.testing.assert_allclose(ranged, np.clip(rgb / 32767.5, 0, 1), rtol=1e-6)

@@ -249,13 +249,18 @@ class RunFiles:
                 self.tensorboard.add_scalar(key, value, it)
 
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
-        self.lock.release()
+        try:
+            if self._log is not None:
+                log_file, self._log = self._log, None
+                try:
+                    log_file.close()
+                except OSError as e:  # what is still buffered (a full disk): the error that stopped the run says so
+                    log.warning("%s: the last lines could not be written (%s)", log_file.name, e.strerror or e)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
+        finally:
+            self.lock.release()
         if self._created:
             with contextlib.suppress(OSError):  # not empty (the run wrote something): kept
                 self.dir.rmdir()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PixelwiseError, first_line
+from ..errors import CheckpointError, PixelwiseError, ResourceError, first_line
 from ..fileio import atomic_write
 from .registry import build_model, model_arguments, without_pretrained
 
@@ -122,7 +122,16 @@ META_KEYS = ("model", "classes", "palette", "mean", "std")  # what eval, predict
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically (:func:`pixelwise.fileio.atomic_write`)."""
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
+    try:
+        atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
+    except RuntimeError as e:
+        # torch's zip writer reports a short write (a full disk, a file size limit) as a RuntimeError of its own
+        if "inline_container" not in str(e):
+            raise
+        raise ResourceError(
+            f"{path}: the checkpoint could not be written whole ({first_line(e)}): free some space there (a full "
+            "disk or a file size limit), or choose another place"
+        ) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
