@@ -112,15 +112,50 @@ def inference_dtype(device: torch.device, amp: str) -> torch.dtype | None:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (CUDA: the driver's figure; CPU: the kernel's MemAvailable),
-    or None where it cannot be told."""
+    """Bytes free for new tensors on ``device``, or None where it cannot be told. CUDA: the driver's figure plus
+    what torch's caching allocator holds unused. CPU: the kernel's MemAvailable, or less where the process's
+    control group (a container's memory limit, cgroup v2) leaves less."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
+    limited = _cgroup_headroom()
+    return limited if free is None else free if limited is None else min(free, limited)
+
+
+def _cgroup_headroom(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
+    """What this process's memory control group still allows (its limit less its usage; cgroup v2's
+    ``memory.max``/``memory.current`` or v1's ``memory.limit_in_bytes``/``memory.usage_in_bytes``, in the group's
+    folder or, inside a container, at the mount's root), or None without a limit."""
+    try:
+        with open(membership) as f:
+            groups = dict(line.strip().split(":", 2)[1:] for line in f if line.count(":") >= 2)
+    except (OSError, ValueError):
+        return None
+    for controller, limit_name, usage_name in (
+        ("", "memory.max", "memory.current"),
+        ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
+        group = groups.get(controller)
+        if group is None:
+            continue
+        base = os.path.join(root, controller) if controller else root
+        for folder in (os.path.join(base, group.lstrip("/")), base):
+            try:
+                with open(os.path.join(folder, limit_name)) as f:
+                    limit = f.read().strip()
+                with open(os.path.join(folder, usage_name)) as f:
+                    usage = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                return None
+            return max(0, int(limit) - usage)
     return None

@@ -173,7 +173,7 @@ def test_predict_with_crf_too_large_for_memory(toy_checkpoint, tmp_path, monkeyp
     assert main(["predict", str(ckpt), images[0], "--out", str(out), "--crf", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"pixelwise predict: error: {images[0]}: dense CRF on 1 image(s) of 40x30: needs at least 0.0 GiB of "
-        "memory, 0.0 GiB are free; refine smaller (downscaled) images or leave the CRF off"
+        "memory, 0.0 GiB are free; refine smaller (downscaled) images, fewer at a time, or leave the CRF off"
     )
     assert (
         main(
@@ -233,3 +233,42 @@ def test_spread_indices_cover_the_split_evenly():
         for count in range(1, length + 1):
             got = spread_indices(length, count)
             assert len(set(got)) == count and got[0] == 0 and (count == 1 or got[-1] == length - 1)
+
+
+@pytest.mark.parametrize(
+    "layout, files, expected",
+    [
+        ("0::/job\n", {"job/memory.max": "1000000", "job/memory.current": "250000"}, 750000),  # cgroup v2
+        ("0::/job\n", {"job/memory.max": "max", "job/memory.current": "5"}, None),
+        ("0::/job\n", {"memory.max": "4000", "memory.current": "1000"}, 3000),  # a container: the mount's root
+        (  # cgroup v1, no limit written as a huge number, then a limit
+            "4:memory:/job\n0::/\n",
+            {"memory/job/memory.limit_in_bytes": str(2**63 - 4096), "memory/job/memory.usage_in_bytes": "7"},
+            None,
+        ),
+        ("4:memory:/job\n", {"memory/memory.limit_in_bytes": "2048", "memory/memory.usage_in_bytes": "48"}, 2000),
+        ("garbage\n", {}, None),
+    ],
+)
+def test_memory_left_by_the_control_group(tmp_path, layout, files, expected):
+    """The CRF's (and prediction's) memory checks see a container's limit, which MemAvailable does not show."""
+    from pixelwise.device import _cgroup_headroom
+
+    (tmp_path / "cgroup").write_text(layout)
+    for name, text in files.items():
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text)
+    assert _cgroup_headroom(str(tmp_path / "fs"), str(tmp_path / "cgroup")) == expected
+
+
+def test_crf_memory_check_only_where_the_lattice_is_built(monkeypatch):
+    """No mean-field step, or no appearance kernel: nothing large is allocated, nothing refused."""
+    from pixelwise.crf import dense_crf
+    from pixelwise.errors import ResourceError
+
+    monkeypatch.setattr(sys.modules["pixelwise.crf.dense_crf"], "available_memory", lambda device: 0)
+    image, probs = torch.zeros(6, 5, 3, dtype=torch.uint8), torch.full((2, 6, 5), 0.5)
+    assert torch.allclose(dense_crf(image, probs, iterations=0), probs)
+    dense_crf(image, probs, w1=0.0)
+    with pytest.raises(ResourceError, match="fewer at a time, or leave the CRF off"):
+        dense_crf(image, probs)

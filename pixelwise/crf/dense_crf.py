@@ -249,7 +249,8 @@ def _mean_field(
     if smoothness_filter not in ("exact", "lattice"):
         raise ValueError(f"smoothness_filter must be 'exact' or 'lattice', got {smoothness_filter!r}")
     n = h * w
-    _check_memory(b, h, w, device)
+    if iterations > 0 and w1 != 0:  # the appearance lattice, built only then, is what takes the memory
+        _check_memory(b, h, w, device)
     # State (B, N, Cp): row-major, the classes padded to 16 (or a multiple of 4) with probability 0, which
     # keeps MKL's sparse products and the softmax over the last dimension on their fast paths.
     cp = 16 if c <= 16 else -(-c // 4) * 4
@@ -314,7 +315,8 @@ def _check_memory(batch: int, height: int, width: int, device: torch.device) -> 
     if free is not None and need > free:
         raise ResourceError(
             f"dense CRF on {batch} image(s) of {width}x{height}: needs at least {need / 2**30:.1f} GiB of memory, "
-            f"{free / 2**30:.1f} GiB are free; refine smaller (downscaled) images or leave the CRF off"
+            f"{free / 2**30:.1f} GiB are free; refine smaller (downscaled) images, fewer at a time, or leave the "
+            "CRF off"
         )
 
 
