@@ -52,6 +52,9 @@ def write_report(
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
+    finite = [v for r in train if math.isfinite(v := _value(r, "loss")) and v > 0]
+    if finite and max(finite) <= 1.02 * min(finite):  # one point, or a flat curve: not a whole decade around it
+        ax.set_ylim(min(finite) / 1.1, max(finite) * 1.1)
     ax.yaxis.set_major_formatter(_plain_log_formatter(minor=False))
     ax.yaxis.set_minor_formatter(_plain_log_formatter(minor=True))
     ax.grid(alpha=0.3)
@@ -136,6 +139,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
     summary.md's title tells), unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file: give a folder for the report")
+    folders = [name for name in REPORT_FILES if (out / name).is_dir()]
+    if folders:
+        raise DataError(f"--out {out} holds a folder named {folders[0]}: move it, or choose another folder")
     summary = out / "summary.md"
     try:
         ours = summary.is_file() and summary.read_text(errors="replace").startswith(_TITLE)

@@ -588,6 +588,21 @@ def test_the_sample_order_continues_after_a_resume_with_another_batch_size():
     state = TrainState(iter=48, samples=48 * 8, sample_batch=8)
     assert sampler_start(state, 4, 367) == 91 + 6
     assert sampler_start(state, 16, 367) == 22 + 2
+    # the last whole batch of 4 of epoch 1 (position 360 + 4 = 364 of 367): batches of 16 have none left there
+    assert sampler_start(TrainState(iter=181, samples=181 * 4, sample_batch=4), 16, 367) == 2 * 22
+    # every place and batch size of a small data set: never a sample skipped beyond the partial batch, none repeated
+    for size in range(2, 30):
+        for old in range(1, size + 1):
+            for new in range(1, size + 1):
+                for drawn in range(0, 3 * (size // old)):
+                    start = sampler_start(TrainState(samples=drawn * old, sample_batch=old), new, size)
+                    epoch, batch = divmod(drawn, size // old)
+                    place = batch * old  # where the next old batch would begin in that epoch's order
+                    new_epoch, new_batch = divmod(start, size // new)
+                    if new_epoch == epoch:
+                        assert place <= new_batch * new < place + new
+                    else:  # nothing of this epoch left in whole new batches
+                        assert (new_epoch, new_batch) == (epoch + 1, 0) and place + new > (size // new) * new
 
 
 def test_how_often_a_run_validates_does_not_change_its_weights(tmp_path):

@@ -322,3 +322,7 @@ def test_shrinking_scales_are_antialiased_as_training_scales_are():
     predict_probs(Recorder(), image, 2, InferenceSettings(scales=[0.5, 2.0]))
     torch.testing.assert_close(seen[0], TF.resize(image, [18, 26], antialias=True))
     assert torch.equal(seen[1], big)
+    # half precision on a CPU (no antialiasing kernel there): shrunk in float32
+    half = rescale_image(image.bfloat16(), (18, 26))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half, TF.resize(image.bfloat16().float(), [18, 26], antialias=True).bfloat16())

@@ -98,6 +98,9 @@ def test_the_loss_axis_labels_are_distinct_and_true(tmp_path, monkeypatch):
     assert labels == ["2.41", "2.42", "2.43", "2.44", "2.45", "2.46"]
     labels = _loss_axis_labels(monkeypatch, _run_dir(tmp_path / "b", [2.0, 1.0, 0.3, 0.054]), tmp_path / "p")
     assert labels == ["0.1", "1"]
+    # one point: labels around it (matplotlib's own range for it, 0.9 to 11, showed "1" and "10" alone)
+    labels = _loss_axis_labels(monkeypatch, _run_dir(tmp_path / "c", [2.43]), tmp_path / "q")
+    assert len(labels) >= 3 and all(2.2 < float(v) < 2.7 for v in labels)
 
 
 def test_report_replaces_its_own_files_and_no_one_elses(tmp_path, capsys):
@@ -117,6 +120,15 @@ def test_report_replaces_its_own_files_and_no_one_elses(tmp_path, capsys):
     assert (mine / "summary.md").read_text() == "my own notes\n" and not (mine / "loss.png").exists()
     assert main(["report", str(run), "--out", str(mine), "--overwrite"]) == 0
     assert (mine / "summary.md").read_text().startswith("# Run report: ")
+    odd = tmp_path / "odd"
+    (odd / "summary.md").mkdir(parents=True)
+    assert main(["report", str(run), "--out", str(odd), "--overwrite"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"--out {odd} holds a folder named summary.md: move it, or choose another folder")
+    )
+    assert not (odd / "loss.png").exists()
 
 
 def test_report_of_a_damaged_run_is_one_line_and_makes_no_folder(tmp_path, capsys):

@@ -208,7 +208,8 @@ def sampler_start(state: TrainState, global_batch: int, size: int) -> int:
     if old == global_batch:
         return drawn
     epoch, batch = divmod(drawn, size // old)
-    return epoch * (size // global_batch) + -(-batch * old // global_batch)
+    # the first new batch at or after the place; past the epoch's last whole batch, the next epoch's first
+    return epoch * (size // global_batch) + min(-(-batch * old // global_batch), size // global_batch)
 
 
 # Keys whose change does not contradict a restored state: where things are and how often to report or save.

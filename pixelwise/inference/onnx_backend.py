@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, PixelwiseError
+from .protocol import rescale_image
 
 log = logging.getLogger(__name__)
 META_KEY = "pixelwise_meta"  # the ONNX metadata entry holding the checkpoint's meta (classes, palette, ...)
@@ -63,7 +64,7 @@ class OnnxModel:
                     "scores back, which blurs them; export at the size you predict (--size H W), or use the checkpoint",
                     self.path, *self.fixed_size, *size,
                 )  # fmt: skip
-            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
+            x = rescale_image(x, self.fixed_size)
         chunks = x.split(self.fixed_batch) if self.fixed_batch else [x]
         runs = [self.session.run(None, {self.input: c.numpy()}) for c in chunks]
         outs = [torch.cat([torch.from_numpy(r[i]) for r in runs]) for i in range(len(runs[0]))]
