@@ -687,3 +687,14 @@ def test_a_whole_models_weights_give_their_backbone(tmp_path):
     again = build_model("lraspp", num_classes=3, pretrained_backbone=str(tmp_path / "lraspp.pt"))
     for key, value in lraspp.backbone.state_dict().items():
         assert torch.equal(again.backbone.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "deeplabv1_vgg16_largefov"])
+def test_vgg_heads_drop_single_values_as_caffe(name):
+    """Caffe's drop6/drop7 (FCN, DeepLab-LargeFOV) zero single values; Dropout2d zeroed whole channels."""
+    torch.manual_seed(0)
+    drops = [m for m in build_model(name, num_classes=3).modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    assert drops  # FCN applies one module after fc6 and fc7
+    for drop in drops:
+        zeroed = (drop.train()(torch.ones(1, 16, 8, 8)) == 0).float().mean((2, 3))
+        assert ((zeroed > 0) & (zeroed < 1)).all()  # every channel partly dropped, none whole

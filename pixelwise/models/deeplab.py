@@ -45,9 +45,9 @@ class LargeFOV(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, rate: int, width: int = 1024, dropout: float = 0.5):
         super().__init__()
         self.fc6 = conv2d(in_channels, width, 3, padding=rate, dilation=rate)
-        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout(dropout)
         self.fc7 = nn.Conv2d(width, width, 1)
-        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout(dropout)
         self.fc8 = nn.Conv2d(width, num_classes, 1)
         init_relu_convs(nn.ModuleList([self.fc6, self.fc7]))
         nn.init.normal_(self.fc8.weight, std=0.01)  # DeepLab's prototxt: gaussian 0.01, bias 0

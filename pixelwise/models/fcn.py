@@ -101,7 +101,7 @@ class FCN(nn.Module):
         pool5 = self.backbone.info("pool5").channels
         self.fc6 = nn.Conv2d(pool5, 4096, 7)  # fc6 as a 7x7 valid conv
         self.fc7 = nn.Conv2d(4096, 4096, 1)
-        self.relu, self.drop = nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        self.relu, self.drop = nn.ReLU(inplace=True), nn.Dropout(dropout)  # Caffe's drop6/7: single values
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         up = dict(learnable=learnable_upsampling)  # the 2x ones; the last is fixed bilinear (sec. 4.3)
         if stride == 32:
@@ -192,7 +192,7 @@ class BackboneFCN(nn.Module):
         self.levels = [r for r in (32, 16, 8) if r >= stride]  # deepest first
         self.features = [backbone.at_reduction(r, f"FCN-{stride}s") for r in self.levels]
         backbone.keep(*self.features)
-        self.drop = nn.Dropout2d(dropout)
+        self.drop = nn.Dropout(dropout)
         self.score = nn.ModuleList(nn.Conv2d(backbone.info(n).channels, num_classes, 1) for n in self.features)
         up = dict(learnable=learnable_upsampling)
         self.up2 = nn.ModuleList(BilinearUpsample(num_classes, 2, **up) for _ in self.features[1:])
