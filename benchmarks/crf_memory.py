@@ -1,9 +1,9 @@
 """Peak memory of the dense CRF per pixel: the figure behind ``pixelwise.crf.dense_crf``'s memory check.
 
-Each case runs in a fresh process (the peak resident set, ``ru_maxrss``, never falls), which measures its
-baseline after the inputs are made and its peak after one ``dense_crf`` call: a flat image (the appearance
-lattice's fewest vertices), CamVid and ISBI 2012 images scaled to the size asked, and uniform colour noise (the
-most vertices). The check refuses what cannot fit by the flat image's figure, the least any image needs.
+Each case runs in a fresh process, which resets its peak resident set (``VmHWM``) to the memory in use once the
+inputs are made (their temporaries freed) and reads the peak after one ``dense_crf`` call (Linux): a flat image
+(the appearance lattice's fewest vertices), CamVid and ISBI 2012 images scaled to the size asked, and uniform
+colour noise (the most vertices). The check refuses what cannot fit by the least figure any image needs.
 
     python benchmarks/crf_memory.py --data-root ../shared/datasets --side 1024 --json benchmarks/results/crf_memory.json
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
 CHILD = """
-import resource, sys
+import sys
 import numpy as np, torch
 from PIL import Image
 from pixelwise.crf import dense_crf
@@ -33,10 +33,15 @@ elif kind == "noise":
 else:
     image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((side, side), Image.BILINEAR)).copy())
 probs = torch.softmax(torch.randn(classes, side, side, generator=torch.Generator().manual_seed(1)), 0)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+# the peak so far holds the inputs' temporaries: reset it to the memory in use (Linux's clear_refs 5)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
 dense_crf(image, probs, threads=1, theta_alpha=float(sys.argv[5]), theta_beta=float(sys.argv[6]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024 / side**2)
+print((status("VmHWM") - base) * 1024 / side**2)
 """
 
 

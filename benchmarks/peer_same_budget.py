@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 from peers_smp import print_table, register_smp_peers, scores  # noqa: E402
 
+from pixelwise.fileio import write_json  # noqa: E402
+
 
 def child(args: argparse.Namespace) -> int:
     """Train and evaluate one side (in its own process, pinned by the parent)."""
@@ -91,6 +93,12 @@ def main() -> int:
     ap.add_argument("--results", help="JSON results (default benchmarks/results/<config>_peer_<minutes>min.json)")
     ap.add_argument("--sequential", action="store_true", help="one after the other, with --threads each")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--swap-cores",
+        action="store_true",
+        help="give the sides the cores in reverse order (the recipe the last): alternate it between seeds, so that "
+        "a busier core (this process, other work) does not always fall to the same side",
+    )
     ap.add_argument("--set", action="append", default=[], help="config overrides, for both sides")
     ap.add_argument("--model", help=argparse.SUPPRESS)  # child: the model swapped in
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -104,12 +112,14 @@ def main() -> int:
     sides = {} if args.no_recipe else {"pixelwise": None}
     sides.update({peer: peer for peer in args.peer})
     # concurrently: one side per core, in waves of as many sides as there are cores
-    wave = 1 if args.sequential else len(os.sched_getaffinity(0))  # the cores this process may use
-    procs = {}
+    cores = sorted(os.sched_getaffinity(0))  # the cores this process may use (not necessarily 0..n-1)
+    wave = 1 if args.sequential else len(cores)
+    order = cores[::-1] if args.swap_cores else cores
+    procs, placed = {}, {}
     for i, (label, model) in enumerate(sides.items()):
         if i % wave == 0 and not _all_succeeded(procs):
             return 1
-        core = i % wave
+        core = order[i % wave]
         cmd = [
             sys.executable,
             __file__,
@@ -132,6 +142,7 @@ def main() -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         if not args.sequential:
             cmd = ["taskset", "-c", str(core), *cmd]
+            placed[label] = core
         print("+", " ".join(cmd), flush=True)
         procs[label] = subprocess.Popen(cmd, env=env)
     if not _all_succeeded(procs):
@@ -146,6 +157,7 @@ def main() -> int:
         "inference": next(iter(runs.values()))["inference"],  # the same protocol for every side
         "eval_precision": "fp32",  # evaluate_checkpoint's default amp "none", for every side
         "schedule": "sequential" if args.sequential else "concurrent, one core each",
+        "cores": placed,
         "machine": {
             **machine_info(),
             "threads": args.threads,
@@ -154,8 +166,7 @@ def main() -> int:
         "runs": runs,
     }
     path = Path(args.results or f"benchmarks/results/{name}_peer_{args.minutes:g}min.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(path, results)
     labelled = {label if label == r["model"] else f"{label} ({r['model']})": r for label, r in runs.items()}
     print_table(labelled, args.split, "iterations", digits=1)
     print(f"results in {path}")

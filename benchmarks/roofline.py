@@ -22,7 +22,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 from speed import peers  # noqa: E402  (the same model pairs)
+
+from pixelwise.fileio import write_json  # noqa: E402
 
 
 def forward_flops(model: torch.nn.Module, size: int) -> int:
@@ -112,8 +115,19 @@ def main() -> int:
             f"{need:.0f} ({100 * need / peak:.0f} %) |",
             flush=True,
         )
-    result = {"threads": args.threads, "peak_gflops": rates, "pairs": rows, "speed_json": args.speed}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    machine = machine_info()
+    recorded = speed.get("machine", {}).get("cpu") or speed.get("cpu")
+    if recorded != machine["cpu"]:  # the achieved rates and this peak must come from one machine
+        print(f"warning: {args.speed} records the CPU {recorded!r}, this one is {machine['cpu']!r}", file=sys.stderr)
+    result = {
+        **machine,
+        "threads": args.threads,
+        "peak_gflops": rates,
+        "pairs": rows,
+        "speed_json": args.speed,
+        "speed_json_cpu": recorded,
+    }
+    write_json(args.out, result)
     print(f"results in {args.out}")
     return 0
 

@@ -46,7 +46,14 @@ from pixelwise.config import load_config
 from pixelwise.engine import train
 from pixelwise.fileio import write_json
 
-COMMAND = "OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/serve_load.py"
+
+def _command_prefix() -> str:
+    """How this run was started, as a command line: its thread setting and cores as they are, not as advised."""
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return f"{f'OMP_NUM_THREADS={omp} ' if omp else ''}taskset -c {cores} python benchmarks/serve_load.py"
+
+
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 HOST = "127.0.0.1"  # loopback only, whatever the options say
 
@@ -218,7 +225,7 @@ def load(server: subprocess.Popen, url: str, checkpoint: Path, args: argparse.Na
     ms = [1000 * x for x in latencies]
     return {
         "benchmark": "serve_load",
-        "command": " ".join([COMMAND, *(shlex.quote(a) for a in sys.argv[1:])]),
+        "command": " ".join([_command_prefix(), *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": {
             **machine_info(),
             "cpus_allowed": sorted(os.sched_getaffinity(0)),

@@ -101,7 +101,7 @@ def main() -> int:
     result = {
         **machine_info(),
         "split": args.split,
-        "amp": args.amp,
+        "amp": predictors[0].amp,  # the precision that ran (args.amp "auto" resolved)
         "images": len(dataset),
         "pixels": pixels,
         "checkpoints": args.checkpoints,
