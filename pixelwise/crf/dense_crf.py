@@ -64,7 +64,7 @@ from .lattice import PermutohedralLattice, _Kernel, _LinearOpFn
 from .settings import CRFSettings
 
 # Peak memory of a call per pixel of the batch, at the least: a flat image, whose appearance lattice has the
-# fewest vertices (about 680-740 bytes; photos and EM slices 690-770, colour noise about 1600:
+# fewest vertices (about 740-770 bytes; photos and EM slices 740-850, colour noise about 1700:
 # benchmarks/crf_memory.py). A call that cannot fit even so is refused before it starts swapping or is killed.
 MIN_BYTES_PER_PIXEL = 640
 
