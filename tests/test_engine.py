@@ -605,6 +605,26 @@ def test_the_sample_order_continues_after_a_resume_with_another_batch_size():
                         assert (new_epoch, new_batch) == (epoch + 1, 0) and place + new > (size // new) * new
 
 
+def test_a_checkpoint_without_its_sample_batch_resumes_in_its_own_batching(tmp_path):
+    """A last.pt from before the batch was recorded: its settings give it (2 a step), so a resume in batches of 1
+    starts where its samples end in the epoch (7 images, 3 batches of 2 a epoch: after 5 steps, epoch 1 at place
+    4, batch 1 * 7 + 4 = 11 of 1) and not at sample 10 counted across the dropped image."""
+    from pixelwise.models.weights import save_checkpoint
+
+    root = write_dataset(tmp_path / "data", splits={"train": 7, "val": 1}).parent
+    cfg = load_config(toy_config(tmp_path, iters=5, eval_interval=1000))
+    run = tmp_path / "r"
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["train_state"]["sample_batch"] == 2 and ckpt["train_state"]["samples"] == 10
+    del ckpt["train_state"]["sample_batch"]
+    save_checkpoint(run / "last.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    cfg["data"]["batch_size"], cfg["train"]["iters"] = 1, 6
+    train(cfg, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
+    state = load_checkpoint(run / "last.pt")["train_state"]
+    assert (state["sample_batch"], state["samples"]) == (1, 11 + 1)
+
+
 def test_how_often_a_run_validates_does_not_change_its_weights(tmp_path):
     """Each validation's loader drew its seed from the global RNG, moving every later dropout mask: eval_interval
     (free to change on resume) changed the trained model."""

@@ -176,10 +176,14 @@ def restore(
     scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], device)
     restored = TrainState.from_dict(ckpt["train_state"])
+    saved = {**DEFAULTS["data"], **(ckpt.get("config") or {}).get("data", {})}
+    saved_train = {**DEFAULTS["train"], **(ckpt.get("config") or {}).get("train", {})}
     if "samples" not in ckpt["train_state"]:  # written before the samples were counted: from its own settings
-        saved = {**DEFAULTS["data"], **(ckpt.get("config") or {}).get("data", {})}
-        saved_train = {**DEFAULTS["train"], **(ckpt.get("config") or {}).get("train", {})}
         restored.samples = restored.iter * saved_train["accumulate"] * saved["batch_size"] * world_size
+    steps = restored.iter * saved_train["accumulate"]
+    if not restored.sample_batch and steps and restored.samples % steps == 0:
+        # written before the batch was recorded: the one its settings drew every step with (unknown if it changed)
+        restored.sample_batch = restored.samples // steps
     if state is not None:
         vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set
         restored = state
