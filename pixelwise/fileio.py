@@ -47,14 +47,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.filename is None and e.errno is not None:  # a full disk, a size limit: name the file (one line)
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
+        raise naming(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if durable:
         _fsync_folder(path.parent)
+
+
+def naming(error: OSError, path: str | os.PathLike) -> OSError:
+    """``error`` with ``path`` as its file where it names none and has an errno (a full disk, a file size limit:
+    writes fail without a file name), so that the CLI reports it in one line naming the file; else ``error``."""
+    if error.filename is None and error.errno is not None:
+        return OSError(error.errno, error.strerror or str(error), str(path))
+    return error
 
 
 def _fsync_folder(folder: Path) -> None:

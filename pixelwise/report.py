@@ -48,11 +48,12 @@ def write_report(
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     marker = "." if len(train) < 50 else None  # a short run's few points (one alone draws no line)
-    ax.plot([r["iter"] for r in train], [_value(r, "loss") for r in train], color="#4878a8", marker=marker)
+    losses = [_value(r, "loss") for r in train]
+    ax.plot([r["iter"] for r in train], losses, color="#4878a8", marker=marker)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    finite = [v for r in train if math.isfinite(v := _value(r, "loss")) and v > 0]
+    finite = [v for v in losses if math.isfinite(v) and v > 0]
     if finite and max(finite) <= 1.02 * min(finite):  # one point, or a flat curve: not a whole decade around it
         ax.set_ylim(min(finite) / 1.1, max(finite) * 1.1)
     ax.yaxis.set_major_formatter(_plain_log_formatter(minor=False))

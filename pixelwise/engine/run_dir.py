@@ -21,7 +21,7 @@ from ..argmax import class_argmax
 from ..config import DEFAULTS, dump_config
 from ..data import SegmentationDataset, image_to_uint8
 from ..errors import ConfigError
-from ..fileio import TEMP_SUFFIX, atomic_write_text, load_yaml, to_jsonable
+from ..fileio import TEMP_SUFFIX, atomic_write_text, load_yaml, naming, to_jsonable
 from ..metrics import SUMMARY_KEYS
 from ..models.weights import save_checkpoint
 from ..visualize import colorize, overlay, overlay_palette
@@ -123,7 +123,7 @@ class RunLock:
             aside.write_text(text)
         except OSError as e:  # a full disk: no claim left behind, and the file named (a one-line error)
             aside.unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror or str(e), str(aside)) from None
+            raise naming(e, aside) from None
         try:
             os.link(aside, self.path)  # atomic, and fails if the lock exists
             return
@@ -227,7 +227,7 @@ class RunFiles:
                 self._log.write(json.dumps(to_jsonable(entry)) + "\n")
                 self._log.flush()
             except OSError as e:  # a full disk: name the log (a one-line error), as a checkpoint's write does
-                raise OSError(e.errno, e.strerror or str(e), str(self._log.name)) from None
+                raise naming(e, self._log.name) from None
 
     def save(self, checkpoint: dict[str, Any], it: int, best: bool) -> None:
         if not self.enabled:

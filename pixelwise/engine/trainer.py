@@ -329,9 +329,10 @@ def _train(
                 raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    start = sampler_start(state, batch_size * ddp.world_size, len(train_ds))
+    global_batch = batch_size * ddp.world_size
+    start = sampler_start(state, global_batch, len(train_ds))
     # from here on the samples are counted in this run's batching
-    state.samples, state.sample_batch = start * batch_size * ddp.world_size, batch_size * ddp.world_size
+    state.samples, state.sample_batch = start * global_batch, global_batch
     sampler = EpochSampler(
         len(train_ds), batch_size, train_cfg["seed"], start_iter=start, rank=ddp.rank, world_size=ddp.world_size
     )

@@ -163,10 +163,10 @@ def rescale_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     scale (torchvision's resize) shrinks images: without it a network meets aliasing it never trained on
     (docs/results.md, "Antialiased inference scales")."""
     shrinks = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    if shrinks and image.dtype in (torch.bfloat16, torch.float16) and image.device.type == "cpu":
-        # torch's CPU antialiasing has no half-precision kernel: shrink in float32
-        return F.interpolate(image.float(), size=size, mode="bilinear", antialias=True).to(image.dtype)
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
+    # torch's CPU antialiasing has no half-precision kernel: such images shrink in float32
+    half_on_cpu = shrinks and image.dtype in (torch.bfloat16, torch.float16) and image.device.type == "cpu"
+    x = image.float() if half_on_cpu else image
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinks).to(image.dtype)
 
 
 def correct_class_weights(probs: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
