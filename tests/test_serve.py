@@ -523,6 +523,22 @@ def test_onnx_backend(toy_checkpoint, tmp_path):
 
 
 # --- the real server: bound to the host given ---------------------------------------------------------------------
+def test_a_client_of_the_said_address_is_answered_before_the_server_has_started(predictor):
+    """`pixelwise serve` says its address once the socket is bound, before uvicorn starts: a client connecting
+    then was refused (the socket was bound but not listening); now it waits in the queue and is answered."""
+    server, sock = make_server(create_app(predictor), "127.0.0.1", 0, log_level="warning")
+    port = sock.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as early:
+        early.sendall(b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            assert early.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
 def test_server_on_loopback(predictor):
     import httpx
 

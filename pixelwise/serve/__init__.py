@@ -66,7 +66,8 @@ def check_host(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to exactly ``host:port`` (port 0: a free one); a one-line ConfigError if it cannot be."""
+    """A TCP socket bound to exactly ``host:port`` (port 0: a free one) and listening; a one-line ConfigError if it
+    cannot be."""
     if not 0 <= port <= 65535:  # the OS would take 70000 as 70000 mod 65536
         raise ConfigError(f"--port {port}: must be 0-65535 (0: a free one)")
     try:
@@ -78,6 +79,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        # listening from here on: the address is said (and a client may connect) before uvicorn has started, and a
+        # bound socket that does not listen yet refuses connections (the kernel queues them once it listens)
+        sock.listen(2048)
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
