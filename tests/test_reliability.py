@@ -1094,3 +1094,26 @@ def test_predict_into_its_own_input_folder_does_not_read_its_legend(toy_run, tmp
     assert (folder / "legend.png").exists()
     again = predict(run / "best.pt", [folder], folder, progress=False, overwrite=True)
     assert [w["image"] for w in again] == [w["image"] for w in first]  # legend.png was read as a third image
+
+
+def test_predict_never_replaces_a_legend_png_of_the_users_own(toy_run, tmp_path):
+    """A legend.png in --out that no earlier prediction wrote is the user's: an input like any other, and the
+    run is refused before anything is written rather than replacing it (it was skipped and overwritten)."""
+    run, root, _ = toy_run
+    folder = tmp_path / "inout"
+    folder.mkdir()
+    for p in sorted((root / "toy/images/val").glob("*.png")):
+        (folder / p.name).write_bytes(p.read_bytes())
+    mine = folder / "legend.png"
+    mine.write_bytes((folder / sorted(p.name for p in folder.iterdir())[0]).read_bytes())
+    before = sorted(p.name for p in folder.rglob("*"))
+    with pytest.raises(DataError) as e:
+        predict(run / "best.pt", [folder], folder, progress=False, overwrite=True)
+    assert str(e.value) == (
+        f"--out {folder} holds a legend.png that no earlier prediction wrote (no manifest.json of ours beside it), "
+        "and a prediction writes its own there: move or rename it, or choose another --out"
+    )
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    out = tmp_path / "elsewhere"  # as an input it is predicted like the other images
+    written = predict(run / "best.pt", [folder], out, progress=False)
+    assert str(mine) in [w["image"] for w in written]

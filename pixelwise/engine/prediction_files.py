@@ -57,6 +57,34 @@ MANIFEST = "manifest.json"
 LEGEND = "legend.png"
 
 
+def _earlier_manifest_entries(out_dir: Path) -> list | None:
+    """The ``files`` of the ``manifest.json`` an earlier prediction left in ``out_dir``; None where there is none
+    of ours (no file, unreadable, or not written by pixelwise)."""
+    try:
+        earlier = json.loads((out_dir / MANIFEST).read_text())
+        entries = earlier["files"] if isinstance(earlier, dict) and "pixelwise" in earlier else None
+    except (OSError, ValueError, KeyError):
+        entries = None
+    return entries if isinstance(entries, list) else None
+
+
+def own_legend(out_dir: Path) -> Path | None:
+    """``out_dir/legend.png`` where an earlier prediction wrote it (its manifest lies beside it): no input, and
+    replaced by this run's. None where there is no legend, or one of the user's own."""
+    path = out_dir / LEGEND
+    return path if path.is_file() and _earlier_manifest_entries(out_dir) is not None else None
+
+
+def check_legend_free(out_dir: Path) -> None:
+    """A ``legend.png`` in ``out_dir`` that no earlier prediction wrote is the user's: refused, never replaced."""
+    path = out_dir / LEGEND
+    if (path.exists() or path.is_symlink()) and own_legend(out_dir) is None:
+        raise DataError(
+            f"--out {out_dir} holds a {LEGEND} that no earlier prediction wrote (no manifest.json of ours beside it), "
+            "and a prediction writes its own there: move or rename it, or choose another --out"
+        )
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
     ``overwrite`` (another run's files would be mixed with these), which first removes the outputs an earlier
@@ -83,12 +111,8 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
     """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), so that the
     folder holds this run's alone; never its inputs, nothing outside ``out_dir``, nothing without a manifest of
     ours (a folder such as a data set's own ``masks/`` stays as it is)."""
-    try:
-        earlier = json.loads((out_dir / MANIFEST).read_text())
-        entries = earlier["files"] if isinstance(earlier, dict) and "pixelwise" in earlier else None
-    except (OSError, ValueError, KeyError):
-        entries = None
-    if not isinstance(entries, list):
+    entries = _earlier_manifest_entries(out_dir)
+    if entries is None:
         log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
         return
     for entry in entries:

@@ -42,9 +42,11 @@ from .prediction_files import (
     LEGEND,
     MANIFEST,
     PredictionErrors,
+    check_legend_free,
     expand_inputs,
     merge_files,
     output_names,
+    own_legend,
     prepare_out_dir,
     write_effect,
     write_instances,
@@ -522,8 +524,9 @@ def predict(
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
     if foreground is not None and effect is None:
         raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
-    # an earlier run's legend in an --out that is also the input folder is no input
-    paths = [p for p in expand_inputs(inputs) if Path(p).resolve() != (Path(out_dir) / LEGEND).resolve()]
+    # an earlier prediction's legend in an --out that is also the input folder is no input; a user's own is
+    legend_path = own_legend(out_dir)
+    paths = [p for p in expand_inputs(inputs) if legend_path is None or Path(p).resolve() != legend_path.resolve()]
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
     predictor = Predictor(
@@ -543,9 +546,8 @@ def predict(
         if is_video(path):
             check_video_model(predictor, path)
             break
+    check_legend_free(out_dir)
     prepare_out_dir(out_dir, overwrite)
-    # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
-    write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
     written: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     used: set[str] = set()
@@ -567,6 +569,9 @@ def predict(
         "failed": failed,
     }
     try:
+        write_json(out_dir / MANIFEST, manifest)  # first: the legend below is known as ours even if killed
+        # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
+        write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
             stem = path.stem
             try:
