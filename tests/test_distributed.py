@@ -1,14 +1,29 @@
-"""DDP set-up helpers: rank 0's buffers for every process before an evaluation."""
+"""Data-parallel training: rank 0's buffers for every process before an evaluation, what the processes agree
+on every step, a resume in two processes, what only rank 0 writes."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from pixelwise.engine.distributed import Distributed, broadcast_buffers
+from pixelwise.config import load_config
+from pixelwise.data import SegmentationDataset, build_transforms
+from pixelwise.engine import train, trainer
+from pixelwise.engine.builders import resolve_class_weights
+from pixelwise.engine.distributed import Distributed, agree_over_processes, broadcast_buffers
+from pixelwise.engine.evaluator import evaluate
+from pixelwise.errors import ConfigError
+from pixelwise.models import build_model
 
-from .conftest import run_in_processes
+from .conftest import run_in_processes, write_dataset
+from .test_engine import toy_config
 
 
 def _buffers_after_broadcast(rank: int) -> list:
@@ -137,3 +152,102 @@ def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path):
         counts[accumulate] = run_in_processes(run)
     assert counts[1][0] == counts[1][1] > 0
     assert counts[3] == counts[1]
+
+
+def _agreed(rank: int) -> tuple[list[float], list[float]]:
+    # process 0: the later clock; process 1: a signal and a non-finite loss; their losses 1 and 4
+    maxima = [[7.5, 0, 0], [2.0, 15, 1]][rank]
+    return agree_over_processes(maxima, [1.0 + 3 * rank], Distributed(rank=rank, world_size=2, enabled=True), "cpu")
+
+
+@pytest.mark.slow
+def test_processes_agree_on_the_largest_clock_and_signal_and_the_mean_loss_in_one_collective():
+    results = run_in_processes(_agreed)
+    assert results[0] == results[1] == ([7.5, 15.0, 1.0], [2.5])
+
+
+def test_one_process_agrees_with_itself():
+    assert agree_over_processes([3.0, 0, 0], [0.25], Distributed(), "cpu") == ([3.0, 0, 0], [0.25])
+
+
+def _train_in_a_group(rank: int, cfg: dict, run_dir: str, root: str, resume: bool) -> list:
+    """``train()`` as under torchrun: the environment names this process's place in the group it is in."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    train(cfg, run_dir=run_dir, data_root=root, progress=False, resume=resume)
+    records = map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+    return [(r["iter"], r["loss"]) for r in records if r["type"] == "train"]
+
+
+@pytest.mark.slow
+def test_the_loss_logged_after_a_resume_in_two_processes_is_the_uninterrupted_runs(tmp_path):
+    """Two processes, logged every 4 steps, resumed from the checkpoint of step 2: the line of step 4 is the mean
+    of steps 1-4 over both processes as without the stop (each process restored rank 0's own losses of steps 1-2:
+    1.12666 against 1.12166 in the reviewer's run)."""
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2}).parent
+    train_cfg = dict(iters=6, eval_interval=6, log_interval=4, checkpoint_interval=2, keep_last=5)
+    cfg = load_config(toy_config(tmp_path, **train_cfg))
+    straight = run_in_processes(
+        partial(_train_in_a_group, cfg=cfg, run_dir=str(tmp_path / "a"), root=str(root), resume=False)
+    )
+    assert straight[0] == straight[1] and [i for i, _ in straight[0]] == [4, 6]
+    # the run as a stop after step 2 leaves it: that step's checkpoint its last, the log cut back to it
+    stopped = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", stopped)
+    os.replace(stopped / "iter_0000002.pt", stopped / "last.pt")
+    resumed = run_in_processes(partial(_train_in_a_group, cfg=cfg, run_dir=str(stopped), root=str(root), resume=True))
+    assert resumed[0] == resumed[1] == [(i, pytest.approx(v, rel=1e-6)) for i, v in straight[0]]
+    assert sorted(p.name for p in stopped.glob("rank*")) == []
+
+
+def test_only_the_process_holding_the_run_folder_caches_the_class_weights(tmp_path):
+    """Every process computes the weights; the others write nothing into a run folder whose lock they do not
+    hold (a second job's other ranks replaced a live run's class_weights.json)."""
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}).parent
+    ds = SegmentationDataset(root, "toy", "train")
+    weights = resolve_class_weights("median_frequency", ds, tmp_path / "run", progress=False, write=False)
+    assert not (tmp_path / "run").exists()
+    assert resolve_class_weights("median_frequency", ds, tmp_path / "run", progress=False) == weights
+    assert json.loads((tmp_path / "run/class_weights.json").read_text())["weights"] == weights
+
+
+def test_a_resume_in_another_number_of_processes_names_the_global_batch(tmp_path, monkeypatch):
+    """The same data.batch_size in 2 processes is another global batch, which no setting shows: refused unless
+    --allow-changes (it went on silently with half the batch)."""
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=4, eval_interval=4, checkpoint_interval=2, keep_last=5))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    os.replace(tmp_path / "run/iter_0000002.pt", tmp_path / "run/last.pt")  # as a stop after step 2 leaves it
+    two = Distributed(rank=0, world_size=2, enabled=False)  # no group: the resume is refused before any collective
+    monkeypatch.setattr(trainer, "setup_distributed", lambda device: (two, device))
+    with pytest.raises(ConfigError) as e:
+        train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False, resume=True)
+    assert str(e.value) == (
+        f"--resume: {tmp_path / 'run' / 'last.pt'} was trained in 1 process(es) (a global batch of 2), this resume "
+        "runs in 2 (a global batch of 4); resume with as many processes (torchrun --nproc_per_node), or add "
+        "--allow-changes to go on with the new global batch"
+    )
+
+
+def _evaluated_whole(rank: int, root: str) -> dict:
+    torch.manual_seed(0)  # the same untrained model in every process
+    model = build_model(name="unet", num_classes=2, base_channels=4, depth=2)
+    ds = SegmentationDataset(root, "toy", "val", transforms=build_transforms(train=False, mean=[0.5], std=[0.25]))
+    m = evaluate(model, ds, boundary_width=1, instances=1, progress=False)
+    return {
+        "cm": m["confusion_matrix"],
+        "challenge": m["challenge_pixel_error"]["pixel_error"],
+        "boundary": m["boundary"]["f1"],
+        "slices": m["instances"]["num_slices"],
+    }
+
+
+@pytest.mark.slow
+def test_a_whole_split_scored_in_each_process_of_a_group_is_counted_once(tmp_path):
+    """evaluate() without a shard inside a process group (evaluate_checkpoint after train() under torchrun): each
+    process scored every image, and the counts were summed over the group, twice the pixels and slices."""
+    root = write_dataset(tmp_path / "data", splits={"train": 1, "val": 3}, num_classes=2).parent
+    grouped = run_in_processes(partial(_evaluated_whole, root=str(root)))
+    alone = _evaluated_whole(0, str(root))
+    assert grouped[0] == grouped[1] == alone
+    assert sum(map(sum, alone["cm"])) == 3 * 24 * 20 and alone["slices"] == 3

@@ -128,10 +128,16 @@ def build_scheduler(
 
 
 def resolve_class_weights(
-    setting: str | list | None, dataset: SegmentationDataset, run_dir: Path, progress: bool = True
+    setting: str | list | None,
+    dataset: SegmentationDataset,
+    run_dir: Path,
+    progress: bool = True,
+    *,
+    write: bool = True,
 ) -> list[float] | None:
     """``train.class_weights`` as a list: given, or computed from the training masks once and cached
-    in ``run_dir/class_weights.json`` (reused on resume)."""
+    in ``run_dir/class_weights.json`` (reused on resume; written only where ``write``: the process that holds the
+    run folder's lock)."""
     if setting is None:
         return None
     n = dataset.info.num_classes
@@ -146,6 +152,8 @@ def resolve_class_weights(
             return cached["weights"]
     counts, image_counts = dataset.class_counts(progress=progress)
     weights = class_frequency_weights(counts, image_counts, setting)
+    if not write:
+        return weights
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         cache,

@@ -45,22 +45,19 @@ def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     return ddp, device
 
 
-def mean_over_processes(value: float, ddp: Distributed, device: torch.device) -> float:
+def agree_over_processes(
+    maxima: list[float], means: list[float], ddp: Distributed, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """What every process must agree on before acting, in one collective: each of ``maxima`` at its largest over
+    the processes (the training clock, a caught signal, a non-finite loss), each of ``means`` averaged over them
+    (the step's loss, so that every process, and the checkpoint any one of them writes, holds the same)."""
     if ddp.world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / ddp.world_size
-
-
-def max_over_processes(values: list[float], ddp: Distributed, device: torch.device) -> list[float]:
-    """Each of ``values`` at its largest over the processes: what every process must agree on before acting
-    (the training clock, a caught signal, a non-finite loss), one collective for all of them."""
-    if ddp.world_size == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+        return list(maxima), list(means)
+    t = torch.tensor([*maxima, *means], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(t) for _ in range(ddp.world_size)]
+    dist.all_gather(gathered, t)
+    g = torch.stack(gathered)
+    return g[:, : len(maxima)].amax(0).tolist(), g[:, len(maxima) :].mean(0).tolist()
 
 
 def broadcast_buffers(module: nn.Module, ddp: Distributed) -> None:

@@ -43,7 +43,7 @@ class TrainState:
     eval_due: bool = False  # stopped by a signal after a step due for validation: validate first on resume
     samples: int = 0  # training samples drawn so far, over all processes (where the sample order continues)
     sample_batch: int = 0  # the global batch they were drawn in (0: a checkpoint from before it was recorded)
-    log_loss_sum: float = 0.0  # the losses of the steps since the last train log line (rank 0's under DDP)
+    log_loss_sum: float = 0.0  # the losses of the steps since the last train log line (averaged over the processes)
     log_steps: int = 0
 
     @classmethod
@@ -184,6 +184,21 @@ def restore(
     if not restored.sample_batch and steps and restored.samples % steps == 0:
         # written before the batch was recorded: the one its settings drew every step with (unknown if it changed)
         restored.sample_batch = restored.samples // steps
+    global_batch = config["data"]["batch_size"] * world_size
+    if restored.sample_batch and restored.sample_batch != global_batch and "data.batch_size" not in changes:
+        # the same per-process batch in another number of processes: another global batch, and no setting shows it
+        before = restored.sample_batch / saved["batch_size"]
+        processes = f"{before:g} process(es)" if before == int(before) else f"a global batch of {restored.sample_batch}"
+        what = (
+            f"{path} was trained in {processes} (a global batch of {restored.sample_batch}), this resume runs in "
+            f"{world_size} (a global batch of {global_batch})"
+        )
+        if not allow_changes:
+            raise ConfigError(
+                f"--resume: {what}; resume with as many processes (torchrun --nproc_per_node), or add "
+                "--allow-changes to go on with the new global batch"
+            )
+        log.warning("--allow-changes: %s", what)
     if state is not None:
         vars(state).update(vars(restored))  # the schedule's clock (train_seconds) before the new rates are set
         restored = state

@@ -35,7 +35,7 @@ from ..models import model_arguments as registered_arguments
 from ..models.registry import input_size_problem, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
-from .distributed import broadcast_buffers, max_over_processes, mean_over_processes, setup_distributed
+from .distributed import agree_over_processes, broadcast_buffers, setup_distributed
 from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
@@ -281,7 +281,9 @@ def _train(
     state = TrainState()
     # the time budget's clock: the training seconds so far (a resume fills `state` in place)
     scheduler = build_scheduler(optimizer, train_cfg, elapsed=lambda: state.train_seconds)
-    class_weights = resolve_class_weights(train_cfg["class_weights"], train_ds, run_dir, progress=progress)
+    class_weights = resolve_class_weights(
+        train_cfg["class_weights"], train_ds, run_dir, progress=progress, write=ddp.is_main
+    )
     protocol = run_inference(config["inference"], class_weights=class_weights)  # validation as eval will run it
     loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
     meta = {
@@ -520,8 +522,8 @@ def _train(
                 # (DDP's gradient all-reduce), which a collective of ours would pair with; stop as before agreeing
                 signum, bad = caught[0], False
             else:
-                seconds, signum, bad = max_over_processes(
-                    [state.train_seconds, caught[0] if caught else 0, nonfinite], ddp, device
+                (seconds, signum, bad), (agreed_loss,) = agree_over_processes(
+                    [state.train_seconds, caught[0] if caught else 0, nonfinite], [loss_value], ddp, device
                 )
                 state.train_seconds = seconds
             it = state.iter
@@ -535,17 +537,17 @@ def _train(
             # the next step's rate: after the step's seconds are counted (and agreed), so that a time-driven
             # schedule is at its end exactly when the budget is
             scheduler.step()
-            # the loss of the steps since the last log line: kept in the checkpoint, so that a resumed run logs the
-            # mean an uninterrupted one would
+            # the loss of the steps since the last log line (each step's averaged over the processes, so the same in
+            # every one): kept in the checkpoint, so that a resumed run logs the mean an uninterrupted one would
             state.log_loss_sum, state.log_steps, window_n = (
-                state.log_loss_sum + loss_value,
+                state.log_loss_sum + agreed_loss,
                 state.log_steps + 1,
                 window_n + 1,
             )
             bar.update(min(state.train_seconds, budget) - bar.n if budget > 0 else 1)
             bar.set_postfix(**({"it": it} if budget > 0 else {}), loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if it % log_interval == 0 or last:
-                mean_loss = mean_over_processes(state.log_loss_sum / state.log_steps, ddp, device)
+                mean_loss = state.log_loss_sum / state.log_steps
                 images_seen = window_n * accumulate * batch_size * ddp.world_size
                 window_seconds = max(time.perf_counter() - window_t, 1e-9)
                 speed = images_seen / window_seconds
