@@ -20,7 +20,7 @@ import yaml
 
 from .crf.settings import CRFSettings
 from .errors import ConfigError
-from .fileio import dump_yaml, load_yaml
+from .fileio import dump_yaml, load_yaml, yaml_problem
 from .inference.instance_settings import InstanceSettings
 from .inference.protocol import InferenceSettings
 from .losses import check_loss_config
@@ -314,7 +314,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         try:
             value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
+            raise ConfigError(f"--set {item!r}: cannot parse the value ({yaml_problem(e)})") from None
         config.setdefault(section, {})
         if config[section] is None:
             config[section] = {}
@@ -340,7 +340,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping with sections model, data, train")
     return validate_config(apply_overrides(raw, overrides or []))

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import yaml
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, first_line
 
 TEMP_SUFFIX = ".tmp"
 log = logging.getLogger(__name__)
@@ -83,7 +83,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 class _YAMLLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` is a number, as in every other YAML and JSON reader
-    (YAML 1.1, which PyYAML follows, wants a dot: ``1.0e-4``; without one it is a string)."""
+    (YAML 1.1, which PyYAML follows, wants a dot: ``1.0e-4``; without one it is a string); and, as YAML 1.2 asks,
+    a key given twice in one mapping is an error (PyYAML keeps the last silently: a second ``train:`` section
+    undid the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} given twice (first at line {seen[key].line + 1}): keep one",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where (PyYAML's message spans several, with a snippet)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or first_line(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    hint = " (indent with spaces: YAML takes no tabs)" if "'\\t'" in problem else ""
+    return f"{where}{problem}{hint}"
 
 
 class _YAMLDumper(yaml.SafeDumper):

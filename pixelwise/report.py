@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, DataError, first_line
-from .fileio import atomic_write_text, dump_yaml, load_yaml, read_jsonl
+from .errors import ConfigError, DataError
+from .fileio import atomic_write_text, dump_yaml, load_yaml, read_jsonl, yaml_problem
 from .visualize import _pyplot, _save, plot_confusion_matrix, plot_per_class
 
 
@@ -129,7 +129,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = load_yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise DataError(f"{path} is not valid YAML ({first_line(e)}); restore the run's config.yaml") from None
+        raise DataError(f"{path} is not valid YAML ({yaml_problem(e)}); restore the run's config.yaml") from None
     if not isinstance(config, dict):
         raise DataError(f"{path} holds no mapping of config sections; restore the run's config.yaml")
     return config

@@ -66,6 +66,37 @@ def test_bad_values(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
+def test_yaml_mistakes_are_one_line_naming_the_file_and_place(tmp_path):
+    """A key given twice (PyYAML kept the last silently: a second train section undid the first), a tab and a
+    broken --set value: one line each, with the line and column (PyYAML's own message spans five to seven)."""
+    cases = {
+        "dup.yaml": (
+            "train:\n  lr: 0.1\ndata:\n  batch_size: 2\ntrain:\n  iters: 2\n",
+            "line 5, column 1: key 'train' given twice (first at line 1): keep one",
+        ),
+        "dup2.yaml": (
+            "train:\n  lr: 0.1\n  lr: 0.001\n",
+            "line 3, column 3: key 'lr' given twice (first at line 2): keep one",
+        ),
+        "tab.yaml": (
+            "model:\n\tname: unet\n",
+            "line 2, column 1: found character '\\t' that cannot start any token "
+            "(indent with spaces: YAML takes no tabs)",
+        ),
+    }
+    for name, (text, problem) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(tmp_path / name)
+        assert str(e.value) == f"config file {tmp_path / name} is not valid YAML: {problem}"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, BASE), ["train.lr=[1"])
+    assert (
+        str(e.value)
+        == "--set 'train.lr=[1': cannot parse the value (line 1, column 3: expected ',' or ']', but got '<stream end>')"
+    )
+
+
 def test_normalisation_and_class_weights_are_checked_at_load(tmp_path):
     path = write(tmp_path, BASE)
     norm = "give one finite mean and one std > 0 per input channel, on [0, 1] images"

@@ -639,17 +639,32 @@ def test_builder_argument_errors_are_one_line_config_errors():
     from pixelwise.models.weights import load_weights
 
     cases = [
-        ("unet", {"padding": "foo"}, "model 'unet': padding must be 'same' or 'valid', got 'foo'"),
+        ("unet", {"padding": "foo"}, "model 'unet': padding='foo' should be one of 'same', 'valid'"),
         (
             "unet",
             {"backbone": "resnet18", "decoder_channels": [8, 8]},
             "model 'unet': decoder_channels needs 5 entries",
         ),
         ("deeplabv3", {"backbone": "resnet18", "multi_grid": [1, 0]}, "model 'deeplabv3': multi_grid [1, 0]: unit "),
-        ("deeplabv3", {"backbone": "resnet18", "multi_grid": [1, "2"]}, "model 'deeplabv3': multi_grid [1, '2']"),
+        (
+            "deeplabv3",
+            {"backbone": "resnet18", "multi_grid": [1, "2"]},
+            "model 'deeplabv3': multi_grid=[1, '2'] should be a list of int | str | None",
+        ),
         ("unet", {"num_classes": 3.0}, "model 'unet': num_classes=3.0, must be a whole number >= 1"),
         ("unet", {"num_classes": 0}, "model 'unet': num_classes=0, must be a whole number >= 1"),
-        ("unet", {"base_channels": -4}, "model 'unet': Trying to create tensor with negative dimension -4"),
+        ("unet", {"base_channels": -4}, "model 'unet': base_channels (-4) and depth (4) must be >= 1"),
+        # a YAML string or fraction where a number or width is meant: a TypeError or IndexError deep in torch
+        ("unet", {"depth": "4"}, "model 'unet': depth='4' should be int"),
+        ("unet", {"base_channels": 4.5}, "model 'unet': base_channels=4.5 should be int"),
+        ("unet", {"dropout": "0.1"}, "model 'unet': dropout='0.1' should be float"),
+        ("unet", {"depth": 0}, "model 'unet': base_channels (64) and depth (0) must be >= 1"),
+        ("unet", {"batch_norm": 1}, "model 'unet': batch_norm=1 should be bool"),
+        (
+            "deeplabv3",
+            {"backbone": "resnet18", "multi_grid": [1, 2.5]},
+            "model 'deeplabv3': multi_grid=[1, 2.5] should",
+        ),
     ]
     for name, kwargs, start in cases:
         with pytest.raises(ConfigError) as e:

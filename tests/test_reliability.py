@@ -346,6 +346,25 @@ def test_rerun_without_resume_keeps_the_old_log_and_cleans_temporaries(tmp_path,
     assert f"{run / '.last.pt.abc123.tmp'}, left by an interrupted write" in caplog.text
 
 
+def test_a_new_run_keeps_a_config_yaml_already_in_its_folder(tmp_path, caplog):
+    """``train exp/config.yaml --run-dir exp``: the user's own file (comments, layout) was replaced by the resolved
+    config; it is kept as config.old-1.yaml, as an old log is. The run's own, unchanged, is not set aside."""
+    root = write_dataset(tmp_path / "data").parent
+    run = tmp_path / "exp"
+    run.mkdir()
+    mine = "# my settings\n" + toy_config(tmp_path, iters=2, eval_interval=2).read_text()
+    (run / "config.yaml").write_text(mine)
+    cfg = load_config(run / "config.yaml")
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    assert (run / "config.old-1.yaml").read_text() == mine
+    assert f"{run / 'config.yaml'} is not this run's: kept as config.old-1.yaml" in caplog.text
+    assert load_config(run / "config.yaml")["train"]["iters"] == 2
+    for p in run.glob("*.pt"):
+        p.unlink()
+    train(cfg, run_dir=run, data_root=root, progress=False)  # again: its own config.yaml is no one else's
+    assert not (run / "config.old-2.yaml").exists()
+
+
 def test_resume_reads_a_missing_model_key_as_its_default_and_names_a_real_model_change(toy_run, tmp_path):
     """The toy run's config never wrote model.padding or model.batch_norm; a config that spells out their
     defaults is the same model and resumes. A changed width is not: its weights cannot be loaded."""

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..fileio import load_yaml
+from ..fileio import load_yaml, yaml_problem
 
 
 @dataclass
@@ -84,7 +84,7 @@ def settings_for(
         try:
             run_config = load_yaml(beside.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{beside}: not valid YAML ({str(e).splitlines()[0]}); fix it or move it away") from None
+            raise ConfigError(f"{beside}: not valid YAML ({yaml_problem(e)}); fix it or move it away") from None
         section = run_config.get("crf") if isinstance(run_config, dict) else None
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{beside}: its crf section is {section!r}, not a mapping of CRF parameters")

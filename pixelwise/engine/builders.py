@@ -33,6 +33,8 @@ def model_spec(config: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
             f"({', '.join(info.classes)})"
         )
     in_channels = input_channels(spec)
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool):
+        raise ConfigError(f"model.in_channels={in_channels!r}: give a whole number (1 for grey images, 3 for RGB)")
     for key in ("mean", "std"):
         if len(config["data"][key]) != in_channels:
             raise ConfigError(

@@ -210,7 +210,11 @@ class RunFiles:
         if resume_iter is not None:  # first: a log this refuses must not leave the new settings behind
             truncate_log(self.log_path, resume_iter)
             config = _keep_searched_crf(self.dir / "config.yaml", config)
-        atomic_write_text(self.dir / "config.yaml", dump_config(config))
+        text, config_path = dump_config(config), self.dir / "config.yaml"
+        if resume_iter is None and config_path.is_file() and config_path.read_bytes() != text.encode():
+            # a new run in a folder holding a config.yaml (often the user's own: train exp/config.yaml --run-dir exp)
+            log.warning("%s is not this run's: kept as %s", config_path, _set_aside(config_path).name)
+        atomic_write_text(config_path, text)
         if resume_iter is None and self.log_path.exists():
             log.warning(
                 "%s is from an earlier run without a checkpoint: kept as %s",

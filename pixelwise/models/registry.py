@@ -7,6 +7,7 @@ input size. A YAML config's ``model`` section is ``name`` plus these keyword arg
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import json
@@ -63,6 +64,29 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether ``value`` (from a YAML config) is of the builder's annotated type: ``int``, ``float`` (an int too),
+    ``bool``, ``str``, ``None``, ``Sequence[int]``, ``Literal[...]``, unions of them; any other type (a
+    ``Pretrained`` switch or path) is the builder's to check."""
+    for part in (p.strip() for p in annotation.split(" | ")):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if part.startswith("Literal["):
+            if value in ast.literal_eval(f"({part[len('Literal[') : -1]},)"):
+                return True
+        elif part == "Sequence[int]":
+            if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return True
+        elif {
+            "int": number and isinstance(value, int),
+            "float": number,
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+            "None": value is None,
+        }.get(part, part not in ("int", "float", "bool", "str", "None")):
+            return True
+    return False
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
@@ -80,6 +104,12 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     n = kwargs.get("num_classes")
     if "num_classes" in kwargs and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"model {name!r}: num_classes={n!r}, must be a whole number >= 1")
+    annotations = {p.name: p.annotation for p in inspect.signature(builder).parameters.values()}
+    for key, value in kwargs.items():  # a YAML "4" or 4.5 where a width is meant was a TypeError deep in torch
+        annotation = annotations.get(key)
+        if isinstance(annotation, str) and not _fits(value, annotation):
+            wanted = re.sub(r"Literal\[(.*)\]", r"one of \1", annotation).replace("Sequence[int]", "a list of int")
+            raise ConfigError(f"model {name!r}: {key}={value!r} should be {wanted}")
     try:
         return builder(**kwargs)
     except PixelwiseError:

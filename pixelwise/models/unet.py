@@ -105,6 +105,10 @@ class UNet(nn.Module):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if base_channels < 1 or depth < 1:
+            raise ValueError(f"base_channels ({base_channels}) and depth ({depth}) must be >= 1")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.padding = padding
         self.depth = depth
         self.tile_size = tile_size
