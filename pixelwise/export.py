@@ -172,6 +172,14 @@ def export_onnx(
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise PixelwiseError(f"ONNX export needs {', '.join(missing)}: pip install 'pixelwise[onnx]'")
+    from torch.onnx import _constants
+
+    low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        # an opset no exporter writes failed both ways and fell back to a fixed-size graph of another opset
+        raise ConfigError(
+            f"--opset {opset}: torch's exporters write opsets {low} to {high}; {DEFAULT_OPSET} by default"
+        )
     out = Path(out)
     check_output_file(out, "--out", overwrite, folder_hint=f"give the ONNX file's name (e.g. {out / 'model.onnx'})")
     ckpt = load_checkpoint(checkpoint)

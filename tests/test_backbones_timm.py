@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pixelwise import PixelwiseError, build_model
 from pixelwise.errors import CheckpointError, ConfigError
 from pixelwise.models import model_arguments
-from pixelwise.models.backbones import TIMM_FAMILIES, backbone_rows, timm_output_strides
+from pixelwise.models.backbones import TIMM_FAMILIES, backbone_rows, build_backbone, timm_output_strides
 from pixelwise.models.deeplab import default_rates
 from pixelwise.models.fcn import upsample_to
 from pixelwise.models.modules import BilinearUpsample
@@ -239,6 +239,18 @@ def test_bad_values_are_one_line_config_errors():
 def test_meta_device_size_checks_take_timm_specs():
     spec = {"name": "deeplabv3plus", "backbone": "timm/convnext_atto", "num_classes": 2}
     assert input_size_problem(spec, H, W) is None
+    # models that take one size, or sizes their strides divide: their own reason, not a minimum that is not one
+    # (Swin's assertion escaped as a traceback; HRNet "needed at least 29x29" at 97x131)
+    swin = {"name": "deeplabv3", "backbone": "timm/swin_tiny_patch4_window7_224", "num_classes": 3, "output_stride": 32}
+    assert (
+        input_size_problem(swin, 97, 131)
+        == "model deeplabv3 does not run at 97x131: Input height (97) doesn't match model (224)."
+    )
+    hrnet = {"name": "deeplabv3", "backbone": "timm/hrnet_w18_small", "num_classes": 3, "output_stride": 32}
+    assert input_size_problem(hrnet, 97, 131).startswith("model deeplabv3 does not run at 97x131: ")
+    assert input_size_problem({"name": "unet", "num_classes": 2}, 8, 8) == (
+        "model unet needs inputs of at least 16x16 pixels (its total stride)"
+    )
 
 
 # --- presets: the same models as before the family builders -------------------------------------
@@ -293,6 +305,24 @@ def test_pretrained_local_file_round_trip(tmp_path, name, suffix):
     grey = build_model("unet", num_classes=K, in_channels=1, backbone=f"timm/{name}", pretrained_backbone=str(path))
     stem = next(k for k, v in grey.backbone.body.state_dict().items() if v.dim() == 4)
     assert torch.allclose(grey.backbone.body.state_dict()[stem], want[stem].sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize(("name", "wrap"), [("convnext_atto", "lightning"), ("twins_pcpvt_small", None)])
+def test_pretrained_files_of_flattened_and_wrapped_timm_models(tmp_path, name, wrap):
+    """A Lightning file (``model.``-prefixed keys, under ``state_dict``) of a model whose features version flattens
+    its module lists, and a plain file of one timm wraps whole (``FeatureGetterNet``: keys under ``model.``): both
+    were "none of its tensors fits the model". The loaded tensors are timm's own loading of the same weights."""
+    torch.manual_seed(1)
+    state = timm.create_model(name).state_dict()
+    plain = tmp_path / f"{name}.pth"
+    torch.save(state, plain)
+    path = plain
+    if wrap == "lightning":
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+    ref = timm.create_model(name, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(plain)))
+    got, want = build_backbone(f"timm/{name}", pretrained=str(path)).body.state_dict(), ref.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_pretrained_file_of_another_model_is_refused(tmp_path):

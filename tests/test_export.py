@@ -268,13 +268,26 @@ def test_export_reports_the_opset_it_wrote_quietly_and_refuses_folders_and_taken
     import pixelwise.export as export
 
     ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    for opset in (3, 99):  # no exporter writes them: it fell back to a fixed-size graph of opset 18
+        with pytest.raises(ConfigError) as e:
+            export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=opset)
+        assert str(e.value) == f"--opset {opset}: torch's exporters write opsets 7 to 23; 17 by default"
+    real_export = export._export
+
+    def torchscript_fails(model, x, path, opset, dynamic, how, meta):
+        if how == "torchscript":
+            raise RuntimeError(f"Unsupported onnx_opset_version: {opset}")
+        return real_export(model, x, path, opset, dynamic, how, meta)
+
+    monkeypatch.setattr(export, "_export", torchscript_fails)
     capfd.readouterr()
-    report = export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, dynamic=False, opset=99)
+    report = export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, dynamic=False, opset=17)
+    monkeypatch.undo()
     out, err = capfd.readouterr()
     assert (report["opset"], report["exporter"]) == (18, "dynamo")
-    assert report["failures"] == ["torchscript: RuntimeError: Unsupported onnx_opset_version: 99"]
+    assert report["failures"] == ["torchscript: RuntimeError: Unsupported onnx_opset_version: 17"]
     # nothing printed but our own warning (shown where the CLI's log handler is set up)
-    assert out == "" and all("the dynamo exporter wrote ONNX opset 18, not the 99" in line for line in err.splitlines())
+    assert out == "" and all("the dynamo exporter wrote ONNX opset 18, not the 17" in line for line in err.splitlines())
     graph = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [18]
     meta = json.loads(next(p.value for p in graph.metadata_props if p.key == export.META_KEY))

@@ -387,3 +387,36 @@ def test_a_nested_sum_hands_the_class_weights_to_its_terms():
         "sum", terms=[{"name": "sum", "terms": [{"name": "cross_entropy"}]}, {"name": "dice"}], class_weights=[0.5, 2.0]
     )
     assert loss.terms[0].terms[0].weight.tolist() == [0.5, 2.0]  # was: trained unweighted without a word
+
+
+def test_loss_values_are_checked_when_the_config_is_loaded(tmp_path):
+    """Values a loss cannot take were a traceback at the first step (label smoothing 2, per-class weights of
+    another length) after the run folder was written, or trained silently the wrong way (a negative factor,
+    weight or focal gamma): one line at load, or, where the classes are needed, before anything is written."""
+    from pixelwise.config import DEFAULTS, load_config
+    from pixelwise.engine.builders import build_criterion
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: unet}\ndata: {dataset: toy}\n")
+    cases = {
+        "train.loss_args={label_smoothing: 2}": "train.loss: cross_entropy label_smoothing=2: must be in [0, 1]",
+        "train.loss=[{name: dice, weight: -1}]": (
+            "train.loss: loss term 'dice': weight -1, the term's factor, must be a number >= 0"
+        ),
+        "train.loss_args={weight: [1, -2]}": "train.loss: loss weight [1, -2]: give numbers >= 0 (one per class)",
+    }
+    for flag, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(path, [flag])
+        assert str(e.value) == message
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.loss=focal", "train.loss_args={gamma: -2}"])
+    assert str(e.value) == "train.loss: loss 'focal': gamma -2 must be a number >= 0 (0: cross entropy)"
+    train = {**DEFAULTS["train"], "loss": "cross_entropy", "loss_args": {"weight": [1.0, 2.0, 3.0]}}
+    build_criterion(train, 255, None)  # the classes unknown: nothing to try it on
+    with pytest.raises(ConfigError) as e:
+        build_criterion(train, 255, None, num_classes=2)
+    assert str(e.value) == (
+        "train.loss 'cross_entropy' cannot run on the data set's 2 classes: weight tensor should be defined either "
+        "for all or no classes"
+    )

@@ -256,10 +256,26 @@ def test_pretrained_files_of_another_depth_or_without_fc_layers_are_refused(tmp_
     with pytest.raises(CheckpointError) as e:
         build_model("unet_resnet34", num_classes=2, pretrained_backbone=str(tmp_path / "r18.pth"))
     assert str(e.value) == (
-        f"pretrained_backbone {tmp_path / 'r18.pth'} lacks 48 of the 108 parameter tensors of the ResNet it is for "
-        "(e.g. layer1.2.bn1.bias, layer1.2.bn1.weight, layer1.2.bn2.bias): weights of another model or depth? give "
-        "that backbone's own file"
+        f"pretrained_backbone {tmp_path / 'r18.pth'} lacks 80 of the 180 tensors of the ResNet it is for "
+        "(e.g. layer1.2.bn1.bias, layer1.2.bn1.running_mean, layer1.2.bn1.running_var): weights of another model or "
+        "depth, or parameters without their batch-norm statistics? give that backbone's own whole state dict"
     )
+    # the other way: a deeper file's extra blocks were left out silently (logged only), and a file of the
+    # parameters alone left every batch-norm statistic at 0 / 1, another network in eval mode
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(CheckpointError) as e:
+        build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "r34.pth"))
+    assert str(e.value) == (
+        f"pretrained_backbone {tmp_path / 'r34.pth'} has 96 tensors the ResNet it is for lacks (e.g. "
+        "layer1.2.bn1.bias, layer1.2.bn1.num_batches_tracked, layer1.2.bn1.running_mean): weights of a deeper or "
+        "other model? give that backbone's own file"
+    )
+    r18 = torchvision.models.resnet18()
+    torch.save(dict(r18.named_parameters()), tmp_path / "params.pth")
+    with pytest.raises(CheckpointError, match=r"lacks 40 of the 100 tensors .* without their batch-norm statistics"):
+        build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "params.pth"))
+    torch.save(r18.state_dict(), tmp_path / "r18.pth")  # the whole file, its fc included: loads
+    build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "r18.pth"))
     vgg = torchvision.models.vgg16().state_dict()
     torch.save({k: v for k, v in vgg.items() if k.startswith("features.")}, tmp_path / "features.pth")
     for name in ("fcn8s_vgg16", "deeplabv1_vgg16_largefov"):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetInfo, SegmentationDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..fileio import write_json
 from ..losses import build_loss, check_loss_config, class_frequency_weights, loss_arguments, takes_class_weights
 from ..models import input_channels
@@ -170,9 +170,27 @@ def resolve_class_weights(
     return weights
 
 
-def build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None) -> nn.Module:
+def build_criterion(
+    train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None, num_classes: int | None = None
+) -> nn.Module:
     """The loss of ``train.loss`` (a name with ``train.loss_args``, or a list of summed terms), with
-    the data set's ignore index and the class weights given to every term that takes them."""
+    the data set's ignore index and the class weights given to every term that takes them. With ``num_classes``
+    it is tried once on a tiny input, so that a value it cannot take (per-class weights of another length) is
+    one line before anything is written, not a traceback at the first step."""
+    criterion = _build_criterion(train_cfg, ignore_index, class_weights)
+    if num_classes is not None:
+        logits = torch.zeros(1, num_classes, 2, 2)
+        target = torch.arange(4).remainder(num_classes).reshape(1, 2, 2)
+        try:
+            criterion(logits, target)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ConfigError(
+                f"train.loss {train_cfg['loss']!r} cannot run on the data set's {num_classes} classes: {first_line(e)}"
+            ) from None
+    return criterion
+
+
+def _build_criterion(train_cfg: dict[str, Any], ignore_index: int, class_weights: list[float] | None) -> nn.Module:
     loss = train_cfg["loss"]
     check_loss_config(loss, train_cfg["loss_args"])
     terms = [{"name": loss, **train_cfg["loss_args"]}] if isinstance(loss, str) else [dict(t) for t in loss]

@@ -285,7 +285,9 @@ def _train(
         train_cfg["class_weights"], train_ds, run_dir, progress=progress, write=ddp.is_main
     )
     protocol = run_inference(config["inference"], class_weights=class_weights)  # validation as eval will run it
-    loss_fn = build_instance_loss(method, build_criterion(train_cfg, info.ignore_index, class_weights)).to(device)
+    loss_fn = build_instance_loss(
+        method, build_criterion(train_cfg, info.ignore_index, class_weights, info.num_classes)
+    ).to(device)
     meta = {
         "model": spec,
         "model_defaults": model_defaults(spec["name"]),  # what the spec's missing keys were built with

@@ -3,6 +3,7 @@ example mining (OHEM, as PSPNet's / mmsegmentation's)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +42,8 @@ class CrossEntropyLoss(nn.Module):
                 f"cross_entropy top_k_percent={top_k_percent}: the share of pixels kept, in (0, 1] (the paper's 0.2)"
             )
         self.ignore_index = ignore_index
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
+            raise ConfigError(f"cross_entropy label_smoothing={label_smoothing!r}: must be in [0, 1]")
         self.label_smoothing = label_smoothing
         self.top_k_percent = float(top_k_percent)
         self.register_buffer("weight", _as_weight(weight))
@@ -81,8 +84,10 @@ class FocalLoss(nn.Module):
 
     def __init__(self, *, gamma: float = 2.0, alpha: float | Sequence[float] | None = None, ignore_index: int = 255):
         super().__init__()
+        if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0 <= gamma < math.inf):
+            raise ConfigError(f"loss 'focal': gamma {gamma!r} must be a number >= 0 (0: cross entropy)")
         self.gamma, self.ignore_index = gamma, ignore_index
-        alpha_t = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
+        alpha_t = _as_weight(alpha, "'focal' alpha")
         self.register_buffer("alpha", alpha_t)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

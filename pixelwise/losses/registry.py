@@ -4,13 +4,14 @@ never counts)."""
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,7 +45,7 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
 
 def check_loss_config(loss: str | Sequence[Any], loss_args: dict[str, Any]) -> None:
     """``train.loss`` and ``train.loss_args`` checked when a config is loaded, before any data is read: every
-    loss name and argument name (a ConfigError listing the valid ones); values are checked when it is built."""
+    loss name and argument name (a ConfigError listing the valid ones), and the values each loss checks itself."""
     if isinstance(loss, str):
         terms, factor = [{"name": loss, **loss_args}], False
     else:
@@ -62,6 +63,13 @@ def check_loss_config(loss: str | Sequence[Any], loss_args: dict[str, Any]) -> N
             )
         if term["name"] == "sum":
             check_loss_config(term.get("terms") or [], {})
+    try:  # its values too (a factor < 0, a label smoothing of 2): built once, as training will
+        if isinstance(loss, str):
+            build_loss(loss, **loss_args)
+        else:
+            build_loss("sum", terms=[dict(t) for t in loss])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"train.loss: {first_line(e)}") from None
 
 
 def takes_class_weights(term: dict[str, Any]) -> bool:
@@ -79,21 +87,30 @@ def _zero(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 0.0  # no labelled pixel: 0 with a (zero) gradient, not 0/0 = NaN
 
 
-def _as_weight(weight: Sequence[float] | None) -> torch.Tensor | None:
-    return None if weight is None else torch.as_tensor(list(weight), dtype=torch.float32)
+def _as_weight(weight: Sequence[float] | None, what: str = "weight") -> torch.Tensor | None:
+    """Per-class weights as a tensor: finite and >= 0 (a negative one trains that class's pixels to be wrong)."""
+    if weight is None:
+        return None
+    values = list(weight) if isinstance(weight, (list, tuple)) else [weight]
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in values):
+        raise ConfigError(f"loss {what} {weight!r}: give numbers >= 0 (one per class)")
+    return torch.as_tensor(values, dtype=torch.float32)
 
 
 def _term_factor(name: str, factor: Any) -> float:
     """A summed term's ``weight``: a number (or a string of one, from YAML read elsewhere than ``load_yaml``)."""
     try:
-        if not isinstance(factor, bool):
-            return float(factor)
+        value = None if isinstance(factor, bool) else float(factor)
     except (TypeError, ValueError):
-        pass
-    raise ConfigError(
-        f"loss term {name!r}: 'weight' is the term's factor (a number), got {factor!r}; "
-        "per-class weights come from train.class_weights"
-    )
+        value = None
+    if value is None:
+        raise ConfigError(
+            f"loss term {name!r}: 'weight' is the term's factor (a number), got {factor!r}; "
+            "per-class weights come from train.class_weights"
+        )
+    if not math.isfinite(value) or value < 0:  # a negative factor trains to make that term worse
+        raise ConfigError(f"loss term {name!r}: weight {factor!r}, the term's factor, must be a number >= 0")
+    return value
 
 
 @register_loss("sum")

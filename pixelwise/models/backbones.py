@@ -412,8 +412,12 @@ class TimmBackbone(Backbone):
             FeatureInfo(f"stage{i}", c, r) for i, (c, r) in enumerate(zip(fi.channels(), fi.reduction(), strict=True))
         ]
         if pretrained and pretrained is not True:
-            state = timm_features_layout(read_pretrained(pretrained), self.body.state_dict())
-            load_state(self.body, state, what=f"pretrained_backbone {pretrained}")
+            load_state(
+                self.body,
+                read_pretrained(pretrained),
+                what=f"pretrained_backbone {pretrained}",
+                layout=timm_features_layout,
+            )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {f.name: y for f, y in zip(self.feature_info, self.body(x), strict=True) if self._wanted(f.name)}

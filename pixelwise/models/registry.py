@@ -156,11 +156,17 @@ def _meta_forward_error(spec_json: str, batch: int, height: int, width: int, tra
 
 
 @functools.lru_cache(maxsize=32)
-def _runs_at(spec_json: str, height: int, width: int) -> bool:
+def _size_error(spec_json: str, height: int, width: int) -> str | None:
+    """Why the model of ``spec_json`` does not run at ``height x width`` (the first line of the error), or None.
+    A shape error (RuntimeError), or an assertion or ValueError of a model that takes one size only (timm's Swin)."""
     error = _meta_forward_error(spec_json, 1, height, width, training=False)
-    if error is not None and not isinstance(error, RuntimeError):
+    if error is not None and not isinstance(error, (RuntimeError, AssertionError, ValueError)):
         raise error
-    return error is None
+    return None if error is None else first_line(error)
+
+
+def _runs_at(spec_json: str, height: int, width: int) -> bool:
+    return _size_error(spec_json, height, width) is None
 
 
 def smallest_input(spec: dict[str, Any], limit: int = 512) -> int:
@@ -199,7 +205,11 @@ def training_batch_problem(spec: dict[str, Any], batch: int, height: int, width:
 
 def input_size_problem(spec: dict[str, Any], height: int, width: int) -> str | None:
     """``None`` if the model of ``spec`` takes a ``height x width`` input, else why not (one phrase)."""
-    if _runs_at(json.dumps(spec, sort_keys=True), height, width):
+    error = _size_error(json.dumps(spec, sort_keys=True), height, width)
+    if error is None:
         return None
     side = smallest_input(spec)
-    return f"model {spec['name']} needs inputs of at least {side}x{side} pixels (its total stride)"
+    if side > min(height, width) and side <= 512:
+        return f"model {spec['name']} needs inputs of at least {side}x{side} pixels (its total stride)"
+    # not a minimum: a size it cannot divide, or one fixed size (larger squares run, or none up to 512 does)
+    return f"model {spec['name']} does not run at {height}x{width}: {error}"

@@ -19,6 +19,7 @@ import logging
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,14 +267,23 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 
 def load_state(
-    module: nn.Module, state: dict[str, torch.Tensor], *, what: str = "pretrained_backbone", complete: bool = True
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    what: str = "pretrained_backbone",
+    complete: bool = True,
+    layout: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Pretrained weights into a backbone or head: the keys both have (a classifier ``fc.*`` the module lacks is
-    fine), an RGB first conv adapted to the module's input channels. ``complete``: every parameter of the module
-    must be in ``state`` (a file of another depth or model would leave layers at random). A whole segmentation
-    model's weights (a pixelwise checkpoint: ``backbone.*``; smp's: ``encoder.*``; Lightning's ``model.*``) give
-    their backbone's."""
-    own = set(module.state_dict())
+    fine), an RGB first conv adapted to the module's input channels. ``complete``: every parameter and batch-norm
+    statistic of the module must be in ``state``, and no tensor of a module it has may be left over (a file of
+    another depth or model would leave layers at random). A whole segmentation model's weights (a pixelwise
+    checkpoint: ``backbone.*``; smp's: ``encoder.*``; Lightning's ``model.*``) give their backbone's. ``layout``
+    maps a state dict's keys to the module's (:func:`timm_features_layout`), after any such prefix is taken off."""
+    own_state = module.state_dict()
+    own = set(own_state)
+    if layout is not None:
+        state = layout(state, own_state)
     if not own & set(state):
         # the longest first: a timm backbone's weights sit under backbone.body. in a pixelwise model
         prefixes = (
@@ -286,17 +296,33 @@ def load_state(
         )
         for prefix in (*prefixes, "model."):
             inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if layout is not None:
+                inner = layout(inner, own_state)
             if own & set(inner):
                 log.info("%s: the weights under %r (a whole model's backbone)", what, prefix)
                 state = inner
                 break
     result = load_state_dict(module, state, source=what, strict=False, adapt_input_channels=True)
-    params = {name for name, _ in module.named_parameters()}
-    missing = [k for k in result["missing"] if k in params]
-    if complete and missing:
+    if not complete:
+        return
+    # every parameter and batch-norm statistic (a file of parameters alone left the running statistics at 0 and
+    # 1: another network in eval mode); batch counts are not in older files and weigh nothing
+    needed = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+    missing = [k for k in result["missing"] if k in needed]
+    if missing:
         raise CheckpointError(
-            f"{what} lacks {len(missing)} of the {len(params)} parameter tensors of the {type(module).__name__} it is "
-            f"for (e.g. {', '.join(missing[:3])}): weights of another model or depth? give that backbone's own file"
+            f"{what} lacks {len(missing)} of the {len(needed)} tensors of the {type(module).__name__} it is "
+            f"for (e.g. {', '.join(missing[:3])}): weights of another model or depth, or parameters without their "
+            "batch-norm statistics? give that backbone's own whole state dict"
+        )
+    # keys under a module the backbone has but that it lacks (layer3.6. of a ResNet-101 in a ResNet-50): another
+    # depth; keys under modules it has none of are the classifier or head a backbone drops (fc., head., conv_head.)
+    parts = {k.split(".")[0] for k in own}
+    deeper = [k for k in result["unexpected"] if k.split(".")[0] in parts]
+    if deeper:
+        raise CheckpointError(
+            f"{what} has {len(deeper)} tensors the {type(module).__name__} it is for lacks (e.g. "
+            f"{', '.join(deeper[:3])}): weights of a deeper or other model? give that backbone's own file"
         )
 
 
@@ -342,11 +368,12 @@ def read_pretrained(pretrained: Pretrained, torchvision_name: str | None = None)
 
 def timm_features_layout(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A timm model's state dict in the key layout of its ``features_only`` version, which flattens module
-    lists (``blocks.0.x`` -> ``blocks_0.x``)."""
+    lists (``blocks.0.x`` -> ``blocks_0.x``) or, for models it wraps (timm's ``FeatureGetterNet``: twins, hiera),
+    holds the whole model under ``model.``."""
     out = {}
     for key, value in state.items():
-        flat = key.replace(".", "_", 1)
-        out[flat if key not in own and flat in own else key] = value
+        fits = [k for k in (key, key.replace(".", "_", 1), f"model.{key}") if k in own]
+        out[fits[0] if fits else key] = value
     return out
 
 
