@@ -38,6 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import train
 
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes applies settings changed since a run's checkpoint: add --resume")
     config = load_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     start = time.perf_counter()
@@ -166,6 +168,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} {value}: must be a finite number > 0")
         if int(value * scale) < 1:
             raise ConfigError(f"{flag} {value}: under one {unit}; give at least {1 / scale:.3g}")
+    # checked before the model loads, named as the flags are
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue {args.max_queue}: the requests that may wait, must be >= 0")
+    if not 0 < args.timeout < math.inf:
+        raise ConfigError(f"--timeout {args.timeout}: seconds per request, must be a finite number > 0")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be 0-65535 (0: a free one)")
 
     run(
         args.checkpoint,
@@ -189,6 +198,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     if args.num_classes < 1:
         raise ConfigError(f"--num-classes {args.num_classes}: must be >= 1")
+    if args.size < 1:
+        raise ConfigError(f"--size {args.size}: the square input side the FLOPs are counted at, must be >= 1")
     if args.backbones:
         from .models.backbones import TIMM_NOT_WORKING, backbone_rows
 

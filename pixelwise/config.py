@@ -228,6 +228,12 @@ def _check_ranges(config: dict[str, Any]) -> None:
             f"data.mean={mean!r}, data.std={std!r}: give one finite mean and one std > 0 per input channel, on "
             "[0, 1] images (e.g. [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225])"
         )
+    if max(map(abs, mean)) > 2 or max(std) > 2:  # mmsegmentation's and OpenCV's 0-255 scale (123.675, 58.395)
+        scaled = lambda values: [round(v / 255, 4) for v in values]  # noqa: E731
+        raise ConfigError(
+            f"data.mean={mean!r}, data.std={std!r} are on a 0-255 scale, but images are read in [0, 1]: divide "
+            f"them by 255 (data.mean={scaled(mean)}, data.std={scaled(std)})"
+        )
     weights = config["train"]["class_weights"]
     methods = ", ".join(CLASS_WEIGHT_METHODS)
     if isinstance(weights, list) and not (_finite_numbers(weights) and min(weights, default=0) >= 0 and any(weights)):

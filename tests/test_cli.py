@@ -210,6 +210,9 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
         "whose connected components are the objects"
     )  # was a flat map of the class-balance term alone
     assert error("models", "--num-classes", -2) == "pixelwise models: error: --num-classes -2: must be >= 1"
+    assert error("models", "--size", -5) == (
+        "pixelwise models: error: --size -5: the square input side the FLOPs are counted at, must be >= 1"
+    )  # was a traceback from torch ("negative dimension")
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not a checkpoint")
     assert error("export", onnx, "--out", tmp_path / "n.onnx") == (

@@ -99,6 +99,12 @@ def test_yaml_mistakes_are_one_line_naming_the_file_and_place(tmp_path):
 
 def test_normalisation_and_class_weights_are_checked_at_load(tmp_path):
     path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as e:  # mmsegmentation's convention trained silently on [0, 1] images
+        load_config(path, ["data.mean=[123.675, 116.28, 103.53]", "data.std=[58.395, 57.12, 57.375]"])
+    assert str(e.value) == (
+        "data.mean=[123.675, 116.28, 103.53], data.std=[58.395, 57.12, 57.375] are on a 0-255 scale, but images "
+        "are read in [0, 1]: divide them by 255 (data.mean=[0.485, 0.456, 0.406], data.std=[0.229, 0.224, 0.225])"
+    )
     norm = "give one finite mean and one std > 0 per input channel, on [0, 1] images"
     # std 0 was a ValueError at the first batch, a length mismatch a RuntimeError there
     for flags, given in [

@@ -671,6 +671,8 @@ def test_predict_skip_errors_and_tiny_images(toy_run, tmp_path):
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(folder / "tiny.png")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         predict(run / "best.pt", [folder], tmp_path / "o1", progress=False)
+    stopped = json.loads((tmp_path / "o1" / "manifest.json").read_text())  # it said nothing had failed
+    assert [Path(f["image"]).name for f in stopped["failed"]] == ["broken.png"]
     with pytest.raises(PredictionErrors) as e:
         predict(run / "best.pt", [folder], tmp_path / "o2", skip_errors=True, progress=False)
     assert str(e.value) == (
@@ -957,6 +959,7 @@ def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_ru
 
     run, root, _ = toy_run
     ckpt, images, out = str(run / "best.pt"), str(root / "toy/images/val"), str(tmp_path / "out")
+    config = str(run / "config.yaml")
     cases = [
         # silently ignored: the CRF flags without --crf
         (
@@ -1004,6 +1007,25 @@ def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_ru
             "pixelwise serve: error: --max-megapixels 1e-07: under one pixel; give at least 1e-06",
         ),
         (["serve", ckpt, "--port", "70000"], "pixelwise serve: error: --port 70000: must be 0-65535 (0: a free one)"),
+        # "tiny.yaml: File exists"; --allow-changes without --resume did nothing
+        (
+            ["train", config, "--run-dir", config],
+            f"pixelwise train: error: --run-dir {config} is a file: give the folder the run's checkpoints and log "
+            "go to",
+        ),
+        (
+            ["train", config, "--allow-changes"],
+            "pixelwise train: error: --allow-changes applies settings changed since a run's checkpoint: add --resume",
+        ),
+        # named as the library's settings (max_queue=-1, timeout_s=0.0), the port checked after the model loaded
+        (
+            ["serve", ckpt, "--max-queue", "-1"],
+            "pixelwise serve: error: --max-queue -1: the requests that may wait, must be >= 0",
+        ),
+        (
+            ["serve", ckpt, "--timeout", "0"],
+            "pixelwise serve: error: --timeout 0.0: seconds per request, must be a finite number > 0",
+        ),
         # a torch traceback (negative), a silent fall-back to a fixed-size graph, a third size ignored
         (
             ["export", ckpt, "--out", f"{out}.onnx", "--size", "1", "2", "3"],

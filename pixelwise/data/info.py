@@ -126,7 +126,7 @@ class DatasetInfo:
         if not path.is_file():
             raise DataError(
                 f"no data set {name!r} under data root {str(root)!r}: {path} does not exist "
-                f"(set --data-root or ${DATA_ROOT_ENV})"
+                f"(the data root is --data-root, else a config's data.root, else ${DATA_ROOT_ENV}, else ./data)"
             )
         try:
             raw = json.loads(path.read_text())

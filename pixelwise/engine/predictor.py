@@ -612,9 +612,9 @@ def predict(
             except (DataError, ResourceError) as e:
                 if isinstance(e, ResourceError):  # about the machine: name the image it could not do
                     e = ResourceError(f"{path}: {e}")
+                failed.append({"image": str(path), "error": str(e)})  # the manifest says so, stopped or not
                 if not skip_errors:
                     raise e from None
-                failed.append({"image": str(path), "error": str(e)})
                 log.warning("skipped: %s", e)
                 continue
             used.update(output_names(stem, len(pages)))

@@ -165,6 +165,8 @@ def train(
     """
     train_cfg = config["train"]
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file: give the folder the run's checkpoints and log go to")
     if resume and not (run_dir / "last.pt").exists():
         raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist")
     if not resume and (run_dir / "last.pt").exists():
