@@ -52,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_data=not args.no_check_data,
         progress=not args.no_progress,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 prints the summary
+        return 0
     minutes = (time.perf_counter() - start) / 60
     best = result["best_miou"]
     best_text = f"{best:.4f} at iteration {result['best_iter']}" if best is not None and best >= 0 else "n/a"
@@ -624,6 +626,8 @@ def setup_logging(quiet: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    # under torchrun every process runs the verb: the others say only what goes wrong, rank 0 the rest
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

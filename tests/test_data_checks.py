@@ -284,6 +284,15 @@ def test_float_tiff(tmp_path):
         read_image(nan, "L")
 
 
+def test_32_bit_images_near_a_large_offset_keep_every_value(tmp_path):
+    """Cast to float32 before the offset, 1000 values from 1e9 up read as 17 (float32's step there is 64)."""
+    values = (1_000_000_000 + np.arange(1000, dtype=np.int32)).reshape(20, 50)
+    Image.fromarray(values, mode="I").save(tmp_path / "i32.tif")
+    image = read_image(tmp_path / "i32.tif", "L", image_range=(1_000_000_000, 1_000_000_999))
+    assert len(np.unique(image)) == 1000
+    np.testing.assert_allclose(image[..., 0], np.arange(1000).reshape(20, 50) / 999, atol=1e-6)
+
+
 def test_image_range_from_classes_json(tmp_path):
     write_dataset(tmp_path, splits={"train": 1})
     (tmp_path / "toy/images/train/s00.png").unlink()

@@ -74,6 +74,8 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
             text=True,
         )
         assert proc.returncode == 0, f"{run}: {proc.stderr[-3000:]}"  # the child's own error, not only its exit code
+        # rank 0 alone says how it went (every process printed its summary and validation lines)
+        assert proc.stdout.count("done in") == 1 and (proc.stdout + proc.stderr).count("val mIoU") == 1, proc.stderr
     a = load_checkpoint(tmp_path / "one/last.pt")["model"]
     b = load_checkpoint(tmp_path / "two/last.pt")["model"]
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
@@ -812,6 +814,17 @@ def test_validation_settings_the_messages_name_and_odd_but_valid_values(tmp_path
         "data.val_batch_size=2: the images of split 'val' differ in size (12x10, 24x20, ...) and are validated "
         "whole, so they cannot share a batch; set data.val_batch_size: 1"
     )
+    # the same for whole training images (crop_size null): a collate traceback at the first step
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "toy/images/train/s01.png")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "toy/masks/train/s01.png")
+    whole = ["data.crop_size=null", "data.scale_range=null", "data.val_split=null"]
+    with pytest.raises(ConfigError) as e:
+        train(load_config(cfg, whole), run_dir=tmp_path / "d", data_root=root, progress=False)
+    assert str(e.value) == (
+        "data.crop_size null with data.batch_size=2: the images of split 'train' differ in size (12x10, 24x20, ...) "
+        "and cannot share a batch whole; set data.crop_size (or data.batch_size: 1)"
+    )
+    train(load_config(cfg, [*whole, "data.batch_size=1"]), run_dir=tmp_path / "d", data_root=root, progress=False)
 
 
 def test_a_batch_of_one_that_batch_norm_cannot_train_on_is_refused_before_training(tmp_path):

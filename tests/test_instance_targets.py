@@ -94,12 +94,26 @@ def test_image_edge_is_not_a_boundary():
     assert (b[:, :2] == INTERIOR).all() and (b[:, 2] == BOUNDARY).all()
 
 
+def test_padding_marked_ignore_is_no_background():
+    """An object at a padded crop's edge: the padding holds id 0 but is no background, so the object's row next to
+    it is interior, as at the image's own edge (it was all boundary: a false band along every padded edge)."""
+    m = torch.zeros(8, 8, dtype=torch.int64)
+    m[2:, 2:6] = 1  # the object touches the bottom of the image
+    padded = torch.cat([m, torch.zeros(3, 8, dtype=torch.int64)])  # the crop pads 3 rows below
+    ignore = torch.zeros_like(padded, dtype=torch.bool)
+    ignore[8:] = True
+    b = boundary_classes(padded, width=1, ignore=ignore)
+    assert torch.equal(b[:8], boundary_classes(m, width=1)) and (b[8:] == 255).all()
+    assert (b[7, 3:5] == INTERIOR).all()
+
+
 def test_ignore_pixels_become_ignore_index():
     m = two_touching_squares()
     ignore = torch.zeros_like(m, dtype=torch.bool)
     ignore[0, :] = True
     b = boundary_classes(m, ignore=ignore, ignore_index=255)
-    assert (b[0] == 255).all() and torch.equal(b[1:], boundary_classes(m)[1:])
+    # the ignored row counts as outside the image: the rest is the map without it
+    assert (b[0] == 255).all() and torch.equal(b[1:], boundary_classes(m[1:]))
 
 
 def test_boundary_classes_batch_numpy_and_id_independence():

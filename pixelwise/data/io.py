@@ -228,15 +228,16 @@ def _png16_colour(im: Image.Image, path: Path, orientation: int) -> np.ndarray |
 
 
 def _high_depth(im: Image.Image | np.ndarray, path: Path, image_range: tuple[float, float] | None) -> np.ndarray:
-    arr = np.asarray(im).astype(np.float32)
-    lo_v, hi_v = float(arr.min()), float(arr.max())
+    raw = np.asarray(im)
+    lo_v, hi_v = float(raw.min()), float(raw.max())
     if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
         raise DataError(f"image {path} holds NaN or infinite values")
     if image_range is not None:
         lo, hi = image_range
-        arr -= lo
-        arr *= 1.0 / (hi - lo)
+        # offset in float64 first: 32-bit values near 1e9 differ by less than float32's step there
+        arr = ((raw.astype(np.float64) - lo) * (1.0 / (hi - lo))).astype(np.float32)
         return np.clip(arr, 0.0, 1.0, out=arr)
+    arr = raw.astype(np.float32)
     if getattr(im, "mode", None) == "F":
         if lo_v < 0.0 or hi_v > 1.0:
             raise DataError(

@@ -258,6 +258,13 @@ def _train(
                     f"data.rot90 with data.crop_size null: {image} is {w}x{h}, and turned it cannot share a batch "
                     "with unturned images; set data.crop_size (or data.batch_size: 1)"
                 )
+    if crop is None and batch_size > 1 and len(set(train_ds.image_sizes)) > 1:  # a collate traceback at a step
+        sizes = sorted(set(train_ds.image_sizes))
+        raise ConfigError(
+            f"data.crop_size null with data.batch_size={batch_size}: the images of split {data_cfg['train_split']!r} "
+            f"differ in size ({sizes[0][0]}x{sizes[0][1]}, {sizes[1][0]}x{sizes[1][1]}, ...) and cannot share a "
+            "batch whole; set data.crop_size (or data.batch_size: 1)"
+        )
     if val_ds is not None and data_cfg["val_batch_size"] > 1 and len(set(val_ds.image_sizes)) > 1:
         sizes = sorted(set(val_ds.image_sizes))
         raise ConfigError(
