@@ -75,7 +75,7 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
         )
         assert proc.returncode == 0, f"{run}: {proc.stderr[-3000:]}"  # the child's own error, not only its exit code
         # rank 0 alone says how it went (every process printed its summary and validation lines)
-        assert proc.stdout.count("done in") == 1 and (proc.stdout + proc.stderr).count("val mIoU") == 1, proc.stderr
+        assert proc.stdout.count("done in") == 1 and (proc.stdout + proc.stderr).count(": val mIoU") == 1, proc.stderr
     a = load_checkpoint(tmp_path / "one/last.pt")["model"]
     b = load_checkpoint(tmp_path / "two/last.pt")["model"]
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)

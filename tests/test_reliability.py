@@ -23,7 +23,7 @@ from PIL import Image
 from pixelwise.config import load_config
 from pixelwise.engine import evaluate_checkpoint, predict, train
 from pixelwise.engine.resume import _section_changes, changed_settings
-from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError
+from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError, ResourceError
 from pixelwise.inference import InferenceSettings
 from pixelwise.models import model_defaults
 from pixelwise.models.weights import checkpoint_model_spec, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -776,10 +776,14 @@ def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     p = Predictor(run / "best.pt", device="cpu")
     whole = p.predict(image)
-    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)
+    # room for the image's class probabilities (windows cannot spare those), not for a whole-image pass of a TB
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 2**24)
+    monkeypatch.setattr(predictor_module, "inference_bytes", lambda spec, h, w: 2**40)
     caplog.set_level(logging.WARNING, logger="pixelwise")
     switched = p.predict(image, "big.png")
-    assert "image big.png (128x96): a whole-image pass needs about" in caplog.text
+    assert "image big.png (128x96): a whole-image pass needs about 1024.0 GiB, more than 70% of the 0.02 GiB free" in (
+        caplog.text
+    )
     assert "predicting it in 32x32 sliding windows" in caplog.text
     p.inference = InferenceSettings(mode="slide", crop=32, blend="gaussian", window_batch=1)
     assert np.array_equal(switched, p.predict(image))  # the same as asking for those windows
@@ -787,6 +791,15 @@ def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_
     p.inference = InferenceSettings(scales=(0.5, 1.0), flip=True, rot90=True)
     windows = p.settings_for_size(96, 128, "big.png")  # the switch keeps the rest of the protocol
     assert (windows.mode, windows.scales, windows.flip, windows.rot90) == ("slide", (0.5, 1.0), True, True)
+    # without room for the probabilities themselves windows cannot help: one line, not an out-of-memory kill
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)
+    with pytest.raises(ResourceError) as e:
+        p.predict(image, "big.png")
+    assert str(e.value) == (
+        f"image big.png (128x96): its {len(p.classes)} class probabilities alone take about 0.0 GiB as blended and "
+        "averaged, more than 70% of the 0.0 GiB free, even in sliding windows: predict it in parts, at a smaller "
+        "size, or where more memory is free"
+    )
 
 
 def test_overlay_colours_contrast_with_grey_images():

@@ -82,7 +82,7 @@ def test_registry_errors():
         build_model("unet", num_classes=2, widht=3)
     with pytest.raises(ConfigError, match="needs argument.*num_classes"):
         build_model("unet")
-    with pytest.raises(ConfigError, match="^model 'unet': padding must be 'same' or 'valid', got 'full'$"):
+    with pytest.raises(ConfigError, match="^model 'unet': padding='full' should be one of 'same', 'valid'$"):
         build_model("unet", num_classes=2, padding="full")
 
 

@@ -282,7 +282,9 @@ def test_frames_go_through_windows_when_memory_is_short(predictor, tmp_path, mon
     import pixelwise.engine.predictor as predictor_module
 
     clip = write_video(tmp_path / "clip.mp4", square_frames())
-    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)  # bytes
+    # room for the frames' class probabilities (windows cannot spare those), not for a whole-image pass of a TB
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 2**24)
+    monkeypatch.setattr(predictor_module, "inference_bytes", lambda spec, h, w: 2**40)
     caplog.set_level(logging.WARNING, logger="pixelwise")
     files = predict_video(predictor, clip, tmp_path / "out", masks="video", batch_size=4, progress=False)
     assert f"image {clip} (64x48): a whole-image pass needs about" in caplog.text

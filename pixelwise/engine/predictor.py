@@ -394,23 +394,41 @@ class Predictor:
         if self.ckpt is None or (s is not None and s.mode == "slide"):
             return s
         free = available_memory(self.device)
+        if free is None:
+            return s
         top = max(s.scales) if s is not None else 1.0  # the largest scale's pass is the biggest
+        averaged = s is not None and (s.flip or s.rot90 or len(s.scales) > 1)
         need = (
             inference_bytes(self.meta["model"], round(height * top), round(width * top))
             * (1 + (s is not None and (s.flip or s.rot90)))
             * batch
         )
-        if free is None or need <= MEMORY_SHARE * free:
+        # what windows cannot spare: the image's class probabilities, float32, blended at the largest scale with
+        # their turned or flipped copy, and where averaged, the sum and a view resized to the image (measured with
+        # an 11-class 4000x3000 image: 1.7 and 5.5 such buffers at scales 1 and 0.75/1/1.25 with flips)
+        scaled = round(height * top) * round(width * top)
+        pixels = 2 * height * width + 2 * scaled if averaged else height * width + scaled
+        outputs = batch * len(self.classes) * 4 * pixels
+        budget = MEMORY_SHARE * free
+        if need + outputs <= budget:
             return s
-        scale = math.sqrt(MEMORY_SHARE * free / need)
+        if outputs > budget:
+            raise ResourceError(
+                f"image {source} ({width}x{height}): its {len(self.classes)} class probabilities alone take about "
+                f"{outputs / 2**30:.1f} GiB as blended and averaged, more than {MEMORY_SHARE:.0%} of the "
+                f"{free / 2**30:.1f} GiB free, even in sliding windows: predict it in parts, at a smaller size, or "
+                "where more memory is free"
+            )
+        scale = math.sqrt((budget - outputs) / need)
         crop = max(self._smallest or 1, 32, min(1024, int(min(height, width) * scale) // 32 * 32))
         log.warning(
-            "image %s (%dx%d): a whole-image pass needs about %.1f GiB, more than the %.1f GiB free: predicting it "
-            "in %dx%d sliding windows (set --mode slide --crop N yourself to choose)",
+            "image %s (%dx%d): a whole-image pass needs about %.1f GiB, more than %.0f%% of the %.2f GiB free: "
+            "predicting it in %dx%d sliding windows (set --mode slide --crop N yourself to choose)",
             source,
             width,
             height,
-            need / 2**30,
+            (need + outputs) / 2**30,
+            100 * MEMORY_SHARE,
             free / 2**30,
             crop,
             crop,

@@ -118,7 +118,8 @@ class InferenceSettings:
         """One line for people: what is averaged, and how many network passes an image takes."""
         views = {1: "as is", 2: "and its mirror image", 4: "4 quarter turns", 8: "8 symmetries"}[len(self.views)]
         scales = "/".join(f"{s:g}" for s in self.scales)
-        where = "whole image" if self.mode == "whole" else f"{self.blend} windows of {self.crop} (stride {self.stride})"
+        stride = "2/3 of it" if self.stride is None else self.stride
+        where = "whole image" if self.mode == "whole" else f"{self.blend} windows of {self.crop} (stride {stride})"
         passes = len(self.scales) * len(self.views)
         text = f"{where}, scale{'s' if len(self.scales) > 1 else ''} {scales}, {views}: {passes} pass(es) per image"
         if self.mode == "slide":
@@ -149,13 +150,15 @@ def predict_probs(
                 p = slide_probs(model, x, num_classes, crop, stride, s.blend, s.window_batch)
             else:
                 p = F.softmax(model_logits(model, x).float(), dim=1)
+            # one image-sized copy at a time: each step's input is freed as its output is made
             p = torch.rot90(p, -turns, (-2, -1)) if turns else p
             if flip:
                 p = p.flip(-1)
             if p.shape[-2:] != (h, w):
                 p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-            total = p if total is None else total + p
-    return correct_class_weights(total / (len(s.scales) * len(s.views)), s)
+            total = p if total is None else total.add_(p)
+            del p
+    return correct_class_weights(total.div_(len(s.scales) * len(s.views)), s)
 
 
 def rescale_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -189,7 +192,7 @@ def correct_class_weights(probs: torch.Tensor, settings: InferenceSettings) -> t
     w = torch.as_tensor(list(settings.class_weights), dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
     # a class without training pixels has weight 0 (nothing to undo): left as predicted
     adjusted = probs * torch.where(w > 0, w, 1.0).pow(-tau)
-    return adjusted / adjusted.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+    return adjusted.div_(adjusted.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny))
 
 
 def check_instance_protocol(settings: InferenceSettings | None) -> None:

@@ -1,6 +1,6 @@
 """Sliding-window inference: overlapping windows blended uniformly or with a Gaussian weight
-(centre pixels count more, as nnU-Net). Windows are processed ``window_batch`` at a time, so memory
-is bounded by the window size, not the image size."""
+(centre pixels count more, as nnU-Net). Windows are processed ``window_batch`` at a time, so the network's
+memory is bounded by the window size; the blended probabilities (``N x K x H x W`` float32) are the image's."""
 
 from __future__ import annotations
 
@@ -52,4 +52,4 @@ def slide_probs(
         for j, (y, x) in enumerate(chunk):
             probs[..., y : y + ch, x : x + cw] += p[j * n : (j + 1) * n]
             norm[..., y : y + ch, x : x + cw] += weight
-    return probs / norm
+    return probs.div_(norm)  # in place: a second image-sized buffer is what windows are meant to spare
