@@ -69,7 +69,8 @@ def main() -> int:
         buffer = result["classes"] * width * height * 4
         rows.append({"protocol": name, **protocol, **result, "probability_buffers": result["extra_bytes"] / buffer})
         print(
-            f"{name}: {result['extra_bytes'] / 2**30:.2f} GiB = {rows[-1]['probability_buffers']:.1f} x the image's "
+            f"{name} ({result['mode']}): {result['extra_bytes'] / 2**30:.2f} GiB = "
+            f"{rows[-1]['probability_buffers']:.1f} x the image's "
             f"class probabilities ({result['classes']} classes, {width}x{height} float32)"
         )
     if args.json:
