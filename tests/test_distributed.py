@@ -97,7 +97,7 @@ def test_processes_with_clocks_apart_share_the_time_budget_and_its_rates(tmp_pat
     results = run_in_processes(partial(_time_budget_rank, root=str(root), config=config, run_dir=str(tmp_path / "r")))
     assert (
         results[0]["iterations"] == results[1]["iterations"] > 2
-    )  # about 6 s of process 0's time (2 under load at 3 s)
+    )  # about 6 s of process 0's time (3 s made 2 under load)
     assert results[0]["lr"] == results[1]["lr"] and results[0]["lr"][0] < config["train"]["lr"]
     assert results[0]["weights"] == results[1]["weights"]
 
