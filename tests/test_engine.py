@@ -443,6 +443,42 @@ def test_a_resumed_run_with_dropout_ends_with_the_uninterrupted_weights(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_step_of_micro_batches_cut_short_by_its_loader_resumes_exactly(tmp_path, monkeypatch):
+    """accumulate 3, a SIGINT that stops the loader's workers before the second micro-batch of step 3: the step is
+    saved to be redone, and the batch-norm statistics its first forward moved went into last.pt with it (moved
+    twice on resume: every running statistic off, a batch counted twice)."""
+    import pixelwise.engine.trainer as trainer
+
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6, accumulate=3, ema_decay=0.9))
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    real = trainer.DataLoader
+
+    class DyingLoader(real):
+        def __iter__(self):
+            inner, calls = super().__iter__(), [0]
+
+            class Batches:
+                def __next__(self):
+                    calls[0] += 1
+                    if calls[0] == 8:  # step 3's second micro-batch
+                        os.kill(os.getpid(), signal.SIGINT)
+                        raise RuntimeError("DataLoader worker (pid 1234) exited unexpectedly")
+                    return next(inner)
+
+            return Batches()
+
+    monkeypatch.setattr(trainer, "DataLoader", DyingLoader)
+    with pytest.raises(trainer.TrainingInterrupted):
+        train(cfg, run_dir=tmp_path / "cut", data_root=root, progress=False)
+    monkeypatch.setattr(trainer, "DataLoader", real)
+    assert load_checkpoint(tmp_path / "cut/last.pt")["train_state"]["iter"] == 2
+    train(cfg, run_dir=tmp_path / "cut", data_root=root, progress=False, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight/last.pt"), load_checkpoint(tmp_path / "cut/last.pt")
+    for key in ("model", "train_model"):  # the average and the trained weights, statistics included
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
 def test_a_signal_after_a_step_due_for_validation_validates_it_on_resume(tmp_path, monkeypatch):
     """SIGTERM during step 3 of a run validating every 3 steps: the step finishes and is saved, and --resume
     validates it first, so the log and the checkpoints are the uninterrupted run's (the validation was lost)."""

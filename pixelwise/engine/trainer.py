@@ -374,9 +374,19 @@ def _train(
         """One optimizer step over ``accumulate`` batches; returns the mean loss."""
         optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
+        # a step cut short after its first micro-batch (a signal that stopped the loader's workers) is redone on
+        # resume from the step's start: the batch-norm statistics its forward passes moved go back with it
+        buffers = [b.detach().clone() for b in model.buffers()] if accumulate > 1 else None
         for micro in range(accumulate):  # gradient accumulation: one optimizer step per `accumulate` batches
             wait_start = time.perf_counter()
-            images, targets = next(batches)
+            try:
+                images, targets = next(batches)
+            except BaseException:
+                if buffers is not None and micro > 0:
+                    with torch.no_grad():
+                        for b, kept in zip(model.buffers(), buffers, strict=True):
+                            b.copy_(kept)
+                raise
             waited[0] += time.perf_counter() - wait_start
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             if isinstance(targets, dict):  # Panoptic-DeepLab: the mask, centre and offset targets and weights
