@@ -320,10 +320,19 @@ def test_settings_ranges_one_line_each():
     for values, message in [
         ({"iterations": -1}, "crf.iterations=-1: a whole number >= 0 (0: no mean-field step)"),
         ({"iterations": 2.5}, "crf.iterations=2.5: a whole number >= 0 (0: no mean-field step)"),
-        ({"w1": -1.0}, "crf.w1=-1.0: must be a finite number >= 0 (0: kernel off)"),
-        ({"w2": float("nan")}, "crf.w2=nan: must be a finite number >= 0 (0: kernel off)"),
-        ({"theta_alpha": 0}, "crf.theta_alpha=0: must be a finite number > 0 (pixels, or intensity levels)"),
-        ({"theta_beta": float("inf")}, "crf.theta_beta=inf: must be a finite number > 0 (pixels, or intensity levels)"),
+        ({"w1": -1.0}, "crf.w1=-1.0: must be a number from 0 (kernel off) to 3.4e+38"),
+        ({"w2": float("nan")}, "crf.w2=nan: must be a number from 0 (kernel off) to 3.4e+38"),
+        # float32's infinity (the output was NaN), and widths that are 0 in float32 or blow the lattice's keys
+        ({"w2": 1e300}, "crf.w2=1e+300: must be a number from 0 (kernel off) to 3.4e+38"),
+        ({"theta_alpha": 0}, "crf.theta_alpha=0: must be a number from 0.01 to 3.4e+38 (pixels, or intensity levels)"),
+        (
+            {"theta_gamma": 1e-300},
+            "crf.theta_gamma=1e-300: must be a number from 0.01 to 3.4e+38 (pixels, or intensity levels)",
+        ),
+        (
+            {"theta_beta": float("inf")},
+            "crf.theta_beta=inf: must be a number from 0.01 to 3.4e+38 (pixels, or intensity levels)",
+        ),
         ({"theta_gamma": "3"}, "crf.theta_gamma='3': must be a number"),
     ]:
         with pytest.raises(ConfigError) as e:
@@ -332,3 +341,22 @@ def test_settings_ranges_one_line_each():
     assert CRFSettings.from_dict({"w1": 0, "iterations": 0}).w1 == 0
     # numpy scalars (a grid from np.arange) are numbers too
     assert CRFSettings.from_dict({"iterations": np.int64(5), "w1": np.float32(4.0)}).iterations == 5
+
+
+def test_inputs_and_widths_the_filters_cannot_take_are_one_line():
+    """A NaN probability spread through the filters to every pixel (all class 0); a std a hundredth of a level gave
+    an index error from the lattice's keys; a huge theta_gamma took time and memory for taps beyond the image
+    (1e4: 3.7 s and 1.8 GB on 64x64) with the same result as its radius cut at the image's side."""
+    image = torch.randint(0, 256, (1, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(torch.randn(1, 3, 24, 32, generator=torch.Generator().manual_seed(1)), 1)
+    bad = probs.clone()
+    bad[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="^the probabilities hold NaN or infinite values: the CRF would spread"):
+        dense_crf_batch(image, bad)
+    with pytest.raises(ConfigError, match="^dense CRF: feature range too large for 64-bit lattice keys"):
+        dense_crf_batch(image, probs, theta_alpha=0.01, theta_beta=0.01)
+    # theta_gamma 1e4 with its radius cut at the image: still the exact dense Gaussian
+    img, p, _ = scene(0)
+    params = dict(SMALL, w1=0.0, theta_gamma=1e4)
+    out = dense_crf(img, p, smoothness_filter="exact", **params).double()
+    assert (out - brute_force_crf(img, p, **params)).abs().max().item() < 1e-4

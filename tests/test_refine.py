@@ -172,8 +172,8 @@ def test_predict_with_crf_too_large_for_memory(toy_checkpoint, tmp_path, monkeyp
     out = tmp_path / "p"
     assert main(["predict", str(ckpt), images[0], "--out", str(out), "--crf", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"pixelwise predict: error: {images[0]}: dense CRF on 1 image(s) of 40x30: needs at least 0.0 GiB of "
-        "memory, 0.0 GiB are free; refine smaller (downscaled) images, fewer at a time, or leave the CRF off"
+        f"pixelwise predict: error: {images[0]}: dense CRF on 1 image(s) of 40x30 with 3 classes: needs at least "
+        "1 MiB of memory, 0 MiB are free; refine smaller (downscaled) images, fewer at a time, or leave the CRF off"
     )
     assert (
         main(
@@ -187,14 +187,44 @@ def test_predict_with_crf_too_large_for_memory(toy_checkpoint, tmp_path, monkeyp
     assert main(["predict", str(ckpt), images[0], "--out", str(out), "--crf", "--no-progress", "--overwrite"]) == 0
 
 
+def test_crf_search_keeps_a_read_only_run_config_and_takes_numpy_grids(toy_checkpoint, capsys):
+    """A config.yaml made read-only was replaced (a temporary renamed over it) after the whole search; a grid of
+    numpy numbers (np.linspace) passed the checks and failed to be written at the end."""
+    import numpy as np
+
+    from pixelwise.engine import crf_search
+
+    ckpt, root = toy_checkpoint
+    config = ckpt.parent / "config.yaml"
+    before = config.read_text()
+    config.chmod(0o444)
+    try:
+        assert main(["crf-search", str(ckpt), "--data-root", str(root), "--no-progress", "--num-images", "1"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"pixelwise crf-search: error: {config} is read-only, and crf-search writes its best settings there: "
+            "make it writable, or search without writing (crf_search(..., write=False))"
+        )
+        assert config.read_text() == before and not config.stat().st_mode & 0o200
+    finally:
+        config.chmod(0o644)
+    result = crf_search(
+        ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": np.linspace(3, 5, 2)}, progress=False
+    )
+    assert type(result["best"]["w1"]) is float
+    assert json.loads((ckpt.parent / "crf_search.json").read_text())["best"] == result["best"]
+
+
 def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, capsys):
     ckpt, root = toy_checkpoint
     before = (ckpt.parent / "config.yaml").read_text()
     for flags, message in [
         # no images: every mIoU was NaN and the first grid point was written into the run's config
         (["--num-images", "0"], "--num-images 0: must be >= 1 (the images the settings are scored on)"),
-        (["--w1", "-1"], "crf.w1=-1.0: must be a finite number >= 0 (0: kernel off)"),
-        (["--theta-alpha", "nan"], "crf.theta_alpha=nan: must be a finite number > 0 (pixels, or intensity levels)"),
+        (["--w1", "-1"], "crf.w1=-1.0: must be a number from 0 (kernel off) to 3.4e+38"),
+        (
+            ["--theta-alpha", "nan"],
+            "crf.theta_alpha=nan: must be a number from 0.01 to 3.4e+38 (pixels, or intensity levels)",
+        ),
     ]:
         assert main(["crf-search", str(ckpt), *flags, "--data-root", str(root), "--no-progress"]) == 2
         assert capsys.readouterr().err.strip().endswith(message)

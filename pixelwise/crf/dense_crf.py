@@ -67,6 +67,9 @@ from .settings import CRFSettings
 # fewest vertices (about 740-770 bytes; photos and EM slices 740-850, colour noise about 1700:
 # benchmarks/crf_memory.py). A call that cannot fit even so is refused before it starts swapping or is killed.
 MIN_BYTES_PER_PIXEL = 640
+# ... and per class, where the classes' buffers outweigh the lattice (about 1380-1490 bytes a pixel for 60 classes,
+# 2920-2980 for 150, at 512x512)
+MIN_BYTES_PER_PIXEL_AND_CLASS = 16
 
 DEFAULT_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax(clip=1e-5)
 
@@ -110,7 +113,8 @@ class _ExactSmoothness:
 
     def __init__(self, height: int, width: int, theta_gamma: float, weight: float, device: torch.device) -> None:
         self.height, self.width = height, width
-        self.radius = max(1, math.ceil(4.0 * theta_gamma))
+        # beyond the image the taps multiply zeros: a radius past its longer side changes nothing but the cost
+        self.radius = max(1, min(math.ceil(4.0 * theta_gamma), max(height, width)))
         k = torch.arange(-self.radius, self.radius + 1, device=device, dtype=torch.float32)
         self.taps = torch.exp(-(k * k) / (2.0 * theta_gamma * theta_gamma))
         ones = torch.ones(1, height, width, 1, device=device)
@@ -246,11 +250,17 @@ def _mean_field(
         raise ValueError(f"images must be (B, H, W, 3) = {(b, h, w, 3)} to match probs, got {tuple(images.shape)}")
     if iterations < 0:
         raise ValueError("iterations must be >= 0")
+    if not 0 <= clip < 1:  # 1 or more makes every unary equal (0: a probability of 0 rules its class out)
+        raise ValueError(f"clip must be in [0, 1), got {clip}")
+    if not torch.isfinite(probs).all():
+        # one NaN spreads through the filters to every pixel of the image (all of them then class 0)
+        what = "logits" if logits else "probabilities"
+        raise ValueError(f"the {what} hold NaN or infinite values: the CRF would spread them over the whole image")
     if smoothness_filter not in ("exact", "lattice"):
         raise ValueError(f"smoothness_filter must be 'exact' or 'lattice', got {smoothness_filter!r}")
     n = h * w
     if iterations > 0 and w1 != 0:  # the appearance lattice, built only then, is what takes the memory
-        _check_memory(b, h, w, device)
+        _check_memory(b, c, h, w, device)
     # State (B, N, Cp): row-major, the classes padded to 16 (or a multiple of 4) with probability 0, which
     # keeps MKL's sparse products and the softmax over the last dimension on their fast paths.
     cp = 16 if c <= 16 else -(-c // 4) * 4
@@ -309,14 +319,14 @@ def _mean_field(
     return out.to(probs.dtype) if probs.is_floating_point() else out
 
 
-def _check_memory(batch: int, height: int, width: int, device: torch.device) -> None:
+def _check_memory(batch: int, classes: int, height: int, width: int, device: torch.device) -> None:
     free = available_memory(device)
-    need = batch * height * width * MIN_BYTES_PER_PIXEL
+    need = batch * height * width * max(MIN_BYTES_PER_PIXEL, MIN_BYTES_PER_PIXEL_AND_CLASS * classes)
     if free is not None and need > free:
         raise ResourceError(
-            f"dense CRF on {batch} image(s) of {width}x{height}: needs at least {need / 2**30:.1f} GiB of memory, "
-            f"{free / 2**30:.1f} GiB are free; refine smaller (downscaled) images, fewer at a time, or leave the "
-            "CRF off"
+            f"dense CRF on {batch} image(s) of {width}x{height} with {classes} classes: needs at least "
+            f"{need / 2**20:.0f} MiB of memory, {free / 2**20:.0f} MiB are free; refine smaller (downscaled) "
+            "images, fewer at a time, or leave the CRF off"
         )
 
 

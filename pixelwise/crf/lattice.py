@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 _INT64_LIMIT = 2**62
 
 
@@ -142,6 +144,13 @@ class PermutohedralLattice:
         dev = f.device
         n = f.shape[1]
         long = torch.long
+        # float32 features beyond 2^24 / (d + 1) lose whole lattice steps (a std of 1e-6 made indices run out of
+        # bounds before the key range below was checked)
+        if not torch.isfinite(f).all() or float(f.abs().amax()) * d1 >= 2**24:
+            raise ConfigError(
+                "dense CRF: feature range too large for the float32 lattice; use larger standard deviations "
+                "(crf.theta_alpha, theta_beta, theta_gamma)"
+            )
         # Per-point work in chunks that stay in cache (a 2-megapixel image runs ~2x faster).
         chunk = 1 << 18
         parts = [self._simplices(f[:, s : s + chunk]) for s in range(0, n, chunk)]
@@ -155,7 +164,10 @@ class PermutohedralLattice:
         strides = [math.prod(ranges[i + 1 :]) for i in range(d)]
         prod = math.prod(ranges)
         if prod >= _INT64_LIMIT:
-            raise ValueError("feature range too large for 64-bit lattice keys; use larger standard deviations")
+            raise ConfigError(
+                "dense CRF: feature range too large for 64-bit lattice keys; use larger standard deviations "
+                "(crf.theta_alpha, theta_beta, theta_gamma)"
+            )
         code_dtype = torch.int32 if 2 * prod < 2**31 else long
         stride_t = torch.tensor(strides, device=dev, dtype=long).unsqueeze(1)
         codes = torch.empty(d1, n, dtype=code_dtype, device=dev)

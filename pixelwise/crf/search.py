@@ -44,7 +44,8 @@ def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRF
             f"unknown dense CRF parameter(s) {', '.join(unknown)}; valid: {', '.join(CRFSettings.names())}"
         )
     names = list(grid)
-    combos = itertools.product(*(grid[name] for name in names))
+    # numpy numbers (np.linspace) as Python's: they are written to YAML and JSON at the end
+    combos = itertools.product(*([v.item() if hasattr(v, "item") else v for v in grid[name]] for name in names))
     return [CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))}) for values in combos]
 
 
@@ -96,9 +97,25 @@ def grid_search(
     }
 
 
-def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Put ``settings`` into the ``crf`` section of a run's ``config.yaml`` (atomically)."""
+def check_run_config_writable(run_config: str | os.PathLike) -> None:
+    """Before a search: the run's ``config.yaml`` (and its folder) must take the result, or the search's time is
+    lost at its end; a read-only file is the user's choice, not replaced."""
     run_config = Path(run_config)
+    # the mode bits, not os.access: root may write anything, and would replace a file made read-only to keep it
+    if run_config.exists() and not (os.access(run_config, os.W_OK) and run_config.stat().st_mode & 0o200):
+        raise ConfigError(
+            f"{run_config} is read-only, and crf-search writes its best settings there: make it writable, or "
+            "search without writing (crf_search(..., write=False))"
+        )
+    if not os.access(run_config.parent, os.W_OK):
+        raise ConfigError(f"cannot write in {run_config.parent}, where crf-search writes its results: make it writable")
+
+
+def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Put ``settings`` into the ``crf`` section of a run's ``config.yaml`` (atomically; the file's comments are
+    not kept: it is the run's resolved config, which pixelwise wrote)."""
+    run_config = Path(run_config)
+    check_run_config_writable(run_config)
     config = (load_yaml(run_config.read_text()) if run_config.is_file() else None) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{run_config} does not hold a config (a mapping of sections): fix it or move it away")

@@ -12,7 +12,6 @@ They are tuned for ~500-pixel PASCAL images; pass other values for other data (`
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, fields
@@ -23,6 +22,9 @@ import yaml
 
 from ..errors import ConfigError
 from ..fileio import load_yaml, yaml_problem
+
+FLOAT32_MAX = 3.4e38
+MIN_THETA = 0.01  # a standard deviation of a hundredth of a pixel or level: every pixel its own
 
 
 @dataclass
@@ -45,11 +47,15 @@ class CRFSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"crf.{name}={value!r}: must be a number")
-            # NaN fails every comparison; a negative weight would reward disagreeing neighbours
-            if name.startswith("w") and not 0 <= value < math.inf:
-                raise ConfigError(f"crf.{name}={value}: must be a finite number >= 0 (0: kernel off)")
-            if name.startswith("theta") and not 0 < value < math.inf:
-                raise ConfigError(f"crf.{name}={value}: must be a finite number > 0 (pixels, or intensity levels)")
+            # NaN fails every comparison; a negative weight would reward disagreeing neighbours; the filters run in
+            # float32, where 1e300 is inf and a std under 0.01 blows the lattice's integer keys (or divides by 0)
+            if name.startswith("w") and not 0 <= value <= FLOAT32_MAX:
+                raise ConfigError(f"crf.{name}={value}: must be a number from 0 (kernel off) to {FLOAT32_MAX:.3g}")
+            if name.startswith("theta") and not MIN_THETA <= value <= FLOAT32_MAX:
+                raise ConfigError(
+                    f"crf.{name}={value}: must be a number from {MIN_THETA} to {FLOAT32_MAX:.3g} (pixels, or "
+                    "intensity levels)"
+                )
 
     @classmethod
     def names(cls) -> list[str]:

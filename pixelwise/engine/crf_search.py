@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..crf import settings_for
-from ..crf.search import DEFAULT_GRID, grid_points, grid_search, write_crf_to_run_config
+from ..crf.search import DEFAULT_GRID, check_run_config_writable, grid_points, grid_search, write_crf_to_run_config
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..inference import InferenceSettings
@@ -63,6 +63,8 @@ def crf_search(
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
     grid = dict(grid or DEFAULT_GRID)
     grid_points(grid, base)  # a bad value stops here, not after the network's pass over the images
+    if write:  # as must the place the result goes
+        check_run_config_writable(Path(checkpoint).parent / "config.yaml")
     cached = []
     indices = spread_indices(len(ds), num_images)
     with torch.inference_mode():
