@@ -175,3 +175,18 @@ def test_elastic_deformation_keeps_instance_ids_beyond_float32():
     assert torch.equal(
         ElasticDeformation(sigma=0.0)(image[:, :6, :6], InstanceMap(full))[1].as_subclass(torch.Tensor), full
     )
+
+
+def test_a_random_scale_to_one_pixel_keeps_two():
+    """scale_range [0.01, 0.02] on a 30x50 RGB image: torch's antialiased uint8 resize to 1x1 failed an internal
+    assertion (a traceback mid-training); the scale stops at 2 pixels a side, a 1-pixel side stays 1."""
+    from torchvision import tv_tensors
+
+    from pixelwise.data.transforms import RandomScale
+
+    image = tv_tensors.Image(torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(30, 50, dtype=torch.uint8))
+    out_image, out_mask = RandomScale((0.01, 0.02))(image, mask)
+    assert out_image.shape[-2:] == out_mask.shape[-2:] == (2, 2)
+    thin = tv_tensors.Image(torch.randint(0, 256, (3, 1, 50), dtype=torch.uint8))
+    assert RandomScale((0.01, 0.02))(thin).shape[-2:] == (1, 2)

@@ -88,7 +88,9 @@ class RandomScale(v2.Transform):
         h, w = _spatial_size(flat_inputs)
         lo, hi = self.scale_range
         s = lo + (hi - lo) * torch.rand(()).item()
-        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+        # at least 2 pixels a side (or the side's own 1): torch's antialiased uint8 resize to 1x1 fails an
+        # internal assertion (UpSampleKernelAVXAntialias.h), reachable with tiny images or scale_range [0.01, 0.02]
+        return {"size": [max(min(2, h), round(h * s)), max(min(2, w), round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
