@@ -785,6 +785,11 @@ def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_
         caplog.text
     )
     assert "predicting it in 32x32 sliding windows" in caplog.text
+    Image.fromarray(image).save(tmp_path / "big.png")  # predict's manifest says what that image ran (it said whole)
+    manifest = predict(run / "best.pt", [tmp_path / "big.png"], tmp_path / "out", progress=False)
+    assert (manifest[0]["inference"]["mode"], manifest[0]["inference"]["crop"]) == ("slide", 32)
+    saved = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert saved["settings"]["inference"] is None and saved["files"][0]["inference"]["mode"] == "slide"
     p.inference = InferenceSettings(mode="slide", crop=32, blend="gaussian", window_batch=1)
     assert np.array_equal(switched, p.predict(image))  # the same as asking for those windows
     assert (switched == whole).mean() > 0.5  # and still a prediction of the same image
@@ -1004,6 +1009,11 @@ def test_cli_numbers_out_of_range_are_one_line_before_anything_is_written(toy_ru
         (
             ["predict", ckpt, images, "--out", out, "--smooth", "0"],
             "pixelwise predict: error: --smooth 0.0: the moving average's factor must be in (0, 1] (1 = no smoothing)",
+        ),
+        # did nothing without a video (as --crf-* without --crf, refused)
+        (
+            ["predict", ckpt, images, "--out", out, "--smooth", "0.5", "--video-masks", "png"],
+            "pixelwise predict: error: --smooth and --video-masks apply to videos, and no input is one: drop them",
         ),
         (
             ["predict", ckpt, images, "--out", out, "--batch-size", "0"],

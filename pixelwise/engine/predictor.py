@@ -200,6 +200,8 @@ class Predictor:
         decoding: dict[str, Any] | None = None,
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
+        # the protocol an image was predicted with where memory made it sliding windows, by its source name
+        self.switched: dict[str, InferenceSettings] = {}
         self.ckpt: dict[str, Any] | None = None
         self.backend = backend = resolve_backend(checkpoint, backend)
         if backend == "onnxruntime":
@@ -434,7 +436,11 @@ class Predictor:
             crop,
         )
         # the same protocol (scales, flips, turns) in windows
-        return replace(s or InferenceSettings(), mode="slide", crop=crop, stride=None, blend="gaussian", window_batch=1)
+        windows = replace(
+            s or InferenceSettings(), mode="slide", crop=crop, stride=None, blend="gaussian", window_batch=1
+        )
+        self.switched[source] = windows
+        return windows
 
     @property
     def thing_classes(self) -> list[int]:
@@ -564,6 +570,11 @@ def predict(
         if is_video(path):
             check_video_model(predictor, path)
             break
+    else:  # the video flags do nothing without a video: said, as --crf-* without --crf is
+        given = [flag for flag, value in (("--smooth", smooth), ("--video-masks", video_masks)) if value is not None]
+        if given:
+            verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
+            raise ConfigError(f"{' and '.join(given)} {verb} to videos, and no input is one: drop {them}")
     check_legend_free(out_dir)
     prepare_out_dir(out_dir, overwrite)
     written: list[dict[str, Any]] = []
@@ -637,6 +648,8 @@ def predict(
                 continue
             used.update(output_names(stem, len(pages)))
             files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
+            if str(path) in predictor.switched:  # not the settings above: the manifest says what this one ran
+                files["inference"] = asdict(predictor.switched.pop(str(path)))
             if found is not None:
                 merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
             if probs is not None and chosen is not None:
