@@ -4,11 +4,13 @@ library call a Python user can make too."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -637,6 +639,32 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.trainer import TrainingInterrupted
 
     verb = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
+    with _sigterm_as_interrupt():
+        return _run(args, verb, TrainingInterrupted)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a batch system, docker stop), taken as Ctrl-C: every verb cleans up as it does on
+    SIGINT (an import its staging folder, predict its manifest); training has its own handling inside."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def terminated(signum, frame):
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, verb: str, TrainingInterrupted: type) -> int:  # noqa: N803
     try:
         return args.func(args)
     except TrainingInterrupted as e:
@@ -653,9 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         fix = "free some space there, or choose another place" if full else "check the path and its permissions"
         print(f"pixelwise {verb}: error: {where}: {e.strerror or e}; {fix}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"pixelwise {verb}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

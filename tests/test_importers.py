@@ -898,3 +898,84 @@ def test_an_import_checks_the_instance_classes_as_data_check_will(tmp_path):
     Image.fromarray(inst).save(src / "instances/train/a.png")
     _, summary = imported(tmp_path, "rgb", src, workers=1)  # and what it imports passes data check
     assert summary.instances == {"train": 1}
+
+
+def test_an_import_stopped_by_sigterm_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill, timeout, a batch system) mid-import left its staging folder for good; Ctrl-C did not. Both
+    now end the same way: nothing under DST, exit 128 + the signal."""
+    import signal
+
+    import pixelwise.data.importers.core as core
+    from pixelwise.cli import main
+
+    src = make_voc(tmp_path / "src", stems_train=tuple(f"2007_{i:06d}" for i in range(6)))
+    real, calls = core._process, [0]
+
+    def stopped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "_process", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["data", "import", "voc", str(src), str(tmp_path / "dst"), "--no-progress", "--workers", "1"]) == 143
+    assert capsys.readouterr().err.strip().endswith("pixelwise data import: interrupted")
+    assert not [p for p in (tmp_path / "dst").rglob("*")] if (tmp_path / "dst").exists() else True
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whatever runs next in the process
+
+
+def test_what_an_import_of_each_format_found_wrong_is_one_line_or_a_listed_skip(tmp_path):
+    """From a review of the importers: a truncated JPEG was imported (its header reads) and the data set then
+    failed data check; a missing gtFine/ or annotations/ imported the test split alone with exit 0; a truncated
+    SBD .mat and a LabelMe size of -30 were tracebacks that ended the import; a list id with a space was cut at it;
+    a LabelMe file without its size, on an EXIF-turned photo, was skipped as the wrong size."""
+    # a truncated JPEG: skipped and listed, naming the source file, and the rest passes data check (imported())
+    src = make_voc(tmp_path / "voc", stems_train=("a", "b c"), stems_val=("d",), extra=())
+    jpeg = src / "JPEGImages" / "a.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    base, summary = imported(tmp_path / "v", "voc", src, workers=1)
+    assert [p.name for p in sorted((base / "images" / "train").iterdir())] == ["b c.jpg"]  # the id whole
+    assert [s for _, s in summary.skipped if "a.jpg" in s] == [f"cannot read image {jpeg}: Truncated File Read"]
+    # missing annotation folders: one line naming them
+    for fmt, root, folder in (("cityscapes", tmp_path / "cs", "gtFine"), ("ade20k", tmp_path / "ade", "annotations")):
+        save_jpeg(
+            root
+            / (
+                "leftImg8bit/train/x/x_000000_000000_leftImg8bit.png"
+                if fmt == "cityscapes"
+                else "images/training/a.jpg"
+            )
+        )
+        with pytest.raises(DataError, match=f"^{root / folder} does not exist: {fmt} SRC must be"):
+            import_dataset(fmt, root, tmp_path / f"{fmt}_out", progress=False)
+    # a truncated SBD .mat: listed, the others imported
+    sbd = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
+    make_voc(tmp_path / "sbd" / "VOCdevkit", stems_train=("c",), stems_val=("e",), extra=())
+    cls, obj = voc_arrays()
+    for stem in ("a", "b"):
+        save_jpeg(sbd / "img" / f"{stem}.jpg")
+        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", cls)
+        save_mat(sbd / "inst" / f"{stem}.mat", "GTinst", obj)
+    (sbd / "train.txt").write_text("a\nb\n")
+    (sbd / "val.txt").write_text("")
+    (sbd / "cls" / "b.mat").write_bytes(b"MATLAB 5.0")
+    summary = import_dataset("sbd", tmp_path / "sbd", tmp_path / "sbd_out", progress=False)
+    assert any("Mat file appears to be truncated" in s for _, s in summary.skipped)
+    # LabelMe: a size of -30 is a listed skip; no size on an EXIF-turned (orientation 6) photo: the turned size
+    lm = tmp_path / "lm"
+    photo = Image.fromarray(rgb_image(7, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned: 7 wide, 10 high
+    lm.mkdir()
+    photo.save(lm / "turned.jpg", exif=exif)
+    doc = labelme_doc("turned.jpg", [shape("cat", [[1, 1], [5, 1], [5, 8], [1, 8]])])
+    del doc["imageHeight"], doc["imageWidth"]
+    (lm / "turned.json").write_text(json.dumps(doc))
+    save_png(lm / "bad.png", rgb_image(7, 10))
+    (lm / "bad.json").write_text(json.dumps(labelme_doc("bad.png", [], h=-30)))
+    summary = import_dataset("labelme", lm, tmp_path / "lm_out", progress=False)
+    assert mask_of(tmp_path / "lm_out" / "labelme", "train", "turned").shape == (10, 7)
+    assert [s for _, s in summary.skipped] == [
+        f"{lm / 'bad.json'}: imageHeight -30 and imageWidth 10 must be >= 1 (the image's size in pixels)"
+    ]

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import DataError
 from ..info import default_palette
 from ..io import IMAGE_EXTENSIONS
-from .core import Converted, Item, Plan, lut, read_index_png
+from .core import Converted, Item, Plan, lut, read_index_png, require_dir
 
 ADE20K_CLASSES = (
     "wall building sky floor tree ceiling road bed windowpane grass cabinet sidewalk person earth door table "
@@ -64,6 +64,8 @@ def plan_ade20k(src: Path, palette: Path | None = None) -> Plan:
         inner = src / "ADEChallengeData2016"
         hint = f": pass {inner} as SRC" if inner.is_dir() else ""
         raise DataError(f"{src / 'images'} does not exist{hint} (ade20k SRC is the ADEChallengeData2016 folder)")
+    if any((src / "images" / folder).is_dir() for folder, split in SPLITS.items() if split != "test"):
+        require_dir(src / "annotations", "ade20k", "the ADEChallengeData2016 folder, with images/ and annotations/")
     plan = Plan(list(ADE20K_CLASSES), default_palette(len(ADE20K_CLASSES)), {}, _convert)
     plan.notes.append("annotation value 0 ('other objects') -> ignore 255, value k -> class k - 1 (150 classes)")
     for folder, split in SPLITS.items():

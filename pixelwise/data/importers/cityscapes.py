@@ -93,6 +93,8 @@ def plan_cityscapes(src: Path, palette: Path | None = None) -> Plan:
     """Cityscapes fine annotations (see the module docstring)."""
     images = require_dir(src / "leftImg8bit", "cityscapes", "the folder holding leftImg8bit and gtFine")
     gt = src / "gtFine"
+    if any((images / split).is_dir() for split in ("train", "val")):  # labelled images need their annotations
+        require_dir(gt, "cityscapes", "the folder holding leftImg8bit and gtFine (gtFine_trainvaltest's)")
     plan = Plan(list(TRAIN_CLASSES), TRAIN_PALETTE, {}, _convert)
     plan.instance_classes = list(THING_NAMES)
     plan.notes.append(

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, first_line
 from ...fileio import write_json
 from ..check import text_table
 from ..info import DatasetInfo, thing_indices
@@ -337,6 +337,11 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
     try:
         image = _write_image(item, conv, staging / "images" / item.split, link)
         written.append(image)
+        try:  # every pixel, not the header alone: a truncated file's header reads, and data check then fails on it
+            with Image.open(image) as im:
+                im.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {image_src or source}: {first_line(e)}") from None
         (w, h), pages, orientation = probe_image(image)
         if pages > 1:
             raise DataError(f"image {image_src or image.name} has {pages} pages; one image per file is needed")
@@ -616,8 +621,9 @@ def relabel(ids: np.ndarray) -> np.ndarray:
 
 
 def read_list(path: Path) -> list[str]:
-    """Non-empty lines of a split list (the first word of each)."""
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """Non-empty lines of a split list, one id each (VOC's and SBD's lists): the whole line, stripped, so that an id
+    with spaces stays whole (its first word was taken)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def require_dir(path: Path, fmt: str, what: str) -> Path:

@@ -127,9 +127,12 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
         except (KeyError, TypeError, ValueError):
             try:
                 with Image.open(image if image is not None else io.BytesIO(raw or b"")) as im:
-                    w, h = im.size
+                    # LabelMe draws on the image as shown, turned by its EXIF orientation (5-8: a quarter turn)
+                    w, h = im.size[::-1] if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise DataError(f"{path}: its image cannot be read to learn its size ({e})") from None
+        if h < 1 or w < 1:
+            raise DataError(f"{path}: imageHeight {h} and imageWidth {w} must be >= 1 (the image's size in pixels)")
         cls_img = Image.new("L", (w, h), 0)
         ins_img = Image.new("I", (w, h), 0)
         cls_draw, ins_draw = ImageDraw.Draw(cls_img), ImageDraw.Draw(ins_img)

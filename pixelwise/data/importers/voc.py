@@ -150,11 +150,12 @@ def plan_voc(src: Path, palette: Path | None = None) -> Plan:
 
 def _load_mat(path: Path, key: str) -> np.ndarray:
     from scipy.io import loadmat  # scipy is a core dependency; imported here to keep `import pixelwise` light
+    from scipy.io.matlab import MatReadError  # a truncated file: a plain Exception, none of the below
 
     try:
         mat = loadmat(path, squeeze_me=True, struct_as_record=False)
         return np.asarray(mat[key].Segmentation)
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, MatReadError) as e:
         raise DataError(
             f"cannot read {path}: {e} (SBD .mat files hold a struct {key} with a Segmentation field)"
         ) from None
