@@ -291,6 +291,18 @@ def test_bad_upload(client, case):
     assert_alive(client)
 
 
+def test_an_image_the_free_memory_cannot_take_is_503_not_500(client, monkeypatch):
+    """A ResourceError (the image's probabilities beyond the free memory) was a 500 with a traceback in the log."""
+    import pixelwise.engine.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 1000)
+    r = client.post("/v1/segment?output=mask", content=encode(Image.fromarray(picture(64, 80))))
+    assert r.status_code == 503
+    assert r.json()["error"].startswith("image upload (64x80): its 3 class probabilities alone take about 0.0 GiB")
+    monkeypatch.undo()
+    assert_alive(client)
+
+
 def test_an_image_smaller_than_the_model_takes(client, predictor):
     side = client.get("/v1/model").json()["min_side"]
     assert side > 1

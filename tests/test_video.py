@@ -4,6 +4,7 @@ passed through, the effect video, temporal smoothing against flicker, and the on
 
 from __future__ import annotations
 
+import base64
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -78,6 +79,8 @@ def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None
             samples = (tone * 127 + 128).astype(np.uint8)
         elif fmt.startswith("s16"):
             samples = (tone * 3000).astype(np.int16)
+        elif fmt.startswith("s32"):  # libmp3lame's
+            samples = (tone * 2**28).astype(np.int32)
         else:
             samples = tone.astype(np.float32)
         for k in range(0, len(samples), 1024):
@@ -458,3 +461,41 @@ def test_a_webm_without_a_frame_count_gets_one_estimated_from_its_duration(tmp_p
     assert info.expected_frames == N
     mp4 = probe_video(write_video(tmp_path / "c.mp4", square_frames()))
     assert mp4.frames == mp4.expected_frames == N  # recorded: taken as it is
+
+
+ZERO_FRAME_MKV = (  # an H.264 Matroska file with a video stream and no frame (written by FFmpeg's muxer)
+    "GkXfo6NChoEBQveBAULygQRC84EIQoKIbWF0cm9za2FCh4EEQoWBAhhTgGcBAAAAAAAE1BFNm3Sxv4Qf/0hXTbuLU6uEFUmpZlOs"
+    "gaFNu4tTq4QWVK5rU6yB8U27jFOrhBJUw2dTrIIB2+wBAAAAAAAAYgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAFUmpZsu/hKoZRpUq"
+    "17GDD0JATYCNTGF2ZjYyLjEyLjEwMldBjUxhdmY2Mi4xMi4xMDJzpJA9O84SkYIdiZwcwDANzc4mRImIQI/4AAAAAAAWVK5rQOS/"
+    "hP/mq3+uAQAAAAAAAIHXgQFzxYgAIAU7GfeqE5yBACK1nIN1bmSIgQCGj1ZfTVBFRzQvSVNPL0FWQ4OBASPjg4QB/KBV4IqwgUC6"
+    "gTBUsoEEVe6BAOwBAAAAAAAAAgAAY6KsAWQACv/hABdnZAAKrNlEehAAAAMAEAAAAwPA8SJZYAEABmjr48siwP34+ACuAQAAAAAA"
+    "AEvXgQJzxYiHOkQBFXDAfJyBACK1nIN1bmSIgQCGhUFfQUFDVqqEAUWFVYOBAuGRn4ECtYhA53AAAAAAAGJkgSBV7oEAY6KFEZBW"
+    "5QASVMNnQJO/hDNbeEpzc6BjwIBnyJpFo4dFTkNPREVSRIeNTGF2ZjYyLjEyLjEwMnNzsmPAi2PFiAAgBTsZ96oTZ8ihRaOIRFVS"
+    "QVRJT05Eh5MwMDowMDowMC4wMDAwMDAwMDAAc3OyY8CLY8WIhzpEARVwwHxnyKFFo4hEVVJBVElPTkSHkzAwOjAwOjAxLjAyMzAw"
+    "MDAwMAAfQ7Z1Qlq/hEXThxzngQCjm4IAAIDeAgBMYXZjNjIuMjguMTAyAEIgCMEYOKOKggAVgCEQBGCMHKOKggAqgCEQBGCMHKOK"
+    "ggBAgCEQBGCMHKOKggBVgCEQBGCMHKOKggBqgCEQBGCMHKOKggCAgCEQBGCMHKOKggCVgCEQBGCMHKOKggCqgCEQBGCMHKOKggDA"
+    "gCEQBGCMHKOKggDVgCEQBGCMHKOKggDqgCEQBGCMHKOKggEAgCEQBGCMHKOKggEVgCEQBGCMHKOKggEqgCEQBGCMHKOKggFAgCEQ"
+    "BGCMHKOKggFVgCEQBGCMHKOKggFqgCEQBGCMHKOKggGAgCEQBGCMHKOKggGVgCEQBGCMHKOKggGqgCEQBGCMHKOKggHAgCEQBGCM"
+    "HKOKggHVgCEQBGCMHKOKggHqgCEQBGCMHKOKggIAgCEQBGCMHKOKggIVgCEQBGCMHKOKggIqgCEQBGCMHKOKggJAgCEQBGCMHKOK"
+    "ggJVgCEQBGCMHKOKggJqgCEQBGCMHKOKggKAgCEQBGCMHKOKggKVgCEQBGCMHKOKggKqgCEQBGCMHKOKggLAgCEQBGCMHKOKggLV"
+    "gCEQBGCMHKOKggLqgCEQBGCMHKOKggMAgCEQBGCMHKOKggMVgCEQBGCMHKOKggMqgCEQBGCMHKOKggNAgCEQBGCMHKOKggNVgCEQ"
+    "BGCMHKOKggNqgCEQBGCMHKOKggOAgCEQBGCMHKOKggOVgCEQBGCMHKOKggOqgCEQBGCMHKOKggPAgCEQBGCMHKOKggPVgCEQBGCM"
+    "HKOKggPqgCEQBGCMHA=="
+)
+
+
+def test_mp3_audio_is_copied_and_a_video_without_frames_is_one_line(predictor, tmp_path):
+    """FFmpeg decodes MP3 as "mp3float", which no muxer lists: MP3 was always re-encoded, and from an AVI (audio
+    clock of 3/125 s) the re-encode failed at frame 4. A video of no frames ended in a file-system error about the
+    overlay's partial file (its writer had nothing to finish), which --skip-errors did not skip."""
+    mp3 = write_video(tmp_path / "mp3.avi", square_frames(), codec="mpeg4", audio="libmp3lame", sample_rate=48000)
+    files = predict_video(predictor, mp3, tmp_path / "a", progress=False)
+    assert files["audio"] == "passed through (mp3, copied)"
+    assert stream_facts(files["overlay"])[4] == "mp3float"  # (its decoder's name): the MP3 stream, copied
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(base64.b64decode(ZERO_FRAME_MKV))
+    with pytest.raises(DataError) as e:
+        predict_video(predictor, empty, tmp_path / "b", progress=False)
+    assert str(e.value) == f"video {empty}: no frame could be decoded"
+    assert not [p for p in (tmp_path / "b").rglob("*") if p.is_file()]

@@ -344,6 +344,12 @@ class VideoWriter:
             self.discard()
 
 
+def _codec_name(stream: Any) -> str:
+    """An audio stream's codec: its decoder's name, except FFmpeg's "mp3float" for MP3 (which no muxer lists)."""
+    name = stream.codec_context.name
+    return {"mp3float": "mp3"}.get(name, name)
+
+
 class _AudioCarrier:
     """The first audio stream of an input, read through a second handle on the file and muxed in step with the
     video being written (so nothing piles up in memory): packets copied when the output container takes the
@@ -351,7 +357,7 @@ class _AudioCarrier:
 
     def __init__(self, source: Any, stream: Any, output: Any, copy: bool) -> None:
         self.source, self.in_stream, self.output, self.copy = source, stream, output, copy
-        name = stream.codec_context.name
+        name = _codec_name(stream)
         if copy:
             self.out_stream = output.add_stream_from_template(stream)
             self.description = f"passed through ({name}, copied)"
@@ -373,7 +379,7 @@ class _AudioCarrier:
             source.close()
             return None
         stream = source.streams.audio[0]
-        name = stream.codec_context.name
+        name = _codec_name(stream)
         mov = output.format.name == "mov"
         copy = name in output.supported_codecs and (name not in MP4_ONLY_AUDIO if mov else name in MP4_AUDIO)
         try:

@@ -200,8 +200,8 @@ class Predictor:
         decoding: dict[str, Any] | None = None,
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
-        # the protocol an image was predicted with where memory made it sliding windows, by its source name
-        self.switched: dict[str, InferenceSettings] = {}
+        # the protocol the last image was predicted with where memory made it sliding windows (else None)
+        self.last_switched: InferenceSettings | None = None
         self.ckpt: dict[str, Any] | None = None
         self.backend = backend = resolve_backend(checkpoint, backend)
         if backend == "onnxruntime":
@@ -393,6 +393,7 @@ class Predictor:
         """The protocol for ``batch`` images of this size at a time: the configured one, except that a
         whole-image pass that would not fit in memory becomes a sliding window (said in the log)."""
         s = self.inference
+        self.last_switched = None
         if self.ckpt is None or (s is not None and s.mode == "slide"):
             return s
         free = available_memory(self.device)
@@ -439,7 +440,7 @@ class Predictor:
         windows = replace(
             s or InferenceSettings(), mode="slide", crop=crop, stride=None, blend="gaussian", window_batch=1
         )
-        self.switched[source] = windows
+        self.last_switched = windows
         return windows
 
     @property
@@ -603,6 +604,7 @@ def predict(
         write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
         for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
             stem = path.stem
+            predictor.last_switched = None
             try:
                 if is_video(path):
                     while stem in used:  # same stem from two folders: keep both
@@ -648,8 +650,8 @@ def predict(
                 continue
             used.update(output_names(stem, len(pages)))
             files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
-            if str(path) in predictor.switched:  # not the settings above: the manifest says what this one ran
-                files["inference"] = asdict(predictor.switched.pop(str(path)))
+            if predictor.last_switched is not None:  # not the settings above: the manifest says what this one ran
+                files["inference"] = asdict(predictor.last_switched)
             if found is not None:
                 merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
             if probs is not None and chosen is not None:

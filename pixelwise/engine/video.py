@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..argmax import class_argmax
 from ..data import write_image
 from ..data.video import VideoWriter, decode_frames, probe_video
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..inference import batch_scores
 from ..inference.effects import Effect
 from ..metrics import ConfusionMatrix
@@ -280,6 +280,8 @@ def predict_video(
                         write_image(mask_dir / f"{frames:06d}.png", label)
                     frames += 1
                 bar.update(len(batch))
+        if frames == 0:  # (an empty or broken file: the writers have nothing to finish, and would say so obscurely)
+            raise DataError(f"video {path}: no frame could be decoded")
         for writer in writers.values():
             writer.close()
         if masks == "png" and not made_mask_dir:  # --overwrite: frames past this video's end are another's

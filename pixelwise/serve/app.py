@@ -34,7 +34,7 @@ from ..argmax import class_argmax
 from ..data import image_to_uint8
 from ..engine.predictor import Predictor
 from ..engine.video import image_probabilities
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ResourceError
 from ..fileio import file_sha256
 from ..inference import InferenceSettings, effects
 from ..models import input_channels
@@ -292,6 +292,8 @@ class Segmenter:
                 mask = p.predict(image, name)
         except DataError as e:  # too small for the model's stride, too many instances...
             raise RequestError(422, str(e)) from None
+        except ResourceError as e:  # more than the free memory takes, even in windows: not now, maybe later
+            raise RequestError(503, str(e)) from None
         n = len(self.classes)
         counts = np.bincount(mask.ravel(), minlength=n)
         result: dict[str, Any] = {
