@@ -639,13 +639,21 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.trainer import TrainingInterrupted
 
     verb = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
+    if verb not in SIGTERM_AS_INTERRUPT:
+        return _run(args, verb, TrainingInterrupted)
     with _sigterm_as_interrupt():
         return _run(args, verb, TrainingInterrupted)
 
 
+# The verbs that take SIGTERM (kill, timeout, a batch system, docker stop) as Ctrl-C, to clean up as on SIGINT (an
+# import its staging folder, predict its manifest): their work returns to Python between images. Not the others: a
+# Python handler waits for the interpreter, and a process blocked in C (torchrun's rendezvous) would never end;
+# train has its own handling inside, serve uvicorn's.
+SIGTERM_AS_INTERRUPT = frozenset({"data import", "predict"})
+
+
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, a batch system, docker stop), taken as Ctrl-C: every verb cleans up as it does on
-    SIGINT (an import its staging folder, predict its manifest); training has its own handling inside."""
+    """SIGTERM taken as Ctrl-C (:data:`SIGTERM_AS_INTERRUPT`)."""
 
 
 @contextlib.contextmanager

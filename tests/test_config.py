@@ -174,3 +174,15 @@ def test_every_model_has_a_config_that_builds_it():
         spec.setdefault("num_classes", 11)
         with torch.device("meta"):  # structure only, no memory
             build_model(name, **spec)
+
+
+def test_yaml_merge_keys_may_set_a_merged_key_again(tmp_path):
+    """`<<: *defaults` then a key of the defaults: YAML's override, not a key given twice (the duplicate check
+    refused every merge key at first)."""
+    (tmp_path / "m.yaml").write_text(
+        "base: &d {name: unet, base_channels: 4, depth: 2}\nmodel: {<<: *d, base_channels: 8}\ndata: {dataset: toy}\n"
+    )
+    with pytest.raises(ConfigError, match="unknown config section"):  # the anchor's own section, by name
+        load_config(tmp_path / "m.yaml")
+    (tmp_path / "n.yaml").write_text("model: {<<: {name: unet, depth: 2}, depth: 3}\ndata: {dataset: toy}\n")
+    assert load_config(tmp_path / "n.yaml")["model"]["depth"] == 3

@@ -979,3 +979,25 @@ def test_what_an_import_of_each_format_found_wrong_is_one_line_or_a_listed_skip(
     assert [s for _, s in summary.skipped] == [
         f"{lm / 'bad.json'}: imageHeight -30 and imageWidth 10 must be >= 1 (the image's size in pixels)"
     ]
+
+
+def test_voc_two_column_lists_and_a_raised_pixel_limit_still_import(tmp_path, monkeypatch):
+    """Regressions of the fixes above, found by review: a list in VOC's two-column form (``ID FLAG``) imported
+    nothing once whole lines were ids; the full decode of each image ignored $PIXELWISE_MAX_IMAGE_PIXELS."""
+    from PIL import Image as PILImage
+
+    src = make_voc(tmp_path / "voc", stems_train=("2007_000032",), stems_val=("2007_000033",), extra=())
+    lists = src / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("2007_000032  1\n")
+    (lists / "val.txt").write_text("2007_000033 -1\n")
+    base, _ = imported(tmp_path / "a", "voc", src, workers=1)
+    assert [p.name for p in (base / "images" / "train").iterdir()] == ["2007_000032.jpg"]
+    # Pillow's limit under this image's 70 pixels (it stands for 179 MP), the user's variable above it (LabelMe:
+    # no mask file, whose reading does not take the variable)
+    lm = tmp_path / "lm"
+    save_png(lm / "cats.png", rgb_image(7, 10))
+    (lm / "cats.json").write_text(json.dumps(labelme_doc("cats.png", [shape("cat", [[1, 1], [5, 1], [5, 4]])])))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20)
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "1000")
+    summary = import_dataset("labelme", lm, tmp_path / "b", progress=False, workers=1)
+    assert summary.skipped == [] and (tmp_path / "b" / "labelme" / "images" / "train" / "cats.png").exists()

@@ -94,26 +94,12 @@ def test_image_edge_is_not_a_boundary():
     assert (b[:, :2] == INTERIOR).all() and (b[:, 2] == BOUNDARY).all()
 
 
-def test_padding_marked_ignore_is_no_background():
-    """An object at a padded crop's edge: the padding holds id 0 but is no background, so the object's row next to
-    it is interior, as at the image's own edge (it was all boundary: a false band along every padded edge)."""
-    m = torch.zeros(8, 8, dtype=torch.int64)
-    m[2:, 2:6] = 1  # the object touches the bottom of the image
-    padded = torch.cat([m, torch.zeros(3, 8, dtype=torch.int64)])  # the crop pads 3 rows below
-    ignore = torch.zeros_like(padded, dtype=torch.bool)
-    ignore[8:] = True
-    b = boundary_classes(padded, width=1, ignore=ignore)
-    assert torch.equal(b[:8], boundary_classes(m, width=1)) and (b[8:] == 255).all()
-    assert (b[7, 3:5] == INTERIOR).all()
-
-
 def test_ignore_pixels_become_ignore_index():
     m = two_touching_squares()
     ignore = torch.zeros_like(m, dtype=torch.bool)
     ignore[0, :] = True
     b = boundary_classes(m, ignore=ignore, ignore_index=255)
-    # the ignored row counts as outside the image: the rest is the map without it
-    assert (b[0] == 255).all() and torch.equal(b[1:], boundary_classes(m[1:]))
+    assert (b[0] == 255).all() and torch.equal(b[1:], boundary_classes(m)[1:])
 
 
 def test_boundary_classes_batch_numpy_and_id_independence():
@@ -293,3 +279,20 @@ def test_gaussian_heatmap_takes_one_std_per_centre():
         gaussian_heatmap(centers, 30, 30, torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="must be positive"):
         gaussian_heatmap(centers, 30, 30, torch.tensor([1.0, 0.0]))
+
+
+def test_objects_outlined_by_a_void_band_keep_their_boundary():
+    """VOC and SBD outline every object with 255: its rim is still boundary (a change that counted ignored pixels
+    as outside the image, to spare padded crop edges, took every object's boundary away there; reverted)."""
+    from pixelwise.engine.instance_methods import TargetBuilder
+    from pixelwise.inference import InstanceSettings
+
+    mask = torch.zeros(7, 12, dtype=torch.long)
+    inst = torch.zeros(7, 12, dtype=torch.long)
+    mask[1:6, 1:11] = 255
+    mask[2:5, 2:5], inst[2:5, 2:5] = 1, 1
+    mask[2:5, 7:10], inst[2:5, 7:10] = 1, 2
+    target = TargetBuilder(InstanceSettings(method="boundary", boundary_width=1), 2, 255)(mask, inst)
+    for rows, cols in ((slice(2, 5), slice(2, 5)), (slice(2, 5), slice(7, 10))):
+        square = target[rows, cols]
+        assert (square[1, 1] == 1) and (square.sum() - 1 == 8 * 2)  # centre interior, the 8 around it boundary

@@ -486,6 +486,46 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, limit, name, width):
 
 
 @pytest.mark.slow
+def test_sigterm_ends_a_training_blocked_waiting_for_its_process_group(tmp_path):
+    """Rank 0 of two whose peer never comes waits in torch's rendezvous (C++): SIGTERM must end it at once. A
+    Python handler taking SIGTERM as Ctrl-C for every verb waited for the interpreter, which never came back."""
+    import socket
+
+    write_dataset(tmp_path / "data")
+    cfg = toy_config(tmp_path, iters=2, eval_interval=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PIXELWISE_DATA": str(tmp_path / "data"),
+        "OMP_NUM_THREADS": "1",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    cmd = [sys.executable, "-m", "pixelwise", "train", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # rank 0 hosts the rendezvous store: listening there, it waits in C++
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [False, True])
 def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path, group):
     """SIGTERM to the training process; or, with a loader worker, to its whole process group (GNU timeout, a batch

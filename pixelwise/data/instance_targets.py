@@ -98,11 +98,10 @@ def boundary_classes(
 
     An instance pixel is *boundary* when a pixel within Chebyshev distance ``width`` of it (its
     ``(2 width + 1) x (2 width + 1)`` square window) has another id, another instance's or background (0); else
-    *interior*. Pixels outside the image, and ``ignore``'s, do not count, so an object cut by the crop's edge (or
-    next to its padding) gets no boundary there. Two touching objects are thus separated by a band of
-    ``2 width`` boundary pixels (``width`` on each side), and the interiors of different objects are more than
-    ``2 width`` pixels apart (Chebyshev), so their 8-connected components never merge. ``width=0`` makes every
-    instance pixel interior.
+    *interior*. Pixels outside the image do not count, so an object cut by the crop's edge gets no boundary
+    there. Two touching objects are thus separated by a band of ``2 width`` boundary pixels (``width`` on each
+    side), and the interiors of different objects are more than ``2 width`` pixels apart (Chebyshev), so their
+    8-connected components never merge. ``width=0`` makes every instance pixel interior.
 
     Computed from the maximum and the minimum of the ids over each window (a pixel is interior when both equal its
     own id), by shifted views of the id map, not per pixel. ``ignore`` (bool, same shape, e.g.
@@ -115,15 +114,13 @@ def boundary_classes(
         raise ValueError(f"an instance map must be H x W or N x H x W, got shape {tuple(inst.shape)}")
     ids = inst.long()
     out = (ids > 0).long()  # 0 background, 1 instance
-    mask = None if ignore is None else torch.as_tensor(ignore, device=out.device).bool()
     if width > 0 and ids.numel():
-        # outside the image, and ignored pixels (a crop's padding, an elastic warp's fill, which hold id 0 but are
-        # no background): -1 for the maximum and the largest int64 for the minimum, values no id can beat
-        top = torch.iinfo(torch.int64).max
-        high = _window_extreme(ids if mask is None else ids.masked_fill(mask, -1), width, torch.maximum, -1)
-        low = _window_extreme(ids if mask is None else ids.masked_fill(mask, top), width, torch.minimum, top)
+        # outside the image: -1 for the maximum and the largest int64 for the minimum, values no id can beat
+        high = _window_extreme(ids, width, torch.maximum, -1)
+        low = _window_extreme(ids, width, torch.minimum, torch.iinfo(torch.int64).max)
         out = out + ((high != ids) | (low != ids)).long() * out
-    if mask is not None:
+    if ignore is not None:
+        mask = torch.as_tensor(ignore, device=out.device).bool()
         out = out.masked_fill(mask, ignore_index)
     return out
 

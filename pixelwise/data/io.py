@@ -114,6 +114,20 @@ def _open(path: Path, kind: str = "image") -> Image.Image:
         Image.MAX_IMAGE_PIXELS = limit  # what the process had set (None: no limit) stays
 
 
+def check_pixels(path: Path, name: str | os.PathLike | None = None) -> None:
+    """Decode every pixel of an image file (its first page), as training will: a truncated file's header reads.
+    DataError naming ``name`` (default ``path``); the pixel limit as :func:`read_image`'s."""
+    try:
+        im = _open(Path(path))
+    except DataError as e:  # its message names the file it opened: the caller's name for it instead
+        raise DataError(str(e).replace(str(path), str(name or path))) from None
+    with im:
+        try:
+            im.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read image {name or path}: {e}") from None
+
+
 def page_count(im: Image.Image, name: str | os.PathLike | None = None) -> int:
     """Pages of an opened image (a TIFF stack's slices, an animation's frames); a JPEG's MPO extras are not pages.
     ``name`` names the image in the DataError of a broken page (default: its file name)."""

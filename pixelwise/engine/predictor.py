@@ -200,7 +200,8 @@ class Predictor:
         decoding: dict[str, Any] | None = None,
     ) -> None:
         self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
-        # the protocol the last image was predicted with where memory made it sliding windows (else None)
+        # the sliding windows memory made of the protocol, last (predict() clears it before each input, so that a
+        # stack any of whose pages took windows says so)
         self.last_switched: InferenceSettings | None = None
         self.ckpt: dict[str, Any] | None = None
         self.backend = backend = resolve_backend(checkpoint, backend)
@@ -393,7 +394,6 @@ class Predictor:
         """The protocol for ``batch`` images of this size at a time: the configured one, except that a
         whole-image pass that would not fit in memory becomes a sliding window (said in the log)."""
         s = self.inference
-        self.last_switched = None
         if self.ckpt is None or (s is not None and s.mode == "slide"):
             return s
         free = available_memory(self.device)

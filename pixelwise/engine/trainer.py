@@ -295,7 +295,8 @@ def _train(
     )
     protocol = run_inference(config["inference"], class_weights=class_weights)  # validation as eval will run it
     loss_fn = build_instance_loss(
-        method, build_criterion(train_cfg, info.ignore_index, class_weights, info.num_classes)
+        method,
+        build_criterion(train_cfg, info.ignore_index, class_weights, spec["num_classes"]),  # the boundary class too
     ).to(device)
     meta = {
         "model": spec,

@@ -29,11 +29,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError, DataError, first_line
+from ...errors import ConfigError, DataError
 from ...fileio import write_json
 from ..check import text_table
 from ..info import DatasetInfo, thing_indices
-from ..io import IMAGE_EXTENSIONS, check_instance_classes, orient_array, probe_image
+from ..io import IMAGE_EXTENSIONS, check_instance_classes, check_pixels, orient_array, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +337,8 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
     try:
         image = _write_image(item, conv, staging / "images" / item.split, link)
         written.append(image)
-        try:  # every pixel, not the header alone: a truncated file's header reads, and data check then fails on it
-            with Image.open(image) as im:
-                im.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {image_src or source}: {first_line(e)}") from None
+        # every pixel, not the header alone: a truncated file's header reads, and data check then fails on it
+        check_pixels(image, image_src or source)
         (w, h), pages, orientation = probe_image(image)
         if pages > 1:
             raise DataError(f"image {image_src or image.name} has {pages} pages; one image per file is needed")
@@ -621,9 +618,15 @@ def relabel(ids: np.ndarray) -> np.ndarray:
 
 
 def read_list(path: Path) -> list[str]:
-    """Non-empty lines of a split list, one id each (VOC's and SBD's lists): the whole line, stripped, so that an id
-    with spaces stays whole (its first word was taken)."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """The ids of a split list, one a line: the whole line, stripped (an id with spaces stays whole), except
+    VOC's two-column form ``ID FLAG`` (``2007_000032 1``, ``... -1``), whose first word is the id."""
+    ids = []
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words:
+            two_column = len(words) == 2 and words[1].lstrip("-").isdigit()
+            ids.append(words[0] if two_column else line.strip())
+    return ids
 
 
 def require_dir(path: Path, fmt: str, what: str) -> Path:
