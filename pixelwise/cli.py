@@ -54,7 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_data=not args.no_check_data,
         progress=not args.no_progress,
     )
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 prints the summary
+    if _another_rank():  # under torchrun rank 0 prints the summary
         return 0
     minutes = (time.perf_counter() - start) / 60
     best = result["best_miou"]
@@ -162,7 +162,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import run
+    from .serve import check_port, run
 
     for flag, value, scale, unit in (
         ("--max-mb", args.max_mb, 2**20, "byte"),
@@ -177,8 +177,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-queue {args.max_queue}: the requests that may wait, must be >= 0")
     if not 0 < args.timeout < math.inf:
         raise ConfigError(f"--timeout {args.timeout}: seconds per request, must be a finite number > 0")
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: must be 0-65535 (0: a free one)")
+    check_port(args.port)
 
     run(
         args.checkpoint,
@@ -620,6 +619,11 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(prefix + self.format(record), file=stream)
 
 
+def _another_rank() -> bool:
+    """Whether this process is one of torchrun's other than rank 0 (from the environment torchrun sets)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Show the library's log records (``pixelwise.*``) as plain lines; once per process."""
     logger = logging.getLogger("pixelwise")
@@ -629,7 +633,7 @@ def setup_logging(quiet: bool = False) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     # under torchrun every process runs the verb: the others say only what goes wrong, rank 0 the rest
-    quiet = quiet or os.environ.get("RANK", "0") != "0"
+    quiet = quiet or _another_rank()
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

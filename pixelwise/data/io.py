@@ -98,18 +98,21 @@ def _pixel_limit() -> int | None:
     return limit
 
 
-def _open(path: Path, kind: str = "image") -> Image.Image:
+def _open(path: Path, kind: str = "image", name: str | os.PathLike | None = None) -> Image.Image:
+    """``path`` opened with the pixel limit of :func:`_pixel_limit`; a DataError naming it (as ``name``, where the
+    caller knows it by another)."""
+    name = path if name is None else name
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _pixel_limit()  # Pillow checks it as it opens a file
     try:
         return Image.open(path)
     except Image.DecompressionBombError as e:
         raise DataError(
-            f"cannot read {kind} {path}: {str(e).rstrip('.')}; if you trust the file, set {MAX_PIXELS_VARIABLE} to "
+            f"cannot read {kind} {name}: {str(e).rstrip('.')}; if you trust the file, set {MAX_PIXELS_VARIABLE} to "
             "its pixel count or more"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as e:
         # TypeError / SyntaxError: Pillow's word for some malformed headers (a TIFF without its dimensions)
-        raise DataError(f"cannot read {kind} {path}: {e}") from None
+        raise DataError(f"cannot read {kind} {name}: {e}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit  # what the process had set (None: no limit) stays
 
@@ -117,15 +120,12 @@ def _open(path: Path, kind: str = "image") -> Image.Image:
 def check_pixels(path: Path, name: str | os.PathLike | None = None) -> None:
     """Decode every pixel of an image file (its first page), as training will: a truncated file's header reads.
     DataError naming ``name`` (default ``path``); the pixel limit as :func:`read_image`'s."""
-    try:
-        im = _open(Path(path))
-    except DataError as e:  # its message names the file it opened: the caller's name for it instead
-        raise DataError(str(e).replace(str(path), str(name or path))) from None
-    with im:
+    name = path if name is None else name
+    with _open(Path(path), name=name) as im:
         try:
             im.load()
         except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"cannot read image {name or path}: {e}") from None
+            raise DataError(f"cannot read image {name}: {e}") from None
 
 
 def page_count(im: Image.Image, name: str | os.PathLike | None = None) -> int:

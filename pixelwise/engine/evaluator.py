@@ -151,23 +151,17 @@ def evaluate(
         done += len(images)
     # joined over the processes only when each scored a share: a whole split scored in every process of a group
     # (evaluate_checkpoint after train() under torchrun) would be counted once per process
-    joined = world > 1
-    if joined:
-        cm.all_reduce()
+    if world > 1:
+        for counts in (cm, challenge, bf, isbi, matching):
+            if counts is not None:
+                counts.all_reduce()
     metrics = cm.compute()
     if challenge is not None:
-        if joined:
-            challenge.all_reduce()
         metrics["challenge_pixel_error"] = challenge.compute()
     if bf is not None:
-        if joined:
-            bf.all_reduce()
         metrics["boundary"] = {k: v for k, v in bf.compute().items() if k != "counts"}
         metrics["boundary"]["width"] = boundary_width
     if counting:
-        if joined:
-            isbi.all_reduce()
-            matching.all_reduce()
         how = {"method": method.method} if method is not None else {"foreground": instances, "watershed": watershed}
         metrics["instances"] = {**how, **matching.compute(), **isbi.compute()}
     if was_training:

@@ -68,21 +68,24 @@ def _fits(value: Any, annotation: str) -> bool:
     """Whether ``value`` (from a YAML config) is of the builder's annotated type: ``int``, ``float`` (an int too),
     ``bool``, ``str``, ``None``, ``Sequence[int]``, ``Literal[...]``, unions of them; any other type (a
     ``Pretrained`` switch or path) is the builder's to check."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    plain = {
+        "int": number and isinstance(value, int),
+        "float": number,
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "None": value is None,
+    }
     for part in (p.strip() for p in annotation.split(" | ")):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if part.startswith("Literal["):
-            if value in ast.literal_eval(f"({part[len('Literal[') : -1]},)"):
-                return True
+            fits = value in ast.literal_eval(f"({part[len('Literal[') : -1]},)")
         elif part == "Sequence[int]":
-            if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return True
-        elif {
-            "int": number and isinstance(value, int),
-            "float": number,
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-            "None": value is None,
-        }.get(part, part not in ("int", "float", "bool", "str", "None")):
+            fits = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            )
+        else:
+            fits = plain.get(part, True)  # a type of the builder's own: its to check
+        if fits:
             return True
     return False
 

@@ -307,7 +307,7 @@ def load_state(
         return
     # every parameter and batch-norm statistic (a file of parameters alone left the running statistics at 0 and
     # 1: another network in eval mode); batch counts are not in older files and weigh nothing
-    needed = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+    needed = [k for k in own_state if not k.endswith("num_batches_tracked")]
     missing = [k for k in result["missing"] if k in needed]
     if missing:
         raise CheckpointError(

@@ -65,11 +65,16 @@ def check_host(host: str) -> bool:
     return False
 
 
+def check_port(port: int) -> None:
+    """A one-line ConfigError unless ``port`` is a TCP port (the OS would take 70000 as 70000 mod 65536)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: must be 0-65535 (0: a free one)")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A TCP socket bound to exactly ``host:port`` (port 0: a free one) and listening; a one-line ConfigError if it
     cannot be."""
-    if not 0 <= port <= 65535:  # the OS would take 70000 as 70000 mod 65536
-        raise ConfigError(f"--port {port}: must be 0-65535 (0: a free one)")
+    check_port(port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -144,4 +149,4 @@ def run(
         raise KeyboardInterrupt
 
 
-__all__ = ["INSTALL_HINT", "bind", "check_host", "create_app", "make_server", "run"]
+__all__ = ["INSTALL_HINT", "bind", "check_host", "check_port", "create_app", "make_server", "run"]
