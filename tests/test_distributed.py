@@ -225,7 +225,7 @@ def test_a_resume_in_another_number_of_processes_names_the_global_batch(tmp_path
     with pytest.raises(ConfigError) as e:
         train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False, resume=True)
     assert str(e.value) == (
-        f"--resume: {tmp_path / 'run' / 'last.pt'} was trained in 1 process(es) (a global batch of 2), this resume "
+        f"--resume: {tmp_path / 'run' / 'last.pt'} was trained in 1 process(es) with a global batch of 2, this resume "
         "runs in 2 (a global batch of 4); resume with as many processes (torchrun --nproc_per_node), or add "
         "--allow-changes to go on with the new global batch"
     )

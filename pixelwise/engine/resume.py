@@ -188,9 +188,9 @@ def restore(
     if restored.sample_batch and restored.sample_batch != global_batch and "data.batch_size" not in changes:
         # the same per-process batch in another number of processes: another global batch, and no setting shows it
         before = restored.sample_batch / saved["batch_size"]
-        processes = f"{before:g} process(es)" if before == int(before) else f"a global batch of {restored.sample_batch}"
+        processes = f"in {before:g} process(es) " if before == int(before) else ""  # unknown where the batch changed
         what = (
-            f"{path} was trained in {processes} (a global batch of {restored.sample_batch}), this resume runs in "
+            f"{path} was trained {processes}with a global batch of {restored.sample_batch}, this resume runs in "
             f"{world_size} (a global batch of {global_batch})"
         )
         if not allow_changes:
