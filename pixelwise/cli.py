@@ -64,7 +64,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     challenge = (result.get("last") or {}).get("challenge_pixel_error")
     if challenge:  # a two-class run (ISBI 2012): the measure its papers report, of the last validation
         plain = 1 - result["last"]["pixel_accuracy"]
-        print(f"last val pixel error {plain:.4f}; challenge's {challenge['pixel_error']:.4f}")
+        positive = result["classes"][1]
+        print(
+            f"last val pixel error {plain:.4f}; 1 - best F-score of {positive!r} "
+            f"(the ISBI challenge's measure) {challenge['pixel_error']:.4f}"
+        )
     return 0
 
 

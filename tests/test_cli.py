@@ -66,7 +66,8 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
     # a two-class run ends naming the measures its papers report, of the last validation
     assert (
         f"last val pixel error {1 - last_val['pixel_accuracy']:.4f}; "
-        f"challenge's {last_val['challenge_pixel_error']:.4f}" in trained.stdout
+        f"1 - best F-score of 'cell' (the ISBI challenge's measure) {last_val['challenge_pixel_error']:.4f}"
+        in trained.stdout
     )
     assert all(0 <= r["challenge_pixel_error"] <= 1 for r in records if r["type"] == "val")
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4

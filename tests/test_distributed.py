@@ -181,6 +181,43 @@ def _train_in_a_group(rank: int, cfg: dict, run_dir: str, root: str, resume: boo
     return [(r["iter"], r["loss"]) for r in records if r["type"] == "train"]
 
 
+def _dropout_states(rank: int, cfg: dict, run_dir: str, root: str, resume: bool) -> list[str]:
+    """The generator state each training forward's dropout draws its mask from, in this process."""
+    import hashlib
+
+    states = []
+    original = nn.Dropout2d.forward
+
+    def recording(self, x):
+        if self.training:  # not the validation passes
+            states.append(hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
+        return original(self, x)
+
+    nn.Dropout2d.forward = recording
+    _train_in_a_group(rank, cfg, run_dir, root, resume)
+    return states
+
+
+@pytest.mark.slow
+def test_each_process_draws_its_own_dropout_masks_and_draws_them_again_on_resume(tmp_path):
+    """Every process starts from the seed (the replicas' weights must be equal): without a seed per process and
+    step, the dropout masks of the two processes' slices of each batch were the same."""
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=4, eval_interval=4, checkpoint_interval=2, keep_last=5))
+    cfg["model"]["dropout"] = 0.5
+    straight = run_in_processes(
+        partial(_dropout_states, cfg=cfg, run_dir=str(tmp_path / "a"), root=str(root), resume=False)
+    )
+    assert len(straight[0]) == len(straight[1]) == 4
+    assert all(a != b for a, b in zip(straight[0], straight[1], strict=True))
+    assert len(set(straight[0])) == 4  # and a new draw every step
+    stopped = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", stopped)
+    os.replace(stopped / "iter_0000002.pt", stopped / "last.pt")
+    resumed = run_in_processes(partial(_dropout_states, cfg=cfg, run_dir=str(stopped), root=str(root), resume=True))
+    assert resumed == {rank: states[2:] for rank, states in straight.items()}
+
+
 @pytest.mark.slow
 def test_the_loss_logged_after_a_resume_in_two_processes_is_the_uninterrupted_runs(tmp_path):
     """Two processes, logged every 4 steps, resumed from the checkpoint of step 2: the line of step 4 is the mean

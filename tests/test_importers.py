@@ -152,6 +152,19 @@ def test_voc(tmp_path):
     assert "imported voc" in text and "person" in text and "in no segmentation list" in text
 
 
+def test_an_image_listed_in_two_splits_is_named_in_a_note(tmp_path):
+    src = make_voc(tmp_path / "src", stems_train=("2007_000032", "2007_000033"), stems_val=("2007_000033",))
+    base, summary = imported(tmp_path, "voc", src, workers=1)
+    assert summary.images == {"train": 2, "val": 1}  # imported as listed
+    note = (
+        "1 image(s) in both split 'train' and split 'val' (e.g. 2007_000033.jpg), imported into both: scores on "
+        "'val' will flatter a model trained on 'train'; list each image in one split"
+    )
+    assert note in summary.notes and f"note: {note}" in summary.format_text()
+    _, apart = imported(tmp_path / "apart", "voc", make_voc(tmp_path / "src2"), workers=1)
+    assert not any("in both split" in n for n in apart.notes)
+
+
 def test_non_empty_destination_is_refused_with_overwrite_replacing_it(tmp_path):
     src = make_voc(tmp_path / "src")
     dst = tmp_path / "dst"
@@ -194,7 +207,13 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     dst = tmp_path / "dst"
     with pytest.raises(RuntimeError, match="boom"):
         import_dataset("voc", src, dst, progress=False, workers=2)
-    assert list(dst.iterdir()) == []  # the staging folder removed after the pool stopped
+    assert not dst.exists()  # the staging folder removed after the pool stopped, and the DST the import made
+    # a DST that was there before stays (empty), and so do the folders above one that the import made
+    dst.mkdir()
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        import_dataset("voc", src, dst / "a" / "b", progress=False, workers=2)
+    assert list(dst.iterdir()) == []
 
 
 def test_voc_test_split_without_masks(tmp_path):
@@ -659,7 +678,7 @@ def test_rgb_unknown_colours_are_listed_not_guessed(tmp_path):
     assert message.startswith(f"1 mask colour(s) not in the palette of {palette}: (1, 2, 3) (3 px in ")
     assert "0001TP_006690.png" in message and "0016E5_07959.png" in message
     assert 'name the unlabelled colour "ignore_color"' in message
-    assert list(dst.iterdir()) == []  # nothing written, not even a half data set
+    assert not dst.exists()  # nothing written, not even a half data set or an empty DST
     assert tree_hash(src) == before
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -58,6 +59,18 @@ def agree_over_processes(
     dist.all_gather(gathered, t)
     g = torch.stack(gathered)
     return g[:, : len(maxima)].amax(0).tolist(), g[:, len(maxima) :].mean(0).tolist()
+
+
+def seed_step(seed: int, iteration: int, ddp: Distributed) -> None:
+    """Seed this process's random draws in the model (dropout) for training step ``iteration`` from ``(seed,
+    iteration, rank)``. Every process starts from the same seed (the replicas' weights must be equal), and with
+    equal shapes their dropout would then draw the same masks on every process's slice of the batch. Derived
+    from the step, not carried over, so a resumed run draws them again without each process's generator state.
+    One process: nothing (its generator runs on from the seed, as without ``torchrun``)."""
+    if ddp.world_size == 1:
+        return
+    key = np.random.SeedSequence([seed & (2**64 - 1), iteration, ddp.rank]).generate_state(1, np.uint64)[0]
+    torch.manual_seed(int(key) >> 1)  # below 2**63
 
 
 def broadcast_buffers(module: nn.Module, ddp: Distributed) -> None:

@@ -35,7 +35,7 @@ from ..models import model_arguments as registered_arguments
 from ..models.registry import input_size_problem, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
-from .distributed import agree_over_processes, broadcast_buffers, setup_distributed
+from .distributed import agree_over_processes, broadcast_buffers, seed_step, setup_distributed
 from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
@@ -160,7 +160,7 @@ def train(
     the current step with ``last.pt`` written (raising :class:`TrainingInterrupted`), and
     ``train.checkpoint_minutes`` bounds the work a ``kill -9`` loses.
     Returns ``{"best_miou", "best_metric", "best_iter", "last": <last val metrics>, "train_seconds", "iterations",
-    "run_dir"}``
+    "run_dir", "classes"}``
     (``best_miou`` holds the best value of ``best_metric``: ``"miou"``, or ``"mean_ap"`` for instance methods).
     """
     train_cfg = config["train"]
@@ -374,6 +374,7 @@ def _train(
     def step(batches) -> float:
         """One optimizer step over ``accumulate`` batches; returns the mean loss."""
         optimizer.zero_grad(set_to_none=True)
+        seed_step(train_cfg["seed"], state.iter, ddp)  # each process its own dropout masks
         loss_value = 0.0
         # a step cut short after its first micro-batch (a signal that stopped the loader's workers) is redone on
         # resume from the step's start: the batch-norm statistics its forward passes moved go back with it
@@ -613,4 +614,5 @@ def _train(
         "train_seconds": state.train_seconds,
         "iterations": state.iter,
         "run_dir": str(run_dir),
+        "classes": list(info.classes),
     }

@@ -429,6 +429,26 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _shared_between_splits(plan: Plan) -> list[str]:
+    """A note per pair of splits that list the same source file (a VOC id in both train.txt and val.txt): the
+    image is imported into both, as listed, and the scores on the second flatter the model trained on the first."""
+    first: dict[Path, str] = {}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for split in _sorted_splits(plan.splits):
+        for item in plan.splits[split]:
+            source = item.image or item.label
+            if source is None:
+                continue
+            seen = first.setdefault(source, split)
+            if seen != split:
+                shared.setdefault((seen, split), []).append(source.name)
+    return [
+        f"{len(names)} image(s) in both split {a!r} and split {b!r} (e.g. {names[0]}), imported into both: scores on "
+        f"{b!r} will flatter a model trained on {a!r}; list each image in one split"
+        for (a, b), names in shared.items()
+    ]
+
+
 def _sorted_splits(splits: Iterable[str]) -> list[str]:
     return sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
 
@@ -451,9 +471,11 @@ def run_import(
             f"{src}: {len(plan.classes)} classes, more than 8-bit masks hold ({plan.ignore_index} at most, "
             f"background included; {plan.ignore_index} marks ignored pixels): merge or leave out categories"
         )
+    # the folders this import creates (DST and any missing parents), removed again if it fails
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary(fmt, src, final, list(plan.classes), plan.ignore_index, workers)
-    summary.notes = list(plan.notes)
+    summary.notes = list(plan.notes) + _shared_between_splits(plan)
     summary.skipped = list(plan.skipped)
     for note in plan.notes:  # the summary lists them (the CLI prints it): debug here, not twice on screen
         log.debug("%s: %s", fmt, note)
@@ -548,6 +570,11 @@ def run_import(
         _commit(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; one that something else has written into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     summary.seconds = time.perf_counter() - start
     log.info(
