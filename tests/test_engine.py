@@ -504,6 +504,61 @@ def test_a_signal_after_a_step_due_for_validation_validates_it_on_resume(tmp_pat
     assert load_checkpoint(tmp_path / "killed/last.pt")["train_state"]["eval_due"] is False
 
 
+STOPPED_IN_VALIDATION = """
+import os, signal, sys
+import pixelwise.engine.evaluator as evaluator
+from pixelwise.config import load_config
+from pixelwise.engine import train
+from pixelwise.engine.stop_signals import TrainingInterrupted
+
+real = evaluator.batch_scores
+
+def signalled(*args, **kwargs):  # SIGTERM to the whole group (this process and its loader workers), as Ctrl-C
+    os.killpg(0, signal.SIGTERM)
+    return real(*args, **kwargs)
+
+evaluator.batch_scores = signalled
+try:
+    train(load_config(sys.argv[1]), run_dir=sys.argv[2], data_root=sys.argv[3], progress=False)
+except TrainingInterrupted as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_signal_during_a_validation_stops_it_and_resume_validates_that_step_first(tmp_path, workers):
+    """SIGTERM to the process group during the validation of step 2: the validation gives up at the next image
+    (with a loader worker, which the signal ended, it was a traceback and steps since the last checkpoint lost;
+    without one the whole validation ran first), last.pt is written, and --resume validates step 2 first: the
+    log and checkpoints are the uninterrupted run's."""
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 4}).parent
+    path = toy_config(tmp_path, iters=4, eval_interval=2, checkpoint_interval=4)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["num_workers"] = workers
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", STOPPED_IN_VALIDATION, str(path), str(killed), str(root)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout.startswith("stopped by SIGTERM at iteration 2:")
+    assert load_checkpoint(killed / "last.pt")["train_state"]["eval_due"] is True
+    assert not [x for x in (killed / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    train(cfg, run_dir=killed, data_root=root, progress=False, resume=True)
+
+    def validations(run):
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["iter"], r["confusion_matrix"]) for r in records if r["type"] == "val"]
+
+    assert [it for it, _ in validations(tmp_path / "straight")] == [2, 4]
+    assert validations(killed) == validations(tmp_path / "straight")
+    a, b = load_checkpoint(tmp_path / "straight/best.pt"), load_checkpoint(killed / "best.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_biases_and_norm_layers_can_have_their_own_weight_decay():
     """train.norm_bias_weight_decay: the 1-D parameters (biases, BatchNorm's scale and shift) get it, the
     convolution kernels keep train.weight_decay; with head_lr_mult, backbone and head are split too."""

@@ -4,7 +4,7 @@ model in memory (:func:`evaluate`, also used during training) or a checkpoint (:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..models import input_channels
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode, label_means
 from .predictor import CRFOption, Predictor
-from .stop_signals import workers_end_quietly_on_sigterm
+from .stop_signals import EvaluationStopped, workers_end_quietly_on_sigterm
 
 MAX_DETECTIONS = 1000
 """Detections per image and class that COCO mask AP scores (COCO's own evaluation: 100)."""
@@ -40,6 +40,23 @@ def _components(pred: np.ndarray, probs: np.ndarray, foreground: int, watershed:
     k = int(inst.max())
     scores = label_means(inst, probs[foreground], k)[1][1:].astype(np.float32)
     return InstanceOutput(pred, inst, np.full(k, foreground, np.int64), scores)
+
+
+def _until_stopped(batches: Iterator, stop: Callable[[], bool] | None) -> Iterator:
+    """``batches`` until ``stop()`` says to give up (checked before each batch): :class:`EvaluationStopped`,
+    also when the loader fails after it (a SIGTERM to the process group ends the loader's workers)."""
+    while True:
+        if stop is not None and stop():
+            raise EvaluationStopped
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:
+            if stop is not None and stop():
+                raise EvaluationStopped from e
+            raise
+        yield batch
 
 
 @torch.inference_mode()
@@ -60,6 +77,7 @@ def evaluate(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     num_images: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled split (its first ``num_images`` only, where given): whole images, or the
     sliding-window / multi-scale / flip / quarter-turn protocol of ``inference``. With ``shard=(rank,
@@ -74,7 +92,8 @@ def evaluate(
     ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
     regions, of class ``instances`` against those of the ground truth), when asked for.
     ``crf=(settings, mean, std)`` refines the probabilities with the dense CRF first (``mean``/``std``
-    undo the input normalisation to give the CRF the RGB image).
+    undo the input normalisation to give the CRF the RGB image). ``stop``: checked before each batch; when it
+    returns True, :class:`~pixelwise.engine.stop_signals.EvaluationStopped` (a training's caught signal).
 
     Instances: with ``instance_method`` (a model trained for instances, whole images) or ``instances`` (the
     connected components, or watershed regions, of that class of a semantic model), ``"instances"`` also holds
@@ -104,7 +123,13 @@ def evaluate(
     )
     done = 0  # images of this process's share so far: its next is the data set's rank + world * done
     for batch in tqdm(
-        loader, desc=f"eval {dataset.split}", unit="img", disable=not progress, leave=False, dynamic_ncols=True
+        _until_stopped(iter(loader), stop),
+        total=len(loader),
+        desc=f"eval {dataset.split}",
+        unit="img",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
     ):
         images, masks = batch[0].to(device), batch[1].to(device)
         true_instances = batch[2].numpy() if len(batch) > 2 else None

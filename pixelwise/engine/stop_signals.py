@@ -30,6 +30,11 @@ class TrainingInterrupted(PixelwiseError):
         self.signum = signum
 
 
+class EvaluationStopped(Exception):
+    """A validation inside a training gave up at a caught SIGINT/SIGTERM (the training then writes ``last.pt``
+    and validates that step first on ``--resume``)."""
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGINT/SIGTERM set a flag the loop checks after each step (a second SIGINT interrupts at once)."""

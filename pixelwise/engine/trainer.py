@@ -44,7 +44,7 @@ from .predictor import run_inference
 from .resume import TrainState, pack, restore, rng_state, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
-from .stop_signals import TrainingInterrupted, stop_on_signals, workers_end_quietly_on_sigterm
+from .stop_signals import EvaluationStopped, TrainingInterrupted, stop_on_signals, workers_end_quietly_on_sigterm
 
 log = logging.getLogger(__name__)
 INSTANCE_LOG_KEYS = ("ap", "mean_ap", "pq", "sq", "rq", "num_true", "num_pred")
@@ -465,9 +465,10 @@ def _train(
         batches = iter(loader)
     minutes = train_cfg["checkpoint_minutes"]
 
-    def validate(it: int) -> bool:
+    def validate(it: int, caught: list[int]) -> bool:
         """Score the val split at iteration ``it`` and log it (without a val split the latest counts as the
-        best); True when ``best.pt`` should become this model."""
+        best); True when ``best.pt`` should become this model. A signal ``caught`` meanwhile stops it
+        (:class:`EvaluationStopped`)."""
         nonlocal last_metrics
         if val_ds is None:
             state.best_iter = it
@@ -487,6 +488,7 @@ def _train(
                 num_workers=data_cfg["num_workers"],
                 instance_method=method,
                 shard=(ddp.rank, ddp.world_size),
+                stop=lambda: bool(caught),
             )
         net.train()
         counted = last_metrics.get("instances") or {}
@@ -519,8 +521,12 @@ def _train(
 
     with stop_on_signals() as caught:
         if state.eval_due:  # the run being continued was stopped right after a step due for validation
+            try:
+                improved = validate(state.iter, caught)
+            except EvaluationStopped:
+                stop(caught[0], state.iter, None, eval_due=True)
             state.eval_due = False
-            save(best=validate(state.iter))
+            save(best=improved)
             window_t = time.perf_counter()
         last_save = time.monotonic()
         while state.iter < total and not out_of_time():
@@ -591,7 +597,10 @@ def _train(
             if signum:  # after the step's log line (every process agreed on the signal: the same collectives)
                 stop(signum, it, None, eval_due=it % eval_interval == 0 or last)
             due = it % eval_interval == 0 or last
-            improved = due and validate(it)
+            try:
+                improved = due and validate(it, caught)
+            except EvaluationStopped:  # a signal during the validation: that step's validation comes first on resume
+                stop(caught[0], it, None, eval_due=True)
             timed = minutes > 0 and time.monotonic() - last_save >= 60 * minutes
             if improved or it % ckpt_interval == 0 or last or timed:
                 save(best=improved)

@@ -28,7 +28,8 @@ them. ``p_ij`` is the fraction of those pixels lying in predicted segment i and 
   ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and H(S,T) (as Fiji's foreground-restricted VI does). So
   leaving cell pixels unassigned costs split score, as fragmenting them would. (SNEMI3D's Python ``adapted_rand``
   adds only ``c / n`` in pixel-count units for the ``c`` unassigned pixels, not ``c``: with many unassigned
-  pixels its Rand scores are higher than these; with none, the two agree.)
+  pixels its Rand scores are lower than these, as both the split and the merge score grow with what is added;
+  with none, the two agree.)
 - Ground-truth background pixels (``T == 0``) are ignored whatever S says there.
 - Degenerate cases: with no GT foreground every score is NaN. If H(S) = 0 (one predicted segment, nothing can
   be split) ``v_info_split`` is 1; if H(T) = 0 (one GT segment, nothing can be merged) ``v_info_merge`` is 1
