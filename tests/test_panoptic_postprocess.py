@@ -133,6 +133,18 @@ def test_threshold_and_top_k():
     ]
 
 
+def test_a_threshold_below_minus_one_keeps_only_the_peaks_above_it():
+    """Pixels at or below the threshold, or suppressed, were marked -1, which a threshold under -1 let through:
+    every pixel of a -3 heatmap with one peak became a centre."""
+    heat = torch.full((1, 9, 9), -3.0)
+    heat[0, 4, 4] = 1.0
+    for threshold in (0.1, -0.5, -2.0):
+        centers, scores = find_instance_centers(heat, threshold=threshold, nms_kernel=3)
+        assert centers.tolist() == [[4, 4]] and scores.tolist() == [1.0]
+    centers, _ = find_instance_centers(heat, threshold=-4.0, nms_kernel=3)  # every local maximum above -4
+    assert len(centers) == 1 + 81 - 9  # the peak, and the -3 pixels out of its reach (a plateau keeps them all)
+
+
 def test_nms_suppresses_a_neighbouring_lower_peak():
     heat = heat_with(30, 30, {(10, 10): 0.9, (10, 13): 0.5, (20, 10): 0.6, (20, 14): 0.4, (5, 25): 0.3, (7, 27): 0.3})
     centers, _ = find_instance_centers(heat, nms_kernel=7)

@@ -102,7 +102,7 @@ def find_instance_centers(
         raise ValueError(f"top_k must be positive, got {top_k}")
     h, w = center.shape[-2:]
     heat = center.reshape(1, 1, h, w).float()
-    low = torch.full_like(heat, -1.0)
+    low = torch.full_like(heat, float("-inf"))  # below any threshold (-1 was above one of -2)
     heat = torch.where(heat > threshold, heat, low)
     # a k x k maximum is a 1 x k maximum of a k x 1 one (2k comparisons per pixel instead of k^2);
     # padding of max_pool2d is -inf, so the image's edge never suppresses a peak
