@@ -163,12 +163,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a JSON-lines log. A last line cut short (a run killed mid-write) is left out with a
     warning; a damaged line elsewhere is a :class:`DataError` naming it."""
-    lines = [(i, line) for i, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    lines = [(i, line) for i, line in enumerate(Path(path).read_bytes().splitlines(), 1) if line.strip()]
     records = []
     for i, line in lines:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))  # per line: a stray byte damages its line, not the file
+        except (json.JSONDecodeError, UnicodeDecodeError):
             if i == lines[-1][0]:
                 log.warning("%s: line %d is cut short (a killed run); left out", path, i)
                 continue

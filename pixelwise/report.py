@@ -22,6 +22,34 @@ def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     return [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
 
 
+def check_log(path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], classes: int | None) -> None:
+    """Records a report can draw: an integer ``iter`` in each, an ``iou`` per class (and a ``classes`` x
+    ``classes`` confusion matrix where logged) in each validation record; ``classes``: the run's, where known."""
+    for kind, records in (("training", train), ("validation", val)):
+        for k, r in enumerate(records, 1):
+            it = r.get("iter")
+            where = f"{path}: {kind} record {k}" + (f" (iteration {it})" if isinstance(it, int) else "")
+            problem = None
+            if not isinstance(it, int) or isinstance(it, bool):
+                problem = "has no integer 'iter'"
+            elif kind == "validation":
+                iou, cm = r.get("iou"), r.get("confusion_matrix")
+                n = classes if classes is not None else (len(iou) if isinstance(iou, list) else 0)
+                if not isinstance(iou, list) or len(iou) != n:
+                    problem = f"has no 'iou' list of {n} classes"
+                elif cm is not None and not (
+                    isinstance(cm, list) and len(cm) == n and all(isinstance(row, list) and len(row) == n for row in cm)
+                ):
+                    problem = f"has a 'confusion_matrix' that is not {n} x {n}"
+            if problem:
+                raise DataError(f"{where} {problem}: the log was edited or is another run's; restore metrics.jsonl")
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as one cell of a Markdown table: ``|`` would split the cell, ``<`` and ``&`` start HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"  # a percentage
 
@@ -41,9 +69,10 @@ def write_report(
     # first: no report folder made for what is no run
     train, val = read_log(run_dir)
     config = _read_config(run_dir / "config.yaml")
+    classes = _class_names(run_dir, config, val)
+    check_log(run_dir / "metrics.jsonl", train, val, len(classes))
     _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    classes = _class_names(run_dir, config, val)
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
@@ -99,7 +128,7 @@ def write_report(
             "",
             "| class | IoU (%) |",
             "|---|---:|",
-            *[f"| {c} | {_fmt(v)} |" for c, v in zip(classes, best["iou"], strict=True)],
+            *[f"| {markdown_cell(c)} | {_fmt(v)} |" for c, v in zip(classes, best["iou"], strict=True)],
             "",
             "![validation](val.png) ![per-class IoU](per_class_iou.png)",
             "",
@@ -182,5 +211,5 @@ def _class_names(run_dir: Path, config: dict[str, Any], val: list[dict[str, Any]
     for name in ("best.pt", "last.pt"):
         if (run_dir / name).exists():
             return list(load_checkpoint(run_dir / name)["meta"]["classes"])
-    n = len(val[0]["iou"]) if val else 0
-    return [f"class {i}" for i in range(n)]
+    iou = val[0].get("iou") if val else None
+    return [f"class {i}" for i in range(len(iou) if isinstance(iou, list) else 0)]

@@ -40,12 +40,32 @@ def overlay_palette(palette: Sequence[Sequence[int]]) -> list[list[int]]:
     return [VIVID[i] if i < len(VIVID) else more[i - len(VIVID)] for i in range(len(colours))]
 
 
+def _legend_font(image_font):
+    """matplotlib's DejaVu Sans (a dependency): Pillow's built-in font has ASCII letters only (the ß of "Straße"
+    was a box)."""
+    import os
+
+    import matplotlib
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    try:
+        return image_font.truetype(path, 13)
+    except OSError:  # a matplotlib without its bundled fonts
+        return image_font.load_default(size=14)
+
+
+def plain_text(name: str) -> str:
+    """``name`` as matplotlib draws it literally: a ``$`` would start mathtext (``$\\nope$`` stopped the
+    picture with a parse error)."""
+    return name.replace("$", r"\$")
+
+
 def legend(classes: Sequence[str], palette: Sequence[Sequence[int]]) -> np.ndarray:
     """An RGB picture naming each class beside its colour in ``color/`` masks and in overlays (they differ where
     the palette is grey: :func:`overlay_palette`)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default(size=14)
+    font = _legend_font(ImageFont)
     vivid = overlay_palette(palette)
     row, swatch, text_x = 24, 18, 130
     names = [f"{i}  {name}" for i, name in enumerate(classes)]
@@ -180,9 +200,10 @@ def plot_confusion_matrix(
     fig, ax = plt.subplots(figsize=(max(4.8, 1.8 + 0.55 * side), max(4.0, 1.4 + 0.5 * side)), dpi=110)
     cmap = plt.get_cmap("Blues").with_extremes(bad=NO_PIXELS_GREY)
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=60, ha="right")
+    names = [plain_text(name) for name in class_names]
+    ax.set_xticks(range(n), names, rotation=60, ha="right")
     empty = rows[:, 0] == 0
-    ax.set_yticks(range(n), [f"{name} (no pixels)" if e else name for name, e in zip(class_names, empty, strict=True)])
+    ax.set_yticks(range(n), [f"{name} (no pixels)" if e else name for name, e in zip(names, empty, strict=True)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     if n > 30:  # the numbers would not fit their cells
@@ -203,7 +224,7 @@ def plot_per_class(values: Sequence[float], class_names: Sequence[str], path: st
     v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 0.8 + 0.35 * len(class_names)), dpi=110)
     ax.barh(range(len(v)), np.nan_to_num(v * 100), color="#4878a8")
-    ax.set_yticks(range(len(v)), class_names)
+    ax.set_yticks(range(len(v)), [plain_text(name) for name in class_names])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"{label} (%)")

@@ -148,6 +148,60 @@ def test_report_of_a_damaged_run_is_one_line_and_makes_no_folder(tmp_path, capsy
         assert not (run / "report").exists()
 
 
+def test_report_of_a_log_it_cannot_draw_is_one_line_naming_the_record(tmp_path, capsys):
+    """A stray byte, a record without its iteration or per-class values, or values of another class count: a
+    traceback before (UnicodeDecodeError, KeyError, zip's ValueError), and pictures left behind that the next
+    report then refused to replace."""
+    from pixelwise.cli import main
+
+    good = [[0.5, 0.25], [[3, 1], [1, 3]]]
+    log = tmp_path / "x" / "metrics.jsonl"
+    cases = {
+        b'{"type": "train", "iter": 1, "loss": 1.0, "name": "\xff"}\n': f"{log}: line 1 is not a JSON record",
+        b'{"type": "train", "loss": 1.0}\n': f"{log}: training record 2 has no integer 'iter'",
+        b'{"type": "val", "iter": 2}\n': f"{log}: validation record 2 (iteration 2) has no 'iou' list of 2 classes",
+        b'{"type": "val", "iter": 2, "iou": [0.5, 0.2, 0.1]}\n': "has no 'iou' list of 2 classes",
+        b'{"type": "val", "iter": 2, "iou": [0.5, 0.2], "confusion_matrix": [[1]]}\n': (
+            f"{log}: validation record 2 (iteration 2) has a 'confusion_matrix' that is not 2 x 2"
+        ),
+    }
+    for line, message in cases.items():
+        run = _run_dir(tmp_path / "x", [1.0], [good])
+        first = line.startswith(b'{"type": "train", "iter": 1')
+        body = log.read_bytes()
+        log.write_bytes(line + body if first else body + line)
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "restore" in err, err
+        assert not (run / "report").exists()
+
+
+def test_report_and_pictures_take_class_names_with_markup(tmp_path, monkeypatch):
+    """Class names are the user's: a | split the Markdown table's cell (its value went to a third column), < and &
+    came through as HTML, a $...$ stopped the pictures with a mathtext parse error."""
+    import pixelwise.report as report
+
+    names = ["back|ground", "<b>fg</b> & co", "$\\nope$"]
+    run = _run_dir(tmp_path / "run", [1.0], [[[0.5, 0.25, 0.125], [[3, 1, 0], [1, 3, 0], [0, 0, 2]]]])
+    monkeypatch.setattr(report, "_class_names", lambda *args: names)
+    text = write_report(run).read_text()
+    assert "| back\\|ground | 50.00 |" in text
+    assert "| &lt;b&gt;fg&lt;/b&gt; &amp; co | 25.00 |" in text
+    assert "| $\\nope$ | 12.50 |" in text
+    assert (run / "report" / "confusion.png").is_file() and (run / "report" / "per_class_iou.png").is_file()
+
+
+def test_the_legend_draws_letters_beyond_ascii(tmp_path):
+    """Pillow's built-in font has ASCII letters only: "Straße" and "Straæe" were drawn alike, a box for the
+    letter it lacks."""
+    from pixelwise.visualize import legend
+
+    def text_pixels(name):
+        return legend([name], [[0, 0, 0]])[24:, 130:]  # the class name's column, below the titles
+
+    assert not np.array_equal(text_pixels("Stra\u00dfe"), text_pixels("Stra\u00e6e"))
+
+
 def test_confusion_row_of_a_class_without_pixels_is_grey(tmp_path):
     from PIL import Image
 
