@@ -167,6 +167,37 @@ def test_grey_and_float_images_become_rgb():
     assert out.shape == (4, 5, 4) and (out[..., :3] == 128).all() and (out[..., 3] == 255).all()
 
 
+def test_grey_alpha_and_16_bit_arrays_take_every_effect():
+    """Grey + alpha (H x W x 2) was a broadcast error in blur, replace and highlight and gave cutout a third
+    colour channel from the alpha; 16-bit integers were taken as floats in [0, 1] (every pixel 0 or 255)."""
+    probs = np.zeros((3, 4, 5), np.float32)
+    probs[1] = 1.0
+    alpha = np.ones((4, 5), np.float32)  # all foreground: every effect keeps the image's colours
+    for image in (
+        np.dstack([np.full((4, 5), 128, np.uint8), np.full((4, 5), 7, np.uint8)]),  # grey + alpha
+        np.full((4, 5, 3), 128 * 257, np.uint16),  # 16-bit RGB
+        np.full((4, 5), 128 * 257, np.uint16),  # 16-bit grey
+    ):
+        assert (blur(image, alpha, 2.0) == 128).all()
+        assert (replace(image, alpha, (0, 255, 0)) == 128).all()
+        out = cutout(image, alpha)
+        assert out.shape == (4, 5, 4) and (out[..., :3] == 128).all() and (out[..., 3] == 255).all()
+        tinted = highlight(image, probs, [2], PALETTE)  # a class no pixel is: unchanged
+        assert tinted.shape == (4, 5, 3) and (tinted == 128).all()
+
+
+def test_a_blur_of_any_finite_strength_runs():
+    """1e308 passed the finite check and overflowed in the shrink path's sigma**2 (a traceback)."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    for sigma in (1e6, 1e308):
+        out = gaussian_blur(image, sigma)
+        assert out.shape == image.shape and out.std(axis=(0, 1)).max() < 8  # next to one colour
+    np.testing.assert_array_equal(gaussian_blur(image, 1e308), gaussian_blur(image, 1e6))
+    with pytest.raises(ConfigError, match="must be > 0"):
+        gaussian_blur(image, float("nan"))
+
+
 def test_parse_classes_by_name_or_index():
     assert parse_classes("person,car", CLASSES) == [1, 2]
     assert parse_classes("Car, 1 ,car", CLASSES) == [2, 1]

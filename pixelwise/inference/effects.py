@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from ..data import image_to_uint8, read_image
+from ..data import read_image
 from ..errors import ConfigError
-from ..visualize import overlay_palette
+from ..visualize import as_rgb8, overlay_palette
 
 EFFECTS = ("blur", "replace", "cutout", "highlight")
 EFFECT_SYNTAX = "blur[=SIGMA], replace=IMAGE_OR_COLOUR, cutout, highlight[=OPACITY]"
@@ -43,21 +43,13 @@ BLUR_SHARE = 0.02
 DIRECT_SIGMA = 8.0
 """Up to this sigma the blur is one exact separable convolution; above it the image is first shrunk (a large
 sigma hides the loss) so that the kernel stays small: the cost stays flat in the strength."""
+MAX_SIGMA = 1e6
+"""Strengths beyond it blur as it does (any image that fits in memory is then one colour); 1e308 overflowed."""
 Probabilities = np.ndarray | torch.Tensor
 
 
 def _numpy(x: Probabilities) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """An image as ``H x W x 3`` uint8: grey repeated to three channels, float [0, 1] scaled to 0..255."""
-    image = image_to_uint8(np.asarray(image))
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return image[..., :3]
 
 
 def one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -113,8 +105,9 @@ def default_sigma(height: int, width: int) -> float:
 @torch.inference_mode()
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``H x W x 3`` uint8 blurred by a Gaussian of standard deviation ``sigma`` pixels."""
-    if sigma <= 0:
+    if not sigma > 0:
         raise ConfigError(f"blur strength {sigma}: must be > 0 (a Gaussian sigma in pixels)")
+    sigma = min(sigma, MAX_SIGMA)
     h, w = image.shape[:2]
     if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. np.asarray of a PIL image)
         image = image.copy()
@@ -136,7 +129,7 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 def blur(image: np.ndarray, alpha: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Portrait mode: the background (``1 - alpha``) blurred with a Gaussian of ``sigma`` pixels (default
     :func:`default_sigma`), the foreground (``alpha``) kept."""
-    image = as_rgb(image)
+    image = as_rgb8(image)
     sigma = default_sigma(*image.shape[:2]) if sigma is None else sigma
     return composite(image, gaussian_blur(image, sigma), alpha)
 
@@ -156,7 +149,7 @@ def parse_colour(text: str) -> tuple[int, int, int] | None:
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
     """A replacement background resized to cover ``height x width`` with its aspect ratio kept (scaled, then
     cropped about the centre): the picture is never stretched and never leaves a border."""
-    background = as_rgb(background)
+    background = as_rgb8(background)
     bh, bw = background.shape[:2]
     if (bh, bw) == (height, width):
         return background
@@ -170,7 +163,7 @@ def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarra
 def replace(image: np.ndarray, alpha: np.ndarray, background: np.ndarray | Sequence[int]) -> np.ndarray:
     """The background replaced: by an image (``H' x W' x 3``, resized to cover, :func:`fit_background`) or a
     colour (three ints)."""
-    image = as_rgb(image)
+    image = as_rgb8(image)
     h, w = image.shape[:2]
     bg = np.asarray(background)
     if bg.ndim == 1:
@@ -183,7 +176,7 @@ def replace(image: np.ndarray, alpha: np.ndarray, background: np.ndarray | Seque
 def cutout(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``H x W x 4`` uint8 RGBA: the image's colours with ``round(255 * alpha)`` as alpha (straight alpha, so a
     viewer composites it over anything)."""
-    image = as_rgb(image)
+    image = as_rgb8(image)
     a = np.rint(np.asarray(alpha, dtype=np.float32) * 255).clip(0, 255).astype(np.uint8)
     return np.concatenate([image, a[..., None]], axis=-1)
 
@@ -199,7 +192,7 @@ def highlight(
     probability; pixels that none of them claims are unchanged."""
     if not 0 < opacity <= 1:
         raise ConfigError(f"highlight opacity {opacity}: must be in (0, 1]")
-    image = as_rgb(image)
+    image = as_rgb8(image)
     p = _numpy(probs)[list(classes)]  # S x H x W
     colours = np.asarray([palette[c] for c in classes], dtype=np.float32)  # S x 3
     tint = np.einsum("shw,sc->hwc", p, colours)
@@ -346,7 +339,7 @@ def read_background(value: str | os.PathLike) -> tuple[int, int, int] | np.ndarr
     """``replace=``'s value: an existing image file (read as RGB), else a colour (:func:`parse_colour`)."""
     path = Path(value)
     if path.is_file():
-        return as_rgb(read_image(path, "RGB"))
+        return as_rgb8(read_image(path, "RGB"))
     colour = parse_colour(str(value))
     if colour is None:
         raise ConfigError(
