@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from .crf import settings_for
-from .errors import ConfigError, PixelwiseError
+from .errors import ConfigError, PixelwiseError, ResourceError
 from .fileio import check_output_file
 from .inference.onnx_backend import META_KEY, onnxruntime_module
 from .models import input_channels, load_checkpoint, model_from_checkpoint, model_logits
 from .models.registry import input_size_problem
 
 DEFAULT_OPSET = 17
+DYNAMO_MIN_OPSET = 18
+"""The lowest opset the dynamo exporter writes (asked for less, it writes 18)."""
 log = logging.getLogger(__name__)
 
 
@@ -180,6 +182,11 @@ def export_onnx(
         raise ConfigError(
             f"--opset {opset}: torch's exporters write opsets {low} to {high}; {DEFAULT_OPSET} by default"
         )
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise ConfigError(
+            f"--opset {opset}: the dynamo exporter writes opsets {DYNAMO_MIN_OPSET} and up; give --opset "
+            f"{DYNAMO_MIN_OPSET} or more, or --exporter torchscript"
+        )
     out = Path(out)
     check_output_file(out, "--out", overwrite, folder_hint=f"give the ONNX file's name (e.g. {out / 'model.onnx'})")
     ckpt = load_checkpoint(checkpoint)
@@ -234,13 +241,22 @@ def _export_checked(
     """Export to ``out`` and check with onnxruntime, falling back to a fixed size and the other exporter."""
     in_channels = input_channels(meta["model"])
     torch.manual_seed(0)
-    x = torch.randn(1, in_channels, height, width)
+    try:
+        x = torch.randn(1, in_channels, height, width)
+    except (RuntimeError, MemoryError) as e:  # DefaultCPUAllocator: can't allocate ...
+        raise ResourceError(
+            f"--size {height} {width}: not enough memory for an example image of this size ({str(e).strip()[:80]}); "
+            "give a smaller one (a dynamic graph takes other sizes)"
+        ) from None
     # a second, odd size checks that the graph takes others (smaller where the model takes it)
     smaller = height > 13 and input_size_problem(meta["model"], height - 13, width + 7) is None
     other_height = height - 13 if smaller else height + 13
     sizes = [(1, height, width)] + ([(2, other_height, width + 7)] if dynamic else [])
     other = "dynamo" if exporter == "torchscript" else "torchscript"
     attempts = [(exporter, True), (exporter, False), (other, False)] if dynamic else [(exporter, False), (other, False)]
+    # the dynamo exporter writes 18 at the lowest: a fallback from the default 17 to it is kept (with a warning),
+    # an older opset asked for (a runtime that reads no newer) is not silently raised past it
+    attempts = [(how, dyn) for how, dyn in attempts if how != "dynamo" or opset >= DEFAULT_OPSET]
     failures = []
     for how, dyn in attempts:
         try:
@@ -250,7 +266,10 @@ def _export_checked(
         except Exception as e:  # an op without (dynamic-shape) support, or a graph that fixed the export size
             failures.append(f"{how}{' dynamic' if dyn else ''}: {type(e).__name__}: {str(e).strip()[:160]}")
     else:
-        raise PixelwiseError(f"ONNX export of {meta['model']['name']} failed: " + " | ".join(failures))
+        higher = f"; a higher --opset ({DEFAULT_OPSET} by default) may express it" if opset < DEFAULT_OPSET else ""
+        raise PixelwiseError(
+            f"ONNX export of {meta['model']['name']} at opset {opset} failed: " + " | ".join(failures) + higher
+        )
     written = _file_opset(out)
     if written != opset:
         log.warning("the %s exporter wrote ONNX opset %d, not the %d asked for", how, written, opset)
@@ -266,7 +285,10 @@ def verify_onnx(
 ) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| over the outputs (the logits; also the instance branch's), per input
     size ``(batch, H, W)``; ``model`` is the exported module (:class:`LogitsOnly` or :class:`InstanceOutputs`)."""
-    session = onnxruntime_module().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort = onnxruntime_module()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a graph it cannot run is an attempt's failure, said once in one line
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     diffs: dict[str, float] = {}
     relative = 0.0
     for n, h, w in sizes:

@@ -116,7 +116,8 @@ def test_export_never_leaves_an_unchecked_graph_nor_replaces_a_file_unasked(tmp_
         raise RuntimeError("onnxruntime's outputs differ from PyTorch's")
 
     monkeypatch.setattr(export, "verify_onnx", disagree)
-    with pytest.raises(PixelwiseError, match=r"^ONNX export of unet failed: torchscript: RuntimeError: onnxruntime"):
+    failed = r"^ONNX export of unet at opset 17 failed: torchscript: RuntimeError: onnxruntime"
+    with pytest.raises(PixelwiseError, match=failed):
         export.export_onnx(ckpt, out, height=32, width=32, dynamic=False, overwrite=True)
     assert out.read_bytes() == first  # the checked graph is still there, and nothing else
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
@@ -258,6 +259,62 @@ def test_export_example_sizes(tmp_path):
         "--size 8 24: model unet needs inputs of at least 16x16 pixels (its total stride); give a larger example size"
     )
     assert not (tmp_path / "small.onnx").exists()
+
+
+def test_an_older_opset_is_never_raised_by_the_dynamo_fallback(tmp_path, monkeypatch):
+    """--opset 10: TorchScript's graph failed the check and the dynamo exporter wrote opset 18, exit 0 with a
+    warning; a runtime that reads opset 10 got a file it cannot read."""
+    import pixelwise.export as export
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    tried = []
+    real_export = export._export
+
+    def torchscript_fails(model, x, path, opset, dynamic, how, meta):
+        tried.append(how)
+        if how == "torchscript":
+            raise RuntimeError("onnxruntime's outputs differ from PyTorch's at 1x32x32 (relative 8.4e-02)")
+        return real_export(model, x, path, opset, dynamic, how, meta)
+
+    monkeypatch.setattr(export, "_export", torchscript_fails)
+    with pytest.raises(PixelwiseError) as e:
+        export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=10)
+    assert tried == ["torchscript", "torchscript"] and not (tmp_path / "m.onnx").exists()
+    assert str(e.value).startswith("ONNX export of unet at opset 10 failed: torchscript dynamic: RuntimeError: ")
+    assert str(e.value).endswith("; a higher --opset (17 by default) may express it")
+    with pytest.raises(ConfigError) as e:
+        export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=16, exporter="dynamo")
+    assert str(e.value) == (
+        "--opset 16: the dynamo exporter writes opsets 18 and up; give --opset 18 or more, or --exporter torchscript"
+    )
+
+
+def test_an_example_size_beyond_memory_is_one_line(tmp_path):
+    """--size 100000 100000: the allocator's traceback from the example image."""
+    from pixelwise.errors import ResourceError
+    from pixelwise.export import export_onnx
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    with pytest.raises(ResourceError) as e:
+        export_onnx(ckpt, tmp_path / "m.onnx", height=1 << 20, width=1 << 20)
+    assert str(e.value).startswith(f"--size {1 << 20} {1 << 20}: not enough memory for an example image of this size")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
+
+
+def test_an_instance_graph_of_a_fixed_size_refuses_other_sizes_naming_the_file(tmp_path):
+    from pixelwise.export import export_onnx
+    from pixelwise.inference.onnx_backend import OnnxModel
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8, instance_head="panoptic")
+    export_onnx(ckpt, tmp_path / "p.onnx", height=32, width=32, dynamic=False)
+    graph = OnnxModel(tmp_path / "p.onnx")
+    assert set(graph(torch.zeros(1, 3, 32, 32))) == {"out", "center", "offset"}
+    with pytest.raises(CheckpointError) as e:
+        graph(torch.zeros(1, 3, 48, 40))
+    assert str(e.value) == (
+        f"{tmp_path / 'p.onnx'} is an instance graph exported at a fixed 32x32: it cannot take a 48x40 image; export "
+        "it again without --static (or at this size), or predict with the checkpoint"
+    )
 
 
 def test_export_reports_the_opset_it_wrote_quietly_and_refuses_folders_and_taken_sidecars(tmp_path, capfd, monkeypatch):

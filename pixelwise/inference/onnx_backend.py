@@ -57,6 +57,12 @@ class OnnxModel:
         x = x.detach().float().cpu()
         size = tuple(x.shape[-2:])
         if self.fixed_size is not None and size != self.fixed_size:
+            if len(self.session.get_outputs()) > 1:  # centres and offsets are in pixels: no resize undoes it
+                raise CheckpointError(
+                    f"{self.path} is an instance graph exported at a fixed {self.fixed_size[0]}x{self.fixed_size[1]}:"
+                    f" it cannot take a {size[0]}x{size[1]} image; export it again without --static (or at this "
+                    "size), or predict with the checkpoint"
+                )
             if not self._resize_said:  # once: every other image of another size is resized the same way
                 self._resize_said = True
                 log.warning(
@@ -69,8 +75,6 @@ class OnnxModel:
         runs = [self.session.run(None, {self.input: c.numpy()}) for c in chunks]
         outs = [torch.cat([torch.from_numpy(r[i]) for r in runs]) for i in range(len(runs[0]))]
         if outs[0].shape[-2:] != size:
-            if len(outs) > 1:
-                raise CheckpointError("an instance graph exported at a fixed size cannot take other sizes")
             outs[0] = F.interpolate(outs[0], size=size, mode="bilinear", align_corners=False)
         if len(outs) == 3:
             return dict(zip(("out", "center", "offset"), outs, strict=True))
