@@ -517,9 +517,11 @@ def signalled(*args, **kwargs):  # SIGTERM to the whole group (this process and 
     os.killpg(0, signal.SIGTERM)
     return real(*args, **kwargs)
 
-evaluator.batch_scores = signalled
+if sys.argv[4] == "signal":
+    evaluator.batch_scores = signalled
 try:
-    train(load_config(sys.argv[1]), run_dir=sys.argv[2], data_root=sys.argv[3], progress=False)
+    resume = sys.argv[4] == "resume"
+    train(load_config(sys.argv[1]), run_dir=sys.argv[2], data_root=sys.argv[3], progress=False, resume=resume)
 except TrainingInterrupted as e:
     print(e)
     sys.exit(3)
@@ -537,17 +539,20 @@ def test_a_signal_during_a_validation_stops_it_and_resume_validates_that_step_fi
     raw = yaml.safe_load(path.read_text())
     raw["data"]["num_workers"] = workers
     path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(path)
-    train(cfg, run_dir=tmp_path / "straight", data_root=root, progress=False)
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-c", STOPPED_IN_VALIDATION, str(path), str(killed), str(root)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+
+    def run(run_dir, how):  # each part in a process of one thread: the same float sums in all three
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        args = [sys.executable, "-c", STOPPED_IN_VALIDATION, str(path), str(run_dir), str(root), how]
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+
+    assert run(tmp_path / "straight", "plain").returncode == 0
+    done = run(killed, "signal")
     assert done.returncode == 3, done.stderr[-2000:]
     assert done.stdout.startswith("stopped by SIGTERM at iteration 2:")
     assert load_checkpoint(killed / "last.pt")["train_state"]["eval_due"] is True
     assert not [x for x in (killed / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
-    train(cfg, run_dir=killed, data_root=root, progress=False, resume=True)
+    assert run(killed, "resume").returncode == 0
 
     def validations(run):
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -58,6 +58,55 @@ def test_all_ignored_is_zero_not_nan(key):
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
+@pytest.mark.parametrize("key", list(ALL_LOSSES))
+def test_all_ignored_fp16_logits_are_zero_not_nan(key):
+    """fp16 training (train.amp: fp16): the model's logits stay fp16, and their sum over a crop overflows to inf,
+    which times 0 was NaN: the run stopped with "loss became nan". Lovász per image: one void image did it."""
+    logits = torch.full((2, 4, 64, 64), 30.0, dtype=torch.float16, requires_grad=True)
+    target = torch.full((2, 64, 64), 255)
+    loss = make(key)(logits, target)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+    if key == "lovasz_per_image":
+        target[0] = torch.randint(0, 4, (64, 64))  # the other image labelled
+        assert torch.isfinite(make(key)(logits.detach().clone().requires_grad_(), target))
+
+
+@pytest.mark.parametrize("key", list(ALL_LOSSES))
+def test_float64_logits_keep_their_precision(key):
+    """Every loss took float64 logits to float32 (``.float()`` meant to raise fp16/bf16): the value in float32 and
+    a float64 gradcheck failing."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (1, 3, 3))
+    assert make(key)(logits, target).dtype == torch.float64
+    if key in ("cross_entropy", "focal", "dice", "unet_weighted"):  # smooth in the logits
+        assert torch.autograd.gradcheck(lambda x: make(key)(x, target), (logits,))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"thresh": 70}, "loss 'ohem': thresh 70 must be a probability in [0, 1] (PSPNet's 0.7)"),
+        ({"thresh": -1}, "loss 'ohem': thresh -1 must be a probability in [0, 1] (PSPNet's 0.7)"),
+        ({"min_kept": -5}, "loss 'ohem': min_kept -5 must be a whole number >= 0 of pixels per image"),
+        ({"min_kept": 2.5}, "loss 'ohem': min_kept 2.5 must be a whole number >= 0 of pixels per image"),
+    ],
+)
+def test_ohem_settings_are_checked(args, message):
+    with pytest.raises(ConfigError) as e:
+        build_loss("ohem", **args)
+    assert str(e.value) == message
+
+
+def test_ohem_min_kept_as_yaml_reads_1e5():
+    """YAML 1.2 reads 1e5 as 100000.0: kthvalue() failed at the first batch with more valid pixels than that."""
+    ohem = build_loss("ohem", min_kept=1e5)
+    assert ohem.min_kept == 100_000 and isinstance(ohem.min_kept, int)
+    logits, target = torch.randn(1, 3, 400, 400), torch.randint(0, 3, (1, 400, 400))
+    assert torch.isfinite(ohem(logits, target))
+
+
 def test_cross_entropy_hand_computed():
     logits = torch.tensor([[[[2.0, 5.0]], [[0.0, -1.0]]]])  # N=1, C=2, H=1, W=2; second pixel ignored
     loss = build_loss("cross_entropy")(logits, torch.tensor([[[0, 255]]]))

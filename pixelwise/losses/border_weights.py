@@ -14,7 +14,7 @@ from scipy import ndimage
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from .registry import _valid, _zero, register_loss
+from .registry import _float, _valid, _zero, register_loss
 
 
 def check_weight_map_args(w0: float, sigma: float) -> None:
@@ -139,5 +139,5 @@ class UNetWeightedCrossEntropy(nn.Module):
         valid = _valid(target, self.ignore_index)
         if not valid.any():
             return _zero(logits)
-        ce = F.cross_entropy(logits.float(), target.long(), ignore_index=self.ignore_index, reduction="none")
+        ce = F.cross_entropy(_float(logits), target.long(), ignore_index=self.ignore_index, reduction="none")
         return (ce * self.weights(target)).sum() / valid.sum()

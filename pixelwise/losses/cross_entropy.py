@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import _as_weight, _valid, _zero, register_loss
+from .registry import _as_weight, _float, _valid, _zero, register_loss
 
 
 @register_loss("cross_entropy")
@@ -63,10 +63,10 @@ class CrossEntropyLoss(nn.Module):
             if in_range and not self.weight[classes].sum() > 0:
                 return _zero(logits)
         if pixel_weights is None and self.top_k_percent == 1:
-            return F.cross_entropy(logits.float(), target.long(), **args)
+            return F.cross_entropy(_float(logits), target.long(), **args)
         if pixel_weights is not None and pixel_weights.shape != target.shape:
             raise ValueError(f"pixel weights {tuple(pixel_weights.shape)} do not fit the target {tuple(target.shape)}")
-        losses = F.cross_entropy(logits.float(), target.long(), reduction="none", **args)  # 0 on ignored pixels
+        losses = F.cross_entropy(_float(logits), target.long(), reduction="none", **args)  # 0 on ignored pixels
         if pixel_weights is not None:
             losses = losses * pixel_weights.float()
         if self.top_k_percent < 1:
@@ -102,7 +102,7 @@ class FocalLoss(nn.Module):
             raise ConfigError(
                 f"focal alpha has {self.alpha.numel()} values for {num_classes} classes: give one per class"
             )
-        logp = F.log_softmax(logits.float(), dim=1)
+        logp = F.log_softmax(_float(logits), dim=1)
         t = target.long().where(valid, 0).unsqueeze(1)
         logp_t = logp.gather(1, t).squeeze(1)[valid]
         # 1 - p_t kept off 0: a gamma below 1 has an infinite slope there, and 0 x inf would be a NaN gradient
@@ -130,14 +130,19 @@ class OHEMCrossEntropy(nn.Module):
         weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.thresh, self.min_kept, self.ignore_index = thresh, min_kept, ignore_index
+        if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0 <= thresh <= 1:
+            raise ConfigError(f"loss 'ohem': thresh {thresh!r} must be a probability in [0, 1] (PSPNet's 0.7)")
+        whole = isinstance(min_kept, (int, float)) and not isinstance(min_kept, bool) and float(min_kept).is_integer()
+        if not whole or min_kept < 0:  # YAML reads 1e5 as a float: taken as the whole number it is
+            raise ConfigError(f"loss 'ohem': min_kept {min_kept!r} must be a whole number >= 0 of pixels per image")
+        self.thresh, self.min_kept, self.ignore_index = float(thresh), int(min_kept), ignore_index
         self.register_buffer("weight", _as_weight(weight))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
         if not valid.any():
             return _zero(logits)
-        logits = logits.float()
+        logits = _float(logits)
         with torch.no_grad():
             t = target.long().clamp(min=0, max=logits.shape[1] - 1).unsqueeze(1)
             p_true = F.softmax(logits, dim=1).gather(1, t).squeeze(1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import _valid, _zero, register_loss
+from .registry import _float, _valid, _zero, register_loss
 
 
 @register_loss("dice")
@@ -28,7 +28,7 @@ class DiceLoss(nn.Module):
         if not valid.any():
             return _zero(logits)
         num_classes = logits.shape[1]
-        probs = F.softmax(logits.float(), dim=1).movedim(1, -1)[valid]  # P x C
+        probs = F.softmax(_float(logits), dim=1).movedim(1, -1)[valid]  # P x C
         onehot = F.one_hot(target[valid].long(), num_classes).float()
         inter = (probs * onehot).sum(0)
         denom = probs.sum(0) + onehot.sum(0)
@@ -82,7 +82,7 @@ class LovaszSoftmaxLoss(nn.Module):
         return torch.cat(losses).mean()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs = F.softmax(logits.float(), dim=1)
+        probs = F.softmax(_float(logits), dim=1)
         if self.per_image:
             groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(len(target))]
         else:

@@ -83,8 +83,15 @@ def _valid(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return target != ignore_index
 
 
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 at least: fp16/bf16 up (the losses' sums and logs), float64 kept."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _zero(logits: torch.Tensor) -> torch.Tensor:
-    return logits.sum() * 0.0  # no labelled pixel: 0 with a (zero) gradient, not 0/0 = NaN
+    # no labelled pixel: 0 with a (zero) gradient, not 0/0 = NaN; in float32 at least (an fp16 sum of a crop's
+    # logits overflows to inf, and inf * 0 is NaN)
+    return (_float(logits) * 0.0).sum()
 
 
 def _as_weight(weight: Sequence[float] | None, what: str = "weight") -> torch.Tensor | None:
