@@ -16,7 +16,7 @@ from pixelwise.models import from_torchvision
 from pixelwise.models.atrous_conv import AtrousConv2d
 from pixelwise.models.backbones import ResNet
 from pixelwise.models.fcn import coord_map, crop_offset
-from pixelwise.models.modules import SeparableConv2d, bilinear_kernel, resize_to
+from pixelwise.models.modules import SeparableConv2d, bilinear_kernel, resize_to, upsample
 from pixelwise.models.registry import smallest_input
 from pixelwise.models.stats import inference_bytes, model_stats
 
@@ -381,7 +381,7 @@ def test_from_torchvision_gives_the_same_outputs(name):
             m.bias.data.uniform_(-0.2, 0.2)
     tv.eval()
     model = from_torchvision(tv.state_dict(), name=name)
-    x = torch.randn(2, 3, 97, 83)
+    x = torch.randn(2, 3, 96, 88)  # multiples of the stride, 8: elsewhere torchvision stretches its 1/8 map
     with torch.no_grad():
         ref, out = tv(x), model(x, return_aux=True)
     # float rounding only (the ASPP's large rates run as the 1x1/1x3 convs they reduce to on this small map)
@@ -418,7 +418,7 @@ def test_from_torchvision_without_aux_and_via_init_from(tmp_path):
         "deeplabv3_resnet50", num_classes=4, output_stride=8, multi_grid=None, rates=[12, 24, 36], head_conv=True
     )
     init_weights(same, tmp_path / "tv.pth")
-    x = torch.randn(1, 3, 50, 50)
+    x = torch.randn(1, 3, 48, 48)  # a multiple of the stride, 8 (elsewhere torchvision stretches its 1/8 map)
     with torch.no_grad():
         assert (tv(x)["out"] - same.eval()(x)).abs().max() < 1e-4
     other = build_model(
@@ -554,7 +554,9 @@ def test_atrous_conv_bf16_tap_products_on_cpu(monkeypatch):
 
 def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
     """LR-ASPP (Howard et al. 2019, Fig. 10): the same function as torchvision's LRASPPHead given the same
-    weights, on the backbone's last (1/16) and 1/8 features; logits at the input size, odd sizes too."""
+    weights, on the backbone's last (1/16) and 1/8 features, where the input is a multiple of 16 (elsewhere
+    torchvision stretches the 1/16 map over the 1/8 one: modules.upsample); logits at the input size, odd sizes
+    too."""
     from torchvision.models.segmentation.lraspp import LRASPPHead
 
     torch.manual_seed(0)
@@ -576,8 +578,9 @@ def test_lraspp_is_torchvisions_head_on_the_1_16_and_1_8_features():
             f = bb(x)
             assert set(f) == {model.high, model.low}
             expected = ref({"low": f[model.low], "high": f[model.high]})
-            torch.testing.assert_close(model.head(f), expected)
-            assert model(x).shape == (2, 5, *size)
+            if size[0] % 16 == 0 and size[1] % 16 == 0:
+                torch.testing.assert_close(model.head(f), expected)
+            assert model.head(f).shape == expected.shape and model(x).shape == (2, 5, *size)
 
 
 def test_heads_take_the_backbones_own_feature_at_a_reduction_not_a_dilated_one():
@@ -608,10 +611,10 @@ def test_lraspp_fine_skip_adds_the_scored_1_4_feature_to_the_upsampled_1_8_score
             assert set(f) == {model.high, model.low, model.fine}
             fine = f[model.fine]
             plain = model.high_classifier(
-                resize_to(model.conv(f[model.high]) * model.gate(f[model.high]), f[model.low].shape[-2:])
+                upsample(model.conv(f[model.high]) * model.gate(f[model.high]), 2, f[model.low].shape[-2:])
             )
             plain = plain + model.low_classifier(f[model.low])
-            expected = resize_to(plain, fine.shape[-2:]) + model.fine_classifier(fine)
+            expected = upsample(plain, 2, fine.shape[-2:]) + model.fine_classifier(fine)
             torch.testing.assert_close(model.head(f), expected)
             assert model.head(f).shape[-2:] == fine.shape[-2:] and model(x).shape == (1, 3, *size)
     plain_model = build_model("lraspp", num_classes=3, backbone="timm/mobilenetv3_large_100")
@@ -729,3 +732,36 @@ def test_vgg_heads_drop_single_values_as_caffe(name):
     for drop in drops:
         zeroed = (drop.train()(torch.ones(1, 16, 8, 8)) == 0).float().mean((2, 3))
         assert ((zeroed > 0) & (zeroed < 1)).all()  # every channel partly dropped, none whole
+
+
+@pytest.mark.parametrize("height", [64, 65, 67, 70])
+def test_upsample_keeps_each_cell_where_its_stride_puts_it(height):
+    """Cell i of a stride-4 map sits at pixel 4 i + 1.5 (bilinear, half-pixel centres) at any input size: a ramp
+    v_i = i comes back as (p + 0.5) / 4 - 0.5 at pixel p. resize_to stretched the ceil(H / 4) cells over H pixels
+    (at 65: pitch 65 / 17 = 3.82, pixel 60 off by 0.8 of a cell)."""
+    cells = -(-height // 4)
+    ramp = torch.arange(float(cells)).view(1, 1, cells, 1).expand(1, 1, cells, 3)
+    up = upsample(ramp, 4, (height, 12))
+    assert up.shape == (1, 1, height, 12)
+    p = torch.arange(float(height))
+    inside = (p >= 2) & (p <= 4 * cells - 3)  # clamped at the ends, as at multiples
+    torch.testing.assert_close(up[0, 0, inside, 0], ((p + 0.5) / 4 - 0.5)[inside])
+    if height % 4 == 0:
+        torch.testing.assert_close(up, resize_to(ramp, (height, 12)))
+    # a map of another number of cells (a backbone that rounds down; VGG's Caffe pooling): resized, as before
+    for rows in (height // 4 - 1, height // 4 + 1 + (height % 4 > 0)):
+        other = torch.rand(1, 1, rows, 3)
+        torch.testing.assert_close(upsample(other, 4, (height, 12)), resize_to(other, (height, 12)))
+
+
+def test_deeplab_on_vgg_keeps_its_resize():
+    """DeepLab v1/v2's VGG pools as Caffe did (3x3, stride 2, padding 1, rounding up): floor(H / 8) + 1 cells at
+    1/8, not the ceil(H / 8) that the stride's upsampling is for; its outputs stay those of the resize."""
+    torch.manual_seed(0)
+    model = build_model("deeplabv1_vgg16_largefov", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 72)
+    with torch.no_grad():
+        pool5 = model.backbone(x)["pool5"]
+        assert tuple(pool5.shape[-2:]) == (9, 10)
+        score = sum(branch(pool5) for branch in model.branches)
+        torch.testing.assert_close(model(x), resize_to(score, (64, 72)))

@@ -847,6 +847,46 @@ def test_whole_image_mode_switches_to_windows_when_memory_is_short(toy_run, tmp_
     )
 
 
+def test_eval_at_a_scale_too_small_for_the_network_is_one_line(toy_run):
+    """predict said so in one line; eval ran into PyTorch's "Output size is too small" traceback."""
+    from pixelwise.engine import evaluate_checkpoint
+
+    run, root, _ = toy_run
+    first = sorted((root / "toy" / "images" / "val").iterdir())[0]
+    for settings in ({"scales": [0.02]}, {"scales": [0.02], "mode": "slide", "crop": 16}):
+        with pytest.raises(DataError) as e:
+            evaluate_checkpoint(run / "best.pt", data_root=root, inference=settings, progress=False)
+        assert str(e.value) == (
+            f"image {first} is 24x20, and at inference scale 0.02 1x1, smaller than model unet takes (at least 4x4 "
+            "pixels, its total stride): leave out the scales below 0.2, or upscale the image"
+        )
+
+
+def test_the_switch_sizes_its_windows_on_the_image_as_the_scales_resize_it(toy_run, monkeypatch):
+    """The windows slide over each scale's resized image: at scale 0.5 the crop was taken from the full-size side
+    (1200x1600: windows of 704, almost the whole 600x800 image, 2.4 times the room left). Half the scale, half the
+    crop, for the same share of a pass that grows with the pixels."""
+    import pixelwise.engine.predictor as predictor_module
+    from pixelwise.engine import Predictor
+    from pixelwise.inference import InferenceSettings
+
+    run, _, _ = toy_run
+    p = Predictor(run / "best.pt", device="cpu")
+    free, h, w = 2**28, 1200, 1600
+
+    def pass_bytes(spec, height, width):  # a pass that grows with the pixels
+        return 1024 * height * width
+
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: free)
+    monkeypatch.setattr(predictor_module, "inference_bytes", pass_bytes)
+    for scale in (0.5, 1.0):
+        p.inference = InferenceSettings(scales=(scale,))
+        crop = p.settings_for_size(h, w, "big.png").crop
+        probabilities = len(p.classes) * 4 * (h * w + round(h * scale) * round(w * scale))
+        room = predictor_module.MEMORY_SHARE * free - probabilities
+        assert pass_bytes(None, crop, crop) <= room < 2 * pass_bytes(None, crop + 32, crop + 32)  # 672 at 0.5
+
+
 def test_overlay_colours_contrast_with_grey_images():
     assert overlay_palette([[0, 0, 0], [255, 255, 255]]) == [[31, 119, 180], [255, 127, 14]]  # ISBI's palette
     camvid = [[128, 128, 128], [128, 0, 0], [192, 192, 128]]

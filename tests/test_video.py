@@ -295,6 +295,11 @@ def test_frames_go_through_windows_when_memory_is_short(predictor, tmp_path, mon
     labels = [m[..., 0] for m in read_frames(files["masks"], "L")]
     for frame, label in zip(read_frames(clip), labels, strict=True):  # each frame as predict runs it, in windows
         np.testing.assert_array_equal(label, predictor.predict(frame))
+    # predict's manifest says so, as for an image (a video's entry had no "inference": the plain protocol)
+    from pixelwise.engine import predict
+
+    written = predict(predictor.checkpoint, [clip], tmp_path / "listed", progress=False)
+    assert (written[0]["inference"]["mode"], written[0]["inference"]["crop"]) == ("slide", 32)
 
 
 @pytest.mark.parametrize("masks", ["png", "video"])

@@ -297,6 +297,12 @@ def evaluate_checkpoint(
     ds = checkpoint_dataset(predictor.ckpt, checkpoint, split, data_root, instances=with_maps)
     if instances is not None:
         instances = class_index(instances, meta["classes"], "--instances")
+    count = len(ds) if num_images is None else min(num_images, len(ds))
+    checked = set()
+    for (image, _), size in zip(ds.samples[:count], ds.image_sizes[:count], strict=True):
+        if size not in checked:  # an image too small for the network at a scale: one line, as predict says it
+            predictor.check_size(size[1], size[0], str(image))
+            checked.add(size)
     metrics = evaluate(
         predictor.model,
         ds,

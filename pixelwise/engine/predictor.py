@@ -423,7 +423,9 @@ class Predictor:
                 "where more memory is free"
             )
         scale = math.sqrt((budget - outputs) / need)
-        crop = max(self._smallest or 1, 32, min(1024, int(min(height, width) * scale) // 32 * 32))
+        # the windows slide over the image as each scale resized it: a share of the largest scale's side (at
+        # scales 0.5 the whole image's side was taken, windows of almost the whole half-size image)
+        crop = max(self._smallest or 1, 32, min(1024, int(min(height, width) * top * scale) // 32 * 32))
         log.warning(
             "image %s (%dx%d): a whole-image pass needs about %.1f GiB, more than %.0f%% of the %.2f GiB free: "
             "predicting it in %dx%d sliding windows (set --mode slide --crop N yourself to choose)",
@@ -623,6 +625,8 @@ def predict(
                         progress=progress,
                     )
                     used.add(stem)
+                    if predictor.last_switched is not None:  # its frames in sliding windows: said, as for images
+                        video["inference"] = asdict(predictor.last_switched)
                     written.append(video)
                     continue
                 pages = predictor.read(path)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .backbones import Backbone, build_backbone
-from .modules import ConvNormAct, resize_to
+from .modules import ConvNormAct, upsample
 from .registry import register_model
 from .weights import Pretrained
 
@@ -45,21 +45,24 @@ class LRASPP(nn.Module):
         self.high_classifier = nn.Conv2d(channels, num_classes, 1)
         self.low_classifier = nn.Conv2d(backbone.info(low).channels, num_classes, 1)
         self.fine_classifier = None if fine is None else nn.Conv2d(backbone.info(fine).channels, num_classes, 1)
+        reductions = [backbone.info(name).reduction for name in (high, low, fine) if name is not None]
+        self.factors = [a // b for a, b in zip(reductions, reductions[1:], strict=False)]  # 2: 1/16 -> 1/8 (-> 1/4)
+        self.reduction = reductions[-1]  # of the scores: 8, or 4 with the fine skip
 
     def head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The class scores at 1/8 (1/4 with the fine skip) from the backbone's features."""
         high = features[self.high]  # 1/16 (1/OS)
         y = self.conv(high) * self.gate(high)  # 1/16, ``channels``
         low = features[self.low]  # 1/8
-        y = resize_to(y, low.shape[-2:])  # 1/16 -> 1/8
+        y = upsample(y, self.factors[0], low.shape[-2:])  # 1/16 -> 1/8
         scores = self.high_classifier(y) + self.low_classifier(low)  # 1/8, classes
         if self.fine_classifier is None:
             return scores
         fine = features[self.fine]  # 1/4
-        return resize_to(scores, fine.shape[-2:]) + self.fine_classifier(fine)  # 1/4, classes
+        return upsample(scores, self.factors[1], fine.shape[-2:]) + self.fine_classifier(fine)  # 1/4, classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return resize_to(self.head(self.backbone(x)), x.shape[-2:])  # 1/8 (1/4) -> 1/1
+        return upsample(self.head(self.backbone(x)), self.reduction, x.shape[-2:])  # 1/8 (1/4) -> 1/1
 
 
 @register_model

@@ -78,6 +78,22 @@ def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tens
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def upsample(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of a map whose cells are ``factor`` pixels of ``size``'s grid apart (the ratio of the
+    two strides), by exactly ``factor``, cut to ``size``. A stride-``s`` map of an input ``H`` pixels high has
+    ``ceil(H / s)`` rows: resized to ``H`` (:func:`resize_to`) their pitch becomes ``H / ceil(H / s)``, and where
+    ``H`` is no multiple of ``s`` the scores land up to a few pixels from where the network computed them, and
+    from where training on crops that are multiples put them. The same as :func:`resize_to` at multiples. A map
+    of another number of cells than ``ceil(size / factor)`` (VGG's Caffe-style pooling in DeepLab v1/v2 gives
+    ``floor(H / 8) + 1``; a backbone that rounds down, fewer) follows another convention: resized as before."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if (h, w) != (-(-size[0] // factor), -(-size[1] // factor)):
+        return resize_to(x, size)
+    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+
+
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """``channels x channels x k x k`` weights that make a transposed convolution with stride
     ``k // 2`` a per-channel bilinear upsampling (FCN's ``surgery.interp``)."""

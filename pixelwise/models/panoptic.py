@@ -36,7 +36,7 @@ from torch import nn
 from ..device import active_autocast_dtype
 from ..errors import ConfigError
 from .aspp import ASPP
-from .modules import ConvNormAct, SeparableConv2d, resize_to
+from .modules import ConvNormAct, SeparableConv2d, upsample
 
 INSTANCE_HEADS = ("panoptic",)
 
@@ -72,16 +72,13 @@ def prediction_conv(in_channels: int, out_channels: int) -> PredictionConv:
     return conv
 
 
-def upsample_offsets(offset: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a ``(dy, dx)`` offset map to ``size``, each vector scaled by the same factors
-    (``H / h`` for dy, ``W / w`` for dx) so that it stays in pixels of the new resolution. detectron2 multiplies by
-    the common stride 4; the per-axis ratio is the same on inputs divisible by 4 and exact on the others."""
-    h, w = offset.shape[-2:]
-    if (h, w) == tuple(size):
+def upsample_offsets(offset: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """A ``(dy, dx)`` offset map at stride ``factor`` upsampled to ``size`` (:func:`~.modules.upsample`), each
+    vector multiplied by ``factor`` so that it stays in pixels of the new resolution (detectron2 multiplies by its
+    common stride 4 the same way)."""
+    if tuple(offset.shape[-2:]) == tuple(size):
         return offset
-    up = resize_to(offset, size)
-    # scalar factors, not a tensor built from them: exporters with symbolic sizes keep them symbolic
-    return torch.cat([up[:, :1] * (size[0] / h), up[:, 1:] * (size[1] / w)], dim=1)
+    return upsample(offset, factor, size) * factor
 
 
 def _fuse(in_channels: int, out_channels: int, separable: bool) -> nn.Module:
@@ -121,6 +118,7 @@ class PanopticDeepLabInstanceBranch(nn.Module):
         low_channels: Sequence[int],
         rates: Sequence[int],
         *,
+        reductions: Sequence[int],
         project: Sequence[int] = (64, 32),
         aspp_channels: int = 256,
         width: int = 128,
@@ -139,6 +137,10 @@ class PanopticDeepLabInstanceBranch(nn.Module):
             fuse.append(_fuse(channels + p, width, separable))
             channels = width
         self.fuse = nn.ModuleList(fuse)
+        if len(reductions) != len(low_channels) + 1:
+            raise ValueError(f"need the reductions of the high and {len(low_channels)} low features, got {reductions}")
+        # 2x at each low feature (16 -> 8 -> 4), then the last one's stride to the input
+        self.factors = [a // b for a, b in zip(reductions, reductions[1:], strict=False)] + [reductions[-1]]
         self.center = PredictionHead(width, 1, head_width, separable=separable)
         self.offset = PredictionHead(width, 2, head_width, separable=separable)
 
@@ -147,8 +149,9 @@ class PanopticDeepLabInstanceBranch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``{"center", "offset"}`` at ``size`` from the ``high`` feature and the low-level ones (deepest first)."""
         y = self.aspp(high)  # 1/OS, 256 channels
-        for low, project, fuse in zip(lows, self.project, self.fuse, strict=True):
+        for low, project, fuse, factor in zip(lows, self.project, self.fuse, self.factors, strict=False):
             low = project(low)  # 1/8: 64 channels, then 1/4: 32
-            y = fuse(torch.cat([resize_to(y, low.shape[-2:]), low], dim=1))  # 2x up, 128 channels
+            y = fuse(torch.cat([upsample(y, factor, low.shape[-2:]), low], dim=1))  # 2x up, 128 channels
         # 1/4 -> 1/1; offsets rescaled to input pixels
-        return {"center": resize_to(self.center(y), size), "offset": upsample_offsets(self.offset(y), size)}
+        last = self.factors[-1]
+        return {"center": upsample(self.center(y), last, size), "offset": upsample_offsets(self.offset(y), last, size)}

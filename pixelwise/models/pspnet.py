@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .backbones import Backbone, build_backbone
-from .modules import ConvNormAct, FCNHead, resize_to
+from .modules import ConvNormAct, FCNHead, upsample
 from .pyramid_pooling import PyramidPooling
 from .registry import register_model
 from .weights import Pretrained
@@ -55,9 +55,10 @@ class PSPNet(nn.Module):
         """Logits; ``{"out", "aux"}`` when ``return_aux`` (default: in training mode, if there is an aux head)."""
         f = self.backbone(x)
         y = self.bottleneck(self.ppm(f[self.high]))  # 1/8 (ResNet-50: 2048 + 4 x 512 -> 512 channels)
-        out = resize_to(self.classifier(self.drop(y)), x.shape[-2:])
+        out = upsample(self.classifier(self.drop(y)), self.backbone.info(self.high).reduction, x.shape[-2:])  # 1/1
         if self.aux is not None and (self.training if return_aux is None else return_aux):
-            return {"out": out, "aux": resize_to(self.aux(f[self.aux_feature]), x.shape[-2:])}
+            aux = self.aux(f[self.aux_feature])
+            return {"out": out, "aux": upsample(aux, self.backbone.info(self.aux_feature).reduction, x.shape[-2:])}
         return out
 
 
