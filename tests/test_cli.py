@@ -10,6 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pixelwise.errors import ConfigError
 from pixelwise.models.weights import load_checkpoint
 
 from .conftest import REPO, write_dataset
@@ -231,7 +232,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
     def denied(args):
         raise PermissionError(13, "Permission denied", "/data/out/m.json")
 
-    monkeypatch.setattr(cli, "_cmd_models", denied)
+    monkeypatch.setattr(cli.verbs, "cmd_models", denied)
     assert error("models") == (
         "pixelwise models: error: /data/out/m.json: Permission denied; check the path and its permissions"
     )
@@ -249,11 +250,15 @@ def test_eval_reads_images_with_as_many_workers_as_the_process_has_cpus(monkeypa
 
     def fake_evaluate(model, dataset, **kwargs):
         seen.append(kwargs["num_workers"])
-        raise cli.ConfigError("stop here")
+        raise ConfigError("stop here")
 
     monkeypatch.setattr(evaluator, "evaluate", fake_evaluate)
     monkeypatch.setattr(evaluator, "Predictor", lambda *a, **k: FakePredictor())
-    monkeypatch.setattr(evaluator, "checkpoint_dataset", lambda *a, **k: [])
+
+    class NoImages(list):  # a split whose sizes eval checks first: none here
+        samples, image_sizes = [], []
+
+    monkeypatch.setattr(evaluator, "checkpoint_dataset", lambda *a, **k: NoImages())
     for cpus, flag, expected in ((1, [], 1), (2, [], 2), (8, [], 2), (1, ["--num-workers", "3"], 3)):
         monkeypatch.setattr(evaluator, "usable_cpus", lambda cpus=cpus: cpus)
         assert cli.main(["eval", "x.pt", *flag]) == 2

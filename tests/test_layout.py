@@ -19,7 +19,7 @@ LAYERS = [
     {"inference"},
     {"config"},
     {"engine", "export", "report"},
-    {"cli", "cli_options", "__main__", "__init__", "serve"},
+    {"cli", "__main__", "__init__", "serve"},
 ]
 
 

@@ -125,7 +125,7 @@ def test_inference_section_is_checked_at_load(tmp_path):
 
 def test_cli_protocol_flags_are_overrides_of_the_runs():
     from pixelwise.cli import build_parser
-    from pixelwise.cli_options import inference_settings
+    from pixelwise.cli.options import inference_settings
 
     parse = build_parser().parse_args
     assert inference_settings(parse(["eval", "run/best.pt"])) is None

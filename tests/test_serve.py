@@ -111,7 +111,7 @@ def test_the_run_s_protocol_and_its_flags(toy_checkpoint, client):
     """serve takes eval's protocol flags over the run's own (e.g. --no-flip for half the work); /v1/model says
     which protocol runs."""
     from pixelwise.cli import build_parser
-    from pixelwise.cli_options import inference_settings
+    from pixelwise.cli.options import inference_settings
 
     args = build_parser().parse_args(["serve", "m.pt", "--no-flip", "--scales", "0.5", "--amp", "none"])
     assert inference_settings(args) == {"scales": [0.5], "flip": False} and args.amp == "none"

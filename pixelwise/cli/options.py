@@ -79,7 +79,7 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 def decoding_overrides(args: argparse.Namespace) -> dict | None:
     """The instance decoding flags given, as overrides of the run's ``instances`` section, or ``None``."""
-    from .inference.instance_settings import DECODING_KEYS
+    from ..inference.instance_settings import DECODING_KEYS
 
     given = {k: getattr(args, k) for k in DECODING_KEYS}
     given = {k: v for k, v in given.items() if v is not None}
@@ -117,8 +117,8 @@ def inference_settings(args: argparse.Namespace) -> dict | None:
 
 def crf_overrides(args: argparse.Namespace) -> dict | None:
     """With --crf: the --crf-* flags given, over the run's settings (resolved by the library)."""
-    from .crf import CRFSettings
-    from .errors import ConfigError
+    from ..crf import CRFSettings
+    from ..errors import ConfigError
 
     given = {k: getattr(args, f"crf_{k}") for k in CRFSettings.names()}
     if not args.crf and any(v is not None for v in given.values()):
