@@ -10,8 +10,8 @@ from .builders import build_criterion, build_optimizer, image_mode, model_spec
 from .crf_search import crf_search
 from .distributed import Distributed, setup_distributed
 from .evaluator import checkpoint_dataset, evaluate, evaluate_checkpoint
-from .prediction_files import expand_inputs
-from .predictor import Predictor, inference_model, predict
+from .prediction_files import expand_inputs, predict
+from .predictor import Predictor, inference_model
 from .sampler import EpochSampler
 from .trainer import train
 

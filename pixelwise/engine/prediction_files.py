@@ -1,6 +1,6 @@
-"""The files a prediction run writes (``pixelwise predict``): its inputs expanded, its output folder made ready,
-and per input ``masks/``, ``color/``, ``overlay/`` (and ``instances/``, ``instance_overlay/``, ``effect/``), each
-written whole or not at all."""
+"""A prediction run over files (``pixelwise predict``, :func:`predict`) and what it writes: its inputs expanded,
+its output folder made ready, and per input ``masks/``, ``color/``, ``overlay/`` (and ``instances/``,
+``instance_overlay/``, ``effect/``), each written whole or not at all, and the manifest."""
 
 from __future__ import annotations
 
@@ -10,19 +10,27 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from .. import __version__
+from ..argmax import class_argmax
 from ..data import IMAGE_EXTENSIONS, image_to_uint8, write_image
-from ..data.video import VIDEO_EXTENSIONS
-from ..errors import DataError
-from ..inference.effects import Effect
-from ..visualize import colorize, instance_overlay, overlay, overlay_palette
+from ..data.video import VIDEO_EXTENSIONS, is_video
+from ..errors import ConfigError, DataError, ResourceError
+from ..fileio import file_sha256, write_json
+from ..inference import InferenceSettings
+from ..inference.effects import Effect, one_hot
+from ..visualize import colorize, instance_overlay, legend, overlay, overlay_palette
 from .instance_methods import InstanceOutput
+from .predictor import CRFOption, Predictor
+from .video import TemporalEMA, check_video_model, image_probabilities, predict_video
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -242,3 +250,174 @@ def merge_files(files: dict[str, Any], more: dict[str, Any]) -> None:
     files.update(more)
     if slices:
         files["slices"] = slices
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    alpha: float = 0.5,
+    amp: str = "none",
+    inference: InferenceSettings | dict[str, Any] | None = None,
+    crf: CRFOption = None,
+    backend: str = "auto",
+    compile: bool = False,
+    overwrite: bool = False,
+    skip_errors: bool = False,
+    progress: bool = True,
+    effect: str | None = None,
+    foreground: str | Sequence[str | int] | None = None,
+    smooth: float | None = None,
+    video_masks: str | None = None,
+    batch_size: int = 4,
+    audio: bool = True,
+    decoding: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
+    (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
+    :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
+    path and sha256, the settings, every file written and every input that failed). One image at a time: memory stays
+    flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
+    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` (``"auto"``, the default, for an ``.onnx``
+    file) runs an ONNX file written by
+    ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
+    (torch backend); ``crf`` as :class:`Predictor`.
+
+    ``effect`` (``blur[=SIGMA]``, ``replace=IMAGE_OR_COLOUR``, ``cutout``, ``highlight[=OPACITY]``) on the
+    ``foreground`` classes (names or indices; :meth:`pixelwise.inference.effects.Effect.from_spec`) also writes
+    ``effect/<stem>.png``. A video input (:data:`pixelwise.data.video.VIDEO_EXTENSIONS`) is predicted frame by
+    frame by :func:`pixelwise.engine.video.predict_video`: ``<stem>_overlay.mp4``, the effect as
+    ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
+    and ``audio`` as there. ``decoding`` as :class:`Predictor`."""
+    out_dir = Path(out_dir)
+    if not 0 <= alpha <= 1:  # NaN too
+        raise ConfigError(f"--alpha {alpha}: the overlay's opacity must be between 0 and 1")
+    if smooth is not None:
+        TemporalEMA(smooth)  # its range, checked before anything is written
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
+    if foreground is not None and effect is None:
+        raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
+    # an earlier prediction's legend in an --out that is also the input folder is no input; a user's own is
+    legend_path = own_legend(out_dir)
+    paths = [p for p in expand_inputs(inputs) if legend_path is None or Path(p).resolve() != legend_path.resolve()]
+    if not paths:
+        raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
+    predictor = Predictor(
+        checkpoint,
+        device=device,
+        amp=amp,
+        compile=compile,
+        backend=backend,
+        inference=inference,
+        crf=crf,
+        decoding=decoding,
+    )
+    chosen = None
+    if effect is not None:  # checked before anything is written
+        chosen = Effect.from_spec(effect, predictor.classes, predictor.meta["palette"], foreground)
+    for path in paths:  # a model video cannot run stops here, not after the images before the video are written
+        if is_video(path):
+            check_video_model(predictor, path)
+            break
+    else:  # the video flags do nothing without a video: said, as --crf-* without --crf is
+        given = [flag for flag, value in (("--smooth", smooth), ("--video-masks", video_masks)) if value is not None]
+        if given:
+            verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
+            raise ConfigError(f"{' and '.join(given)} {verb} to videos, and no input is one: drop {them}")
+    check_legend_free(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+    written: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    used: set[str] = set()
+    manifest = {
+        "pixelwise": __version__,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "sha256": file_sha256(checkpoint),
+        "backend": predictor.backend,
+        "settings": {
+            "amp": predictor.amp,
+            "alpha": alpha,
+            "inference": None if predictor.inference is None else asdict(predictor.inference),
+            "crf": None if predictor.crf is None else asdict(predictor.crf),
+            "effect": None if chosen is None else chosen.describe(),
+            "smooth": smooth,
+            "decoding": predictor.instance_method.decoding if predictor.instance_method.enabled else None,
+        },
+        "files": written,
+        "failed": failed,
+    }
+    try:
+        write_json(out_dir / MANIFEST, manifest)  # first: the legend below is known as ours even if killed
+        # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
+        write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
+        for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
+            stem = path.stem
+            predictor.last_switched = None
+            try:
+                if is_video(path):
+                    while stem in used:  # same stem from two folders: keep both
+                        stem += "_"
+                    video = predict_video(
+                        predictor,
+                        path,
+                        out_dir,
+                        stem=stem,
+                        alpha=alpha,
+                        batch_size=batch_size,
+                        smooth=smooth,
+                        effect=chosen,
+                        masks=video_masks,
+                        audio=audio,
+                        progress=progress,
+                    )
+                    used.add(stem)
+                    if predictor.last_switched is not None:  # its frames in sliding windows: said, as for images
+                        video["inference"] = asdict(predictor.last_switched)
+                    written.append(video)
+                    continue
+                pages = predictor.read(path)
+                # the names this input's files take (a stack's slices: <stem>_z0000 ...): none may be another's
+                while not used.isdisjoint(output_names(stem, len(pages))):
+                    stem += "_"
+                probs = None
+                if predictor.instance_method.enabled:
+                    found = [predictor.predict_instances(page, str(path)) for page in pages]
+                    preds = [f.semantic.astype(np.uint8) for f in found]
+                    if chosen is not None:  # as serve: the effect from the decoded mask (outputs may not be classes)
+                        probs = [torch.from_numpy(one_hot(pred, len(predictor.classes))) for pred in preds]
+                elif chosen is not None:  # the effect needs probabilities: their argmax is the prediction
+                    probs = [image_probabilities(predictor, page, str(path)) for page in pages]
+                    found, preds = None, [class_argmax(p, 0).to(torch.uint8).cpu().numpy() for p in probs]
+                else:
+                    found, preds = None, [predictor.predict(page, str(path)) for page in pages]
+            except (DataError, ResourceError) as e:
+                if isinstance(e, ResourceError):  # about the machine: name the image it could not do
+                    e = ResourceError(f"{path}: {e}")
+                failed.append({"image": str(path), "error": str(e)})  # the manifest says so, stopped or not
+                if not skip_errors:
+                    raise e from None
+                log.warning("skipped: %s", e)
+                continue
+            used.update(output_names(stem, len(pages)))
+            files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
+            if predictor.last_switched is not None:  # not the settings above: the manifest says what this one ran
+                files["inference"] = asdict(predictor.last_switched)
+            if found is not None:
+                merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
+            if probs is not None and chosen is not None:
+                merge_files(files, write_effect(out_dir, stem, pages, probs, chosen))
+            written.append(files)
+    finally:
+        write_json(out_dir / MANIFEST, manifest)
+    if failed:
+        names = "; ".join(f"{Path(f['image']).name}" for f in failed[:5])
+        raise PredictionErrors(
+            f"{len(failed)} of {len(paths)} image(s) could not be predicted ({names}"
+            f"{'; ...' if len(failed) > 5 else ''}); the others were written, see {out_dir / MANIFEST}",
+            written,
+            failed,
+        )
+    return written

@@ -1,6 +1,7 @@
 """One way to get a trained model ready for inference (as detectron2's ``DefaultPredictor``): the checkpoint
-(or ONNX file) loaded once, the model prepared as eval/predict run it, its CRF settings resolved; and
-``pixelwise predict``, which writes masks, colour masks and overlays for images."""
+(or ONNX file) loaded once, the model prepared as eval/predict run it, its CRF settings resolved, and the
+protocol an image's size and the free memory allow. ``pixelwise predict``'s run over files is
+:func:`pixelwise.engine.prediction_files.predict`."""
 
 from __future__ import annotations
 
@@ -17,42 +18,22 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
-from .. import __version__
 from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
-from ..data import image_to_tensor, read_image_stack, shift_image, write_image
+from ..data import image_to_tensor, read_image_stack, shift_image
 from ..data.io import decode_image, page_count
-from ..data.video import is_video
 from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, ResourceError
-from ..fileio import file_sha256, write_json
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
-from ..inference.effects import Effect, one_hot
 from ..inference.instance_settings import CENTRE_KEYS
 from ..inference.protocol import check_instance_protocol
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
-from ..visualize import legend
 from .builders import image_mode
 from .instance_methods import InstanceOutput, decode
-from .prediction_files import (
-    LEGEND,
-    MANIFEST,
-    PredictionErrors,
-    check_legend_free,
-    expand_inputs,
-    merge_files,
-    output_names,
-    own_legend,
-    prepare_out_dir,
-    write_effect,
-    write_instances,
-    write_prediction,
-)
-from .video import TemporalEMA, batch_probabilities, check_video_model, image_probabilities, predict_video
+from .video import batch_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -501,174 +482,3 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "crf": None if self.crf is None else asdict(self.crf)}
-
-
-def predict(
-    checkpoint: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    device: str = "auto",
-    alpha: float = 0.5,
-    amp: str = "none",
-    inference: InferenceSettings | dict[str, Any] | None = None,
-    crf: CRFOption = None,
-    backend: str = "auto",
-    compile: bool = False,
-    overwrite: bool = False,
-    skip_errors: bool = False,
-    progress: bool = True,
-    effect: str | None = None,
-    foreground: str | Sequence[str | int] | None = None,
-    smooth: float | None = None,
-    video_masks: str | None = None,
-    batch_size: int = 4,
-    audio: bool = True,
-    decoding: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
-    (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
-    :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
-    path and sha256, the settings, every file written and every input that failed). One image at a time: memory stays
-    flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
-    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` (``"auto"``, the default, for an ``.onnx``
-    file) runs an ONNX file written by
-    ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
-    (torch backend); ``crf`` as :class:`Predictor`.
-
-    ``effect`` (``blur[=SIGMA]``, ``replace=IMAGE_OR_COLOUR``, ``cutout``, ``highlight[=OPACITY]``) on the
-    ``foreground`` classes (names or indices; :meth:`pixelwise.inference.effects.Effect.from_spec`) also writes
-    ``effect/<stem>.png``. A video input (:data:`pixelwise.data.video.VIDEO_EXTENSIONS`) is predicted frame by
-    frame by :func:`pixelwise.engine.video.predict_video`: ``<stem>_overlay.mp4``, the effect as
-    ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
-    and ``audio`` as there. ``decoding`` as :class:`Predictor`."""
-    out_dir = Path(out_dir)
-    if not 0 <= alpha <= 1:  # NaN too
-        raise ConfigError(f"--alpha {alpha}: the overlay's opacity must be between 0 and 1")
-    if smooth is not None:
-        TemporalEMA(smooth)  # its range, checked before anything is written
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
-    if foreground is not None and effect is None:
-        raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
-    # an earlier prediction's legend in an --out that is also the input folder is no input; a user's own is
-    legend_path = own_legend(out_dir)
-    paths = [p for p in expand_inputs(inputs) if legend_path is None or Path(p).resolve() != legend_path.resolve()]
-    if not paths:
-        raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
-    predictor = Predictor(
-        checkpoint,
-        device=device,
-        amp=amp,
-        compile=compile,
-        backend=backend,
-        inference=inference,
-        crf=crf,
-        decoding=decoding,
-    )
-    chosen = None
-    if effect is not None:  # checked before anything is written
-        chosen = Effect.from_spec(effect, predictor.classes, predictor.meta["palette"], foreground)
-    for path in paths:  # a model video cannot run stops here, not after the images before the video are written
-        if is_video(path):
-            check_video_model(predictor, path)
-            break
-    else:  # the video flags do nothing without a video: said, as --crf-* without --crf is
-        given = [flag for flag, value in (("--smooth", smooth), ("--video-masks", video_masks)) if value is not None]
-        if given:
-            verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
-            raise ConfigError(f"{' and '.join(given)} {verb} to videos, and no input is one: drop {them}")
-    check_legend_free(out_dir)
-    prepare_out_dir(out_dir, overwrite)
-    written: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    used: set[str] = set()
-    manifest = {
-        "pixelwise": __version__,
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "sha256": file_sha256(checkpoint),
-        "backend": predictor.backend,
-        "settings": {
-            "amp": predictor.amp,
-            "alpha": alpha,
-            "inference": None if predictor.inference is None else asdict(predictor.inference),
-            "crf": None if predictor.crf is None else asdict(predictor.crf),
-            "effect": None if chosen is None else chosen.describe(),
-            "smooth": smooth,
-            "decoding": predictor.instance_method.decoding if predictor.instance_method.enabled else None,
-        },
-        "files": written,
-        "failed": failed,
-    }
-    try:
-        write_json(out_dir / MANIFEST, manifest)  # first: the legend below is known as ours even if killed
-        # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
-        write_image(out_dir / LEGEND, legend(predictor.classes, predictor.meta["palette"]))
-        for path in tqdm(paths, desc="predict", unit="img", disable=not progress, dynamic_ncols=True):
-            stem = path.stem
-            predictor.last_switched = None
-            try:
-                if is_video(path):
-                    while stem in used:  # same stem from two folders: keep both
-                        stem += "_"
-                    video = predict_video(
-                        predictor,
-                        path,
-                        out_dir,
-                        stem=stem,
-                        alpha=alpha,
-                        batch_size=batch_size,
-                        smooth=smooth,
-                        effect=chosen,
-                        masks=video_masks,
-                        audio=audio,
-                        progress=progress,
-                    )
-                    used.add(stem)
-                    if predictor.last_switched is not None:  # its frames in sliding windows: said, as for images
-                        video["inference"] = asdict(predictor.last_switched)
-                    written.append(video)
-                    continue
-                pages = predictor.read(path)
-                # the names this input's files take (a stack's slices: <stem>_z0000 ...): none may be another's
-                while not used.isdisjoint(output_names(stem, len(pages))):
-                    stem += "_"
-                probs = None
-                if predictor.instance_method.enabled:
-                    found = [predictor.predict_instances(page, str(path)) for page in pages]
-                    preds = [f.semantic.astype(np.uint8) for f in found]
-                    if chosen is not None:  # as serve: the effect from the decoded mask (outputs may not be classes)
-                        probs = [torch.from_numpy(one_hot(pred, len(predictor.classes))) for pred in preds]
-                elif chosen is not None:  # the effect needs probabilities: their argmax is the prediction
-                    probs = [image_probabilities(predictor, page, str(path)) for page in pages]
-                    found, preds = None, [class_argmax(p, 0).to(torch.uint8).cpu().numpy() for p in probs]
-                else:
-                    found, preds = None, [predictor.predict(page, str(path)) for page in pages]
-            except (DataError, ResourceError) as e:
-                if isinstance(e, ResourceError):  # about the machine: name the image it could not do
-                    e = ResourceError(f"{path}: {e}")
-                failed.append({"image": str(path), "error": str(e)})  # the manifest says so, stopped or not
-                if not skip_errors:
-                    raise e from None
-                log.warning("skipped: %s", e)
-                continue
-            used.update(output_names(stem, len(pages)))
-            files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
-            if predictor.last_switched is not None:  # not the settings above: the manifest says what this one ran
-                files["inference"] = asdict(predictor.last_switched)
-            if found is not None:
-                merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
-            if probs is not None and chosen is not None:
-                merge_files(files, write_effect(out_dir, stem, pages, probs, chosen))
-            written.append(files)
-    finally:
-        write_json(out_dir / MANIFEST, manifest)
-    if failed:
-        names = "; ".join(f"{Path(f['image']).name}" for f in failed[:5])
-        raise PredictionErrors(
-            f"{len(failed)} of {len(paths)} image(s) could not be predicted ({names}"
-            f"{'; ...' if len(failed) > 5 else ''}); the others were written, see {out_dir / MANIFEST}",
-            written,
-            failed,
-        )
-    return written
