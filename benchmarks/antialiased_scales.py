@@ -5,7 +5,7 @@ own protocol (its scales, flips and turns) both ways, in turns, and a third time
 deterministic: the first and third must agree).
 
     python benchmarks/antialiased_scales.py runs/camvid_cpu/last.pt --split test --data-root ../shared/datasets \
-        --json benchmarks/results/antialiased_scales_camvid.json
+        --json benchmarks/results/antialiased_scales_camvid_zen5.json
 """
 
 from __future__ import annotations

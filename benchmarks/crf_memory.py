@@ -5,7 +5,8 @@ inputs are made (their temporaries freed) and reads the peak after one ``dense_c
 (the appearance lattice's fewest vertices), CamVid and ISBI 2012 images scaled to the size asked, and uniform
 colour noise (the most vertices). The check refuses what cannot fit by the least figure any image needs.
 
-    python benchmarks/crf_memory.py --data-root ../shared/datasets --side 1024 --json benchmarks/results/crf_memory.json
+    python benchmarks/crf_memory.py --data-root ../shared/datasets --side 1024 \
+        --json benchmarks/results/crf_memory_zen5.json
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ everywhere along it. This measures both sides of that on a labelled split:
 Prints one table, writes a JSON:
 
     python benchmarks/isbi_boundary_errors.py runs/isbi2012_cpu/last.pt --split val --data-root ../shared/datasets \
-        --json benchmarks/results/isbi2012_boundary_errors.json
+        --json benchmarks/results/isbi2012_boundary_errors_xeon.json
 """
 
 from __future__ import annotations

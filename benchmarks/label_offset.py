@@ -13,7 +13,7 @@ offset left over, to be added to the run's. ``--no-flip`` drops the mirror image
 the network itself makes (rather than the masks) then shows up along x as well, where flip averaging cancels it.
 
     python benchmarks/label_offset.py runs/isbi2012_cpu/last.pt --split train --data-root ../shared/datasets \
-        --json benchmarks/results/isbi2012_label_offset_train.json
+        --json benchmarks/results/isbi2012_label_offset_train_xeon.json
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How many pixels a checkpoint labels differently in bf16 and in float32 (what an exported ONNX graph, float32,
 gives): every ``--every``-th image of a split, with the run's own protocol and with one plain scale.
 
-    python benchmarks/precision_agreement.py runs/camvid_cpu/last.pt --split test --every 23 \
-        --data-root ../shared/datasets --json benchmarks/results/precision_agreement_camvid.json
+    python benchmarks/precision_agreement.py runs/s46/camvid_20/last.pt --split test --every 23 \
+        --data-root ../shared/datasets --json benchmarks/results/precision_agreement_camvid20_test.json
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ themselves). For a two-class data set the pixels every model gets wrong are spli
 the ground truth's class boundary, as ``isbi_boundary_errors.py`` does. Per image, each checkpoint's error.
 
     python benchmarks/shared_errors.py RUN_A/last.pt RUN_B/last.pt RUN_C/last.pt --split val \
-        --data-root ../shared/datasets --json benchmarks/results/isbi2012_shared_errors.json
+        --data-root ../shared/datasets --json benchmarks/results/isbi2012_shared_errors_val_epyc_avx512.json
 """
 
 from __future__ import annotations

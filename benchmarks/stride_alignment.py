@@ -6,8 +6,8 @@ them. ``pixelwise.models.modules.upsample`` upsamples by the stride and cuts. Th
 run's own protocol both ways, in turns, and a third time the first way (the figures are deterministic: the first
 and third must agree).
 
-    python benchmarks/stride_alignment.py runs/camvid_cpu/last.pt --split test --data-root ../shared/datasets \
-        --json benchmarks/results/stride_alignment_camvid.json
+    python benchmarks/stride_alignment.py runs/s46/camvid_20/last.pt --split test --data-root ../shared/datasets \
+        --json benchmarks/results/stride_alignment_camvid20_test.json
 """
 
 from __future__ import annotations

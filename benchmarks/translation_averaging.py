@@ -6,7 +6,7 @@ of shifts, then reports the plain pixel error (the fraction of labelled pixels w
 of each set. Pixels that a shift moves out of the image are averaged over the shifts that keep them.
 
     python benchmarks/translation_averaging.py runs/isbi2012_cpu/last.pt --split val --data-root ../shared/datasets \
-        --json benchmarks/results/isbi2012_translation_averaging.json
+        --json benchmarks/results/isbi2012_translation_averaging_zen5.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""YAML run configs: sections ``model``, ``data``, ``train`` and ``crf``.
+"""YAML run configs: sections ``model``, ``data``, ``train``, ``crf``, ``instances`` and ``inference``.
 
 ``model`` is ``name`` plus the builder's keyword arguments, one to one (see
-:func:`pixelwise.build_model`); ``data``, ``train`` and ``crf`` take the keys of :data:`DEFAULTS`.
+:func:`pixelwise.build_model`); the other sections take the keys of :data:`DEFAULTS`.
 Values are checked at load time (types, and ranges such as a positive batch size). Any key
 can be overridden from the command line with ``--set section.key=value`` (value parsed as YAML).
 Unknown sections or keys raise :class:`~pixelwise.errors.ConfigError` listing the valid ones.

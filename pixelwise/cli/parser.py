@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="YAML config with sections model, data, train")
+    p.add_argument("config", help="YAML config (sections model, data, train, crf, instances, inference)")
     p.add_argument(
         "--set",
         action="append",
