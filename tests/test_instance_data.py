@@ -11,7 +11,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pixelwise.data import SegmentationDataset, build_transforms
-from pixelwise.data.transforms import ElasticDeformation, InstanceMap, JointTransform, RandomRot90, RandomScale
+from pixelwise.data.transforms import (
+    OUTSIDE,
+    ElasticDeformation,
+    InstanceMap,
+    JointTransform,
+    RandomRot90,
+    RandomScale,
+)
 from pixelwise.errors import DataError
 
 from .conftest import write_dataset
@@ -69,7 +76,9 @@ def test_random_scale_samples_masks_at_the_image_pixel_centres():
 @pytest.mark.parametrize(
     "pipeline",
     [
-        v2.RandomCrop((32, 36), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255, InstanceMap: 0}),
+        v2.RandomCrop(
+            (32, 36), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255, InstanceMap: OUTSIDE}
+        ),
         v2.RandomHorizontalFlip(p=1.0),
         v2.RandomVerticalFlip(p=1.0),
         RandomScale((0.6, 1.7)),
@@ -89,14 +98,16 @@ def test_every_augmentation_moves_instances_exactly_as_the_mask(pipeline, tmp_pa
         assert inst_t.shape == mask_t.shape == img_t.shape[1:]
         # the same nearest-neighbour resampling: foreground of the moved instances == moved mask's class 1
         np.testing.assert_array_equal((inst_t > 0).numpy(), (mask_t == 1).numpy())
-        # ids preserved: every id after the transform is one of the originals (no blending, no fill value)
-        assert set(inst_t.unique().tolist()) <= set(inst.unique().tolist())
+        # ids preserved: every id after the transform is one of the originals (no blending), or OUTSIDE exactly
+        # where the mask was filled (past the image)
+        assert set(inst_t.unique().tolist()) <= set(inst.unique().tolist()) | {OUTSIDE}
+        np.testing.assert_array_equal((inst_t == OUTSIDE).numpy(), (mask_t == 255).numpy())
     torch.manual_seed(0)
     if isinstance(pipeline, v2.RandomHorizontalFlip):
         np.testing.assert_array_equal(joint(image, mask, inst)[2].numpy(), inst.flip(-1).numpy())
 
 
-def test_padding_fills_instances_with_0_and_the_mask_with_ignore(tmp_path):
+def test_padding_fills_instances_with_outside_and_the_mask_with_ignore(tmp_path):
     inst = torch.from_numpy(blobs(20, 24, 1).astype(np.int64))
     mask = (inst > 0).to(torch.uint8)
     tf = build_transforms(train=True, mean=[0.5] * 3, std=[0.25] * 3, crop_size=64, scale_range=None, elastic_p=1.0)
@@ -104,8 +115,8 @@ def test_padding_fills_instances_with_0_and_the_mask_with_ignore(tmp_path):
     _, mask_t, inst_t = tf(torch.stack([mask * 100] * 3), mask, inst)
     padded = mask_t == 255
     assert padded.sum() > 64 * 64 - 20 * 24 - 1  # the crop is larger than the image
-    assert (inst_t[padded] == 0).all()  # no instance id 255 appears in the padding
-    assert set(inst_t.unique().tolist()) <= set(inst.unique().tolist())
+    assert (inst_t[padded] == OUTSIDE).all()  # past the image: neither an id nor background
+    assert set(inst_t.unique().tolist()) <= set(inst.unique().tolist()) | {OUTSIDE}
 
 
 def test_dataset_items_stay_aligned_through_the_training_pipeline(tmp_path):

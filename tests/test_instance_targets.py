@@ -123,7 +123,8 @@ def test_boundary_classes_empty_and_bad_input():
     with pytest.raises(TypeError):
         boundary_classes(torch.zeros(4, 4))
     with pytest.raises(ValueError):
-        boundary_classes(-torch.ones(4, 4, dtype=torch.int64))
+        boundary_classes(-2 * torch.ones(4, 4, dtype=torch.int64))  # -1 is past the image (a crop's padding)
+    assert torch.equal(boundary_classes(-torch.ones(4, 4, dtype=torch.int64)), torch.zeros(4, 4, dtype=torch.int64))
     with pytest.raises(ValueError):
         boundary_classes(torch.zeros(4, 4, dtype=torch.int64), width=-1)
 
@@ -296,3 +297,27 @@ def test_objects_outlined_by_a_void_band_keep_their_boundary():
     for rows, cols in ((slice(2, 5), slice(2, 5)), (slice(2, 5), slice(7, 10))):
         square = target[rows, cols]
         assert (square[1, 1] == 1) and (square.sum() - 1 == 8 * 2)  # centre interior, the 8 around it boundary
+
+
+def test_an_object_cut_by_a_crop_s_padding_gets_no_boundary_there():
+    """A crop larger than the image pads it: the padding was background (0) to the boundary targets, so every
+    object reaching the image's edge got a false boundary band along it (about 1 % of DSB2018's boundary pixels);
+    it is OUTSIDE (-1) now, past the image, where no boundary is drawn, as at the image's own edge."""
+    from pixelwise.data import build_transforms
+    from pixelwise.engine.instance_methods import TargetBuilder
+    from pixelwise.inference import InstanceSettings
+
+    inst = torch.zeros(10, 12, dtype=torch.long)
+    inst[:, :6], inst[:, 6:] = 1, 2  # two objects filling the image, touching in the middle
+    mask = (inst > 0).to(torch.uint8)
+    tf = build_transforms(train=True, mean=[0.5] * 3, std=[0.25] * 3, crop_size=16, scale_range=None, hflip=False)
+    torch.manual_seed(0)
+    _, mask_t, inst_t = tf(torch.stack([mask * 100] * 3), mask, inst)
+    target = TargetBuilder(InstanceSettings(method="boundary", boundary_width=1), 2, 255)(mask_t.long(), inst_t)
+    inside = mask_t != 255
+    assert int(inside.sum()) == 120  # the whole image, padded round
+    boundary = (target == 2) & inside
+    # only the two columns where the objects touch: none along the padding
+    assert int(boundary.sum()) == 2 * 10
+    cols = boundary.nonzero()[:, 1].unique()
+    assert len(cols) == 2 and int(cols[1] - cols[0]) == 1

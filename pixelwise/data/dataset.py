@@ -321,8 +321,9 @@ class SegmentationDataset(Dataset):
         tensors[1] = tensors[1].long()
         if self.with_instances:
             tensors[2] = tensors[2].long()
-            if self.target is not None:
+            if self.target is not None:  # it tells a crop's padding (OUTSIDE, -1) from background
                 return tensors[0], self.target(tensors[1], tensors[2])
+            tensors[2] = tensors[2].clamp_(min=0)  # 0: no instance, as the maps on disk
         return tuple(tensors)
 
     def class_counts(self, progress: bool = False) -> tuple[list[int], list[int]]:

@@ -44,13 +44,15 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 _INSTANCE_CHUNK = 2**21  # window elements scattered at once when drawing heatmaps (bounds the memory)
 
 
-def _as_tensor(instances: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_tensor(instances: torch.Tensor | np.ndarray, outside: bool = False) -> torch.Tensor:
+    """The ids as an integer tensor; negative ids refused, but for -1 where ``outside`` (past the image: a crop's
+    padding, :data:`~pixelwise.data.transforms.OUTSIDE`)."""
     t = torch.as_tensor(np.ascontiguousarray(instances) if isinstance(instances, np.ndarray) else instances)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"an instance map must hold integer ids, got {t.dtype}")
     if t.dtype in (torch.uint16, torch.uint32, torch.uint64):  # 16-bit PNG ids; torch has few ops for these
         t = t.to(torch.int64)
-    if t.numel() and int(t.min()) < 0:
+    if t.numel() and int(t.min()) < (-1 if outside else 0):
         raise ValueError("an instance map holds negative ids; 0 is no instance and ids are positive")
     return t
 
@@ -98,8 +100,9 @@ def boundary_classes(
 
     An instance pixel is *boundary* when a pixel within Chebyshev distance ``width`` of it (its
     ``(2 width + 1) x (2 width + 1)`` square window) has another id, another instance's or background (0); else
-    *interior*. Pixels outside the image do not count, so an object cut by the crop's edge gets no boundary
-    there. Two touching objects are thus separated by a band of ``2 width`` boundary pixels (``width`` on each
+    *interior*. Pixels outside the image do not count, nor do those of negative id (a crop's padding,
+    :data:`~pixelwise.data.transforms.OUTSIDE`), so an object cut by the crop's or the image's edge gets no
+    boundary there. Two touching objects are thus separated by a band of ``2 width`` boundary pixels (``width`` on each
     side), and the interiors of different objects are more than ``2 width`` pixels apart (Chebyshev), so their
     8-connected components never merge. ``width=0`` makes every instance pixel interior.
 
@@ -109,15 +112,16 @@ def boundary_classes(
     """
     if width < 0:
         raise ValueError(f"boundary width must be >= 0, got {width}")
-    inst = _as_tensor(instances)
+    inst = _as_tensor(instances, outside=True)
     if inst.dim() not in (2, 3):
         raise ValueError(f"an instance map must be H x W or N x H x W, got shape {tuple(inst.shape)}")
     ids = inst.long()
     out = (ids > 0).long()  # 0 background, 1 instance
     if width > 0 and ids.numel():
         # outside the image: -1 for the maximum and the largest int64 for the minimum, values no id can beat
-        high = _window_extreme(ids, width, torch.maximum, -1)
-        low = _window_extreme(ids, width, torch.minimum, torch.iinfo(torch.int64).max)
+        high = _window_extreme(ids, width, torch.maximum, -1)  # a negative id never beats a pixel's own
+        big = torch.iinfo(torch.int64).max
+        low = _window_extreme(ids.masked_fill(ids < 0, big), width, torch.minimum, big)
         out = out + ((high != ids) | (low != ids)).long() * out
     if ignore is not None:
         mask = torch.as_tensor(ignore, device=out.device).bool()

@@ -2,8 +2,9 @@
 
 Masks are only ever resampled with nearest neighbour (``NEAREST_EXACT``, which samples pixel
 centres like the bilinear image resize does) and padded with the ignore value. Instance maps
-(:class:`InstanceMap`, a ``tv_tensors.Mask``) move exactly as masks do, ids preserved, padded with 0 (no
-instance); the mask is the ignore value there.
+(:class:`InstanceMap`, a ``tv_tensors.Mask``) move exactly as masks do, ids preserved, padded with
+:data:`OUTSIDE` (-1: past the image, which the instance targets tell from background); the mask is the ignore
+value there.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ from torchvision.transforms.v2 import functional as F
 FLOAT32_EXACT = 2**24  # every integer below is exact in float32
 
 
+OUTSIDE = -1
+"""The id an instance map gets where a crop pads it or a warp reaches past the image: outside the image, not
+background (0), so that an object cut there gets no boundary, as at the image's own edge (a void band drawn
+round an object, 0 in its map, still gives one)."""
+
+
 class InstanceMap(tv_tensors.Mask):
-    """An ``H x W`` map of instance ids (0 = none): resampled as a mask, but filled with 0, not the ignore value."""
+    """An ``H x W`` map of instance ids (0 = none): resampled as a mask, filled with :data:`OUTSIDE`."""
 
 
 def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
@@ -152,10 +159,10 @@ class ElasticDeformation(v2.Transform):
             # torchvision resamples through float32, exact only below 2^24: ids above would merge; warp their ranks
             # (0 among the values, so that rank 0 is id 0: the background and the fill)
             ids, ranks = torch.unique(torch.cat([plain.reshape(-1), plain.new_zeros(1)]), return_inverse=True)
-            warped = self.transform(InstanceMap(ranks[:-1].reshape(plain.shape)), params)
-            return InstanceMap(ids[warped.as_subclass(torch.Tensor)])
+            warped = self.transform(InstanceMap(ranks[:-1].reshape(plain.shape)), params).as_subclass(torch.Tensor)
+            return InstanceMap(torch.where(warped < 0, OUTSIDE, ids[warped.clamp(min=0)]))
         if isinstance(inpt, InstanceMap):
-            fill = 0
+            fill = OUTSIDE
         else:
             fill = self.mask_fill if isinstance(inpt, tv_tensors.Mask) else self.fill
         return self._call_kernel(
@@ -219,7 +226,7 @@ def build_transforms(
                 v2.RandomCrop(
                     _pair(crop_size),
                     pad_if_needed=True,
-                    fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, InstanceMap: 0},
+                    fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, InstanceMap: OUTSIDE},
                 )
             )
         if hflip:

@@ -63,7 +63,7 @@ class TargetBuilder:
         if self.settings.method == "panoptic":
             s = self.settings
             targets = panoptic_targets(
-                instances,
+                instances.clamp(min=0),  # past the image (a crop's padding): no instance, and ignored anyway
                 s.center_sigma,
                 ignore=ignore,
                 small_instance_area=s.small_instance_area,
