@@ -302,9 +302,30 @@ def test_image_range_from_classes_json(tmp_path):
     set_classes(tmp_path, image_range=[0, 4000])
     image, _ = SegmentationDataset(tmp_path, "toy", "train", image_mode="L").load(0)
     assert image[0, 0, 0] == 1.0 and image[1, 1, 0] == 0.5
-    path = set_classes(tmp_path, image_range=[5, 5])
-    with pytest.raises(DataError, match=re.escape(f'{path}: "image_range" must be [low, high] with low < high')):
+    # an infinite bound (JSON's Infinity, or 1e400) made every image NaN or 0; a string was read digit by digit
+    for bad in ([5, 5], [float("-inf"), 4095], [0, float("inf")], "09", [0, "4095"], [1]):
+        path = set_classes(tmp_path, image_range=bad)
+        with pytest.raises(DataError) as e:
+            DatasetInfo.load(tmp_path, "toy")
+        assert str(e.value) == (
+            f'{path}: "image_range" must be [low, high], finite numbers with low < high, not {bad!r}'
+        )
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [{"road": 1, "background": 0}, "road", [], [["a"], ["b"]]],
+    ids=["mapping", "string", "empty", "nested"],
+)
+def test_classes_must_be_a_list_of_names(tmp_path, classes):
+    """A mapping was read in key order (names swapped against their values), a string letter by letter."""
+    write_dataset(tmp_path, splits={"train": 1})
+    path = set_classes(tmp_path, classes=classes)
+    with pytest.raises(DataError) as e:
         DatasetInfo.load(tmp_path, "toy")
+    assert str(e.value).startswith(
+        f'{path}: "classes" must list the class names in index order, e.g. ["background", "road"], not '
+    )
 
 
 def test_rgba_drops_alpha_and_palette_maps_colours(tmp_path):
@@ -458,6 +479,92 @@ def test_tiff_orientation_is_applied_once_as_for_png(tmp_path, compression):
             pytest.skip("this Pillow cannot write a stack whose pages carry their own orientations")
     got = read_image_stack(tmp_path / "s.tif", "L")
     assert len(got) == 2 and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_a_labelled_image_with_an_exif_orientation_is_a_warning_naming_the_convention(tmp_path):
+    """A half turn (orientation 3) keeps the size, so the size check passed a mask drawn on the stored pixels: the
+    whole mask was turned away from its image, without a word. The check says which frame masks must be drawn in;
+    a mismatched size names the orientation, as the data set's own check does."""
+    write_dataset(tmp_path, splits={"train": 2}, size=(64, 40))
+    path = tmp_path / "toy/images/train/s00.png"
+    exif = Image.Exif()
+    exif[0x0112] = 3  # "rotate 180 degrees to display"
+    Image.open(path).save(path, exif=exif)
+    report = check_dataset(tmp_path, "toy", ["train"], progress=False)
+    assert report.ok and report.warnings == [
+        (
+            str(tmp_path / "toy/images/train"),
+            "1 labelled image(s) of split 'train' of 'toy' carry an EXIF orientation (s00.png): pixelwise reads them "
+            "turned, as viewers show them, so their masks must be drawn on the turned image; if a mask follows the "
+            "stored pixels, strip the image's tag (e.g. exiftool -Orientation= FILE) or turn the mask",
+        )
+    ]
+    exif[0x0112] = 6  # a quarter turn: the mask of the stored size no longer fits
+    Image.open(path).save(path, exif=exif)
+    errors = check_dataset(tmp_path, "toy", ["train"], progress=False).errors
+    mask = tmp_path / "toy/masks/train/s00.png"
+    assert errors == [(str(mask), f"mask {mask} is 64x40 but image {path} is 40x64 (after its EXIF orientation 6)")]
+
+
+def test_the_pixel_limit_holds_in_every_thread_of_the_data_check(tmp_path, monkeypatch):
+    """Each open set Pillow's process-wide limit and put it back: with 8 threads one thread's restore undid
+    another's raised limit, and images under $PIXELWISE_MAX_IMAGE_PIXELS failed at random (1-2 of 200)."""
+    write_dataset(tmp_path, splits={"train": 200}, size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as Pillow's default is to 4096-pixel images
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "100000")
+    for _ in range(3):
+        report = check_dataset(tmp_path, "toy", ["train"], num_workers=8, progress=False)
+        assert report.errors == []
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_a_565_bmp_is_not_taken_for_16_bits_per_channel(tmp_path, monkeypatch, caplog):
+    """A 16-bit-per-pixel BMP (5-6-5) has the raw mode "BGR;16": it was logged as 16 bits per colour channel, and
+    the once-per-process warning then never reached a real 16-bit colour file."""
+    import logging
+    import struct
+
+    import pixelwise.data.io as io
+
+    w, h = 4, 2
+    pixels = np.array([[0xF800, 0x07E0, 0x001F, 0xFFFF]] * h, dtype="<u2")  # red, green, blue, white
+    rows = b"".join(r.tobytes() for r in pixels[::-1])
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3, len(rows), 2835, 2835, 0, 0)
+    info += struct.pack("<III", 0xF800, 0x07E0, 0x001F)  # the 5-6-5 bit masks
+    offset = 14 + len(info)
+    path = tmp_path / "rgb565.bmp"
+    path.write_bytes(b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + rows)
+    monkeypatch.setattr(io, "_warned_16bit_colour", False)
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    image = read_image(path, "RGB")
+    assert image[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]
+    assert "16 bits" not in caplog.text and io._warned_16bit_colour is False
+
+
+def test_an_unsigned_32_bit_tiff_with_values_pillow_wraps_is_refused(tmp_path):
+    """Pillow reads unsigned 32-bit TIFFs as signed: 3e9 came out as -1294967296, and with an image_range that
+    covered it the pixel silently became 0."""
+    import struct
+
+    values = np.array([[0, 5, 3_000_000_000]], dtype="<u4")
+    data = values.tobytes()
+    h, w = values.shape
+    tags = [(256, 3, w), (257, 3, h), (258, 3, 32), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 3, h), (279, 4, len(data)), (339, 3, 1)]  # fmt: skip  # 339: SampleFormat 1, unsigned
+    ifd = 8
+    start = ifd + 2 + 12 * len(tags) + 4
+    out = b"II*\x00" + struct.pack("<I", ifd) + struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        value = start if tag == 273 else value
+        out += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    path = tmp_path / "u32.tif"
+    path.write_bytes(out + b"\x00" * 4 + data)
+    with pytest.raises(DataError) as e:
+        read_image(path, None, image_range=(0, 4e9))
+    assert str(e.value) == (
+        f"image {path} is an unsigned 32-bit TIFF, which Pillow reads as signed: its values of 2^31 and more come "
+        "out negative; save it as float32 or 16-bit"
+    )
 
 
 def test_an_image_over_the_pixel_limit_names_the_variable_that_lifts_it(tmp_path, monkeypatch):

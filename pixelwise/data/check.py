@@ -36,9 +36,9 @@ from .io import (
     check_instance_classes,
     check_mask_values,
     count_instances,
-    count_pages,
     mask_histogram,
     multipage_message,
+    probe_image,
     read_image,
     read_instances,
     read_mask,
@@ -187,14 +187,17 @@ class _Item:
     instances: int | None = None
     mostly_ignore: bool = False
     small: bool = False
+    turned: bool = False  # a labelled image with an EXIF orientation: read turned, its mask as stored
 
 
 def _check_item(image: Path, mask: Path | None, instances: Path | None, info: DatasetInfo) -> _Item:
     item = _Item()
     size: tuple[int, int] | None = None  # (width, height) as read
     m: np.ndarray | None = None
+    orientation = 1
     try:
-        pages = count_pages(image)
+        _, pages, orientation = probe_image(image)
+        item.turned = mask is not None and orientation not in (0, 1)
         if pages > 1:
             item.problems.append((str(image), multipage_message(image, pages), "error"))
         else:
@@ -212,7 +215,8 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
             m = read_mask(mask, info)
             if size is not None and (m.shape[1], m.shape[0]) != size:
                 msize = (m.shape[1], m.shape[0])
-                item.problems.append((str(mask), size_mismatch_message(mask, msize, image, size), "error"))
+                message = size_mismatch_message(mask, msize, image, size, orientation)
+                item.problems.append((str(mask), message, "error"))
             hist = mask_histogram(m)
             item.histogram = hist
             check_mask_values(hist, info, mask)
@@ -230,7 +234,7 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
             isize = (inst.shape[1], inst.shape[0])
             item.instances = count_instances(inst)
             if size is not None and isize != size:
-                message = size_mismatch_message(instances, isize, image, size, kind="instance map")
+                message = size_mismatch_message(instances, isize, image, size, orientation, kind="instance map")
                 item.problems.append((str(instances), message, "error"))
             elif m is not None and m.shape == inst.shape:
                 check_instance_classes(inst, m, info.ignore_index, instances, info.thing_classes, info.classes)
@@ -301,6 +305,7 @@ def check_dataset(
             instances = 0
             mostly: list[str] = []
             small: list[str] = []
+            turned: list[str] = []
             for (image, mask, _), item in tqdm(
                 zip(jobs, results, strict=True),
                 total=len(jobs),
@@ -318,6 +323,8 @@ def check_dataset(
                     mostly.append(str(mask))
                 if item.small:
                     small.append(str(image))
+                if item.turned:
+                    turned.append(str(image))
             if summary.labelled:
                 summary.histogram = hist[:n].tolist()
                 summary.ignore_pixels = int(hist[info.ignore_index]) if info.ignore_index >= n else 0
@@ -330,6 +337,18 @@ def check_dataset(
                     f"{split!r} of {name!r} ({summary.masks} masks)"
                 )
                 add(files.mask_dir, message, "warning")
+                if warn:
+                    log.warning("%s", message)
+            if turned:
+                # the size check cannot tell (a half turn, a square image): a mask drawn on the stored pixels
+                # would train on labels turned away from their image
+                message = (
+                    f"{len(turned)} labelled image(s) of split {split!r} of {name!r} carry an EXIF orientation "
+                    f"({_names(turned)}): pixelwise reads them turned, as viewers show them, so their masks must "
+                    "be drawn on the turned image; if a mask follows the stored pixels, strip the image's tag "
+                    "(e.g. exiftool -Orientation= FILE) or turn the mask"
+                )
+                add(str(files.image_dir), message, "warning")
                 if warn:
                     log.warning("%s", message)
             if warn and mostly:

@@ -24,6 +24,7 @@ Every other key is kept in :attr:`DatasetInfo.extra`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,9 +131,16 @@ class DatasetInfo:
             )
         try:
             raw = json.loads(path.read_text())
-            classes = [str(c) for c in raw["classes"]]
+            listed = raw["classes"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a valid classes.json ({e}); it needs a 'classes' list") from None
+        # a mapping would be read in key order (not by its values), a string letter by letter
+        if not isinstance(listed, list) or not listed or not all(isinstance(c, (str, int, float)) for c in listed):
+            raise DataError(
+                f'{path}: "classes" must list the class names in index order, e.g. ["background", "road"], not '
+                f"{json.dumps(listed)[:60]}"
+            )
+        classes = [str(c) for c in listed]
         if "num_classes" in raw and raw["num_classes"] != len(classes):
             raise DataError(
                 f'{path}: "num_classes" is {raw["num_classes"]!r} but "classes" lists {len(classes)} names; '
@@ -214,10 +222,8 @@ def _instance_classes(raw: Any, classes: list[str], path: Path) -> list[str]:
 def _image_range(raw: Any, path: Path) -> tuple[float, float] | None:
     if raw is None:
         return None
-    try:
-        lo, hi = (float(v) for v in raw)
-    except (TypeError, ValueError):
-        lo = hi = float("nan")
-    if not lo < hi:  # also false for NaN
-        raise DataError(f'{path}: "image_range" must be [low, high] with low < high, not {raw!r}')
+    numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    lo, hi = (float(v) for v in raw) if numbers and len(raw) == 2 else (math.nan, math.nan)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):  # an infinite bound made the images NaN or 0
+        raise DataError(f'{path}: "image_range" must be [low, high], finite numbers with low < high, not {raw!r}')
     return lo, hi

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,9 @@ def multipage_message(path: Path, pages: int) -> str:
 MAX_PIXELS_VARIABLE = "PIXELWISE_MAX_IMAGE_PIXELS"
 
 
+_LIMIT_LOCK = threading.Lock()
+
+
 def _pixel_limit() -> int | None:
     """Pillow's limit against decompression bombs (as the process has it), or ``$PIXELWISE_MAX_IMAGE_PIXELS`` for
     files a user trusts (aerial and slide images are often larger)."""
@@ -102,7 +106,17 @@ def _open(path: Path, kind: str = "image", name: str | os.PathLike | None = None
     """``path`` opened with the pixel limit of :func:`_pixel_limit`; a DataError naming it (as ``name``, where the
     caller knows it by another)."""
     name = path if name is None else name
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _pixel_limit()  # Pillow checks it as it opens a file
+    # Pillow checks its process-wide limit as it opens a file: set and put back under a lock (the data check
+    # opens files from several threads, and one thread's restore undid another's raised limit)
+    with _LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _pixel_limit()
+        try:
+            return _open_file(path, kind, name)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit  # what the process had set (None: no limit) stays
+
+
+def _open_file(path: Path, kind: str, name: str | os.PathLike) -> Image.Image:
     try:
         return Image.open(path)
     except Image.DecompressionBombError as e:
@@ -113,8 +127,6 @@ def _open(path: Path, kind: str = "image", name: str | os.PathLike | None = None
     except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as e:
         # TypeError / SyntaxError: Pillow's word for some malformed headers (a TIFF without its dimensions)
         raise DataError(f"cannot read {kind} {name}: {e}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit  # what the process had set (None: no limit) stays
 
 
 def check_pixels(path: Path, name: str | os.PathLike | None = None) -> None:
@@ -241,6 +253,15 @@ def _png16_colour(im: Image.Image, path: Path, orientation: int) -> np.ndarray |
     return np.stack([orient_array(arr[..., c], orientation) for c in range(arr.shape[2])], axis=2)
 
 
+def _unsigned_32(im: Image.Image) -> bool:
+    """A TIFF of unsigned 32-bit samples (SampleFormat 1, BitsPerSample 32), which Pillow reads as mode "I"."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return False
+    first = lambda v: v[0] if isinstance(v, tuple) and v else v  # noqa: E731
+    return first(tags.get(339, 1)) == 1 and first(tags.get(258)) == 32
+
+
 def _high_depth(im: Image.Image | np.ndarray, path: Path, image_range: tuple[float, float] | None) -> np.ndarray:
     raw = np.asarray(im)
     lo_v, hi_v = float(raw.min()), float(raw.max())
@@ -274,8 +295,10 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
         raise ValueError(f"mode must be 'RGB', 'L' or None, not {mode!r}")
     # the raw mode of the undecoded tiles tells a 16-bit colour file (Pillow decodes it to 8 bits; a 16-bit grey
     # and alpha PNG comes as RGBA)
-    colour16 = im.mode in ("RGB", "RGBA") and any(
-        len(t) > 3 and ";16" in str(t[3]) for t in getattr(im, "tile", None) or []
+    colour16 = (
+        im.mode in ("RGB", "RGBA")
+        and im.format in ("PNG", "TIFF")  # a BMP's "BGR;16" is 5-6-5 bits per pixel, not 16 per channel
+        and any(len(t) > 3 and ";16" in str(t[3]) for t in getattr(im, "tile", None) or [])
     )
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
@@ -287,6 +310,11 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
         return _channels(_high_depth(arr, path, image_range), mode)
     try:
         im.load()
+        if im.mode == "I" and _unsigned_32(im) and int(np.asarray(im).min()) < 0:
+            raise DataError(
+                f"image {path} is an unsigned 32-bit TIFF, which Pillow reads as signed: its values of 2^31 and "
+                "more come out negative; save it as float32 or 16-bit"
+            )
         method = _TRANSPOSE.get(orientation)
         if method is not None:
             im = im.transpose(method)
