@@ -218,6 +218,39 @@ def test_each_process_draws_its_own_dropout_masks_and_draws_them_again_on_resume
     assert resumed == {rank: states[2:] for rank, states in straight.items()}
 
 
+def _signalled_in_validation(rank: int, cfg: dict, run_dir: str, root: str) -> str:
+    """Train in a group; process 1 alone gets SIGTERM at its first validation batch."""
+    import signal
+
+    import pixelwise.engine.evaluator as evaluator
+
+    real = evaluator.batch_scores
+
+    def signalled(*args, **kwargs):
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    evaluator.batch_scores = signalled
+    try:
+        _train_in_a_group(rank, cfg, run_dir, root, resume=False)
+    except trainer.TrainingInterrupted as e:
+        return str(e).split(":")[0]
+    return "not stopped"
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_during_a_validation_stops_both_after_the_next_step(tmp_path):
+    """A process that gave up its validation alone left the other in the counts' all-reduce (a gloo error), and
+    wrote no last.pt (only rank 0 writes): under torchrun the validation runs to its end and the processes stop
+    together after the next step, as for a signal at any other time."""
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 4}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=2))
+    stopped = run_in_processes(partial(_signalled_in_validation, cfg=cfg, run_dir=str(tmp_path / "r"), root=str(root)))
+    assert stopped == {0: "stopped by SIGTERM at iteration 3", 1: "stopped by SIGTERM at iteration 3"}
+    assert (tmp_path / "r" / "last.pt").is_file()
+
+
 @pytest.mark.slow
 def test_the_loss_logged_after_a_resume_in_two_processes_is_the_uninterrupted_runs(tmp_path):
     """Two processes, logged every 4 steps, resumed from the checkpoint of step 2: the line of step 4 is the mean

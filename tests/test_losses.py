@@ -80,6 +80,12 @@ def test_float64_logits_keep_their_precision(key):
     logits = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 4, (1, 3, 3))
     assert make(key)(logits, target).dtype == torch.float64
+    if key in ("cross_entropy", "ohem", "focal"):  # with class weights (float32 buffers) too
+        for extra in ({"weight": [1.0, 2.0, 0.5, 1.0]}, {"weight": [1.0, 2.0, 0.5, 1.0], "top_k_percent": 0.5}):
+            if key != "cross_entropy" and "top_k_percent" in extra:
+                continue
+            args = {**ALL_LOSSES[key], **extra} if key != "focal" else {"alpha": extra["weight"]}
+            assert build_loss(key, **args)(logits, target).dtype == torch.float64
     if key in ("cross_entropy", "focal", "dice", "unet_weighted"):  # smooth in the logits
         assert torch.autograd.gradcheck(lambda x: make(key)(x, target), (logits,))
 

@@ -754,14 +754,17 @@ def test_upsample_keeps_each_cell_where_its_stride_puts_it(height):
         torch.testing.assert_close(upsample(other, 4, (height, 12)), resize_to(other, (height, 12)))
 
 
-def test_deeplab_on_vgg_keeps_its_resize():
-    """DeepLab v1/v2's VGG pools as Caffe did (3x3, stride 2, padding 1, rounding up): floor(H / 8) + 1 cells at
-    1/8, not the ceil(H / 8) that the stride's upsampling is for; its outputs stay those of the resize."""
+@pytest.mark.parametrize("name", ["deeplabv1_vgg16_largefov", "deeplabv2_vgg16"])
+def test_deeplab_on_vgg_keeps_its_resize(name):
+    """DeepLab v1/v2's VGG pools as Caffe did (3x3, stride 2, padding 1, rounding up): its cells sit at 8 i, not
+    where the stride's upsampling puts them; its outputs stay those of the resize at every size, also at
+    8 k + 1 (DeepLab's own 321 and 513), where the cell count happens to be ceil(H / 8)."""
     torch.manual_seed(0)
-    model = build_model("deeplabv1_vgg16_largefov", num_classes=3).eval()
-    x = torch.randn(1, 3, 64, 72)
-    with torch.no_grad():
-        pool5 = model.backbone(x)["pool5"]
-        assert tuple(pool5.shape[-2:]) == (9, 10)
-        score = sum(branch(pool5) for branch in model.branches)
-        torch.testing.assert_close(model(x), resize_to(score, (64, 72)))
+    model = build_model(name, num_classes=3).eval()
+    for size, cells in (((64, 72), (9, 10)), ((65, 65), (9, 9)), ((121, 97), (16, 13))):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            pool5 = model.backbone(x)["pool5"]
+            assert tuple(pool5.shape[-2:]) == cells
+            score = sum(branch(pool5) for branch in model.branches)
+            torch.testing.assert_close(model(x), resize_to(score, size))

@@ -488,7 +488,9 @@ def _train(
                 num_workers=data_cfg["num_workers"],
                 instance_method=method,
                 shard=(ddp.rank, ddp.world_size),
-                stop=lambda: bool(caught),
+                # one process: a signal ends the validation at its next batch. Several: each would stop on its
+                # own and leave the others in the counts' all-reduce; they agree on it after the next step instead
+                stop=(lambda: bool(caught)) if ddp.world_size == 1 else None,
             )
         net.train()
         counted = last_metrics.get("instances") or {}

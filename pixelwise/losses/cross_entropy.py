@@ -54,7 +54,9 @@ class CrossEntropyLoss(nn.Module):
         valid = _valid(target, self.ignore_index)
         if not valid.any():
             return _zero(logits)
-        args = {"weight": self.weight, "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing}
+        logits = _float(logits)
+        weight = None if self.weight is None else self.weight.to(logits.dtype)  # float64 logits: float64 weights
+        args = {"weight": weight, "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing}
         # the mean's denominator as F.cross_entropy's: the class weights of the non-ignored pixels; a crop holding
         # only classes of weight 0 has none, and its loss is 0 (F.cross_entropy's 0/0 would be NaN)
         if self.weight is not None:
@@ -63,10 +65,10 @@ class CrossEntropyLoss(nn.Module):
             if in_range and not self.weight[classes].sum() > 0:
                 return _zero(logits)
         if pixel_weights is None and self.top_k_percent == 1:
-            return F.cross_entropy(_float(logits), target.long(), **args)
+            return F.cross_entropy(logits, target.long(), **args)
         if pixel_weights is not None and pixel_weights.shape != target.shape:
             raise ValueError(f"pixel weights {tuple(pixel_weights.shape)} do not fit the target {tuple(target.shape)}")
-        losses = F.cross_entropy(_float(logits), target.long(), reduction="none", **args)  # 0 on ignored pixels
+        losses = F.cross_entropy(logits, target.long(), reduction="none", **args)  # 0 on ignored pixels
         if pixel_weights is not None:
             losses = losses * pixel_weights.float()
         if self.top_k_percent < 1:
@@ -157,4 +159,5 @@ class OHEMCrossEntropy(nn.Module):
         if kept.numel() == 0 or (self.weight is not None and not self.weight[kept].sum() > 0):
             return _zero(logits)
         hard = torch.where(keep, target.long(), torch.full_like(target.long(), self.ignore_index))
-        return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore_index)
+        weight = None if self.weight is None else self.weight.to(logits.dtype)  # float64 logits: float64 weights
+        return F.cross_entropy(logits, hard, weight=weight, ignore_index=self.ignore_index)

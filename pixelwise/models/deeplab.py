@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from .aspp import ASPP
 from .atrous_conv import conv2d
 from .backbones import RESNETS, VGG16, Backbone, build_backbone, init_relu_convs, resnet, vgg16_fc_weights
-from .modules import ConvNormAct, FCNHead, SeparableConv2d, upsample
+from .modules import ConvNormAct, FCNHead, SeparableConv2d, resize_to, upsample
 from .panoptic import PanopticDeepLabInstanceBranch, check_instance_head
 from .registry import register_model
 from .weights import Pretrained, load_state, read_pretrained
@@ -102,7 +102,9 @@ class DeepLabVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool5 = self.backbone(x)["pool5"]  # 1/8, 512 channels
         score = sum(branch(pool5) for branch in self.branches)  # 1/8, summed over ASPP-L branches
-        return upsample(score, self.backbone.info("pool5").reduction, x.shape[-2:])  # bilinear to 1/1
+        # bilinear to 1/1, resized: VGG's Caffe-style pooling (3x3, stride 2, padding 1, rounding up) puts its
+        # cells at 8 i, another grid than the stride-upsampling of the other heads (modules.upsample) assumes
+        return resize_to(score, x.shape[-2:])
 
 
 @register_model

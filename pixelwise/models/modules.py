@@ -84,8 +84,9 @@ def upsample(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -
     ``ceil(H / s)`` rows: resized to ``H`` (:func:`resize_to`) their pitch becomes ``H / ceil(H / s)``, and where
     ``H`` is no multiple of ``s`` the scores land up to a few pixels from where the network computed them, and
     from where training on crops that are multiples put them. The same as :func:`resize_to` at multiples. A map
-    of another number of cells than ``ceil(size / factor)`` (VGG's Caffe-style pooling in DeepLab v1/v2 gives
-    ``floor(H / 8) + 1``; a backbone that rounds down, fewer) follows another convention: resized as before."""
+    of another number of cells than ``ceil(size / factor)`` (a backbone that rounds its sizes down) follows
+    another convention: resized as before. (DeepLab v1/v2 on VGG, whose Caffe-style pooling puts its cells at
+    ``8 i``, resize always.)"""
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
         return x
