@@ -215,6 +215,12 @@ def test_upsampled_offsets_are_rescaled_to_input_pixels():
     torch.testing.assert_close(up[0, 0], torch.full(SIZE, 4.0))
     torch.testing.assert_close(up[0, 1], torch.full(SIZE, -8.0))
     assert upsample_offsets(offset, 4, (17, 25)) is offset
+    # a map of another cell count (a backbone that rounds down: 16 x 24 over 65 x 97) is resized, each axis's
+    # vectors scaled by its own ratio
+    fewer = offset[..., :16, :24]
+    up = upsample_offsets(fewer, 4, SIZE)
+    torch.testing.assert_close(up[0, 0], torch.full(SIZE, 65 / 16))
+    torch.testing.assert_close(up[0, 1], torch.full(SIZE, -2.0 * 97 / 24))
 
 
 def _response_centre(model, size: int, key: str = "out") -> tuple[float, float]:

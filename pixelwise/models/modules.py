@@ -78,6 +78,11 @@ def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tens
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def on_stride_grid(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> bool:
+    """Whether ``x`` has the ``ceil(size / factor)`` cells of a map ``factor`` pixels apart over ``size``."""
+    return tuple(x.shape[-2:]) == (-(-size[0] // factor), -(-size[1] // factor))
+
+
 def upsample(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of a map whose cells are ``factor`` pixels of ``size``'s grid apart (the ratio of the
     two strides), by exactly ``factor``, cut to ``size``. A stride-``s`` map of an input ``H`` pixels high has
@@ -87,10 +92,9 @@ def upsample(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -
     of another number of cells than ``ceil(size / factor)`` (a backbone that rounds its sizes down) follows
     another convention: resized as before. (DeepLab v1/v2 on VGG, whose Caffe-style pooling puts its cells at
     ``8 i``, resize always.)"""
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if (h, w) != (-(-size[0] // factor), -(-size[1] // factor)):
+    if not on_stride_grid(x, factor, size):
         return resize_to(x, size)
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
 

@@ -36,7 +36,7 @@ from torch import nn
 from ..device import active_autocast_dtype
 from ..errors import ConfigError
 from .aspp import ASPP
-from .modules import ConvNormAct, SeparableConv2d, upsample
+from .modules import ConvNormAct, SeparableConv2d, on_stride_grid, resize_to, upsample
 
 INSTANCE_HEADS = ("panoptic",)
 
@@ -75,10 +75,16 @@ def prediction_conv(in_channels: int, out_channels: int) -> PredictionConv:
 def upsample_offsets(offset: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """A ``(dy, dx)`` offset map at stride ``factor`` upsampled to ``size`` (:func:`~.modules.upsample`), each
     vector multiplied by ``factor`` so that it stays in pixels of the new resolution (detectron2 multiplies by its
-    common stride 4 the same way)."""
-    if tuple(offset.shape[-2:]) == tuple(size):
+    common stride 4 the same way). A map of another cell count (a backbone that rounds its sizes down) is resized,
+    and its vectors scaled by the ratio of the sizes on each axis."""
+    h, w = offset.shape[-2:]
+    if (h, w) == tuple(size):
         return offset
-    return upsample(offset, factor, size) * factor
+    if on_stride_grid(offset, factor, size):
+        return upsample(offset, factor, size) * factor
+    up = resize_to(offset, size)
+    # scalar factors, not a tensor built from them: exporters with symbolic sizes keep them symbolic
+    return torch.cat([up[:, :1] * (size[0] / h), up[:, 1:] * (size[1] / w)], dim=1)
 
 
 def _fuse(in_channels: int, out_channels: int, separable: bool) -> nn.Module:
