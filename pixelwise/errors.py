@@ -23,6 +23,10 @@ class ResourceError(PixelwiseError, MemoryError):
     """The machine cannot do what was asked (e.g. too little memory for an image this large): says what it needs."""
 
 
+class TrainingDiverged(PixelwiseError, FloatingPointError):
+    """The training loss is no longer finite (too high a learning rate, most often): says the iteration."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none): third-party errors as one line."""
     text = str(error).strip()

@@ -15,7 +15,7 @@ import yaml
 from pixelwise.config import load_config
 from pixelwise.engine import EpochSampler, train
 from pixelwise.engine.resume import truncate_log
-from pixelwise.errors import ConfigError, DataError
+from pixelwise.errors import ConfigError, DataError, TrainingDiverged
 from pixelwise.metrics import SUMMARY_KEYS
 from pixelwise.models.weights import load_checkpoint
 from pixelwise.report import read_log, write_report
@@ -223,6 +223,70 @@ def test_the_log_says_how_much_of_a_step_waits_for_data(tmp_path, monkeypatch):
     shares = [r["data_wait_share"] for r in log if r["type"] == "train"]
     assert shares == [pytest.approx(0.8), pytest.approx(0.8)], shares
     assert "% of it waiting for data" in write_report(tmp_path / "r").read_text()
+
+
+def test_the_speed_after_a_validation_counts_the_steps_of_its_own_window(tmp_path, monkeypatch):
+    """Every step takes 1 s of the (fake) clock: 2 images per step, 2 images/s. A validation in the middle of a
+    logging window restarted its time but not its steps: the next record said 4 images/s."""
+    import pixelwise.engine.trainer as trainer
+
+    clock = FakeClock()
+    root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=8, log_interval=4, eval_interval=6))
+    real_loss = trainer.step_loss
+
+    def computing(*args, **kwargs):
+        clock.now += 1.0
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_loss", computing)
+    monkeypatch.setattr(trainer, "time", clock)
+    train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False, check_data=False)
+    log = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["images_per_s"]) for r in log if r["type"] == "train"] == [(4, 2.0), (8, 2.0)]
+
+
+def test_resume_refusals_and_what_a_resume_ignores(tmp_path, caplog):
+    """A weights-only file as last.pt was a KeyError traceback; train.iters below the run's iteration was taken
+    silently (config.yaml then contradicted last.pt); train.init_from changed on a resume was logged as applied
+    and ignored (the checkpoint's weights are the run's); a lowered keep_last of 1 left the iter_*.pt files."""
+    import logging
+    import shutil
+
+    from pixelwise.errors import CheckpointError
+
+    root = write_dataset(tmp_path / "data").parent
+    run = tmp_path / "r"
+    first = load_config(toy_config(tmp_path, iters=4, keep_last=3, checkpoint_interval=1))
+    train(first, run_dir=run, data_root=root, progress=False)
+    assert sorted(p.name for p in run.glob("iter_*.pt")) == [f"iter_000000{i}.pt" for i in (2, 3, 4)]
+    weights_only = tmp_path / "w"
+    weights_only.mkdir()
+    shutil.copy(run / "best.pt", weights_only / "last.pt")
+    with pytest.raises(CheckpointError) as e:
+        train(load_config(toy_config(tmp_path, iters=6)), run_dir=weights_only, data_root=root, resume=True)
+    assert str(e.value) == (
+        f"--resume: {weights_only / 'last.pt'} holds a model's weights only (as best.pt does), not the training "
+        "state a resume needs (train_state, optimizer, scheduler, scaler, rng); start a new run from its weights "
+        f"with train.init_from: {weights_only / 'last.pt'}"
+    )
+    lower = load_config(toy_config(tmp_path, iters=3, keep_last=3, checkpoint_interval=1))
+    with pytest.raises(ConfigError) as e:
+        train(lower, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
+    assert str(e.value) == (
+        f"--resume: train.iters=3 is below the iteration {run / 'last.pt'} is at (4); give train.iters above it to "
+        "train on, or leave the run as it is"
+    )
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    same = load_config(toy_config(tmp_path, iters=4, keep_last=3, checkpoint_interval=1))
+    train(same, run_dir=run, data_root=root, progress=False, resume=True)
+    assert "is at train.iters=4 already: nothing to train" in caplog.text
+    more = load_config(
+        toy_config(tmp_path, iters=5, keep_last=1, checkpoint_interval=1, init_from=str(run / "best.pt"))
+    )
+    train(more, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
+    assert "init_from" not in caplog.text and list(run.glob("iter_*.pt")) == []
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
@@ -654,7 +718,7 @@ def test_a_loss_gone_non_finite_at_a_signalled_step_is_the_error(tmp_path, monke
         return loss
 
     monkeypatch.setattr(trainer, "step_loss", nan_at_three)
-    with pytest.raises(FloatingPointError, match="loss became nan at iteration 3; lower train.lr"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at iteration 3; lower train.lr"):
         train(cfg, run_dir=tmp_path / "r", data_root=root, progress=False)
     assert not (tmp_path / "r/last.pt").exists()
 

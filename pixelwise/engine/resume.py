@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import DEFAULTS
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text, read_jsonl
 from ..inference.instance_settings import DECODING_KEYS
 from ..models import model_defaults
@@ -126,6 +126,12 @@ def restore(
     average, or starts one from its weights when it had none. ``state``, when given, is filled in place (and
     returned) before the changes are applied: a time-driven schedule reads its clock from it."""
     ckpt = load_checkpoint(path, map_location=device)
+    missing = [key for key in ("train_state", "optimizer", "scheduler", "scaler", "rng") if key not in ckpt]
+    if missing:  # e.g. a best.pt copied over last.pt
+        raise CheckpointError(
+            f"--resume: {path} holds a model's weights only (as best.pt does), not the training state a resume "
+            f"needs ({', '.join(missing)}); start a new run from its weights with train.init_from: {path}"
+        )
     # load_checkpoint filled the checkpoint's spec with the defaults its training recorded, so a default changed
     # since shows as a change; a key the config lacks is today's default
     # where the backbone's first weights came from is no part of the model: the checkpoint's weights replace them
@@ -243,6 +249,9 @@ FREE_ON_RESUME = {
     "train.keep_last",
     "train.tensorboard",
     "train.device",
+    # the weights a run started from: a resume takes its checkpoint's
+    "train.init_from",
+    "train.init_partial",
     # decoding only: eval and predict may override them too
     *(f"instances.{key}" for key in DECODING_KEYS),
 }

@@ -241,11 +241,11 @@ class RunFiles:
         save_checkpoint(self.last, checkpoint)
         if self.keep_last > 1:  # also keep the last k checkpoints by iteration
             save_checkpoint(self.dir / f"iter_{it:07d}.pt", checkpoint)
-            # by number (iter_10000000 sorts before iter_9999999 by name), and only this run's past: files of a
-            # later iteration are an earlier run's, not this one's to rotate away
-            kept = sorted((n, p) for p in self.dir.glob("iter_*.pt") if (n := _iteration(p)) is not None and n <= it)
-            for _, old in kept[: -self.keep_last]:
-                old.unlink()
+        # by number (iter_10000000 sorts before iter_9999999 by name), and only this run's past: files of a later
+        # iteration are an earlier run's, not this one's to rotate away; keep_last 1 (lowered on a resume) keeps none
+        kept = sorted((n, p) for p in self.dir.glob("iter_*.pt") if (n := _iteration(p)) is not None and n <= it)
+        for _, old in kept[: -self.keep_last] if self.keep_last > 1 else kept:
+            old.unlink()
 
     def scalars(self, values: dict[str, float], it: int) -> None:
         if self.tensorboard is not None:

@@ -27,7 +27,7 @@ from ..data import (
 )
 from ..data.transforms import AUGMENTATION_KEYS
 from ..device import autocast, resolve_device, training_amp
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, list_models, model_defaults
@@ -329,6 +329,18 @@ def _train(
             state=state,
             world_size=ddp.world_size,
         )
+        if state.iter > train_cfg["iters"]:  # before config.yaml takes the new value: it would contradict last.pt
+            raise ConfigError(
+                f"--resume: train.iters={train_cfg['iters']} is below the iteration {files.last} is at "
+                f"({state.iter}); give train.iters above it to train on, or leave the run as it is"
+            )
+        if state.iter == train_cfg["iters"] and not state.eval_due:
+            log.warning(
+                "--resume: %s is at train.iters=%d already: nothing to train (raise train.iters with --allow-changes "
+                "to go on)",
+                files.last,
+                state.iter,
+            )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
     scored = ema.module if ema is not None else model  # what validation scores and checkpoints hold as "model"
@@ -561,7 +573,7 @@ def _train(
             last = it == total or out_of_time()
             if bad:
                 value = loss_value if nonfinite else "non-finite on another process"
-                raise FloatingPointError(f"loss became {value} at iteration {it}; lower train.lr")
+                raise TrainingDiverged(f"loss became {value} at iteration {it}; lower train.lr")
             if loss_value is None:  # the step was cut short by a signal: saved to be redone from its RNG state
                 stop(signum, it, rng)
             lr = scheduler.get_last_lr()[0]  # the rate this step took
@@ -608,7 +620,9 @@ def _train(
                 save(best=improved)
                 last_save = time.monotonic()
             if val_ds is not None and due:
-                window_t = time.perf_counter()  # evaluation time is not training speed
+                # evaluation time is not training speed: the window restarts (its steps too, or the next speed
+                # would count the steps before the validation over the time after it)
+                window_t, window_n = time.perf_counter(), 0
                 waited[0] = 0.0
     bar.close()
     if ddp.is_main and budget > 0 and state.iter >= total and state.train_seconds < 0.9 * budget:
