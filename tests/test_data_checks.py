@@ -303,7 +303,7 @@ def test_image_range_from_classes_json(tmp_path):
     image, _ = SegmentationDataset(tmp_path, "toy", "train", image_mode="L").load(0)
     assert image[0, 0, 0] == 1.0 and image[1, 1, 0] == 0.5
     # an infinite bound (JSON's Infinity, or 1e400) made every image NaN or 0; a string was read digit by digit
-    for bad in ([5, 5], [float("-inf"), 4095], [0, float("inf")], "09", [0, "4095"], [1]):
+    for bad in ([5, 5], [float("-inf"), 4095], [0, float("inf")], "09", [0, "4095"], [1], [0, 10**400]):
         path = set_classes(tmp_path, image_range=bad)
         with pytest.raises(DataError) as e:
             DatasetInfo.load(tmp_path, "toy")
@@ -314,8 +314,8 @@ def test_image_range_from_classes_json(tmp_path):
 
 @pytest.mark.parametrize(
     "classes",
-    [{"road": 1, "background": 0}, "road", [], [["a"], ["b"]]],
-    ids=["mapping", "string", "empty", "nested"],
+    [{"road": 1, "background": 0}, "road", [], [["a"], ["b"]], ["a", True]],
+    ids=["mapping", "string", "empty", "nested", "bool"],
 )
 def test_classes_must_be_a_list_of_names(tmp_path, classes):
     """A mapping was read in key order (names swapped against their values), a string letter by letter."""
@@ -499,6 +499,12 @@ def test_a_labelled_image_with_an_exif_orientation_is_a_warning_naming_the_conve
             "stored pixels, strip the image's tag (e.g. exiftool -Orientation= FILE) or turn the mask",
         )
     ]
+    set_classes(tmp_path, masks_oriented=True)  # as data import writes where it turned the masks itself
+    assert check_dataset(tmp_path, "toy", ["train"], progress=False).warnings == []
+    set_classes(tmp_path, masks_oriented=False)
+    exif[0x0112] = 9  # no orientation EXIF defines: read as stored, so nothing to warn about
+    Image.open(path).save(path, exif=exif)
+    assert check_dataset(tmp_path, "toy", ["train"], progress=False).warnings == []
     exif[0x0112] = 6  # a quarter turn: the mask of the stored size no longer fits
     Image.open(path).save(path, exif=exif)
     errors = check_dataset(tmp_path, "toy", ["train"], progress=False).errors

@@ -281,12 +281,21 @@ def test_resume_refusals_and_what_a_resume_ignores(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="pixelwise")
     same = load_config(toy_config(tmp_path, iters=4, keep_last=3, checkpoint_interval=1))
     train(same, run_dir=run, data_root=root, progress=False, resume=True)
-    assert "is at train.iters=4 already: nothing to train" in caplog.text
+    assert (
+        f"--resume: {run / 'last.pt'} has reached train.iters=4 already: nothing to train (raise train.iters with "
+        "--allow-changes to go on)"
+    ) in caplog.text
     more = load_config(
         toy_config(tmp_path, iters=5, keep_last=1, checkpoint_interval=1, init_from=str(run / "best.pt"))
     )
     train(more, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
     assert "init_from" not in caplog.text and list(run.glob("iter_*.pt")) == []
+    # a new run (keep_last 1, the default) leaves the iter_*.pt it finds alone: they may be anyone's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "iter_0000001.pt").write_bytes(b"someone's")
+    train(load_config(toy_config(tmp_path, iters=2, checkpoint_interval=1)), run_dir=other, data_root=root)
+    assert (other / "iter_0000001.pt").read_bytes() == b"someone's"
 
 
 def test_existing_run_is_not_overwritten(tmp_path):

@@ -541,6 +541,11 @@ def test_coco_masks_follow_the_exif_orientation(tmp_path):
     expected = np.rot90(stored, k=-1)  # orientation 6: turned 90 degrees clockwise
     np.testing.assert_array_equal(mask_of(base, "train", "000000000001"), expected)
     assert any("EXIF orientation" in n for n in summary.notes)
+    # the data set says its masks follow the turned images: data check does not warn about the tag it kept
+    from pixelwise.data import check_dataset
+
+    assert classes_json(base)["masks_oriented"] is True
+    assert not any("EXIF orientation" in m for _, m in check_dataset(base.parent, base.name, progress=False).warnings)
 
 
 def test_coco_without_pycocotools_is_one_line_naming_the_extra(tmp_path, monkeypatch):

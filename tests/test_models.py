@@ -754,6 +754,21 @@ def test_upsample_keeps_each_cell_where_its_stride_puts_it(height):
         torch.testing.assert_close(upsample(other, 4, (height, 12)), resize_to(other, (height, 12)))
 
 
+def test_other_heads_on_vgg_at_output_stride_8_resize_too():
+    """VGG at output stride 8 is DeepLab's Caffe-pooling variant for every head: at 65 x 65 (9 cells, as many as
+    ceil(65 / 8)) DeepLab v3 took the stride path, at 64 x 64 the resize."""
+    torch.manual_seed(0)
+    model = build_model("deeplabv3", num_classes=3, backbone="vgg16", output_stride=8).eval()
+    assert not model.backbone.stride_grid and model.backbone.stride_ratio(model.high) is None
+    for size in ((64, 64), (65, 65)):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            scores = model.classifier(model.head_conv(model.aspp(model.backbone(x)[model.high])))
+            torch.testing.assert_close(model(x), resize_to(scores, size))
+    resnet = build_model("deeplabv3plus", num_classes=3, output_stride=16).backbone
+    assert resnet.stride_grid and (resnet.stride_ratio("layer3", "layer1"), resnet.stride_ratio("layer1")) == (4, 4)
+
+
 @pytest.mark.parametrize("name", ["deeplabv1_vgg16_largefov", "deeplabv2_vgg16"])
 def test_deeplab_on_vgg_keeps_its_resize(name):
     """DeepLab v1/v2's VGG pools as Caffe did (3x3, stride 2, padding 1, rounding up): its cells sit at 8 i, not

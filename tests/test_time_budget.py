@@ -4,6 +4,7 @@ end is checkpointed, and --resume keeps what is left of the budget."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -84,7 +85,7 @@ def test_a_resume_with_changes_sets_the_rate_of_the_time_already_spent(tmp_path,
     assert rates == [pytest.approx(expected)] and expected < 0.9 * more["train"]["lr"]
 
 
-def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
+def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch, caplog):
     """The step a SIGTERM interrupts is finished and counted in the iterations, so its seconds count against the
     budget too (else --resume would grant them again)."""
     root = write_dataset(tmp_path / "data").parent
@@ -107,6 +108,15 @@ def test_a_step_stopped_by_a_signal_counts_its_time(tmp_path, monkeypatch):
         train(cfg, run_dir=run, data_root=root, progress=False)
     state = torch.load(run / "last.pt", weights_only=True)["train_state"]
     assert state["iter"] == 3 and state["train_seconds"] == 100.0
+    # a run whose budget is spent trains nothing on a resume, and says so (it said only its summary)
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    spent = load_config(toy_config(tmp_path, iters=100, eval_interval=100, max_minutes=1))
+    train(spent, run_dir=run, data_root=root, progress=False, resume=True, allow_changes=True)
+    assert (
+        f"--resume: {run / 'last.pt'} has reached its train.max_minutes already: nothing to train (raise "
+        "train.max_minutes with --allow-changes to go on)"
+    ) in caplog.text
+    assert torch.load(run / "last.pt", weights_only=True)["train_state"]["iter"] == 3
 
 
 def test_warmup_scales_the_schedule_without_a_jump_where_it_ends():

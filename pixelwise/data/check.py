@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .dataset import list_split, size_mismatch_message
-from .info import DatasetInfo
+from .info import MASKS_ORIENTED, DatasetInfo
 from .io import (
     MOSTLY_IGNORE,
     check_instance_classes,
@@ -197,7 +197,7 @@ def _check_item(image: Path, mask: Path | None, instances: Path | None, info: Da
     orientation = 1
     try:
         _, pages, orientation = probe_image(image)
-        item.turned = mask is not None and orientation not in (0, 1)
+        item.turned = mask is not None and 2 <= orientation <= 8  # what read_image turns (an invalid tag: nothing)
         if pages > 1:
             item.problems.append((str(image), multipage_message(image, pages), "error"))
         else:
@@ -339,7 +339,7 @@ def check_dataset(
                 add(files.mask_dir, message, "warning")
                 if warn:
                     log.warning("%s", message)
-            if turned:
+            if turned and not info.extra.get(MASKS_ORIENTED):
                 # the size check cannot tell (a half turn, a square image): a mask drawn on the stored pixels
                 # would train on labels turned away from their image
                 message = (

@@ -18,6 +18,11 @@ Keys read from ``classes.json``:
     ``(x - low) / (high - low)`` (values outside are clipped). Default: the type's range (16-bit: 0..65535;
     float: taken as already in [0, 1]). 8-bit images are always read as they are.
 
+``masks_oriented``
+    optional ``true``: the masks are drawn on the images as their EXIF orientation turns them (``pixelwise data
+    import`` writes it where it turned masks, or read them so drawn): ``data check`` does not warn about
+    labelled images with an orientation tag.
+
 Every other key is kept in :attr:`DatasetInfo.extra`.
 """
 
@@ -36,6 +41,7 @@ import numpy as np
 from ..errors import DataError
 
 DATA_ROOT_ENV = "PIXELWISE_DATA"
+MASKS_ORIENTED = "masks_oriented"
 
 
 def resolve_data_root(*candidates: str | os.PathLike | None) -> Path:
@@ -135,7 +141,13 @@ class DatasetInfo:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a valid classes.json ({e}); it needs a 'classes' list") from None
         # a mapping would be read in key order (not by its values), a string letter by letter
-        if not isinstance(listed, list) or not listed or not all(isinstance(c, (str, int, float)) for c in listed):
+        names = (str, int, float)
+        if (
+            not isinstance(listed, list)
+            or not listed
+            or not all(isinstance(c, names) for c in listed)
+            or any(isinstance(c, bool) for c in listed)
+        ):
             raise DataError(
                 f'{path}: "classes" must list the class names in index order, e.g. ["background", "road"], not '
                 f"{json.dumps(listed)[:60]}"
@@ -223,7 +235,10 @@ def _image_range(raw: Any, path: Path) -> tuple[float, float] | None:
     if raw is None:
         return None
     numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
-    lo, hi = (float(v) for v in raw) if numbers and len(raw) == 2 else (math.nan, math.nan)
+    try:
+        lo, hi = (float(v) for v in raw) if numbers and len(raw) == 2 else (math.nan, math.nan)
+    except OverflowError:  # an integer of hundreds of digits
+        lo = hi = math.nan
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):  # an infinite bound made the images NaN or 0
         raise DataError(f'{path}: "image_range" must be [low, high], finite numbers with low < high, not {raw!r}')
     return lo, hi

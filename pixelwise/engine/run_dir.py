@@ -190,6 +190,7 @@ class RunFiles:
 
     def __init__(self, run_dir: Path, keep_last: int, enabled: bool) -> None:
         self.dir, self.keep_last, self.enabled = run_dir, keep_last, enabled
+        self._resumed = False
         self.last, self.best, self.log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
         self._log = None
         self.tensorboard = None
@@ -207,6 +208,7 @@ class RunFiles:
         if not self.enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._resumed = resume_iter is not None  # the folder's iter_*.pt up to here are this run's own
         if resume_iter is not None:  # first: a log this refuses must not leave the new settings behind
             truncate_log(self.log_path, resume_iter)
             config = _keep_searched_crf(self.dir / "config.yaml", config)
@@ -241,8 +243,10 @@ class RunFiles:
         save_checkpoint(self.last, checkpoint)
         if self.keep_last > 1:  # also keep the last k checkpoints by iteration
             save_checkpoint(self.dir / f"iter_{it:07d}.pt", checkpoint)
+        elif not self._resumed:  # keep_last 1 keeps no iter_*.pt: none of a new run's, in a folder maybe not only its
+            return
         # by number (iter_10000000 sorts before iter_9999999 by name), and only this run's past: files of a later
-        # iteration are an earlier run's, not this one's to rotate away; keep_last 1 (lowered on a resume) keeps none
+        # iteration are an earlier run's, not this one's to rotate away; keep_last 1, lowered on a resume, keeps none
         kept = sorted((n, p) for p in self.dir.glob("iter_*.pt") if (n := _iteration(p)) is not None and n <= it)
         for _, old in kept[: -self.keep_last] if self.keep_last > 1 else kept:
             old.unlink()

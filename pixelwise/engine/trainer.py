@@ -334,12 +334,15 @@ def _train(
                 f"--resume: train.iters={train_cfg['iters']} is below the iteration {files.last} is at "
                 f"({state.iter}); give train.iters above it to train on, or leave the run as it is"
             )
-        if state.iter == train_cfg["iters"] and not state.eval_due:
+        spent = 0 < 60 * train_cfg["max_minutes"] <= state.train_seconds
+        if (state.iter == train_cfg["iters"] or spent) and not state.eval_due:
+            limit = f"train.iters={state.iter}" if state.iter == train_cfg["iters"] else "its train.max_minutes"
+            key = limit.split("=")[0].removeprefix("its ")
             log.warning(
-                "--resume: %s is at train.iters=%d already: nothing to train (raise train.iters with --allow-changes "
-                "to go on)",
+                "--resume: %s has reached %s already: nothing to train (raise %s with --allow-changes to go on)",
                 files.last,
-                state.iter,
+                limit,
+                key,
             )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])

@@ -46,6 +46,17 @@ class Backbone(nn.Module):
     feature_info: list[FeatureInfo]
     out_features: frozenset[str] | None = None
     name: str = "backbone"  # as given to build_backbone, for messages
+    stride_grid: bool = True
+    """Whether a feature at reduction ``r`` has ``ceil(H / r)`` cells ``r`` pixels apart, which heads upsample by
+    the stride (:func:`~pixelwise.models.modules.upsample`); False for VGG's Caffe-style pooling in DeepLab, whose
+    cells sit on another grid (resized instead)."""
+
+    def stride_ratio(self, name: str, to: str | None = None) -> int | None:
+        """How many times finer feature ``to``'s grid (the input's, by default) is than feature ``name``'s: the
+        factor a head upsamples ``name``'s map by; None where the cells are not on the stride grid."""
+        if not self.stride_grid:
+            return None
+        return self.info(name).reduction // (1 if to is None else self.info(to).reduction)
 
     def keep(self, *names: str | None) -> None:
         """Return only these features (``None`` entries are skipped: optional heads)."""
@@ -287,6 +298,7 @@ class VGG16(Backbone):
                 layers += [nn.Conv2d(channels, v, 3, padding=padding, dilation=dilation), nn.ReLU(inplace=True)]
                 channels = v
         self.features = nn.Sequential(*layers)
+        self.stride_grid = variant != "deeplab"  # 3x3 pooling with padding 1, rounding up: cells at 8 i
         init_relu_convs(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

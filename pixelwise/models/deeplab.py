@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from .aspp import ASPP
 from .atrous_conv import conv2d
 from .backbones import RESNETS, VGG16, Backbone, build_backbone, init_relu_convs, resnet, vgg16_fc_weights
-from .modules import ConvNormAct, FCNHead, SeparableConv2d, resize_to, upsample
+from .modules import ConvNormAct, FCNHead, SeparableConv2d, upsample
 from .panoptic import PanopticDeepLabInstanceBranch, check_instance_head
 from .registry import register_model
 from .weights import Pretrained, load_state, read_pretrained
@@ -102,9 +102,8 @@ class DeepLabVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool5 = self.backbone(x)["pool5"]  # 1/8, 512 channels
         score = sum(branch(pool5) for branch in self.branches)  # 1/8, summed over ASPP-L branches
-        # bilinear to 1/1, resized: VGG's Caffe-style pooling (3x3, stride 2, padding 1, rounding up) puts its
-        # cells at 8 i, another grid than the stride-upsampling of the other heads (modules.upsample) assumes
-        return resize_to(score, x.shape[-2:])
+        # bilinear to 1/1; resized, as VGG's Caffe-style pooling puts its cells at 8 i (Backbone.stride_grid)
+        return upsample(score, self.backbone.stride_ratio("pool5"), x.shape[-2:])
 
 
 @register_model
@@ -170,7 +169,7 @@ class DeepLabV2ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x)["layer4"]  # 1/8, 2048 channels
-        return upsample(sum(conv(f) for conv in self.aspp), self.backbone.info("layer4").reduction, x.shape[-2:])
+        return upsample(sum(conv(f) for conv in self.aspp), self.backbone.stride_ratio("layer4"), x.shape[-2:])
 
 
 @register_model
@@ -236,10 +235,10 @@ class DeepLabV3(nn.Module):
         """Logits; ``{"out", "aux"}`` when ``return_aux`` (default: in training mode, if there is an aux head)."""
         f = self.backbone(x)
         scores = self.classifier(self.head_conv(self.aspp(f[self.high])))  # 1/OS
-        out = upsample(scores, self.backbone.info(self.high).reduction, x.shape[-2:])  # 1/OS -> 1/1
+        out = upsample(scores, self.backbone.stride_ratio(self.high), x.shape[-2:])  # 1/OS -> 1/1
         if self.aux is not None and (self.training if return_aux is None else return_aux):
             aux = self.aux(f[self.aux_feature])
-            return {"out": out, "aux": upsample(aux, self.backbone.info(self.aux_feature).reduction, x.shape[-2:])}
+            return {"out": out, "aux": upsample(aux, self.backbone.stride_ratio(self.aux_feature), x.shape[-2:])}
         return out
 
 
@@ -287,7 +286,9 @@ class DeepLabV3Plus(nn.Module):
                 backbone.info(high).channels,
                 [backbone.info(n).channels for n in lows],
                 rates,
-                reductions=[backbone.info(n).reduction for n in (high, *lows)],
+                # 2x at each low feature (1/16 -> 1/8 -> 1/4), then the last one's stride to the input
+                factors=[backbone.stride_ratio(a, b) for a, b in zip((high, *lows), lows, strict=False)]
+                + [backbone.stride_ratio(lows[-1])],
                 separable=separable,
                 aspp_dropout=aspp_dropout,
             )
@@ -296,10 +297,10 @@ class DeepLabV3Plus(nn.Module):
         """Logits; with the instance branch ``{"out": logits, "center", "offset"}``."""
         f = self.backbone(x)
         low = self.reduce(f[self.low])  # 1/4, 48 channels
-        high_r, low_r = self.backbone.info(self.high).reduction, self.backbone.info(self.low).reduction
-        high = upsample(self.aspp(f[self.high]), high_r // low_r, low.shape[-2:])  # 1/OS -> 1/4, 256 channels
+        high = upsample(self.aspp(f[self.high]), self.backbone.stride_ratio(self.high, self.low), low.shape[-2:])
+        # 1/OS -> 1/4, 256 channels
         y = self.decoder(torch.cat([high, low], dim=1))  # 1/4, 256 channels
-        out = upsample(self.classifier(y), low_r, x.shape[-2:])  # 1/4 -> 1/1
+        out = upsample(self.classifier(y), self.backbone.stride_ratio(self.low), x.shape[-2:])  # 1/4 -> 1/1
         if self.instance is None:
             return out
         lows = [f[n] for n in (self.mid, self.low) if n is not None]  # 1/8, 1/4

@@ -45,9 +45,9 @@ class LRASPP(nn.Module):
         self.high_classifier = nn.Conv2d(channels, num_classes, 1)
         self.low_classifier = nn.Conv2d(backbone.info(low).channels, num_classes, 1)
         self.fine_classifier = None if fine is None else nn.Conv2d(backbone.info(fine).channels, num_classes, 1)
-        reductions = [backbone.info(name).reduction for name in (high, low, fine) if name is not None]
-        self.factors = [a // b for a, b in zip(reductions, reductions[1:], strict=False)]  # 2: 1/16 -> 1/8 (-> 1/4)
-        self.reduction = reductions[-1]  # of the scores: 8, or 4 with the fine skip
+        maps = [name for name in (high, low, fine) if name is not None]
+        self.factors = [backbone.stride_ratio(a, b) for a, b in zip(maps, maps[1:], strict=False)]  # 2: 1/16 -> 1/8
+        self.reduction = backbone.stride_ratio(maps[-1])  # of the scores: 8, or 4 with the fine skip
 
     def head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The class scores at 1/8 (1/4 with the fine skip) from the backbone's features."""

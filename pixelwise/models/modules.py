@@ -78,20 +78,21 @@ def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tens
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def on_stride_grid(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> bool:
-    """Whether ``x`` has the ``ceil(size / factor)`` cells of a map ``factor`` pixels apart over ``size``."""
-    return tuple(x.shape[-2:]) == (-(-size[0] // factor), -(-size[1] // factor))
+def on_stride_grid(x: torch.Tensor, factor: int | None, size: torch.Size | tuple[int, int]) -> bool:
+    """Whether ``x`` has the ``ceil(size / factor)`` cells of a map ``factor`` pixels apart over ``size`` (None:
+    a backbone whose cells are on another grid, :attr:`~pixelwise.models.backbones.Backbone.stride_grid`)."""
+    return factor is not None and tuple(x.shape[-2:]) == (-(-size[0] // factor), -(-size[1] // factor))
 
 
-def upsample(x: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+def upsample(x: torch.Tensor, factor: int | None, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of a map whose cells are ``factor`` pixels of ``size``'s grid apart (the ratio of the
     two strides), by exactly ``factor``, cut to ``size``. A stride-``s`` map of an input ``H`` pixels high has
     ``ceil(H / s)`` rows: resized to ``H`` (:func:`resize_to`) their pitch becomes ``H / ceil(H / s)``, and where
     ``H`` is no multiple of ``s`` the scores land up to a few pixels from where the network computed them, and
     from where training on crops that are multiples put them. The same as :func:`resize_to` at multiples. A map
     of another number of cells than ``ceil(size / factor)`` (a backbone that rounds its sizes down) follows
-    another convention: resized as before. (DeepLab v1/v2 on VGG, whose Caffe-style pooling puts its cells at
-    ``8 i``, resize always.)"""
+    another convention: resized as before; so is a map with ``factor`` None (from
+    :meth:`~pixelwise.models.backbones.Backbone.stride_ratio`: VGG's Caffe-style pooling puts its cells at ``8 i``)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if not on_stride_grid(x, factor, size):

@@ -72,7 +72,7 @@ def prediction_conv(in_channels: int, out_channels: int) -> PredictionConv:
     return conv
 
 
-def upsample_offsets(offset: torch.Tensor, factor: int, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+def upsample_offsets(offset: torch.Tensor, factor: int | None, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """A ``(dy, dx)`` offset map at stride ``factor`` upsampled to ``size`` (:func:`~.modules.upsample`), each
     vector multiplied by ``factor`` so that it stays in pixels of the new resolution (detectron2 multiplies by its
     common stride 4 the same way). A map of another cell count (a backbone that rounds its sizes down) is resized,
@@ -124,7 +124,7 @@ class PanopticDeepLabInstanceBranch(nn.Module):
         low_channels: Sequence[int],
         rates: Sequence[int],
         *,
-        reductions: Sequence[int],
+        factors: Sequence[int | None],
         project: Sequence[int] = (64, 32),
         aspp_channels: int = 256,
         width: int = 128,
@@ -143,10 +143,9 @@ class PanopticDeepLabInstanceBranch(nn.Module):
             fuse.append(_fuse(channels + p, width, separable))
             channels = width
         self.fuse = nn.ModuleList(fuse)
-        if len(reductions) != len(low_channels) + 1:
-            raise ValueError(f"need the reductions of the high and {len(low_channels)} low features, got {reductions}")
-        # 2x at each low feature (16 -> 8 -> 4), then the last one's stride to the input
-        self.factors = [a // b for a, b in zip(reductions, reductions[1:], strict=False)] + [reductions[-1]]
+        if len(factors) != len(low_channels) + 1:
+            raise ValueError(f"need {len(low_channels) + 1} upsampling factors (one per low feature, then the input's)")
+        self.factors = list(factors)  # Backbone.stride_ratio's: 2 at each low feature, then the last one's stride
         self.center = PredictionHead(width, 1, head_width, separable=separable)
         self.offset = PredictionHead(width, 2, head_width, separable=separable)
 

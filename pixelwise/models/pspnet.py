@@ -55,10 +55,10 @@ class PSPNet(nn.Module):
         """Logits; ``{"out", "aux"}`` when ``return_aux`` (default: in training mode, if there is an aux head)."""
         f = self.backbone(x)
         y = self.bottleneck(self.ppm(f[self.high]))  # 1/8 (ResNet-50: 2048 + 4 x 512 -> 512 channels)
-        out = upsample(self.classifier(self.drop(y)), self.backbone.info(self.high).reduction, x.shape[-2:])  # 1/1
+        out = upsample(self.classifier(self.drop(y)), self.backbone.stride_ratio(self.high), x.shape[-2:])  # 1/1
         if self.aux is not None and (self.training if return_aux is None else return_aux):
             aux = self.aux(f[self.aux_feature])
-            return {"out": out, "aux": upsample(aux, self.backbone.info(self.aux_feature).reduction, x.shape[-2:])}
+            return {"out": out, "aux": upsample(aux, self.backbone.stride_ratio(self.aux_feature), x.shape[-2:])}
         return out
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError, DataError
 from ...fileio import write_json
 from ..check import text_table
-from ..info import DatasetInfo, thing_indices
+from ..info import MASKS_ORIENTED, DatasetInfo, thing_indices
 from ..io import IMAGE_EXTENSIONS, check_instance_classes, check_pixels, orient_array, probe_image
 
 log = logging.getLogger(__name__)
@@ -564,6 +564,8 @@ def run_import(
         }
         if plan.instance_classes is not None:
             classes_json["instance_classes"] = list(plan.instance_classes)
+        if oriented or not plan.stored_frame:  # the masks are drawn on the turned images: data check need not warn
+            classes_json[MASKS_ORIENTED] = True
         classes_json.update(plan.extra)
         write_json(staging / "classes.json", classes_json)
         DatasetInfo.load(staging.parent, staging.name)  # what we wrote must read back
