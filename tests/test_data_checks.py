@@ -573,6 +573,38 @@ def test_an_unsigned_32_bit_tiff_with_values_pillow_wraps_is_refused(tmp_path):
     )
 
 
+def test_a_broken_link_or_a_folder_named_like_an_image_is_named(tmp_path):
+    """Both were skipped without a word, and their masks then said "has no image (expected .../s01.<ext>)"."""
+    write_dataset(tmp_path, splits={"train": 3}, size=(40, 36))
+    images = tmp_path / "toy/images/train"
+    (images / "s01.png").unlink()
+    (images / "s01.png").symlink_to(tmp_path / "gone.png")
+    (images / "s02.png").unlink()
+    (images / "s02.png").mkdir()
+    errors = dict(check_dataset(tmp_path, "toy", ["train"], progress=False).errors)
+    assert errors[str(images / "s01.png")] == (
+        f"{images / 's01.png'} is a broken link: an image must be a file (remove it, or put the file there)"
+    )
+    assert errors[str(images / "s02.png")] == (
+        f"{images / 's02.png'} is not a file: an image must be a file (remove it, or put the file there)"
+    )
+
+
+def test_masks_of_another_mode_name_the_fix(tmp_path):
+    write_dataset(tmp_path, splits={"train": 1}, size=(40, 36))
+    mask = tmp_path / "toy/masks/train/s00.png"
+    for mode, fix in (
+        ("1", "; save it as 8-bit grey (mode L) with its values 0 and 1"),
+        ("RGB", "; colour masks: `pixelwise data import rgb` maps them through a palette"),
+    ):
+        Image.new(mode, (40, 36)).save(mask)
+        with pytest.raises(DataError) as e:
+            read_mask(mask)
+        assert str(e.value) == (
+            f"mask {mask} has mode {mode!r}; masks must be single-channel 8-bit PNGs of class indices{fix}"
+        )
+
+
 def test_an_image_over_the_pixel_limit_names_the_variable_that_lifts_it(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "a.png")  # 600 pixels
     monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "100")  # Pillow refuses above twice its limit

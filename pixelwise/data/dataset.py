@@ -100,11 +100,19 @@ def _by_stem(folder: Path, kind: str, split: str, problems: list[tuple[Path, str
     found: dict[str, list[Path]] = {}
     with os.scandir(folder) as entries:
         for e in entries:
-            if e.name.startswith(".") or not e.is_file():
+            if e.name.startswith("."):
                 continue
             p = Path(e.path)
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                found.setdefault(p.stem, []).append(p)
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not e.is_file():  # said, or its partner file would be reported as having none
+                what = "a broken link" if e.is_symlink() and not p.exists() else "not a file"
+                article = "an" if kind[0] in "aeiou" else "a"
+                problems.append(
+                    (p, f"{p} is {what}: {article} {kind} must be a file (remove it, or put the file there)")
+                )
+                continue
+            found.setdefault(p.stem, []).append(p)
     out = {}
     for stem in sorted(found):
         files = sorted(found[stem])

@@ -415,8 +415,13 @@ def read_mask(path: Path, info: DatasetInfo | None = None, *, lut: np.ndarray | 
     path = Path(path)
     with _open(path, "mask") as im:
         if im.mode not in ("L", "P"):
+            fix = {
+                "1": "; save it as 8-bit grey (mode L) with its values 0 and 1",
+                "RGB": "; colour masks: `pixelwise data import rgb` maps them through a palette",
+                "RGBA": "; colour masks: `pixelwise data import rgb` maps them through a palette",
+            }.get(im.mode, "")
             raise DataError(
-                f"mask {path} has mode {im.mode!r}; masks must be single-channel 8-bit PNGs of class indices"
+                f"mask {path} has mode {im.mode!r}; masks must be single-channel 8-bit PNGs of class indices{fix}"
             )
         try:
             if lut is None and info is not None:
