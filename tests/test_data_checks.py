@@ -590,6 +590,26 @@ def test_a_broken_link_or_a_folder_named_like_an_image_is_named(tmp_path):
     )
 
 
+def test_a_truncated_16_bit_colour_png_is_one_line_without_torchvision_s_source_path(tmp_path):
+    import struct
+    import zlib
+
+    h, w = 16, 20
+    rows = np.random.default_rng(0).integers(0, 65535, (h, w * 3)).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path = tmp_path / "cut.png"
+    path.write_bytes(png[:-200])
+    with pytest.raises(DataError) as e:
+        read_image(path)
+    assert str(e.value).startswith(f"cannot read image {path}: ") and ".cpp" not in str(e.value), str(e.value)
+
+
 def test_masks_of_another_mode_name_the_fix(tmp_path):
     write_dataset(tmp_path, splits={"train": 1}, size=(40, 36))
     mask = tmp_path / "toy/masks/train/s00.png"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -247,7 +248,9 @@ def _png16_colour(im: Image.Image, path: Path, orientation: int) -> np.ndarray |
             warnings.simplefilter("ignore", DeprecationWarning)
             arr = decode_png(data, ImageReadMode.UNCHANGED).permute(1, 2, 0).numpy()
     except RuntimeError as e:
-        raise DataError(f"cannot read image {path}: {first_line(e)}") from None
+        # torchvision prefixes its message with the C++ function and source line: "operator(), .../decode_png.cpp:79, "
+        reason = re.sub(r"^[\w:()]+, \S+\.cpp:\d+, ", "", first_line(e))
+        raise DataError(f"cannot read image {path}: {reason}") from None
     if arr.shape[2] in (2, 4):
         arr = arr[..., :-1]  # alpha dropped, as for 8-bit images
     return np.stack([orient_array(arr[..., c], orientation) for c in range(arr.shape[2])], axis=2)
