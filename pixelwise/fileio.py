@@ -206,6 +206,8 @@ def check_output_file(
     blocking = next((q for q in p.parents if q.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
+    if blocking is not None and not os.access(blocking, os.W_OK):  # found after the work, the work was lost
+        raise ConfigError(f"{flag} {p}: cannot write in {blocking}; choose another place, or make it writable")
     if suffixes and p.suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")
     if p.exists() and not overwrite:

@@ -199,6 +199,11 @@ def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, mo
     assert error("eval", missing, "--json", existing, "--overwrite") == (
         f"pixelwise eval: error: checkpoint {missing} does not exist"
     )
+    # one file for both: the picture replaced the metrics, each reported as written
+    same = tmp_path / "both.png"
+    assert error("eval", missing, "--json", same, "--confusion", same) == (
+        f"pixelwise eval: error: --json and --confusion both name {same}: give each its own file"
+    )
     assert error("data", "check", "toy", "--data-root", toy_root, "--json", existing) == (
         f"pixelwise data check: error: --json {existing} exists: pass --overwrite to replace it, or choose another file"
     )

@@ -231,6 +231,38 @@ def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, c
     assert (ckpt.parent / "config.yaml").read_text() == before and not (ckpt.parent / "crf_search.json").exists()
 
 
+def test_crf_search_checks_where_its_results_go_before_searching(toy_checkpoint):
+    """A folder named crf_search.json failed the search at its end after config.yaml had taken the new settings;
+    a config.yaml that holds no mapping was found at the end too (the search's time lost); a config.yaml that is
+    a link was replaced by a file (the file it named kept the old settings); --w1 5 5 scored the same settings
+    twice."""
+    from pixelwise.engine import crf_search
+    from pixelwise.errors import ConfigError
+
+    ckpt, root = toy_checkpoint
+    config = ckpt.parent / "config.yaml"
+    before = config.read_text()
+    (ckpt.parent / "crf_search.json").mkdir()
+    with pytest.raises(ConfigError) as e:
+        crf_search(ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": [3.0]}, progress=False)
+    assert str(e.value) == (
+        f"crf-search's results {ckpt.parent / 'crf_search.json'} is a folder: move it away: they go there"
+    )
+    assert config.read_text() == before
+    (ckpt.parent / "crf_search.json").rmdir()
+    config.write_text("- a\n")
+    with pytest.raises(ConfigError) as e:
+        crf_search(ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": [3.0]}, progress=False)
+    assert str(e.value) == f"{config} does not hold a config (a mapping of sections): fix it or move it away"
+    real = ckpt.parent / "real.yaml"
+    real.write_text(before)
+    config.unlink()
+    config.symlink_to(real.name)
+    result = crf_search(ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": [5.0, 5.0]}, progress=False)
+    assert len(result["results"]) == 1
+    assert config.is_symlink() and yaml.safe_load(real.read_text())["crf"]["w1"] == 5.0
+
+
 def test_crf_search_keeps_the_runs_smoothness_kernel_and_needs_labelled_pixels():
     """The default grid fixed w2 = 3 and theta_gamma = 3, so a search replaced the run's own (the defaults' 1) in
     its config.yaml; an all-ignore split gave NaN everywhere and the first grid point was written as the best."""

@@ -70,6 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_output_file(args.json, "--json", args.overwrite)
     check_output_file(args.confusion, "--confusion", args.overwrite, PICTURE_SUFFIXES)
+    if args.json and args.confusion and Path(args.json).resolve() == Path(args.confusion).resolve():
+        raise ConfigError(f"--json and --confusion both name {args.json}: give each its own file")
     result = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,

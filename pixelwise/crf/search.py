@@ -45,7 +45,9 @@ def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRF
         )
     names = list(grid)
     # numpy numbers (np.linspace) as Python's: they are written to YAML and JSON at the end
-    combos = itertools.product(*([v.item() if hasattr(v, "item") else v for v in grid[name]] for name in names))
+    # each value once (--w1 5 5 scored the same settings twice), in the order given
+    values = [list(dict.fromkeys(v.item() if hasattr(v, "item") else v for v in grid[name])) for name in names]
+    combos = itertools.product(*values)
     return [CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))}) for values in combos]
 
 
@@ -109,6 +111,7 @@ def check_run_config_writable(run_config: str | os.PathLike) -> None:
         )
     if not os.access(run_config.parent, os.W_OK):
         raise ConfigError(f"cannot write in {run_config.parent}, where crf-search writes its results: make it writable")
+    _run_config(run_config)  # a file that holds no config stops here, not after the search
 
 
 def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, Any]) -> None:
@@ -116,8 +119,15 @@ def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, A
     not kept: it is the run's resolved config, which pixelwise wrote)."""
     run_config = Path(run_config)
     check_run_config_writable(run_config)
+    config = _run_config(run_config)
+    config["crf"] = settings
+    # through a link, to the file it names (replacing the link would leave that file with the old settings)
+    atomic_write_text(run_config.resolve() if run_config.is_symlink() else run_config, dump_yaml(config))
+
+
+def _run_config(run_config: Path) -> dict[str, Any]:
+    """The run's config.yaml as a mapping ({} where there is none); a ConfigError where it holds something else."""
     config = (load_yaml(run_config.read_text()) if run_config.is_file() else None) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{run_config} does not hold a config (a mapping of sections): fix it or move it away")
-    config["crf"] = settings
-    atomic_write_text(run_config, dump_yaml(config))
+    return config

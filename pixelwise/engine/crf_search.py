@@ -16,11 +16,14 @@ from tqdm.auto import tqdm
 from ..crf import settings_for
 from ..crf.search import DEFAULT_GRID, check_run_config_writable, grid_points, grid_search, write_crf_to_run_config
 from ..errors import ConfigError
-from ..fileio import write_json
+from ..fileio import check_output_file, write_json
 from ..inference import InferenceSettings
 from .evaluator import checkpoint_dataset
 from .predictor import Predictor, check_crf_applies
 from .video import batch_probabilities
+
+SEARCH_RESULTS = "crf_search.json"
+"""Where crf-search writes every setting's scores, beside the run's config.yaml."""
 
 
 def spread_indices(length: int, count: int) -> list[int]:
@@ -57,14 +60,16 @@ def crf_search(
     if num_images < 1:
         raise ConfigError(f"--num-images {num_images}: must be >= 1 (the images the settings are scored on)")
     predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
-    check_crf_applies(checkpoint, predictor.instance_method)
+    check_crf_applies(checkpoint, predictor.instance_method, "there is nothing for crf-search to tune")
     meta, ckpt = predictor.meta, predictor.ckpt
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
     grid = dict(grid or DEFAULT_GRID)
     grid_points(grid, base)  # a bad value stops here, not after the network's pass over the images
-    if write:  # as must the place the result goes
+    if write:  # as must the places the results go
         check_run_config_writable(Path(checkpoint).parent / "config.yaml")
+        results = Path(checkpoint).parent / SEARCH_RESULTS
+        check_output_file(results, "crf-search's results", overwrite=True, folder_hint="move it away: they go there")
     cached = []
     indices = spread_indices(len(ds), num_images)
     with torch.inference_mode():
@@ -89,6 +94,6 @@ def crf_search(
     if write:
         run_dir = Path(checkpoint).parent
         result["run_config"] = str(run_dir / "config.yaml")
+        write_json(run_dir / SEARCH_RESULTS, result)  # first: the settings a config.yaml holds are explained
         write_crf_to_run_config(run_dir / "config.yaml", result["best"])
-        write_json(run_dir / "crf_search.json", result)
     return result

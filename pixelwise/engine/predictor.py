@@ -129,13 +129,13 @@ def instance_decoding(
     return settings.with_decoding(decoding)
 
 
-def check_crf_applies(checkpoint: str | os.PathLike, method: InstanceSettings) -> None:
+def check_crf_applies(checkpoint: str | os.PathLike, method: InstanceSettings, fix: str = "drop --crf") -> None:
     """A ConfigError for an instance model: its decoding reads the model's own outputs, so a CRF would be
-    recorded (or tuned) but never applied."""
+    recorded (or tuned) but never applied; ``fix`` says what to do instead."""
     if method.enabled:
         raise ConfigError(
             f"{checkpoint}: the dense CRF refines a semantic model's scores, and this model decodes instances "
-            f"(instances.method={method.method}), which it would not change: drop --crf"
+            f"(instances.method={method.method}), which it would not change: {fix}"
         )
 
 
