@@ -206,7 +206,9 @@ def check_output_file(
     blocking = next((q for q in p.parents if q.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
-    if blocking is not None and not os.access(blocking, os.W_OK):  # found after the work, the work was lost
+    # found after the work, the work was lost; the effective ids, as the write itself (capabilities too)
+    effective = os.access in os.supports_effective_ids
+    if blocking is not None and not os.access(blocking, os.W_OK, effective_ids=effective):
         raise ConfigError(f"{flag} {p}: cannot write in {blocking}; choose another place, or make it writable")
     if suffixes and p.suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")

@@ -610,6 +610,21 @@ def test_a_truncated_16_bit_colour_png_is_one_line_without_torchvision_s_source_
     assert str(e.value).startswith(f"cannot read image {path}: ") and ".cpp" not in str(e.value), str(e.value)
 
 
+def test_a_split_of_broken_links_names_them_rather_than_saying_it_is_empty(tmp_path):
+    """data import --link, then the source moved: every image a broken link, and the split said it was empty."""
+    write_dataset(tmp_path, splits={"train": 2}, size=(40, 36))
+    images = tmp_path / "toy/images/train"
+    for stem in ("s00", "s01"):
+        (images / f"{stem}.png").unlink()
+        (images / f"{stem}.png").symlink_to(tmp_path / "moved" / f"{stem}.png")
+    with pytest.raises(DataError) as e:
+        SegmentationDataset(tmp_path, "toy", "train")
+    assert str(e.value) == (
+        f"split 'train' has no readable image: {images / 's00.png'} is a broken link: an image must be a file "
+        "(remove it, or put the file there) (and 1 more)"
+    )
+
+
 def test_masks_of_another_mode_name_the_fix(tmp_path):
     write_dataset(tmp_path, splits={"train": 1}, size=(40, 36))
     mask = tmp_path / "toy/masks/train/s00.png"

@@ -261,6 +261,11 @@ def test_crf_search_checks_where_its_results_go_before_searching(toy_checkpoint)
     result = crf_search(ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": [5.0, 5.0]}, progress=False)
     assert len(result["results"]) == 1
     assert config.is_symlink() and yaml.safe_load(real.read_text())["crf"]["w1"] == 5.0
+    config.unlink()
+    config.symlink_to(config.name)  # a link to itself: one line before the search, not a traceback after it
+    with pytest.raises(ConfigError) as e:
+        crf_search(ckpt, data_root=root, num_images=1, iterations=1, grid={"w1": [3.0]}, progress=False)
+    assert str(e.value) == f"{config} is a link that leads back to itself: put the run's config there"
 
 
 def test_crf_search_keeps_the_runs_smoothness_kernel_and_needs_labelled_pixels():

@@ -46,7 +46,8 @@ def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRF
     names = list(grid)
     # numpy numbers (np.linspace) as Python's: they are written to YAML and JSON at the end
     # each value once (--w1 5 5 scored the same settings twice), in the order given
-    values = [list(dict.fromkeys(v.item() if hasattr(v, "item") else v for v in grid[name])) for name in names]
+    values = [[v.item() if hasattr(v, "item") else v for v in grid[name]] for name in names]
+    values = [list(dict.fromkeys(v)) if all(isinstance(x, (int, float)) for x in v) else v for v in values]
     combos = itertools.product(*values)
     return [CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))}) for values in combos]
 
@@ -102,7 +103,7 @@ def grid_search(
 def check_run_config_writable(run_config: str | os.PathLike) -> None:
     """Before a search: the run's ``config.yaml`` (and its folder) must take the result, or the search's time is
     lost at its end; a read-only file is the user's choice, not replaced."""
-    run_config = Path(run_config)
+    run_config = _written_file(Path(run_config))
     # the mode bits, not os.access: root may write anything, and would replace a file made read-only to keep it
     if run_config.exists() and not (os.access(run_config, os.W_OK) and run_config.stat().st_mode & 0o200):
         raise ConfigError(
@@ -121,8 +122,18 @@ def write_crf_to_run_config(run_config: str | os.PathLike, settings: dict[str, A
     check_run_config_writable(run_config)
     config = _run_config(run_config)
     config["crf"] = settings
-    # through a link, to the file it names (replacing the link would leave that file with the old settings)
-    atomic_write_text(run_config.resolve() if run_config.is_symlink() else run_config, dump_yaml(config))
+    atomic_write_text(_written_file(run_config), dump_yaml(config))
+
+
+def _written_file(run_config: Path) -> Path:
+    """The file a write of ``run_config`` replaces: through a link, the file it names (replacing the link would
+    leave that file with the old settings, and the write's temporary goes beside it)."""
+    if not run_config.is_symlink():
+        return run_config
+    try:
+        return run_config.resolve(strict=False)
+    except (RuntimeError, OSError):  # a loop
+        raise ConfigError(f"{run_config} is a link that leads back to itself: put the run's config there") from None
 
 
 def _run_config(run_config: Path) -> dict[str, Any]:

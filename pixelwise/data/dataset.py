@@ -138,6 +138,9 @@ def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
     problems: list[tuple[Path, str]] = []
     images = _by_stem(image_dir, "image", split, problems)
     if not images:
+        if problems:  # e.g. every image a link whose source moved (data import --link): name them, not "empty"
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataError(f"split {split!r} has no readable image: {problems[0][1]}{more}")
         raise DataError(f"split {split!r} is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     masks = None
     if mask_dir.is_dir():
