@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoint_options import add_checkpoint_options  # noqa: E402
-from machine import machine_info  # noqa: E402
+from checkpoint_options import add_checkpoint_options, score_in_turns, write_figures  # noqa: E402
 
 import pixelwise.inference.protocol as protocol  # noqa: E402
-from pixelwise.engine.evaluator import evaluate_checkpoint  # noqa: E402
-from pixelwise.fileio import write_json  # noqa: E402
 
 ANTIALIASED = protocol.rescale_image
 
@@ -40,33 +36,21 @@ def main() -> int:
     add_checkpoint_options(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = {}
-    for name, resize in (("plain", plain_bilinear), ("antialiased", ANTIALIASED), ("plain again", plain_bilinear)):
-        protocol.rescale_image = resize
-        start = time.perf_counter()
-        result = evaluate_checkpoint(
-            args.checkpoint, split=args.split, data_root=args.data_root, amp=args.amp, num_workers=0, progress=False
-        )
-        m = result["metrics"]
-        rows[name] = {
-            "miou": m["miou"],
-            "pixel_error": 1 - m["pixel_accuracy"],
-            "iou": m["iou"],
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        print(f"{name:>12}: mIoU {100 * m['miou']:.2f}  pixel error {1 - m['pixel_accuracy']:.5f}", flush=True)
+
+    def scaling_with(resize):
+        def put_in_place() -> None:
+            protocol.rescale_image = resize
+
+        return put_in_place
+
+    ways = [
+        ("plain", scaling_with(plain_bilinear)),
+        ("antialiased", scaling_with(ANTIALIASED)),
+        ("plain again", scaling_with(plain_bilinear)),
+    ]
+    rows, inference = score_in_turns(args, ways)
     protocol.rescale_image = ANTIALIASED
-    out = {
-        **machine_info(),
-        "checkpoint": str(args.checkpoint),
-        "split": args.split,
-        "amp": args.amp,
-        "threads": args.threads,
-        "inference": result["inference"],
-        "rows": rows,
-    }
-    if args.json:
-        write_json(args.json, out)
+    write_figures(args, rows, amp=args.amp, inference=inference)
     return 0
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from checkpoint_options import write_figures  # noqa: E402
 
 from pixelwise.data import list_split, resolve_data_root  # noqa: E402
 from pixelwise.engine import Predictor  # noqa: E402
-from pixelwise.fileio import write_json  # noqa: E402
 
 PLAIN = {"scales": [1.0], "flip": False, "rot90": False, "class_weight_correction": 0}
 
@@ -49,16 +48,7 @@ def main() -> int:
             differ, total = differ + int((a != b).sum()), total + a.size
         rows[name] = {"pixels": total, "differ": differ, "share": differ / total}
         print(f"{name:>15}: {differ} of {total} pixels differ ({100 * differ / total:.2f} %)", flush=True)
-    out = {
-        **machine_info(),
-        "checkpoint": str(args.checkpoint),
-        "split": args.split,
-        "images": len(images),
-        "threads": args.threads,
-        "rows": rows,
-    }
-    if args.json:
-        write_json(args.json, out)
+    write_figures(args, rows, images=len(images))
     return 0
 
 

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoint_options import add_checkpoint_options  # noqa: E402
-from machine import machine_info  # noqa: E402
+from checkpoint_options import add_checkpoint_options, score_in_turns, write_figures  # noqa: E402
 
-from pixelwise.engine.evaluator import evaluate_checkpoint  # noqa: E402
-from pixelwise.fileio import write_json  # noqa: E402
 from pixelwise.models import deeplab, lraspp, modules, panoptic, pspnet  # noqa: E402
 
 HEADS = (deeplab, lraspp, panoptic, pspnet)  # the model files that upsample coarse maps
@@ -41,35 +37,22 @@ def main() -> int:
     add_checkpoint_options(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = {}
-    for name, up in (("resized", stretched), ("by the stride", modules.upsample), ("resized again", stretched)):
-        for module in HEADS:
-            module.upsample = up
-        start = time.perf_counter()
-        result = evaluate_checkpoint(
-            args.checkpoint, split=args.split, data_root=args.data_root, amp=args.amp, num_workers=0, progress=False
-        )
-        m = result["metrics"]
-        rows[name] = {
-            "miou": m["miou"],
-            "pixel_error": 1 - m["pixel_accuracy"],
-            "iou": m["iou"],
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        print(f"{name:>14}: mIoU {100 * m['miou']:.2f}  min class IoU {100 * min(m['iou']):.1f}", flush=True)
-    for module in HEADS:
-        module.upsample = modules.upsample
-    out = {
-        **machine_info(),
-        "checkpoint": str(args.checkpoint),
-        "split": args.split,
-        "amp": args.amp,
-        "threads": args.threads,
-        "inference": result["inference"],
-        "rows": rows,
-    }
-    if args.json:
-        write_json(args.json, out)
+
+    def heads_with(up):
+        def put_in_place() -> None:
+            for module in HEADS:
+                module.upsample = up
+
+        return put_in_place
+
+    ways = [
+        ("resized", heads_with(stretched)),
+        ("by the stride", heads_with(modules.upsample)),
+        ("resized again", heads_with(stretched)),
+    ]
+    rows, inference = score_in_turns(args, ways)
+    heads_with(modules.upsample)()
+    write_figures(args, rows, amp=args.amp, inference=inference)
     return 0
 
 
