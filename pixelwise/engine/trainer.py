@@ -334,16 +334,6 @@ def _train(
                 f"--resume: train.iters={train_cfg['iters']} is below the iteration {files.last} is at "
                 f"({state.iter}); give train.iters above it to train on, or leave the run as it is"
             )
-        spent = 0 < 60 * train_cfg["max_minutes"] <= state.train_seconds
-        if (state.iter == train_cfg["iters"] or spent) and not state.eval_due:
-            limit = f"train.iters={state.iter}" if state.iter == train_cfg["iters"] else "its train.max_minutes"
-            key = limit.split("=")[0].removeprefix("its ")
-            log.warning(
-                "--resume: %s has reached %s already: nothing to train (raise %s with --allow-changes to go on)",
-                files.last,
-                limit,
-                key,
-            )
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
     scored = ema.module if ema is not None else model  # what validation scores and checkpoints hold as "model"
@@ -379,6 +369,16 @@ def _train(
     def out_of_time() -> bool:
         """The time budget is spent (``state.train_seconds`` is the same on every process: see below)."""
         return budget > 0 and state.train_seconds >= budget
+
+    if resume and not state.eval_due and (state.iter == total or out_of_time()):
+        key = "train.iters" if state.iter == total else "train.max_minutes"
+        limit = f"train.iters={total}" if state.iter == total else "its train.max_minutes"
+        log.warning(
+            "--resume: %s has reached %s already: nothing to train (raise %s with --allow-changes to go on)",
+            files.last,
+            limit,
+            key,
+        )
 
     eval_interval = train_cfg["eval_interval"]
     ckpt_interval = train_cfg["checkpoint_interval"] or eval_interval
