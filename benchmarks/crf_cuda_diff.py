@@ -8,7 +8,7 @@ its own, and mean field after 0-10 iterations with the appearance kernel, the sm
 import torch
 
 from pixelwise.crf import dense_crf, permutohedral_filter
-from pixelwise.crf.dense_crf import _appearance_features
+from pixelwise.crf.mean_field import _appearance_features
 from tests.test_crf import SMALL, scene
 
 

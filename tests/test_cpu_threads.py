@@ -100,7 +100,7 @@ def test_dense_crf_gives_the_same_answer_with_any_thread_choice(monkeypatch):
         seen.append(threads)
         return real(threads)
 
-    monkeypatch.setattr(sys.modules["pixelwise.crf.dense_crf"], "idle_core_threads", spy)
+    monkeypatch.setattr(sys.modules["pixelwise.crf.mean_field"], "idle_core_threads", spy)
     one = dense_crf(image, probs, threads=1)
     auto = dense_crf(image, probs)
     torch.testing.assert_close(one, auto, rtol=1e-5, atol=1e-6)

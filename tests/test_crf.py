@@ -305,7 +305,7 @@ def test_against_pydensecrf2_on_camvid(data_root):
 def test_exact_smoothness_in_bands_equals_the_whole_image():
     """The mean field's buffered path filters a large image band by band (rows plus their halo): the same
     numbers as the whole-image convolution, at the image's top and bottom edges and between bands."""
-    from pixelwise.crf.dense_crf import _ExactSmoothness
+    from pixelwise.crf.mean_field import _ExactSmoothness
 
     for h, w, c, b, theta_gamma in [(203, 2048, 20, 1, 1.0), (97, 4096, 20, 2, 3.0)]:
         smooth = _ExactSmoothness(h, w, theta_gamma, 3.0, torch.device("cpu"))

@@ -163,7 +163,7 @@ def test_predict_with_crf(toy_checkpoint, tmp_path):
 def test_predict_with_crf_too_large_for_memory(toy_checkpoint, tmp_path, monkeypatch, capsys):
     """An image whose dense CRF cannot fit in the free memory stops with one line naming it (not a kill by the
     kernel part-way through); with --skip-errors the other images are written and it is listed."""
-    dense_crf_module = sys.modules["pixelwise.crf.dense_crf"]  # the package's dense_crf is the function
+    dense_crf_module = sys.modules["pixelwise.crf.mean_field"]
 
     ckpt, root = toy_checkpoint
     images = sorted(str(p) for p in (root / "toy/images/val").glob("*.png"))
@@ -271,7 +271,8 @@ def test_crf_search_checks_where_its_results_go_before_searching(toy_checkpoint)
 def test_crf_search_keeps_the_runs_smoothness_kernel_and_needs_labelled_pixels():
     """The default grid fixed w2 = 3 and theta_gamma = 3, so a search replaced the run's own (the defaults' 1) in
     its config.yaml; an all-ignore split gave NaN everywhere and the first grid point was written as the best."""
-    from pixelwise.crf.search import DEFAULT_GRID, grid_search
+    from pixelwise.crf.search import grid_search
+    from pixelwise.crf.settings import DEFAULT_GRID
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(1, 2, 6, 7), 1)
@@ -333,7 +334,7 @@ def test_crf_memory_check_only_where_the_lattice_is_built(monkeypatch):
     from pixelwise.crf import dense_crf
     from pixelwise.errors import ResourceError
 
-    monkeypatch.setattr(sys.modules["pixelwise.crf.dense_crf"], "available_memory", lambda device: 0)
+    monkeypatch.setattr(sys.modules["pixelwise.crf.mean_field"], "available_memory", lambda device: 0)
     image, probs = torch.zeros(6, 5, 3, dtype=torch.uint8), torch.full((2, 6, 5), 0.5)
     assert torch.allclose(dense_crf(image, probs, iterations=0), probs)
     dense_crf(image, probs, w1=0.0)

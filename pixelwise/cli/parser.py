@@ -19,8 +19,7 @@ EPILOG = 'Run "pixelwise VERB --help" for the options of a verb.'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..crf import CRFSettings
-    from ..crf.search import DEFAULT_GRID, GRID_PARAMETERS
+    from ..crf.settings import DEFAULT_GRID, GRID_PARAMETERS, CRFSettings
 
     assert list(CRF_HELP) == CRFSettings.names(), "CRF_HELP must list CRFSettings's fields"
     parser = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG)

@@ -304,7 +304,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_crf_search(args: argparse.Namespace) -> int:
-    from ..crf.search import GRID_PARAMETERS
+    from ..crf.settings import GRID_PARAMETERS
     from ..engine import crf_search
 
     # nargs="+": each a non-empty list; w2 and theta_gamma keep the run's values unless given

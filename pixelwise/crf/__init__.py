@@ -1,18 +1,14 @@
 """The fully connected CRF (Krähenbühl & Koltun 2011): the mean-field filter on a permutohedral lattice,
 its settings, its use as post-processing of a network's output, and the search of its parameters."""
 
-from .dense_crf import dense_crf, dense_crf_batch
-from .lattice import PermutohedralLattice, permutohedral_filter
-from .postprocess import apply_crf, rgb_uint8
-from .settings import CRFSettings, settings_for
+from ..lazy_imports import lazy_exports
 
-__all__ = [
-    "CRFSettings",
-    "PermutohedralLattice",
-    "apply_crf",
-    "dense_crf",
-    "dense_crf_batch",
-    "permutohedral_filter",
-    "rgb_uint8",
-    "settings_for",
-]
+# imported on first use: the CLI's parser reads the settings without loading torch
+_EXPORTS = {
+    ".mean_field": ["dense_crf", "dense_crf_batch"],
+    ".lattice": ["PermutohedralLattice", "permutohedral_filter"],
+    ".postprocess": ["apply_crf", "rgb_uint8"],
+    ".settings": ["CRFSettings", "settings_for"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)

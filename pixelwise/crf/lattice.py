@@ -1,6 +1,6 @@
 """The permutohedral lattice (Adams, Baek & Davis, "Fast High-Dimensional Filtering Using the Permutohedral
 Lattice", Eurographics 2010): Gaussian filtering in O(N) in a d-dimensional feature space, as the dense CRF's
-mean field needs it (:mod:`pixelwise.crf.dense_crf`).
+mean field needs it (:mod:`pixelwise.crf.mean_field`).
 
 Densecrf's arithmetic step by step: elevation onto the d-plane of
 R^(d+1) scaled for a unit-std Gaussian, nearest remainder-0 point and simplex (rank) by its comparison

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .dense_crf import dense_crf_batch
+from .mean_field import dense_crf_batch
 from .settings import CRFSettings
 
 

@@ -1,6 +1,6 @@
 """Grid search of the dense CRF's parameters by mIoU on held-out images, as DeepLab v1/v2 (sec. 4.1)
-cross-validate w1, theta_alpha and theta_beta with w2 and theta_gamma fixed (so does :data:`DEFAULT_GRID`: those two
-keep the run's values).
+cross-validate w1, theta_alpha and theta_beta with w2 and theta_gamma fixed (so does
+:data:`~pixelwise.crf.settings.DEFAULT_GRID`: those two keep the run's values).
 The network's probabilities are computed once (:func:`pixelwise.engine.crf_search`); every combination
 refines those."""
 
@@ -23,14 +23,6 @@ from ..fileio import atomic_write_text, dump_yaml, load_yaml
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
 from .settings import CRFSettings
-
-DEFAULT_GRID: dict[str, list[float]] = {
-    "w1": [3.0, 4.0, 5.0],
-    "theta_alpha": [30.0, 50.0, 70.0, 90.0],
-    "theta_beta": [3.0, 5.0, 10.0],
-}  # w2 and theta_gamma fixed, as DeepLab: the run's own (base)
-# the parameters a search may vary (crf-search's flags): all but the iterations
-GRID_PARAMETERS = tuple(name for name in CRFSettings.names() if name != "iterations")
 
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 

@@ -97,3 +97,12 @@ def settings_for(
         values.update(section or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return CRFSettings.from_dict(values)
+
+
+DEFAULT_GRID: dict[str, list[float]] = {
+    "w1": [3.0, 4.0, 5.0],
+    "theta_alpha": [30.0, 50.0, 70.0, 90.0],
+    "theta_beta": [3.0, 5.0, 10.0],
+}  # w2 and theta_gamma fixed, as DeepLab: the run's own (base)
+# the parameters a search may vary (crf-search's flags): all but the iterations
+GRID_PARAMETERS = tuple(name for name in CRFSettings.names() if name != "iterations")

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..crf import settings_for
-from ..crf.search import DEFAULT_GRID, check_run_config_writable, grid_points, grid_search, write_crf_to_run_config
+from ..crf.search import check_run_config_writable, grid_points, grid_search, write_crf_to_run_config
+from ..crf.settings import DEFAULT_GRID, settings_for
 from ..errors import ConfigError
 from ..fileio import check_output_file, write_json
 from ..inference import InferenceSettings
@@ -51,7 +51,7 @@ def crf_search(
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Grid-search ``grid`` (default :data:`~pixelwise.crf.search.DEFAULT_GRID`) on ``num_images`` images of
+    """Grid-search ``grid`` (default :data:`~pixelwise.crf.settings.DEFAULT_GRID`) on ``num_images`` images of
     ``split`` spread evenly over it (:func:`spread_indices`); with ``write`` the best settings go into the ``crf``
     section of the run's ``config.yaml`` and the whole search into ``crf_search.json`` beside the checkpoint. The
     network's probabilities come from the run's inference protocol, or ``inference`` over it (as

@@ -26,34 +26,40 @@ overwrite replaces the old data set in one step.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError, DataError
-from .ade20k import plan_ade20k
-from .cityscapes import plan_cityscapes
-from .coco import plan_coco, plan_coco_panoptic, plan_coco_stuff
-from .core import ImportSummary, Plan, check_destination, run_import
-from .labelme import plan_labelme
-from .rgb import plan_rgb
-from .voc import plan_sbd, plan_voc
+from ...lazy_imports import lazy_exports
 
-FORMATS: dict[str, Callable[[Path, Path | None], Plan]] = {
-    "voc": plan_voc,
-    "sbd": plan_sbd,
-    "cityscapes": plan_cityscapes,
-    "ade20k": plan_ade20k,
-    "coco": plan_coco,
-    "coco-panoptic": plan_coco_panoptic,
-    "coco-stuff": plan_coco_stuff,
-    "rgb": plan_rgb,
-    "labelme": plan_labelme,
+if TYPE_CHECKING:
+    from .core import ImportSummary, Plan
+
+FORMATS: dict[str, str] = {
+    "voc": ".voc",
+    "sbd": ".voc",
+    "cityscapes": ".cityscapes",
+    "ade20k": ".ade20k",
+    "coco": ".coco",
+    "coco-panoptic": ".coco",
+    "coco-stuff": ".coco",
+    "rgb": ".rgb",
+    "labelme": ".labelme",
 }
-"""Format name -> the reader that plans its import."""
+"""Format name -> the module of its reader, ``plan_<format>`` (``-`` read as ``_``), which plans the import. The
+readers (and numpy, Pillow and torch with them) load when a format is used, so the CLI lists the names quickly."""
 
 PALETTE_FORMATS = ("rgb", "labelme")
 """The formats that take ``palette`` (a classes.json giving the classes and their colours)."""
+
+
+def format_reader(fmt: str) -> Callable[[Path, Path | None], Plan]:
+    """The reader of ``fmt`` (a key of :data:`FORMATS`): given the source folder and the palette file (or
+    ``None``), it returns the import's :class:`~.core.Plan`."""
+    return getattr(importlib.import_module(FORMATS[fmt], __name__), "plan_" + fmt.replace("-", "_"))
 
 
 def default_workers() -> int:
@@ -103,9 +109,13 @@ def import_dataset(
     n_workers = default_workers() if workers is None else int(workers)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    from .core import check_destination, run_import
+
     final = check_destination(src_path, dst_path, name or fmt, overwrite)
-    plan = FORMATS[fmt](src_path, palette_path)
+    plan = format_reader(fmt)(src_path, palette_path)
     return run_import(fmt, src_path, final, plan, workers=n_workers, link=link, progress=progress)
 
 
-__all__ = ["FORMATS", "PALETTE_FORMATS", "ImportSummary", "default_workers", "import_dataset"]
+__getattr__, __dir__ = lazy_exports(__name__, {".core": ["ImportSummary"]})
+
+__all__ = ["FORMATS", "PALETTE_FORMATS", "ImportSummary", "default_workers", "format_reader", "import_dataset"]

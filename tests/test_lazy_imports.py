@@ -1,0 +1,59 @@
+"""The packages that load torch only when one of their names is used (pixelwise, pixelwise.crf, pixelwise.data,
+pixelwise.data.importers), so that ``pixelwise --help`` and a wrong flag answer at once."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+LAZY_PACKAGES = ["pixelwise", "pixelwise.crf", "pixelwise.data", "pixelwise.data.importers"]
+
+
+def test_the_parser_is_built_without_torch_numpy_or_pillow():
+    code = (
+        "import sys\n"
+        "from pixelwise.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for verb in (['--help'], ['train', '--help'], ['crf-search', '--help'], ['data', 'import', '--help']):\n"
+        "    try:\n"
+        "        parser.parse_args(verb)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'torchvision', 'timm') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "coco-panoptic" in proc.stdout and "--theta-alpha" in proc.stdout  # the lists the parser reads
+
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_every_exported_name_resolves_and_is_listed(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+        assert name in dir(module), name
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'no_such_name'"):
+        module.no_such_name  # noqa: B018
+
+
+def test_exported_names_are_the_submodules_objects():
+    from pixelwise.crf import CRFSettings, dense_crf
+    from pixelwise.crf.mean_field import dense_crf as direct
+    from pixelwise.crf.settings import CRFSettings as direct_settings
+    from pixelwise.data import read_mask
+    from pixelwise.data.io import read_mask as direct_read_mask
+
+    assert dense_crf is direct and CRFSettings is direct_settings and read_mask is direct_read_mask
+
+
+def test_every_import_format_has_its_reader():
+    from pixelwise.data.importers import FORMATS, format_reader
+
+    assert len(FORMATS) == 9
+    for fmt in FORMATS:
+        reader = format_reader(fmt)
+        assert callable(reader) and reader.__name__ == "plan_" + fmt.replace("-", "_")
