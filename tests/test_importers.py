@@ -21,6 +21,7 @@ from pixelwise.data.importers import import_dataset
 from pixelwise.data.importers.ade20k import ADE20K_CLASSES
 from pixelwise.data.importers.cityscapes import TRAIN_CLASSES
 from pixelwise.data.importers.coco import COCO_STUFF_CLASSES, COCO_STUFF_THINGS
+from pixelwise.data.info import MASKS_ORIENTED
 from pixelwise.errors import ConfigError, DataError, PixelwiseError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,19 +200,19 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
 
     def failing(item):
         calls.append(item.stem)
-        if len(calls) == 3:  # a bug in a converter, not a data problem: it stops the import
-            raise RuntimeError("boom")
+        if len(calls) == 3:  # Ctrl-C (an error of one item's data is that item's listed skip, not a stop)
+            raise KeyboardInterrupt("boom")
         return original(item)
 
     monkeypatch.setattr(voc, "_voc_converter", failing)
     dst = tmp_path / "dst"
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(KeyboardInterrupt, match="boom"):
         import_dataset("voc", src, dst, progress=False, workers=2)
     assert not dst.exists()  # the staging folder removed after the pool stopped, and the DST the import made
     # a DST that was there before stays (empty), and so do the folders above one that the import made
     dst.mkdir()
     calls.clear()
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(KeyboardInterrupt, match="boom"):
         import_dataset("voc", src, dst / "a" / "b", progress=False, workers=2)
     assert list(dst.iterdir()) == []
 
@@ -351,6 +352,7 @@ def test_ade20k(tmp_path):
     info = classes_json(base)
     assert len(info["classes"]) == 150 == len(set(ADE20K_CLASSES))
     assert (info["classes"][0], info["classes"][12], info["classes"][149]) == ("wall", "person", "flag")
+    assert info["classes"][89] == "television receiver"  # objectInfo150.txt's first name
     assert summary.images == {"train": 1, "val": 1} and summary.ignore_pixels["train"] == W
 
 
@@ -563,8 +565,8 @@ def test_coco_without_pycocotools_is_one_line_naming_the_extra(tmp_path, monkeyp
 # COCO panoptic
 
 
-def test_coco_panoptic(tmp_path):
-    src = tmp_path / "coco"
+def panoptic_fixture(src: Path) -> dict:
+    """A val2017 panoptic set of one image: its JSON data (also written) and PNG."""
     save_jpeg(src / "val2017" / "000000000002.jpg")
     person, crowd, tree, car = 5, 7, 1000, 3 + 256 * 1 + 256 * 256 * 2  # car's id needs all three channels
     ids = np.zeros((H, W), np.int64)  # 0 = unlabelled
@@ -595,6 +597,12 @@ def test_coco_panoptic(tmp_path):
         ],
     }
     (src / "annotations" / "panoptic_val2017.json").write_text(json.dumps(data))
+    return data
+
+
+def test_coco_panoptic(tmp_path):
+    src = tmp_path / "coco"
+    panoptic_fixture(src)
     base, summary = imported(tmp_path, "coco-panoptic", src, workers=1)
     expected = np.full((H, W), 255, np.uint8)  # unlabelled and crowd
     expected[0:2, :] = 2  # tree-merged (stuff)
@@ -1025,3 +1033,228 @@ def test_voc_two_column_lists_and_a_raised_pixel_limit_still_import(tmp_path, mo
     monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "1000")
     summary = import_dataset("labelme", lm, tmp_path / "b", progress=False, workers=1)
     assert summary.skipped == [] and (tmp_path / "b" / "labelme" / "images" / "train" / "cats.png").exists()
+
+
+def test_an_item_whose_conversion_or_image_fails_in_any_way_is_a_listed_skip(tmp_path, monkeypatch):
+    """From a review: an error other than DataError in one item (a Cityscapes instanceIds PNG of another size, an
+    SBD .mat of MATLAB v7.3, a LabelMe imageData holding a truncated GIF, a mask over Pillow's pixel limit) was a
+    traceback that ended the whole import; each is now its item's listed skip, naming the file."""
+    from PIL import Image as PILImage
+
+    # Cityscapes: instanceIds of another size than labelIds, said as such
+    cs = tmp_path / "cs"
+    for stem, inst_w in (("x_000000_000000", W + 1), ("x_000001_000000", W)):
+        save_png(cs / "leftImg8bit" / "train" / "x" / f"{stem}_leftImg8bit.png", rgb_image())
+        save_png(cs / "gtFine" / "train" / "x" / f"{stem}_gtFine_labelIds.png", np.full((H, W), 7, np.uint8))
+        save_png(cs / "gtFine" / "train" / "x" / f"{stem}_gtFine_instanceIds.png", np.full((H, inst_w), 7, np.uint16))
+    summary = import_dataset("cityscapes", cs, tmp_path / "cs_out", progress=False, workers=1)
+    gt = cs / "gtFine" / "train" / "x"
+    assert summary.images == {"train": 1}
+    assert summary.skipped == [
+        (
+            str(gt / "x_000000_000000_gtFine_labelIds.png"),
+            f"{gt / 'x_000000_000000_gtFine_instanceIds.png'} is 9x6 but labelIds "
+            f"{gt / 'x_000000_000000_gtFine_labelIds.png'} is 8x6",
+        )
+    ]
+    # SBD: a MATLAB v7.3 (HDF5) .mat, which scipy does not read (NotImplementedError)
+    sbd = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
+    make_voc(tmp_path / "sbd" / "VOCdevkit", stems_train=("c",), stems_val=("e",), extra=())
+    cls, _ = voc_arrays()
+    for stem in ("a", "b"):
+        save_jpeg(sbd / "img" / f"{stem}.jpg")
+        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", cls)
+    (sbd / "train.txt").write_text("a\nb\n")
+    (sbd / "val.txt").write_text("")
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + b"\0" * 8 + b"\x00\x02IM"
+    (sbd / "cls" / "b.mat").write_bytes(header + b"\0" * 384)
+    summary = import_dataset("sbd", tmp_path / "sbd", tmp_path / "sbd_out", progress=False, workers=1)
+    assert summary.images == {"train": 2, "val": 1}
+    assert summary.skipped == [
+        (
+            str(sbd / "cls" / "b.mat"),
+            "cannot convert: NotImplementedError: Please use HDF reader for matlab v7.3 files, e.g. h5py",
+        )
+    ]
+    # LabelMe: imageData a truncated GIF (re-encoded to PNG as it is written)
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(rgb_image(70, 100)).convert("P").save(buf, format="GIF")
+    gif = base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()  # its header still reads
+    cat = [shape("cat", [[1, 1], [5, 1], [5, 4]])]
+    (lm / "a.json").write_text(json.dumps(labelme_doc("gone.gif", cat, h=70, w=100, data=gif)))
+    save_png(lm / "b.png", rgb_image(70, 100))
+    (lm / "b.json").write_text(json.dumps(labelme_doc("b.png", cat, h=70, w=100)))
+    summary = import_dataset("labelme", lm, tmp_path / "lm_out", progress=False, workers=1)
+    assert summary.images == {"train": 1}
+    assert summary.skipped == [
+        (
+            str(lm / "a.json"),
+            f"cannot read the image embedded in {lm / 'a.json'} (imageData): image file is truncated "
+            "(176 bytes not processed)",
+        )
+    ]
+    # rgb: a colour mask over Pillow's limit is a listed skip; $PIXELWISE_MAX_IMAGE_PIXELS raised, it imports
+    rgb = tmp_path / "rgb"
+    save_png(rgb / "images" / "train" / "a.png", rgb_image())
+    save_png(rgb / "masks" / "train" / "a.png", np.zeros((H, W, 3), np.uint8))
+    (rgb / "classes.json").write_text(json.dumps({"classes": ["bg", "fg"], "palette": [[0, 0, 0], [255, 0, 0]]}))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20)
+    with pytest.raises(DataError, match="every image was skipped") as e:
+        import_dataset("rgb", rgb, tmp_path / "rgb_out", progress=False, workers=1)
+    assert "cannot read colour mask" in str(e.value) and "PIXELWISE_MAX_IMAGE_PIXELS" in str(e.value)
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "1000")
+    summary = import_dataset("rgb", rgb, tmp_path / "rgb_out", progress=False, workers=1)
+    assert summary.images == {"train": 1} and summary.skipped == []
+
+
+def test_non_ascii_names_read_as_utf8_whatever_the_locale_and_list_ids_keep_their_spaces(tmp_path, monkeypatch):
+    """From a review: JSON and list files were read in the locale's encoding (a LabelMe label "gâteau" became
+    "gÃ¢teau" under a Latin-1 locale); a VOC list id "frame 12" was cut to "frame" (a number after a space was
+    taken for VOC's flag, which is only -1, 0 or 1)."""
+    real = Path.read_text  # the files' default encoding as a Latin-1 locale would make it
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None, errors=None: real(self, encoding or "latin-1"))
+    lm = tmp_path / "lm"
+    save_png(lm / "a.png", rgb_image(7, 10))
+    doc = labelme_doc("a.png", [shape("gâteau", [[1, 1], [5, 1], [5, 4]])])
+    (lm / "a.json").write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    base, _ = imported(tmp_path / "l", "labelme", lm)
+    assert classes_json(base)["classes"] == ["background", "gâteau"]
+    src, _, _ = make_rgb(tmp_path)
+    palette = tmp_path / "classes.json"
+    names = ["ciel", "bâtiment", "rue"]
+    spec = {**RGB_CLASSES, "classes": names, "ignore_color": [0, 0, 0]}
+    palette.write_bytes(json.dumps(spec, ensure_ascii=False).encode("utf-8"))
+    base, _ = imported(tmp_path / "r", "rgb", src, palette=palette)
+    assert classes_json(base)["classes"] == names
+    voc = make_voc(tmp_path / "voc", stems_train=("frame 12", "café", "b"), stems_val=("c",), extra=())
+    # a BOM (Windows' Notepad) is no part of the first id
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_bytes("\ufeffframe 12\ncafé\nb 0\n".encode())
+    base, _ = imported(tmp_path / "v", "voc", voc)
+    assert sorted(p.name for p in (base / "images" / "train").iterdir()) == ["b.jpg", "café.jpg", "frame 12.jpg"]
+
+
+@pytest.mark.filterwarnings(COCO_WARNING)
+def test_coco_categories_of_one_name_are_refused_before_any_work(tmp_path):
+    """From a review: Roboflow's COCO exports list the data set's name as category 0 and again as a class of
+    its own; two classes of one name then failed later with a misleading message."""
+    src = tmp_path / "coco"
+    coco_fixture(src)
+    path = src / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 0, "name": "pothole", "supercategory": "none"}, {"id": 1, "name": "pothole"}]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as e:
+        import_dataset("coco", src, tmp_path / "out", progress=False)
+    assert str(e.value) == (
+        f"{path}: categories 0 and 1 are both named 'pothole': one class a name, so rename one of them (or, if no "
+        "annotation uses it, remove it: Roboflow lists the data set's own name as category 0)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["annotations"][0].update(segments_info=None), "'segments_info' is not a list of segments"),
+        (lambda d: d["annotations"][0]["segments_info"][1].pop("id"), "segments_info[1] has no whole-number 'id'"),
+        (lambda d: d["categories"][0].update(color=220), "category 1 has 'color' 220, not [R, G, B]"),
+    ],
+)
+def test_coco_panoptic_malformed_entries_are_one_line_naming_the_file(tmp_path, change, message):
+    """From a review: "segments_info": null, a segment without its id and a category colour that is a number
+    were tracebacks."""
+    src = tmp_path / "coco"
+    data = panoptic_fixture(src)
+    change(data)
+    path = src / "annotations" / "panoptic_val2017.json"
+    path.write_text(json.dumps(data))
+    where = "" if "category" in message else "annotation of 000000000002.png: "
+    with pytest.raises(DataError) as e:
+        import_dataset("coco-panoptic", src, tmp_path / "out", progress=False)
+    assert str(e.value) == f"{path}: {where}{message}"
+
+
+def test_labelme_empty_palette_infinite_size_and_four_point_rectangles(tmp_path, capsys):
+    """From a review: --palette with no classes was an IndexError; "imageHeight": Infinity an OverflowError
+    (it is read from the image now, as a missing size is); a rectangle saved with its four corners (X-AnyLabeling)
+    was left out as too few points; a point at Infinity was drawn somewhere."""
+    from pixelwise.cli import main
+
+    lm = tmp_path / "lm"
+    save_png(lm / "a.png", rgb_image(7, 10))
+    (lm / "a.json").write_text(json.dumps(labelme_doc("a.png", [])))
+    palette = tmp_path / "pal.json"
+    palette.write_text(json.dumps({"classes": []}))
+    assert main(["data", "import", "labelme", str(lm), str(tmp_path / "p"), "--palette", str(palette)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pixelwise data import: error: {palette}: 'classes' is empty: list the class names, class 0 first"
+    )
+    shapes = [
+        shape("cat", [[1, 1], [5, 1], [5, 4], [1, 4]], "rectangle"),
+        shape("dog", [[6, 0], [float("inf"), 1], [8, 3]]),
+    ]
+    doc = labelme_doc("a.png", shapes, h=float("inf"))
+    (lm / "a.json").write_text(json.dumps(doc))  # Infinity, as JSON from JavaScript or Python may hold it
+    base, summary = imported(tmp_path, "labelme", lm)
+    expected = np.zeros((7, 10), np.uint8)
+    expected[1:5, 1:6] = 1
+    np.testing.assert_array_equal(mask_of(base, "train", "a"), expected)
+    assert summary.skipped == [(str(lm / "a.json"), "shape 1 ('dog', polygon): points are not [x, y] pairs; left out")]
+
+
+def test_labelme_ignore_label_marks_ignore_pixels_not_a_class(tmp_path):
+    """From a review: LabelMe's ``__ignore__`` label (labelme2voc's labels.txt: id -1) became a class of its own;
+    it marks ignore pixels, in file order like any shape, with or without --palette."""
+    lm = tmp_path / "lm"
+    save_png(lm / "a.png", rgb_image(7, 10))
+    shapes = [
+        shape("cat", [[1, 1], [5, 1], [5, 4], [1, 4]]),
+        shape("__ignore__", [[4, 0], [9, 0], [9, 6], [4, 6]]),  # over the cat's right part
+        shape("cat", [[8, 5], [9, 5], [9, 6], [8, 6]]),  # on top of the ignore region
+    ]
+    (lm / "a.json").write_text(json.dumps(labelme_doc("a.png", shapes)))
+    expected = np.zeros((7, 10), np.uint8)
+    expected[1:5, 1:4] = 1
+    expected[:, 4:10] = 255
+    expected[5:7, 8:10] = 1
+    base, summary = imported(tmp_path / "a", "labelme", lm)
+    assert classes_json(base)["classes"] == ["background", "cat"]
+    np.testing.assert_array_equal(mask_of(base, "train", "a"), expected)
+    assert summary.instances == {"train": 2} and summary.ignore_pixels == {"train": 38}
+    palette = tmp_path / "pal.json"
+    palette.write_text(json.dumps({"classes": ["_background_", "cat"], "ignore_index": 254}))
+    base, _ = imported(tmp_path / "b", "labelme", lm, palette=palette)
+    np.testing.assert_array_equal(mask_of(base, "train", "a"), np.where(expected == 255, 254, expected))
+
+
+def test_rgb_keeps_what_the_native_classes_json_says_of_the_images(tmp_path):
+    """From a review: the rgb format dropped SRC/classes.json's "image_range" (high-depth images then read with
+    another scale) and its "masks_oriented" (masks already drawn on the turned image were turned again)."""
+    src = tmp_path / "rgb"
+    photo = Image.fromarray(rgb_image())
+    exif = Image.Exif()
+    exif[0x0112] = 3  # a half turn
+    (src / "images" / "train").mkdir(parents=True)
+    photo.save(src / "images" / "train" / "a.jpg", exif=exif)
+    mask = np.zeros((H, W, 3), np.uint8)
+    mask[0:2, 0:3] = [255, 0, 0]
+    save_png(src / "masks" / "train" / "a.png", mask)
+    native = {"classes": ["bg", "fg"], "palette": [[0, 0, 0], [255, 0, 0]], "image_range": [0, 4095]}
+    (src / "classes.json").write_text(json.dumps({**native, MASKS_ORIENTED: True}))
+    base, _ = imported(tmp_path / "a", "rgb", src)
+    info = classes_json(base)
+    assert info["image_range"] == [0, 4095] and info[MASKS_ORIENTED] is True
+    np.testing.assert_array_equal(mask_of(base, "train", "a"), (mask[..., 0] > 0).astype(np.uint8))  # not turned
+    palette = tmp_path / "pal.json"  # another palette file: SRC's own classes.json still describes its images
+    palette.write_text(json.dumps({"classes": ["bg", "fg"], "palette": [[0, 0, 0], [255, 0, 0]]}))
+    base, _ = imported(tmp_path / "b", "rgb", src, palette=palette)
+    assert classes_json(base)["image_range"] == [0, 4095]
+    (src / "classes.json").write_text(json.dumps({**native, "image_range": [10, 1]}))
+    with pytest.raises(DataError) as e:
+        import_dataset("rgb", src, tmp_path / "c", progress=False)
+    assert str(e.value) == (
+        f'{src / "classes.json"}: "image_range" must be [low, high], finite numbers with low < high, not [10, 1]'
+    )
+    assert not (tmp_path / "c").exists()

@@ -189,7 +189,7 @@ class DatasetInfo:
             ignore,
             raw,
             value_map=_value_map(raw.get("value_map"), len(classes), ignore, path),
-            image_range=_image_range(raw.get("image_range"), path),
+            image_range=check_image_range(raw.get("image_range"), path),
             instance_classes=_instance_classes(raw.get("instance_classes"), classes, path),
             path=path,
         )
@@ -231,7 +231,8 @@ def _instance_classes(raw: Any, classes: list[str], path: Path) -> list[str]:
     return list(raw)
 
 
-def _image_range(raw: Any, path: Path) -> tuple[float, float] | None:
+def check_image_range(raw: Any, path: Path) -> tuple[float, float] | None:
+    """classes.json's ``image_range`` (``path`` names the file) as ``(low, high)``, or None; DataError if malformed."""
     if raw is None:
         return None
     numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)

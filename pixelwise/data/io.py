@@ -32,7 +32,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -103,9 +103,10 @@ def _pixel_limit() -> int | None:
     return limit
 
 
-def _open(path: Path, kind: str = "image", name: str | os.PathLike | None = None) -> Image.Image:
-    """``path`` opened with the pixel limit of :func:`_pixel_limit`; a DataError naming it (as ``name``, where the
-    caller knows it by another)."""
+def open_image(path: Path | IO[bytes], kind: str = "image", name: str | os.PathLike | None = None) -> Image.Image:
+    """``path`` (a file or bytes) opened by Pillow with the pixel limit of :func:`_pixel_limit`
+    (``$PIXELWISE_MAX_IMAGE_PIXELS``); a DataError naming it as ``kind`` ``name`` (default ``path``) when it is
+    not an image or too large."""
     name = path if name is None else name
     # Pillow checks its process-wide limit as it opens a file: set and put back under a lock (the data check
     # opens files from several threads, and one thread's restore undid another's raised limit)
@@ -134,7 +135,7 @@ def check_pixels(path: Path, name: str | os.PathLike | None = None) -> None:
     """Decode every pixel of an image file (its first page), as training will: a truncated file's header reads.
     DataError naming ``name`` (default ``path``); the pixel limit as :func:`read_image`'s."""
     name = path if name is None else name
-    with _open(Path(path), name=name) as im:
+    with open_image(Path(path), name=name) as im:
         try:
             im.load()
         except (OSError, ValueError, SyntaxError) as e:
@@ -195,13 +196,13 @@ def _tiff_orientation(im: Image.Image) -> int:
 
 def count_pages(path: Path) -> int:
     """The number of pages (frames) of an image file; DataError if unreadable."""
-    with _open(Path(path)) as im:
+    with open_image(Path(path)) as im:
         return _pages(im)
 
 
 def probe_image(path: Path) -> tuple[tuple[int, int], int, int]:
     """``((width, height) after the EXIF orientation, pages, orientation)`` from the header alone."""
-    with _open(Path(path)) as im:
+    with open_image(Path(path)) as im:
         orientation = _orientation(im)  # first: it may restore a TIFF's stored size
         w, h = im.size
         return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), _pages(im), orientation
@@ -209,7 +210,7 @@ def probe_image(path: Path) -> tuple[tuple[int, int], int, int]:
 
 def mask_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of a mask (or instance map) from its header; DataError if unreadable."""
-    with _open(Path(path), "mask") as im:
+    with open_image(Path(path), "mask") as im:
         return im.size
 
 
@@ -347,7 +348,7 @@ def read_image(path: Path, mode: str | None = "RGB", *, image_range: tuple[float
     ``image_range``: the data set's ``[low, high]`` for non-8-bit images (see the module docstring).
     DataError if unreadable or multi-page (:func:`read_image_stack` reads stacks)."""
     path = Path(path)
-    with _open(path) as im:
+    with open_image(path) as im:
         pages = _pages(im)
         if pages > 1:
             raise DataError(multipage_message(path, pages))
@@ -359,7 +360,7 @@ def read_image_stack(
 ) -> list[np.ndarray]:
     """Every page of a (multi-page) image, each as :func:`read_image` returns one; one item for a single image."""
     path = Path(path)
-    with _open(path) as im:
+    with open_image(path) as im:
         if _pages(im) == 1:
             return [_decode(im, path, mode, image_range)]
         try:
@@ -416,7 +417,7 @@ def read_mask(path: Path, info: DatasetInfo | None = None, *, lut: np.ndarray | 
     """``H x W`` uint8 array of class indices, mapped through ``info``'s value_map (or ``lut``, a 256-entry
     table); DataError unless a single-channel 8-bit image."""
     path = Path(path)
-    with _open(path, "mask") as im:
+    with open_image(path, "mask") as im:
         if im.mode not in ("L", "P"):
             fix = {
                 "1": "; save it as 8-bit grey (mode L) with its values 0 and 1",
@@ -438,7 +439,7 @@ def read_mask(path: Path, info: DatasetInfo | None = None, *, lut: np.ndarray | 
 def read_instances(path: Path) -> np.ndarray:
     """``H x W`` integer instance map (0 = background, one id per object): 16-bit (or 8-bit) single channel."""
     path = Path(path)
-    with _open(path, "instance map") as im:
+    with open_image(path, "instance map") as im:
         if im.mode not in (*_INT_MODES, "L"):
             raise DataError(
                 f"instance map {path} has mode {im.mode!r}; instance maps must be single-channel 16-bit PNGs "

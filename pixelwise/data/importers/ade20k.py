@@ -29,7 +29,7 @@ ADE20K_CLASSES = (
     "skyscraper fireplace refrigerator grandstand path stairs runway case pool_table pillow screen_door stairway "
     "river bridge bookcase blind coffee_table toilet flower book hill bench countertop stove palm kitchen_island "
     "computer swivel_chair boat bar arcade_machine hovel bus towel light truck tower chandelier awning "
-    "streetlight booth television airplane dirt_track apparel pole land bannister escalator ottoman "
+    "streetlight booth television_receiver airplane dirt_track apparel pole land bannister escalator ottoman "
     "bottle buffet poster stage van ship fountain conveyer_belt canopy washer plaything swimming_pool stool "
     "barrel basket waterfall tent bag minibike cradle oven ball food step tank trade_name microwave pot animal "
     "bicycle lake dishwasher screen blanket sculpture hood sconce vase traffic_light tray ashcan fan pier "

@@ -83,6 +83,9 @@ def _convert(item: Item) -> Converted:
     inst = None
     if inst_path is not None:
         raw = read_int_png(inst_path)
+        if raw.shape != mask.shape:
+            (h, w), (mh, mw) = raw.shape, mask.shape
+            raise DataError(f"{inst_path} is {w}x{h} but labelIds {label_path} is {mw}x{mh}")
         label = np.clip(raw // 1000, 0, 255)
         keep = (raw >= 1000) & THING_LABEL[label] & (mask != 255)  # < 1000: a label id without an instance
         inst = relabel(np.where(keep, raw, 0))

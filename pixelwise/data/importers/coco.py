@@ -136,7 +136,7 @@ def _image_dir(src: Path, set_name: str) -> Path:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
@@ -185,6 +185,16 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: no valid 'categories' list (each with an id and a name)") from None
     if not cats:
         raise DataError(f"{path}: the 'categories' list is empty")
+    ids: dict[str, list[int]] = {}
+    for c in cats:
+        ids.setdefault(str(c["name"]), []).append(int(c["id"]))
+    for name, same in ids.items():  # classes are named: two of one name would be one class, or a clash later
+        if len(same) > 1:
+            raise DataError(
+                f"{path}: categories {', '.join(map(str, same[:-1]))} and {same[-1]} are both named {name!r}: one "
+                "class a name, so rename one of them (or, if no annotation uses it, remove it: Roboflow lists the "
+                "data set's own name as category 0)"
+            )
     return cats
 
 
@@ -377,6 +387,28 @@ def _panoptic_converter(item: Item) -> Converted:
     return conv
 
 
+def _colour(cat: dict[str, Any], path: Path) -> list[int] | None:
+    """A panoptic category's ``color`` as ``[R, G, B]``; None where it has none."""
+    colour = cat.get("color")
+    if colour is None:
+        return None
+    if not (isinstance(colour, list) and len(colour) == 3 and all(_whole(v) and 0 <= v <= 255 for v in colour)):
+        raise DataError(f"{path}: category {cat['id']} has 'color' {colour!r}, not [R, G, B]")
+    return [int(v) for v in colour]
+
+
+def _segments(ann: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+    """A panoptic annotation's ``segments_info`` by segment id; DataError naming the file and the annotation."""
+    where = f"{path}: annotation of {ann.get('file_name')}"
+    info = ann.get("segments_info", [])
+    if not isinstance(info, list) or not all(isinstance(s, dict) for s in info):
+        raise DataError(f"{where}: 'segments_info' is not a list of segments")
+    for i, seg in enumerate(info):
+        if not _whole(seg.get("id")):
+            raise DataError(f"{where}: segments_info[{i}] has no whole-number 'id'")
+    return {int(s["id"]): s for s in info}
+
+
 def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
     """COCO panoptic annotations (see the module docstring)."""
     sets = _annotation_sets(src, "panoptic_", "coco-panoptic SRC holds annotations/")
@@ -394,9 +426,7 @@ def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
             reference = key
             classes = [name for _, name in key]
             colours = default_palette(len(classes))
-            pal = [
-                list(map(int, c["color"])) if len(c.get("color") or ()) == 3 else colours[i] for i, c in enumerate(cats)
-            ]
+            pal = [_colour(c, path) or colours[i] for i, c in enumerate(cats)]
             plan = Plan(classes, pal, {}, _panoptic_converter)
             plan.instance_classes = [str(c["name"]) for c in cats if c.get("isthing")]
             plan.notes.append(
@@ -416,7 +446,7 @@ def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
                 plan.skipped.append((str(path), f"annotation of image id {ann.get('image_id')}: no such image"))
                 continue
             name = str(entry.get("file_name", ""))
-            segments = {int(s["id"]): s for s in ann.get("segments_info", [])}
+            segments = _segments(ann, path)
             items.append(
                 Item(split, Path(name).stem, images / name, pngs / str(ann.get("file_name")), (segments, seg_class))
             )

@@ -33,7 +33,7 @@ from ...errors import ConfigError, DataError
 from ...fileio import write_json
 from ..check import text_table
 from ..info import MASKS_ORIENTED, DatasetInfo, thing_indices
-from ..io import IMAGE_EXTENSIONS, check_instance_classes, check_pixels, orient_array, probe_image
+from ..io import IMAGE_EXTENSIONS, check_instance_classes, check_pixels, open_image, orient_array, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +284,15 @@ def _write_image(item: Item, conv: Converted, folder: Path, link: bool) -> Path:
     if conv.image_bytes is not None:
         out = folder / f"{item.stem}{conv.image_suffix or '.png'}"
         if out.suffix.lower() not in IMAGE_EXTENSIONS:
-            with Image.open(io.BytesIO(conv.image_bytes)) as im:
-                out = out.with_suffix(".png")
-                _save_png(im, out)
+            out = out.with_suffix(".png")
+            name = f"{item.label} (imageData)"  # Pillow's messages name no file
+            try:
+                with open_image(io.BytesIO(conv.image_bytes), "the image embedded in", name) as im:
+                    _save_png(im, out)
+            except DataError:
+                raise
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                raise DataError(f"cannot read the image embedded in {name}: {e}") from None
         else:
             out.write_bytes(conv.image_bytes)
         return out
@@ -318,6 +324,10 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
         conv = plan.convert(item)
     except DataError as e:
         res.skipped.append((source, str(e)))
+        return res
+    except Exception as e:  # a reader's own error on one malformed file (scipy, numpy, Pillow): skip that item
+        log.debug("cannot convert %s", source, exc_info=True)  # the traceback, should it be a bug of ours
+        res.skipped.append((source, f"cannot convert: {_error_line(e)}"))
         return res
     res.skipped += conv.skipped
     res.unknown = conv.unknown
@@ -389,12 +399,20 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
         res.histogram = hist
         res.written = True
         return res
-    except DataError as e:
+    except Exception as e:  # DataError, or a reader's own error on this item's files: skip it, keep the rest
         for p in written:
             p.unlink(missing_ok=True)
-        res.skipped.append((source, str(e)))
+        if not isinstance(e, DataError):
+            log.debug("cannot write %s", source, exc_info=True)
+        res.skipped.append((source, str(e) if isinstance(e, DataError) else f"cannot write: {_error_line(e)}"))
         res.oriented = False
         return res
+
+
+def _error_line(e: Exception) -> str:
+    """An unexpected error as one line: its type (which says what failed where the message alone does not)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -601,10 +619,12 @@ def _first_reason(summary: ImportSummary) -> str:
 def read_index_png(path: Path, what: str = "annotation") -> np.ndarray:
     """An 8-bit single-channel PNG (grey or palette) as its stored indices; DataError otherwise."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, what) as im:
             if im.mode not in ("L", "P"):
                 raise DataError(f"{what} {path} has mode {im.mode!r}, not an 8-bit index PNG")
             return np.array(im)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
 
@@ -612,8 +632,10 @@ def read_index_png(path: Path, what: str = "annotation") -> np.ndarray:
 def read_rgb_png(path: Path, what: str = "annotation") -> np.ndarray:
     """An image as ``H x W x 3`` uint8 (palette images mapped to their colours, alpha dropped)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, what) as im:
             return np.array(im.convert("RGB"))
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
 
@@ -621,10 +643,12 @@ def read_rgb_png(path: Path, what: str = "annotation") -> np.ndarray:
 def read_int_png(path: Path, what: str = "annotation") -> np.ndarray:
     """A single-channel integer PNG (8, 16 or 32 bits) as int64."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, what) as im:
             if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
                 raise DataError(f"{what} {path} has mode {im.mode!r}, not a single-channel integer PNG")
             return np.array(im).astype(np.int64)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
 
@@ -647,13 +671,14 @@ def relabel(ids: np.ndarray) -> np.ndarray:
 
 
 def read_list(path: Path) -> list[str]:
-    """The ids of a split list, one a line: the whole line, stripped (an id with spaces stays whole), except
-    VOC's two-column form ``ID FLAG`` (``2007_000032 1``, ``... -1``), whose first word is the id."""
+    """The ids of a split list, one a line (UTF-8, a BOM dropped): the whole line, stripped (an id with spaces
+    stays whole), except VOC's two-column form ``ID FLAG`` (``2007_000032 1``, ``... -1``, ``... 0``), whose first
+    word is the id; only those three flags, so that ``frame 12`` stays whole."""
     ids = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
         words = line.split()
         if words:
-            two_column = len(words) == 2 and words[1].lstrip("-").isdigit()
+            two_column = len(words) == 2 and words[1] in ("-1", "0", "1")
             ids.append(words[0] if two_column else line.strip())
     return ids
 

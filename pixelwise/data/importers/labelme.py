@@ -3,16 +3,17 @@
 
 One JSON per image: ``imagePath`` (relative to the JSON file), optional ``imageData`` (the image, base64), and
 ``imageHeight``/``imageWidth``, and ``shapes``: each with ``label``, ``points`` (``[[x, y], ...]``),
-``shape_type`` (``polygon``, the default; ``rectangle``: two corners; ``circle``: the centre and a point on the
-circle; ``mask``: the two corners of a box and ``mask``, a base64 PNG of the box whose nonzero pixels are the
-object, LabelMe 5.4's AI masks; ``line``, ``linestrip``, ``point`` and others enclose no area and are skipped,
-reported) and ``group_id``
-(shapes sharing a label and a group id are the parts of one object). Shapes are drawn in file order, later ones on
-top, with PIL's polygon, rectangle and ellipse (outline included), as LabelMe's ``shape_to_mask`` does.
+``shape_type`` (``polygon``, the default; ``rectangle``: two corners, or all four as X-AnyLabeling saves it;
+``circle``: the centre and a point on the circle; ``mask``: the two corners of a box and ``mask``, a base64 PNG of
+the box whose nonzero pixels are the object, LabelMe 5.4's AI masks; ``line``, ``linestrip``, ``point`` and others
+enclose no area and are skipped, reported) and ``group_id`` (shapes sharing a label and a group id are the parts of
+one object). Shapes are drawn in file order, later ones on top, with PIL's polygon, rectangle and ellipse (outline
+included), as LabelMe's ``shape_to_mask`` does.
 
 Classes come from ``--palette FILE`` (a classes.json; labels it does not name are listed and fail the import,
 uncovered pixels get class 0) or are collected from the labels: ``background`` at 0 (LabelMe's ``_background_``
-label, or ``background``, maps there), then the other labels sorted. Each shape of a thing class (the palette's
+label, or ``background``, maps there), then the other labels sorted. The label ``__ignore__`` (labelme2voc's
+id -1) marks ignore pixels, with or without a palette, and is no class. Each shape of a thing class (the palette's
 ``instance_classes``, default every class but 0) is one instance, except that shapes with one label and one
 ``group_id`` are one; instance ids follow the order of first appearance.
 
@@ -29,6 +30,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +44,14 @@ from .rgb import load_palette_file
 
 BACKGROUND = "background"
 BACKGROUND_LABELS = ("_background_", "background")
+IGNORE_LABEL = "__ignore__"  # labelme2voc's labels.txt: class id -1, pixels to ignore
 AREA_SHAPES = ("polygon", "rectangle", "circle")
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
@@ -116,7 +119,7 @@ def _image(data: dict[str, Any], json_path: Path) -> tuple[Path | None, bytes | 
     raise DataError(f"{json_path}: image {name!r} not found beside it, and no imageData")
 
 
-def _converter(class_index: dict[str, int], things: set[int]) -> Any:
+def _converter(class_index: dict[str, int], things: set[int], ignore: int) -> Any:
     def convert(item: Item) -> Converted:
         path = item.label
         assert path is not None
@@ -124,7 +127,7 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
         image, raw, suffix = _image(data, path)
         try:
             h, w = int(data["imageHeight"]), int(data["imageWidth"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # Infinity: as a missing size, read from the image
             try:
                 with Image.open(image if image is not None else io.BytesIO(raw or b"")) as im:
                     # LabelMe draws on the image as shown, turned by its EXIF orientation (5-8: a quarter turn)
@@ -154,19 +157,24 @@ def _converter(class_index: dict[str, int], things: set[int]) -> Any:
                 continue
             try:
                 xy = [(float(p[0]), float(p[1])) for p in shape.get("points", [])]
+                if not all(map(math.isfinite, (v for p in xy for v in p))):
+                    raise ValueError("not finite")
             except (TypeError, ValueError, IndexError):
                 conv.skipped.append((str(path), f"{where}: points are not [x, y] pairs; left out"))
                 continue
+            if kind == "rectangle" and len(xy) > 2:  # its four corners (X-AnyLabeling): their bounding box
+                xs, ys = zip(*xy, strict=True)
+                xy = [(min(xs), min(ys)), (max(xs), max(ys))]
             if (kind == "polygon" and len(xy) < 3) or (kind != "polygon" and kind != "mask" and len(xy) != 2):
                 conv.skipped.append((str(path), f"{where}: {len(xy)} point(s), too few for a {kind}; left out"))
                 continue
-            cls = class_index.get(label)
+            cls = ignore if label == IGNORE_LABEL else class_index.get(label)
             if cls is None and label == BACKGROUND:  # a palette may spell it LabelMe's way, _background_
                 cls = next((class_index[b] for b in BACKGROUND_LABELS if b in class_index), None)
             if cls is None:
                 conv.unknown[label] = conv.unknown.get(label, 0) + 1
                 continue
-            inst = 0
+            inst = 0  # ignore pixels carry no instance
             if cls in things:
                 group = shape.get("group_id")
                 if group is not None and (isinstance(group, bool) or not isinstance(group, (int, float, str))):
@@ -235,14 +243,17 @@ def plan_labelme(src: Path, palette: Path | None = None) -> Plan:
                 valid[split].append(f)
                 # points and lines draw nothing: their labels would be classes without pixels
                 labels.update(_label(s) for s in data["shapes"] if isinstance(s, dict) and _encloses_area(s))
-        classes = [BACKGROUND, *sorted(labels - {BACKGROUND})]
+        classes = [BACKGROUND, *sorted(labels - {BACKGROUND, IGNORE_LABEL})]
         colours = default_palette(len(classes))
         ignore = 255
         thing_names = classes[1:]
-        note = "classes collected from the shapes' labels: 0 = background (also '_background_'), then sorted"
+        note = (
+            "classes collected from the shapes' labels: 0 = background (also '_background_'), then sorted; "
+            f"'{IGNORE_LABEL}' -> ignore"
+        )
     class_index = {name: i for i, name in enumerate(classes)}
     things = {class_index[t] for t in thing_names}
-    plan = Plan(classes, colours, {}, _converter(class_index, things), ignore_index=ignore)
+    plan = Plan(classes, colours, {}, _converter(class_index, things, ignore), ignore_index=ignore)
     plan.instance_classes = list(thing_names)
     plan.stored_frame = False
     plan.skipped = skipped

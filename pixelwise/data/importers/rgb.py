@@ -7,6 +7,8 @@ palette file (``--palette FILE``, default ``SRC/classes.json``) is a classes.jso
 whose ``palette`` gives each class's ``[r, g, b]``, with an optional ``"ignore_color": [r, g, b]`` for the
 unlabelled colour (-> the ignore index). Every colour of every mask must be one of these: colours that are not
 are listed with their pixel counts and files, and the import fails (a colour is never matched to its nearest).
+What ``SRC/classes.json`` says of the images is kept in the written classes.json: ``image_range`` (the scale of
+high-depth images) and ``masks_oriented`` (the masks are drawn on the turned images, so they are not turned).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
-from ..info import check_colour
+from ..info import MASKS_ORIENTED, check_colour, check_image_range  # the check data check makes, before any work
 from ..io import IMAGE_EXTENSIONS
 from .core import Converted, Item, Plan, describe_unknown, read_int_png, read_rgb_png
 
@@ -29,13 +31,14 @@ MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 def load_palette_file(path: Path) -> dict[str, Any]:
     """The classes.json given as ``--palette``: classes, optional palette (as colour tuples), ignore index and
     colour, instance classes. DataError naming the file for anything malformed."""
+    raw = load_json_object(path, "palette file ")
     try:
-        raw = json.loads(path.read_text())
         classes = [str(c) for c in raw["classes"]]
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read palette file {path}: {e}") from None
     except (KeyError, TypeError):
         raise DataError(f"{path}: not a classes.json (it needs a 'classes' list)") from None
+    if not isinstance(raw["classes"], list) or not classes:  # a string would be its letters
+        what = "is empty" if isinstance(raw["classes"], list) else "is not a list"
+        raise DataError(f"{path}: 'classes' {what}: list the class names, class 0 first")
     if len(set(classes)) != len(classes):
         raise DataError(f"{path}: a class name appears twice in 'classes'")
     palette = raw.get("palette")
@@ -60,7 +63,19 @@ def load_palette_file(path: Path) -> dict[str, Any]:
         "ignore_index": ignore,
         "ignore_color": ignore_color,
         "instance_classes": things,
+        "raw": raw,
     }
+
+
+def load_json_object(path: Path, what: str = "") -> dict[str, Any]:
+    """A JSON file (UTF-8) as a dict; DataError naming it otherwise."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what}{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not a classes.json (a JSON object with a 'classes' list)")
+    return raw
 
 
 def _codes(rgb: np.ndarray) -> np.ndarray:
@@ -135,6 +150,13 @@ def plan_rgb(src: Path, palette: Path | None = None) -> Plan:
         unknown,
     )
     plan.notes.append(f"mask colours -> classes by the palette of {palette_path}")
+    native_path = src / "classes.json"  # SRC's own, even beside --palette: it describes SRC's images
+    if native_path.is_file():
+        native = load_json_object(native_path) if native_path != palette_path else spec["raw"]
+        if native.get("image_range") is not None:
+            check_image_range(native["image_range"], native_path)
+            plan.extra["image_range"] = native["image_range"]
+        plan.stored_frame = native.get(MASKS_ORIENTED) is not True
     image_root = src / "images"
     if not image_root.is_dir():
         raise DataError(f"{image_root} does not exist: rgb SRC is a data set in the native layout with colour masks")
