@@ -937,7 +937,7 @@ def test_an_import_stopped_by_sigterm_leaves_nothing_behind(tmp_path, monkeypatc
     now end the same way: nothing under DST, exit 128 + the signal."""
     import signal
 
-    import pixelwise.data.importers.core as core
+    import pixelwise.data.importers.writer as core
     from pixelwise.cli import main
 
     src = make_voc(tmp_path / "src", stems_train=tuple(f"2007_{i:06d}" for i in range(6)))

@@ -36,7 +36,8 @@ from ...errors import ConfigError, DataError
 from ...lazy_imports import lazy_exports
 
 if TYPE_CHECKING:
-    from .core import ImportSummary, Plan
+    from .plan import Plan
+    from .summary import ImportSummary
 
 FORMATS: dict[str, str] = {
     "voc": ".voc",
@@ -58,7 +59,7 @@ PALETTE_FORMATS = ("rgb", "labelme")
 
 def format_reader(fmt: str) -> Callable[[Path, Path | None], Plan]:
     """The reader of ``fmt`` (a key of :data:`FORMATS`): given the source folder and the palette file (or
-    ``None``), it returns the import's :class:`~.core.Plan`."""
+    ``None``), it returns the import's :class:`~.plan.Plan`."""
     return getattr(importlib.import_module(FORMATS[fmt], __name__), "plan_" + fmt.replace("-", "_"))
 
 
@@ -109,13 +110,14 @@ def import_dataset(
     n_workers = default_workers() if workers is None else int(workers)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
-    from .core import check_destination, run_import
+    from .staging import check_destination
+    from .writer import run_import
 
     final = check_destination(src_path, dst_path, name or fmt, overwrite)
     plan = format_reader(fmt)(src_path, palette_path)
     return run_import(fmt, src_path, final, plan, workers=n_workers, link=link, progress=progress)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {".core": ["ImportSummary"]})
+__getattr__, __dir__ = lazy_exports(__name__, {".summary": ["ImportSummary"]})
 
 __all__ = ["FORMATS", "PALETTE_FORMATS", "ImportSummary", "default_workers", "format_reader", "import_dataset"]

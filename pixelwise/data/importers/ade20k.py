@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import DataError
 from ..info import default_palette
 from ..io import IMAGE_EXTENSIONS
-from .core import Converted, Item, Plan, lut, read_index_png, require_dir
+from .plan import Converted, Item, Plan, lut, read_index_png, require_dir
 
 ADE20K_CLASSES = (
     "wall building sky floor tree ceiling road bed windowpane grass cabinet sidewalk person earth door table "

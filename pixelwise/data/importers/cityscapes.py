@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .core import Converted, Item, Plan, lut, read_index_png, read_int_png, relabel, require_dir
+from .plan import Converted, Item, Plan, lut, read_index_png, read_int_png, relabel, require_dir
 
 # (name, label id, train id, colour) for every id of labels.py; train id 255 = ignored in training
 LABELS: list[tuple[str, int, int, tuple[int, int, int]]] = [

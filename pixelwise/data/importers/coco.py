@@ -43,7 +43,7 @@ import numpy as np
 from ...errors import DataError, PixelwiseError
 from ..info import default_palette
 from ..io import IMAGE_EXTENSIONS
-from .core import Converted, Item, Plan, lut, read_index_png, read_rgb_png, relabel
+from .plan import Converted, Item, Plan, lut, read_index_png, read_rgb_png, relabel
 
 COCO_EXTRA = "coco"
 """The pip extra that brings pycocotools (``pip install 'pixelwise[coco]'``)."""

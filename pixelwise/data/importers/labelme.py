@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ...errors import DataError
 from ..info import default_palette
-from .core import Converted, Item, Plan, describe_unknown, relabel
+from .plan import Converted, Item, Plan, describe_unknown, relabel
 from .rgb import load_palette_file
 
 BACKGROUND = "background"

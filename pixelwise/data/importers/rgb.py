@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import DataError
 from ..info import MASKS_ORIENTED, check_colour, check_image_range  # the check data check makes, before any work
 from ..io import IMAGE_EXTENSIONS
-from .core import Converted, Item, Plan, describe_unknown, read_int_png, read_rgb_png
+from .plan import Converted, Item, Plan, describe_unknown, read_int_png, read_rgb_png
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 """Lossless files a colour mask may come in (a JPEG's colours are not exact)."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..info import default_palette
-from .core import Converted, Item, Plan, read_index_png, read_list
+from .plan import Converted, Item, Plan, read_index_png, read_list
 
 VOC_CLASSES = [
     "background",

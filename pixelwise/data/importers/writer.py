@@ -1,13 +1,7 @@
-"""What every importer shares: the plan a format reader makes of SRC, the parallel writer of the native layout,
-the staging folder that makes an import all or nothing, and the summary.
-
-A format module turns SRC into a :class:`Plan` (classes, the items of each split, what it left out and why, and a
-``convert`` function); :func:`run_import` then converts the items on a thread pool (PNG decoding and encoding,
-zlib and file copies release the GIL; threads also share the big annotation files of COCO instead of pickling
-them to processes), writes the native layout into a hidden staging folder beside ``DST/NAME`` and renames it into
-place only when everything went through, so that a failed or interrupted import leaves nothing half written and
-``--overwrite`` replaces the old data set in one step. Nothing is ever written under SRC.
-"""
+"""The writer of the native layout: :func:`run_import` converts a :class:`~.plan.Plan`'s items on a thread pool
+(PNG decoding and encoding, zlib and file copies release the GIL; threads also share the big annotation files of
+COCO instead of pickling them to processes) into a staging folder (:mod:`.staging`), each item checked as data
+check will read it, and returns the :class:`~.summary.ImportSummary`. Nothing is ever written under SRC."""
 
 from __future__ import annotations
 
@@ -15,7 +9,6 @@ import contextlib
 import io
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections import deque
@@ -29,11 +22,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError, DataError
+from ...errors import DataError
 from ...fileio import write_json
-from ..check import text_table
 from ..info import MASKS_ORIENTED, DatasetInfo, thing_indices
 from ..io import IMAGE_EXTENSIONS, check_instance_classes, check_pixels, open_image, orient_array, probe_image
+from .plan import Converted, Item, Plan
+from .staging import commit, staging_folder
+from .summary import ImportSummary
 
 log = logging.getLogger(__name__)
 
@@ -44,215 +39,6 @@ IGNORE_COLOUR = (255, 255, 255)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass
-class Item:
-    """One image to import: its split and output stem, its source image file (None when the annotation embeds
-    the image, as LabelMe's ``imageData``), the annotation file named in messages, and the format's own data."""
-
-    split: str
-    stem: str
-    image: Path | None
-    label: Path | None = None
-    data: Any = None
-
-
-@dataclass
-class Converted:
-    """What a format's converter made of an :class:`Item`.
-
-    ``mask``: ``H x W`` uint8 class indices (the ignore index where unlabelled), None for an unlabelled split.
-    ``instances``: ``H x W`` integer ids (0 = none), None where the split has no instance maps.
-    ``image_bytes``/``image_suffix``: an image embedded in the annotation, written as it is; ``image``: the
-    image file when the annotation names it (LabelMe's ``imagePath``), instead of :attr:`Item.image`.
-    ``skipped``: parts of this item left out (``(file, why)``); the item itself is written.
-    ``unknown``: values the palette does not know (colours, labels) -> pixels or shapes; any of them fails the
-    import at the end, with the list (they are never guessed)."""
-
-    mask: np.ndarray | None = None
-    instances: np.ndarray | None = None
-    image_bytes: bytes | None = None
-    image_suffix: str | None = None
-    image: Path | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    unknown: dict[Any, int] = field(default_factory=dict)
-
-
-@dataclass
-class Plan:
-    """A format reader's view of SRC: the classes, the items per split, what it left out and why, and how to
-    convert one item. ``unlabelled`` names the splits without masks (e.g. test splits whose labels are not
-    published), ``instance_splits`` those with instance maps. ``stored_frame``: the annotations are drawn on the
-    stored pixels of the image (COCO, VOC, ...), so that a mask is turned with its image's EXIF orientation, which
-    pixelwise applies when it reads the image; False where the annotation tool drew on the oriented image
-    (LabelMe). ``unknown_message`` turns the collected unknown values into the one-line error."""
-
-    classes: list[str]
-    palette: list[list[int]]
-    splits: dict[str, list[Item]]
-    convert: Callable[[Item], Converted]
-    ignore_index: int = 255
-    instance_classes: list[str] | None = None
-    unlabelled: set[str] = field(default_factory=set)
-    instance_splits: set[str] = field(default_factory=set)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    stored_frame: bool = True
-    unknown_message: Callable[[dict[Any, tuple[int, list[str]]]], str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ImportSummary:
-    """The result of :func:`pixelwise.data.importers.import_dataset`: what was written where, per split the
-    images, masks and instance maps written and the pixels of each class, and everything left out and why."""
-
-    format: str
-    source: Path
-    dest: Path
-    classes: list[str]
-    ignore_index: int
-    workers: int
-    images: dict[str, int] = field(default_factory=dict)
-    masks: dict[str, int] = field(default_factory=dict)
-    instance_maps: dict[str, int] = field(default_factory=dict)
-    instances: dict[str, int] = field(default_factory=dict)
-    histogram: dict[str, list[int]] = field(default_factory=dict)
-    ignore_pixels: dict[str, int] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def total_images(self) -> int:
-        return sum(self.images.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data: paths as strings, skipped entries as ``{"file", "reason"}``."""
-        return {
-            "format": self.format,
-            "source": str(self.source),
-            "dest": str(self.dest),
-            "classes": list(self.classes),
-            "ignore_index": self.ignore_index,
-            "workers": self.workers,
-            "images": dict(self.images),
-            "masks": dict(self.masks),
-            "instance_maps": dict(self.instance_maps),
-            "instances": dict(self.instances),
-            "histogram": {k: list(v) for k, v in self.histogram.items()},
-            "ignore_pixels": dict(self.ignore_pixels),
-            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
-            "notes": list(self.notes),
-            "seconds": self.seconds,
-        }
-
-    def format_text(self, max_files: int = 3) -> str:
-        """A readable report: where, the notes, images per split, pixels per class per split, and what was
-        skipped grouped by reason (``max_files`` file names per reason)."""
-        workers = f"{self.workers} worker" + ("s" if self.workers != 1 else "")
-        lines = [
-            f"imported {self.format} from {self.source} into {self.dest}: {len(self.classes)} classes, ignore "
-            f"{self.ignore_index}, {self.total_images} images in {self.seconds:.1f} s ({workers})"
-        ]
-        lines += [f"note: {n}" for n in self.notes]
-        splits = list(self.images)
-        rows = [["split", "images", "masks", "instance maps", "instances"]]
-        for s in splits:
-            has_inst = s in self.instance_maps
-            rows.append(
-                [
-                    s,
-                    str(self.images[s]),
-                    str(self.masks.get(s, 0)) if s in self.masks else "-",
-                    str(self.instance_maps[s]) if has_inst else "-",
-                    str(self.instances.get(s, 0)) if has_inst else "-",
-                ]
-            )
-        lines += ["", *text_table(rows)]
-        labelled = [s for s in splits if s in self.histogram]
-        if labelled:
-            rows = [["class", *(f"{s} pixels" for s in labelled), *(f"{s} %" for s in labelled)]]
-            totals = [max(1, sum(self.histogram[s]) + self.ignore_pixels[s]) for s in labelled]
-            names = [*self.classes, f"(ignore {self.ignore_index})"]
-            for i, name in enumerate(names):
-                values = [self.histogram[s][i] if i < len(self.classes) else self.ignore_pixels[s] for s in labelled]
-                rows.append(
-                    [
-                        name,
-                        *(f"{v:,}" for v in values),
-                        *(f"{100 * v / t:.2f}" for v, t in zip(values, totals, strict=True)),
-                    ]
-                )
-            lines += ["", *text_table(rows)]
-        if self.skipped:
-            groups: dict[str, list[str]] = {}
-            for file, reason in self.skipped:
-                groups.setdefault(reason, []).append(file)
-            lines += ["", f"skipped ({len(self.skipped)}):"]
-            for reason, files in groups.items():
-                names = ", ".join(files[:max_files]) + (
-                    f" and {len(files) - max_files} more" if len(files) > max_files else ""
-                )
-                lines.append(f"  {reason} ({len(files)}): {names}")
-        else:
-            lines += ["", "skipped: nothing"]
-        return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# destination: refuse a non-empty DST/NAME, stage, commit
-
-
-def check_destination(src: Path, dst: Path, name: str, overwrite: bool) -> Path:
-    """``DST/NAME``, after refusing a name that is not one folder, a destination inside SRC (or holding it: an
-    overwrite would delete the source), and a non-empty destination without ``overwrite``."""
-    if not name or name in (".", "..") or "/" in name or os.sep in name or name.startswith("."):
-        raise ConfigError(f"--name {name!r} must be a plain folder name (no '/', not starting with '.')")
-    final = dst / name
-    s, f = src.resolve(), final.resolve()
-    if s == f or s in f.parents or f in s.parents:
-        raise ConfigError(
-            f"destination {final} and source {src} overlap: the import never writes under SRC; choose another DST"
-        )
-    if final.exists():
-        if not final.is_dir():
-            raise DataError(f"{final} exists and is not a folder: remove it, or choose another --name")
-        if any(final.iterdir()) and not overwrite:
-            raise DataError(f"{final} is not empty: pass --overwrite to replace it, or choose another --name")
-    return final
-
-
-def _staging_folder(final: Path) -> Path:
-    """A new hidden folder beside ``final`` with the permissions any new folder gets (``mkdtemp``'s 0700 would
-    stay on the data set after the rename, unreadable to the other users of a shared data root)."""
-    while True:
-        staging = final.parent / f".{final.name}.import-{secrets.token_hex(4)}"
-        try:
-            staging.mkdir()
-            return staging
-        except FileExistsError:
-            continue
-
-
-def _commit(staging: Path, final: Path) -> None:
-    """Rename the finished staging folder to ``final``; an old ``final`` is moved aside first and deleted after,
-    so that a crash in between leaves either data set whole."""
-    old = None
-    if final.exists():
-        if any(final.iterdir()):
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        else:
-            final.rmdir()
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# writing one item
 
 
 @dataclass
@@ -499,7 +285,7 @@ def run_import(
         log.debug("%s: %s", fmt, note)
     unknown: dict[Any, tuple[int, list[str]]] = {}
     n = len(plan.classes)
-    staging = _staging_folder(final)
+    staging = staging_folder(final)
     try:
         oriented = 0
         for split in _sorted_splits(plan.splits):
@@ -587,7 +373,7 @@ def run_import(
         classes_json.update(plan.extra)
         write_json(staging / "classes.json", classes_json)
         DatasetInfo.load(staging.parent, staging.name)  # what we wrote must read back
-        _commit(staging, final)
+        commit(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # deepest first; one that something else has written into stays
@@ -610,92 +396,3 @@ def run_import(
 
 def _first_reason(summary: ImportSummary) -> str:
     return summary.skipped[0][1] if summary.skipped else "no images found"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# helpers the formats share
-
-
-def read_index_png(path: Path, what: str = "annotation") -> np.ndarray:
-    """An 8-bit single-channel PNG (grey or palette) as its stored indices; DataError otherwise."""
-    try:
-        with open_image(path, what) as im:
-            if im.mode not in ("L", "P"):
-                raise DataError(f"{what} {path} has mode {im.mode!r}, not an 8-bit index PNG")
-            return np.array(im)
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
-
-
-def read_rgb_png(path: Path, what: str = "annotation") -> np.ndarray:
-    """An image as ``H x W x 3`` uint8 (palette images mapped to their colours, alpha dropped)."""
-    try:
-        with open_image(path, what) as im:
-            return np.array(im.convert("RGB"))
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
-
-
-def read_int_png(path: Path, what: str = "annotation") -> np.ndarray:
-    """A single-channel integer PNG (8, 16 or 32 bits) as int64."""
-    try:
-        with open_image(path, what) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
-                raise DataError(f"{what} {path} has mode {im.mode!r}, not a single-channel integer PNG")
-            return np.array(im).astype(np.int64)
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
-
-
-def lut(mapping: dict[int, int], size: int = 256, default: int = 255) -> np.ndarray:
-    """A lookup table of ``size`` entries: ``mapping`` where given, ``default`` elsewhere."""
-    table = np.full(size, default, dtype=np.int64)
-    for k, v in mapping.items():
-        table[k] = v
-    return table
-
-
-def relabel(ids: np.ndarray) -> np.ndarray:
-    """Instance ids (0 = none) renumbered 1..K in increasing order of the original id, as uint16."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    new = np.arange(len(uniq), dtype=np.int64)
-    if not (uniq.size and uniq[0] == 0):  # no background among the ids: the first id becomes 1
-        new += 1
-    return new[inverse.reshape(ids.shape)].astype(np.uint16)
-
-
-def read_list(path: Path) -> list[str]:
-    """The ids of a split list, one a line (UTF-8, a BOM dropped): the whole line, stripped (an id with spaces
-    stays whole), except VOC's two-column form ``ID FLAG`` (``2007_000032 1``, ``... -1``, ``... 0``), whose first
-    word is the id; only those three flags, so that ``frame 12`` stays whole."""
-    ids = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
-        words = line.split()
-        if words:
-            two_column = len(words) == 2 and words[1] in ("-1", "0", "1")
-            ids.append(words[0] if two_column else line.strip())
-    return ids
-
-
-def require_dir(path: Path, fmt: str, what: str) -> Path:
-    if not path.is_dir():
-        raise DataError(f"{path} does not exist: {fmt} SRC must be {what}")
-    return path
-
-
-def describe_unknown(
-    what: str, source: str, fix: str, unknown: dict[Any, tuple[int, list[str]]], unit: str = "px", limit: int = 8
-) -> str:
-    """One line listing unknown values, most frequent first, each with its count and first files."""
-    parts = []
-    for key, (count, files) in sorted(unknown.items(), key=lambda kv: -kv[1][0])[:limit]:
-        shown = ", ".join(Path(f).name for f in files[:3]) + (f" +{len(files) - 3} more" if len(files) > 3 else "")
-        parts.append(f"{key} ({count:,} {unit} in {shown})")
-    more = f"; and {len(unknown) - limit} more" if len(unknown) > limit else ""
-    return f"{len(unknown)} {what} not in {source}: {'; '.join(parts)}{more}; {fix}"
