@@ -26,6 +26,7 @@ from .inference.protocol import InferenceSettings
 from .losses import check_loss_config
 from .losses.class_weights import METHODS as CLASS_WEIGHT_METHODS
 from .models import list_models, model_arguments
+from .models.panoptic import INSTANCE_HEADS
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -244,40 +245,55 @@ def _check_ranges(config: dict[str, Any]) -> None:
         raise ConfigError(f"train.class_weights={weights!r}; valid: {methods}, or a list of one weight per class")
 
 
+def _section(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """A section of a raw config: an empty one (null) is all defaults; anything else not a mapping (``train: 0``,
+    ``[]``, ``false``, ``model: unet``) is refused, not taken for the defaults."""
+    value = config.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        example = {"model": "name: unet", "data": "dataset: camvid"}.get(section)
+        if example is None:
+            example = "{}: {}".format(*next((k, v) for k, v in DEFAULTS[section].items() if v is not None))
+        raise ConfigError(f"config section {section!r} must be a mapping (e.g. {example}), got {value!r}")
+    return value
+
+
+def _names(keys: Any, prefix: str = "") -> str:
+    """Keys for a message, sorted; YAML reads ``1:`` as an int key, which neither sorts with strings nor joins."""
+    return ", ".join(sorted(f"{prefix}{k}" for k in keys))
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check sections, keys and value types; return the config with defaults filled in."""
     if not isinstance(config, dict):
         raise ConfigError("a config must be a mapping with sections model, data, train")
-    unknown = sorted(set(config) - set(SECTIONS))
+    unknown = set(config) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config section(s) {_names(unknown)}; valid: {', '.join(SECTIONS)}")
     out: dict[str, Any] = {}
     for section, defaults in DEFAULTS.items():
-        given = config.get(section) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
-        bad = sorted(set(given) - set(defaults))
+        given = _section(config, section)
+        bad = set(given) - set(defaults)
         if bad:
             raise ConfigError(
-                f"unknown config key(s) {', '.join(f'{section}.{k}' for k in bad)}; "
+                f"unknown config key(s) {_names(bad, section + '.')}; "
                 f"valid: {', '.join(f'{section}.{k}' for k in defaults)}"
             )
         for key, value in given.items():
             _check_type(f"{section}.{key}", value, defaults[key])
         out[section] = {**copy.deepcopy(defaults), **given}
 
-    if not isinstance(config.get("model") or {}, dict):
-        raise ConfigError(f"config section 'model' must be a mapping (e.g. name: unet), got {config['model']!r}")
-    model = dict(config.get("model") or {})
+    model = dict(_section(config, "model"))
     if "name" not in model:
         raise ConfigError(f"config needs model.name; available: {', '.join(list_models())}")
     if model["name"] not in list_models():
         raise ConfigError(f"unknown model.name {model['name']!r}; available: {', '.join(list_models())}")
     valid = model_arguments(model["name"])
-    bad = sorted(set(model) - set(valid) - {"name"})
+    bad = set(model) - set(valid) - {"name"}
     if bad:
         raise ConfigError(
-            f"unknown config key(s) {', '.join('model.' + k for k in bad)} for model {model['name']!r}; "
+            f"unknown config key(s) {_names(bad, 'model.')} for model {model['name']!r}; "
             f"valid: {', '.join('model.' + k for k in ['name', *valid])}"
         )
     out["model"] = model
@@ -287,6 +303,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     check_loss_config(out["train"]["loss"], out["train"]["loss_args"])  # names and arguments, before any data
     CRFSettings.from_dict(out["crf"])  # its ranges
     method = InstanceSettings.from_dict(out["instances"])  # method name and ranges
+    head = model.get("instance_head")
+    # the trainer adds the head its method needs and trains no other: a panoptic head alone crashed at step 1
+    if head in INSTANCE_HEADS and head != method.method:
+        raise ConfigError(
+            f"model.instance_head={head} needs instances.method: {head}; set it, or remove model.instance_head"
+        )
+    if out["train"]["init_partial"] and out["train"]["init_from"] is None:
+        raise ConfigError(
+            "train.init_partial: true skips the tensors of train.init_from that do not fit, and train.init_from is "
+            "not set: set it, or remove train.init_partial"
+        )
     if list(InferenceSettings(**out["inference"]).scales) != [1.0] and method.enabled:  # positive scales
         raise ConfigError(
             f"inference.scales apply to semantic models; instances.method={method.method} decodes instances from "
@@ -321,9 +348,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse the value ({yaml_problem(e)})") from None
-        config.setdefault(section, {})
-        if config[section] is None:
-            config[section] = {}
+        config[section] = _section(config, section)  # a section that is no mapping: validate_config's line
         *path, last = name.split(".")
         target = config[section]
         for depth, part in enumerate(path):  # section.key.sub=value: into a mapping-valued key (train.loss_args)
@@ -342,9 +367,13 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Read a YAML config, apply ``--set`` overrides and validate it."""
     path = Path(path)
     try:
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:  # UTF-16 from Notepad, or a checkpoint given by mistake
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: give a YAML config (not a checkpoint), saved as UTF-8"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):

@@ -186,3 +186,81 @@ def test_yaml_merge_keys_may_set_a_merged_key_again(tmp_path):
         load_config(tmp_path / "m.yaml")
     (tmp_path / "n.yaml").write_text("model: {<<: {name: unet, depth: 2}, depth: 3}\ndata: {dataset: toy}\n")
     assert load_config(tmp_path / "n.yaml")["model"]["depth"] == 3
+
+
+def test_an_instance_head_needs_its_instance_method(tmp_path):
+    """The trainer adds the head its instances.method needs and trains no other: a panoptic head without the
+    panoptic method crashed at the first step (a dict of outputs into the semantic loss), after the run folder."""
+    path = write(tmp_path, BASE)
+    for flags in (["model.instance_head=panoptic"], ["model.instance_head=panoptic", "instances.method=boundary"]):
+        with pytest.raises(ConfigError) as e:
+            load_config(path, flags)
+        assert str(e.value) == (
+            "model.instance_head=panoptic needs instances.method: panoptic; set it, or remove model.instance_head"
+        )
+    cfg = load_config(path, ["model.instance_head=panoptic", "instances.method=panoptic"])
+    assert cfg["model"]["instance_head"] == "panoptic"
+    assert load_config(path, ["model.instance_head=null"])["model"]["instance_head"] is None
+
+
+def test_set_into_a_section_that_is_not_a_mapping(tmp_path):
+    """`--set` into `model: unet` or `data: [toy]` was a TypeError or AttributeError traceback."""
+    (tmp_path / "scalar.yaml").write_text("model: unet\ndata: {dataset: toy}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "scalar.yaml", ["model.num_classes=3"])
+    assert str(e.value) == "config section 'model' must be a mapping (e.g. name: unet), got 'unet'"
+    (tmp_path / "list.yaml").write_text("model: {name: unet}\ndata: [toy]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "list.yaml", ["data.batch_size=2"])
+    assert str(e.value) == "config section 'data' must be a mapping (e.g. dataset: camvid), got ['toy']"
+
+
+def test_a_config_file_that_is_not_utf8_text(tmp_path):
+    """A UTF-16 file (Notepad's "Unicode") or a checkpoint given by mistake was a UnicodeDecodeError traceback."""
+    for name, data in (("utf16.yaml", "model: {name: unet}\n".encode("utf-16")), ("best.pt", b"PK\x03\x04\x80\xff")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError) as e:
+            load_config(tmp_path / name)
+        assert str(e.value) == (
+            f"config file {tmp_path / name} is not UTF-8 text: give a YAML config (not a checkpoint), saved as UTF-8"
+        )
+
+
+def test_keys_that_are_not_strings_are_unknown_keys(tmp_path):
+    """YAML reads `1:` as an int key: a TypeError in the unknown-key message (join, sorted)."""
+    cases = {
+        "1: x\nmodel: {name: unet}\ndata: {dataset: toy}\n": "unknown config section(s) 1; valid: model, data",
+        "model: {name: unet, 1: 2}\ndata: {dataset: toy}\n": "unknown config key(s) model.1 for model 'unet'; valid:",
+        "model: {name: unet}\ndata: {dataset: toy, 1: 2, foo: 3}\n": "unknown config key(s) data.1, data.foo; valid:",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{i}.yaml").write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(tmp_path / f"{i}.yaml")
+        assert str(e.value).startswith(message)
+
+
+def test_only_an_empty_section_means_the_defaults(tmp_path):
+    """`train: 0`, `[]` or `false` were taken as all defaults; an empty `train:` (null) still is."""
+    for value in ("0", "[]", "false", "''"):
+        (tmp_path / "c.yaml").write_text(f"model: {{name: unet}}\ndata: {{dataset: toy}}\ntrain: {value}\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(tmp_path / "c.yaml")
+        got = repr(yaml.safe_load(value))
+        assert str(e.value) == f"config section 'train' must be a mapping (e.g. iters: 1000), got {got}"
+    (tmp_path / "c.yaml").write_text("model: {name: unet}\ndata: {dataset: toy}\ntrain:\n")
+    assert load_config(tmp_path / "c.yaml")["train"] == DEFAULTS["train"]
+    (tmp_path / "c.yaml").write_text("model: []\ndata: {dataset: toy}\n")
+    with pytest.raises(ConfigError, match=r"^config section 'model' must be a mapping \(e.g. name: unet\), got \[\]$"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_init_partial_needs_init_from(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, BASE), ["train.init_partial=true"])
+    assert str(e.value) == (
+        "train.init_partial: true skips the tensors of train.init_from that do not fit, and train.init_from is not "
+        "set: set it, or remove train.init_partial"
+    )
+    cfg = load_config(write(tmp_path, BASE), ["train.init_partial=true", "train.init_from=w.pt"])
+    assert cfg["train"]["init_partial"] is True

@@ -1096,3 +1096,38 @@ def test_a_run_grouped_the_old_way_names_the_change_on_resume(tmp_path, monkeypa
         f"--resume: this version of pixelwise groups the parameters of {tmp_path / 'last.pt'}'s model otherwise ("
     )
     assert "leaves FCN's and DeepLab-VGG's fc6/fc7 at the base rate" in str(e.value)
+
+
+def test_cached_class_weights_are_reused_only_for_the_same_data(tmp_path, monkeypatch):
+    """class_weights.json was reused whenever the method and class count matched: a run folder reused for
+    another data set, split, class list or a grown data set trained with the old data's weights, silently."""
+    from pixelwise.data import SegmentationDataset
+    from pixelwise.engine.builders import resolve_class_weights
+
+    def weights(root, split="train", run=tmp_path / "run", write=True):
+        ds = SegmentationDataset(root, "toy", split)
+        return resolve_class_weights("median_frequency", ds, run, progress=False, write=write)
+
+    def fresh(root, split="train"):  # computed from the masks, no cache
+        return weights(root, split, run=tmp_path / "none", write=False)
+
+    first = write_dataset(tmp_path / "a", splits={"train": 3, "val": 2}, seed=0).parent
+    other = write_dataset(tmp_path / "b", splits={"train": 3}, seed=5).parent
+    original = weights(first)
+    cached = json.loads((tmp_path / "run/class_weights.json").read_text())
+    assert cached["dataset"] == {"root": str(first.resolve()), "name": "toy", "split": "train", "images": 3}
+    for root, split in ((other, "train"), (first, "val")):
+        assert weights(root, split) == fresh(root, split) != original  # recomputed, and the cache rewritten
+    assert weights(first) == original and json.loads((tmp_path / "run/class_weights.json").read_text()) == cached
+    classes = first / "toy/classes.json"
+    classes.write_text(json.dumps({**json.loads(classes.read_text()), "classes": ["sky", "road", "car"]}))
+    with monkeypatch.context() as m:  # another class list alone: counted again
+        counted = []
+        m.setattr(SegmentationDataset, "class_counts", lambda self, **k: counted.append(1) or ([5, 3, 2], [3, 3, 3]))
+        weights(first)
+        assert counted and json.loads((tmp_path / "run/class_weights.json").read_text())["classes"][0] == "sky"
+    write_dataset(tmp_path / "a", splits={"train": 4}, seed=1)  # a fourth training image (and the names back)
+    grown = weights(first)
+    assert grown == fresh(first) != original
+    monkeypatch.setattr(SegmentationDataset, "class_counts", lambda *a, **k: pytest.fail("counted again"))
+    assert weights(first) == grown  # the same data: the cache

@@ -783,3 +783,35 @@ def test_deeplab_on_vgg_keeps_its_resize(name):
             assert tuple(pool5.shape[-2:]) == cells
             score = sum(branch(pool5) for branch in model.branches)
             torch.testing.assert_close(model(x), resize_to(score, size))
+
+
+def test_pretrained_backbone_of_another_type_is_one_line():
+    """1, 2.5 or a list was a TypeError from Path() deep in the backbone (0 or [] was taken for false)."""
+    for name, kwargs in (("unet_resnet18", {}), ("deeplabv3", {"backbone": "timm/mobilenetv3_small_050"})):
+        for value, shown in ((1, "1"), (2.5, "2.5"), (["w.pth"], "['w.pth']"), (0, "0")):
+            with pytest.raises(ConfigError) as e:
+                build_model(name, num_classes=2, pretrained_backbone=value, **kwargs)
+            assert str(e.value) == f"model.pretrained_backbone must be true, false or a weights file path, not {shown}"
+
+
+def test_pretrained_backbone_path_expands_the_home_folder(tmp_path, monkeypatch):
+    """`~/weights/r18.pth` was read as a folder named `~` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    model = build_model("unet_resnet18", num_classes=2, pretrained_backbone="~/r18.pth")
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    with pytest.raises(CheckpointError) as e:
+        build_model("unet_resnet18", num_classes=2, pretrained_backbone="~/none.pth")
+    assert str(e.value) == f"pretrained_backbone {tmp_path / 'none.pth'} does not exist"
+
+
+def test_same_padded_unet_refuses_tile_size():
+    """tile_size is the valid U-Net's overlap-tile output size: with padding same it was ignored silently."""
+    with pytest.raises(ConfigError) as e:
+        build_model("unet", num_classes=2, base_channels=4, depth=2, tile_size=64)
+    assert str(e.value) == (
+        "model 'unet': tile_size applies to padding: valid (the overlap-tile prediction); a same-padded U-Net runs "
+        "on the whole image: remove tile_size, or set padding: valid"
+    )
+    assert build_model("unet", num_classes=2, base_channels=4, depth=2, padding="valid", tile_size=20).tile_size == 20

@@ -138,8 +138,9 @@ def resolve_class_weights(
     write: bool = True,
 ) -> list[float] | None:
     """``train.class_weights`` as a list: given, or computed from the training masks once and cached
-    in ``run_dir/class_weights.json`` (reused on resume; written only where ``write``: the process that holds the
-    run folder's lock)."""
+    in ``run_dir/class_weights.json`` (reused on resume while the method, data set, split, classes and number of
+    images are the same, else counted again; written only where ``write``: the process that holds the run
+    folder's lock)."""
     if setting is None:
         return None
     n = dataset.info.num_classes
@@ -148,9 +149,14 @@ def resolve_class_weights(
             raise ConfigError(f"train.class_weights has {len(setting)} values, the data set has {n} classes")
         return [float(w) for w in setting]
     cache = run_dir / "class_weights.json"
+    # the data they were counted on: a run folder reused for other data (a data set, split or class list, or more
+    # images) had the old weights silently
+    source = {"root": str(dataset.root.resolve()), "name": dataset.info.name, "split": dataset.split}
+    source["images"] = len(dataset)
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached.get("method") == setting and len(cached["weights"]) == n:
+        same = [cached.get(k) for k in ("method", "dataset", "classes")] == [setting, source, dataset.info.classes]
+        if same and len(cached["weights"]) == n:
             return cached["weights"]
     counts, image_counts = dataset.class_counts(progress=progress)
     weights = class_frequency_weights(counts, image_counts, setting)
@@ -161,6 +167,7 @@ def resolve_class_weights(
         cache,
         {
             "method": setting,
+            "dataset": source,
             "classes": dataset.info.classes,
             "weights": weights,
             "pixels": counts,

@@ -11,6 +11,7 @@ import ast
 import functools
 import inspect
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -107,6 +108,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     n = kwargs.get("num_classes")
     if "num_classes" in kwargs and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"model {name!r}: num_classes={n!r}, must be a whole number >= 1")
+    pretrained = kwargs.get("pretrained_backbone")
+    if not (pretrained is None or isinstance(pretrained, (bool, str, os.PathLike))):  # 1 was a TypeError in Path()
+        raise ConfigError(f"model.pretrained_backbone must be true, false or a weights file path, not {pretrained!r}")
     annotations = {p.name: p.annotation for p in inspect.signature(builder).parameters.values()}
     for key, value in kwargs.items():  # a YAML "4" or 4.5 where a width is meant was a TypeError deep in torch
         annotation = annotations.get(key)

@@ -77,7 +77,7 @@ def _why_unreadable(path: Path, error: Exception) -> str:
 def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain types only; any failure (a truncated
     file, a pickle of other objects, not a torch file) is a one-line :class:`CheckpointError`."""
-    path = Path(path)
+    path = Path(path).expanduser()  # a config's "~/weights.pth", as data.root
     if path.is_dir():
         raise CheckpointError(f"{what} {path} is a folder: give the file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
@@ -93,7 +93,7 @@ def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.dev
 def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") -> dict[str, torch.Tensor]:
     """A state dict of tensors from a local file (``.safetensors``, or a torch file whose dict may wrap it
     under ``state_dict`` or ``model``); ``module.`` prefixes (DataParallel) are removed."""
-    path = Path(path)
+    path = Path(path).expanduser()  # a config's "~/weights.pth", as data.root
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"{what} {path} does not exist")
