@@ -277,3 +277,30 @@ class FakePredictor:
     ckpt: dict = {}
     instance_method = type("Method", (), {"enabled": False})()
     model = device = amp = inference = crf_args = crf = None
+
+
+def test_predict_refuses_huge_indices_and_colours_out_of_range_in_one_line(tmp_path, capsys):
+    """--foreground of over 4300 digits: int() raised ValueError, a traceback; replace=rgb(300,0,0) wrapped to
+    (44,0,0) silently."""
+    from pixelwise.cli import main
+    from pixelwise.config import load_config
+    from pixelwise.engine import train
+
+    from .test_engine import toy_config
+
+    root = write_dataset(tmp_path / "data").parent
+    train(load_config(toy_config(tmp_path, iters=2, eval_interval=2)), run_dir=tmp_path / "run", data_root=root)
+    image = sorted((root / "toy/images/val").glob("*.png"))[0]
+    capsys.readouterr()  # (training's)
+    base = ["predict", str(tmp_path / "run/best.pt"), str(image), "--out", str(tmp_path / "out"), "--effect"]
+    assert main([*base, "blur", "--foreground", "1" * 4400]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pixelwise predict: error: --foreground '{'1' * 4400}': no such class; the model's classes are 0 c0, 1 c1, "
+        "2 c2"
+    )
+    assert main([*base, "replace=rgb(300,0,0)", "--foreground", "c1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pixelwise predict: error: --effect replace=rgb(300,0,0): no such image file, and not a colour (e.g. #00b140, "
+        "green, 0,177,64; each channel 0 to 255)"
+    )
+    assert not (tmp_path / "out").exists()

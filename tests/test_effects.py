@@ -279,3 +279,38 @@ def test_highlight_tints_a_grey_palette_in_the_overlays_colours():
     out = effect.apply(image, probs)
     expected = np.round(0.5 * 128 + 0.5 * np.asarray(effect.palette[1]))
     assert np.abs(out.astype(float) - expected).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "colour", ["rgb(300,0,0)", "rgb(200%,0%,0%)", "hsl(0,100%,150%)", "rgb(99999999999999999999,0,0)"]
+)
+def test_a_colour_channel_outside_0_to_255_is_refused(colour):
+    """They wrapped silently (rgb(300,0,0) painted (44,0,0)), or overflowed in a traceback."""
+    assert parse_colour(colour) is None and parse_colour("1" * 4400 + ",0,0") is None
+    with pytest.raises(ConfigError) as e:
+        Effect.from_spec(f"replace={colour}", CLASSES, PALETTE)
+    assert str(e.value) == (
+        f"--effect replace={colour}: no such image file, and not a colour (e.g. #00b140, green, 0,177,64; "
+        "each channel 0 to 255)"
+    )
+    with pytest.raises(ConfigError) as e:
+        Effect("replace", [1], background=(300, 0, 0))
+    assert str(e.value) == "--effect replace=(300, 0, 0): each colour channel must be 0 to 255"
+
+
+def test_an_index_of_thousands_of_digits_is_no_such_class():
+    """Over 4300 digits int() raised ValueError: a traceback from the CLI, a 500 from the server."""
+    with pytest.raises(ConfigError) as e:
+        parse_classes("1" * 4400, CLASSES)
+    assert (
+        str(e.value)
+        == f"--foreground '{'1' * 4400}': no such class; the model's classes are 0 background, 1 person, 2 car"
+    )
+
+
+def test_a_blur_too_small_to_move_a_pixel_leaves_the_image():
+    """sigma 1e-50 underflowed to 0 in float32: a NaN kernel blackened the background."""
+    image = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    for sigma in (1e-50, 1e-46, 1e-3):
+        np.testing.assert_array_equal(gaussian_blur(image, sigma), image)
+        np.testing.assert_array_equal(Effect("blur", [1], sigma=sigma).apply(image, np.zeros((3, 6, 8))), image)

@@ -4,12 +4,14 @@ image size, queue length and time; and the server still answering after every re
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -274,7 +276,7 @@ BAD_UPLOADS = {
         415,
         "upload is not an image: none of the readable formats (PNG, JPEG, WebP, TIFF or BMP) recognises its 58 bytes",
     ),
-    "two pages": (tiff_pages(), 422, "image upload has 2 pages: send one image (one request per page)"),
+    "two pages": (tiff_pages(), 422, "image upload has more than one page: send one image (one request per page)"),
     "too many pixels": (
         encode(Image.fromarray(np.zeros((500, 401, 3), np.uint8))),
         413,
@@ -289,6 +291,32 @@ def test_bad_upload(client, case):
     r = client.post("/v1/segment?output=mask", content=data)
     assert (r.status_code, r.json()) == (status, {"error": message})
     assert_alive(client)
+
+
+def many_page_tiff(pages: int) -> bytes:
+    """A little-endian TIFF of ``pages`` 1x1 grey pages sharing one strip: 100 bytes a page."""
+    tags = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 3, 1), (279, 4, 1)]
+    out = bytearray(b"II*\x00" + struct.pack("<I", 9) + b"\x80")  # the header, the first page at 9, the pixel at 8
+    for i in range(pages):
+        following = 9 + (i + 1) * 102 if i < pages - 1 else 0
+        out += struct.pack("<H", len(tags))
+        out += b"".join(
+            struct.pack("<HHII" if t == 4 else "<HHIHH", tag, t, 1, v, *([] if t == 4 else [0])) for tag, t, v in tags
+        )
+        out += struct.pack("<I", following)
+    return bytes(out)
+
+
+def test_a_many_page_tiff_is_refused_without_counting_its_pages(client):
+    """Counting 40,000 pages (4 MB) walked every one, super-linearly: the only worker was held for 16 s."""
+    data = many_page_tiff(40_000)
+    start = time.perf_counter()
+    r = client.post("/v1/segment?output=mask", content=data)
+    assert time.perf_counter() - start < 3
+    message = "image upload has more than one page: send one image (one request per page)"
+    assert (r.status_code, r.json()) == (422, {"error": message})
+    r = client.post("/v1/segment?output=mask", content=many_page_tiff(1))  # one page: no second to find
+    assert r.status_code == 422 and "page" not in r.json()["error"]  # (1x1 is below the model's stride)
 
 
 def test_an_image_the_free_memory_cannot_take_is_503_not_500(client, monkeypatch):
@@ -361,7 +389,15 @@ def test_bad_multipart_forms(client, case):
         ("output=effect&effect=sparkle",
          "effect='sparkle'; valid: blur[=SIGMA], replace=COLOUR, cutout, highlight[=OPACITY]"),
         ("output=effect&effect=replace=/etc/passwd&foreground=c1",
-         "effect='replace=/etc/passwd': give the background colour, e.g. replace=#00b140, replace=green"),
+         "effect='replace=/etc/passwd': give the background colour, e.g. replace=#00b140, replace=green (each "
+         "channel 0 to 255)"),
+        # channels outside 0..255 wrapped (rgb(300,0,0) painted (44,0,0)) or overflowed in a 500
+        *((f"output=effect&effect=replace={c}&foreground=c1", f"effect='replace={c}': give the background colour, "
+           "e.g. replace=#00b140, replace=green (each channel 0 to 255)")
+          for c in ("rgb(300,0,0)", "hsl(0,100%,150%)", "rgb(99999999999999999999,0,0)", "1" * 4400 + ",0,0")),
+        # over 4300 digits int() raised ValueError: a plain-text 500
+        ("output=effect&foreground=" + "1" * 4400,
+         f"foreground '{'1' * 4400}': no such class; the model's classes are 0 c0, 1 c1, 2 c2"),
         ("output=effect&foreground=c7", "foreground 'c7': no such class; the model's classes are 0 c0, 1 c1, 2 c2"),
         ("output=effect", "effect blur needs ?foreground=CLASS[,CLASS...]; the model's classes are 0 c0, 1 c1, 2 c2"),
     ],
@@ -387,6 +423,9 @@ def test_request_over_the_size_limit(toy_checkpoint):
         assert (r.status_code, r.json()) == (413, {"error": "request body is over the limit of 1000 bytes"})
         r = c.post("/v1/segment", content=encode(Image.fromarray(np.zeros((16, 16, 3), np.uint8))))
         assert r.status_code == 200
+        # a Content-Length of over 4300 digits: int() raised ValueError (a 500)
+        r = c.post("/v1/segment", content=b"x", headers={"content-length": "9" * 4400})
+        assert (r.status_code, r.json()) == (413, {"error": "request body is over the limit of 1000 bytes"})
 
 
 class Blocking:
@@ -451,6 +490,13 @@ def test_an_app_started_again_after_a_stop_still_segments(predictor):
             assert c.post("/v1/segment", content=PNG).status_code == 200
             assert c.head("/healthz").status_code == 200 and c.head("/").status_code == 200
     assert app.state.worker.finished == 2 and not app.state.worker.running
+
+
+def test_a_blur_too_small_to_move_a_pixel_keeps_the_background(client):
+    """blur=1e-50 underflowed to a NaN kernel in float32: the background came back black."""
+    r = client.post("/v1/segment?output=image,effect&effect=blur=1e-50&foreground=c2", content=PNG)
+    assert r.status_code == 200
+    np.testing.assert_array_equal(png_array(r.json()["effect"]), png_array(r.json()["image"]))
 
 
 def test_an_effect_without_output_effect_is_refused(client):
@@ -591,6 +637,33 @@ def test_server_on_loopback(predictor):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("127.0.0.2:8000", 200), ("[0:0:0:0:0:0:0:1]:8000", 200), ("127.1:8000", 200), ("[::ffff:127.0.0.1]", 200),
+     ("LOCALHOST:8000", 200), ("127.0.0.1.evil.example", 400), ("[::1].evil.example", 400), ("10.0.0.1:8000", 400)],
+)  # fmt: skip
+def test_the_loopback_filter_takes_every_loopback_address(header, status):
+    """--host 127.0.0.2 installed the filter, which then refused Host: 127.0.0.2:8000 (it knew three names only);
+    [0:0:0:0:0:0:0:1] was refused too. An address literal cannot be rebound: any loopback one is this machine."""
+    from pixelwise.serve.app import LoopbackHosts
+
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(LoopbackHosts(app)({"type": "http", "headers": [(b"host", header.encode())]}, receive, send))
+    assert sent[0]["status"] == status
+    assert check_host("127.1") and check_host("127.0.0.2") and check_host("0:0:0:0:0:0:0:1")
 
 
 def test_a_wildcard_host_is_warned_about(caplog):

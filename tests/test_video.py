@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pixelwise.config import load_config
-from pixelwise.engine import Predictor, train
+from pixelwise.engine import Predictor, predict, train
 from pixelwise.errors import ConfigError, DataError, PixelwiseError
 from pixelwise.inference import InferenceSettings, InstanceSettings
 
@@ -106,7 +106,7 @@ def stream_facts(path):
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
+def checkpoint(tmp_path_factory):
     """tests/test_reliability.py's toy model trained for 100 iterations instead of 2 (about a second): at 2 it
     predicts one class everywhere, and comparing label maps would prove nothing. Dark pixels come out as
     classes 0 and 1, the square as class 2."""
@@ -115,7 +115,12 @@ def predictor(tmp_path_factory):
     train(
         load_config(toy_config(tmp, iters=100, eval_interval=100)), run_dir=tmp / "run", data_root=root, progress=False
     )
-    return Predictor(tmp / "run" / "best.pt", device="cpu")
+    return tmp / "run" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Predictor(checkpoint, device="cpu")
 
 
 def test_predict_video_writes_overlay_masks_and_effect(predictor, tmp_path):
@@ -504,3 +509,160 @@ def test_mp3_audio_is_copied_and_a_video_without_frames_is_one_line(predictor, t
         predict_video(predictor, empty, tmp_path / "b", progress=False)
     assert str(e.value) == f"video {empty}: no frame could be decoded"
     assert not [p for p in (tmp_path / "b").rglob("*") if p.is_file()]
+
+
+def test_predicting_a_folder_into_itself_again_leaves_out_the_earlier_outputs(checkpoint, tmp_path):
+    """--out equal to the input folder: a re-run took the last run's clip_overlay.mp4 as an input (and wrote
+    clip_overlay_overlay.mp4); the files an earlier prediction's manifest lists are no inputs."""
+    write_video(tmp_path / "clip.mp4", square_frames(4))
+    for _ in range(2):
+        written = predict(checkpoint, [tmp_path], tmp_path, device="cpu", overwrite=True, progress=False)
+        assert [Path(w["video"]).name for w in written] == ["clip.mp4"]
+    files = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert files == ["clip.mp4", "clip_overlay.mp4", "legend.png", "manifest.json"]
+
+
+def test_an_input_that_an_output_would_replace_is_refused_before_any_work(checkpoint, tmp_path):
+    """The user's own a_overlay.mp4 beside a.mp4, with --out that folder: it was replaced by a.mp4's overlay
+    before it was read."""
+    write_video(tmp_path / "a.mp4", square_frames(4))
+    mine = write_video(tmp_path / "a_overlay.mp4", square_frames(6))
+    before = sorted(tmp_path.rglob("*")), mine.read_bytes()
+    with pytest.raises(DataError) as e:
+        predict(checkpoint, [tmp_path], tmp_path, device="cpu", overwrite=True, progress=False)
+    assert str(e.value) == (
+        f"input {mine} is where this run writes an output of {tmp_path / 'a.mp4'}, and would be replaced: "
+        "choose an --out outside the input folders"
+    )
+    assert (sorted(tmp_path.rglob("*")), mine.read_bytes()) == before
+    earlier = tmp_path / "out"  # an earlier run's output named as an input would be removed by --overwrite
+    predict(checkpoint, [tmp_path / "a.mp4"], earlier, device="cpu", video_masks="png", progress=False)
+    for listed in (earlier / "a_overlay.mp4", earlier / "masks" / "a" / "000000.png"):
+        with pytest.raises(DataError) as e:
+            predict(checkpoint, [listed], earlier, device="cpu", overwrite=True, progress=False)
+        assert str(e.value) == (
+            f"input {listed} is an output of the earlier prediction in --out {earlier}, which --overwrite removes: "
+            "copy it elsewhere first, or choose another --out"
+        )
+        assert listed.is_file()
+
+
+def write_late_ts(path, frames, start, audio=None, rate=16000):
+    """An MPEG-TS whose clock starts ``start`` seconds in (as TV recordings' do), with a tone in ``audio`` (a
+    codec) from the same time."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("mpeg2video", rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    astream = out.add_stream(audio, rate=rate, layout="mono") if audio else None
+    for i, frame in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = round(start * FPS) + i
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    if astream is not None:
+        fmt, size = astream.codec_context.format.name, astream.codec_context.frame_size
+        tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(rate * len(frames) // FPS) / rate)
+        samples = tone.astype(np.float32) if fmt.startswith("flt") else (tone * 32767).astype(np.int16)
+        for k in range(0, len(samples) - size, size):
+            af = av.AudioFrame.from_ndarray(samples[None, k : k + size], format=fmt, layout="mono")
+            af.sample_rate, af.pts = rate, round(start * rate) + k
+            for packet in astream.encode(af):
+                out.mux(packet)
+        for packet in astream.encode(None):
+            out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize(("audio", "how"), [("mp2", "mp2 re-encoded as aac"), ("aac", "aac, copied")])
+def test_a_video_whose_clock_starts_late_comes_out_starting_at_zero(predictor, tmp_path, audio, how):
+    """A .ts recording whose timestamps start at 3600 s: the outputs began with an hour of nothing (the mask
+    video's duration was 3600.48 s), the audio with them."""
+    clip = write_late_ts(tmp_path / "late.ts", square_frames(), 3600, audio=audio)
+    assert frame_times(clip)[0] == pytest.approx(3600)
+    files = predict_video(predictor, clip, tmp_path / "out", masks="video", progress=False)
+    for key in ("overlay", "masks"):
+        assert frame_times(files[key]) == pytest.approx([i / FPS for i in range(N)], abs=1e-3), key
+    with av.open(files["overlay"]) as c:
+        assert c.duration / 1e6 < 1  # the video's and the audio's
+        sound = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.pts is not None]
+    # (an AAC encoder's priming samples come before 0)
+    assert files["audio"] == f"passed through ({how})" and -0.05 < min(sound) < 0.1 and max(sound) < 0.5
+
+
+def test_a_timestamp_jump_back_keeps_the_frames_evenly_spaced(predictor, tmp_path):
+    """Two .ts files joined end to end: the second's clock starts again, and its 8 frames came out on one tick."""
+    parts = [write_video(tmp_path / f"{i}.ts", square_frames(8), codec="mpeg2video").read_bytes() for i in range(2)]
+    (tmp_path / "joined.ts").write_bytes(b"".join(parts))
+    files = predict_video(predictor, tmp_path / "joined.ts", tmp_path / "out", masks="video", progress=False)
+    for key in ("overlay", "masks"):
+        assert frame_times(files[key]) == pytest.approx([i / FPS for i in range(16)], abs=1e-3), key
+
+
+def test_audio_at_a_rate_aac_does_not_take_is_resampled(predictor, tmp_path):
+    """PCM at 192 kHz, above AAC's 96 kHz: the encoder refused it at the first mux and the whole video failed."""
+    clip = write_video(tmp_path / "pcm.mkv", square_frames(), codec="ffv1", audio="pcm_s16le", sample_rate=192000)
+    files = predict_video(predictor, clip, tmp_path / "out", progress=False)
+    assert (files["frames"], files["audio"]) == (N, "passed through (pcm_s16le re-encoded as aac, 192000 Hz as 48000)")
+    assert stream_facts(files["overlay"]) == (N, FPS, W, H, "aac")
+    with av.open(files["overlay"]) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 48000
+
+
+@pytest.mark.parametrize(
+    ("degrees", "flips", "size", "rows", "cols"),
+    [
+        (0, {"hflip": True}, (48, 64), 0, 56),  # a selfie camera's mirror: came out rotated 180
+        (0, {"vflip": True}, (48, 64), 40, 0),
+        (180, {}, (48, 64), 40, 56),
+        (-90, {}, (64, 48), 0, 40),  # a phone held upright
+        (-90, {"hflip": True}, (64, 48), 0, 0),  # a transpose
+        (90, {}, (64, 48), 56, 0),
+    ],
+)
+def test_frames_come_as_their_display_matrix_shows_them(tmp_path, degrees, flips, size, rows, cols):
+    """As ffmpeg shows them: a rotation and a mirror (a mirror alone was taken for a 180 turn)."""
+    path = tmp_path / "m.mp4"
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.set_display_rotation(degrees, **flips)
+    frame = np.zeros((H, W, 3), np.uint8)
+    frame[:8, :8] = 255  # a marker at the stored top-left
+    for i in range(2):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = i
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    first = next(read_frames(path))
+    ys, xs = np.nonzero(first[..., 0] > 128)
+    assert (first.shape[:2], ys.min(), ys.max(), xs.min(), xs.max()) == (size, rows, rows + 7, cols, cols + 7)
+    assert (probe_video(path).height, probe_video(path).width) == size
+
+
+def test_an_anamorphic_video_keeps_its_pixel_shape(predictor, tmp_path):
+    """Pixels twice as wide as high (a sample aspect ratio of 2): the outputs had square ones, shown squeezed."""
+    path = tmp_path / "wide.mp4"
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+    for i, frame in enumerate(square_frames(4)):
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = i
+        for packet in stream.encode(vf):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    assert probe_video(path).sample_aspect_ratio == Fraction(2)
+    effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="c2")
+    files = predict_video(predictor, path, tmp_path / "out", masks="video", effect=effect, progress=False)
+    for key in ("overlay", "effect"):  # (FFV1 takes it from each frame, which PyAV cannot set: masks are data)
+        with av.open(files[key]) as c:
+            assert c.streams.video[0].sample_aspect_ratio == Fraction(2), key

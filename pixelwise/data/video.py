@@ -72,6 +72,7 @@ class VideoInfo:
     rotation: int
     audio: str | None  # the first audio stream's codec, None without audio
     duration: float | None = None  # seconds, as the stream or the container records it
+    sample_aspect_ratio: Fraction | None = None  # a pixel's width / height when not 1 (anamorphic), upright
 
     @property
     def size(self) -> str:
@@ -123,24 +124,55 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         except require_av().FFmpegError:
             pass  # read_frames reports a broken stream with its frame number
         w, h = stream.codec_context.width, stream.codec_context.height
+        sar = Fraction(stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or 1)
         if rotation in (90, 270):
-            w, h = h, w
+            w, h, sar = h, w, 1 / sar if sar else sar
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         else:
             duration = container.duration / 1_000_000 if container.duration else None  # microseconds
+        name = stream.codec_context.name
         return VideoInfo(
-            str(path), w, h, _rate(stream), stream.frames or None, stream.codec_context.name, rotation, audio, duration
+            str(path),
+            w,
+            h,
+            _rate(stream),
+            stream.frames or None,
+            name,
+            rotation,
+            audio,
+            duration,
+            sar if sar != 1 else None,
         )
     finally:
         container.close()
 
 
+def _display_matrix(frame: Any) -> np.ndarray | None:
+    """The frame's display matrix ``[a, b, c, d]`` (its 2 x 2 part, 16.16 fixed point), None without one."""
+    try:
+        data = frame.side_data.get("DISPLAYMATRIX")
+    except (AttributeError, KeyError, ValueError, TypeError):  # an older PyAV
+        return None
+    return None if data is None else np.frombuffer(bytes(data), np.int32)[[0, 1, 3, 4]]
+
+
 def _upright(frame: Any, array: np.ndarray) -> np.ndarray:
-    # FFmpeg's rotation is the counter-clockwise angle to display the frame upright
-    turns = (int(getattr(frame, "rotation", 0) or 0) % 360) // 90
-    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+    """The frame as ffmpeg shows it (fftools' autorotate): FFmpeg's rotation is the counter-clockwise angle to
+    show it upright, and the display matrix's signs say whether it is mirrored too (a selfie camera's); a mirror
+    alone reads as a rotation of 180, and came out upside down."""
+    m = _display_matrix(frame)
+    turns = round(-int(getattr(frame, "rotation", 0) or 0) / 90) % 4  # clockwise quarter turns
+    if turns == 1:  # c > 0: a transpose (rotated and mirrored)
+        array = array.swapaxes(0, 1) if m is not None and m[2] > 0 else np.rot90(array, -1)
+    elif turns == 3:  # c < 0: the other diagonal's
+        array = array.swapaxes(0, 1)[::-1, ::-1] if m is not None and m[2] < 0 else np.rot90(array, 1)
+    else:  # 180: a mirror across (a < 0) and/or one down (d < 0); none of either without a matrix
+        across = turns == 2 if m is None else m[0] < 0
+        down = turns == 2 if m is None else m[3] < 0
+        array = array[:: -1 if down else 1, :: -1 if across else 1]
+    return np.ascontiguousarray(array)
 
 
 def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[float | None, np.ndarray]]:
@@ -209,8 +241,8 @@ class VideoWriter:
     with alpha, frames ``H x W x 4``; use a .mov). ``fps`` is the (average) frame rate; a frame's ``time``
     (seconds, the input's timestamp) is kept to 1/90000 s (1/60000 s for MPEG-4 part 2), so the output keeps a
     variable-rate input's timing and stays in step with passed-through audio; without times frames are spaced
-    1 / fps apart. ``audio_from``: a video whose
-    first audio stream to carry along (``rgb`` and ``rgba`` only)."""
+    1 / fps apart, counted from the first frame's time. ``audio_from``: a video whose first audio stream to carry
+    along (``rgb`` and ``rgba`` only). ``sample_aspect_ratio``: a pixel's width / height (an anamorphic input's)."""
 
     def __init__(
         self,
@@ -222,6 +254,7 @@ class VideoWriter:
         kind: str = "rgb",
         codec: str = "auto",
         audio_from: str | os.PathLike | None = None,
+        sample_aspect_ratio: Fraction | None = None,
     ) -> None:
         av = require_av()
         if kind not in ("rgb", "mask", "rgba"):
@@ -230,6 +263,9 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1001000)
         self.frames = 0
         self._last_pts = -1
+        # the input's first frame time (output times count from it) and what a jump back in time has added since
+        self._origin: float | None = None
+        self._shift, self._last_seconds = 0.0, 0.0
         # encoded beside its name and renamed into place when finished: a killed run leaves no video that looks
         # whole but is not, and an earlier one (predict --overwrite) stays until the new one is done
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
@@ -241,6 +277,8 @@ class VideoWriter:
             rate = self.fps.limit_denominator(65535) if self.codec == FALLBACK else self.fps
             stream = self.container.add_stream(self.codec, rate=rate)
             stream.width, stream.height = width, height
+            if sample_aspect_ratio:  # an anamorphic input's: its pixels are not square, nor are the outputs'
+                stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
             # the frames' clock: fine enough to keep a variable-rate input's times (phones record those), with the
             # average rate only the encoder's hint; MPEG-4 part 2 takes at most 65535 ticks a second
             self._time_base = Fraction(1, MPEG4_CLOCK if self.codec == FALLBACK else CLOCK)
@@ -282,7 +320,7 @@ class VideoWriter:
             raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.width}x{self.height}")
         if self.kind == "mask" and frame.ndim == 3:
             frame = frame[..., 0]
-        seconds = self.frames / self.fps if time is None else time
+        seconds = self.frames / self.fps if time is None else self._seconds(time)
         pts = max(self._last_pts + 1, round(seconds / self._time_base))
         self._last_pts = pts
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=self._frame_format)
@@ -296,6 +334,21 @@ class VideoWriter:
         except av.FFmpegError as e:
             raise DataError(f"cannot write video {self.path} at frame {self.frames}: {_reason(e)}") from None
         self.frames += 1
+
+    def _seconds(self, time: float) -> float:
+        """An input frame time as the output's: counted from the first frame (a TV recording's clock starts hours
+        in: the outputs began with that long a blank, the audio moved alike), and after a jump back (.ts files
+        joined) following on 1 / fps later (the rest had come out on one tick)."""
+        if self._origin is None:
+            self._origin = time
+            if self._audio is not None:
+                self._audio.offset = time
+        seconds = time - self._origin + self._shift
+        if self.frames and seconds < self._last_seconds:
+            self._shift += self._last_seconds + 1 / float(self.fps) - seconds
+            seconds = self._last_seconds + 1 / float(self.fps)
+        self._last_seconds = seconds
+        return seconds
 
     def close(self) -> None:
         """Flush the encoder (and the rest of the audio) and finish the file."""
@@ -362,9 +415,14 @@ class _AudioCarrier:
             self.out_stream = output.add_stream_from_template(stream)
             self.description = f"passed through ({name}, copied)"
         else:
-            self.out_stream = output.add_stream("aac", rate=stream.codec_context.sample_rate or 48000)
-            self.description = f"passed through ({name} re-encoded as aac)"
+            rate = stream.codec_context.sample_rate or 48000
+            # AAC takes 7350..96000 Hz, some rates only: another (PCM at 192 kHz) failed the whole video at its first
+            # mux; PyAV's encoder resamples the frames to the stream's rate
+            taken = rate in (require_av().Codec("aac", "w").audio_rates or [rate])
+            self.out_stream = output.add_stream("aac", rate=rate if taken else 48000)
+            self.description = f"passed through ({name} re-encoded as aac{'' if taken else f', {rate} Hz as 48000'})"
         self.packets = source.demux(stream)
+        self.offset = 0.0  # seconds: the video's first frame time, which the output's clock starts from
         self.pending: Any = None
         self.done = False
 
@@ -404,19 +462,36 @@ class _AudioCarrier:
             if packet is None:
                 break
             start = float(packet.pts * packet.time_base) if packet.pts is not None else None
-            if seconds is not None and start is not None and start >= seconds:
+            if seconds is not None and start is not None and start - self.offset >= seconds:
                 self.pending = packet
                 break
             self._mux(packet)
 
     def _mux(self, packet: Any) -> None:
         if self.copy:
+            if self.offset and not self._shift(packet):
+                return
             packet.stream = self.out_stream
             self.output.mux(packet)
             return
         for frame in packet.decode():
+            if self.offset and not self._shift(frame):
+                continue
             for out in self.out_stream.encode(frame):
                 self.output.mux(out)
+
+    def _shift(self, item: Any) -> bool:
+        """A packet or frame moved back by :attr:`offset`, as the video's frames are; False for one before the
+        first video frame (dropped: before the output's start)."""
+        if item.pts is None or item.time_base is None:
+            return True
+        ticks = round(self.offset / item.time_base)
+        if item.pts < ticks:
+            return False
+        if getattr(item, "dts", None) is not None:
+            item.dts -= ticks
+        item.pts -= ticks
+        return True
 
     def finish(self) -> None:
         self.mux_until(None)

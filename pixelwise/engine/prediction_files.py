@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -115,14 +116,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 OUTPUT_KEYS = ("masks", "color", "overlay", "instances", "instance_overlay", "effect")  # a manifest entry's outputs
 
 
-def _remove_earlier_prediction(out_dir: Path) -> None:
-    """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), so that the
-    folder holds this run's alone; never its inputs, nothing outside ``out_dir``, nothing without a manifest of
-    ours (a folder such as a data set's own ``masks/`` stays as it is)."""
-    entries = _earlier_manifest_entries(out_dir)
-    if entries is None:
-        log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
-        return
+def _earlier_outputs(out_dir: Path, entries: list) -> Iterable[tuple[str, Path, bool, bool]]:
+    """(key, path, inside an output folder, an older stack's) of each output an earlier prediction's manifest
+    ``entries`` list, as it lies in ``out_dir`` (the manifest holds paths as they were typed, maybe from another
+    working directory): out_dir/<output folder>/<name>, or out_dir/<name> for a video's files."""
     for entry in entries:
         if not isinstance(entry, dict):
             continue
@@ -132,28 +129,98 @@ def _remove_earlier_prediction(out_dir: Path) -> None:
         listed_values = [(key, entry.get(key)) for key in OUTPUT_KEYS]
         listed_values += [(key, v) for key in OUTPUT_KEYS for v in (slices.get(key) or [])]
         for key, value in listed_values:
-            if not isinstance(value, str):
+            if not isinstance(value, str) or Path(value).name in ("", ".", ".."):
                 continue
-            # where it lies in this folder (the manifest holds paths as they were typed, maybe from another working
-            # directory): out_dir/<output folder>/<name>, or out_dir/<name> for a video's files
             listed = Path(value)
-            if listed.name in ("", ".", ".."):
-                continue
             inside = listed.parent.name in OUTPUT_KEYS
-            path = out_dir / listed.parent.name / listed.name if inside else out_dir / listed.name
-            if path.is_symlink() or not path.exists():
-                continue
-            if path.is_dir():  # a video's masks as PNGs: a folder of its own under masks/, nothing else
-                if inside and key == "masks":
-                    shutil.rmtree(path)
-                continue
-            siblings = [path]
-            if older_stack and path.stem.endswith("_z0000"):  # the manifest names the first
-                siblings = sorted(path.parent.glob(f"{path.stem[: -len('_z0000')]}_z[0-9][0-9][0-9][0-9]{path.suffix}"))
-            for p in siblings:
-                p.unlink(missing_ok=True)
+            yield (
+                key,
+                (out_dir / listed.parent.name / listed.name if inside else out_dir / listed.name),
+                inside,
+                older_stack,
+            )
+
+
+def _remove_earlier_prediction(out_dir: Path) -> None:
+    """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), so that the
+    folder holds this run's alone; never its inputs, nothing outside ``out_dir``, nothing without a manifest of
+    ours (a folder such as a data set's own ``masks/`` stays as it is)."""
+    entries = _earlier_manifest_entries(out_dir)
+    if entries is None:
+        log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
+        return
+    for key, path, inside, older_stack in _earlier_outputs(out_dir, entries):
+        if path.is_symlink() or not path.exists():
+            continue
+        if path.is_dir():  # a video's masks as PNGs: a folder of its own under masks/, nothing else
+            if inside and key == "masks":
+                shutil.rmtree(path)
+            continue
+        siblings = [path]
+        if older_stack and path.stem.endswith("_z0000"):  # the manifest names the first
+            siblings = sorted(path.parent.glob(f"{path.stem[: -len('_z0000')]}_z[0-9][0-9][0-9][0-9]{path.suffix}"))
+        for p in siblings:
+            p.unlink(missing_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / LEGEND).unlink(missing_ok=True)
+
+
+def _where(path: Path) -> Path:
+    """``path`` with its folder resolved (not the file: a link in --out is itself replaced by an output)."""
+    return path.absolute().parent.resolve() / path.name
+
+
+def earlier_outputs_left_out(inputs: Sequence[str | os.PathLike], paths: list[Path], out_dir: Path) -> list[Path]:
+    """``paths`` without the files an earlier prediction into ``out_dir`` wrote (its manifest lists them; with
+    --out an input folder a re-run took them as inputs); one named as an input itself is refused, as --overwrite
+    removes it before it is read."""
+    entries = _earlier_manifest_entries(out_dir)
+    earlier = {_where(path) for _, path, _, _ in _earlier_outputs(out_dir, entries or [])}
+    earlier |= {_where(out_dir / LEGEND)} if entries is not None else set()
+
+    def listed(path: Path) -> bool:  # (or in a listed folder: a video's masks as PNGs)
+        return _where(path) in earlier or _where(path).parent in earlier
+
+    for item in inputs:
+        if Path(item).is_file() and listed(Path(item)):
+            raise DataError(
+                f"input {item} is an output of the earlier prediction in --out {out_dir}, which --overwrite removes: "
+                "copy it elsewhere first, or choose another --out"
+            )
+    return [p for p in paths if not listed(p)]
+
+
+def check_inputs_kept(paths: list[Path], out_dir: Path) -> None:
+    """An input where this run writes one of its outputs (``a_overlay.mp4`` beside ``a.mp4`` with --out their
+    folder; ``overlay/b.png`` with --out its parent) would be replaced, maybe before it is read: refused. Names
+    are matched loosely (a stem may take ``_`` suffixes, a stack ``_z0000`` ...): a false alarm costs a rename."""
+
+    def names(inputs: list[Path], tail: str) -> re.Pattern:
+        stems = "|".join(sorted({re.escape(p.stem) for p in inputs}, key=len, reverse=True)) or "(?!)"
+        return re.compile(rf"(?P<stem>{stems})_*{tail}", re.IGNORECASE)
+
+    videos = [p for p in paths if is_video(p)]
+    video_files, video_masks = names(videos, r"_(overlay|effect|masks)\.(mp4|mov|mkv)"), names(videos, "")
+    image_files = names([p for p in paths if not is_video(p)], r"(_z\d{4})?\.(png|tif)")
+    owners = {p.stem.lower(): p for p in reversed(paths)}  # the first input of each stem
+    root = out_dir.absolute().resolve()
+    for path in paths:
+        where = _where(path)
+        if not where.parent.is_relative_to(root):
+            continue
+        folder, name = where.parent.relative_to(root).parts, where.name
+        if folder == ():  # a video's files
+            match = video_files.fullmatch(name)
+        elif len(folder) == 1 and folder[0] in OUTPUT_KEYS:  # an image's
+            match = image_files.fullmatch(name)
+        else:  # a video's masks as PNGs
+            frame = len(folder) == 2 and folder[0] == "masks" and re.fullmatch(r"\d{6}\.png", name)
+            match = video_masks.fullmatch(folder[1]) if frame else None
+        if match:
+            raise DataError(
+                f"input {path} is where this run writes an output of {owners[match['stem'].lower()]}, and would be "
+                "replaced: choose an --out outside the input folders"
+            )
 
 
 def output_names(stem: str, pages: int) -> set[str]:
@@ -300,11 +367,11 @@ def predict(
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1 (video frames per forward pass)")
     if foreground is not None and effect is None:
         raise ConfigError("--foreground chooses the classes an --effect keeps: add --effect, or leave it out")
-    # an earlier prediction's legend in an --out that is also the input folder is no input; a user's own is
-    legend_path = own_legend(out_dir)
-    paths = [p for p in expand_inputs(inputs) if legend_path is None or Path(p).resolve() != legend_path.resolve()]
+    # an earlier prediction's files in an --out that is also the input folder are no inputs; a user's own are
+    paths = earlier_outputs_left_out(inputs, expand_inputs(inputs), out_dir)
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
+    check_inputs_kept(paths, out_dir)
     predictor = Predictor(
         checkpoint,
         device=device,

@@ -242,7 +242,12 @@ def predict_video(
     start = time.perf_counter()
     made_mask_dir = False
     try:
-        size = {"fps": info.fps, "width": info.width, "height": info.height}
+        size = {
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "sample_aspect_ratio": info.sample_aspect_ratio,
+        }
         if overlay_video:
             files["overlay"] = str(out_dir / f"{stem}_overlay.mp4")
             writers["overlay"] = VideoWriter(files["overlay"], codec=codec, audio_from=audio_from, **size)

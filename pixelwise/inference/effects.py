@@ -45,6 +45,8 @@ DIRECT_SIGMA = 8.0
 sigma hides the loss) so that the kernel stays small: the cost stays flat in the strength."""
 MAX_SIGMA = 1e6
 """Strengths beyond it blur as it does (any image that fits in memory is then one colour); 1e308 overflowed."""
+MIN_SIGMA = 0.1
+"""Strengths below it leave the image as it is: a neighbour's weight is under 1e-21, which moves no uint8 value."""
 Probabilities = np.ndarray | torch.Tensor
 
 
@@ -107,6 +109,8 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``H x W x 3`` uint8 blurred by a Gaussian of standard deviation ``sigma`` pixels."""
     if not sigma > 0:
         raise ConfigError(f"blur strength {sigma}: must be > 0 (a Gaussian sigma in pixels)")
+    if sigma < MIN_SIGMA:  # moves no pixel; far smaller underflowed to 0 in float32, a NaN kernel (black)
+        return np.array(image, dtype=np.uint8)
     sigma = min(sigma, MAX_SIGMA)
     h, w = image.shape[:2]
     if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. np.asarray of a PIL image)
@@ -137,13 +141,15 @@ def blur(image: np.ndarray, alpha: np.ndarray, sigma: float | None = None) -> np
 def parse_colour(text: str) -> tuple[int, int, int] | None:
     """``#00b140``, ``0,177,64``, ``rgb(0,177,64)`` or a CSS name (``green``) as RGB; None if it is none of those."""
     parts = text.split(",")
-    if len(parts) == 3 and all(p.strip().isdecimal() for p in parts):
-        rgb = tuple(int(p) for p in parts)
-        return rgb if all(0 <= v <= 255 for v in rgb) else None  # type: ignore[return-value]
-    try:
-        return ImageColor.getrgb(text)[:3]
+    try:  # int() refuses over 4300 digits with a ValueError
+        if len(parts) == 3 and all(p.strip().isdecimal() for p in parts):
+            rgb = tuple(int(p) for p in parts)
+        else:
+            rgb = ImageColor.getrgb(text)[:3]
     except ValueError:
         return None
+    # ImageColor passes rgb(300,0,0) and hsl(0,100%,150%) through: as uint8 they wrapped to another colour
+    return rgb if all(0 <= v <= 255 for v in rgb) else None  # type: ignore[return-value]
 
 
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -214,7 +220,8 @@ def parse_classes(text: str | Sequence[str | int], classes: Sequence[str], optio
     for item in items:
         if not item:
             continue
-        index = int(item) if item.isdecimal() else lower.get(item.lower())  # not isdigit: int("²") fails
+        # not isdigit: int("²") fails; nor int() of over 4300 digits (no such class anyway)
+        index = int(item) if item.isdecimal() and len(item) < 100 else lower.get(item.lower())
         if index is None or not 0 <= index < len(classes):
             raise ConfigError(f"{option} {item!r}: no such class; the model's classes are {class_list(classes)}")
         if index not in out:
@@ -257,6 +264,8 @@ class Effect:
             raise ConfigError(f"--effect {self.name!r}; valid: {EFFECT_SYNTAX}")
         if self.name == "replace" and self.background is None:
             raise ConfigError("--effect replace needs a background: replace=IMAGE_OR_COLOUR")
+        if isinstance(self.background, tuple) and not all(0 <= v <= 255 for v in self.background):
+            raise ConfigError(f"--effect replace={self.background}: each colour channel must be 0 to 255")
         if self.name == "highlight" and not self.palette:
             raise ConfigError("--effect highlight needs the model's palette")
         if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):  # nan passes "<= 0"
@@ -343,6 +352,7 @@ def read_background(value: str | os.PathLike) -> tuple[int, int, int] | np.ndarr
     colour = parse_colour(str(value))
     if colour is None:
         raise ConfigError(
-            f"--effect replace={value}: no such image file, and not a colour (e.g. #00b140, green, 0,177,64)"
+            f"--effect replace={value}: no such image file, and not a colour (e.g. #00b140, green, 0,177,64; "
+            "each channel 0 to 255)"
         )
     return colour

@@ -43,12 +43,24 @@ def create_app(checkpoint: Any, **options: Any) -> FastAPI:
     return _create_app(checkpoint, **options)
 
 
+def ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``text`` spells (``::1``, ``127.0.0.2``, the short ``127.1`` that getaddrinfo binds too; an
+    IPv4-mapped IPv6 one as its IPv4 address); None for a name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        try:  # inet_aton takes the IPv4 forms with fewer dots; only digits and dots (it also skips trailing junk)
+            address = ipaddress.IPv4Address(socket.inet_aton(text)) if text.replace(".", "").isdigit() else None
+        except OSError:
+            address = None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
 def check_host(host: str) -> bool:
     """Warn when ``host`` is reachable from other machines (a wildcard or a non-loopback address): the server
     has no authentication, and anyone who reaches the port can send it work. True for a loopback host."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:  # a name: loopback only if it is "localhost"
+    address = ip_literal(host)
+    if address is None:  # a name: loopback only if it is "localhost"
         if host != "localhost":
             log.warning("serving on %s: every machine that can reach that name can use the model", host)
         return host == "localhost"
@@ -149,4 +161,4 @@ def run(
         raise KeyboardInterrupt
 
 
-__all__ = ["INSTALL_HINT", "bind", "check_host", "check_port", "create_app", "make_server", "run"]
+__all__ = ["INSTALL_HINT", "bind", "check_host", "check_port", "create_app", "ip_literal", "make_server", "run"]

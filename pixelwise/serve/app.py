@@ -40,6 +40,7 @@ from ..inference import InferenceSettings, effects
 from ..models import input_channels
 from ..models.registry import smallest_input
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
+from . import ip_literal
 from .upload import RequestError, decode_upload, one_line, safe_name
 from .worker import BoundedWorker, QueueFull
 
@@ -97,18 +98,28 @@ class LoopbackHosts:
     """ASGI middleware for a server bound to a loopback address: a request whose ``Host`` header names another
     host is refused (400). A web page whose own name an attacker points at 127.0.0.1 (DNS rebinding) would
     otherwise read the model's answers and spend its CPU from the visitor's browser. Requests without a
-    ``Host`` header (HTTP/1.0 tools; browsers always send one) pass."""
-
-    ALLOWED = frozenset({"localhost", "127.0.0.1", "[::1]"})
+    ``Host`` header (HTTP/1.0 tools; browsers always send one) pass, and so does any loopback address literal
+    (``127.0.0.2``, ``[0:0:0:0:0:0:0:1]``: no page can rebind an address, and the bound one is among them)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
+    @staticmethod
+    def allowed(host: str) -> bool:
+        """Whether the ``Host`` header ``host`` (with or without a port) names this machine."""
+        if host.startswith("["):  # [IPv6]:port, nothing after the bracket but the port
+            name, bracket, rest = host[1:].partition("]")
+            if not bracket or rest and not rest.startswith(":"):
+                return False
+        else:
+            name = host.rsplit(":", 1)[0]
+        address = ip_literal(name)
+        return name.lower() == "localhost" if address is None else address.is_loopback
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
-            if host and name.lower() not in self.ALLOWED:
+            if host and not self.allowed(host):
                 response = error_response(
                     400,
                     f"host {host!r} is not this server's: it listens on a loopback address and answers requests "
@@ -258,7 +269,9 @@ class Segmenter:
                 colour = effects.parse_colour(value) if value else None
                 if colour is None:
                     raise RequestError(
-                        400, f"effect={spec!r}: give the background colour, e.g. replace=#00b140, replace=green"
+                        400,
+                        f"effect={spec!r}: give the background colour, e.g. replace=#00b140, replace=green (each "
+                        "channel 0 to 255)",
                     )
                 kwargs["background"], kwargs["background_source"] = colour, value
             return effects.Effect(name, fg, **kwargs)
@@ -335,6 +348,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The image bytes and their name: the multipart field ``image`` (file name from the form), else the whole
     body (``upload``). The body is counted as it arrives and refused past ``max_bytes``."""
     declared = request.headers.get("content-length")
+    if declared is not None and declared.isdecimal() and len(declared.lstrip("0")) > 18:  # int(): 4300 digits at most
+        raise RequestError(413, f"request body is over the limit of {max_bytes} bytes")
     if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise RequestError(413, f"request body is {int(declared)} bytes, over the limit of {max_bytes} bytes")
     chunks, total = [], 0
