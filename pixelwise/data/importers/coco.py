@@ -32,7 +32,6 @@ Split mapping for all three: a set whose name starts with ``train`` -> train, ``
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 from ...errors import DataError, PixelwiseError
 from ..info import default_palette
 from ..io import IMAGE_EXTENSIONS
-from .plan import Converted, Item, Plan, lut, read_index_png, read_rgb_png, relabel
+from .plan import Converted, Item, Plan, lut, read_index_png, read_json_object, read_rgb_png, relabel
 
 COCO_EXTRA = "coco"
 """The pip extra that brings pycocotools (``pip install 'pixelwise[coco]'``)."""
@@ -132,16 +131,6 @@ def _image_dir(src: Path, set_name: str) -> Path:
         if folder.is_dir():
             return folder
     raise DataError(f"no image folder {src / set_name} (nor {src / 'images' / set_name}) for the {set_name} set")
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a COCO annotation file (a JSON object with images and categories)")
-    return data
 
 
 def _entries(data: dict[str, Any], key: str, path: Path, plan_skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -307,7 +296,7 @@ def plan_coco(src: Path, palette: Path | None = None) -> Plan:
     reference: list[tuple[int, str]] = []
     for split, (set_name, path) in sorted(sets.items()):
         images = _image_dir(src, set_name)
-        data = _load_json(path)
+        data = read_json_object(path, "a COCO annotation file (a JSON object with images and categories)")
         cats = _categories(data, path)
         key = [(int(c["id"]), str(c["name"])) for c in cats]
         if plan is None:
@@ -419,7 +408,7 @@ def plan_coco_panoptic(src: Path, palette: Path | None = None) -> Plan:
         pngs = src / "annotations" / f"panoptic_{set_name}"
         if not pngs.is_dir():
             raise DataError(f"{pngs} does not exist: unpack annotations/panoptic_{set_name}.zip there")
-        data = _load_json(path)
+        data = read_json_object(path, "a COCO annotation file (a JSON object with images and categories)")
         cats = _categories(data, path)
         key = [(int(c["id"]), str(c["name"])) for c in cats]
         if plan is None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -39,23 +38,21 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ...errors import DataError
 from ..info import default_palette
-from .plan import Converted, Item, Plan, describe_unknown, relabel
+from .plan import Converted, Item, Plan, describe_unknown, read_json_object, relabel
 from .rgb import load_palette_file
 
 BACKGROUND = "background"
 BACKGROUND_LABELS = ("_background_", "background")
+LABELME_FILE = "a LabelMe file (no 'shapes' list)"
 IGNORE_LABEL = "__ignore__"  # labelme2voc's labels.txt: class id -1, pixels to ignore
 AREA_SHAPES = ("polygon", "rectangle", "circle")
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        raise DataError(f"{path} is not a LabelMe file (no 'shapes' list)")
+    data = read_json_object(path, LABELME_FILE)
+    if not isinstance(data.get("shapes"), list):
+        raise DataError(f"{path} is not {LABELME_FILE}")
     return data
 
 

@@ -4,6 +4,7 @@ annotation PNGs and split lists, lookup tables, instance ids renumbered, unknown
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,18 @@ def relabel(ids: np.ndarray) -> np.ndarray:
     if not (uniq.size and uniq[0] == 0):  # no background among the ids: the first id becomes 1
         new += 1
     return new[inverse.reshape(ids.shape)].astype(np.uint16)
+
+
+def read_json_object(path: Path, kind: str, what: str = "") -> dict[str, Any]:
+    """A JSON file (UTF-8, a BOM dropped) holding an object; a DataError naming the file otherwise, saying it is not
+    ``kind`` (what it should be) when it holds something else. ``what`` prefixes the file in read errors."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what}{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not {kind}")
+    return data
 
 
 def read_list(path: Path) -> list[str]:

@@ -13,7 +13,6 @@ high-depth images) and ``masks_oriented`` (the masks are drawn on the turned ima
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,17 @@ import numpy as np
 from ...errors import DataError
 from ..info import MASKS_ORIENTED, check_colour, check_image_range  # the check data check makes, before any work
 from ..io import IMAGE_EXTENSIONS
-from .plan import Converted, Item, Plan, describe_unknown, read_int_png, read_rgb_png
+from .plan import Converted, Item, Plan, describe_unknown, read_int_png, read_json_object, read_rgb_png
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+CLASSES_JSON = "a classes.json (a JSON object with a 'classes' list)"
 """Lossless files a colour mask may come in (a JPEG's colours are not exact)."""
 
 
 def load_palette_file(path: Path) -> dict[str, Any]:
     """The classes.json given as ``--palette``: classes, optional palette (as colour tuples), ignore index and
     colour, instance classes. DataError naming the file for anything malformed."""
-    raw = load_json_object(path, "palette file ")
+    raw = read_json_object(path, CLASSES_JSON, "palette file ")
     try:
         classes = [str(c) for c in raw["classes"]]
     except (KeyError, TypeError):
@@ -65,17 +65,6 @@ def load_palette_file(path: Path) -> dict[str, Any]:
         "instance_classes": things,
         "raw": raw,
     }
-
-
-def load_json_object(path: Path, what: str = "") -> dict[str, Any]:
-    """A JSON file (UTF-8) as a dict; DataError naming it otherwise."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {what}{path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: not a classes.json (a JSON object with a 'classes' list)")
-    return raw
 
 
 def _codes(rgb: np.ndarray) -> np.ndarray:
@@ -152,7 +141,7 @@ def plan_rgb(src: Path, palette: Path | None = None) -> Plan:
     plan.notes.append(f"mask colours -> classes by the palette of {palette_path}")
     native_path = src / "classes.json"  # SRC's own, even beside --palette: it describes SRC's images
     if native_path.is_file():
-        native = load_json_object(native_path) if native_path != palette_path else spec["raw"]
+        native = read_json_object(native_path, CLASSES_JSON) if native_path != palette_path else spec["raw"]
         if native.get("image_range") is not None:
             check_image_range(native["image_range"], native_path)
             plan.extra["image_range"] = native["image_range"]
