@@ -51,13 +51,17 @@ def square_frames(n: int = N) -> list[np.ndarray]:
     return frames
 
 
-def write_video(path, frames, fps=FPS, codec="libx264", audio: str | None = None, sample_rate: int = 8000, times=None):
+def write_video(
+    path, frames, fps=FPS, codec="libx264", audio: str | None = None, sample_rate: int = 8000, times=None, setup=None
+):
     """``frames`` encoded with PyAV, with a sine tone in ``audio`` (an audio codec name) for the video's length;
     with ``times`` (seconds, kept to the millisecond) each frame at its own time: a variable-rate video, as phones
-    record."""
+    record; ``setup(stream)`` sets more of the video stream (a display matrix, a sample aspect ratio)."""
     out = av.open(str(path), "w")
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    if setup is not None:
+        setup(stream)
     if times is not None:
         stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
     astream = out.add_stream(audio, rate=sample_rate) if audio else None
@@ -625,20 +629,9 @@ def test_audio_at_a_rate_aac_does_not_take_is_resampled(predictor, tmp_path):
 def test_frames_come_as_their_display_matrix_shows_them(tmp_path, degrees, flips, size, rows, cols):
     """As ffmpeg shows them: a rotation and a mirror (a mirror alone was taken for a 180 turn)."""
     path = tmp_path / "m.mp4"
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=FPS)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-    stream.set_display_rotation(degrees, **flips)
     frame = np.zeros((H, W, 3), np.uint8)
     frame[:8, :8] = 255  # a marker at the stored top-left
-    for i in range(2):
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts = i
-        for packet in stream.encode(vf):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
+    write_video(path, [frame, frame], setup=lambda stream: stream.set_display_rotation(degrees, **flips))
     first = next(read_frames(path))
     ys, xs = np.nonzero(first[..., 0] > 128)
     assert (first.shape[:2], ys.min(), ys.max(), xs.min(), xs.max()) == (size, rows, rows + 7, cols, cols + 7)
@@ -648,18 +641,7 @@ def test_frames_come_as_their_display_matrix_shows_them(tmp_path, degrees, flips
 def test_an_anamorphic_video_keeps_its_pixel_shape(predictor, tmp_path):
     """Pixels twice as wide as high (a sample aspect ratio of 2): the outputs had square ones, shown squeezed."""
     path = tmp_path / "wide.mp4"
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=FPS)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-    stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
-    for i, frame in enumerate(square_frames(4)):
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts = i
-        for packet in stream.encode(vf):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
+    write_video(path, square_frames(4), setup=lambda s: setattr(s.codec_context, "sample_aspect_ratio", Fraction(2)))
     assert probe_video(path).sample_aspect_ratio == Fraction(2)
     effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="c2")
     files = predict_video(predictor, path, tmp_path / "out", masks="video", effect=effect, progress=False)
