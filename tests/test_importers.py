@@ -217,6 +217,35 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(dst.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("convert", MemoryError("out of memory")),
+        ("convert", AttributeError("a bug")),
+        ("write", OSError(28, "No space")),
+    ],
+)
+def test_a_bug_or_the_machine_failing_stops_the_import_whole(tmp_path, monkeypatch, where, error):
+    """A malformed file is its item's listed skip; our own bug, memory or a full disk are not: the import stops and
+    leaves nothing (it committed the data set without the item, listing the full disk as a skip)."""
+    import pixelwise.data.importers.writer as writer
+    from pixelwise.data.importers import voc
+
+    src = make_voc(tmp_path / "src", stems_train=tuple(f"2007_{i:06d}" for i in range(3)))
+    name, module = ("_voc_converter", voc) if where == "convert" else ("_save_png", writer)
+    original = getattr(module, name)
+
+    def failing(*args):
+        if "2007_000001" in str(args):
+            raise error
+        return original(*args)
+
+    monkeypatch.setattr(module, name, failing)
+    with pytest.raises(type(error)):
+        import_dataset("voc", src, tmp_path / "dst", progress=False, workers=1)
+    assert not (tmp_path / "dst").exists()
+
+
 def test_voc_test_split_without_masks(tmp_path):
     src = make_voc(tmp_path / "src")
     save_jpeg(src / "JPEGImages" / "2008_000001.jpg")

@@ -37,6 +37,9 @@ IGNORE_COLOUR = (255, 255, 255)
 """The colour the written palette PNG masks show ignore pixels in (only their look: the pixels hold the index)."""
 
 
+# errors of a converter that are no malformed file: our own bugs and the machine's limits
+OURS_OR_THE_MACHINES = (MemoryError, AttributeError, NameError, AssertionError, RecursionError)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -111,8 +114,10 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
     except DataError as e:
         res.skipped.append((source, str(e)))
         return res
+    except OURS_OR_THE_MACHINES:  # a bug of ours, or out of memory: the import stops (all or nothing)
+        raise
     except Exception as e:  # a reader's own error on one malformed file (scipy, numpy, Pillow): skip that item
-        log.debug("cannot convert %s", source, exc_info=True)  # the traceback, should it be a bug of ours
+        log.debug("cannot convert %s", source, exc_info=True)
         res.skipped.append((source, f"cannot convert: {_error_line(e)}"))
         return res
     res.skipped += conv.skipped
@@ -185,12 +190,10 @@ def _process(item: Item, plan: Plan, staging: Path, link: bool) -> _Result:
         res.histogram = hist
         res.written = True
         return res
-    except Exception as e:  # DataError, or a reader's own error on this item's files: skip it, keep the rest
+    except DataError as e:  # this item's files (others, e.g. a full disk, stop the import: all or nothing)
         for p in written:
             p.unlink(missing_ok=True)
-        if not isinstance(e, DataError):
-            log.debug("cannot write %s", source, exc_info=True)
-        res.skipped.append((source, str(e) if isinstance(e, DataError) else f"cannot write: {_error_line(e)}"))
+        res.skipped.append((source, str(e)))
         res.oriented = False
         return res
 
