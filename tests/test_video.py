@@ -24,6 +24,7 @@ from .test_engine import toy_config
 av = pytest.importorskip("av", reason="video needs PyAV: pip install 'pixelwise[video]'")
 
 from pixelwise.data.video import VideoWriter, choose_codec, is_video, probe_video, read_frames  # noqa: E402
+from pixelwise.engine.prediction_files import check_inputs_kept, earlier_outputs_left_out  # noqa: E402
 from pixelwise.engine.video import (  # noqa: E402
     FlickerMeter,
     TemporalEMA,
@@ -549,6 +550,19 @@ def test_an_input_that_an_output_would_replace_is_refused_before_any_work(checkp
             "copy it elsewhere first, or choose another --out"
         )
         assert listed.is_file()
+    # our own legend, which a shell's "out/*.png" names, is left out quietly as before
+    legend = earlier / "legend.png"
+    assert legend.is_file() and earlier_outputs_left_out([legend], [legend], earlier) == []
+
+
+def test_only_the_outputs_this_run_writes_are_guarded(tmp_path):
+    """A user's a_effect.mp4 or a_masks.mkv beside a.mp4 is an input unless this run writes that file."""
+    a, effect, masks = tmp_path / "a.mp4", tmp_path / "a_effect.mp4", tmp_path / "a_masks.mkv"
+    check_inputs_kept([a, effect, masks], tmp_path)  # without --effect and --video-masks video: not written
+    with pytest.raises(DataError, match="^input .*a_effect.mp4 is where this run writes an output of"):
+        check_inputs_kept([a, effect], tmp_path, effect=True)
+    with pytest.raises(DataError, match="^input .*a_masks.mkv is where this run writes an output of"):
+        check_inputs_kept([a, masks], tmp_path, video_masks="video")
 
 
 def write_late_ts(path, frames, start, audio=None, rate=16000):

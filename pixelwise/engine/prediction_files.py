@@ -181,8 +181,9 @@ def earlier_outputs_left_out(inputs: Sequence[str | os.PathLike], paths: list[Pa
     def listed(path: Path) -> bool:  # (or in a listed folder: a video's masks as PNGs)
         return _where(path) in earlier or _where(path).parent in earlier
 
+    legend = _where(out_dir / LEGEND)  # ours alone: left out quietly, as a shell's "photos/*.png" names it
     for item in inputs:
-        if Path(item).is_file() and listed(Path(item)):
+        if Path(item).is_file() and listed(Path(item)) and _where(Path(item)) != legend:
             raise DataError(
                 f"input {item} is an output of the earlier prediction in --out {out_dir}, which --overwrite removes: "
                 "copy it elsewhere first, or choose another --out"
@@ -190,17 +191,27 @@ def earlier_outputs_left_out(inputs: Sequence[str | os.PathLike], paths: list[Pa
     return [p for p in paths if not listed(p)]
 
 
-def check_inputs_kept(paths: list[Path], out_dir: Path) -> None:
+def check_inputs_kept(
+    paths: list[Path], out_dir: Path, *, effect: bool = False, video_masks: str | None = None
+) -> None:
     """An input where this run writes one of its outputs (``a_overlay.mp4`` beside ``a.mp4`` with --out their
-    folder; ``overlay/b.png`` with --out its parent) would be replaced, maybe before it is read: refused. Names
-    are matched loosely (a stem may take ``_`` suffixes, a stack ``_z0000`` ...): a false alarm costs a rename."""
+    folder; ``overlay/b.png`` with --out its parent) would be replaced, maybe before it is read: refused. Only the
+    outputs this run writes (``effect``, ``video_masks`` as :func:`predict`'s); names are matched loosely (a stem
+    may take ``_`` suffixes, a stack ``_z0000`` ...): a false alarm costs a rename."""
 
     def names(inputs: list[Path], tail: str) -> re.Pattern:
         stems = "|".join(sorted({re.escape(p.stem) for p in inputs}, key=len, reverse=True)) or "(?!)"
         return re.compile(rf"(?P<stem>{stems})_*{tail}", re.IGNORECASE)
 
     videos = [p for p in paths if is_video(p)]
-    video_files, video_masks = names(videos, r"_(overlay|effect|masks)\.(mp4|mov|mkv)"), names(videos, "")
+    written = [
+        r"overlay\.mp4",
+        *([r"effect\.(mp4|mov)"] if effect else []),
+        *([r"masks\.mkv"] if video_masks == "video" else []),
+    ]
+    video_files = names(videos, rf"_({'|'.join(written)})")
+    video_mask_folders = names(videos if video_masks == "png" else [], "")
+    folders = {"masks", "color", "overlay", "instances", "instance_overlay", *(["effect"] if effect else [])}
     image_files = names([p for p in paths if not is_video(p)], r"(_z\d{4})?\.(png|tif)")
     owners = {p.stem.lower(): p for p in reversed(paths)}  # the first input of each stem
     root = out_dir.absolute().resolve()
@@ -211,11 +222,11 @@ def check_inputs_kept(paths: list[Path], out_dir: Path) -> None:
         folder, name = where.parent.relative_to(root).parts, where.name
         if folder == ():  # a video's files
             match = video_files.fullmatch(name)
-        elif len(folder) == 1 and folder[0] in OUTPUT_KEYS:  # an image's
+        elif len(folder) == 1 and folder[0] in folders:  # an image's
             match = image_files.fullmatch(name)
         else:  # a video's masks as PNGs
             frame = len(folder) == 2 and folder[0] == "masks" and re.fullmatch(r"\d{6}\.png", name)
-            match = video_masks.fullmatch(folder[1]) if frame else None
+            match = video_mask_folders.fullmatch(folder[1]) if frame else None
         if match:
             raise DataError(
                 f"input {path} is where this run writes an output of {owners[match['stem'].lower()]}, and would be "
@@ -371,7 +382,7 @@ def predict(
     paths = earlier_outputs_left_out(inputs, expand_inputs(inputs), out_dir)
     if not paths:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}")
-    check_inputs_kept(paths, out_dir)
+    check_inputs_kept(paths, out_dir, effect=effect is not None, video_masks=video_masks)
     predictor = Predictor(
         checkpoint,
         device=device,
