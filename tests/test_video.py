@@ -619,6 +619,16 @@ def test_a_timestamp_jump_back_keeps_the_frames_evenly_spaced(predictor, tmp_pat
         assert frame_times(files[key]) == pytest.approx([i / FPS for i in range(16)], abs=1e-3), key
 
 
+def test_a_frame_time_a_little_early_is_jitter_not_a_join(tmp_path):
+    """A frame 1 ms before the last one's time goes one tick after it, and the rest keep their times (taken for a
+    join, every later frame came out a frame late, drifting from the audio)."""
+    times = [0, 0.04, 0.08, 0.079, 0.12, 0.16]
+    with VideoWriter(tmp_path / "j.mp4", fps=FPS, width=W, height=H) as w:
+        for frame, t in zip(square_frames(6), times, strict=True):
+            w.write(frame, t)
+    assert frame_times(tmp_path / "j.mp4") == pytest.approx([0, 0.04, 0.08, 0.08, 0.12, 0.16], abs=2e-3)
+
+
 def test_audio_at_a_rate_aac_does_not_take_is_resampled(predictor, tmp_path):
     """PCM at 192 kHz, above AAC's 96 kHz: the encoder refused it at the first mux and the whole video failed."""
     clip = write_video(tmp_path / "pcm.mkv", square_frames(), codec="ffv1", audio="pcm_s16le", sample_rate=192000)

@@ -233,6 +233,10 @@ def choose_codec(codec: str = "auto") -> str:
     raise PixelwiseError(f"video codec {codec!r} is not in PyAV's FFmpeg build: use auto, {H264} or {FALLBACK}")
 
 
+JOIN_JUMP_FRAMES = 3
+"""A frame time this many frames before the last one's starts a new segment (joined files), not jitter."""
+
+
 class VideoWriter:
     """Frames encoded into ``path`` as they are written (``with VideoWriter(...) as w: w.write(frame)``).
 
@@ -338,16 +342,17 @@ class VideoWriter:
     def _seconds(self, time: float) -> float:
         """An input frame time as the output's: counted from the first frame (a TV recording's clock starts hours
         in: the outputs began with that long a blank, the audio moved alike), and after a jump back (.ts files
-        joined) following on 1 / fps later (the rest had come out on one tick)."""
+        joined) following on 1 / fps later (the rest had come out on one tick). A step back of a frame or so is
+        jitter, not a join: that frame goes one tick after the last, as before, and the rest keep their times."""
         if self._origin is None:
             self._origin = time
             if self._audio is not None:
                 self._audio.offset = time
         seconds = time - self._origin + self._shift
-        if self.frames and seconds < self._last_seconds:
+        if self.frames and seconds < self._last_seconds - JOIN_JUMP_FRAMES / float(self.fps):
             self._shift += self._last_seconds + 1 / float(self.fps) - seconds
             seconds = self._last_seconds + 1 / float(self.fps)
-        self._last_seconds = seconds
+        self._last_seconds = max(seconds, self._last_seconds)
         return seconds
 
     def close(self) -> None:
