@@ -25,7 +25,7 @@ from .inference.instance_settings import InstanceSettings
 from .inference.protocol import InferenceSettings
 from .losses import check_loss_config
 from .losses.class_weights import METHODS as CLASS_WEIGHT_METHODS
-from .models import list_models, model_arguments
+from .models import list_models, model_arguments, model_defaults
 from .models.panoptic import INSTANCE_HEADS
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -297,6 +297,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             f"valid: {', '.join('model.' + k for k in ['name', *valid])}"
         )
     out["model"] = model
+    built = {**model_defaults(model["name"]), **model}
+    # refused in configs, not in the builder: older runs' checkpoints hold it (it was ignored) and must still load
+    if built.get("tile_size") is not None and built.get("padding") == "same":
+        raise ConfigError(
+            "model.tile_size applies to padding: valid (the overlap-tile prediction); a same-padded U-Net runs on "
+            "the whole image: remove model.tile_size, or set model.padding: valid"
+        )
     if out["data"]["dataset"] is None:
         raise ConfigError("config needs data.dataset (the data set's folder name under the data root)")
     _check_ranges(out)

@@ -807,11 +807,18 @@ def test_pretrained_backbone_path_expands_the_home_folder(tmp_path, monkeypatch)
 
 
 def test_same_padded_unet_refuses_tile_size():
-    """tile_size is the valid U-Net's overlap-tile output size: with padding same it was ignored silently."""
+    """tile_size is the valid U-Net's overlap-tile output size: with padding same it was ignored silently. A config
+    is refused; the builder still takes it, for the checkpoints of runs that set it (they must load)."""
+    from pixelwise.config import validate_config
+
+    config = {"model": {"name": "unet", "tile_size": 64}, "data": {"dataset": "toy"}}
     with pytest.raises(ConfigError) as e:
-        build_model("unet", num_classes=2, base_channels=4, depth=2, tile_size=64)
+        validate_config(config)
     assert str(e.value) == (
-        "model 'unet': tile_size applies to padding: valid (the overlap-tile prediction); a same-padded U-Net runs "
-        "on the whole image: remove tile_size, or set padding: valid"
+        "model.tile_size applies to padding: valid (the overlap-tile prediction); a same-padded U-Net runs on the "
+        "whole image: remove model.tile_size, or set model.padding: valid"
     )
+    config["model"]["padding"] = "valid"
+    assert validate_config(config)["model"]["tile_size"] == 64
+    assert build_model("unet", num_classes=2, base_channels=4, depth=2, tile_size=64).tile_size == 64
     assert build_model("unet", num_classes=2, base_channels=4, depth=2, padding="valid", tile_size=20).tile_size == 20

@@ -109,11 +109,6 @@ class UNet(nn.Module):
             raise ValueError(f"base_channels ({base_channels}) and depth ({depth}) must be >= 1")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if tile_size is not None and padding == "same":  # the overlap-tile output size; same padding ignored it
-            raise ValueError(
-                "tile_size applies to padding: valid (the overlap-tile prediction); a same-padded U-Net runs on the "
-                "whole image: remove tile_size, or set padding: valid"
-            )
         self.padding = padding
         self.depth = depth
         self.tile_size = tile_size
