@@ -4,6 +4,7 @@ without loading torch: a package lists what it exports from each of its submodul
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,7 +18,9 @@ def lazy_exports(
     home = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> object:
-        if name not in home:
+        if name not in home:  # a submodule, which the package imported eagerly before (``pixelwise.data.io``)
+            if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+                return importlib.import_module(f"{package}.{name}")
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(home[name], package), name)
         setattr(sys.modules[package], name, value)

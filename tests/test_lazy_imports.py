@@ -57,3 +57,19 @@ def test_every_import_format_has_its_reader():
     for fmt in FORMATS:
         reader = format_reader(fmt)
         assert callable(reader) and reader.__name__ == "plan_" + fmt.replace("-", "_")
+
+
+def test_submodules_are_attributes_as_before():
+    """The packages imported their submodules eagerly, so ``pixelwise.data.io`` worked after ``import pixelwise``
+    alone; it still does (a fresh interpreter: nothing imported them yet)."""
+    code = (
+        "import pixelwise, pixelwise.data, pixelwise.crf\n"
+        "from pixelwise.crf.search import DEFAULT_GRID\n"
+        "print(callable(pixelwise.models.build_model), callable(pixelwise.data.io.read_image),\n"
+        "      callable(pixelwise.crf.mean_field.dense_crf),\n"
+        "      pixelwise.crf.dense_crf is pixelwise.crf.mean_field.dense_crf,\n"
+        "      'w1' in DEFAULT_GRID)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True"] * 5

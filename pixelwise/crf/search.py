@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text, dump_yaml, load_yaml
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
-from .settings import CRFSettings
+from .settings import DEFAULT_GRID, GRID_PARAMETERS, CRFSettings  # noqa: F401  (the grid's defaults, importable here too)
 
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 
