@@ -12,6 +12,13 @@ import pytest
 LAZY_PACKAGES = ["pixelwise", "pixelwise.crf", "pixelwise.data", "pixelwise.data.importers"]
 
 
+def run_fresh(code: str) -> str:
+    """What ``code`` prints in a new interpreter (where nothing of pixelwise is imported yet)."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 def test_the_parser_is_built_without_torch_numpy_or_pillow():
     code = (
         "import sys\n"
@@ -24,10 +31,9 @@ def test_the_parser_is_built_without_torch_numpy_or_pillow():
         "        pass\n"
         "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'torchvision', 'timm') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
-    assert "coco-panoptic" in proc.stdout and "--theta-alpha" in proc.stdout  # the lists the parser reads
+    out = run_fresh(code)
+    assert out.strip().splitlines()[-1] == "[]"
+    assert "coco-panoptic" in out and "--theta-alpha" in out  # the lists the parser reads
 
 
 @pytest.mark.parametrize("package", LAZY_PACKAGES)
@@ -70,6 +76,4 @@ def test_submodules_are_attributes_as_before():
         "      pixelwise.crf.dense_crf is pixelwise.crf.mean_field.dense_crf,\n"
         "      'w1' in DEFAULT_GRID)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["True"] * 5
+    assert run_fresh(code).split() == ["True"] * 5
