@@ -822,3 +822,25 @@ def test_same_padded_unet_refuses_tile_size():
     assert validate_config(config)["model"]["tile_size"] == 64
     assert build_model("unet", num_classes=2, base_channels=4, depth=2, tile_size=64).tile_size == 64
     assert build_model("unet", num_classes=2, base_channels=4, depth=2, padding="valid", tile_size=20).tile_size == 20
+
+
+@pytest.mark.parametrize("form", ["ddp_wrapped", "safetensors"])
+def test_init_from_takes_state_dicts_as_pretrained_backbone_does(tmp_path, form):
+    """A state dict saved from a DDP model under "state_dict" (as many training scripts do): pretrained_backbone
+    took it, train.init_from refused it ("66 unexpected key(s) ['module....'"); safetensors, which both take."""
+    from safetensors.torch import save_file
+
+    from pixelwise.models.weights import init_weights
+
+    torch.manual_seed(0)
+    source = build_model("unet", num_classes=3, base_channels=4, depth=2)
+    if form == "ddp_wrapped":
+        path = tmp_path / "ddp.pt"
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    else:
+        path = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    target = build_model("unet", num_classes=3, base_channels=4, depth=2)
+    init_weights(target, path)
+    pairs = zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

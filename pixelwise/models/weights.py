@@ -109,12 +109,18 @@ def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") 
             ) from None
     else:
         state = torch_load(path, what)
+    return _state_dict(state, f"{what}: {path} holds no state dict of tensors")
+
+
+def _state_dict(raw: Any, failure: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``raw``, unwrapped from ``state_dict`` or ``model`` (Lightning, many training scripts)
+    and without DataParallel's ``module.`` prefixes; a CheckpointError saying ``failure`` otherwise."""
     for key in ("state_dict", "model"):  # common wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{what}: {path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(failure)
+    return {k.removeprefix("module."): v for k, v in raw.items()}
 
 
 # --- pixelwise checkpoints ------------------------------------------------------------------------
@@ -328,17 +334,17 @@ def load_state(
 
 def init_weights(model: nn.Module, path: str | os.PathLike, *, partial: bool = False) -> None:
     """``train.init_from``: a pixelwise checkpoint, a torchvision DeepLab v3 state dict or a plain state dict
-    in the model's own layout. ``partial=True`` skips tensors whose shape differs (reported)."""
+    in the model's own layout (``.safetensors`` too; wrapped under ``state_dict``/``model``, ``module.`` prefixes
+    removed, as for ``pretrained_backbone``). ``partial=True`` skips tensors whose shape differs (reported)."""
     what = "train.init_from"
-    raw = torch_load(path, what)
+    path = Path(path).expanduser()
+    raw = read_state_file(path, what) if path.suffix.lower() == ".safetensors" else torch_load(path, what)
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         state = raw["model"]
     elif isinstance(raw, dict) and is_torchvision_deeplabv3(raw):
         state = map_torchvision_deeplabv3(raw)
-    elif isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values()):
-        state = raw
-    else:
-        raise CheckpointError(f"{what}: {path} is neither a pixelwise checkpoint nor a state dict")
+    else:  # a plain state dict, maybe wrapped or from DDP, as pretrained_backbone takes it
+        state = _state_dict(raw, f"{what}: {path} is neither a pixelwise checkpoint nor a state dict")
     load_state_dict(model, state, source=f"{what} {path}", skip_mismatched=partial)
 
 
