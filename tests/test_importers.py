@@ -1287,3 +1287,24 @@ def test_rgb_keeps_what_the_native_classes_json_says_of_the_images(tmp_path):
         f'{src / "classes.json"}: "image_range" must be [low, high], finite numbers with low < high, not [10, 1]'
     )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_reencoded_image_keeps_its_exif_orientation(tmp_path):
+    """A .jfif (a JPEG by Windows' name, re-encoded to PNG) stored 10 wide and 6 high with EXIF orientation 6:
+    LabelMe draws on it turned (6 x 10). The PNG lost the orientation, so the import refused the mask's size (a
+    square image would have had its mask silently turned against it)."""
+    from pixelwise.data import read_image
+
+    src = tmp_path / "lm"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((6, 10, 3), 90, np.uint8)).save(src / "a.jfif", format="JPEG", exif=exif)
+    shapes = [{"label": "cat", "points": [[0, 0], [5, 0], [5, 2], [0, 2]], "shape_type": "polygon"}]
+    annotation = {"shapes": shapes, "imagePath": "a.jfif", "imageHeight": 10, "imageWidth": 6}
+    (src / "a.json").write_text(json.dumps(annotation))
+    base, summary = imported(tmp_path, "labelme", src, workers=1)
+    assert summary.skipped == []
+    image, mask = read_image(base / "images/train/a.png"), mask_of(base, "train", "a")
+    assert image.shape[:2] == mask.shape == (10, 6)
+    assert (mask[:3] == 1).all() and (mask[3:] == 0).all()  # the cat as drawn: the top three rows

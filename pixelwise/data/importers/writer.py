@@ -63,8 +63,8 @@ def _mask_palette(palette: list[list[int]], ignore_index: int) -> list[int]:
     return flat
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    image.save(path, format="PNG", compress_level=6)
+def _save_png(image: Image.Image, path: Path, exif: Image.Exif | None = None) -> None:
+    image.save(path, format="PNG", compress_level=6, **({"exif": exif} if exif else {}))
 
 
 def _write_image(item: Item, conv: Converted, folder: Path, link: bool) -> Path:
@@ -77,7 +77,7 @@ def _write_image(item: Item, conv: Converted, folder: Path, link: bool) -> Path:
             name = f"{item.label} (imageData)"  # Pillow's messages name no file
             try:
                 with open_image(io.BytesIO(conv.image_bytes), "the image embedded in", name) as im:
-                    _save_png(im, out)
+                    _save_png(im, out, exif=im.getexif())  # its orientation, which the copied files keep too
             except DataError:
                 raise
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -91,7 +91,7 @@ def _write_image(item: Item, conv: Converted, folder: Path, link: bool) -> Path:
         out = folder / f"{item.stem}.png"
         try:
             with Image.open(src) as im:
-                _save_png(im, out)
+                _save_png(im, out, exif=im.getexif())  # its orientation, which the copied files keep too
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {src}: {e}") from None
         return out
