@@ -684,6 +684,29 @@ def test_a_tiff_with_a_broken_second_page_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_has_several_pages_seeks_to_the_second_page_only(tmp_path):
+    """A stack has several pages and stays on its first; one page, an MPO's extra pictures and a broken second
+    page each as the page rule says (the server's check of uploads)."""
+    from pixelwise.data.io import has_several_pages
+
+    save_stack(tmp_path / "s.tif", [np.full((4, 5), 10 * (i + 1), np.uint8) for i in range(3)])
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "one.tif")
+    with Image.open(tmp_path / "s.tif") as im:
+        assert has_several_pages(im) and im.tell() == 0 and np.asarray(im)[0, 0] == 10
+    with Image.open(tmp_path / "one.tif") as im:
+        assert not has_several_pages(im)
+    with Image.open(tmp_path / "s.tif") as im:
+        im.format = "MPO"  # a JPEG's extra pictures (previews, depth maps) are no pages
+        assert not has_several_pages(im)
+    data = bytearray((tmp_path / "s.tif").read_bytes())
+    first = struct.unpack_from("<I", data, 4)[0]
+    struct.pack_into("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0], len(data) + 99)
+    (tmp_path / "broken.tif").write_bytes(bytes(data))  # the second page's offset points past the file's end
+    with Image.open(tmp_path / "broken.tif") as im, pytest.raises(DataError, match="^cannot read image upload.tif: "):
+        has_several_pages(im, "upload.tif")
+
+
 def test_multipage_tiff(tmp_path):
     pages = [np.full((20, 24), 10 * (i + 1), np.uint8) for i in range(3)]
     write_dataset(tmp_path, splits={"train": 1})

@@ -156,8 +156,29 @@ def decode_image(
     return _decode(im, path, mode, image_range)
 
 
+def has_several_pages(im: Image.Image, name: str | os.PathLike | None = None) -> bool:
+    """Whether an opened image has a second page, found by seeking to it: :func:`page_count` walks every page, and
+    40,000 tiny TIFF pages (4 MB) take seconds. A JPEG's MPO extras are not pages. The first page stays current.
+    ``name`` names the image in the DataError of a broken second page (default: its file name)."""
+    if _pictures_not_pages(im):
+        return False
+    try:
+        im.seek(1)
+    except EOFError:  # (the first page stays the current one)
+        return False
+    except (OSError, ValueError, TypeError, SyntaxError) as e:  # a broken second page
+        raise DataError(f"cannot read image {name or getattr(im, 'filename', '')}: {e}") from None
+    im.seek(0)
+    return True
+
+
+def _pictures_not_pages(im: Image.Image) -> bool:
+    """A JPEG with extra pictures (an MPO: previews, depth maps): the first one is the image, the rest no pages."""
+    return im.format == "MPO"
+
+
 def _pages(im: Image.Image, name: str | os.PathLike | None = None) -> int:
-    if im.format == "MPO":  # a JPEG with extra pictures (previews, depth): the first one is the image
+    if _pictures_not_pages(im):
         return 1
     try:
         return int(getattr(im, "n_frames", 1) or 1)
@@ -307,7 +328,8 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
     orientation = _orientation(im)
-    arr = _png16_colour(im, path, orientation) if colour16 and im.format == "PNG" and _pages(im) == 1 else None
+    one_png = im.format == "PNG" and not has_several_pages(im, path)
+    arr = _png16_colour(im, path, orientation) if colour16 and one_png else None
     if arr is not None:
         if mode == "L" and arr.shape[2] == 3:  # Pillow's convert("L") weights (ITU-R 601-2 luma)
             arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)

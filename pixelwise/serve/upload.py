@@ -50,21 +50,6 @@ def _for_clients(message: str) -> str:
     return message
 
 
-def _several_pages(im: Image.Image, name: str) -> bool:
-    """Whether an upload has a second page, found by seeking to it: counting them all (data.io.page_count) walks
-    every page, and 40,000 tiny TIFF pages (4 MB) held the only worker for 16 s. A JPEG's MPO extras (previews,
-    depth) are no pages, as page_count says."""
-    if im.format == "MPO":
-        return False
-    try:
-        im.seek(1)
-    except EOFError:  # (the first page stays the current one)
-        return False
-    except (OSError, ValueError, TypeError, SyntaxError) as e:  # a broken second page
-        raise RequestError(422, f"cannot read image {name}: {e}") from None
-    return True
-
-
 def decode_upload(
     data: bytes,
     name: str,
@@ -99,9 +84,9 @@ def decode_upload(
             raise RequestError(
                 413, f"image {name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels per image"
             )
-        if _several_pages(im, name):
-            raise RequestError(422, f"image {name} has more than one page: send one image (one request per page)")
         try:
+            if image_io.has_several_pages(im, name):
+                raise RequestError(422, f"image {name} has more than one page: send one image (one request per page)")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 # the one home of the decoding rules (read_image's own body), applied to the upload
