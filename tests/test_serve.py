@@ -435,11 +435,13 @@ class Blocking:
         self._predictor, self.error = predictor, error
         self.release = threading.Event()
         self.started = threading.Event()
+        self.calls = 0  # predictions started
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
 
     def predict(self, image, source="image"):
+        self.calls += 1
         if self.error is not None:
             raise self.error
         self.started.set()
@@ -479,6 +481,107 @@ def test_queue_limit(predictor):
         health = c.get("/healthz").json()
         assert health["pending"] == 0 and health["refused"] == 1 and health["finished"] == 2
         assert c.post("/v1/segment", content=PNG).status_code == 200
+
+
+def test_a_request_whose_client_left_while_it_waited_is_not_run(predictor, caplog):
+    """A client that disconnected while its request waited for the worker still had its prediction run when its
+    turn came: a burst of impatient clients that retry kept the only worker busy on answers nobody read. Now a job
+    still waiting is dropped when its client goes, and the log says so; the running one is not disturbed."""
+    import httpx
+
+    caplog.set_level(logging.INFO, logger="pixelwise")
+    fake = Blocking(predictor)
+    app = create_app(fake, max_queue=2)
+    worker = app.state.worker
+    server, sock = make_server(app, "127.0.0.1", 0, log_level="warning")
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        url = f"http://127.0.0.1:{port}"
+        results = []
+        post = lambda: results.append(httpx.post(f"{url}/v1/segment", content=PNG, timeout=30))  # noqa: E731
+        first = threading.Thread(target=post)
+        first.start()
+        assert fake.started.wait(30)  # the first request holds the worker
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as impatient:
+            head = b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(PNG)
+            impatient.sendall(head + PNG)
+            wait_for(lambda: worker.pending == 2)  # its body has arrived: it waits behind the first
+        # the impatient client has gone while its job waits: the job is dropped (not waited for, on the old code)
+        deadline = time.monotonic() + 5
+        while worker.pending == 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fake.release.set()
+        first.join(30)
+        wait_for(lambda: worker.pending == 0)
+        assert fake.calls == 1, "the prediction of the client that left was run"
+        assert results[0].status_code == 200, results[0].text
+        health = httpx.get(f"{url}/healthz", timeout=30).json()
+        assert (health["finished"], health["dropped"], health["cancelled"], health["pending"]) == (1, 1, 0, 0)
+        assert "dropped a request to /v1/segment: its client disconnected before its prediction started" in caplog.text
+        assert httpx.post(f"{url}/v1/segment", content=PNG, timeout=30).status_code == 200  # the next one runs
+        assert fake.calls == 2
+    finally:
+        fake.release.set()
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_a_waiting_job_is_dropped_when_its_client_goes_or_its_task_is_cancelled():
+    """BoundedWorker.run: a job still waiting is cancelled, never run, when ``gone`` returns (its client
+    disconnected) or the awaiting task is cancelled (a server that cancels the request's task); a job already
+    running finishes, unobserved."""
+    from pixelwise.serve.worker import BoundedWorker, ClientGone
+
+    ran, release = [], threading.Event()
+
+    def job(name):
+        ran.append(name)
+        assert release.wait(30)
+        return name
+
+    async def scenario():
+        worker = BoundedWorker(max_queue=2)
+        worker.start()
+        first_left, second_left = asyncio.Event(), asyncio.Event()
+        running = asyncio.ensure_future(worker.run(job, "running", timeout=30, gone=first_left.wait))
+        while not ran:
+            await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(worker.run(job, "waiting", timeout=30, gone=second_left.wait))
+        cancelled = asyncio.ensure_future(worker.run(job, "cancelled", timeout=30))
+        await asyncio.sleep(0)
+        assert worker.pending == 3
+        second_left.set()
+        with pytest.raises(ClientGone, match="before its prediction started"):
+            await waiting
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert worker.pending == 1 and worker.dropped == 2
+        first_left.set()  # the running job's client goes: it is not interrupted, nor awaited
+        with pytest.raises(ClientGone, match="while its prediction ran"):
+            await running
+        assert worker.pending == 1
+        release.set()
+        while worker.pending:
+            await asyncio.sleep(0.01)
+        worker.shutdown()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert ran == ["running"]
+    assert (worker.finished, worker.cancelled, worker.dropped) == (1, 0, 2)
+
+
+def test_healthz_says_when_the_worker_is_not_running(predictor):
+    """/healthz said "stopping" when the worker was not running, which a shutdown never shows (uvicorn closes the
+    sockets before the lifespan stops the worker): it happens when the app is served without its lifespan."""
+    c = TestClient(create_app(predictor))  # no `with`: the lifespan, which starts the worker, does not run
+    r = c.get("/healthz")
+    assert r.status_code == 503 and r.json()["status"] == "not running"
 
 
 def test_an_app_started_again_after_a_stop_still_segments(predictor):

@@ -42,7 +42,7 @@ from ..models.registry import smallest_input
 from ..visualize import colorize, instance_overlay, overlay, overlay_palette
 from . import ip_literal
 from .upload import RequestError, decode_upload, one_line, safe_name
-from .worker import BoundedWorker, QueueFull
+from .worker import BoundedWorker, ClientGone, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,17 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
         await form.close()
 
 
+async def disconnected(request: Request) -> None:
+    """Returns once the client of ``request``, whose body has been read, has disconnected (the server's
+    ``http.disconnect``, as Starlette's streaming responses listen for it). A server that cannot say never returns."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a server whose receive fails here: the request is served as if its client stayed
+        log.debug("cannot listen for the client's disconnection", exc_info=True)
+        await asyncio.Event().wait()
+
+
 def page_html() -> str:
     """The web page (``static/index.html`` in this package)."""
     return resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
@@ -464,14 +475,16 @@ def create_app(
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> JSONResponse:
-        """Liveness: answers while a prediction runs (predictions run on the worker thread); 503 once the worker
-        has stopped (the server is shutting down)."""
+        """Liveness: answers while a prediction runs (predictions run on the worker thread); 503 "not running"
+        when the worker thread is not running, i.e. the app is served without its lifespan (which starts it). A
+        shutdown never shows here: the server stops taking requests before the lifespan stops the worker."""
         body = {
-            "status": "ok" if worker.running else "stopping",
+            "status": "ok" if worker.running else "not running",
             "pending": worker.pending,
             "max_queue": limits.max_queue,
             "finished": worker.finished,
             "cancelled": worker.cancelled,
+            "dropped": worker.dropped,
             "refused": worker.refused,
         }
         return JSONResponse(body, status_code=200 if worker.running else 503)
@@ -494,7 +507,12 @@ def create_app(
             except (asyncio.TimeoutError, TimeoutError):
                 return error_response(408, f"the request body did not arrive within {limits.timeout_s:g} s")
             remaining = max(0.0, limits.timeout_s - (time.monotonic() - start))
-            result = await worker.run(segmenter.segment, data, name, options, timeout=remaining)
+            result = await worker.run(
+                segmenter.segment, data, name, options, timeout=remaining, gone=lambda: disconnected(request)
+            )
+        except ClientGone as e:  # nobody reads the answer: a waiting job was dropped, a running one finishes
+            log.info("%s a request to /v1/segment: %s", "abandoned" if e.started else "dropped", e)
+            return error_response(499, f"client closed the request: {e}")  # (not sent: the connection has gone)
         except QueueFull as e:
             log.warning("refused a request: %s", e)
             return error_response(503, f"server busy: {e}; retry later", {"Retry-After": "1"})
