@@ -77,28 +77,35 @@ def write_video(
     for packet in stream.encode(None):
         out.mux(packet)
     if astream is not None:
-        t = np.arange(int(sample_rate * len(frames) / fps)) / sample_rate
-        fmt = astream.codec_context.format.name
-        tone = 0.3 * np.sin(2 * np.pi * 440 * t)
-        if fmt == "u8":
-            samples = (tone * 127 + 128).astype(np.uint8)
-        elif fmt.startswith("s16"):
-            samples = (tone * 3000).astype(np.int16)
-        elif fmt.startswith("s32"):  # libmp3lame's
-            samples = (tone * 2**28).astype(np.int32)
-        else:
-            samples = tone.astype(np.float32)
-        for k in range(0, len(samples), 1024):
-            af = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[None, k : k + 1024]), format=fmt, layout="mono"
-            )
-            af.sample_rate, af.pts = sample_rate, k
-            for packet in astream.encode(af):
-                out.mux(packet)
-        for packet in astream.encode(None):
-            out.mux(packet)
+        mux_tone(out, astream, len(frames) / fps)
     out.close()
     return path
+
+
+def mux_tone(out, astream, seconds, start=0.0):
+    """A 440 Hz tone ``seconds`` long encoded into ``astream`` (mono, in the codec's sample format) from ``start``
+    seconds on; the last part frame left out where the codec takes whole frames only (MP2)."""
+    ctx = astream.codec_context
+    rate, fmt, size = ctx.sample_rate, ctx.format.name, ctx.frame_size
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(rate * seconds)) / rate)
+    if fmt == "u8":
+        samples = (tone * 127 + 128).astype(np.uint8)
+    elif fmt.startswith("s16"):
+        samples = (tone * 3000).astype(np.int16)
+    elif fmt.startswith("s32"):  # libmp3lame's
+        samples = (tone * 2**28).astype(np.int32)
+    else:
+        samples = tone.astype(np.float32)
+    if size and not av.Codec(ctx.name, "w").capabilities & av.codec.codec.Capabilities.small_last_frame:
+        samples = samples[: len(samples) // size * size]
+    chunk = size or 1024
+    for k in range(0, len(samples), chunk):
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, k : k + chunk]), format=fmt, layout="mono")
+        af.sample_rate, af.pts = rate, round(start * rate) + k
+        for packet in astream.encode(af):
+            out.mux(packet)
+    for packet in astream.encode(None):
+        out.mux(packet)
 
 
 def stream_facts(path):
@@ -580,16 +587,7 @@ def write_late_ts(path, frames, start, audio=None, rate=16000):
     for packet in stream.encode(None):
         out.mux(packet)
     if astream is not None:
-        fmt, size = astream.codec_context.format.name, astream.codec_context.frame_size
-        tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(rate * len(frames) // FPS) / rate)
-        samples = tone.astype(np.float32) if fmt.startswith("flt") else (tone * 32767).astype(np.int16)
-        for k in range(0, len(samples) - size, size):
-            af = av.AudioFrame.from_ndarray(samples[None, k : k + size], format=fmt, layout="mono")
-            af.sample_rate, af.pts = rate, round(start * rate) + k
-            for packet in astream.encode(af):
-                out.mux(packet)
-        for packet in astream.encode(None):
-            out.mux(packet)
+        mux_tone(out, astream, len(frames) / FPS, start)
     out.close()
     return path
 
@@ -617,6 +615,32 @@ def test_a_timestamp_jump_back_keeps_the_frames_evenly_spaced(predictor, tmp_pat
     files = predict_video(predictor, tmp_path / "joined.ts", tmp_path / "out", masks="video", progress=False)
     for key in ("overlay", "masks"):
         assert frame_times(files[key]) == pytest.approx([i / FPS for i in range(16)], abs=1e-3), key
+
+
+@pytest.mark.parametrize(("audio", "how"), [("mp2", "mp2 re-encoded as aac"), ("aac", "aac, copied")])
+def test_the_audio_of_joined_files_follows_the_frames_after_the_jump_back(predictor, tmp_path, audio, how):
+    """Two .ts files with audio joined end to end: the frames after the second's clock starts again follow on, but
+    its audio kept the restarted times, going back in time against what was already muxed: the muxer refused them
+    and the whole video failed, the audio copied or re-encoded. Now it follows on in step, without a gap."""
+    parts = [write_late_ts(tmp_path / f"{i}.ts", square_frames(8), 10, audio=audio).read_bytes() for i in range(2)]
+    (tmp_path / "joined.ts").write_bytes(b"".join(parts))
+    files = predict_video(predictor, tmp_path / "joined.ts", tmp_path / "out", progress=False)
+    assert files["audio"] == f"passed through ({how})" and files["frames"] == 16
+    assert frame_times(files["overlay"]) == pytest.approx([i / FPS for i in range(16)], abs=1e-3)
+    with av.open(files["overlay"]) as c:
+        a = c.streams.audio[0]
+        packets = [p for p in c.demux(a) if p.size]
+        starts = [float(p.pts * a.time_base) for p in packets]
+        ends = [float((p.pts + p.duration) * a.time_base) for p in packets]
+    with av.open(files["overlay"]) as c:
+        sound = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].codec_context.sample_rate
+    assert all(p.dts < q.dts for p, q in zip(packets, packets[1:], strict=False)), [p.dts for p in packets]
+    assert starts == sorted(starts) and -0.1 < starts[0] < 0.05
+    # no gap, no overlap: each packet follows on where the last one ended, the second part's too
+    assert all(abs(s - e) < 1e-3 for e, s in zip(ends, starts[1:], strict=False)), list(zip(starts, ends, strict=True))
+    # as long as the pictures (16 frames at 25 fps), within a frame or two (the encoders' whole frames of samples)
+    assert ends[-1] == pytest.approx(16 / FPS, abs=0.1)
+    assert sound == pytest.approx(16 / FPS, abs=0.1)
 
 
 def test_a_frame_time_a_little_early_is_jitter_not_a_join(tmp_path):

@@ -296,7 +296,8 @@ class VideoWriter:
             self.audio = "none (the input has no audio)" if audio_from is not None else "none"
             self._audio: _AudioCarrier | None = None
             if audio_from is not None and kind != "mask":
-                self._audio = _AudioCarrier.open(Path(audio_from), self.container)
+                join_jump = JOIN_JUMP_FRAMES / float(self.fps)
+                self._audio = _AudioCarrier.open(Path(audio_from), self.container, join_jump)
                 if self._audio is not None:
                     self.audio = self._audio.description
         except BaseException:
@@ -343,7 +344,8 @@ class VideoWriter:
         """An input frame time as the output's: counted from the first frame (a TV recording's clock starts hours
         in: the outputs began with that long a blank, the audio moved alike), and after a jump back (.ts files
         joined) following on 1 / fps later (the rest had come out on one tick). A step back of a frame or so is
-        jitter, not a join: that frame goes one tick after the last, as before, and the rest keep their times."""
+        jitter, not a join: that frame goes one tick after the last, as before, and the rest keep their times. The
+        audio is moved on at a join as the frames are (its times had gone back: the muxer refused them)."""
         if self._origin is None:
             self._origin = time
             if self._audio is not None:
@@ -352,6 +354,8 @@ class VideoWriter:
         if self.frames and seconds < self._last_seconds - JOIN_JUMP_FRAMES / float(self.fps):
             self._shift += self._last_seconds + 1 / float(self.fps) - seconds
             seconds = self._last_seconds + 1 / float(self.fps)
+            if self._audio is not None:
+                self._audio.join(self._shift)
         self._last_seconds = max(seconds, self._last_seconds)
         return seconds
 
@@ -408,13 +412,69 @@ def _codec_name(stream: Any) -> str:
     return {"mp3float": "mp3"}.get(name, name)
 
 
+def _seconds_of(item: Any) -> tuple[float, float] | None:
+    """(start, duration) of a packet or an audio frame in seconds on the input's clock; None without a time."""
+    if item.pts is None or item.time_base is None:
+        return None
+    if isinstance(item, require_av().AudioFrame):
+        duration = item.samples / item.sample_rate if item.sample_rate else 0.0
+    else:
+        duration = float(item.duration * item.time_base) if item.duration else 0.0
+    return float(item.pts * item.time_base), duration
+
+
+class _AudioClock:
+    """Where one sequence of audio items (the packets read, or the frames decoded from them) goes on the output's
+    clock: moved back by the video's first frame time, and after a jump back in time (.ts files joined; the
+    audio's own jump, seen as the frames' is) moved on as the video's frames were at that join (their
+    :meth:`_AudioCarrier.join`), keeping the pictures and sound in step; with no join of the frames' to go by,
+    following on where the audio before it ended. Items before the output's start are dropped, and so is one
+    that lies mostly under the audio before it (what a part's audio ran past its pictures): the times only go
+    forward (the muxer refuses times that go back). With ``overlaps`` an item is placed where its time says, for
+    the caller to fit (decoded frames, cut to the sample)."""
+
+    def __init__(self, carrier: _AudioCarrier, overlaps: bool = False) -> None:
+        self.carrier, self.overlaps = carrier, overlaps
+        self.segment, self.shift = 0, 0.0  # which part of a joined input, and the seconds added to its times
+        self.last: float | None = None  # the input time of the last item
+        self.end: float | None = None  # where the last item kept ends on the output's clock
+
+    def begins_part(self, start: float) -> bool:
+        """Whether an item at this input time is the first after a jump back (the next joined part's)."""
+        return self.last is not None and start < self.last - self.carrier.join_jump
+
+    def shift_for(self, start: float) -> float:
+        """The seconds added to an item's input time (less the offset) to place it (without placing it)."""
+        if not self.begins_part(start):
+            return self.shift
+        shifts = self.carrier.shifts
+        if self.segment + 1 < len(shifts):
+            return shifts[self.segment + 1]
+        return (self.end or 0.0) - (start - self.carrier.offset)
+
+    def place(self, start: float, duration: float) -> float | None:
+        """The item's start on the output's clock (seconds), None for one to drop."""
+        shift = self.shift_for(start)
+        if self.begins_part(start):
+            self.segment += 1
+        self.shift, self.last = shift, start
+        out = start - self.carrier.offset + shift
+        if self.segment == 0 and self.carrier.offset and out < 0:
+            return None  # before the first video frame: before the output's start
+        if self.end is not None and not self.overlaps and self.end - out > duration / 2 + 1e-6:
+            return None  # mostly under the audio before it: one a little under keeps its time (no drift)
+        self.end = out + duration if self.end is None else max(self.end, out + duration)
+        return out
+
+
 class _AudioCarrier:
     """The first audio stream of an input, read through a second handle on the file and muxed in step with the
     video being written (so nothing piles up in memory): packets copied when the output container takes the
     codec, else decoded and re-encoded as AAC."""
 
-    def __init__(self, source: Any, stream: Any, output: Any, copy: bool) -> None:
+    def __init__(self, source: Any, stream: Any, output: Any, copy: bool, join_jump: float = 0.12) -> None:
         self.source, self.in_stream, self.output, self.copy = source, stream, output, copy
+        self.join_jump = join_jump  # seconds: a time this far before the last one's is a join (as the video's)
         name = _codec_name(stream)
         if copy:
             self.out_stream = output.add_stream_from_template(stream)
@@ -428,11 +488,15 @@ class _AudioCarrier:
             self.description = f"passed through ({name} re-encoded as aac{'' if taken else f', {rate} Hz as 48000'})"
         self.packets = source.demux(stream)
         self.offset = 0.0  # seconds: the video's first frame time, which the output's clock starts from
+        self.shifts = [0.0]  # seconds the video's frames were moved on by, from the start and from each join on
+        self._packet_clock, self._frame_clock = _AudioClock(self), _AudioClock(self, overlaps=True)
+        self._last_dts: int | None = None  # (the copied packets', in the input stream's time base)
+        self._sample: int | None = None  # (the re-encoded audio's next sample, counted on the output's clock)
         self.pending: Any = None
         self.done = False
 
     @classmethod
-    def open(cls, path: Path, output: Any) -> _AudioCarrier | None:
+    def open(cls, path: Path, output: Any, join_jump: float = 0.12) -> _AudioCarrier | None:
         av = require_av()
         try:
             source = av.open(str(path), "r")
@@ -446,7 +510,7 @@ class _AudioCarrier:
         mov = output.format.name == "mov"
         copy = name in output.supported_codecs and (name not in MP4_ONLY_AUDIO if mov else name in MP4_AUDIO)
         try:
-            return cls(source, stream, output, copy)
+            return cls(source, stream, output, copy, join_jump)
         except (av.FFmpegError, ValueError) as e:
             log.warning("%s: audio dropped (%s)", path, _reason(e))
             source.close()
@@ -459,6 +523,11 @@ class _AudioCarrier:
         self.done = True
         return None
 
+    def join(self, shift: float) -> None:
+        """The video's frames jumped back in time (files joined) and were moved on: from now on by ``shift`` seconds
+        in all. The audio's next jump back is that join's, its later packets moved on alike."""
+        self.shifts.append(shift)
+
     def mux_until(self, seconds: float | None) -> None:
         """Mux the audio packets that start before ``seconds`` (all that are left for None)."""
         while not self.done:
@@ -466,37 +535,82 @@ class _AudioCarrier:
             self.pending = None
             if packet is None:
                 break
-            start = float(packet.pts * packet.time_base) if packet.pts is not None else None
-            if seconds is not None and start is not None and start - self.offset >= seconds:
-                self.pending = packet
-                break
-            self._mux(packet)
+            times = _seconds_of(packet)
+            if seconds is not None and times is not None:
+                clock = self._packet_clock
+                if clock.begins_part(times[0]) and clock.segment + 1 >= len(self.shifts):
+                    self.pending = packet  # the audio's join came before the frames': it waits for theirs
+                    break
+                if times[0] - self.offset + clock.shift_for(times[0]) >= seconds:
+                    self.pending = packet
+                    break
+            self._mux(packet, times)
 
-    def _mux(self, packet: Any) -> None:
+    def _mux(self, packet: Any, times: tuple[float, float] | None) -> None:
+        out = None if times is None else self._packet_clock.place(*times)
         if self.copy:
-            if self.offset and not self._shift(packet):
-                return
+            if times is not None:
+                if out is None:
+                    return
+                self._move(packet, out)
+            if packet.dts is not None:  # (a time going back, even by a tick, fails the muxer)
+                if self._last_dts is not None and packet.dts <= self._last_dts:
+                    step = self._last_dts + 1 - packet.dts
+                    packet.dts += step
+                    if packet.pts is not None:
+                        packet.pts += step
+                self._last_dts = packet.dts
             packet.stream = self.out_stream
             self.output.mux(packet)
             return
         for frame in packet.decode():
-            if self.offset and not self._shift(frame):
-                continue
-            for out in self.out_stream.encode(frame):
-                self.output.mux(out)
+            times = _seconds_of(frame)
+            if times is not None and frame.sample_rate:
+                out = self._frame_clock.place(*times)
+                if out is None:
+                    continue
+                frames = self._fit(frame, round(out * frame.sample_rate))
+            else:
+                frames = [frame]
+            for fitted in frames:
+                for encoded in self.out_stream.encode(fitted):
+                    self.output.mux(encoded)
 
-    def _shift(self, item: Any) -> bool:
-        """A packet or frame moved back by :attr:`offset`, as the video's frames are; False for one before the
-        first video frame (dropped: before the output's start)."""
-        if item.pts is None or item.time_base is None:
-            return True
-        ticks = round(self.offset / item.time_base)
-        if item.pts < ticks:
-            return False
+    def _fit(self, frame: Any, start: int) -> list[Any]:
+        """A decoded frame that should start at sample ``start`` of the output, as frames that go on from the last
+        one's end: silence before it where the audio left a gap, its first samples cut where it starts before that
+        end (by more than 10 ms; less is taken up, the error never adding up). The encoder gets sound without gaps
+        or overlaps, its times counted in samples."""
+        av, rate = require_av(), frame.sample_rate
+        if self._sample is None:
+            self._sample = start
+        gap, fits = start - self._sample, [frame]
+        if abs(gap) > rate // 100:
+            samples = frame.to_ndarray()
+            per = samples.shape[1] // frame.samples  # (packed formats interleave the channels)
+            if gap > 0:
+                silence = np.full((samples.shape[0], gap * per), 128 if samples.dtype == np.uint8 else 0, samples.dtype)
+                fits = [silence, samples]
+            elif -gap >= frame.samples:
+                return []
+            else:
+                fits = [samples[:, -gap * per :]]
+            fits = [
+                av.AudioFrame.from_ndarray(np.ascontiguousarray(a), format=frame.format.name, layout=frame.layout.name)
+                for a in fits
+            ]
+        for fit in fits:
+            fit.sample_rate, fit.time_base, fit.pts = rate, Fraction(1, rate), self._sample
+            self._sample += fit.samples
+        return fits
+
+    @staticmethod
+    def _move(item: Any, seconds: float) -> None:
+        """A packet or frame (its decoding time too) moved to start at ``seconds`` on the output's clock."""
+        ticks = round(seconds / item.time_base) - item.pts
         if getattr(item, "dts", None) is not None:
-            item.dts -= ticks
-        item.pts -= ticks
-        return True
+            item.dts += ticks
+        item.pts += ticks
 
     def finish(self) -> None:
         self.mux_until(None)
