@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -340,11 +341,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (value parsed as YAML) to a raw config; ``section.key.sub=value`` sets
-    one entry of a mapping-valued key (``train.loss_args.gamma=1``), as mmsegmentation's ``--cfg-options``."""
+def apply_overrides(config: dict[str, Any], overrides: str | Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (value parsed as YAML; a single ``str`` is one override) to a raw
+    config; ``section.key.sub=value`` sets one entry of a mapping-valued key (``train.loss_args.gamma=1``), as
+    mmsegmentation's ``--cfg-options``."""
     config = copy.deepcopy(config)
-    for item in overrides:
+    for item in [overrides] if isinstance(overrides, str) else overrides:
         key, sep, raw = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
@@ -370,8 +372,9 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply ``--set`` overrides and validate it."""
+def load_config(path: str | os.PathLike, overrides: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply ``overrides`` (``section.key=value`` strings, as the CLI's ``--set``; a single
+    ``str`` is one) and validate it."""
     path = Path(path)
     try:
         raw = load_yaml(path.read_text(encoding="utf-8")) or {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,18 +262,20 @@ def _names(paths: list[str], limit: int = 3) -> str:
 def check_dataset(
     root: str | os.PathLike,
     name: str,
-    splits: list[str] | tuple[str, ...] | None = None,
+    splits: str | Sequence[str] | None = None,
     *,
     progress: bool = True,
     num_workers: int | None = None,
     warn: bool = True,
 ) -> DataCheckReport:
-    """Read every image, mask and instance map of the given splits (default: every folder under
-    ``images/``) and report every problem. ``num_workers`` threads read files (default: the CPU count, at
-    most 8). With ``warn``, each kind of warning is also logged once per split. DataError only if the data
-    set itself (classes.json, the images folder) is missing or invalid."""
+    """Read every image, mask and instance map of the given splits (a list, or one split's name as a ``str``;
+    default: every folder under ``images/``) and report every problem. ``num_workers`` threads read files
+    (default: the CPU count, at most 8). With ``warn``, each kind of warning is also logged once per split.
+    DataError only if the data set itself (classes.json, the images folder) is missing or invalid."""
     start = time.perf_counter()
     root = Path(root)
+    if isinstance(splits, str):  # one split, not its letters
+        splits = [splits]
     info = DatasetInfo.load(root, name)
     report = DataCheckReport(root, name, info)
     workers = max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))

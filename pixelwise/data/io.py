@@ -419,13 +419,57 @@ def image_to_tensor(
 def write_image(path: str | os.PathLike, image: Image.Image | np.ndarray, **options: Any) -> None:
     """Save ``image`` (a Pillow image or an array) to ``path`` in the format its suffix names (``options`` as
     Pillow's ``save``: ``save_all``, ``append_images``, ``compression``), through a temporary file renamed into
-    place: an interrupted run leaves the old file or the new one, never a truncated picture."""
+    place: an interrupted run leaves the old file or the new one, never a truncated picture. An array is
+    ``H x W`` (bool, uint8, or uint16 for ids beyond 255; a ``.tif`` also takes int32 and float32) or
+    ``H x W x C`` uint8 with 1 to 4 channels; anything else, or a mode the format cannot hold (RGBA as JPEG), is
+    a one-line DataError naming the fix (:func:`image_to_uint8` for floats in [0, 1])."""
     path = Path(path)
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: no image format for the suffix {path.suffix!r}")
-    atomic_write(path, lambda f: picture.save(f, format=fmt, **options), durable=False)
+        raise DataError(f"cannot write {path}: no image format for the suffix {path.suffix!r}; use .png or .tif")
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(_picture_array(path, image, fmt))
+    try:
+        atomic_write(path, lambda f: picture.save(f, format=fmt, **options), durable=False)
+    except OSError as e:  # Pillow's "cannot write mode RGBA as JPEG"
+        if not str(e).startswith("cannot write mode"):
+            raise
+        raise DataError(
+            f"cannot write {path}: {fmt} cannot hold a mode {picture.mode} image; save it as .png or .tif, "
+            "or convert it first (e.g. image[..., :3] for RGB)"
+        ) from None
+
+
+def _picture_array(path: Path, image: Any, fmt: str) -> np.ndarray:
+    """``image`` as an array Pillow saves as a picture (``H x W x 1`` as ``H x W``); else a DataError."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(
+            f"cannot write {path}: the image is a {type(image).__name__}; give a PIL image or a numpy array "
+            "(a tensor: .cpu().numpy())"
+        )
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4) or 0 in image.shape:
+        fix = (
+            "it has no pixels"
+            if 0 in image.shape
+            else "give H x W (grey, or class indices), H x W x 3 (RGB) or H x W x 4 (RGBA)"
+        )
+        raise DataError(f"cannot write {path}: the image is an array of shape {image.shape}; {fix}")
+    allowed = {np.dtype(np.uint8)}
+    if image.ndim == 2:
+        allowed |= {np.dtype(bool), np.dtype(np.uint16)}
+        allowed |= {np.dtype(np.int32), np.dtype(np.float32)} if fmt == "TIFF" else set()
+    if image.dtype not in allowed:
+        if image.dtype.kind == "f":
+            fix = "pictures are uint8: pixelwise.data.image_to_uint8(image) scales floats in [0, 1] to 0..255"
+        else:
+            fix = "give uint8 (image.astype(np.uint8) for values 0..255)"
+            fix += ", or uint16 for a map of more than 256 ids" if image.ndim == 2 else ""
+        article = "an" if image.dtype.name[0] in "aeio" else "a"  # a uint8, an int64
+        raise DataError(
+            f"cannot write {path}: the image is {article} {image.dtype.name} array of shape {image.shape}; {fix}"
+        )
+    return image
 
 
 def image_to_uint8(image: np.ndarray) -> np.ndarray:

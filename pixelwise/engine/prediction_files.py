@@ -34,10 +34,16 @@ from .predictor import CRFOption, Predictor
 from .video import TemporalEMA, check_video_model, image_probabilities, predict_video
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order."""
+def input_list(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """``inputs`` as a list: a single path (a ``str`` or ``Path``) is one input, not its characters."""
+    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+
+
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order; a single
+    ``str`` or ``Path`` is one of them."""
     paths: list[Path] = []
-    for item in inputs:
+    for item in input_list(inputs):
         p = Path(item)
         if p.is_dir():
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
@@ -170,7 +176,9 @@ def _where(path: Path) -> Path:
     return path.absolute().parent.resolve() / path.name
 
 
-def earlier_outputs_left_out(inputs: Sequence[str | os.PathLike], paths: list[Path], out_dir: Path) -> list[Path]:
+def earlier_outputs_left_out(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike], paths: list[Path], out_dir: Path
+) -> list[Path]:
     """``paths`` without the files an earlier prediction into ``out_dir`` wrote (its manifest lists them; with
     --out an input folder a re-run took them as inputs); one named as an input itself is refused, as --overwrite
     removes it before it is read."""
@@ -182,7 +190,7 @@ def earlier_outputs_left_out(inputs: Sequence[str | os.PathLike], paths: list[Pa
         return _where(path) in earlier or _where(path).parent in earlier
 
     legend = _where(out_dir / LEGEND)  # ours alone: left out quietly, as a shell's "photos/*.png" names it
-    for item in inputs:
+    for item in input_list(inputs):
         if Path(item).is_file() and listed(Path(item)) and _where(Path(item)) != legend:
             raise DataError(
                 f"input {item} is an output of the earlier prediction in --out {out_dir}, which --overwrite removes: "
@@ -332,7 +340,7 @@ def merge_files(files: dict[str, Any], more: dict[str, Any]) -> None:
 
 def predict(
     checkpoint: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
     device: str = "auto",
@@ -353,7 +361,8 @@ def predict(
     audio: bool = True,
     decoding: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """For each input image write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
+    """For each input image (``inputs``: files, folders and glob patterns, or a single one as a ``str`` or
+    ``Path``) write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
     :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
     path and sha256, the settings, every file written and every input that failed). One image at a time: memory stays
@@ -370,6 +379,7 @@ def predict(
     ``<stem>_effect.mp4``, with ``video_masks`` (``video``/``png``) the class indices; ``smooth``, ``batch_size``
     and ``audio`` as there. ``decoding`` as :class:`Predictor`."""
     out_dir = Path(out_dir)
+    inputs = input_list(inputs)
     if not 0 <= alpha <= 1:  # NaN too
         raise ConfigError(f"--alpha {alpha}: the overlay's opacity must be between 0 and 1")
     if smooth is not None:
