@@ -472,6 +472,117 @@ def test_loss_values_are_checked_when_the_config_is_loaded(tmp_path):
     with pytest.raises(ConfigError) as e:
         build_criterion(train, 255, None, num_classes=2)
     assert str(e.value) == (
-        "train.loss 'cross_entropy' cannot run on the data set's 2 classes: weight tensor should be defined either "
-        "for all or no classes"
+        "train.loss 'cross_entropy' cannot run on the data set's 2 classes: cross_entropy weight has 3 values for 2 "
+        "classes: give one per class"
     )
+
+
+def test_write_weight_map_replaces_no_file_without_overwrite(tmp_path):
+    """``write_weight_map(mask, mask)`` turned the mask itself into a heat map: the CLI checked --out, the library
+    function did not."""
+    from PIL import Image
+
+    from pixelwise.losses import write_weight_map
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[3:9, 3:12], mask[11:18, 3:12] = 1, 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    before = (tmp_path / "m.png").read_bytes()
+    for overwrite in (False, True):  # its own input: not even with overwrite
+        with pytest.raises(ConfigError) as e:
+            write_weight_map(tmp_path / "m.png", tmp_path / "m.png", overwrite=overwrite)
+        assert str(e.value) == (
+            f"--out {tmp_path / 'm.png'} is the mask it is computed from: choose another file for the weight map"
+        )
+    assert (tmp_path / "m.png").read_bytes() == before
+    (tmp_path / "w.png").write_bytes(b"keep")
+    with pytest.raises(ConfigError) as e:
+        write_weight_map(tmp_path / "m.png", tmp_path / "w.png")
+    assert str(e.value) == f"--out {tmp_path / 'w.png'} exists: pass --overwrite to replace it, or choose another file"
+    assert (tmp_path / "w.png").read_bytes() == b"keep"
+    write_weight_map(tmp_path / "m.png", tmp_path / "w.png", overwrite=True)
+    assert Image.open(tmp_path / "w.png").format == "PNG"
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("m.png", "w.png")]  # no temporary left
+
+
+@pytest.mark.parametrize("key", list(ALL_LOSSES))
+def test_every_loss_checks_its_target(key):
+    """Only focal checked its target: a class beyond the logits' was torch's IndexError (cross_entropy, ohem) or
+    RuntimeError (dice, lovasz), a target of another shape a size mismatch, and a fractional float target was
+    floored silently by .long()."""
+    name = {"lovasz_per_image": "lovasz", "sum": "cross_entropy"}.get(key, key)  # a sum: its first term says
+    loss = make(key)
+    logits = torch.randn(2, 4, 6, 6)
+    cases = {
+        "class 6": (
+            torch.full((2, 6, 6), 6),
+            f"{name} target holds class 6 but the logits have 4 classes: give "
+            "classes 0..3, or ignore_index 255 for unlabelled pixels",
+        ),
+        "class -1": (
+            torch.full((2, 6, 6), -1),
+            f"{name} target holds class -1 but the logits have 4 classes: give "
+            "classes 0..3, or ignore_index 255 for unlabelled pixels",
+        ),
+        "shape": (
+            torch.zeros(2, 6, 5, dtype=torch.long),
+            f"{name} target of shape (2, 6, 5) does not fit logits of "
+            "shape (2, 4, 6, 6): give N x H x W class indices for N x C x H x W logits",
+        ),
+        "fractions": (
+            torch.zeros(2, 6, 6) + 0.5,
+            f"{name} target holds fractions, not class indices: give whole class numbers (an integer tensor)",
+        ),
+    }
+    for case, (target, message) in cases.items():
+        target[:, 0] = 255 if case != "shape" else 0  # ignored pixels never count as a class
+        with pytest.raises(ValueError) as e:
+            loss(logits, target)
+        assert str(e.value) == message, case
+    target = torch.randint(0, 4, (2, 6, 6))
+    target[:, 0] = 255
+    assert loss(logits, target.float()).item() == pytest.approx(loss(logits, target).item())  # whole floats: classes
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "ohem"])
+def test_class_weights_of_another_length_are_one_line(name):
+    """weight=[1.0, 2.0] for 3 classes was torch's "weight tensor should be defined either for all or no
+    classes"."""
+    with pytest.raises(ConfigError) as e:
+        build_loss(name, weight=[1.0, 2.0])(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert str(e.value) == f"{name} weight has 2 values for 3 classes: give one per class"
+
+
+@pytest.mark.parametrize("value", ["0.2", True, None])
+def test_top_k_percent_must_be_a_number(value):
+    """A string was a TypeError comparing it with 0, True passed as 1."""
+    with pytest.raises(ConfigError) as e:
+        build_loss("cross_entropy", top_k_percent=value)
+    assert str(e.value) == (
+        f"cross_entropy top_k_percent={value!r}: the share of pixels kept, in (0, 1] (the paper's 0.2)"
+    )
+
+
+def test_loss_builders_take_keyword_only_arguments_and_are_documented():
+    from torch import nn
+
+    from pixelwise.losses import loss_arguments, register_loss
+
+    for f in (list_losses, loss_arguments, register_loss):
+        assert f.__doc__, f.__name__
+
+    class Positional(nn.Module):
+        def __init__(self, gamma: float = 2.0) -> None:
+            super().__init__()
+
+    class Everything(nn.Module):
+        def __init__(self, *, gamma: float = 2.0, **kwargs) -> None:
+            super().__init__()
+
+    for cls in (Positional, Everything):
+        with pytest.raises(TypeError) as e:
+            register_loss("test_only")(cls)
+        assert str(e.value) == (
+            "loss 'test_only' must take named keyword-only arguments (no positional ones, no **kwargs)"
+        )
+    assert "test_only" not in list_losses()

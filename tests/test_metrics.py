@@ -124,3 +124,18 @@ def _reduced_matrix(rank: int) -> list:
 def test_all_reduce_sums_over_processes():
     results = run_in_processes(_reduced_matrix)
     assert results[0] == results[1] == [[1, 1], [0, 2]]
+
+
+def test_scores_of_another_number_of_classes_are_refused():
+    """Five score channels for a 3-class matrix were arg-maxed and counted: mIoU 0.183 without a word."""
+    torch.manual_seed(0)
+    scores = torch.randn(1, 5, 8, 8)
+    scores[:, 3:] = -100.0
+    cm = ConfusionMatrix(num_classes=3)
+    with pytest.raises(ValueError) as e:
+        cm.update(scores, torch.randint(0, 3, (1, 8, 8)))
+    assert str(e.value) == (
+        "prediction shape (1, 5, 8, 8) has 5 score channels for num_classes=3: give one score per class (3 "
+        "channels) or class indices shaped like the target (1, 8, 8)"
+    )
+    assert cm.matrix.sum() == 0

@@ -271,6 +271,7 @@ def cmd_weight_map(args: argparse.Namespace) -> int:
         foreground=args.foreground,
         class_balance=not args.no_balance,
         ignore_index=args.ignore_index,
+        overwrite=args.overwrite,
     )
     print(f"weight map of {args.mask} (min {w.min():.3f}, mean {w.mean():.3f}, max {w.max():.3f}) -> {args.out}")
     return 0

@@ -14,7 +14,8 @@ from scipy import ndimage
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from .registry import _float, _valid, _zero, register_loss
+from ..fileio import check_output_file
+from .registry import _float, _valid, _zero, check_target, register_loss
 
 
 def check_weight_map_args(w0: float, sigma: float) -> None:
@@ -36,12 +37,17 @@ def write_weight_map(
     foreground: int = 1,
     class_balance: bool = True,
     ignore_index: int = 255,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """``pixelwise weight-map``: the :func:`unet_weight_map` of the mask file ``mask_path``, drawn as a heat map
-    picture at ``out``; returns the map."""
+    picture at ``out`` (written whole or not at all; an existing file only replaced with ``overwrite``, the mask
+    itself never); returns the map."""
     from ..data.dataset import read_mask
     from ..visualize import save_heatmap
 
+    if Path(out).exists() and Path(mask_path).exists() and os.path.samefile(out, mask_path):
+        raise ConfigError(f"--out {out} is the mask it is computed from: choose another file for the weight map")
+    check_output_file(out, "--out", overwrite)
     mask = read_mask(Path(mask_path))
     if not (mask == foreground).any():
         present = ", ".join(str(c) for c in np.unique(mask).tolist()[:20])
@@ -137,7 +143,7 @@ class UNetWeightedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
-        if not valid.any():
+        if not check_target("unet_weighted", logits, target, valid, self.ignore_index):
             return _zero(logits)
         ce = F.cross_entropy(_float(logits), target.long(), ignore_index=self.ignore_index, reduction="none")
         return (ce * self.weights(target)).sum() / valid.sum()

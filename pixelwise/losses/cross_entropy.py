@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import _as_weight, _float, _valid, _zero, register_loss
+from .registry import _as_weight, _float, _valid, _zero, check_target, register_loss
 
 
 @register_loss("cross_entropy")
@@ -37,9 +37,10 @@ class CrossEntropyLoss(nn.Module):
         top_k_percent: float = 1.0,
     ) -> None:
         super().__init__()
-        if not 0 < top_k_percent <= 1:
+        number = isinstance(top_k_percent, (int, float)) and not isinstance(top_k_percent, bool)
+        if not (number and 0 < top_k_percent <= 1):
             raise ConfigError(
-                f"cross_entropy top_k_percent={top_k_percent}: the share of pixels kept, in (0, 1] (the paper's 0.2)"
+                f"cross_entropy top_k_percent={top_k_percent!r}: the share of pixels kept, in (0, 1] (the paper's 0.2)"
             )
         self.ignore_index = ignore_index
         if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
@@ -52,7 +53,7 @@ class CrossEntropyLoss(nn.Module):
         self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
-        if not valid.any():
+        if not check_target("cross_entropy", logits, target, valid, self.ignore_index, self.weight):
             return _zero(logits)
         logits = _float(logits)
         weight = None if self.weight is None else self.weight.to(logits.dtype)  # float64 logits: float64 weights
@@ -60,9 +61,7 @@ class CrossEntropyLoss(nn.Module):
         # the mean's denominator as F.cross_entropy's: the class weights of the non-ignored pixels; a crop holding
         # only classes of weight 0 has none, and its loss is 0 (F.cross_entropy's 0/0 would be NaN)
         if self.weight is not None:
-            classes = target.long()[valid]
-            in_range = int(classes.min()) >= 0 and int(classes.max()) < self.weight.numel()  # else F.cross_entropy says
-            if in_range and not self.weight[classes].sum() > 0:
+            if not self.weight[target.long()[valid]].sum() > 0:
                 return _zero(logits)
         if pixel_weights is None and self.top_k_percent == 1:
             return F.cross_entropy(logits, target.long(), **args)
@@ -94,16 +93,11 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
-        if not valid.any():
+        per_class = None if self.alpha is None or self.alpha.numel() == 1 else self.alpha  # one number: for all
+        if not check_target("focal", logits, target, valid, self.ignore_index, per_class, "alpha"):
             return _zero(logits)
         num_classes = logits.shape[1]
         classes = target.long()[valid]
-        if int(classes.max()) >= num_classes or int(classes.min()) < 0:
-            raise ValueError(f"target holds class {int(classes.max())} but the logits have {num_classes} classes")
-        if self.alpha is not None and self.alpha.numel() not in (1, num_classes):
-            raise ConfigError(
-                f"focal alpha has {self.alpha.numel()} values for {num_classes} classes: give one per class"
-            )
         logp = F.log_softmax(_float(logits), dim=1)
         t = target.long().where(valid, 0).unsqueeze(1)
         logp_t = logp.gather(1, t).squeeze(1)[valid]
@@ -142,7 +136,7 @@ class OHEMCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
-        if not valid.any():
+        if not check_target("ohem", logits, target, valid, self.ignore_index, self.weight):
             return _zero(logits)
         logits = _float(logits)
         with torch.no_grad():

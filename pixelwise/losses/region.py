@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import _float, _valid, _zero, register_loss
+from .registry import _float, _valid, _zero, check_target, register_loss
 
 
 @register_loss("dice")
@@ -25,7 +25,7 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = _valid(target, self.ignore_index)
-        if not valid.any():
+        if not check_target("dice", logits, target, valid, self.ignore_index):
             return _zero(logits)
         num_classes = logits.shape[1]
         probs = F.softmax(_float(logits), dim=1).movedim(1, -1)[valid]  # P x C
@@ -82,6 +82,8 @@ class LovaszSoftmaxLoss(nn.Module):
         return torch.cat(losses).mean()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not check_target("lovasz", logits, target, _valid(target, self.ignore_index), self.ignore_index):
+            return _zero(logits)  # as the per-image mean of images without labelled pixels
         probs = F.softmax(_float(logits), dim=1)
         if self.per_image:
             groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(len(target))]

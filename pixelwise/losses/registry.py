@@ -11,13 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, DataError, first_line
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: register a loss under ``name`` for :func:`build_loss`. Its ``__init__`` takes keyword-only
+    arguments (a config's ``loss_args`` map one to one onto them); anything else is a TypeError."""
+
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+        if any(p.kind != p.KEYWORD_ONLY for p in params):
+            raise TypeError(f"loss {name!r} must take named keyword-only arguments (no positional ones, no **kwargs)")
         _LOSSES[name] = cls
         return cls
 
@@ -25,10 +31,12 @@ def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 
 def list_losses() -> list[str]:
+    """Names of all registered losses, sorted."""
     return sorted(_LOSSES)
 
 
 def loss_arguments(name: str) -> list[str]:
+    """The names of loss ``name``'s arguments; ConfigError listing the losses for an unknown name."""
     if name not in _LOSSES:
         raise ConfigError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
     return [p for p in inspect.signature(_LOSSES[name].__init__).parameters if p != "self"]
@@ -81,6 +89,47 @@ def takes_class_weights(term: dict[str, Any]) -> bool:
 
 def _valid(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return target != ignore_index
+
+
+def check_target(
+    loss: str,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    ignore_index: int,
+    weight: torch.Tensor | None = None,
+    what: str = "weight",
+) -> bool:
+    """The check every loss makes of its input, before torch's own errors (or a silent ``.long()`` floor): a
+    ``target`` shaped as ``logits`` without their class dim (DataError), per-class ``weight`` (named ``what``) of
+    one value per class (ConfigError), and classes in ``0..C-1`` where ``valid`` (not ``ignore_index``) and whole
+    numbers (DataError). Returns whether any pixel is labelled, for the same one device sync."""
+    if logits.dim() < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise DataError(
+            f"{loss} target of shape {tuple(target.shape)} does not fit logits of shape {tuple(logits.shape)}: give "
+            "N x H x W class indices for N x C x H x W logits"
+        )
+    num_classes = logits.shape[1]
+    if weight is not None and weight.numel() != num_classes:
+        raise ConfigError(f"{loss} {what} has {weight.numel()} values for {num_classes} classes: give one per class")
+    labelled = (target.to(torch.uint8) if target.dtype == torch.bool else target).where(valid, 0)
+    lo, hi = torch.aminmax(labelled) if labelled.numel() else (labelled.new_zeros(()), labelled.new_zeros(()))
+    whole = (labelled == labelled.trunc()).all() if labelled.is_floating_point() else valid.new_ones(())
+    lo, hi = lo.double(), hi.double()
+    stats = torch.stack([valid.any().double(), whole.double(), lo, hi])
+    any_valid, is_whole, lo_value, hi_value = stats.tolist()  # the one device sync
+    if not is_whole:
+        raise DataError(
+            f"{loss} target holds fractions, not class indices: give whole class numbers (an integer tensor)"
+        )
+    if lo_value < 0 or hi_value >= num_classes:
+        bad = hi_value if hi_value >= num_classes else lo_value
+        shown = int(bad) if math.isfinite(bad) else bad
+        raise DataError(
+            f"{loss} target holds class {shown} but the logits have {num_classes} classes: give classes "
+            f"0..{num_classes - 1}, or ignore_index {ignore_index} for unlabelled pixels"
+        )
+    return bool(any_valid)
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:

@@ -45,12 +45,19 @@ def _class_dim(pred: torch.Tensor, target: torch.Tensor) -> int | None:
     return dim
 
 
-def as_class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def as_class_indices(pred: torch.Tensor, target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """``pred`` as class indices shaped like ``target``: scores with one extra class dim
     (``N x C x ...`` or ``C x ...``) are arg-maxed; a shape mismatch is an error, and so are floating-point
-    values shaped like the target that are not whole numbers (probabilities, which a cast would floor to 0)."""
+    values shaped like the target that are not whole numbers (probabilities, which a cast would floor to 0), and,
+    with ``num_classes``, scores of another number of classes."""
     dim = _class_dim(pred, target)
     if dim is not None:
+        if num_classes is not None and pred.shape[dim] != num_classes:
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} has {pred.shape[dim]} score channels for "
+                f"num_classes={num_classes}: give one score per class ({num_classes} channels) or class indices "
+                f"shaped like the target {tuple(target.shape)}"
+            )
         return class_argmax(pred, dim)
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
@@ -85,7 +92,7 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch. ``pred`` holds class indices shaped like ``target`` (any shape), or scores
         (logits/probabilities) with one extra class dim (``N x C x H x W`` for ``N x H x W``)."""
-        pred = as_class_indices(pred, target).reshape(-1).to(self.matrix.device, torch.int64)
+        pred = as_class_indices(pred, target, self.num_classes).reshape(-1).to(self.matrix.device, torch.int64)
         target = target.reshape(-1).to(self.matrix.device, torch.int64)
         if self.ignore_index is not None:
             keep = target != self.ignore_index
