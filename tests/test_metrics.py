@@ -139,3 +139,9 @@ def test_scores_of_another_number_of_classes_are_refused():
         "channels) or class indices shaped like the target (1, 8, 8)"
     )
     assert cm.matrix.sum() == 0
+    from pixelwise.metrics.boundary import BoundaryF1
+
+    boundary = BoundaryF1(num_classes=3)
+    with pytest.raises(ValueError, match="has 5 score channels for num_classes=3"):
+        boundary.update(scores, torch.randint(0, 3, (1, 8, 8)))
+    assert boundary.counts.sum() == 0

@@ -104,7 +104,7 @@ class BoundaryF1:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch. ``target`` is ``N x H x W`` or ``H x W``; ``pred`` holds class indices of the same
         shape, or scores with one extra class dim (``N x C x H x W`` / ``C x H x W``)."""
-        pred = as_class_indices(pred, target)
+        pred = as_class_indices(pred, target, self.num_classes)
         if target.dim() not in (2, 3):
             raise ValueError(f"expected H x W or N x H x W label maps, got shape {tuple(target.shape)}")
         device = self.counts.device
