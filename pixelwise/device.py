@@ -15,6 +15,16 @@ log = logging.getLogger(__name__)
 AMP_CHOICES = ("none", "bf16", "fp16")
 # train.amp also takes "auto": the half precision the device computes natively, else fp32 (training_amp)
 TRAIN_AMP_CHOICES = ("auto", *AMP_CHOICES)
+# eval and predict's amp= (--amp) likewise: "auto" is the run's own precision where native (resolve_amp)
+INFERENCE_AMP_CHOICES = TRAIN_AMP_CHOICES
+
+
+def check_amp(amp: object) -> str:
+    """``amp`` as eval and predict take it (``amp=``, ``--amp``), or a ConfigError naming it and the valid values:
+    an unknown one was accepted, and the first image failed naming ``train.amp``."""
+    if not isinstance(amp, str) or amp not in INFERENCE_AMP_CHOICES:
+        raise ConfigError(f"amp={amp!r}; valid: {', '.join(INFERENCE_AMP_CHOICES)}")
+    return amp
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,8 +86,9 @@ def native_precisions(device: torch.device) -> tuple[str, ...]:
 
 def resolve_amp(amp: str, run_amp: str | None, device: torch.device) -> str:
     """``amp="auto"`` (what eval and predict default to): the precision the run trained in, where ``device``
-    runs it natively, else fp32 (``"none"``); any other value as given."""
-    if amp != "auto":
+    runs it natively, else fp32 (``"none"``); any other of :data:`INFERENCE_AMP_CHOICES` as given (others are
+    refused, :func:`check_amp`)."""
+    if check_amp(amp) != "auto":
         return amp
     if run_amp == "auto":
         return training_amp("auto", device)

@@ -33,6 +33,7 @@ from .models import input_channels, load_checkpoint, model_from_checkpoint, mode
 from .models.registry import input_size_problem
 
 DEFAULT_OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18
 """The lowest opset the dynamo exporter writes (asked for less, it writes 18)."""
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _export(
                 **names,
             )
         else:
-            raise PixelwiseError(f"exporter {exporter!r}; valid: torchscript, dynamo")
+            raise PixelwiseError(f"exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
 
 
 @contextlib.contextmanager
@@ -177,15 +178,20 @@ def export_onnx(
     from torch.onnx import _constants
 
     low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
+    # the messages name the argument and the CLI's flag: a Python caller gave one, a shell user the other
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
         # an opset no exporter writes failed both ways and fell back to a fixed-size graph of another opset
         raise ConfigError(
-            f"--opset {opset}: torch's exporters write opsets {low} to {high}; {DEFAULT_OPSET} by default"
+            f"opset={opset!r} (--opset): torch's exporters write opsets {low} to {high} (whole numbers); "
+            f"{DEFAULT_OPSET} by default"
         )
+    if exporter not in EXPORTERS:
+        # a misspelt one failed every attempt but the fallback's, which wrote a fixed-size graph of the other
+        raise ConfigError(f"exporter={exporter!r} (--exporter); valid: {', '.join(EXPORTERS)}")
     if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ConfigError(
-            f"--opset {opset}: the dynamo exporter writes opsets {DYNAMO_MIN_OPSET} and up; give --opset "
-            f"{DYNAMO_MIN_OPSET} or more, or --exporter torchscript"
+            f"opset={opset} (--opset): the dynamo exporter writes opsets {DYNAMO_MIN_OPSET} and up; give "
+            f"{DYNAMO_MIN_OPSET} or more, or exporter='torchscript' (--exporter torchscript)"
         )
     out = Path(out)
     check_output_file(out, "--out", overwrite, folder_hint=f"give the ONNX file's name (e.g. {out / 'model.onnx'})")

@@ -360,3 +360,33 @@ def test_inputs_and_widths_the_filters_cannot_take_are_one_line():
     params = dict(SMALL, w1=0.0, theta_gamma=1e4)
     out = dense_crf(img, p, smoothness_filter="exact", **params).double()
     assert (out - brute_force_crf(img, p, **params)).abs().max().item() < 1e-4
+
+
+def test_a_grid_value_may_be_one_number_and_anything_else_not_a_list_is_one_line(tmp_path):
+    """crf_search(grid={"w1": 3.0}) gave "TypeError: 'float' object is not iterable": one number is that value
+    alone; a string (read character by character) or an empty list is refused."""
+    from pixelwise.crf.search import grid_points
+    from pixelwise.engine import crf_search
+
+    from .test_engine import tiny_run
+
+    base = CRFSettings()
+    points = grid_points({"w1": 3.0, "theta_beta": [3, 5]}, base)
+    assert [(p.w1, p.theta_beta) for p in points] == [(3.0, 3), (3.0, 5)]
+    for grid, message in (
+        ({"w1": "3"}, "CRF search grid w1='3': give a list of values (e.g. [3.0, 4.0, 5.0]) or one number"),
+        ({"w1": []}, "CRF search grid w1=[]: give a list of values (e.g. [3.0, 4.0, 5.0]) or one number"),
+        ([3.0], "CRF search grid [3.0]: give a dict of parameter: values (e.g. {'w1': [3.0, 4.0, 5.0]})"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            grid_points(grid, base)
+        assert str(e.value) == message
+    ckpt, root = tiny_run(tmp_path)
+    result = crf_search(ckpt, grid={"w1": 3.0}, data_root=root, num_images=1, iterations=1, progress=False, write=False)
+    assert [r["w1"] for r in result["results"]] == [3.0]
+    with pytest.raises(ConfigError) as e:
+        crf_search(ckpt, num_images="2", data_root=root, progress=False, write=False)
+    assert (
+        str(e.value)
+        == "num_images='2' (--num-images): give a whole number >= 1 (the images the settings are scored on)"
+    )

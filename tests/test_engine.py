@@ -136,6 +136,14 @@ def toy_config(tmp_path, **train):
     return path
 
 
+def tiny_run(tmp_path, **train_cfg):
+    """A checkpoint of two training steps on the toy data set: ``(best.pt, data root)``."""
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 2}, size=(40, 32)).parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2, **train_cfg))
+    train(cfg, run_dir=tmp_path / "run", data_root=root, progress=False)
+    return tmp_path / "run" / "best.pt", root
+
+
 @pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_equals_uninterrupted(tmp_path):
     root = write_dataset(tmp_path / "data", splits={"train": 6, "val": 2}).parent
@@ -1131,3 +1139,36 @@ def test_cached_class_weights_are_reused_only_for_the_same_data(tmp_path, monkey
     assert grown == fresh(first) != original
     monkeypatch.setattr(SegmentationDataset, "class_counts", lambda *a, **k: pytest.fail("counted again"))
     assert weights(first) == grown  # the same data: the cache
+
+
+def test_train_takes_a_config_file_and_validates_a_mapping(tmp_path):
+    """train() trusted its config: a path gave "TypeError: string indices must be integers", {} KeyError: 'train',
+    an unknown key KeyError: 'device'."""
+    root = write_dataset(tmp_path / "data", splits={"train": 2, "val": 1}).parent
+    result = train(toy_config(tmp_path, iters=1), run_dir=tmp_path / "from_path", data_root=root, progress=False)
+    assert result["iterations"] == 1
+    for given, expected in (
+        ({}, "config needs model.name; available: "),
+        ({"model": {"name": "unet"}, "train": {"nonsense": 1}}, "unknown config key(s) train.nonsense; valid: "),
+        ([1], "a config must be a mapping with sections model, data, train"),
+        (tmp_path / "missing.yaml", f"config file {tmp_path / 'missing.yaml'} does not exist"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            train(given, run_dir=tmp_path / "never", data_root=root, progress=False)
+        assert str(e.value).startswith(expected), str(e.value)
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "never").exists()
+
+
+def test_evaluate_checkpoint_refuses_a_num_images_that_is_no_whole_number(tmp_path):
+    """num_images="2" gave "TypeError: '<' not supported between instances of 'str' and 'int'"."""
+    from pixelwise.engine import evaluate_checkpoint
+
+    ckpt, root = tiny_run(tmp_path)
+    for bad in ("2", 1.5, True):
+        with pytest.raises(ConfigError) as e:
+            evaluate_checkpoint(ckpt, num_images=bad, data_root=root, progress=False, num_workers=0)
+        assert str(e.value) == (
+            f"num_images={bad!r} (--num-images): give a whole number >= 1, or leave it out for the whole split"
+        )
+    assert evaluate_checkpoint(ckpt, num_images=1, data_root=root, progress=False, num_workers=0)["num_images"] == 1

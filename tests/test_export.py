@@ -285,7 +285,8 @@ def test_an_older_opset_is_never_raised_by_the_dynamo_fallback(tmp_path, monkeyp
     with pytest.raises(ConfigError) as e:
         export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=16, exporter="dynamo")
     assert str(e.value) == (
-        "--opset 16: the dynamo exporter writes opsets 18 and up; give --opset 18 or more, or --exporter torchscript"
+        "opset=16 (--opset): the dynamo exporter writes opsets 18 and up; give 18 or more, or exporter='torchscript' "
+        "(--exporter torchscript)"
     )
 
 
@@ -328,7 +329,10 @@ def test_export_reports_the_opset_it_wrote_quietly_and_refuses_folders_and_taken
     for opset in (3, 99):  # no exporter writes them: it fell back to a fixed-size graph of opset 18
         with pytest.raises(ConfigError) as e:
             export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=opset)
-        assert str(e.value) == f"--opset {opset}: torch's exporters write opsets 7 to 23; 17 by default"
+        assert (
+            str(e.value)
+            == f"opset={opset} (--opset): torch's exporters write opsets 7 to 23 (whole numbers); 17 by default"
+        )
     real_export = export._export
 
     def torchscript_fails(model, x, path, opset, dynamic, how, meta):
@@ -386,3 +390,22 @@ def test_onnxruntime_backend_refuses_settings_it_would_ignore(tmp_path):
             "use --backend torch with the checkpoint"
         )
     assert Predictor(tmp_path / "m.onnx", backend="onnxruntime", amp="auto").amp == "none"
+
+
+def test_export_checks_the_exporter_and_the_opset_type_up_front(tmp_path):
+    """exporter="nonsense" fell back to a fixed-size TorchScript graph (the failure only in the report's "failures");
+    opset="17" was refused as "--opset 17: ... opsets 7 to 23", which it is, naming a flag a Python caller never
+    gave."""
+    import pixelwise.export as export
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    with pytest.raises(ConfigError) as e:
+        export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, exporter="nonsense")
+    assert str(e.value) == "exporter='nonsense' (--exporter); valid: torchscript, dynamo"
+    for opset in ("17", 17.0, True):
+        with pytest.raises(ConfigError) as e:
+            export.export_onnx(ckpt, tmp_path / "m.onnx", height=32, width=32, opset=opset)
+        assert str(e.value) == (
+            f"opset={opset!r} (--opset): torch's exporters write opsets 7 to 23 (whole numbers); 17 by default"
+        )
+    assert not (tmp_path / "m.onnx").exists()

@@ -326,3 +326,70 @@ def test_shrinking_scales_are_antialiased_as_training_scales_are():
     half = rescale_image(image.bfloat16(), (18, 26))
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half, TF.resize(image.bfloat16().float(), [18, 26], antialias=True).bfloat16())
+
+
+def test_the_inference_overrides_are_checked_by_name_and_type(tmp_path):
+    """Predictor(inference={"nonsense": 1}) raised InferenceSettings.__init__()'s TypeError, which lists no valid
+    keys; {"scales": 1.0} "'float' object is not iterable"; [1.0] dict()'s TypeError. Every entry point (predict,
+    evaluate_checkpoint, crf_search) builds a Predictor."""
+    from pixelwise.engine import Predictor, crf_search, evaluate_checkpoint
+    from pixelwise.inference.protocol import inference_overrides
+
+    from .test_engine import tiny_run
+
+    ckpt, root = tiny_run(tmp_path)
+    keys = "mode, crop, stride, blend, scales, flip, rot90, window_batch, class_weight_correction, class_weights"
+    cases = [
+        ({"nonsense": 1, "flips": True}, f"unknown inference key(s) flips, nonsense; valid: {keys}"),
+        ([1.0], f"inference=[1.0]: give a dict of inference settings ({keys}), an InferenceSettings, or None"),
+        ({"scales": 1.0}, "inference scales=1.0: give a list of scale factors, e.g. [0.75, 1.0, 1.25]"),
+        ({"scales": "1"}, "inference scales='1': give a list of scale factors, e.g. [0.75, 1.0, 1.25]"),
+        ({"flip": "yes"}, "inference flip='yes': give true or false"),
+        ({"rot90": 1}, "inference rot90=1: give true or false"),
+        ({"window_batch": 0}, "inference window_batch=0: give a whole number >= 1 (windows per network pass)"),
+        ({"window_batch": 2.5}, "inference window_batch=2.5: give a whole number >= 1 (windows per network pass)"),
+        ({"class_weight_correction": "1"}, "inference.class_weight_correction='1': must be a finite number >= 0"),
+        ({"mode": ["slide"]}, "inference mode ['slide']; valid: whole, slide"),
+    ]
+    for given, message in cases:
+        with pytest.raises(ConfigError) as e:
+            inference_overrides(given)
+        assert str(e.value) == message
+        with pytest.raises(ConfigError) as e:
+            Predictor(ckpt, inference=given)
+        assert str(e.value) == message
+    with pytest.raises(ConfigError, match=r"^unknown inference key\(s\) nonsense; valid: "):
+        evaluate_checkpoint(ckpt, inference={"nonsense": 1}, data_root=root, progress=False, num_workers=0)
+    with pytest.raises(ConfigError, match=r"^inference scales=1.0: give a list"):
+        crf_search(ckpt, inference={"scales": 1.0}, data_root=root, progress=False, write=False)
+    assert Predictor(ckpt, inference={"scales": [1.0, 0.5], "flip": True}).inference.flip
+
+
+def test_a_read_only_array_is_predicted_without_torch_s_not_writable_warning(tmp_path, monkeypatch):
+    """A run with data.image_shift moved np.asarray(PIL image) (read-only) with torch.from_numpy, which warns "The
+    given NumPy array is not writable" (once per process, so the check is on what reaches torch.from_numpy)."""
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.engine import Predictor
+
+    from .test_engine import tiny_run
+
+    ckpt, root = tiny_run(tmp_path)
+    predictor = Predictor(ckpt)
+    predictor.meta["image_shift"] = [1, 0]
+    writable = []
+    real = torch.from_numpy
+
+    def from_numpy(array):
+        writable.append(array.flags.writeable)
+        return real(array)
+
+    monkeypatch.setattr(torch, "from_numpy", from_numpy)
+    image = Image.open(root / "toy/images/val/s00.png")
+    rgb, rgba = np.asarray(image.convert("RGB")), np.asarray(image.convert("RGBA"))
+    assert not rgb.flags.writeable and not rgba.flags.writeable
+    expected = predictor.predict(np.array(rgb))
+    for given in (rgb, rgba, rgba[..., :3]):
+        np.testing.assert_array_equal(predictor.predict(given), expected)
+    assert writable and all(writable), writable

@@ -204,3 +204,22 @@ def test_class_weight_correction_uses_the_weights_the_run_trained_with(tmp_path)
     torch.save(literal, tmp_path / "lit/old.pt")
     listed = Predictor(tmp_path / "lit/old.pt", inference={"class_weight_correction": 1.0}).inference
     assert listed.class_weights == (1.0, 3.0, 0.5)
+
+
+def test_an_unknown_inference_precision_is_refused_where_it_is_given(tmp_path):
+    """Predictor(amp="fp8") was accepted, and its first predict said "train.amp='fp8'; valid: none, bf16, fp16"
+    (a setting the caller never gave, without auto)."""
+    from pixelwise.engine import Predictor
+
+    from .test_engine import tiny_run
+
+    ckpt, root = tiny_run(tmp_path)
+    message = "amp='fp8'; valid: auto, none, bf16, fp16"
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        Predictor(ckpt, amp="fp8")
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        evaluate_checkpoint(ckpt, amp="fp8", data_root=root, progress=False, num_workers=0)
+    with pytest.raises(ConfigError, match=r"^amp=None; valid: auto, none, bf16, fp16$"):
+        Predictor(ckpt, amp=None)
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        resolve_amp("fp8", "bf16", torch.device("cpu"))

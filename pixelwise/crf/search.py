@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,26 @@ from .settings import DEFAULT_GRID, GRID_PARAMETERS, CRFSettings  # noqa: F401  
 Cached = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (probabilities, normalised image, mask)
 
 
-def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRFSettings]:
-    """Every combination of ``grid``, the other parameters from ``base`` (each checked: a ConfigError naming
-    the first bad value or unknown name)."""
+def _grid_values(name: str, given: Any) -> list[Any]:
+    """The values ``grid[name]`` gives: a list (tuple, array) as is, one number as that value alone
+    (``{"w1": 3.0}``); anything else (a string, read character by character; an empty list) a ConfigError."""
+    if isinstance(given, numbers.Real) or (hasattr(given, "ndim") and given.ndim == 0):
+        return [given]
+    values = [] if isinstance(given, (str, bytes, Mapping)) or not isinstance(given, Iterable) else list(given)
+    if not values:
+        raise ConfigError(
+            f"CRF search grid {name}={given!r}: give a list of values (e.g. [3.0, 4.0, 5.0]) or one number"
+        )
+    return values
+
+
+def grid_points(grid: dict[str, Sequence[float] | float], base: CRFSettings) -> list[CRFSettings]:
+    """Every combination of ``grid`` (each parameter's values: a list, or one number for that value alone), the
+    other parameters from ``base`` (each checked: a ConfigError naming the first bad value or unknown name)."""
+    if not isinstance(grid, Mapping):
+        raise ConfigError(
+            f"CRF search grid {grid!r}: give a dict of parameter: values (e.g. {{'w1': [3.0, 4.0, 5.0]}})"
+        )
     unknown = sorted(set(grid) - set(CRFSettings.names()))
     if unknown:
         raise ConfigError(
@@ -38,7 +56,7 @@ def grid_points(grid: dict[str, Sequence[float]], base: CRFSettings) -> list[CRF
     names = list(grid)
     # numpy numbers (np.linspace) as Python's: they are written to YAML and JSON at the end
     # each value once (--w1 5 5 scored the same settings twice), in the order given
-    values = [[v.item() if hasattr(v, "item") else v for v in grid[name]] for name in names]
+    values = [[v.item() if hasattr(v, "item") else v for v in _grid_values(name, grid[name])] for name in names]
     values = [list(dict.fromkeys(v)) if all(isinstance(x, (int, float)) for x in v) else v for v in values]
     combos = itertools.product(*values)
     return [CRFSettings(**{**asdict(base), **dict(zip(names, values, strict=True))}) for values in combos]

@@ -18,7 +18,7 @@ from ..crf.settings import DEFAULT_GRID, settings_for
 from ..errors import ConfigError
 from ..fileio import check_output_file, write_json
 from ..inference import InferenceSettings
-from .evaluator import checkpoint_dataset
+from .evaluator import check_image_count, checkpoint_dataset
 from .predictor import Predictor, check_crf_applies
 from .video import batch_probabilities
 
@@ -44,19 +44,21 @@ def crf_search(
     data_root: str | os.PathLike | None = None,
     num_images: int = 20,
     iterations: int | None = None,
-    grid: dict[str, Sequence[float]] | None = None,
+    grid: dict[str, Sequence[float] | float] | None = None,
     device: str = "auto",
     amp: str = "none",
     inference: InferenceSettings | dict[str, Any] | None = None,
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Grid-search ``grid`` (default :data:`~pixelwise.crf.settings.DEFAULT_GRID`) on ``num_images`` images of
+    """Grid-search ``grid`` (default :data:`~pixelwise.crf.settings.DEFAULT_GRID`; each parameter's values a list,
+    or one number that fixes it: ``{"w1": 3.0}`` is ``{"w1": [3.0]}``) on ``num_images`` images of
     ``split`` spread evenly over it (:func:`spread_indices`); with ``write`` the best settings go into the ``crf``
     section of the run's ``config.yaml`` and the whole search into ``crf_search.json`` beside the checkpoint. The
     network's probabilities come from the run's inference protocol, or ``inference`` over it (as
     :class:`Predictor`), in precision ``amp``. Returns the search result, with the protocol used under
     ``"inference"``."""
+    check_image_count(num_images, " (the images the settings are scored on)")
     if num_images < 1:
         raise ConfigError(f"--num-images {num_images}: must be >= 1 (the images the settings are scored on)")
     predictor = Predictor(checkpoint, device=device, amp=amp, inference=inference)
@@ -64,8 +66,9 @@ def crf_search(
     meta, ckpt = predictor.meta, predictor.ckpt
     ds = checkpoint_dataset(ckpt, checkpoint, split, data_root)
     base = settings_for(checkpoint, ckpt.get("config", {}).get("crf"), {"iterations": iterations})
-    grid = dict(grid or DEFAULT_GRID)
+    grid = grid or DEFAULT_GRID
     grid_points(grid, base)  # a bad value stops here, not after the network's pass over the images
+    grid = dict(grid)
     if write:  # as must the places the results go
         check_run_config_writable(Path(checkpoint).parent / "config.yaml")
         results = Path(checkpoint).parent / SEARCH_RESULTS

@@ -3,6 +3,7 @@ model in memory (:func:`evaluate`, also used during training) or a checkpoint (:
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -247,6 +248,13 @@ def class_index(name_or_index: int | str, classes: Sequence[str], option: str) -
     return found[0]
 
 
+def check_image_count(num_images: object, hint: str) -> None:
+    """A ConfigError for a ``num_images`` (``--num-images``) that is no whole number (``"2"`` stopped on a raw
+    TypeError); ``hint`` ends the message (what the count is, or how to leave it out)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral):
+        raise ConfigError(f"num_images={num_images!r} (--num-images): give a whole number >= 1{hint}")
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -278,6 +286,8 @@ def evaluate_checkpoint(
         raise ConfigError(f"--boundary-width {boundary_width}: must be >= 0 pixels")
     if num_workers is not None and num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers}: must be >= 0 (0 loads in this process)")
+    if num_images is not None:
+        check_image_count(num_images, ", or leave it out for the whole split")
     if num_images is not None and num_images < 1:
         raise ConfigError(f"--num-images {num_images}: must be >= 1 (leave it out for the whole split)")
     predictor = Predictor(

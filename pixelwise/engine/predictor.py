@@ -23,11 +23,11 @@ from ..argmax import class_argmax
 from ..crf import CRFSettings, settings_for
 from ..data import image_to_tensor, read_image_stack, shift_image
 from ..data.io import decode_image, page_count
-from ..device import autocast, available_memory, inference_dtype, resolve_amp, resolve_device
+from ..device import autocast, available_memory, check_amp, inference_dtype, resolve_amp, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from ..inference import InferenceSettings, InstanceSettings, batch_scores, optimize_for_inference, predict_outputs
 from ..inference.instance_settings import CENTRE_KEYS
-from ..inference.protocol import check_instance_protocol
+from ..inference.protocol import check_instance_protocol, inference_overrides
 from ..models import input_channels, load_checkpoint, model_from_checkpoint
 from ..models.registry import smallest_input
 from ..models.stats import inference_bytes
@@ -63,7 +63,8 @@ def run_inference(
     correction) with ``overrides`` (any :class:`~pixelwise.inference.InferenceSettings` fields) on top, or ``None``
     for the plain whole-image one (and for checkpoints from before the section existed); ``class_weights``: the
     run's ``train.class_weights``, which the class weight correction divides by."""
-    section, overrides = dict(section or {}), dict(overrides or {})
+    # the caller's overrides checked by name and type (a raw TypeError named no valid key)
+    section, overrides = dict(section or {}), inference_overrides(overrides)
     # an override replaces its own field; the run's window sizes belong to its sliding windows, so they go with
     # them (--mode whole over a slide run), and a new crop takes its own default stride, not the run's
     if overrides.get("mode") == "whole" or (section.get("mode", "whole") == "whole" and "mode" not in overrides):
@@ -180,7 +181,7 @@ class Predictor:
         crf: CRFOption = None,
         decoding: dict[str, Any] | None = None,
     ) -> None:
-        self.checkpoint, self.amp, self.inference = checkpoint, amp, inference
+        self.checkpoint, self.amp, self.inference = checkpoint, check_amp(amp), inference
         # the sliding windows memory made of the protocol, last (predict() clears it before each input, so that a
         # stack any of whose pages took windows says so)
         self.last_switched: InferenceSettings | None = None
@@ -275,8 +276,11 @@ class Predictor:
         and float sources) as the ``C x H x W`` network input."""
         shift = self.meta.get("image_shift")
         if shift is not None and any(shift):
-            # the raw image, as training and eval's data set move it (integer images rounded alike)
-            moved = shift_image(torch.from_numpy(np.ascontiguousarray(image)).movedim(-1, 0), shift)
+            # the raw image, as training and eval's data set move it (integer images rounded alike); a read-only
+            # array (np.asarray of a PIL image) is copied, as torch.from_numpy warns of it, others only where
+            # not contiguous
+            raw = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+            moved = shift_image(torch.from_numpy(raw).movedim(-1, 0), shift)
             image = moved.movedim(0, -1).numpy()
         return image_to_tensor(image, self.meta["mean"], self.meta["std"], device=self.device)
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..config import load_config, validate_config
 from ..data import (
     DatasetInfo,
     SegmentationDataset,
@@ -138,7 +139,7 @@ def _summary(
 
 
 def train(
-    config: dict[str, Any],
+    config: dict[str, Any] | str | os.PathLike,
     *,
     run_dir: str | os.PathLike,
     resume: bool = False,
@@ -147,7 +148,8 @@ def train(
     check_data: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train from a validated config (see :func:`pixelwise.config.load_config`).
+    """Train from a config: a mapping (validated here: :func:`pixelwise.config.validate_config`, which a config
+    from :func:`pixelwise.config.load_config` passes as it is) or a YAML file's path (read by ``load_config``).
 
     Writes ``run_dir/config.yaml``, ``metrics.jsonl`` (one JSON record per log/eval step),
     ``last.pt`` (with optimizer state, for ``resume=True``) and ``best.pt`` (best val mIoU).
@@ -163,6 +165,8 @@ def train(
     "run_dir", "classes"}``
     (``best_miou`` holds the best value of ``best_metric``: ``"miou"``, or ``"mean_ap"`` for instance methods).
     """
+    # a path, an empty mapping or an unknown key gave TypeError/KeyError tracebacks from deep inside the run
+    config = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
     train_cfg = config["train"]
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():

@@ -7,9 +7,10 @@ predicted on the whole (rescaled) image or by sliding windows (:mod:`.sliding_wi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from numbers import Integral, Real
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,8 @@ class InferenceSettings:
     class_weights: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("whole", "slide"):
-            raise ConfigError(f"inference mode {self.mode!r}; valid: whole, slide")
-        if self.blend not in ("uniform", "gaussian"):
-            raise ConfigError(f"inference blend {self.blend!r}; valid: uniform, gaussian")
+        for name in TYPED_KEYS:
+            _check_type(name, getattr(self, name))
         if self.mode == "slide" and self.crop is None:
             raise ConfigError("sliding-window inference needs a crop size")
         if self.mode == "whole" and self.blend != "uniform":
@@ -127,6 +126,52 @@ class InferenceSettings:
         if self.class_weight_correction:
             text += f", class weights undone by tau {self.class_weight_correction:g}"
         return text
+
+
+INFERENCE_KEYS = tuple(f.name for f in fields(InferenceSettings))
+"""The keys of an ``inference=`` dict (Predictor, predict, evaluate_checkpoint, crf_search): the settings' fields."""
+TYPED_KEYS = ("mode", "blend", "scales", "flip", "rot90", "window_batch", "class_weight_correction")
+"""The fields whose value types :func:`inference_overrides` checks on their own (the window sizes, crop and stride,
+are checked with the mode they belong to)."""
+
+
+def _check_type(name: str, value: Any) -> None:
+    """A ConfigError for a value of the wrong type (they stopped on raw TypeErrors: ``scales=1.0`` "'float' object is
+    not iterable"); ``mode``/``blend`` by their names; the ranges are :class:`InferenceSettings`' own checks."""
+    if name == "mode" and value not in ("whole", "slide"):
+        raise ConfigError(f"inference mode {value!r}; valid: whole, slide")
+    if name == "blend" and value not in ("uniform", "gaussian"):
+        raise ConfigError(f"inference blend {value!r}; valid: uniform, gaussian")
+    if name == "scales" and (isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable)):
+        # a string would be read character by character
+        raise ConfigError(f"inference scales={value!r}: give a list of scale factors, e.g. [0.75, 1.0, 1.25]")
+    if name in ("flip", "rot90") and not isinstance(value, bool):
+        raise ConfigError(f"inference {name}={value!r}: give true or false")
+    if name == "window_batch" and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+        raise ConfigError(f"inference window_batch={value!r}: give a whole number >= 1 (windows per network pass)")
+    if name == "class_weight_correction" and (isinstance(value, bool) or not isinstance(value, Real)):
+        raise ConfigError(f"inference.class_weight_correction={value!r}: must be a finite number >= 0")
+
+
+def inference_overrides(values: Any) -> dict[str, Any]:
+    """``inference=`` as :class:`~pixelwise.engine.Predictor` (and so predict, evaluate_checkpoint and crf_search)
+    takes it over a run's own protocol, as a dict: ``None`` none; a mapping of :class:`InferenceSettings` fields,
+    its keys checked against them and its values' types (a ConfigError naming the first bad one; the ranges and the
+    settings' agreement are checked once they are combined with the run's)."""
+    if values is None:
+        return {}
+    keys = ", ".join(INFERENCE_KEYS)
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"inference={values!r}: give a dict of inference settings ({keys}), an InferenceSettings, or None"
+        )
+    unknown = sorted(str(k) for k in set(values) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown inference key(s) {', '.join(unknown)}; valid: {keys}")
+    for name in TYPED_KEYS:
+        if name in values:
+            _check_type(name, values[name])
+    return dict(values)
 
 
 @torch.inference_mode()
