@@ -1,6 +1,7 @@
 """Dense CRF post-processing wired into eval/predict, and the CRF parameter search."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,8 +49,10 @@ def test_settings_precedence(tmp_path):
     assert str(e.value) == f"{tmp_path / 'config.yaml'}: its crf section is 5, not a mapping of CRF parameters"
 
 
-@pytest.fixture
-def toy_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def _trained_toy(tmp_path_factory):
+    """The toy U-Net trained once for the module (40 iterations); each test gets its own copy (toy_checkpoint)."""
+    tmp_path = tmp_path_factory.mktemp("refine_toy")
     root = write_dataset(tmp_path / "data", splits={"train": 4, "val": 3}, size=(40, 30)).parent
     cfg = tmp_path / "toy.yaml"
     cfg.write_text(
@@ -63,7 +66,16 @@ def toy_checkpoint(tmp_path):
         )
     )
     train(load_config(cfg), run_dir=tmp_path / "run", data_root=root, progress=False)
-    return tmp_path / "run/best.pt", root
+    return tmp_path
+
+
+@pytest.fixture
+def toy_checkpoint(_trained_toy, tmp_path):
+    """``(best.pt, data root)`` of a copy of the trained run and its data in this test's folder: crf-search
+    writes into its run's folder, and a test may make it read-only."""
+    for name in ("data", "run"):
+        shutil.copytree(_trained_toy / name, tmp_path / name)
+    return tmp_path / "run/best.pt", tmp_path / "data"
 
 
 def test_eval_with_crf_and_crf_search(toy_checkpoint, capsys):
