@@ -146,26 +146,31 @@ def test_label_error_from_a_loader_worker_is_one_line(tmp_path):
     assert "s00.png holds label value(s) [9]" in proc.stderr
 
 
-def test_weight_map_verb_draws_the_paper_s_weights(tmp_path):
+def test_weight_map_verb_draws_the_paper_s_weights(tmp_path, capsys):
     """Two cells split by a one-pixel gap: every gap pixel is one pixel from both (d1 = d2 = 1), so its weight is
     w_c + w0 exp(-4 / (2 sigma^2)); here w0 = 5, sigma = 2: 5 exp(-1/2) = 3.0327."""
+    from pixelwise.cli import main
+
+    def weight_map(*argv):  # the verb in this process (a fresh interpreter per call took seconds each)
+        code = main(["weight-map", *map(str, argv)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     mask = np.ones((12, 12), np.uint8)
     mask[:, 5] = 0
     Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
-    proc = run_cli(
-        "weight-map", tmp_path / "m.png", "--out", tmp_path / "w.png", "--w0", 5, "--sigma", 2, "--no-balance"
-    )
+    code, out, _ = weight_map(tmp_path / "m.png", "--out", tmp_path / "w.png", "--w0", 5, "--sigma", 2, "--no-balance")
     # mean: 132 cell pixels of weight 1 and 12 gap pixels of 4.0327
-    assert "(min 1.000, mean 1.253, max 4.033)" in proc.stdout
+    assert code == 0 and "(min 1.000, mean 1.253, max 4.033)" in out
     assert Image.open(tmp_path / "w.png").format == "PNG"
     # class balance w_c = n / (k n_c): 144 / (2 * 12) = 6 on the gap (6 + 3.0327), 144 / (2 * 132) = 0.545 on the cells
-    proc = run_cli("weight-map", tmp_path / "m.png", "--out", tmp_path / "b.png", "--w0", 5, "--sigma", 2)
-    assert "(min 0.545, " in proc.stdout and "max 9.033)" in proc.stdout
+    code, out, _ = weight_map(tmp_path / "m.png", "--out", tmp_path / "b.png", "--w0", 5, "--sigma", 2)
+    assert code == 0 and "(min 0.545, " in out and "max 9.033)" in out
     # the objects are the components of --foreground: with class 0 as the objects there is only one, no border term
-    proc = run_cli("weight-map", tmp_path / "m.png", "--out", tmp_path / "f.png", "--foreground", 0, "--no-balance")
-    assert "(min 1.000, mean 1.000, max 1.000)" in proc.stdout
-    proc = run_cli("weight-map", tmp_path / "nope.png", "--out", tmp_path / "n.png", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope.png" in proc.stderr
+    code, out, _ = weight_map(tmp_path / "m.png", "--out", tmp_path / "f.png", "--foreground", 0, "--no-balance")
+    assert code == 0 and "(min 1.000, mean 1.000, max 1.000)" in out
+    code, _, err = weight_map(tmp_path / "nope.png", "--out", tmp_path / "n.png")
+    assert code == 2 and err.strip().count("\n") == 0 and "nope.png" in err
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, toy_root, capsys, monkeypatch):
