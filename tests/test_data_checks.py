@@ -707,6 +707,13 @@ def test_has_several_pages_seeks_to_the_second_page_only(tmp_path):
         has_several_pages(im, "upload.tif")
 
 
+def test_each_page_of_an_animated_png_stack_is_its_own(tmp_path):
+    """read_image_stack of an APNG: a check of the page count by seeking made every page decode as page 0."""
+    pages = [Image.fromarray(np.full((4, 6, 3), v, np.uint8)) for v in (10, 120, 240)]
+    pages[0].save(tmp_path / "s.png", save_all=True, append_images=pages[1:])
+    assert [int(p.mean()) for p in read_image_stack(tmp_path / "s.png")] == [10, 120, 240]
+
+
 def test_multipage_tiff(tmp_path):
     pages = [np.full((20, 24), 10 * (i + 1), np.uint8) for i in range(3)]
     write_dataset(tmp_path, splits={"train": 1})

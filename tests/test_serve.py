@@ -882,3 +882,31 @@ def test_requests_beyond_the_limit_get_our_json_503_before_their_body_is_read():
     assert head["status"] == 503 and (b"retry-after", b"1") in head["headers"]
     assert json.loads(body["body"]) == {"error": "server busy: 1 requests in progress, at most 1; retry later"}
     assert calls == ["/a"] and limited.active == 0
+
+
+def test_a_job_that_ends_as_its_client_goes_counts_as_finished():
+    """The job ends on the worker thread while _drop is cancelling it (too late): it was counted as dropped."""
+    import threading
+
+    from pixelwise.serve.worker import BoundedWorker
+
+    worker = BoundedWorker(2)
+    worker.start()
+    go = threading.Event()
+    future = worker.submit(lambda: go.wait(5) or "done")
+    while not future.running():
+        time.sleep(0.01)
+    cancel = future.cancel
+
+    def cancel_after_the_job_ended():  # the thread finishes the job between _drop's bookkeeping and its cancel
+        go.set()
+        future.result()
+        time.sleep(0.05)  # (the done callback, _release, has run)
+        return cancel()
+
+    future.cancel = cancel_after_the_job_ended
+    try:
+        assert worker._drop(future) is False
+        assert (worker.finished, worker.dropped) == (1, 0)
+    finally:
+        worker.shutdown()

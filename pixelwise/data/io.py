@@ -328,7 +328,7 @@ def _decode(im: Image.Image, path: Path, mode: str | None, image_range: tuple[fl
     # the orientation from the header, as probe_image reads it: a PNG's eXIf chunk placed after the pixels only
     # appears once they are loaded, and the image would then be turned where the size check and masks are not
     orientation = _orientation(im)
-    one_png = im.format == "PNG" and not has_several_pages(im, path)
+    one_png = im.format == "PNG" and _pages(im) == 1  # (no seek: a stack's page k is being decoded)
     arr = _png16_colour(im, path, orientation) if colour16 and one_png else None
     if arr is not None:
         if mode == "L" and arr.shape[2] == 3:  # Pillow's convert("L") weights (ITU-R 601-2 luma)
@@ -420,7 +420,7 @@ def write_image(path: str | os.PathLike, image: Image.Image | np.ndarray, **opti
     """Save ``image`` (a Pillow image or an array) to ``path`` in the format its suffix names (``options`` as
     Pillow's ``save``: ``save_all``, ``append_images``, ``compression``), through a temporary file renamed into
     place: an interrupted run leaves the old file or the new one, never a truncated picture. An array is
-    ``H x W`` (bool, uint8, or uint16 for ids beyond 255; a ``.tif`` also takes int32 and float32) or
+    ``H x W`` (bool, uint8, or uint16 for ids beyond 255; a ``.tif`` also takes 8-32-bit integers and floats) or
     ``H x W x C`` uint8 with 1 to 4 channels; anything else, or a mode the format cannot hold (RGBA as JPEG), is
     a one-line DataError naming the fix (:func:`image_to_uint8` for floats in [0, 1])."""
     path = Path(path)
@@ -458,7 +458,8 @@ def _picture_array(path: Path, image: Any, fmt: str) -> np.ndarray:
     allowed = {np.dtype(np.uint8)}
     if image.ndim == 2:
         allowed |= {np.dtype(bool), np.dtype(np.uint16)}
-        allowed |= {np.dtype(np.int32), np.dtype(np.float32)} if fmt == "TIFF" else set()
+        tiff = (np.int8, np.int16, np.int32, np.uint32, np.float32, np.float64)  # (as Pillow saved them before)
+        allowed |= {np.dtype(t) for t in tiff} if fmt == "TIFF" else set()
     if image.dtype not in allowed:
         if image.dtype.kind == "f":
             fix = "pictures are uint8: pixelwise.data.image_to_uint8(image) scales floats in [0, 1] to 0..255"

@@ -69,7 +69,7 @@ class BoundedWorker:
     def _release(self, future: Future) -> None:
         with self._lock:
             self._pending -= 1
-            if future in self._dropping:
+            if future.cancelled() and future in self._dropping:  # (one that finished as its client went: finished)
                 self.dropped += 1
             elif future.cancelled():
                 self.cancelled += 1
