@@ -22,6 +22,24 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+def save_toy_checkpoint(path: Path, model, spec: dict) -> Path:
+    """``model``'s weights as a checkpoint of the three-class toy data set (classes a, b, c), its builder
+    arguments ``spec`` (``name`` and keywords) as the run's model section: what Predictor and export load."""
+    from pixelwise.models.weights import save_checkpoint
+
+    meta = {
+        "model": spec,
+        "classes": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        "ignore_index": 255,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "dataset": "toy",
+    }
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+    return path
+
+
 def real_data_root() -> Path:
     """$PIXELWISE_DATA if set, else ../shared/datasets beside the repository (as in CI)."""
     env = os.environ.get("PIXELWISE_DATA")

@@ -17,6 +17,8 @@ from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseE
 from pixelwise.inference import fold_batch_norm, optimize_for_inference
 from pixelwise.models.weights import save_checkpoint
 
+from .conftest import save_toy_checkpoint
+
 pytest.importorskip("onnxruntime")
 
 
@@ -60,18 +62,7 @@ def test_fold_refuses_a_norm_that_is_not_right_after_its_conv():
 def checkpoint(tmp_path, name, **kwargs):
     torch.manual_seed(0)
     model = randomise_bn(build_model(name, num_classes=3, **kwargs))
-    meta = {
-        "model": {"name": name, "num_classes": 3, **kwargs},
-        "classes": ["a", "b", "c"],
-        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-        "ignore_index": 255,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "dataset": "toy",
-    }
-    path = tmp_path / f"{name}.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
-    return path
+    return save_toy_checkpoint(tmp_path / f"{name}.pt", model, {"name": name, "num_classes": 3, **kwargs})
 
 
 @pytest.mark.parametrize("name,kwargs", [("unet", {"base_channels": 8}), ("deeplabv3plus_mobilenetv2", {})])

@@ -20,27 +20,14 @@ from pixelwise.config import apply_overrides, load_config
 from pixelwise.data import check_dataset, write_image
 from pixelwise.engine.prediction_files import expand_inputs, predict
 from pixelwise.errors import DataError
-from pixelwise.models.weights import save_checkpoint
 
-from .conftest import REPO, write_dataset
+from .conftest import REPO, save_toy_checkpoint, write_dataset
 
 
 def tiny_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     spec = {"name": "unet", "num_classes": 3, "base_channels": 4, "depth": 2}
-    model = build_model(**spec).eval()
-    meta = {
-        "model": spec,
-        "classes": ["a", "b", "c"],
-        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-        "ignore_index": 255,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "dataset": "toy",
-    }
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
-    return path
+    return save_toy_checkpoint(tmp_path / "tiny.pt", build_model(**spec).eval(), spec)
 
 
 # --- a single str or Path where a list is expected: one item, not its characters ---
