@@ -26,7 +26,9 @@ av = pytest.importorskip("av", reason="video needs PyAV: pip install 'pixelwise[
 from pixelwise.data.video import VideoWriter, choose_codec, is_video, probe_video, read_frames  # noqa: E402
 from pixelwise.engine.prediction_files import check_inputs_kept, earlier_outputs_left_out  # noqa: E402
 from pixelwise.engine.video import (  # noqa: E402
+    SCENE_CUT_THRESHOLD,
     FlickerMeter,
+    SceneCutDetector,
     TemporalEMA,
     batches,
     flicker,
@@ -266,6 +268,80 @@ def test_smoothing_reduces_flicker_and_carries_across_batches():
     with pytest.raises(ConfigError) as e:
         TemporalEMA(0)
     assert str(e.value) == "--smooth 0: the moving average's factor must be in (0, 1] (1 = no smoothing)"
+
+
+def other_scene_frames(n: int = N) -> list[np.ndarray]:
+    """Another shot: a bright grey field (class 2) with a dark textured square (classes 0 and 1) moving down."""
+    rng = np.random.default_rng(1)
+    texture = rng.integers(0, 40, (16, 16, 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        f = np.full((H, W, 3), 140, np.uint8)
+        f[2 + 2 * i : 18 + 2 * i, 40:56] = texture
+        frames.append(f)
+    return frames
+
+
+def test_scene_cut_detector_tells_a_cut_from_motion_and_light():
+    """A cut to another shot is one; the same shot moved a few pixels, a little brighter or darker, or as grey
+    (``H x W x 1``) frames is none; the first frame of a video is no cut."""
+    a, b = square_frames(4), other_scene_frames(4)
+    detect = SceneCutDetector()
+    assert detect.threshold == SCENE_CUT_THRESHOLD
+    assert [detect(f) for f in [*a, *b, *a[:2]]] == [False] * 4 + [True] + [False] * 3 + [True, False]
+    assert detect.cuts == 2
+    detect.reset()
+    assert detect.cuts == 0 and not detect(b[0])  # another video: its first frame is no cut
+    frame = a[0]
+    for same_shot in (
+        np.roll(frame, (2, 3), (0, 1)),  # the camera moved a few pixels
+        np.clip(frame.astype(int) + 12, 0, 255).astype(np.uint8),  # a little brighter
+        np.clip(frame.astype(int) - 8, 0, 255).astype(np.uint8),  # a little darker
+    ):
+        assert SceneCutDetector.difference(frame, same_shot) < SCENE_CUT_THRESHOLD / 2
+    assert SceneCutDetector.difference(a[0], b[0]) > 3 * SCENE_CUT_THRESHOLD
+    grey = [f.mean(2, keepdims=True).astype(np.uint8) for f in (a[0], a[1], b[0])]  # --image-mode L frames
+    assert [SceneCutDetector()(g) for g in grey[:1]] == [False]
+    detect = SceneCutDetector()
+    assert [detect(g) for g in grey] == [False, False, True]
+
+
+def test_moving_average_restarts_at_a_cut():
+    """``cuts[i]`` true: frame ``i`` starts again from its own probabilities; without cuts, as before."""
+    probs, _ = noisy_sequence(frames=10)
+    plain = TemporalEMA(0.3)(probs)
+    ema = TemporalEMA(0.3)
+    cuts = [False] * 10
+    cuts[6] = True
+    smoothed = torch.cat([ema(b, c) for b, c in zip(probs.split(4), [cuts[:4], cuts[4:8], cuts[8:]], strict=True)])
+    torch.testing.assert_close(smoothed[:6], plain[:6])
+    assert torch.equal(smoothed[6], probs[6])  # the new shot's first frame as it is
+    torch.testing.assert_close(smoothed[7], 0.3 * probs[7] + 0.7 * probs[6])
+    torch.testing.assert_close(smoothed[6:], TemporalEMA(0.3)(probs[6:]))
+    torch.testing.assert_close(TemporalEMA(0.3)(probs, [False] * 10), plain)
+    with pytest.raises(ValueError, match="3 cut flags for 10 frames"):
+        TemporalEMA(0.3)(probs, [False] * 3)
+
+
+def test_smoothing_does_not_carry_labels_across_a_scene_cut(predictor, tmp_path):
+    """Scene A for 6 frames, then scene B: the smoothed average carried A's labels into B's first frames (ghosts of
+    the previous shot for about 1 / A frames). It starts again at the cut: B's first frame gets exactly its own
+    labels, as without smoothing; the manifest counts the cut, and motion within a shot counts none."""
+    a, b = square_frames(6), other_scene_frames(6)
+    clip = write_video(tmp_path / "cut.mkv", a + b, codec="ffv1")  # lossless: the frames as written
+    options = {"masks": "video", "overlay_video": False, "batch_size": 4, "progress": False}  # cut mid-batch
+    plain = predict_video(predictor, clip, tmp_path / "plain", **options)
+    smoothed = predict_video(predictor, clip, tmp_path / "smooth", smooth=0.2, **options)
+    raw = [m[..., 0] for m in read_frames(plain["masks"], "L")]
+    labels = [m[..., 0] for m in read_frames(smoothed["masks"], "L")]
+    assert len(labels) == 12 and label_change_rate(raw[5], raw[6]) > 0.5  # B's labels are not A's
+    np.testing.assert_array_equal(labels[6], raw[6])
+    assert smoothed["scene_cuts"] == 1 and "scene_cuts" not in plain
+    # within a shot (the square moving 3 pixels a frame) no cut: the smoothing runs through
+    still = predict_video(
+        predictor, write_video(tmp_path / "one.mp4", square_frames()), tmp_path / "one", smooth=0.2, progress=False
+    )
+    assert still["scene_cuts"] == 0
 
 
 def test_flicker_measures():
