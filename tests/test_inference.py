@@ -350,6 +350,8 @@ def test_the_inference_overrides_are_checked_by_name_and_type(tmp_path):
         ({"window_batch": 2.5}, "inference window_batch=2.5: give a whole number >= 1 (windows per network pass)"),
         ({"class_weight_correction": "1"}, "inference.class_weight_correction='1': must be a finite number >= 0"),
         ({"mode": ["slide"]}, "inference mode ['slide']; valid: whole, slide"),
+        ({"blend": "gausian"}, "inference blend 'gausian'; valid: uniform, gaussian"),
+        ({"window_batch": True}, "inference window_batch=True: give a whole number >= 1 (windows per network pass)"),
     ]
     for given, message in cases:
         with pytest.raises(ConfigError) as e:

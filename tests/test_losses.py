@@ -519,6 +519,11 @@ def test_every_loss_checks_its_target(key):
             f"{name} target holds class 6 but the logits have 4 classes: give "
             "classes 0..3, or ignore_index 255 for unlabelled pixels",
         ),
+        "class 4, one past the last": (
+            torch.full((2, 6, 6), 4),
+            f"{name} target holds class 4 but the logits have 4 classes: give "
+            "classes 0..3, or ignore_index 255 for unlabelled pixels",
+        ),
         "class -1": (
             torch.full((2, 6, 6), -1),
             f"{name} target holds class -1 but the logits have 4 classes: give "

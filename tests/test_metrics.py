@@ -139,6 +139,8 @@ def test_scores_of_another_number_of_classes_are_refused():
         "channels) or class indices shaped like the target (1, 8, 8)"
     )
     assert cm.matrix.sum() == 0
+    with pytest.raises(ValueError, match=r"^prediction shape \(1, 2, 8, 8\) has 2 score channels for num_classes=3"):
+        cm.update(torch.randn(1, 2, 8, 8), torch.randint(0, 3, (1, 8, 8)))  # too few as well as too many
     from pixelwise.metrics.boundary import BoundaryF1
 
     boundary = BoundaryF1(num_classes=3)

@@ -75,6 +75,11 @@ def test_load_config_takes_a_single_override(tmp_path):
             "give H x W (grey, or class indices), H x W x 3 (RGB) or H x W x 4 (RGBA)",
         ),
         (
+            np.zeros((4, 4, 5), np.uint8),
+            "an array of shape (4, 4, 5)",
+            "give H x W (grey, or class indices), H x W x 3 (RGB) or H x W x 4 (RGBA)",
+        ),
+        (
             np.zeros((4, 4), np.int64),
             "an int64 array of shape (4, 4)",
             "give uint8 (image.astype(np.uint8) for values 0..255), or uint16 for a map of more than 256 ids",
