@@ -456,6 +456,7 @@ def test_tiff_orientation_is_applied_once_as_for_png(tmp_path, compression):
         Image.fromarray(stored).save(tmp_path / "a.png", exif=exif)
         Image.fromarray(stored).save(tmp_path / "a.tif", exif=exif, **kwargs)
         turned.append(read_image(tmp_path / "a.png", "L"))
+        assert probe_image(tmp_path / "a.png")[0] == ((12, 20) if orientation >= 5 else (20, 12)), orientation
         assert probe_image(tmp_path / "a.tif") == probe_image(tmp_path / "a.png")
         assert np.array_equal(read_image(tmp_path / "a.tif", "L"), turned[-1]), orientation
     assert turned[5].shape == (20, 12, 1) and not np.array_equal(turned[5], turned[7])  # the check can fail

@@ -1127,6 +1127,11 @@ def test_cached_class_weights_are_reused_only_for_the_same_data(tmp_path, monkey
     for root, split in ((other, "train"), (first, "val")):
         assert weights(root, split) == fresh(root, split) != original  # recomputed, and the cache rewritten
     assert weights(first) == original and json.loads((tmp_path / "run/class_weights.json").read_text()) == cached
+    ds = SegmentationDataset(first, "toy", "train")  # another method on the same data: counted again
+    inverse = resolve_class_weights("inverse_frequency", ds, tmp_path / "run", progress=False, write=True)
+    assert inverse != original
+    assert json.loads((tmp_path / "run/class_weights.json").read_text())["method"] == "inverse_frequency"
+    assert weights(first) == original  # and back
     classes = first / "toy/classes.json"
     classes.write_text(json.dumps({**json.loads(classes.read_text()), "classes": ["sky", "road", "car"]}))
     with monkeypatch.context() as m:  # another class list alone: counted again

@@ -191,6 +191,20 @@ def test_non_empty_destination_is_refused_with_overwrite_replacing_it(tmp_path):
         import_dataset("voc", src, dst, name="x", palette=src / "x.json", progress=False)
 
 
+def test_a_destination_holding_src_is_refused_even_with_overwrite(tmp_path):
+    """DST/NAME a parent of SRC: an overwrite would move the old DST/NAME aside and delete it, SRC with it."""
+    dst = tmp_path / "dst"
+    src = make_voc(dst / "voc")  # DST/voc/VOC2012
+    before = tree_hash(src)
+    with pytest.raises(ConfigError) as e:
+        import_dataset("voc", src, dst, overwrite=True, progress=False, workers=1)
+    assert str(e.value) == (
+        f"destination {dst / 'voc'} and source {src} overlap: the import never writes under SRC; choose another DST"
+    )
+    assert tree_hash(src) == before  # SRC still whole
+    assert sorted(p.name for p in dst.iterdir()) == ["voc"]  # no staging folder
+
+
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     from pixelwise.data.importers import voc
 
@@ -762,6 +776,10 @@ def test_labelme(tmp_path):
     embedded = labelme_doc("missing.png", [shape("_background_", [[0, 0], [9, 0], [9, 6], [0, 6]])])
     embedded["imageData"] = base64.b64encode(buf.getvalue()).decode()
     (src / "embedded.json").write_text(json.dumps(embedded))
+    # a third whose one cat covers every pixel: an instance map with no background, whose object is still 1
+    save_png(src / "images" / "whole.png", rgb_image(h, w, seed=6))
+    whole = labelme_doc("images/whole.png", [shape("cat", [[0, 0], [9, 6]], "rectangle")])
+    (src / "whole.json").write_text(json.dumps(whole))
     base, summary = imported(tmp_path, "labelme", src, workers=2)
     info = classes_json(base)
     assert info["classes"] == ["background", "cat", "dog"] and info["instance_classes"] == ["cat", "dog"]
@@ -779,7 +797,9 @@ def test_labelme(tmp_path):
     np.testing.assert_array_equal(instances_of(base, "train", "cats"), expected_inst)
     np.testing.assert_array_equal(mask_of(base, "train", "embedded"), np.zeros((h, w), np.uint8))
     assert (base / "images" / "train" / "embedded.png").read_bytes() == buf.getvalue()
-    assert summary.instances == {"train": 3}
+    np.testing.assert_array_equal(mask_of(base, "train", "whole"), np.ones((h, w), np.uint8))
+    np.testing.assert_array_equal(instances_of(base, "train", "whole"), np.ones((h, w), np.int64))
+    assert summary.instances == {"train": 4}
     assert any("line shapes enclose no area" in reason for _, reason in summary.skipped)
 
 
@@ -1147,7 +1167,7 @@ def test_non_ascii_names_read_as_utf8_whatever_the_locale_and_list_ids_keep_thei
     lm = tmp_path / "lm"
     save_png(lm / "a.png", rgb_image(7, 10))
     doc = labelme_doc("a.png", [shape("gâteau", [[1, 1], [5, 1], [5, 4]])])
-    (lm / "a.json").write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    (lm / "a.json").write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8-sig"))  # with a BOM (Notepad)
     base, _ = imported(tmp_path / "l", "labelme", lm)
     assert classes_json(base)["classes"] == ["background", "gâteau"]
     src, _, _ = make_rgb(tmp_path)
@@ -1292,19 +1312,29 @@ def test_rgb_keeps_what_the_native_classes_json_says_of_the_images(tmp_path):
 def test_a_reencoded_image_keeps_its_exif_orientation(tmp_path):
     """A .jfif (a JPEG by Windows' name, re-encoded to PNG) stored 10 wide and 6 high with EXIF orientation 6:
     LabelMe draws on it turned (6 x 10). The PNG lost the orientation, so the import refused the mask's size (a
-    square image would have had its mask silently turned against it)."""
+    square image would have had its mask silently turned against it). An image embedded as ``imageData`` and
+    re-encoded (a phone's multi-picture JPEG, MPO: not a type pixelwise reads) keeps it too."""
     from pixelwise.data import read_image
 
-    src = tmp_path / "lm"
-    src.mkdir()
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(np.full((6, 10, 3), 90, np.uint8)).save(src / "a.jfif", format="JPEG", exif=exif)
+    stored = Image.fromarray(np.full((6, 10, 3), 90, np.uint8))
     shapes = [{"label": "cat", "points": [[0, 0], [5, 0], [5, 2], [0, 2]], "shape_type": "polygon"}]
-    annotation = {"shapes": shapes, "imagePath": "a.jfif", "imageHeight": 10, "imageWidth": 6}
-    (src / "a.json").write_text(json.dumps(annotation))
-    base, summary = imported(tmp_path, "labelme", src, workers=1)
-    assert summary.skipped == []
-    image, mask = read_image(base / "images/train/a.png"), mask_of(base, "train", "a")
-    assert image.shape[:2] == mask.shape == (10, 6)
-    assert (mask[:3] == 1).all() and (mask[3:] == 0).all()  # the cat as drawn: the top three rows
+    for embedded in (False, True):
+        src = tmp_path / f"lm{int(embedded)}"
+        src.mkdir()
+        annotation = {"shapes": shapes, "imagePath": "a.jfif", "imageHeight": 10, "imageWidth": 6}
+        if embedded:  # no file beside it: the image is in the JSON, written as PNG by the import
+            buf = io.BytesIO()
+            stored.save(buf, format="MPO", save_all=True, append_images=[stored.copy()], exif=exif)
+            with Image.open(io.BytesIO(buf.getvalue())) as im:
+                assert im.format == "MPO"  # so the import re-encodes it
+            annotation["imageData"] = base64.b64encode(buf.getvalue()).decode()
+        else:
+            stored.save(src / "a.jfif", format="JPEG", exif=exif)
+        (src / "a.json").write_text(json.dumps(annotation))
+        base, summary = imported(tmp_path / f"out{int(embedded)}", "labelme", src, workers=1)
+        assert summary.skipped == [], embedded
+        image, mask = read_image(base / "images/train/a.png"), mask_of(base, "train", "a")
+        assert image.shape[:2] == mask.shape == (10, 6), embedded
+        assert (mask[:3] == 1).all() and (mask[3:] == 0).all(), embedded  # the cat as drawn: the top three rows
