@@ -84,12 +84,13 @@ def write_video(
     return path
 
 
-def mux_tone(out, astream, seconds, start=0.0):
+def mux_tone(out, astream, seconds, start=0.0, level=1.0):
     """A 440 Hz tone ``seconds`` long encoded into ``astream`` (mono, in the codec's sample format) from ``start``
-    seconds on; the last part frame left out where the codec takes whole frames only (MP2)."""
+    seconds on, ``level`` times as loud as by default; the last part frame left out where the codec takes whole
+    frames only (MP2)."""
     ctx = astream.codec_context
     rate, fmt, size = ctx.sample_rate, ctx.format.name, ctx.frame_size
-    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(rate * seconds)) / rate)
+    tone = level * 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(rate * seconds)) / rate)
     if fmt == "u8":
         samples = (tone * 127 + 128).astype(np.uint8)
     elif fmt.startswith("s16"):
@@ -646,11 +647,20 @@ def test_only_the_outputs_this_run_writes_are_guarded(tmp_path):
         check_inputs_kept([a, effect], tmp_path, effect=True)
     with pytest.raises(DataError, match="^input .*a_masks.mkv is where this run writes an output of"):
         check_inputs_kept([a, masks], tmp_path, video_masks="video")
+    # an image's output folders, and a video's masks as PNG frames (only with --video-masks png)
+    overlay = tmp_path / "overlay" / "b.png"
+    with pytest.raises(DataError, match="^input .*b.png is where this run writes an output of .*b.png, and would"):
+        check_inputs_kept([overlay], tmp_path)
+    check_inputs_kept([tmp_path / "other" / "b.png"], tmp_path)  # not an output folder
+    frame = tmp_path / "masks" / "a" / "000000.png"
+    check_inputs_kept([a, frame], tmp_path, video_masks="video")
+    with pytest.raises(DataError, match="^input .*000000.png is where this run writes an output of .*a.mp4, and"):
+        check_inputs_kept([a, frame], tmp_path, video_masks="png")
 
 
-def write_late_ts(path, frames, start, audio=None, rate=16000):
+def write_late_ts(path, frames, start, audio=None, rate=16000, audio_seconds=None, level=1.0):
     """An MPEG-TS whose clock starts ``start`` seconds in (as TV recordings' do), with a tone in ``audio`` (a
-    codec) from the same time."""
+    codec) from the same time, as long as the pictures or ``audio_seconds``, ``level`` times as loud as usual."""
     out = av.open(str(path), "w")
     stream = out.add_stream("mpeg2video", rate=FPS)
     stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
@@ -663,7 +673,7 @@ def write_late_ts(path, frames, start, audio=None, rate=16000):
     for packet in stream.encode(None):
         out.mux(packet)
     if astream is not None:
-        mux_tone(out, astream, len(frames) / FPS, start)
+        mux_tone(out, astream, len(frames) / FPS if audio_seconds is None else audio_seconds, start, level)
     out.close()
     return path
 
@@ -717,6 +727,50 @@ def test_the_audio_of_joined_files_follows_the_frames_after_the_jump_back(predic
     # as long as the pictures (16 frames at 25 fps), within a frame or two (the encoders' whole frames of samples)
     assert ends[-1] == pytest.approx(16 / FPS, abs=0.1)
     assert sound == pytest.approx(16 / FPS, abs=0.1)
+    if audio == "mp2":  # re-encoded: from the start to the second part's end (the encoder's last frame whole)
+        assert sound == pytest.approx(8 / FPS + loud_times(tmp_path / "1.ts", 10)[1], abs=0.03)
+
+
+def loud_times(path, origin=0.0):
+    """The times (seconds from ``origin``) of the first audio stream's samples louder than half its loudest, and
+    the stream's decoded length (seconds of samples)."""
+    with av.open(str(path)) as c:
+        rate, pieces = c.streams.audio[0].codec_context.sample_rate, []
+        for f in c.decode(audio=0):
+            a = f.to_ndarray()[:1].reshape(-1)  # (one channel: mono, planar or packed)
+            pieces.append((float(f.pts * f.time_base) - origin, a / 32768 if a.dtype == np.int16 else a))
+    starts = [np.round((t + np.arange(len(a)) / rate) * rate) / rate for t, a in pieces]
+    half = max(np.abs(a).max(initial=0) for _, a in pieces) / 2
+    loud = np.concatenate([t[np.abs(a) > half] for t, (_, a) in zip(starts, pieces, strict=True)])
+    return np.unique(loud), sum(len(a) for _, a in pieces) / rate
+
+
+@pytest.mark.parametrize("more", [-0.2, 0.2])
+@pytest.mark.parametrize(("audio", "how"), [("mp2", "mp2 re-encoded as aac"), ("aac", "aac, copied")])
+def test_the_audio_after_a_join_starts_with_the_frames_after_it(predictor, tmp_path, audio, how, more):
+    """The first part's audio 0.2 s shorter or longer than its pictures: the second part's audio goes where its
+    frames go (N / FPS, one tick after the first part's last frame), not where the audio before it ended: after a
+    gap a silence (re-encoded: the encoder takes sound without gaps), an overlap cut from the second's start. The
+    first part's tone is a third as loud: the second's is the loud sound in the output."""
+    parts = [
+        write_late_ts(tmp_path / "0.ts", square_frames(), 10, audio=audio, audio_seconds=N / FPS + more, level=1 / 3),
+        write_late_ts(tmp_path / "1.ts", square_frames(), 10, audio=audio),
+    ]
+    (tmp_path / "joined.ts").write_bytes(b"".join(p.read_bytes() for p in parts))
+    files = predict_video(predictor, tmp_path / "joined.ts", tmp_path / "out", progress=False)
+    assert files["audio"] == f"passed through ({how})" and files["frames"] == 2 * N
+    assert frame_times(files["overlay"]) == pytest.approx([i / FPS for i in range(2 * N)], abs=1e-3)
+    out, sound = loud_times(files["overlay"])
+    second, second_sound = loud_times(parts[1], 10)  # (the second part's audio on its own clock)
+    # the second part's sound ends where its times, moved on as its frames were, say
+    assert out[-1] == pytest.approx(N / FPS + second[-1], abs=0.015)
+    if more < 0:  # and after a silence where the first part's ended, it starts at the frames' join
+        assert out[0] == pytest.approx(N / FPS + second[0], abs=0.015)
+    else:  # where the first part's sound ended (the second's start under it cut, or its packets under it left out)
+        first, _ = loud_times(parts[0], 10)
+        assert out[0] == pytest.approx(first[-1], abs=0.04)
+    if audio == "mp2":  # the whole sound: from the start to the second part's end (the encoder's last frame whole)
+        assert sound == pytest.approx(N / FPS + second_sound, abs=0.03)
 
 
 def test_a_frame_time_a_little_early_is_jitter_not_a_join(tmp_path):
