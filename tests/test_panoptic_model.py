@@ -242,7 +242,8 @@ def test_outputs_stay_where_the_network_put_them_at_sizes_no_multiple_of_the_str
     """A map of ceil(H / s) cells resized to H pixels stretched its pitch to H / ceil(H / s): on sizes no multiple
     of the stride the scores, centres and offsets moved by up to 1.4 px here (a review measured 2.3 px at 513 x
     513). Upsampled by the stride and cut, they stay where they are at a multiple (LR-ASPP: 96), or at a size with
-    the same cells (DeepLab v3+, whose image pooling sees the extra cells: 97 against 100 and 111)."""
+    the same cells (DeepLab v3+, whose image pooling sees the extra cells: 97 against 100 and 111; DeepLab v2's
+    ResNet: 97 against 99 and 103)."""
     torch.manual_seed(0)
     lraspp = build_model("lraspp", num_classes=3).eval()
     at_96 = _response_centre(lraspp, 96)
@@ -253,6 +254,10 @@ def test_outputs_stay_where_the_network_put_them_at_sizes_no_multiple_of_the_str
         at_97 = _response_centre(panoptic, 97, key)
         for size in (100, 111):
             assert _response_centre(panoptic, size, key) == pytest.approx(at_97, abs=0.05)
+    deeplabv2 = build_model("deeplabv2_resnet101", num_classes=3).eval()  # ASPP on ResNet's 1/8 (a resize moved 0.7 px)
+    at_97 = _response_centre(deeplabv2, 97)
+    for size in (99, 103):  # 13 cells each
+        assert _response_centre(deeplabv2, size) == pytest.approx(at_97, abs=0.05)
 
 
 def _wide_bump() -> torch.Tensor:
