@@ -5,13 +5,14 @@ annotation PNGs and split lists, lookup tables, instance ids renumbered, unknown
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ...errors import DataError
 from ..io import open_image
@@ -78,41 +79,38 @@ class Plan:
 # helpers the formats share
 
 
-def read_index_png(path: Path, what: str = "annotation") -> np.ndarray:
-    """An 8-bit single-channel PNG (grey or palette) as its stored indices; DataError otherwise."""
+@contextmanager
+def _annotation_png(path: Path, what: str) -> Iterator[Image.Image]:
+    """The opened annotation file; what fails while it is opened or read is one DataError naming it."""
     try:
         with open_image(path, what) as im:
-            if im.mode not in ("L", "P"):
-                raise DataError(f"{what} {path} has mode {im.mode!r}, not an 8-bit index PNG")
-            return np.array(im)
+            yield im
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
+
+
+def read_index_png(path: Path, what: str = "annotation") -> np.ndarray:
+    """An 8-bit single-channel PNG (grey or palette) as its stored indices; DataError otherwise."""
+    with _annotation_png(path, what) as im:
+        if im.mode not in ("L", "P"):
+            raise DataError(f"{what} {path} has mode {im.mode!r}, not an 8-bit index PNG")
+        return np.array(im)
 
 
 def read_rgb_png(path: Path, what: str = "annotation") -> np.ndarray:
     """An image as ``H x W x 3`` uint8 (palette images mapped to their colours, alpha dropped)."""
-    try:
-        with open_image(path, what) as im:
-            return np.array(im.convert("RGB"))
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+    with _annotation_png(path, what) as im:
+        return np.array(im.convert("RGB"))
 
 
 def read_int_png(path: Path, what: str = "annotation") -> np.ndarray:
     """A single-channel integer PNG (8, 16 or 32 bits) as int64."""
-    try:
-        with open_image(path, what) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
-                raise DataError(f"{what} {path} has mode {im.mode!r}, not a single-channel integer PNG")
-            return np.array(im).astype(np.int64)
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+    with _annotation_png(path, what) as im:
+        if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+            raise DataError(f"{what} {path} has mode {im.mode!r}, not a single-channel integer PNG")
+        return np.array(im).astype(np.int64)
 
 
 def lut(mapping: dict[int, int], size: int = 256, default: int = 255) -> np.ndarray:
