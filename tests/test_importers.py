@@ -297,6 +297,22 @@ def save_mat(path: Path, key: str, seg: np.ndarray) -> None:
     savemat(path, {key: struct})
 
 
+def make_sbd_beside_voc(tmp_path: Path, inst: bool = True) -> Path:
+    """SBD's ``dataset`` folder under ``tmp_path/sbd`` (images a and b in train.txt, cls and, with ``inst``,
+    inst .mat files) beside a VOCdevkit of c (train) and e (val): the folder, to spoil a file in."""
+    sbd = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
+    make_voc(tmp_path / "sbd" / "VOCdevkit", stems_train=("c",), stems_val=("e",), extra=())
+    cls, obj = voc_arrays()
+    for stem in ("a", "b"):
+        save_jpeg(sbd / "img" / f"{stem}.jpg")
+        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", cls)
+        if inst:
+            save_mat(sbd / "inst" / f"{stem}.mat", "GTinst", obj)
+    (sbd / "train.txt").write_text("a\nb\n")
+    (sbd / "val.txt").write_text("")
+    return sbd
+
+
 def test_sbd_train_aug(tmp_path):
     root = tmp_path / "src"
     # VOC: c in train, d in val; SBD: a, c (train), b, d (val)
@@ -1031,15 +1047,7 @@ def test_what_an_import_of_each_format_found_wrong_is_one_line_or_a_listed_skip(
         with pytest.raises(DataError, match=f"^{root / folder} does not exist: {fmt} SRC must be"):
             import_dataset(fmt, root, tmp_path / f"{fmt}_out", progress=False)
     # a truncated SBD .mat: listed, the others imported
-    sbd = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
-    make_voc(tmp_path / "sbd" / "VOCdevkit", stems_train=("c",), stems_val=("e",), extra=())
-    cls, obj = voc_arrays()
-    for stem in ("a", "b"):
-        save_jpeg(sbd / "img" / f"{stem}.jpg")
-        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", cls)
-        save_mat(sbd / "inst" / f"{stem}.mat", "GTinst", obj)
-    (sbd / "train.txt").write_text("a\nb\n")
-    (sbd / "val.txt").write_text("")
+    sbd = make_sbd_beside_voc(tmp_path)
     (sbd / "cls" / "b.mat").write_bytes(b"MATLAB 5.0")
     summary = import_dataset("sbd", tmp_path / "sbd", tmp_path / "sbd_out", progress=False)
     assert any("Mat file appears to be truncated" in s for _, s in summary.skipped)
@@ -1107,14 +1115,7 @@ def test_an_item_whose_conversion_or_image_fails_in_any_way_is_a_listed_skip(tmp
         )
     ]
     # SBD: a MATLAB v7.3 (HDF5) .mat, which scipy does not read (NotImplementedError)
-    sbd = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
-    make_voc(tmp_path / "sbd" / "VOCdevkit", stems_train=("c",), stems_val=("e",), extra=())
-    cls, _ = voc_arrays()
-    for stem in ("a", "b"):
-        save_jpeg(sbd / "img" / f"{stem}.jpg")
-        save_mat(sbd / "cls" / f"{stem}.mat", "GTcls", cls)
-    (sbd / "train.txt").write_text("a\nb\n")
-    (sbd / "val.txt").write_text("")
+    sbd = make_sbd_beside_voc(tmp_path, inst=False)
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + b"\0" * 8 + b"\x00\x02IM"
     (sbd / "cls" / "b.mat").write_bytes(header + b"\0" * 384)
     summary = import_dataset("sbd", tmp_path / "sbd", tmp_path / "sbd_out", progress=False, workers=1)
