@@ -342,6 +342,29 @@ def test_unreadable_weight_files_are_one_line(tmp_path):
         assert str(e.value).endswith("it is not a PyTorch file (truncated, or another format)"), str(e.value)
 
 
+def test_weight_file_without_read_permission(tmp_path, monkeypatch):
+    """A file the user may not read is said to be that, not "not a PyTorch/safetensors file" (the reader's
+    PermissionError is simulated: the tests may run as root, who reads every file)."""
+    import safetensors.torch
+
+    from pixelwise.models.weights import read_state_file, torch_load
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    monkeypatch.setattr(safetensors.torch, "load_file", denied)
+    reason = "permission denied: make it readable (chmod u+r) or give a copy you can read"
+    for name in ("w.pth", "w.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+        with pytest.raises(CheckpointError) as e:
+            read_state_file(tmp_path / name)
+        assert str(e.value) == f"cannot load pretrained_backbone {tmp_path / name}: {reason}"
+    with pytest.raises(CheckpointError) as e:
+        torch_load(tmp_path / "w.pth", "checkpoint")
+    assert str(e.value) == f"cannot load checkpoint {tmp_path / 'w.pth'}: {reason}"
+
+
 def test_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         build_model("unet_resnet18", num_classes=2, pretrained_backbone=str(tmp_path / "none.pth"))

@@ -51,9 +51,15 @@ def _is_legacy_torch_file(path: Path) -> bool:
         return False
 
 
+# a file the user may not read fails as a PermissionError in the reader: not a format problem
+_NOT_READABLE = "permission denied: make it readable (chmod u+r) or give a copy you can read"
+
+
 def _why_unreadable(path: Path, error: Exception) -> str:
     """Our own reason for a failed ``torch.load``: torch's messages for these cases advise turning
     ``weights_only`` off, which pixelwise never does nor suggests."""
+    if isinstance(error, PermissionError):
+        return _NOT_READABLE
     if path.suffix.lower() == ".onnx":
         return (
             "it is an ONNX file, not a checkpoint: predict and serve run it (--backend onnxruntime); eval, export "
@@ -102,6 +108,8 @@ def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") 
 
         try:
             state: Any = load_file(str(path))
+        except PermissionError:
+            raise CheckpointError(f"cannot load {what} {path}: {_NOT_READABLE}") from None
         except (SafetensorError, OSError) as e:
             raise CheckpointError(
                 f"cannot load {what} {path}: it is not a safetensors file (truncated, or another format: "
