@@ -1,6 +1,8 @@
 """Panoptic-DeepLab (Cheng et al., CVPR 2020) as a builder option of DeepLab v3+ and the U-Nets: the instance
 branch's outputs, layers and parameters, the model without it unchanged, and the paper's losses."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -258,6 +260,14 @@ def test_outputs_stay_where_the_network_put_them_at_sizes_no_multiple_of_the_str
     at_97 = _response_centre(deeplabv2, 97)
     for size in (99, 103):  # 13 cells each
         assert _response_centre(deeplabv2, size) == pytest.approx(at_97, abs=0.05)
+    # the deep-supervision branch of PSPNet and DeepLab v3 (training mode's "aux", on ResNet's layer3: 1/8 for
+    # PSPNet's output stride 8, 1/16 for DeepLab v3's 16)
+    for name, sizes in (("pspnet", (97, 99, 103)), ("deeplabv3", (97, 100, 111))):
+        model = build_model(name, num_classes=3, backbone="resnet18", aux_head=True).eval()
+        with_aux = functools.partial(model, return_aux=True)
+        at_97 = _response_centre(with_aux, sizes[0], "aux")
+        for size in sizes[1:]:  # 13 (7) cells each
+            assert _response_centre(with_aux, size, "aux") == pytest.approx(at_97, abs=0.05), (name, size)
 
 
 def _wide_bump() -> torch.Tensor:
