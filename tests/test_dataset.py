@@ -73,6 +73,19 @@ def test_missing_dataset_names_root_and_setting(tmp_path):
         DatasetInfo.load(tmp_path, "camvid")
 
 
+def test_classes_json_as_notepad_saves_it(toy_root):
+    """A classes.json edited in Notepad: "UTF-8 with BOM" loads (the importers drop a BOM too); "Unicode" (UTF-16)
+    is one line saying what to do, not a UnicodeDecodeError; non-ASCII names read as UTF-8 whatever the locale."""
+    path = toy_root / "toy/classes.json"
+    text = json.dumps({"classes": ["fond", "route", "piéton"]}, ensure_ascii=False)
+    path.write_text(text, encoding="utf-8-sig")
+    assert DatasetInfo.load(toy_root, "toy").classes == ["fond", "route", "piéton"]
+    path.write_text(text, encoding="utf-16")
+    with pytest.raises(DataError) as e:
+        DatasetInfo.load(toy_root, "toy")
+    assert str(e.value) == f"{path} is not UTF-8 text: save it as UTF-8"
+
+
 def test_bad_classes_json(toy_root):
     (toy_root / "toy/classes.json").write_text(json.dumps({"names": ["a"]}))
     with pytest.raises(DataError, match=r"classes.json: not a valid classes.json"):

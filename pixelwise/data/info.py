@@ -136,8 +136,11 @@ class DatasetInfo:
                 f"(the data root is --data-root, else a config's data.root, else ${DATA_ROOT_ENV}, else ./data)"
             )
         try:
-            raw = json.loads(path.read_text())
+            # UTF-8, a BOM dropped: Notepad's "UTF-8 with BOM", as the importers read their JSON
+            raw = json.loads(path.read_text(encoding="utf-8-sig"))
             listed = raw["classes"]
+        except UnicodeDecodeError:  # UTF-16 (Notepad's "Unicode", PowerShell 5's >)
+            raise DataError(f"{path} is not UTF-8 text: save it as UTF-8") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a valid classes.json ({e}); it needs a 'classes' list") from None
         # a mapping would be read in key order (not by its values), a string letter by letter
