@@ -809,6 +809,12 @@ def test_check_dataset_lists_every_bad_file_and_counts_pixels(tmp_path):
     assert errors[str(msk / "badlabel.png")].startswith(f"mask {msk}/badlabel.png holds label value(s) [9] but 'toy'")
     assert errors[str(img / "nomask.png")] == f"image {img}/nomask.png has no mask (expected {msk}/nomask.png)"
     assert errors[str(msk / "orphan.png")] == f"mask {msk}/orphan.png has no image (expected {img}/orphan.<ext>)"
+    # its image in a format pixelwise does not read is named, not said to be missing
+    Image.fromarray(image).save(img / "orphan.gif")
+    assert dict(check_dataset(tmp_path, "toy", progress=False).errors)[str(msk / "orphan.png")] == (
+        f"mask {msk}/orphan.png has no image (expected {img}/orphan.<ext>; orphan.gif is there, but pixelwise reads "
+        ".png, .jpg, .jpeg, .jpe, .jfif, .webp, .tif, .tiff, .bmp: convert it to PNG)"
+    )
     assert errors[str(img / "broken.png")].startswith(f"cannot read image {img}/broken.png: ")
     assert (
         errors[str(img / "stack.tif")] == f"image {img}/stack.tif has 2 pages; split the stack into one file per "

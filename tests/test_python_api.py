@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import logging
 import re
 from pathlib import Path
 
@@ -42,6 +43,29 @@ def test_predict_takes_a_single_path_as_one_input(tmp_path, as_path):
     assert [w["image"] for w in written] == [str(image)]
     assert (tmp_path / "out" / "masks" / "slice_24.png").is_file()
     assert expand_inputs(str(image.parent)) == [image]
+
+
+def test_a_folder_of_inputs_says_what_it_leaves_out(tmp_path, caplog):
+    """A folder's files pixelwise does not read (a GIF, a text file) were left out without a word; Windows' and
+    Chrome's JPEG name (.jfif) is read; a file named twice (itself and in its folder) is predicted once."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    for name in ("a.jfif", "b.png", "c.gif"):
+        picture.save(folder / name, format="JPEG" if name.endswith("jfif") else None)
+    (folder / "notes.txt").write_text("x")
+    (folder / ".hidden.png").write_bytes(b"")  # macOS's ._ files and the like: not inputs
+    with caplog.at_level(logging.WARNING, logger="pixelwise.engine.prediction_files"):
+        assert expand_inputs(folder) == [folder / "a.jfif", folder / "b.png"]
+    assert caplog.messages == [
+        f"{folder}: left out 2 file(s) whose suffix is no image or video pixelwise reads (c.gif, notes.txt); name a "
+        "file itself to predict it anyway"
+    ]
+    twice = [folder, folder / "b.png", tmp_path / "in" / ".." / "in", folder / "c.gif"]
+    assert expand_inputs(twice) == [folder / "a.jfif", folder / "b.png", folder / "c.gif"]
+    written = predict(tiny_checkpoint(tmp_path), twice, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert len(written) == 3
 
 
 def test_check_dataset_takes_a_single_split_name(tmp_path):

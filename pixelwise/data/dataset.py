@@ -17,6 +17,7 @@ in :mod:`pixelwise.data.info`, image and mask reading in :mod:`pixelwise.data.io
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,15 @@ def _by_stem(folder: Path, kind: str, split: str, problems: list[tuple[Path, str
     return out
 
 
+def _expected_image(image_dir: Path, stem: str) -> str:
+    """Where a mask's image was looked for, and the file of that stem that is there in a format not read."""
+    other = sorted(q.name for q in image_dir.glob(f"{glob.escape(stem)}.*") if q.suffix.lower() not in IMAGE_EXTENSIONS)
+    expected = f"expected {image_dir / stem}.<ext>"
+    if other:
+        return f"{expected}; {other[0]} is there, but pixelwise reads {', '.join(IMAGE_EXTENSIONS)}: convert it to PNG"
+    return expected
+
+
 def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
     """The images, masks and instance maps of a split. DataError if the split is missing or has no images;
     every other problem is collected in the result."""
@@ -152,7 +162,7 @@ def list_split(root: str | os.PathLike, name: str, split: str) -> SplitFiles:
                     (path, f"mask {path} is not a PNG: masks must be lossless PNGs (save it as {stem}.png)")
                 )
         for stem in sorted(set(found) - set(images)):
-            problems.append((found[stem], f"mask {found[stem]} has no image (expected {image_dir / stem}.<ext>)"))
+            problems.append((found[stem], f"mask {found[stem]} has no image ({_expected_image(image_dir, stem)})"))
         for stem, image in images.items():
             if stem not in found:
                 problems.append((image, f"image {image} has no mask (expected {mask_dir / stem}.png)"))

@@ -44,9 +44,10 @@ from .info import DatasetInfo
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp")
 MASK_EXTENSION = ".png"
-LOSSY_EXTENSIONS = (".jpg", ".jpeg")  # fine for images; labels and instance ids must be stored lossless
+# fine for images; labels and instance ids must be stored lossless
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 MOSTLY_IGNORE = 0.5
 """A mask is "mostly ignore" when more than this fraction of its pixels is the ignore value."""
 

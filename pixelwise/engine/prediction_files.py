@@ -40,13 +40,26 @@ def input_list(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 
 
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order; a single
-    ``str`` or ``Path`` is one of them."""
+    """Files, folders (their images and videos, sorted) and glob patterns -> paths, in order, each file once
+    (a folder and a file in it name that file twice); a single ``str`` or ``Path`` is one of them. A folder's
+    files of other suffixes are left out, and said in the log."""
     paths: list[Path] = []
     for item in input_list(inputs):
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            files = sorted(q for q in p.iterdir() if not q.name.startswith(".") and q.is_file())
+            known = [q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS]
+            if len(known) < len(files):
+                other = [q.name for q in files if q not in known]
+                log.warning(
+                    "%s: left out %d file(s) whose suffix is no image or video pixelwise reads (%s%s); name a file "
+                    "itself to predict it anyway",
+                    p,
+                    len(other),
+                    ", ".join(other[:3]),
+                    ", ..." if len(other) > 3 else "",
+                )
+            paths += known
         elif p.is_file():
             paths.append(p)
         else:
@@ -54,7 +67,11 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             if not matches:
                 raise DataError(f"input {str(item)!r} is no file, folder or matching pattern")
             paths += [m for m in matches if m.is_file()]
-    return paths
+    seen: set[Path] = set()
+    once = [q for q in paths if not (q.resolve() in seen or seen.add(q.resolve()))]
+    if len(once) < len(paths):
+        log.info("%d input(s) named more than once: each predicted once", len(paths) - len(once))
+    return once
 
 
 class PredictionErrors(DataError):
