@@ -1,4 +1,5 @@
 import pickle
+import zipfile
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from pixelwise import build_model
 from pixelwise.errors import CheckpointError
 from pixelwise.fileio import atomic_write
-from pixelwise.models.weights import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from pixelwise.models.weights import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint, torch_load
 
 
 def make_ckpt(num_classes=3):
@@ -70,6 +71,27 @@ def test_refuses_pickled_code_and_foreign_files(tmp_path):
     assert str(e.value) == (
         f"cannot load checkpoint {tmp_path / 'junk.pt'}: it is not a PyTorch file (truncated, or another format)"
     )
+
+
+def test_damaged_bytes_inside_a_checkpoint_are_caught(tmp_path):
+    """torch.load does not check its zip records' CRC-32: bytes damaged inside a tensor (a disk or copy error)
+    loaded as other weights without a word, and --resume trained on from them."""
+    weights = {"w": torch.arange(4096.0), "b": torch.zeros(3)}
+    save_checkpoint(tmp_path / "last.pt", {"model": weights, "meta": {k: [] for k in ("classes", "palette")}})
+    good = (tmp_path / "last.pt").read_bytes()
+    with zipfile.ZipFile(tmp_path / "last.pt") as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)  # the 4096 floats
+        start = good.index(torch.arange(4096.0).numpy().tobytes())  # their bytes in the file
+    damaged = bytearray(good)
+    damaged[start + 100 : start + 104] = b"\x00\x00\x80\x7f"  # one float becomes inf
+    (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError) as e:
+        torch_load(tmp_path / "damaged.pt", "checkpoint")
+    assert str(e.value) == (
+        f"cannot load checkpoint {tmp_path / 'damaged.pt'}: its bytes are damaged (record {record.filename} fails "
+        "its checksum; a disk or copy error): use a good copy, or an earlier checkpoint"
+    )
+    assert torch.equal(torch_load(tmp_path / "last.pt", "checkpoint")["model"]["w"], weights["w"])
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -88,12 +88,32 @@ def torch_load(path: str | os.PathLike, what: str, map_location: str | torch.dev
         raise CheckpointError(f"{what} {path} is a folder: give the file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
+    damaged = _damaged_record(path)
+    if damaged:
+        raise CheckpointError(
+            f"cannot load {what} {path}: its bytes are damaged ({damaged}; a disk or copy error): use a good copy, "
+            "or an earlier checkpoint"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes on foreign files
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot load {what} {path}: {_why_unreadable(path, e)}") from None
+
+
+def _damaged_record(path: Path) -> str | None:
+    """What is damaged in a torch zip file (the first record whose bytes fail their CRC-32), else None.
+    ``torch.load`` does not check them, so bytes damaged inside a tensor loaded as other weights without a word;
+    the check reads the file once more. Files that are no zip archive are left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = archive.testzip()
+        return None if name is None else f"record {name} fails its checksum"
+    except zipfile.BadZipFile as e:
+        return first_line(e) if zipfile.is_zipfile(path) else None
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError):
+        return None  # unreadable, or a zip form testzip cannot follow: torch.load's own reason below
 
 
 def read_state_file(path: str | os.PathLike, what: str = "pretrained_backbone") -> dict[str, torch.Tensor]:
