@@ -88,7 +88,8 @@ def main() -> None:
         print("|---:|---:|" + "---:|" * len(classes))
         for tau, cm in cms.items():
             m = cm.compute()
-            rows[str(tau)] = {"miou": m["miou"], "iou": m["iou"]}
+            # the matrix too (rows: true class, columns: predicted), for where a class's pixels go
+            rows[str(tau)] = {"miou": m["miou"], "iou": m["iou"], "confusion": cm.matrix.tolist()}
             print(f"| {tau} | {100 * m['miou']:.1f} | " + " | ".join(f"{100 * v:.1f}" for v in m["iou"]) + " |")
         result["splits"][split] = rows
     if args.json:
