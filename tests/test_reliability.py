@@ -184,6 +184,50 @@ def test_crop_smaller_than_the_model_stride(tmp_path):
     assert not (tmp_path / "r" / ".lock").exists()  # released on the error
 
 
+def test_images_too_small_for_the_model_are_refused_before_training(tmp_path):
+    """An image smaller than the model's total stride trained on whole (data.crop_size null) or validated (at the
+    run's inference scales) was a warning, then all the training, then PyTorch's "Output size is too small" at the
+    first validation: it is eval's one line, before the first step."""
+    root = write_dataset(tmp_path / "data").parent  # 24x20 images; unet of depth 2 takes 4x4 and up
+    thin = root / "toy" / "images" / "val" / "thin.png"
+    Image.fromarray(np.zeros((3, 24, 3), np.uint8)).save(thin)
+    Image.fromarray(np.zeros((3, 24), np.uint8)).save(root / "toy" / "masks" / "val" / "thin.png")
+    path = toy_config(tmp_path, iters=2, eval_interval=2)
+    with pytest.raises(DataError) as e:
+        train(load_config(path), run_dir=tmp_path / "r1", data_root=root, progress=False)
+    assert str(e.value) == (
+        f"image {thin} is 24x3, smaller than model unet takes (at least 4x4 pixels, its total stride): upscale it "
+        "or pad it"
+    )
+    assert not (tmp_path / "r1" / "last.pt").exists() and not (tmp_path / "r1" / ".lock").exists()
+    thin.unlink()
+    (root / "toy" / "masks" / "val" / "thin.png").unlink()
+    # at the run's inference scales: 24x20 at 0.1 is 2x2
+    first = root / "toy" / "images" / "val" / "s00.png"
+    with pytest.raises(DataError) as e:
+        train(
+            load_config(path, ["inference.scales=[0.1, 1.0]"]), run_dir=tmp_path / "r2", data_root=root, progress=False
+        )
+    assert str(e.value) == (
+        f"image {first} is 24x20, and at inference scale 0.1 2x2, smaller than model unet takes (at least 4x4 "
+        "pixels, its total stride): leave out the scales below 0.2, or upscale the image"
+    )
+    assert not (tmp_path / "r2" / "last.pt").exists()
+    # a training image trained on whole; a crop pads it up, and trains
+    small = root / "toy" / "images" / "train" / "s03.png"
+    Image.fromarray(np.zeros((3, 24, 3), np.uint8)).save(small)
+    Image.fromarray(np.zeros((3, 24), np.uint8)).save(root / "toy" / "masks" / "train" / "s03.png")
+    whole = ["data.crop_size=null", "data.scale_range=null", "data.batch_size=1"]
+    with pytest.raises(DataError) as e:
+        train(load_config(path, whole), run_dir=tmp_path / "r3", data_root=root, progress=False)
+    assert str(e.value) == (
+        f"image {small} is 24x3, smaller than model unet takes (at least 4x4 pixels, its total stride): upscale it "
+        "or pad it"
+    )
+    assert not (tmp_path / "r3" / "last.pt").exists()
+    assert train(load_config(path), run_dir=tmp_path / "r4", data_root=root, progress=False)["iterations"] == 2
+
+
 # --- run directories -------------------------------------------------------------------------------------
 @pytest.fixture
 def toy_run(tmp_path):

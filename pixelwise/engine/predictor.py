@@ -79,6 +79,37 @@ def run_inference(
     return None if settings.is_plain else settings
 
 
+def image_size_problem(
+    height: int,
+    width: int,
+    source: str,
+    model: str,
+    side: int,
+    low: float = 1.0,
+    scale: str = "inference scale",
+    fix: str | None = None,
+) -> str | None:
+    """``None`` if the network sees an image of ``height x width`` at least ``side`` pixels a side (the model's
+    total stride, :func:`~pixelwise.models.registry.smallest_input`) at its size and at ``low``, its smallest
+    scale (``scale`` names where that comes from), else the one-line message: predict, eval and training's
+    pre-flight check say it alike. ``fix``: what to do at that scale, with ``{least}`` the smallest scale that
+    would do (default: leave out the inference scales below it)."""
+    if min(height, width) < side:
+        return (
+            f"image {source} is {width}x{height}, smaller than model {model} takes "
+            f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
+        )
+    h, w = max(1, round(height * low)), max(1, round(width * low))
+    if min(h, w) < side:
+        least = f"{side / min(height, width):.3g}"
+        return (
+            f"image {source} is {width}x{height}, and at {scale} {low} {w}x{h}, smaller than model {model} takes "
+            f"(at least {side}x{side} pixels, its total stride): "
+            + (fix or "leave out the scales below {least}, or upscale the image").format(least=least)
+        )
+    return None
+
+
 def recorded_class_weights(
     meta: dict[str, Any], checkpoint: str | os.PathLike, config: dict[str, Any] | None = None
 ) -> list[float] | None:
@@ -342,21 +373,10 @@ class Predictor:
         its size, or at the protocol's smallest scale."""
         if getattr(self.model, "fixed_size", None) is not None:
             return  # an ONNX graph of a fixed size: every input is resized to it
-        side = self._smallest_side()
-        name = self.meta["model"]["name"]
-        if min(height, width) < side:
-            raise DataError(
-                f"image {source} is {width}x{height}, smaller than model {name} takes "
-                f"(at least {side}x{side} pixels, its total stride): upscale it or pad it"
-            )
         low = min(self.inference.scales) if self.inference is not None else 1.0
-        h, w = max(1, round(height * low)), max(1, round(width * low))
-        if min(h, w) < side:
-            raise DataError(
-                f"image {source} is {width}x{height}, and at inference scale {low} {w}x{h}, smaller than model "
-                f"{name} takes (at least {side}x{side} pixels, its total stride): leave out the scales below "
-                f"{side / min(height, width):.3g}, or upscale the image"
-            )
+        problem = image_size_problem(height, width, source, self.meta["model"]["name"], self._smallest_side(), low)
+        if problem:
+            raise DataError(problem)
 
     def _smallest_side(self) -> int:
         if self._smallest is None:

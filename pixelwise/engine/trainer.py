@@ -33,7 +33,7 @@ from ..inference import InstanceSettings
 from ..metrics import SUMMARY_KEYS
 from ..models import build_model, input_channels, list_models, model_defaults
 from ..models import model_arguments as registered_arguments
-from ..models.registry import input_size_problem, training_batch_problem, without_pretrained
+from ..models.registry import input_size_problem, smallest_input, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
 from .distributed import agree_over_processes, broadcast_buffers, seed_step, setup_distributed
@@ -41,7 +41,7 @@ from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
 from .instance_methods import build_loss as build_instance_loss
-from .predictor import run_inference
+from .predictor import image_size_problem, run_inference
 from .resume import TrainState, pack, restore, rng_state, sampler_start
 from .run_dir import RunFiles, tensorboard_val
 from .sampler import EpochSampler
@@ -104,6 +104,38 @@ def _datasets(
             instances_from_class=from_class,
         )
     return train_ds, val_ds
+
+
+def _check_image_sizes(
+    config: dict[str, Any], spec: dict[str, Any], train_ds: SegmentationDataset, val_ds: SegmentationDataset | None
+) -> None:
+    """Images the network would see smaller than its total stride, as eval says it (a DataError of one line), before
+    the first step: the training split's when trained on whole (a crop pads them up), at the smallest of
+    data.scale_range, and the validation split's at the run's inference scales. From the sizes the data sets read
+    from the headers; each size once."""
+    data_cfg = config["data"]
+    checks = []  # (data set, smallest scale, where it comes from, what to do about it)
+    if data_cfg["crop_size"] is None:
+        low = min(data_cfg["scale_range"]) if data_cfg["scale_range"] else 1.0
+        checks.append((train_ds, low, "data.scale_range low", "raise it to {least} or more, or set data.crop_size"))
+    if val_ds is not None:
+        protocol = run_inference(config["inference"])  # the scales validation runs at, as eval would
+        checks.append((val_ds, min(protocol.scales) if protocol is not None else 1.0, "inference scale", None))
+    if not checks:
+        return
+    side = smallest_input(spec)  # on the meta device: shapes only
+    if side > 512:  # no square up to 512 runs: one size, not a minimum (data.crop_size's check says it)
+        return
+    for ds, low, scale, fix in checks:
+        if min(min(w, h) * min(low, 1.0) for w, h in ds.image_sizes) >= side:
+            continue
+        checked = set()
+        for (image, _), (w, h) in zip(ds.samples, ds.image_sizes, strict=True):
+            if (w, h) not in checked:
+                checked.add((w, h))
+                problem = image_size_problem(h, w, str(image), spec["name"], side, low, scale, fix)
+                if problem:
+                    raise DataError(problem)
 
 
 def _summary(
@@ -276,6 +308,7 @@ def _train(
             f"in size ({sizes[0][0]}x{sizes[0][1]}, {sizes[1][0]}x{sizes[1][1]}, ...) and are validated whole, so "
             "they cannot share a batch; set data.val_batch_size: 1"
         )
+    _check_image_sizes(config, spec, train_ds, val_ds)
     # SyncBatchNorm under torchrun counts the values of every process
     if crop is not None and batch_size == 1 and not (train_cfg["sync_bn"] and ddp.world_size > 1):
         problem = training_batch_problem(spec, batch_size, h, w)
