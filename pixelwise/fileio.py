@@ -38,6 +38,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
             break
         except FileExistsError:
             continue
+        except OSError as e:  # a folder it cannot write in: the error names the file asked for, not ours
+            raise naming(e, path, tmp) from None
     try:
         with os.fdopen(fd, "w+b") as f:  # readable too: Pillow reads back a multi-page TIFF as it writes it
             write(f)
@@ -47,7 +49,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise naming(e, path) from None
+        raise naming(e, path, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -55,10 +57,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         _fsync_folder(path.parent)
 
 
-def naming(error: OSError, path: str | os.PathLike) -> OSError:
-    """``error`` with ``path`` as its file where it names none and has an errno (a full disk, a file size limit:
-    writes fail without a file name), so that the CLI reports it in one line naming the file; else ``error``."""
-    if error.filename is None and error.errno is not None:
+def naming(error: OSError, path: str | os.PathLike, temporary: str | os.PathLike | None = None) -> OSError:
+    """``error`` with ``path`` as its file where it names none, or names ``temporary`` (the file written in its
+    place, gone by the time the user reads of it), and has an errno (a full disk, a file size limit: writes fail
+    without a file name), so that the CLI reports it in one line naming the file; else ``error``."""
+    named = error.filename is None or (temporary is not None and os.fspath(error.filename) == os.fspath(temporary))
+    if named and error.errno is not None:
         return OSError(error.errno, error.strerror or str(error), str(path))
     return error
 
@@ -206,11 +210,29 @@ def check_output_file(
     blocking = next((q for q in p.parents if q.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
-    # found after the work, the work was lost; the effective ids, as the write itself (capabilities too)
-    effective = os.access in os.supports_effective_ids
-    if blocking is not None and not os.access(blocking, os.W_OK, effective_ids=effective):
-        raise ConfigError(f"{flag} {p}: cannot write in {blocking}; choose another place, or make it writable")
+    # found after the work, the work was lost
+    if blocking is not None and (error := _cannot_create_in(blocking, p.name)) is not None:
+        raise ConfigError(
+            f"{flag} {p}: cannot write in {blocking} ({error}); choose another place, or make it writable"
+        )
     if suffixes and p.suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} {p}: give a file ending in {', '.join(suffixes)}")
     if p.exists() and not overwrite:
         raise ConfigError(f"{flag} {p} exists: pass --overwrite to replace it, or choose another file")
+
+
+def _cannot_create_in(folder: Path, name: str) -> str | None:
+    """Why no file can be created in ``folder`` (the reason, e.g. ``Permission denied``), or None where one can:
+    found by creating (and removing) a temporary file there, as :func:`atomic_write` will. Not ``os.access``: it
+    says yes to root whatever the folder's mode bits, and to folders that refuse the file itself (sysfs, NFS with
+    root squashing)."""
+    while True:
+        probe = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        except OSError as e:
+            return e.strerror or str(e)
+        probe.unlink(missing_ok=True)
+        return None

@@ -309,3 +309,81 @@ def test_predict_refuses_huge_indices_and_colours_out_of_range_in_one_line(tmp_p
         "green, 0,177,64; each channel 0 to 255)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def _unwritable_folder():
+    """A folder no one can create a file in, root included (sysfs refuses new files), or None."""
+    folder = "/sys/kernel"
+    if not os.path.isdir(folder):
+        return None
+    try:
+        os.close(os.open(os.path.join(folder, ".pixelwise-probe.tmp"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError:
+        return folder
+    os.unlink(os.path.join(folder, ".pixelwise-probe.tmp"))
+    return None
+
+
+def test_eval_refuses_an_output_in_a_folder_it_cannot_write_before_any_work(tmp_path, capsys):
+    """``eval --json /sys/kernel/x.json`` ran the whole evaluation, then failed naming its temporary file: as root
+    os.access says yes to any folder, so the folder is now tried by creating (and removing) a file in it."""
+    from pixelwise.cli import main
+
+    folder = _unwritable_folder()
+    if folder is None:
+        pytest.skip("no folder here refuses new files to this user")
+    missing = tmp_path / "none.pt"  # refused before the checkpoint is even read
+    for flag, name in (("--json", "x.json"), ("--confusion", "x.png")):
+        target = os.path.join(folder, name)
+        assert main(["eval", str(missing), flag, target]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"pixelwise eval: error: {flag} {target}: cannot write in {folder} (Permission denied); choose another "
+            "place, or make it writable"
+        )
+    assert not [p for p in os.listdir(folder) if p.endswith(".tmp")]
+
+
+def test_check_output_file_tries_the_folder_not_its_mode_bits(tmp_path, monkeypatch):
+    """A folder whose mode bits allow writing (as they do root) but that refuses new files (NFS with root_squash,
+    sysfs): refused before any work, naming the file; a folder still to be made is tried in its
+    nearest existing parent, which is left as it was."""
+    import pixelwise.fileio as fileio
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if os.path.dirname(os.fspath(path)) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "open", refusing)
+    for target in (locked / "m.json", locked / "new" / "deeper" / "m.json"):
+        with pytest.raises(ConfigError) as e:
+            fileio.check_output_file(target, "--json", overwrite=False)
+        assert str(e.value) == (
+            f"--json {target}: cannot write in {locked} (Permission denied); choose another place, or make it writable"
+        )
+    fileio.check_output_file(tmp_path / "fine" / "m.json", "--json", overwrite=False)  # writable: no error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
+    assert not list(locked.iterdir())
+
+
+def test_a_failed_atomic_write_names_its_target_not_the_temporary_file(tmp_path):
+    """The error named ``.x.json.308f5311.tmp``, a file the user never asked for and that is gone by then."""
+    from pixelwise.fileio import atomic_write_text
+
+    target = tmp_path / "x.json"
+    target.mkdir()
+    (target / "inside").write_text("keep")  # a non-empty folder where the file goes: the rename fails
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "{}")
+    assert e.value.filename == str(target), e.value
+    assert str(target) in str(e.value) and ".tmp" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+    folder = _unwritable_folder()
+    if folder is not None:  # the temporary file itself cannot be made
+        with pytest.raises(OSError) as e:
+            atomic_write_text(os.path.join(folder, "x.json"), "{}")
+        assert e.value.filename == os.path.join(folder, "x.json"), e.value

@@ -1305,3 +1305,34 @@ def test_predict_never_replaces_a_legend_png_of_the_users_own(toy_run, tmp_path)
     out = tmp_path / "elsewhere"  # as an input it is predicted like the other images
     written = predict(run / "best.pt", [folder], out, progress=False)
     assert str(mine) in [w["image"] for w in written]
+
+
+def test_rerun_without_resume_moves_the_old_tensorboard_events_aside_with_the_old_log(tmp_path, caplog):
+    """A run killed before its first checkpoint, started again on its --run-dir: its log went to metrics.old-1.jsonl,
+    but its TensorBoard events stayed in tensorboard/ beside the new run's, which TensorBoard read as one history
+    with each step twice. They are kept as tensorboard.old-1/, numbered as the log is."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def loss_steps(folder):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return [s.step for s in events.Scalars("train/loss")]
+
+    root = write_dataset(tmp_path / "data").parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2, log_interval=1, tensorboard=True))
+    run = tmp_path / "run"
+    (run / "metrics.old-1.jsonl").parent.mkdir()
+    (run / "metrics.old-1.jsonl").write_text('{"type": "train", "iter": 7}\n')  # an earlier rerun's: kept as is
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    for p in run.glob("*.pt"):  # as if killed before its first checkpoint
+        p.unlink()
+    first_log = (run / "metrics.jsonl").read_text()
+    caplog.set_level(logging.WARNING, logger="pixelwise")
+    train(cfg, run_dir=run, data_root=root, progress=False)
+    assert (run / "metrics.old-2.jsonl").read_text() == first_log
+    assert not (run / "tensorboard.old-1").exists()  # the number is the log's
+    assert loss_steps(run / "tensorboard.old-2") == [1, 2]
+    assert loss_steps(run / "tensorboard") == [1, 2]  # one history: the new run's
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert "kept as metrics.old-2.jsonl and tensorboard.old-2" in caplog.text

@@ -175,13 +175,19 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _set_aside(path: Path) -> Path:
-    """Rename ``path`` to the first free ``NAME.old-N.SUFFIX`` (an old log is kept, never appended to)."""
+def _set_aside(*paths: Path) -> list[Path]:
+    """Rename each of ``paths`` to ``NAME.old-N.SUFFIX``, with the first ``N`` free for all of them (an old log is
+    kept, never appended to, and the same run's other files with its number). Returns the new paths."""
     n = 1
-    while (target := path.with_name(f"{path.stem}.old-{n}{path.suffix}")).exists():
+    while any(_old_name(p, n).exists() for p in paths):
         n += 1
-    path.rename(target)
-    return target
+    for p in paths:
+        p.rename(_old_name(p, n))
+    return [_old_name(p, n) for p in paths]
+
+
+def _old_name(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}.old-{n}{path.suffix}")
 
 
 class RunFiles:
@@ -215,13 +221,18 @@ class RunFiles:
         text, config_path = dump_config(config), self.dir / "config.yaml"
         if resume_iter is None and config_path.is_file() and config_path.read_bytes() != text.encode():
             # a new run in a folder holding a config.yaml (often the user's own: train exp/config.yaml --run-dir exp)
-            log.warning("%s is not this run's: kept as %s", config_path, _set_aside(config_path).name)
+            log.warning("%s is not this run's: kept as %s", config_path, _set_aside(config_path)[0].name)
         atomic_write_text(config_path, text)
-        if resume_iter is None and self.log_path.exists():
+        # an earlier run without a checkpoint (killed before its first): its log and TensorBoard events are kept
+        # under one number, apart from this run's, which TensorBoard would read as one history with each step twice
+        earlier = [p for p in (self.log_path, self.dir / "tensorboard") if p.exists()] if resume_iter is None else []
+        if earlier:
+            kept = _set_aside(*earlier)
             log.warning(
-                "%s is from an earlier run without a checkpoint: kept as %s",
-                self.log_path,
-                _set_aside(self.log_path).name,
+                "%s %s from an earlier run without a checkpoint: kept as %s",
+                " and ".join(map(str, earlier)),
+                "are" if len(earlier) > 1 else "is",
+                " and ".join(p.name for p in kept),
             )
         self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:  # a resumed run's points past its checkpoint (written before a kill) are dropped
