@@ -211,7 +211,7 @@ def check_output_file(
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"{flag} {p}: {blocking} is a file, not a folder; choose another place")
     # found after the work, the work was lost
-    if blocking is not None and (error := _cannot_create_in(blocking, p.name)) is not None:
+    if blocking is not None and (error := cannot_create_in(blocking, p.name)) is not None:
         raise ConfigError(
             f"{flag} {p}: cannot write in {blocking} ({error}); choose another place, or make it writable"
         )
@@ -221,7 +221,7 @@ def check_output_file(
         raise ConfigError(f"{flag} {p} exists: pass --overwrite to replace it, or choose another file")
 
 
-def _cannot_create_in(folder: Path, name: str) -> str | None:
+def cannot_create_in(folder: Path, name: str) -> str | None:
     """Why no file can be created in ``folder`` (the reason, e.g. ``Permission denied``), or None where one can:
     found by creating (and removing) a temporary file there, as :func:`atomic_write` will. Not ``os.access``: it
     says yes to root whatever the folder's mode bits, and to folders that refuse the file itself (sysfs, NFS with

@@ -226,6 +226,34 @@ def test_crf_search_keeps_a_read_only_run_config_and_takes_numpy_grids(toy_check
     assert json.loads((ckpt.parent / "crf_search.json").read_text())["best"] == result["best"]
 
 
+def test_crf_search_tries_the_run_folder_before_the_search(tmp_path, monkeypatch):
+    """A run folder no file can be created in (root on a read-only or root-squashed mount, where os.access says
+    yes) was found when the results were written, after the whole search: a file is tried there first."""
+    import os
+
+    import pixelwise.fileio as fileio
+    from pixelwise.crf.search import check_run_config_writable
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "unet"}, "data": {"dataset": "toy"}}))
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if os.path.dirname(os.fspath(path)) == str(run) and flags & os.O_CREAT:
+            raise OSError(30, "Read-only file system", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    check_run_config_writable(run / "config.yaml")  # writable: no error
+    monkeypatch.setattr(fileio.os, "open", refusing)
+    with pytest.raises(ConfigError) as e:
+        check_run_config_writable(run / "config.yaml")
+    assert str(e.value) == (
+        f"cannot write in {run} (Read-only file system), where crf-search writes its results: make it writable"
+    )
+    assert sorted(q.name for q in run.iterdir()) == ["config.yaml"]
+
+
 def test_crf_search_bad_inputs_stop_before_anything_is_written(toy_checkpoint, capsys):
     ckpt, root = toy_checkpoint
     before = (ckpt.parent / "config.yaml").read_text()

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_text, dump_yaml, load_yaml
+from ..fileio import atomic_write_text, cannot_create_in, dump_yaml, load_yaml
 from ..metrics import ConfusionMatrix
 from .postprocess import apply_crf
 from .settings import DEFAULT_GRID, GRID_PARAMETERS, CRFSettings  # noqa: F401  (the grid's defaults, importable here too)
@@ -120,8 +120,10 @@ def check_run_config_writable(run_config: str | os.PathLike) -> None:
             f"{run_config} is read-only, and crf-search writes its best settings there: make it writable, or "
             "search without writing (crf_search(..., write=False))"
         )
-    if not os.access(run_config.parent, os.W_OK):
-        raise ConfigError(f"cannot write in {run_config.parent}, where crf-search writes its results: make it writable")
+    if (error := cannot_create_in(run_config.parent, run_config.name)) is not None:  # tried, as atomic_write will
+        raise ConfigError(
+            f"cannot write in {run_config.parent} ({error}), where crf-search writes its results: make it writable"
+        )
     _run_config(run_config)  # a file that holds no config stops here, not after the search
 
 
