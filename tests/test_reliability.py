@@ -1336,3 +1336,124 @@ def test_rerun_without_resume_moves_the_old_tensorboard_events_aside_with_the_ol
     assert loss_steps(run / "tensorboard") == [1, 2]  # one history: the new run's
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert "kept as metrics.old-2.jsonl and tensorboard.old-2" in caplog.text
+
+
+def _slices(root, folder, count):
+    """``count`` copies of the toy images, named slice_01.png ... (more inputs than the toy split holds)."""
+    images = sorted((root / "toy/images").rglob("*.png"))
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"slice_{i + 1:02d}.png").write_bytes(images[i % len(images)].read_bytes())
+    return sorted(folder.iterdir())
+
+
+def _listed(out):
+    """The files the manifest in ``out`` lists (every output key and slice), as paths."""
+    from pixelwise.engine.prediction_files import OUTPUT_KEYS
+
+    listed = set()
+    for entry in json.loads((out / "manifest.json").read_text())["files"]:
+        listed |= {Path(entry[k]) for k in OUTPUT_KEYS if k in entry}
+        listed |= {Path(p) for paths in entry.get("slices", {}).values() for p in paths}
+    return listed
+
+
+def test_predict_ctrl_c_lists_the_half_written_image_and_overwrite_removes_it(toy_run, tmp_path, monkeypatch):
+    """Ctrl-C while an image was being written left its mask and colour file (no overlay) and the manifest did not
+    list them: a later --overwrite run left them behind, mixed with its own outputs."""
+    import pixelwise.engine.prediction_files as pf
+
+    run, root, _ = toy_run
+    slices = _slices(root, tmp_path / "in", 4)
+    out = tmp_path / "pred"
+    real = pf.write_image
+
+    def interrupted(path, image, **kwargs):
+        real(path, image, **kwargs)
+        if Path(path) == out / "masks" / "slice_02.png":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pf, "write_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(run / "best.pt", slices, out, progress=False)
+    left = {p for p in out.rglob("*") if p.is_file()} - {out / "manifest.json", out / "legend.png"}
+    assert out / "masks/slice_02.png" in left and not (out / "color/slice_02.png").exists()
+    assert left == _listed(out)  # every file it left, the half-written image's too
+    monkeypatch.setattr(pf, "write_image", real)
+    (out / "notes.txt").write_text("mine")
+    predict(run / "best.pt", slices[2:], out, overwrite=True, progress=False)
+    for sub in ("masks", "color", "overlay"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["slice_03.png", "slice_04.png"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_predict_persists_its_manifest_while_it_runs(toy_run, tmp_path, monkeypatch):
+    """The manifest was written at the start (empty) and at the end: a run killed with kill -9 left one listing no
+    file. It is written again as files are written (at most every MANIFEST_EVERY_S seconds, here every time)."""
+    import pixelwise.engine.prediction_files as pf
+
+    run, root, _ = toy_run
+    slices = _slices(root, tmp_path / "in", 3)
+    out = tmp_path / "pred"
+    real, seen = pf.write_image, []
+
+    def looking(path, image, **kwargs):
+        if Path(path) == out / "overlay" / "slice_03.png":
+            seen.append(_listed(out))
+        real(path, image, **kwargs)
+
+    monkeypatch.setattr(pf, "MANIFEST_EVERY_S", 0.0, raising=False)
+    monkeypatch.setattr(pf, "write_image", looking)
+    predict(run / "best.pt", slices, out, progress=False)
+    assert seen == [{out / sub / f"slice_{i:02d}.png" for sub in ("masks", "color", "overlay") for i in (1, 2)}
+                    | {out / "masks/slice_03.png", out / "color/slice_03.png"}]  # fmt: skip
+
+
+KILL_DURING_PREDICT = """
+import os, signal, sys
+from pathlib import Path
+import pixelwise.engine.prediction_files as pf
+from pixelwise.fileio import atomic_write
+real = pf.write_image
+def write_then_die(path, image, **kwargs):
+    if Path(path).parent.name == "overlay" and Path(path).name == os.environ["KILL_AT"]:
+        def half(f):
+            f.write(b"half a picture")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic_write(path, half, durable=False)
+    return real(path, image, **kwargs)
+pf.write_image = write_then_die
+from pixelwise.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_overwrite_after_kill_9_leaves_none_of_the_killed_runs_files(toy_run, tmp_path):
+    """kill -9 left a manifest listing no file and a .slice_04.png.<hex>.tmp in overlay/: a later --overwrite run with
+    other inputs left all of the killed run's outputs and the temporary file beside its own. A file of the user's
+    named like an output of an input the killed run never reached stays (it is older than the killed run)."""
+    run, root, _ = toy_run
+    slices = _slices(root, tmp_path / "in", 5)
+    out = tmp_path / "pred"
+    (out / "color").mkdir(parents=True)
+    (out / "color/slice_05.png").write_bytes(b"mine, from before")
+    hour_ago = time.time() - 3600
+    os.utime(out / "color/slice_05.png", (hour_ago, hour_ago))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "slice_04.png"}
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_PREDICT, "predict", str(run / "best.pt"),
+                           *map(str, slices), "--out", str(out), "--overwrite", "--no-progress"], env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list((out / "overlay").glob(".slice_04.png.*.tmp"))) == 1
+    assert (out / "masks/slice_04.png").exists() and (out / "masks/slice_01.png").exists()
+    (out / "notes.txt").write_text("mine")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "fresh.png").write_bytes(slices[0].read_bytes())
+    predict(run / "best.pt", [other / "fresh.png"], out, overwrite=True, progress=False)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["color/fresh.png", "color/slice_05.png", "legend.png", "manifest.json", "masks/fresh.png",
+                    "notes.txt", "overlay/fresh.png"]  # fmt: skip
+    assert (out / "color/slice_05.png").read_bytes() == b"mine, from before"
+    assert sorted(p.name for p in slices) == [f"slice_{i:02d}.png" for i in range(1, 6)]  # inputs untouched

@@ -10,7 +10,8 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ..argmax import class_argmax
 from ..data import IMAGE_EXTENSIONS, image_to_uint8, write_image
 from ..data.video import VIDEO_EXTENSIONS, is_video
 from ..errors import ConfigError, DataError, ResourceError
-from ..fileio import file_sha256, write_json
+from ..fileio import TEMP_SUFFIX, file_sha256, write_json
 from ..inference import InferenceSettings
 from ..inference.effects import Effect, one_hot
 from ..visualize import colorize, instance_overlay, legend, overlay, overlay_palette
@@ -87,6 +88,9 @@ log = logging.getLogger(__name__)
 OUTPUT_FOLDERS = ("masks", "color", "overlay")
 MANIFEST = "manifest.json"
 LEGEND = "legend.png"
+# the manifest is saved again as outputs are written, at most this often (and at the end): a run killed with
+# kill -9 leaves one that lists all but the last moments' files, and --overwrite finds those by name
+MANIFEST_EVERY_S = 2.0
 
 
 def _earlier_manifest_entries(out_dir: Path) -> list | None:
@@ -117,10 +121,11 @@ def check_legend_free(out_dir: Path) -> None:
         )
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: Path, overwrite: bool, keep: Iterable[Path] = ()) -> None:
     """``out_dir`` made ready for a prediction run: never a file, and never a non-empty folder unless
     ``overwrite`` (another run's files would be mixed with these), which first removes the outputs an earlier
-    prediction's ``manifest.json`` lists; other files are left."""
+    prediction's ``manifest.json`` lists, and those of an interrupted one it could not list yet
+    (:func:`_unlisted_outputs`); other files, and ``keep`` (this run's inputs), are left."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: give a folder for the masks, colours and overlays")
     if out_dir.is_dir() and not overwrite:
@@ -131,7 +136,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 "pass --overwrite to replace what is there, or choose another folder"
             )
     if out_dir.is_dir() and overwrite and any(out_dir.iterdir()):
-        _remove_earlier_prediction(out_dir)
+        _remove_earlier_prediction(out_dir, keep)
     for sub in OUTPUT_FOLDERS:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -164,14 +169,82 @@ def _earlier_outputs(out_dir: Path, entries: list) -> Iterable[tuple[str, Path, 
             )
 
 
-def _remove_earlier_prediction(out_dir: Path) -> None:
-    """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), so that the
-    folder holds this run's alone; never its inputs, nothing outside ``out_dir``, nothing without a manifest of
-    ours (a folder such as a data set's own ``masks/`` stays as it is)."""
+def _earlier_inputs(out_dir: Path, entries: list) -> list[Path]:
+    """The inputs of the earlier prediction in ``out_dir``: its manifest's ``inputs`` (all it was to predict,
+    written before any output) and each entry's ``image`` or ``video``."""
+    try:
+        earlier = json.loads((out_dir / MANIFEST).read_text())
+        named = earlier.get("inputs") if isinstance(earlier, dict) else None
+    except (OSError, ValueError):
+        named = None
+    named = list(named) if isinstance(named, list) else []
+    named += [e.get(k) for e in entries if isinstance(e, dict) for k in ("image", "video")]
+    return [Path(n) for n in named if isinstance(n, str) and Path(n).stem]
+
+
+def _unlisted_outputs(out_dir: Path, entries: list, keep: set[Path]) -> Iterable[Path]:
+    """What an earlier prediction killed (``kill -9``, a power cut) may have written after its manifest was last
+    saved: files in predict's own output folders (and its videos in ``out_dir``) named as it names the outputs of
+    one of its inputs (:func:`_earlier_inputs`; a stem may take ``_`` suffixes, a stack ``_z0000`` ...), and their
+    temporary files (``.NAME.<hex>.tmp``, a video's ``.NAME.partial.mp4``), and those of the manifest and the legend.
+    Only files modified since the manifest was saved (anything the run wrote before, it lists): a data set's own
+    ``masks/a.png`` that a killed run never reached stays. Never a link, a folder's other files, nor ``keep``."""
+    try:
+        saved = (out_dir / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        return
+    inputs = _earlier_inputs(out_dir, entries)
+
+    def stems(paths: Iterable[Path]) -> str:
+        return "|".join(sorted({re.escape(p.stem) for p in paths}, key=len, reverse=True)) or "(?!)"
+
+    tmp = rf"\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}"
+    image = re.compile(rf"(?:{stems(inputs)})_*(_z\d{{4}})?\.(png|tif)")
+    videos = [p for p in inputs if is_video(p)]
+    video = re.compile(rf"(?:{stems(videos)})_*_(overlay|effect|masks)")
+    frame = re.compile(r"\d{6}\.png")
+    root_files = [  # a video's outputs, as finished and as encoded; a temporary manifest or legend
+        re.compile(rf"{video.pattern}\.(mp4|mov|mkv)"),
+        re.compile(rf"\.{video.pattern}\.partial\.(mp4|mov|mkv)"),
+        re.compile(rf"\.({re.escape(MANIFEST)}|{re.escape(LEGEND)}){tmp}"),
+    ]
+
+    def ours(folder: Path, names: list[re.Pattern]) -> Iterable[Path]:
+        if folder.is_symlink() or not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            if not any(n.fullmatch(path.name) for n in names) or path.is_symlink() or not path.is_file():
+                continue
+            if _where(path) not in keep and path.stat().st_mtime_ns >= saved:
+                yield path
+
+    image_files = [image, re.compile(rf"\.{image.pattern}{tmp}")]
+    yield from ours(out_dir, root_files)
+    for sub in OUTPUT_KEYS:
+        yield from ours(out_dir / sub, image_files)
+    masks = out_dir / "masks"
+    if videos and masks.is_dir() and not masks.is_symlink():  # a video's masks as PNGs: masks/<stem>/000000.png
+        video_folder = re.compile(rf"(?:{stems(videos)})_*")
+        for folder in sorted(p for p in masks.iterdir() if video_folder.fullmatch(p.name)):
+            yield from ours(folder, [frame, re.compile(rf"\.{frame.pattern}{tmp}")])
+
+
+def _remove_earlier_prediction(out_dir: Path, keep: Iterable[Path] = ()) -> None:
+    """The outputs an earlier prediction's ``manifest.json`` lists (and the other slices of a stack's), and those
+    of an interrupted one it could not list yet (:func:`_unlisted_outputs`), so that the folder holds this run's
+    alone; never its inputs nor ``keep``, nothing outside ``out_dir``, nothing without a manifest of ours (a folder
+    such as a data set's own ``masks/`` stays as it is)."""
     entries = _earlier_manifest_entries(out_dir)
     if entries is None:
         log.warning("%s holds no manifest.json of an earlier prediction: nothing in it is removed", out_dir)
         return
+    kept = {_where(Path(p)) for p in keep}
+    unlisted = list(_unlisted_outputs(out_dir, entries, kept))  # (before the listed go: it reads their manifest)
+    for path in unlisted:
+        path.unlink(missing_ok=True)
+    for folder in {p.parent for p in unlisted if p.parent.parent == out_dir / "masks"}:
+        if not any(folder.iterdir()):  # a video's frames folder, now empty
+            folder.rmdir()
     for key, path, inside, older_stack in _earlier_outputs(out_dir, entries):
         if path.is_symlink() or not path.exists():
             continue
@@ -265,16 +338,67 @@ def output_names(stem: str, pages: int) -> set[str]:
     return {stem} if pages == 1 else {stem, *(f"{stem}_z{z:04d}" for z in range(pages))}
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file lies at ``path`` (inode and mtime; None: none): an atomic write that landed puts another there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _write_entered(
+    files: dict[str, Any],
+    key: str,
+    path: Path,
+    picture: Image.Image | np.ndarray,
+    wrote: Callable[[], None] | None,
+    *,
+    stack: bool = False,
+    **options: Any,
+) -> None:
+    """``picture`` written to ``path`` (:func:`write_image`, ``options`` as there) and entered into the manifest
+    entry ``files`` under ``key`` (``stack``: a slice's picture, also listed in ``slices[key]``; ``key`` names the
+    first). Entered just before the write and taken out again where it stopped before the file landed: a run
+    stopped at any moment lists every file it left and none it did not write. ``wrote`` is called after."""
+    before = _identity(path)
+    first = key not in files
+    if first:
+        files[key] = str(path)
+    listed = files.setdefault("slices", {}).setdefault(key, []) if stack else None
+    if listed is not None:
+        listed.append(str(path))
+    try:
+        write_image(path, picture, **options)
+    except BaseException:
+        if _identity(path) in (None, before):  # not written: the file there (if any) is not this run's
+            if first:
+                del files[key]
+            if listed is not None:
+                listed.pop()
+                if not listed:
+                    del files["slices"][key]
+                if not files["slices"]:
+                    del files["slices"]
+        raise
+    if wrote is not None:
+        wrote()
+
+
 def _write_pictures(
-    folder: Path, stem: str, pages: int, pictures: Iterable[np.ndarray]
-) -> tuple[str, dict[str, list[str]] | None]:
+    folder: Path,
+    stem: str,
+    pages: int,
+    pictures: Iterable[np.ndarray],
+    files: dict[str, Any],
+    wrote: Callable[[], None] | None,
+) -> None:
     """Each page's picture as ``folder/<stem>.png``, or for a stack ``folder/<stem>_z0000.png`` ... per slice
-    (written as the iterable yields them); returns the first's path and, for a stack, every slice's (the manifest's
-    ``slices`` entry for ``folder``)."""
+    (written as the iterable yields them), each entered into the manifest entry ``files`` as soon as it is written:
+    the first under ``folder``'s name (as for one image), a stack's every slice under ``slices``."""
     paths = [folder / f"{stem}.png"] if pages == 1 else [folder / f"{stem}_z{z:04d}.png" for z in range(pages)]
     for path, picture in zip(paths, pictures, strict=True):
-        write_image(path, picture)
-    return str(paths[0]), ({folder.name: [str(p) for p in paths]} if pages > 1 else None)
+        _write_entered(files, folder.name, path, picture, wrote, stack=pages > 1)
 
 
 def write_prediction(
@@ -285,74 +409,82 @@ def write_prediction(
     preds: list[np.ndarray],
     palette: Sequence[Sequence[int]],
     alpha: float,
+    *,
+    files: dict[str, Any] | None = None,
+    wrote: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """``masks/<stem>.png``, ``color/<stem>.png``, ``overlay/<stem>.png`` of one image; for a stack of
     ``n`` pages the masks as one multi-page ``masks/<stem>.tif`` (slice order kept) and the pictures as
-    ``color/<stem>_z0000.png`` ... per slice."""
-    files = {"image": str(source)}
+    ``color/<stem>_z0000.png`` ... per slice. Returns the manifest entry: ``files`` where given, each output
+    entered as soon as it is written (``wrote`` called after each)."""
+    files = {} if files is None else files
+    files["image"] = str(source)
     contrast = overlay_palette(palette)
     pictures = [
         (colorize(pred, palette), overlay(image_to_uint8(page), colorize(pred, contrast), alpha))
         for page, pred in zip(pages, preds, strict=True)
     ]
     if len(pages) == 1:
-        files["masks"] = str(out_dir / "masks" / f"{stem}.png")
-        write_image(files["masks"], preds[0])
+        _write_entered(files, "masks", out_dir / "masks" / f"{stem}.png", preds[0], wrote)
     else:
         files["pages"] = len(pages)
-        files["masks"] = str(out_dir / "masks" / f"{stem}.tif")
         first, *rest = (Image.fromarray(p) for p in preds)
-        write_image(files["masks"], first, save_all=True, append_images=rest, compression="tiff_deflate")
+        tiff = {"save_all": True, "append_images": rest, "compression": "tiff_deflate"}
+        _write_entered(files, "masks", out_dir / "masks" / f"{stem}.tif", first, wrote, **tiff)
     for sub, index in (("color", 0), ("overlay", 1)):
-        # the key names the first slice's picture, as for one image; "slices" lists every slice's
-        files[sub], slices = _write_pictures(out_dir / sub, stem, len(pages), (p[index] for p in pictures))
-        if slices:
-            files.setdefault("slices", {}).update(slices)
+        _write_pictures(out_dir / sub, stem, len(pages), (p[index] for p in pictures), files, wrote)
     return files
 
 
 def write_instances(
-    out_dir: Path, stem: str, pages: list[np.ndarray], found: list[InstanceOutput], alpha: float
+    out_dir: Path,
+    stem: str,
+    pages: list[np.ndarray],
+    found: list[InstanceOutput],
+    alpha: float,
+    *,
+    files: dict[str, Any] | None = None,
+    wrote: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """``instances/<stem>.png`` (16-bit ids, 0 = none; a multi-page TIFF for a stack) and
-    ``instance_overlay/<stem>.png`` (each instance its own colour, with its contour)."""
+    ``instance_overlay/<stem>.png`` (each instance its own colour, with its contour); entered into ``files`` (a
+    manifest entry) as :func:`write_prediction` does."""
     for sub in ("instances", "instance_overlay"):
         (out_dir / sub).mkdir(exist_ok=True)
     if any(int(f.instances.max(initial=0)) > 65535 for f in found):
         raise DataError(f"{stem}: more than 65535 instances, beyond a 16-bit instance map")
     maps = [Image.fromarray(f.instances.astype(np.uint16)) for f in found]
-    files: dict[str, Any] = {"instance_count": sum(int(f.classes.size) for f in found)}
+    files = {} if files is None else files
+    files["instance_count"] = sum(int(f.classes.size) for f in found)
     if len(maps) == 1:
-        files["instances"] = str(out_dir / "instances" / f"{stem}.png")
-        write_image(files["instances"], maps[0])
+        _write_entered(files, "instances", out_dir / "instances" / f"{stem}.png", maps[0], wrote)
     else:
-        files["instances"] = str(out_dir / "instances" / f"{stem}.tif")
-        write_image(files["instances"], maps[0], save_all=True, append_images=maps[1:], compression="tiff_deflate")
+        tiff = {"save_all": True, "append_images": maps[1:], "compression": "tiff_deflate"}
+        _write_entered(files, "instances", out_dir / "instances" / f"{stem}.tif", maps[0], wrote, **tiff)
     pictures = (
         instance_overlay(image_to_uint8(page), f.instances, alpha) for page, f in zip(pages, found, strict=True)
     )
-    files["instance_overlay"], slices = _write_pictures(out_dir / "instance_overlay", stem, len(pages), pictures)
-    if slices:
-        files["slices"] = slices
+    _write_pictures(out_dir / "instance_overlay", stem, len(pages), pictures, files, wrote)
     return files
 
 
 def write_effect(
-    out_dir: Path, stem: str, pages: list[np.ndarray], probs: list[torch.Tensor], effect: Effect
+    out_dir: Path,
+    stem: str,
+    pages: list[np.ndarray],
+    probs: list[torch.Tensor],
+    effect: Effect,
+    *,
+    files: dict[str, Any] | None = None,
+    wrote: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice."""
+    """``effect/<stem>.png`` (RGBA for cutout); for a stack ``effect/<stem>_z0000.png`` ... per slice; entered
+    into ``files`` (a manifest entry) as :func:`write_prediction` does."""
     (out_dir / "effect").mkdir(exist_ok=True)
     pictures = (effect.apply(page, p) for page, p in zip(pages, probs, strict=True))
-    first, slices = _write_pictures(out_dir / "effect", stem, len(pages), pictures)
-    return {"effect": first, **({"slices": slices} if slices else {})}
-
-
-def merge_files(files: dict[str, Any], more: dict[str, Any]) -> None:
-    """``more`` (one writer's entries) into ``files``, a stack's per-slice lists under ``slices`` joined."""
-    slices = {**files.get("slices", {}), **more.get("slices", {})}
-    files.update(more)
-    if slices:
-        files["slices"] = slices
+    files = {} if files is None else files
+    _write_pictures(out_dir / "effect", stem, len(pages), pictures, files, wrote)
+    return files
 
 
 def predict(
@@ -382,10 +514,11 @@ def predict(
     ``Path``) write ``out_dir/masks/<stem>.png`` (class indices), ``color/<stem>.png``
     (palette colours) and ``overlay/<stem>.png`` (a multi-page TIFF: every slice, see
     :func:`~pixelwise.engine.prediction_files.write_prediction`), and ``out_dir/manifest.json`` (the checkpoint's
-    path and sha256, the settings, every file written and every input that failed). One image at a time: memory stays
-    flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images and
-    raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` (``"auto"``, the default, for an ``.onnx``
-    file) runs an ONNX file written by
+    path and sha256, the settings, the inputs, every file written and every input that failed; saved again as files
+    are written, at most every :data:`MANIFEST_EVERY_S` seconds, and at the end, Ctrl-C included). One image at a time:
+    memory stays flat. A non-empty ``out_dir`` needs ``overwrite``. ``skip_errors`` carries on past unreadable images
+    and raises :class:`PredictionErrors` at the end. ``backend="onnxruntime"`` (``"auto"``, the default, for an
+    ``.onnx`` file) runs an ONNX file written by
     ``pixelwise export`` instead of a checkpoint; ``compile`` as :func:`pixelwise.inference.optimize_for_inference`
     (torch backend); ``crf`` as :class:`Predictor`.
 
@@ -433,7 +566,7 @@ def predict(
             verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
             raise ConfigError(f"{' and '.join(given)} {verb} to videos, and no input is one: drop {them}")
     check_legend_free(out_dir)
-    prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite, keep=paths)
     written: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     used: set[str] = set()
@@ -451,9 +584,18 @@ def predict(
             "smooth": smooth,
             "decoding": predictor.instance_method.decoding if predictor.instance_method.enabled else None,
         },
+        "inputs": [str(p) for p in paths],  # before any output: a killed run's are found by these names
         "files": written,
         "failed": failed,
     }
+    saved_at = time.monotonic()
+
+    def wrote() -> None:  # after each output file: the manifest saved again, now and then
+        nonlocal saved_at
+        if time.monotonic() - saved_at >= MANIFEST_EVERY_S:
+            write_json(out_dir / MANIFEST, manifest)
+            saved_at = time.monotonic()
+
     try:
         write_json(out_dir / MANIFEST, manifest)  # first: the legend below is known as ours even if killed
         # which colour is which class, in the colour masks and in the overlays (vivid where the palette is grey)
@@ -482,6 +624,7 @@ def predict(
                     if predictor.last_switched is not None:  # its frames in sliding windows: said, as for images
                         video["inference"] = asdict(predictor.last_switched)
                     written.append(video)
+                    wrote()
                     continue
                 pages = predictor.read(path)
                 # the names this input's files take (a stack's slices: <stem>_z0000 ...): none may be another's
@@ -507,14 +650,20 @@ def predict(
                 log.warning("skipped: %s", e)
                 continue
             used.update(output_names(stem, len(pages)))
-            files = write_prediction(out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha)
+            # listed before its outputs are written, each entered as it is: a run stopped part way through this
+            # input lists the files it left (the entry says "incomplete" until its last is written)
+            files: dict[str, Any] = {"image": str(path), "incomplete": True}
+            written.append(files)
             if predictor.last_switched is not None:  # not the settings above: the manifest says what this one ran
                 files["inference"] = asdict(predictor.last_switched)
+            write_prediction(
+                out_dir, stem, path, pages, preds, predictor.meta["palette"], alpha, files=files, wrote=wrote
+            )
             if found is not None:
-                merge_files(files, write_instances(out_dir, stem, pages, found, alpha))
+                write_instances(out_dir, stem, pages, found, alpha, files=files, wrote=wrote)
             if probs is not None and chosen is not None:
-                merge_files(files, write_effect(out_dir, stem, pages, probs, chosen))
-            written.append(files)
+                write_effect(out_dir, stem, pages, probs, chosen, files=files, wrote=wrote)
+            del files["incomplete"]
     finally:
         write_json(out_dir / MANIFEST, manifest)
     if failed:
