@@ -826,3 +826,47 @@ def test_an_anamorphic_video_keeps_its_pixel_shape(predictor, tmp_path):
     for key in ("overlay", "effect"):  # (FFV1 takes it from each frame, which PyAV cannot set: masks are data)
         with av.open(files[key]) as c:
             assert c.streams.video[0].sample_aspect_ratio == Fraction(2), key
+
+
+def write_avi_with_b_frames(path, n=30, fps=30):
+    """H.264 with B-frames (libx264's default) in an AVI, as the reviewer's file: AVI keeps no presentation times, so
+    the decoded frames, in display order, carry the packets' times in decode order, while their dts rise steadily."""
+    try:
+        av.Codec("libx264", "w")
+    except (av.FFmpegError, ValueError):
+        pytest.skip("PyAV's FFmpeg has no libx264 encoder (H.264 with B-frames)")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = 64, 48
+        for i in range(n):
+            a = np.zeros((48, 64, 3), np.uint8)
+            a[:, i * 2 : i * 2 + 4] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_an_avi_with_b_frames_comes_out_evenly_spaced(predictor, tmp_path):
+    """H.264 with B-frames in an AVI: the frames' pts go back and forth (gaps of 0.1, -0.033, 0.067, -0.1 s) and
+    every other output frame was squeezed to 1/90000 s after the one before. As ffmpeg (its best effort timestamp),
+    the steadily rising dts is taken where the pts is the faulty one: every frame 1/30 s after the last."""
+    clip = write_avi_with_b_frames(tmp_path / "b.avi")
+    with av.open(str(clip)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(pts) == 30 and any(b < a for a, b in zip(pts, pts[1:], strict=False)), pts  # the file's fault
+    files = predict_video(predictor, clip, tmp_path / "out", masks="video", progress=False)
+    assert files["frames"] == 30
+    for key in ("overlay", "masks"):
+        assert frame_times(files[key]) == pytest.approx([i / 30 for i in range(30)], abs=1e-3), key
+
+
+def test_the_audio_of_each_video_written_is_told(predictor, tmp_path):
+    """A WebM's Opus audio is copied into the overlay's MP4 but re-encoded as AAC for the cutout's MOV: the manifest
+    said "copied" of both, describing the first video written only."""
+    clip = write_video(tmp_path / "opus.webm", square_frames(), codec="libvpx-vp9", audio="libopus", sample_rate=48000)
+    effect = Effect.from_spec("cutout", predictor.classes, predictor.meta["palette"], foreground="2")
+    files = predict_video(predictor, clip, tmp_path / "out", effect=effect, masks="video", progress=False)
+    assert stream_facts(files["overlay"])[4] == "opus" and stream_facts(files["effect"])[4] == "aac"
+    assert files["audio"] == "overlay: passed through (opus, copied); effect: passed through (opus re-encoded as aac)"

@@ -175,9 +175,83 @@ def _upright(frame: Any, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+LOOKAHEAD_FRAMES = 32
+"""How many frames :func:`decode_frames` reads the timestamps of first, to tell a faulty pts from its start."""
+
+
+@dataclass
+class _Timestamps:
+    """What :func:`_best_effort_time` has seen of a stream's frames so far."""
+
+    faulty_pts: int = 0  # how often the pts, and the dts, did not go forward
+    faulty_dts: int = 0
+    last_pts: int | None = None
+    last_dts: int | None = None
+    seconds: float | None = None  # the time given to the last frame
+
+
+def _best_effort_time(seen: _Timestamps, frame: Any, step: float, pts_faulty: bool | None = None) -> float | None:
+    """A decoded frame's time in seconds: its pts, unless the pts is the faulty one of its pts and dts; then its
+    dts, or without one the last frame's time plus ``step`` (its duration, else 1 / fps).
+
+    Why: in an AVI, which records no presentation times, H.264 with B-frames decodes in display order, but each
+    frame's pts is a packet's in decode order (gaps of 0.1, -0.033, 0.067, -0.1 s), while its dts rises steadily;
+    every frame timed before the last went one tick after it (a 1/90000 s frame, every other one). FFmpeg's best
+    effort timestamp (libavcodec's guess_correct_pts) takes the same course: it counts how often each of pts and
+    dts failed to go forward so far, and takes the dts while the pts failed more often. In a well-formed video the
+    pts never goes back more often than the dts (both do once where .ts files are joined), so its times stay as
+    they were. ``pts_faulty``: the verdict where it is known beforehand (:func:`_pts_faulty_from_the_start`), else
+    the counts so far give it."""
+    pts, dts, base = frame.pts, frame.dts, frame.time_base
+    if base is None:  # (no clock to read either by)
+        return frame.time
+    if dts is not None:
+        seen.faulty_dts += seen.last_dts is not None and dts <= seen.last_dts
+    if pts is not None:
+        seen.faulty_pts += seen.last_pts is not None and pts <= seen.last_pts
+    seen.last_dts = dts if dts is not None else pts if pts is not None else seen.last_dts
+    seen.last_pts = pts if pts is not None else dts if dts is not None else seen.last_pts
+    if pts_faulty is None:
+        pts_faulty = seen.faulty_pts > seen.faulty_dts
+    if pts is not None and (not pts_faulty or (dts is None and seen.seconds is None)):
+        seconds: float | None = float(pts * base)
+    elif dts is not None:
+        seconds = float(dts * base)
+    elif seen.seconds is not None:  # the decoder's last frames, flushed, have no dts
+        seconds = seen.seconds + (float(frame.duration * base) if frame.duration else step)
+    else:
+        seconds = None
+    seen.seconds = seconds
+    return seconds
+
+
+def _pts_faulty_from_the_start(path: Path) -> tuple[int, bool]:
+    """(frames read, whether their pts is the faulty one): the first :data:`LOOKAHEAD_FRAMES` frames decoded once
+    for their timestamps only. Counted as the frames come, the fault shows at the third frame of an AVI's
+    B-frames, when the second had already taken a pts 3 frames ahead (and the third, its dts, one tick after)."""
+    av = require_av()
+    container = _open_input(path)
+    seen, count = _Timestamps(), 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # as decode_frames: a frame's dts may depend on the decoder's threads
+        for frame in container.decode(stream):
+            _best_effort_time(seen, frame, 0.0)
+            count += 1
+            if count == LOOKAHEAD_FRAMES:
+                break
+    except av.FFmpegError:
+        pass  # decode_frames says where the video is broken
+    finally:
+        container.close()
+    return count, seen.faulty_pts > seen.faulty_dts
+
+
 def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[float | None, np.ndarray]]:
     """``(time in seconds, frame)`` for each frame of ``path`` in display order: ``H x W x 3`` uint8 for
-    ``mode="RGB"``, ``H x W x 1`` for ``"L"``. A generator: one decoded frame at a time in memory."""
+    ``mode="RGB"``, ``H x W x 1`` for ``"L"``. A generator: one decoded frame at a time in memory. The times are
+    FFmpeg's best effort (:func:`_best_effort_time`): the pts, or the dts where the pts is faulty (B-frames in an
+    AVI), told from the start by reading the first frames' timestamps once first."""
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     av = require_av()
@@ -187,6 +261,9 @@ def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[
     index = 0
     try:
         stream = container.streams.video[0]
+        step = 1 / float(_rate(stream))
+        looked_ahead, pts_faulty = _pts_faulty_from_the_start(path)
+        seen = _Timestamps()
         stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model
         frames = container.decode(stream)
         while True:
@@ -207,7 +284,7 @@ def decode_frames(path: str | os.PathLike, mode: str = "RGB") -> Iterator[tuple[
                     f"video {path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the frames before it "
                     f"{size[1]}x{size[0]}; re-encode it at one size (ffmpeg -i IN -vf scale={size[1]}:{size[0]} OUT)"
                 )
-            yield frame.time, array
+            yield _best_effort_time(seen, frame, step, pts_faulty if index < looked_ahead else None), array
             index += 1
     finally:
         container.close()

@@ -258,6 +258,17 @@ def _fps_text(fps: Any) -> str:
     return str(fps) if getattr(fps, "denominator", 1) != 1 else str(int(fps))
 
 
+def _audio_text(writers: dict[str, VideoWriter]) -> str:
+    """What happened to the audio, of every video that carries it: one wording when they agree, else each
+    output's (Opus is copied into the overlay's MP4 but re-encoded as AAC for a cutout's MOV, which takes no Opus)."""
+    told = {key: writers[key].audio for key in ("overlay", "effect") if key in writers}
+    if not told:
+        return "none (no picture video)"
+    if len(set(told.values())) == 1:
+        return next(iter(told.values()))
+    return "; ".join(f"{key}: {text}" for key, text in told.items())
+
+
 def predict_video(
     predictor: Predictor,
     path: str | os.PathLike,
@@ -369,7 +380,7 @@ def predict_video(
         raise
     seconds = time.perf_counter() - start
     rgb = writers.get("overlay") or writers.get("effect")
-    audio_text = "dropped (asked for)" if not audio else (rgb.audio if rgb is not None else "none (no picture video)")
+    audio_text = "dropped (asked for)" if not audio else _audio_text(writers)
     files.update(
         {
             "frames": frames,
