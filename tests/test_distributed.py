@@ -251,6 +251,66 @@ def test_a_signal_to_one_process_during_a_validation_stops_both_after_the_next_s
     assert (tmp_path / "r" / "last.pt").is_file()
 
 
+def _signalled_with_a_slow_save(rank: int, cfg: dict, run_dir: str, root: str) -> tuple[str, float, float]:
+    """Process 1 alone gets SIGTERM at its second step; rank 0's checkpoint writes take a second. Returns the stop
+    message, and when this process left train() and (rank 0) when its last.pt was written."""
+    import signal
+    import time
+
+    from pixelwise.engine import run_dir as run_files
+
+    real_save, real_step = run_files.RunFiles.save, trainer.seed_step
+    written = [0.0]
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(1.0)  # a large model, a slow shared file system
+        real_save(self, *args, **kwargs)
+        written[0] = time.time()
+
+    def signalled_step(seed, iteration, ddp):
+        if rank == 1 and iteration == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_step(seed, iteration, ddp)
+
+    run_files.RunFiles.save, trainer.seed_step = slow_save, signalled_step
+    try:
+        _train_in_a_group(rank, cfg, run_dir, root, resume=False)
+    except trainer.TrainingInterrupted as e:
+        return str(e).split(":")[0], time.time(), written[0]
+    return "not stopped", time.time(), written[0]
+
+
+@pytest.mark.slow
+def test_no_process_of_a_stopped_run_exits_before_rank_0_has_written_last_pt(tmp_path):
+    """A signal to process 1 stopped both, and process 1 exited (130) at once while rank 0 was still writing
+    last.pt: torchrun then ends the job, rank 0 with it, and a save longer than its 30 s grace was lost."""
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=6, eval_interval=6))
+    got = run_in_processes(partial(_signalled_with_a_slow_save, cfg=cfg, run_dir=str(tmp_path / "r"), root=str(root)))
+    assert got[0][0] == got[1][0] == "stopped by SIGTERM at iteration 2"
+    assert got[1][1] >= got[0][2] > 0  # process 1 left after rank 0's last.pt was written
+    assert (tmp_path / "r" / "last.pt").is_file()
+
+
+def _sync_bn_on_cpu(rank: int, cfg: dict, run_dir: str, root: str) -> str:
+    try:
+        _train_in_a_group(rank, cfg, run_dir, root, resume=False)
+    except ConfigError as e:
+        return str(e)
+    return "trained"
+
+
+@pytest.mark.slow
+def test_sync_bn_on_cpu_is_refused_before_the_run_folder_is_written(tmp_path):
+    """It was refused after config.yaml and metrics.jsonl were written, which the next run then set aside."""
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2}).parent
+    cfg = load_config(toy_config(tmp_path, iters=2, eval_interval=2))
+    cfg["train"]["sync_bn"] = True
+    got = run_in_processes(partial(_sync_bn_on_cpu, cfg=cfg, run_dir=str(tmp_path / "r"), root=str(root)))
+    assert got == {r: "train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)" for r in (0, 1)}
+    assert not (tmp_path / "r" / "config.yaml").exists() and not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_the_loss_logged_after_a_resume_in_two_processes_is_the_uninterrupted_runs(tmp_path):
     """Two processes, logged every 4 steps, resumed from the checkpoint of step 2: the line of step 4 is the mean

@@ -61,6 +61,14 @@ def agree_over_processes(
     return g[:, : len(maxima)].amax(0).tolist(), g[:, len(maxima) :].mean(0).tolist()
 
 
+def wait_for_all(ddp: Distributed) -> None:
+    """Every process waits here until all have come (``dist.barrier``); nothing without a group of several. Before
+    a stopped run's processes exit: torchrun ends the whole job when the first exits with an error (a stop's 130),
+    rank 0 with it, which may still be writing ``last.pt``."""
+    if ddp.enabled and ddp.world_size > 1:
+        dist.barrier()
+
+
 def seed_step(seed: int, iteration: int, ddp: Distributed) -> None:
     """Seed this process's random draws in the model (dropout) for training step ``iteration`` from ``(seed,
     iteration, rank)``. Every process starts from the same seed (the replicas' weights must be equal), and with

@@ -36,7 +36,7 @@ from ..models import model_arguments as registered_arguments
 from ..models.registry import input_size_problem, smallest_input, training_batch_problem, without_pretrained
 from ..models.weights import init_weights
 from .builders import build_criterion, build_optimizer, build_scheduler, image_mode, model_spec, resolve_class_weights
-from .distributed import agree_over_processes, broadcast_buffers, seed_step, setup_distributed
+from .distributed import agree_over_processes, broadcast_buffers, seed_step, setup_distributed, wait_for_all
 from .ema import WeightEMA
 from .evaluator import evaluate
 from .instance_methods import TargetBuilder, model_arguments
@@ -374,6 +374,8 @@ def _train(
     elif train_cfg["init_from"]:
         init_weights(model, train_cfg["init_from"], partial=train_cfg["init_partial"])
     scored = ema.module if ema is not None else model  # what validation scores and checkpoints hold as "model"
+    if ddp.enabled and train_cfg["sync_bn"] and device.type != "cuda":  # before the run folder is written
+        raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
     files.open(config, state.iter if resume else None, tensorboard=train_cfg["tensorboard"])
 
     net: nn.Module = model
@@ -381,8 +383,6 @@ def _train(
         net = torch.compile(net)  # the same parameters: checkpoints keep saving `model`
     if ddp.enabled:
         if train_cfg["sync_bn"]:
-            if device.type != "cuda":
-                raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only)")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     global_batch = batch_size * ddp.world_size
@@ -485,6 +485,7 @@ def _train(
         thing on --resume."""
         state.eval_due = eval_due
         save(best=False, rng=rng)
+        wait_for_all(ddp)  # no process exits (and ends the torchrun job) before rank 0 has written last.pt
         name = signal.Signals(int(signum)).name
         raise TrainingInterrupted(
             f"stopped by {name} at iteration {it}: {files.last} written; continue with --resume --run-dir {run_dir}",
