@@ -259,6 +259,15 @@ def test_8bit_images_still_reach_the_transforms_as_uint8_and_image_to_tensor_mat
     engine_way = torch.from_numpy(raw).permute(2, 0, 1).float().div_(255).sub_(0.5).div_(0.25)
     torch.testing.assert_close(image_to_tensor(raw, MEAN, STD), engine_way)
     torch.testing.assert_close(ds[0][0], engine_way)
+    # bit for bit: predict's input (image_to_tensor) is eval's (the transforms); x / 255 against ToDtype's x * (1 / 255)
+    # differed in the last bit, and a bf16 model then changed a pixel between eval and predict
+    assert torch.equal(image_to_tensor(raw, MEAN, STD), ds[0][0])
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    transform = build_transforms(train=False, mean=MEAN, std=STD)
+    assert torch.equal(
+        image_to_tensor(every, MEAN, STD),
+        transform(torch.from_numpy(every).permute(2, 0, 1), torch.zeros(16, 16, dtype=torch.uint8))[0],
+    )
     assert image_to_uint8(raw) is raw and (image_to_uint8(raw / 255.0) == raw).all()
 
 

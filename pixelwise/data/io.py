@@ -37,6 +37,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
+from torchvision.transforms import v2
 
 from ..errors import DataError, first_line
 from ..fileio import atomic_write
@@ -408,8 +409,8 @@ def image_to_tensor(
     if device is not None:
         x = x.to(device)
     x = x.permute(2, 0, 1)
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255)
+    if x.dtype == torch.uint8:  # as the eval transforms' v2.ToDtype: x / 255 and x * (1 / 255) differ in the last bit
+        x = v2.functional.to_dtype(x, torch.float32, scale=True)
     else:
         x = x.to(torch.float32, copy=True)
     m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
