@@ -137,6 +137,26 @@ _YAML12_FLOAT = (
 _YAMLLoader.add_implicit_resolver(*_YAML12_FLOAT)
 _YAMLDumper.add_implicit_resolver(*_YAML12_FLOAT)
 
+# YAML 1.2's integers (decimal, 1_000 too; 0o octal, 0x hex) instead of 1.1's, which PyYAML follows: there
+# `iters: 010` was 8 (octal), `crop_size: [0256, 0256]` [174, 174], `max_minutes: 1:30` 90 (base 60) and `0b11` 3,
+# without a word; now 010 is 10, and 1:30 a string that the config's type check refuses
+_YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in _YAMLLoader.yaml_implicit_resolvers.items()
+}
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")  # 1_000_000, as Python writes it
+    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+    return int(text[2:] if base != 10 else text, base)
+
+
+_YAMLLoader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+
 
 def load_yaml(text: str) -> Any:
     """Parse YAML as the configs are read everywhere (``yaml.safe_load`` with YAML 1.2's floats)."""

@@ -188,6 +188,23 @@ def test_yaml_merge_keys_may_set_a_merged_key_again(tmp_path):
     assert load_config(tmp_path / "n.yaml")["model"]["depth"] == 3
 
 
+def test_yaml_integers_are_yaml_1_2s(tmp_path):
+    """PyYAML reads YAML 1.1's integers: `iters: 010` was 8 (octal), `[0256, 0256]` [174, 174], `1:30` 90
+    (base 60), `0b11` 3, each without a word. Now as YAML 1.2 (and JSON) read them: 010 is 10, 1_000 1000,
+    0o10 8, 0x1F 31, and 1:30 or 0b11 a string, which the config's type check refuses."""
+    from pixelwise.fileio import load_yaml
+
+    assert load_yaml("a: 010\nb: [0256, 0256]\nc: 1_000\nd: 0o10\ne: 0x1F\nf: -5\ng: +3\nh: 1e-3\ni: 1.5") == {
+        "a": 10, "b": [256, 256], "c": 1000, "d": 8, "e": 31, "f": -5, "g": 3, "h": 0.001, "i": 1.5,
+    }  # fmt: skip
+    assert load_yaml("a: 1:30\nb: 0b11\nc: '010'") == {"a": "1:30", "b": "0b11", "c": "010"}
+    path = write(tmp_path, BASE)
+    assert load_config(path, ["train.iters=010"])["train"]["iters"] == 10
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.max_minutes=1:30"])
+    assert str(e.value) == "config key train.max_minutes should be float, got '1:30'"
+
+
 def test_an_instance_head_needs_its_instance_method(tmp_path):
     """The trainer adds the head its instances.method needs and trains no other: a panoptic head without the
     panoptic method crashed at the first step (a dict of outputs into the semantic loss), after the run folder."""

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.losses import build_loss, class_frequency_weights, list_losses, unet_weight_map
@@ -474,6 +475,47 @@ def test_loss_values_are_checked_when_the_config_is_loaded(tmp_path):
     assert str(e.value) == (
         "train.loss 'cross_entropy' cannot run on the data set's 2 classes: cross_entropy weight has 3 values for 2 "
         "classes: give one per class"
+    )
+
+
+def test_loss_argument_types_are_checked_when_the_config_is_loaded(tmp_path):
+    """A YAML string, fraction or boolean where a loss takes a whole number: `ignore_index: '255'` was a torch
+    TypeError traceback at start, `ignore_index: true` silently ignored class 1 (a bool is an int)."""
+    from pixelwise.config import DEFAULTS, load_config
+    from pixelwise.engine.builders import build_criterion
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: unet}\ndata: {dataset: toy}\n")
+    for loss, value in (("dice", "'255'"), ("lovasz", "true"), ("focal", "255.0"), ("cross_entropy", "true")):
+        with pytest.raises(ConfigError) as e:
+            load_config(path, [f"train.loss={loss}", f"train.loss_args.ignore_index={value}"])
+        shown = {"'255'": "'255'", "true": "True", "255.0": "255.0"}[value]
+        assert str(e.value) == f"train.loss: loss {loss!r}: ignore_index={shown} should be int"
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.loss=lovasz", "train.loss_args.per_image='no'"])  # a string, and true
+    assert str(e.value) == "train.loss: loss 'lovasz': per_image='no' should be bool"
+    with pytest.raises(ConfigError) as e:  # the loss's own check, where it has one, says what the value means
+        load_config(path, ["train.loss=dice", "train.loss_args.classes=3"])
+    assert str(e.value) == "train.loss: dice: classes must be 'present' or 'all', got 3"
+    # a TypeError of the loss's own at its trial run is one line too, not a traceback
+    train = {**DEFAULTS["train"], "loss": "cross_entropy", "loss_args": {}}
+
+    class Odd(nn.Module):
+        def forward(self, logits, target):
+            raise TypeError("where() received an invalid combination of arguments")
+
+    import pixelwise.engine.builders as builders
+
+    real = builders._build_criterion
+    builders._build_criterion = lambda *args: Odd()
+    try:
+        with pytest.raises(ConfigError) as e:
+            build_criterion(train, 255, None, num_classes=2)
+    finally:
+        builders._build_criterion = real
+    assert str(e.value) == (
+        "train.loss 'cross_entropy' cannot run on the data set's 2 classes: where() received an invalid combination "
+        "of arguments"
     )
 
 

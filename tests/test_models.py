@@ -676,6 +676,42 @@ def test_empty_or_non_positive_pyramids_are_refused():
     assert build_model("deeplabv3", backbone="resnet18", num_classes=2, rates=[3]).aspp.rates == (3,)
 
 
+def test_a_users_model_without_postponed_annotations_is_type_checked_too():
+    """A builder whose module lacks `from __future__ import annotations` has real types, not strings, as
+    annotations: their checks were skipped (`width: "x"` reached the builder)."""
+    import sys
+    import types
+
+    from pixelwise.models import register_model
+    from pixelwise.models.registry import _BUILDERS
+
+    module = types.ModuleType("users_own_model")  # compiled without the __future__ import
+    exec(
+        "from typing import Literal\n"
+        "def users_own_net(\n"
+        "    *, num_classes: int, width: int = 8, mode: Literal['a', 'b'] = 'a', p: float | None = None\n"
+        "):\n"
+        "    return ('built', width)\n",
+        module.__dict__,
+    )
+    sys.modules["users_own_model"] = module
+    try:
+        register_model(module.users_own_net)
+        for kwargs, message in (
+            ({"width": "x"}, "model 'users_own_net': width='x' should be int"),
+            ({"width": True}, "model 'users_own_net': width=True should be int"),
+            ({"mode": "c"}, "model 'users_own_net': mode='c' should be one of 'a', 'b'"),
+            ({"p": "0.5"}, "model 'users_own_net': p='0.5' should be float | None"),
+        ):
+            with pytest.raises(ConfigError) as e:
+                build_model("users_own_net", num_classes=2, **kwargs)
+            assert str(e.value) == message
+        assert build_model("users_own_net", num_classes=2, width=4, mode="b", p=None) == ("built", 4)
+    finally:
+        _BUILDERS.pop("users_own_net", None)
+        sys.modules.pop("users_own_model", None)
+
+
 def test_builder_argument_errors_are_one_line_config_errors():
     from pixelwise.models import register_model
     from pixelwise.models.weights import load_weights

@@ -190,7 +190,7 @@ def build_criterion(
         target = torch.arange(4).remainder(num_classes).reshape(1, 2, 2)
         try:
             criterion(logits, target)
-        except (RuntimeError, ValueError, IndexError) as e:
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise ConfigError(
                 f"train.loss {train_cfg['loss']!r} cannot run on the data set's {num_classes} classes: {first_line(e)}"
             ) from None

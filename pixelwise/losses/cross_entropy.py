@@ -121,7 +121,7 @@ class OHEMCrossEntropy(nn.Module):
         self,
         *,
         thresh: float = 0.7,
-        min_kept: int = 100_000,
+        min_kept: int | float = 100_000,  # a whole number; YAML reads 1e5 as a float
         ignore_index: int = 255,
         weight: Sequence[float] | None = None,
     ) -> None:

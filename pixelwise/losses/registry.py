@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..argument_types import check_argument_types
 from ..errors import ConfigError, DataError, first_line
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}
@@ -48,7 +49,15 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"loss {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return _LOSSES[name](**kwargs)
+    # the loss's own checks first (they say what the value means); then the annotated types, for what it took
+    # silently (a YAML true as ignore index 1) or failed on without a word of its own
+    try:
+        loss = _LOSSES[name](**kwargs)
+    except TypeError:
+        check_argument_types(f"loss {name!r}", _LOSSES[name].__init__, kwargs)
+        raise
+    check_argument_types(f"loss {name!r}", _LOSSES[name].__init__, kwargs)
+    return loss
 
 
 def check_loss_config(loss: str | Sequence[Any], loss_args: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ input size. A YAML config's ``model`` section is ``name`` plus these keyword arg
 
 from __future__ import annotations
 
-import ast
 import functools
 import inspect
 import json
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..argument_types import check_argument_types
 from ..errors import ConfigError, PixelwiseError, first_line
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -65,32 +65,6 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items() if v is not inspect.Parameter.empty}
 
 
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether ``value`` (from a YAML config) is of the builder's annotated type: ``int``, ``float`` (an int too),
-    ``bool``, ``str``, ``None``, ``Sequence[int]``, ``Literal[...]``, unions of them; any other type (a
-    ``Pretrained`` switch or path) is the builder's to check."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    plain = {
-        "int": number and isinstance(value, int),
-        "float": number,
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "None": value is None,
-    }
-    for part in (p.strip() for p in annotation.split(" | ")):
-        if part.startswith("Literal["):
-            fits = value in ast.literal_eval(f"({part[len('Literal[') : -1]},)")
-        elif part == "Sequence[int]":
-            fits = isinstance(value, (list, tuple)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            )
-        else:
-            fits = plain.get(part, True)  # a type of the builder's own: its to check
-        if fits:
-            return True
-    return False
-
-
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
@@ -111,12 +85,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     pretrained = kwargs.get("pretrained_backbone")
     if not (pretrained is None or isinstance(pretrained, (bool, str, os.PathLike))):  # 1 was a TypeError in Path()
         raise ConfigError(f"model.pretrained_backbone must be true, false or a weights file path, not {pretrained!r}")
-    annotations = {p.name: p.annotation for p in inspect.signature(builder).parameters.values()}
-    for key, value in kwargs.items():  # a YAML "4" or 4.5 where a width is meant was a TypeError deep in torch
-        annotation = annotations.get(key)
-        if isinstance(annotation, str) and not _fits(value, annotation):
-            wanted = re.sub(r"Literal\[(.*)\]", r"one of \1", annotation).replace("Sequence[int]", "a list of int")
-            raise ConfigError(f"model {name!r}: {key}={value!r} should be {wanted}")
+    check_argument_types(f"model {name!r}", builder, kwargs)
     try:
         return builder(**kwargs)
     except PixelwiseError:
