@@ -217,7 +217,12 @@ def export_onnx(
         # and the CRF parameters --crf uses with the checkpoint (crf-search's, beside it), wherever the file goes
         crf = asdict(settings_for(checkpoint, (ckpt.get("config") or {}).get("crf")))
         onnx_meta = {k: report[k] for k in ("opset", "dynamic")}
-        _add_metadata(work / out.name, {**meta, "inference": protocol, "crf": crf, "onnx": onnx_meta})
+        # the class weights the checkpoint resolves (older ones from their run: config, class_weights.json beside
+        # it), which the protocol's class_weight_correction divides by: the file is read away from the run
+        weights = _class_weights(meta, checkpoint, ckpt.get("config"), protocol)
+        if not report["dynamic"]:
+            _say_fixed_size_problem(out, protocol, weights, height, width, asked_static=not dynamic)
+        _add_metadata(work / out.name, {**meta, **weights, "inference": protocol, "crf": crf, "onnx": onnx_meta})
         # a graph over 2 GB keeps its weights in files beside it, which it names relative to itself: they go first
         sidecars = sorted(f for f in work.iterdir() if f.name != out.name)
         taken = [out.parent / f.name for f in sidecars if (out.parent / f.name).exists()]
@@ -232,6 +237,54 @@ def export_onnx(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"out": str(out), **report}
+
+
+def _class_weights(
+    meta: dict[str, Any], checkpoint: str | os.PathLike, config: dict[str, Any] | None, protocol: Any
+) -> dict[str, Any]:
+    """``{"class_weights": ...}`` for the file's metadata where the checkpoint's meta lacks them (runs from before
+    they were recorded) and its run resolves them (:func:`~pixelwise.engine.predictor.recorded_class_weights`, as
+    predicting with the checkpoint does), or says it trained without; else nothing (warned where the protocol's
+    class weight correction needs them)."""
+    from .engine.predictor import recorded_class_weights
+
+    if "class_weights" in meta:
+        return {}
+    weights = recorded_class_weights(meta, checkpoint, config)
+    method = ((config or {}).get("train") or {}).get("class_weights")
+    if weights is not None or method is None:
+        return {"class_weights": weights}
+    if isinstance(protocol, dict) and protocol.get("class_weight_correction"):
+        log.warning(
+            "%s trained with class weights (%s) its meta does not record, and no class_weights.json of them is "
+            "beside it: the ONNX file records none, and predicting with it needs --class-weight-correction 0",
+            checkpoint, method,
+        )  # fmt: skip
+    return {}
+
+
+def _say_fixed_size_problem(
+    out: Path, protocol: Any, weights: dict[str, Any], height: int, width: int, asked_static: bool
+) -> None:
+    """One warning where the run's inference protocol is one a graph of one size cannot run (several scales,
+    quarter turns of a non-square size): the onnxruntime backend refuses it unless predict leaves that out."""
+    from .engine.predictor import run_inference
+    from .inference.onnx_backend import fixed_size_problem
+
+    try:
+        settings = run_inference(protocol if isinstance(protocol, dict) else None, None, weights.get("class_weights"))
+    except ConfigError:  # a protocol predict refuses anyway, saying why
+        return
+    problem = fixed_size_problem(settings, (height, width))
+    if problem is None:
+        return
+    what, flags, _ = problem
+    how = "--static" if asked_static else "the model exports at one size only"
+    fix = "export without --static" if asked_static else "predict with the checkpoint"
+    log.warning(
+        "%s takes one size (%dx%d, %s): the run's inference protocol %s; predict it with %s, or %s",
+        out, height, width, how, what, flags, fix,
+    )  # fmt: skip
 
 
 def _export_checked(

@@ -400,3 +400,105 @@ def test_export_checks_the_exporter_and_the_opset_type_up_front(tmp_path):
             f"opset={opset!r} (--opset): torch's exporters write opsets 7 to 23 (whole numbers); 17 by default"
         )
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_fixed_size_graph_says_up_front_it_cannot_run_the_runs_scales(tmp_path, caplog):
+    """A --static export of a run whose protocol averages scales 0.75/1/1.25 was written without a word, and its
+    prediction resized each scaled copy back to the graph's size (3.6 % of a CamVid image's pixels unlike the
+    checkpoint's), warning only "export at the size you predict", which the user had done."""
+    from pixelwise.engine import Predictor
+    from pixelwise.export import export_onnx
+    from pixelwise.models.weights import load_checkpoint
+
+    ckpt = checkpoint(tmp_path, "unet", base_channels=8)
+    trained = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, {**trained, "config": {"inference": {"scales": [0.75, 1.0, 1.25], "flip": True}}})
+    out = tmp_path / "static.onnx"
+    with caplog.at_level(logging.WARNING, logger="pixelwise.export"):
+        export_onnx(ckpt, out, height=32, width=48, dynamic=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "pixelwise.export"]
+    assert said == [
+        f"{out} takes one size (32x48, --static): the run's inference protocol averages scales 0.75/1/1.25, whose "
+        "copies the graph would each resize to 32x48; predict it with --scales 1, or export without --static"
+    ]
+    with pytest.raises(ConfigError) as e:  # refused before any image is read
+        Predictor(out, backend="onnxruntime")
+    assert str(e.value) == (
+        f"{out} takes one size (32x48): the inference protocol averages scales 0.75/1/1.25, whose copies the graph "
+        "would each resize to 32x48; predict it with --scales 1 (inference={'scales': [1.0]}), export it again "
+        "without --static, or predict with the checkpoint"
+    )
+    one_scale = Predictor(out, backend="onnxruntime", inference={"scales": [1.0]})
+    assert list(one_scale.inference.scales) == [1.0] and one_scale.inference.flip  # the rest of the protocol kept
+    # quarter turns of a non-square graph likewise; of a square one, and a single scale, they run as before
+    save_checkpoint(ckpt, {**trained, "config": {"inference": {"rot90": True}}})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pixelwise.export"):
+        export_onnx(ckpt, out, height=32, width=48, dynamic=False, overwrite=True)
+        export_onnx(ckpt, tmp_path / "square.onnx", height=32, width=32, dynamic=False)
+        export_onnx(ckpt, tmp_path / "dynamic.onnx", height=32, width=48)
+    said = [r.getMessage() for r in caplog.records if r.name == "pixelwise.export"]
+    assert said == [
+        f"{out} takes one size (32x48, --static): the run's inference protocol averages quarter turns (rot90), "
+        "whose 48x32 copies the graph would each resize to 32x48; predict it with --no-rot90, or export without "
+        "--static"
+    ]
+    with pytest.raises(ConfigError, match=r"averages quarter turns \(rot90\), whose 48x32 copies the graph would "):
+        Predictor(out, backend="onnxruntime")
+    assert Predictor(out, backend="onnxruntime", inference={"rot90": False}).inference is None
+    assert Predictor(tmp_path / "square.onnx", backend="onnxruntime").inference.rot90
+    # the dynamic path as it was: the run's whole protocol, any size
+    save_checkpoint(ckpt, {**trained, "config": {"inference": {"scales": [0.75, 1.0, 1.25], "rot90": True}}})
+    export_onnx(ckpt, tmp_path / "dynamic.onnx", height=32, width=48, overwrite=True)
+    dynamic = Predictor(tmp_path / "dynamic.onnx", backend="onnxruntime")
+    assert list(dynamic.inference.scales) == [0.75, 1.0, 1.25] and dynamic.inference.rot90
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    reference = Predictor(ckpt, device="cpu", amp="none").predict(image)
+    assert (np.asarray(dynamic.predict(image)) == np.asarray(reference)).mean() > 0.999
+
+
+def test_onnx_of_an_older_checkpoint_carries_the_class_weights_it_trained_with(tmp_path):
+    """A checkpoint from before meta.class_weights was recorded resolves them from its run (train.class_weights'
+    method and the class_weights.json beside it); its .onnx copied the meta as it was, and predict refused it:
+    "needs the class weights ... (trained without train.class_weights): set it to 0"."""
+    from pixelwise.engine import Predictor
+    from pixelwise.export import META_KEY, export_onnx
+    from pixelwise.inference.onnx_backend import OnnxModel
+    from pixelwise.models.weights import load_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = checkpoint(run, "unet", base_channels=8)
+    trained = load_checkpoint(ckpt)
+    assert "class_weights" not in trained["meta"]
+    config = {"train": {"class_weights": "median_frequency"}, "inference": {"class_weight_correction": 0.5}}
+    save_checkpoint(ckpt, {**trained, "config": config})
+    weights = [0.5, 1.25, 3.0]
+    cache = {"method": "median_frequency", "classes": ["a", "b", "c"], "weights": weights}
+    (run / "class_weights.json").write_text(json.dumps(cache))
+    from_ckpt = Predictor(ckpt, device="cpu")
+    assert list(from_ckpt.inference.class_weights) == weights
+    out = tmp_path / "elsewhere" / "legacy.onnx"  # away from the run: the file carries them
+    export_onnx(ckpt, out, height=32, width=32)
+    assert OnnxModel(out).meta["class_weights"] == weights
+    from_onnx = Predictor(out, backend="onnxruntime")
+    assert from_onnx.inference == from_ckpt.inference
+    # a file exported before (no class_weights in its metadata) is told to export again, not "trained without"
+    import onnx
+
+    graph = onnx.load(str(out), load_external_data=False)
+    entry = next(p for p in graph.metadata_props if p.key == META_KEY)
+    entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "class_weights"})
+    onnx.save(graph, str(tmp_path / "older.onnx"))
+    with pytest.raises(ConfigError) as e:
+        Predictor(tmp_path / "older.onnx", backend="onnxruntime")
+    assert str(e.value) == (
+        f"{tmp_path / 'older.onnx'}: inference.class_weight_correction=0.5 needs the class weights the model trained "
+        "with, and it records none (an older export: export it again from the run's checkpoint, which resolves "
+        "them), or set it to 0"
+    )
+    # a run that recorded none (trained without) still says so, and one that says so in its meta keeps it
+    save_checkpoint(ckpt, {**trained, "config": {"train": {"class_weights": None}}})
+    export_onnx(ckpt, out, height=32, width=32, overwrite=True)
+    props = onnx.load(str(out), load_external_data=False).metadata_props
+    assert json.loads(next(p.value for p in props if p.key == META_KEY))["class_weights"] is None

@@ -258,11 +258,18 @@ class Predictor:
             weights = recorded_class_weights(self.meta, checkpoint, (self.ckpt or {}).get("config"))
             self.inference = replace(inference, class_weights=tuple(weights) if weights else None)
         if self.inference is not None and self.inference.class_weight_correction and not self.inference.class_weights:
+            why = "(trained without train.class_weights): set it to 0"
+            if backend == "onnxruntime" and "class_weights" not in self.meta:
+                # exported before export resolved an older run's weights: its checkpoint may well have them
+                why = (
+                    "(an older export: export it again from the run's checkpoint, which resolves them), or set it to 0"
+                )
             raise ConfigError(
                 f"{checkpoint}: inference.class_weight_correction={self.inference.class_weight_correction} needs the "
-                "class weights the model trained with, and it records none (trained without train.class_weights): "
-                "set it to 0"
+                f"class weights the model trained with, and it records none {why}"
             )
+        if backend == "onnxruntime" and self.model.fixed_size is not None:
+            self._check_fixed_size(checkpoint)
         self.crf = self._crf_settings(crf)
         self._smallest: int | None = None
         self._check_windows()
@@ -274,6 +281,20 @@ class Predictor:
             check_crf_applies(checkpoint, self.instance_method)
         image_range = self.meta.get("image_range")
         self.image_range = tuple(image_range) if image_range else None
+
+    def _check_fixed_size(self, checkpoint: str | os.PathLike) -> None:
+        """A graph of one size refuses a protocol it would run only by resizing each scaled (or turned) copy back
+        to that size, before any image is read."""
+        from ..inference.onnx_backend import fixed_size_problem
+
+        problem = fixed_size_problem(self.inference, self.model.fixed_size)
+        if problem is not None:
+            what, flags, override = problem
+            h, w = self.model.fixed_size
+            raise ConfigError(
+                f"{checkpoint} takes one size ({h}x{w}): the inference protocol {what}; predict it with {flags} "
+                f"(inference={override}), export it again without --static, or predict with the checkpoint"
+            )
 
     def _crf_settings(self, crf: CRFOption) -> CRFSettings | None:
         if crf is None or crf is False or isinstance(crf, CRFSettings):

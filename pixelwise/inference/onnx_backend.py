@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, PixelwiseError
-from .protocol import rescale_image
+from .protocol import InferenceSettings, _pair, rescale_image
 
 log = logging.getLogger(__name__)
 META_KEY = "pixelwise_meta"  # the ONNX metadata entry holding the checkpoint's meta (classes, palette, ...)
@@ -24,6 +24,37 @@ def onnxruntime_module():
     except ImportError:
         raise PixelwiseError("onnxruntime is not installed: pip install 'pixelwise[onnx]'") from None
     return onnxruntime
+
+
+def fixed_size_problem(
+    settings: InferenceSettings | None, size: tuple[int, int]
+) -> tuple[str, str, dict[str, Any]] | None:
+    """What of the protocol ``settings`` a graph of one ``size`` (``H, W``) cannot run whatever the image's size, as
+    ``(what, flags, override)``: the words after "the inference protocol", the predict flags that leave it out, and
+    they as an ``inference=`` override; ``None`` where it runs (one scale, quarter turns of a square, windows of the
+    graph's size). The backend would resize each such copy to the graph's size: all scales but one, or the turned
+    views, lost."""
+    if settings is None:
+        return None
+    h, w = size
+    problems: list[tuple[str, str, dict[str, Any]]] = []
+    if settings.mode == "slide":
+        crop = _pair(settings.crop)
+        if crop != (h, w):
+            what = f"predicts in {crop[0]}x{crop[1]} windows, which the graph would each resize to {h}x{w}"
+            problems.append((what, f"--crop {h} {w}", {"crop": [h, w]}))
+    else:  # windows of the graph's size run at any scale and turn
+        if len(set(settings.scales)) > 1:
+            scales = "/".join(f"{s:g}" for s in settings.scales)
+            what = f"averages scales {scales}, whose copies the graph would each resize to {h}x{w}"
+            problems.append((what, "--scales 1", {"scales": [1.0]}))
+        if settings.rot90 and h != w:
+            what = f"averages quarter turns (rot90), whose {w}x{h} copies the graph would each resize to {h}x{w}"
+            problems.append((what, "--no-rot90", {"rot90": False}))
+    if not problems:
+        return None
+    whats, flags, overrides = zip(*problems, strict=True)
+    return "; it ".join(whats), " ".join(flags), {k: v for o in overrides for k, v in o.items()}
 
 
 class OnnxModel:
