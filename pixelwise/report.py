@@ -19,7 +19,12 @@ def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     if not path.is_file():
         raise DataError(f"{run_dir} is not a run directory: {path} does not exist")
     records = read_jsonl(path)
-    return [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
+    train, val = [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
+    if not train and not val:
+        raise DataError(
+            f"{path} holds no training or validation record (the run stopped before it logged any): nothing to report"
+        )
+    return train, val
 
 
 def check_log(path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], classes: int | None) -> None:
@@ -62,8 +67,9 @@ def write_report(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write ``loss.png``, ``val.png``, ``per_class_iou.png``, ``confusion.png`` and ``summary.md``
-    (into ``RUN_DIR/report`` by default); returns the summary's path. An earlier report in ``out_dir`` is
-    replaced; files of these names that are not a report's only with ``overwrite``."""
+    (into ``RUN_DIR/report`` by default; the pictures of what the log holds); returns the summary's path. An
+    earlier report in ``out_dir`` is replaced, its pictures that this one does not draw removed; files of these
+    names that are not a report's only with ``overwrite``. Other files in ``out_dir`` are left alone."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
     # first: no report folder made for what is no run
@@ -74,24 +80,29 @@ def write_report(
     _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
+    written = {"summary.md"}
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    marker = "." if len(train) < 50 else None  # a short run's few points (one alone draws no line)
-    losses = [_value(r, "loss") for r in train]
-    ax.plot([r["iter"] for r in train], losses, color="#4878a8", marker=marker)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    finite = [v for v in losses if math.isfinite(v) and v > 0]
-    if finite and max(finite) <= 1.02 * min(finite):  # one point, or a flat curve: not a whole decade around it
-        ax.set_ylim(min(finite) / 1.1, max(finite) * 1.1)
-    ax.yaxis.set_major_formatter(_plain_log_formatter(minor=False))
-    ax.yaxis.set_minor_formatter(_plain_log_formatter(minor=True))
-    ax.grid(alpha=0.3)
-    _save(fig, out / "loss.png")
+    if train:  # a log of validations alone (logged before the first loss line) draws no empty loss plot
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        marker = "." if len(train) < 50 else None  # a short run's few points (one alone draws no line)
+        losses = [_value(r, "loss") for r in train]
+        ax.plot([r["iter"] for r in train], losses, color="#4878a8", marker=marker)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        finite = [v for v in losses if math.isfinite(v) and v > 0]
+        if finite and max(finite) <= 1.02 * min(finite):  # one point, or a flat curve: not a whole decade around it
+            ax.set_ylim(min(finite) / 1.1, max(finite) * 1.1)
+        ax.yaxis.set_major_formatter(_plain_log_formatter(minor=False))
+        ax.yaxis.set_minor_formatter(_plain_log_formatter(minor=True))
+        ax.grid(alpha=0.3)
+        _save(fig, out / "loss.png")
+        written.add("loss.png")
 
     lines = [f"{_TITLE}{run_dir}", ""]
-    if val:
+    if not val:
+        lines += [_no_validation(config, train)]
+    else:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         instances = any("instances" in r for r in val)
         curves = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_f1", "mean F1")]
@@ -104,17 +115,21 @@ def write_report(
         ax.grid(alpha=0.3)
         ax.legend()
         _save(fig, out / "val.png")
+        written.add("val.png")
         # best.pt's choice: the best mean AP for an instance method, else the best mIoU (engine/trainer.py)
         chosen = "instances.mean_ap" if instances else "miou"
         best = max(val, key=lambda r: -1 if math.isnan(_value(r, chosen)) else _value(r, chosen))
         plot_per_class(best["iou"], classes, out / "per_class_iou.png")
-        if "confusion_matrix" in best:
+        written.add("per_class_iou.png")
+        confusion = best.get("confusion_matrix") is not None
+        if confusion:
             plot_confusion_matrix(
                 best["confusion_matrix"],
                 classes,
                 out / "confusion.png",
                 title=f"validation at iteration {best['iter']} (row-normalised)",
             )
+            written.add("confusion.png")
         counted = best.get("instances") or {}
         scores = (
             f"mean AP **{_fmt(counted.get('mean_ap'))}**, PQ {_fmt(counted.get('pq'))}, mIoU {_fmt(best.get('miou'))}"
@@ -132,7 +147,7 @@ def write_report(
             "",
             "![validation](val.png) ![per-class IoU](per_class_iou.png)",
             "",
-            "![confusion matrix](confusion.png)" if "confusion_matrix" in best else "",
+            "![confusion matrix](confusion.png)" if confusion else "",
         ]
     if train:
         last = train[-1]
@@ -149,7 +164,31 @@ def write_report(
         lines += ["", "## Config", "", "```yaml", dump_yaml(config).strip(), "```"]
     summary = out / "summary.md"
     atomic_write_text(summary, "\n".join(lines) + "\n")
+    for name in REPORT_FILES:  # an earlier report's pictures of what this log no longer holds: they would mislead
+        if name not in written and (out / name).is_file():
+            (out / name).unlink()
     return summary
+
+
+def _no_validation(config: dict[str, Any], train: list[dict[str, Any]]) -> str:
+    """The summary's line for a log without validation records, with the likely reason where the config tells."""
+    data, train_cfg = config.get("data"), config.get("train")
+    data = data if isinstance(data, dict) else {}
+    train_cfg = train_cfg if isinstance(train_cfg, dict) else {}
+    line = "No validation was logged"
+    interval = train_cfg.get("eval_interval")
+    if "val_split" in data and not data["val_split"]:
+        return f"{line}: data.val_split is null, so the run trained without validation."
+    if isinstance(interval, int) and not isinstance(interval, bool) and train and train[-1]["iter"] < interval:
+        return (
+            f"{line}: the run stopped at iteration {train[-1]['iter']}, before its first validation "
+            f"(train.eval_interval is {interval}; a run validates every train.eval_interval iterations and at "
+            "its end)."
+        )
+    return (
+        f"{line}: the run stopped before its first validation (a run validates every train.eval_interval "
+        "iterations and at its end), or trained without one (data.val_split null)."
+    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:

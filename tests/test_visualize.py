@@ -176,6 +176,67 @@ def test_report_of_a_log_it_cannot_draw_is_one_line_naming_the_record(tmp_path, 
         assert not (run / "report").exists()
 
 
+def test_a_report_removes_its_own_pictures_that_no_longer_match_the_log(tmp_path, capsys):
+    """A log without validation (records removed, or a run that restarted) left the earlier report's val.png,
+    per_class_iou.png and confusion.png beside the new summary; a user's own files there stay."""
+    from pixelwise.cli import main
+
+    good = [[0.5, 0.25], [[3, 1], [1, 3]]]
+    run = _run_dir(tmp_path / "run", [1.0, 0.5], [good])
+    out = run / "report"
+    assert main(["report", str(run)]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "loss.png",
+        "val.png",
+        "per_class_iou.png",
+        "confusion.png",
+        "summary.md",
+    }
+    (out / "mine.txt").write_text("my notes\n")
+    with open(_run_dir(run, [1.0, 0.5]) / "metrics.jsonl", "a") as f:  # validation without a confusion matrix
+        f.write(json.dumps({"type": "val", "iter": 2, "miou": 0.5, "iou": [0.5, 0.25]}) + "\n")
+    assert main(["report", str(run)]) == 0
+    assert {p.name for p in out.iterdir()} == {"loss.png", "val.png", "per_class_iou.png", "summary.md", "mine.txt"}
+    _run_dir(run, [1.0, 0.5])  # no validation
+    assert main(["report", str(run)]) == 0
+    assert {p.name for p in out.iterdir()} == {"loss.png", "summary.md", "mine.txt"}
+    assert "val.png" not in (out / "summary.md").read_text()
+    assert (out / "mine.txt").read_text() == "my notes\n"
+
+
+def test_report_of_an_empty_log_is_one_line_and_makes_no_folder(tmp_path, capsys):
+    """A run killed before it logged anything: "report written", a blank loss plot with ticks -0.04 to 0.04 and a
+    summary of the config alone."""
+    from pixelwise.cli import main
+
+    for body in ("", "\n"):
+        run = tmp_path / "run"
+        run.mkdir(exist_ok=True)
+        (run / "metrics.jsonl").write_text(body)
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"pixelwise report: error: {run / 'metrics.jsonl'} holds no training or validation record (the run "
+            "stopped before it logged any): nothing to report\n"
+        )
+        assert not (run / "report").exists()
+
+
+def test_report_of_a_log_without_validation_says_so_and_why(tmp_path):
+    """Training records alone: the summary said nothing of the validation it lacks."""
+    run = _run_dir(tmp_path / "run", [1.0, 0.5])
+    text = write_report(run).read_text()
+    assert "No validation was logged" in text and "![loss](loss.png)" in text
+    (run / "config.yaml").write_text("data:\n  val_split: null\ntrain:\n  eval_interval: 200\n")
+    text = write_report(run).read_text()
+    assert "No validation was logged: data.val_split is null" in text
+    (run / "config.yaml").write_text("data:\n  val_split: val\ntrain:\n  eval_interval: 200\n")
+    text = write_report(run).read_text()
+    assert "No validation was logged" in text and "before its first validation" in text
+    assert "train.eval_interval is 200" in text and "iteration 2" in text
+    assert not (run / "report" / "val.png").exists()
+
+
 def test_report_and_pictures_take_class_names_with_markup(tmp_path, monkeypatch):
     """Class names are the user's: a | split the Markdown table's cell (its value went to a third column), < and &
     came through as HTML, a $...$ stopped the pictures with a mathtext parse error."""
