@@ -1311,31 +1311,36 @@ def test_rgb_keeps_what_the_native_classes_json_says_of_the_images(tmp_path):
 
 
 def test_a_reencoded_image_keeps_its_exif_orientation(tmp_path):
-    """A .jfif (a JPEG by Windows' name, re-encoded to PNG) stored 10 wide and 6 high with EXIF orientation 6:
-    LabelMe draws on it turned (6 x 10). The PNG lost the orientation, so the import refused the mask's size (a
-    square image would have had its mask silently turned against it). An image embedded as ``imageData`` and
-    re-encoded (a phone's multi-picture JPEG, MPO: not a type pixelwise reads) keeps it too."""
+    """A phone's multi-picture JPEG (.mpo: not a type pixelwise reads, re-encoded to PNG) stored 10 wide and 6
+    high with EXIF orientation 6: LabelMe draws on it turned (6 x 10). The PNG lost the orientation, so the import
+    refused the mask's size (a square image would have had its mask silently turned against it). The same image
+    embedded as ``imageData`` and re-encoded keeps it too; a .jfif (a JPEG by Windows' name) is read as it is."""
     from pixelwise.data import read_image
 
     exif = Image.Exif()
     exif[0x0112] = 6
     stored = Image.fromarray(np.full((6, 10, 3), 90, np.uint8))
     shapes = [{"label": "cat", "points": [[0, 0], [5, 0], [5, 2], [0, 2]], "shape_type": "polygon"}]
-    for embedded in (False, True):
-        src = tmp_path / f"lm{int(embedded)}"
+    buf = io.BytesIO()
+    stored.save(buf, format="MPO", save_all=True, append_images=[stored.copy()], exif=exif)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert im.format == "MPO"  # so the import re-encodes it
+    for way in ("file", "embedded", "jfif"):
+        src = tmp_path / f"lm_{way}"
         src.mkdir()
-        annotation = {"shapes": shapes, "imagePath": "a.jfif", "imageHeight": 10, "imageWidth": 6}
-        if embedded:  # no file beside it: the image is in the JSON, written as PNG by the import
-            buf = io.BytesIO()
-            stored.save(buf, format="MPO", save_all=True, append_images=[stored.copy()], exif=exif)
-            with Image.open(io.BytesIO(buf.getvalue())) as im:
-                assert im.format == "MPO"  # so the import re-encodes it
+        name = "a.jfif" if way == "jfif" else "a.mpo"
+        annotation = {"shapes": shapes, "imagePath": name, "imageHeight": 10, "imageWidth": 6}
+        if way == "embedded":  # no file beside it: the image is in the JSON, written as PNG by the import
             annotation["imageData"] = base64.b64encode(buf.getvalue()).decode()
+        elif way == "file":
+            (src / name).write_bytes(buf.getvalue())
         else:
-            stored.save(src / "a.jfif", format="JPEG", exif=exif)
+            stored.save(src / name, format="JPEG", exif=exif)
         (src / "a.json").write_text(json.dumps(annotation))
-        base, summary = imported(tmp_path / f"out{int(embedded)}", "labelme", src, workers=1)
+        base, summary = imported(tmp_path / f"out_{way}", "labelme", src, workers=1)
+        embedded = way
         assert summary.skipped == [], embedded
-        image, mask = read_image(base / "images/train/a.png"), mask_of(base, "train", "a")
+        written = base / "images/train" / ("a.jfif" if way == "jfif" else "a.png")  # a .jfif is copied as it is
+        image, mask = read_image(written), mask_of(base, "train", "a")
         assert image.shape[:2] == mask.shape == (10, 6), embedded
         assert (mask[:3] == 1).all() and (mask[3:] == 0).all(), embedded  # the cat as drawn: the top three rows
