@@ -68,6 +68,30 @@ def test_mirror_pad_wider_than_image():
     assert out[0, 0, 0].tolist() == [1.0, 2.0, 3.0, 2.0, 1.0, 0.0, 1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize(
+    "pads", [(20, 1, 0, 0), (0, 13, 0, 0), (9, 2, 11, 0), (4, 3, 2, 1), (0, 0, 0, 0), (7, 7, 7, 7), (1, 30, 30, 1)]
+)
+def test_mirror_pad_is_an_endless_mirror_however_lopsided(pads):
+    """Each padded pixel is the image's pixel at its position reflected into the image, period 2 (n - 1). Passes of
+    F.pad went wrong once one side's pad exceeded the other's by more than the image (20 left, 1 right of 5 columns:
+    '2, 1, 0, 1, 2, 3, 4, 3, 4, 3' where '4, 3, 2, 1, 0, 1, 2, 3, 4, 3' is the mirror)."""
+    x = torch.randn(2, 3, 5, 6)
+    left, right, top, bottom = pads
+
+    def reflected(n: int, before: int, after: int) -> list[int]:
+        out = []
+        for i in range(-before, n + after):
+            while not 0 <= i < n:  # reflect at the edges until inside
+                i = -i if i < 0 else 2 * (n - 1) - i
+            out.append(i)
+        return out
+
+    rows, cols = reflected(5, top, bottom), reflected(6, left, right)
+    assert torch.equal(mirror_pad(x, *pads), x[:, :, rows][:, :, :, cols])
+    one = torch.randn(1, 2, 1, 1)  # a single pixel: repeated
+    assert torch.equal(mirror_pad(one, *pads), one.expand(1, 2, 1 + top + bottom, 1 + left + right))
+
+
 def test_batch_norm_option_and_same_padding_odd_levels():
     model = build_model("unet", num_classes=5, base_channels=4, batch_norm=True, depth=3)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

@@ -59,16 +59,22 @@ def mirror_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) ->
     """Mirror (reflect) padding of any width, also wider than the image itself.
 
     ``F.pad(mode="reflect")`` requires each pad to be smaller than the size; mirroring repeatedly
-    extends the image the way the U-Net paper's overlap-tile strategy does (Fig. 2).
+    extends the image the way the U-Net paper's overlap-tile strategy does (Fig. 2). Each padded pixel is the
+    image's pixel at its position reflected into the image (period ``2 (n - 1)``), looked up by index: repeated
+    ``F.pad`` passes went wrong once one side's pad exceeded the other's by more than the image.
     """
-    while left or right or top or bottom:
-        h, w = x.shape[-2:]
-        step = (min(left, w - 1), min(right, w - 1), min(top, h - 1), min(bottom, h - 1))
-        if max(step) == 0:  # 1-pixel image: nothing to mirror, repeat the edge
-            return F.pad(x, (left, right, top, bottom), mode="replicate")
-        x = F.pad(x, step, mode="reflect")
-        left, right, top, bottom = (a - b for a, b in zip((left, right, top, bottom), step, strict=True))
-    return x
+    if not (left or right or top or bottom):
+        return x
+
+    def index(n: int, before: int, after: int) -> torch.Tensor:
+        i = torch.arange(-before, n + after, device=x.device)
+        if n == 1:  # 1 pixel: nothing to mirror, repeat the edge
+            return torch.zeros_like(i)
+        i = i.remainder(2 * (n - 1))
+        return torch.where(i < n, i, 2 * (n - 1) - i)
+
+    h, w = x.shape[-2:]
+    return x.index_select(-2, index(h, top, bottom)).index_select(-1, index(w, left, right))
 
 
 def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
