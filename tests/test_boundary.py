@@ -242,3 +242,167 @@ def test_all_reduce_sums_over_processes():
     results = run_in_processes(_reduced_counts)
     # perfect: [16, 16, 16, 16] / [12, 12, 12, 12]; shifted: [6, 16, 6, 16] / [6, 12, 6, 12]
     assert results[0] == results[1] == [[22, 18], [32, 24], [22, 18], [32, 24]]
+
+
+# --- Csurka et al.'s per-image BF score (bf_score), beside the pooled mean_f1 ---
+
+
+def _two_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The reviewer's example, 40 x 40, width 2. Image A: a 30 x 30 square of class 1, predicted exactly.
+    Image B: a 2 x 2 ground-truth square at (10, 10), predicted as a 2 x 2 square at (30, 30)."""
+    a = torch.zeros(40, 40, dtype=torch.int64)
+    a[5:35, 5:35] = 1
+    b = torch.zeros(40, 40, dtype=torch.int64)
+    b[10:12, 10:12] = 1
+    pb = torch.zeros(40, 40, dtype=torch.int64)
+    pb[30:32, 30:32] = 1
+    return torch.stack([a, pb]), torch.stack([a, b])
+
+
+def test_bf_score_is_per_image_while_mean_f1_pools_the_data_set():
+    pred, target = _two_images()
+    m = BoundaryF1(2, width=2)
+    m.update(pred, target)
+    r = m.compute()
+    # pooled: class 0 boundary 120 (A) + 8 (B) pixels on each side, 120 matched; class 1: 116 + 4, 116 matched
+    assert _counts(m) == [[120, 128, 120, 128], [116, 120, 116, 120]]
+    assert r["f1"] == pytest.approx([120 / 128, 116 / 120])
+    assert r["mean_f1"] == pytest.approx((120 / 128 + 116 / 120) / 2)  # 0.952..., unchanged
+    # per image: A scores 1 in both classes, B 0 in both (the small square is missed): (1 + 0) / 2
+    assert r["bf_score"] == 0.5
+    assert r["bf_score_per_class"] == [0.5, 0.5]
+
+
+def test_bf_score_per_class_averages_over_the_images_where_the_class_is_defined():
+    target1, pred1 = _square(), _square((0, 1))  # width 0: class 0 F1 6/16, class 1 F1 1/2, class 2 NaN
+    target2 = pred2 = 2 * _square()  # perfect: class 0 and 2 F1 1, class 1 NaN
+    m = BoundaryF1(3, width=0)
+    m.update(torch.stack([pred1, pred2]), torch.stack([target1, target2]))
+    r = m.compute()
+    # image scores: (6/16 + 1/2) / 2 = 0.4375 and (1 + 1) / 2 = 1
+    assert r["bf_score"] == pytest.approx((0.4375 + 1) / 2)
+    # each class over the images where it has a boundary: class 0 in both, class 1 in the first, 2 in the second
+    assert r["bf_score_per_class"] == pytest.approx([(6 / 16 + 1) / 2, 0.5, 1.0])
+    # the image score is not the mean of the per-class averages (that would be 0.729...)
+    assert r["bf_score"] != pytest.approx(sum(r["bf_score_per_class"]) / 3)
+
+
+def test_image_without_boundaries_is_left_out_of_bf_score():
+    pred, target = _two_images()
+    blank = torch.zeros(1, 40, 40, dtype=torch.int64)  # one class everywhere: no boundary in either map
+    ignored = torch.full((1, 40, 40), 255, dtype=torch.int64)  # all ignored: nothing counted
+    m = BoundaryF1(2, width=2)
+    m.update(torch.cat([pred, blank, blank]), torch.cat([target, blank, ignored]))
+    r = m.compute()
+    assert r["bf_score"] == 0.5 and r["bf_score_per_class"] == [0.5, 0.5]
+    # an image whose only boundary is on one side scores 0 and does count
+    m.update(pred[1:], blank)
+    assert m.compute()["bf_score"] == pytest.approx(1 / 3)
+
+
+def test_bf_score_is_nan_without_any_image_and_reset_clears_it():
+    m = BoundaryF1(2, width=1)
+    r = m.compute()
+    assert math.isnan(r["bf_score"]) and all(math.isnan(v) for v in r["bf_score_per_class"])
+    pred, target = _two_images()
+    m.update(pred, target)
+    assert m.compute()["bf_score"] == 0.5
+    m.reset()
+    r = m.compute()
+    assert math.isnan(r["bf_score"]) and all(math.isnan(v) for v in r["bf_score_per_class"])
+    assert m.counts.sum() == 0
+
+
+def test_bf_score_streams_over_updates():
+    pred, target = _two_images()
+    one, two = BoundaryF1(2, width=2), BoundaryF1(2, width=2)
+    one.update(pred, target)
+    two.update(pred[1], target[1])  # image B first, unbatched
+    two.update(pred[:1], target[:1])
+    assert two.compute()["bf_score"] == one.compute()["bf_score"] == 0.5
+    assert two.compute()["bf_score_per_class"] == one.compute()["bf_score_per_class"]
+
+
+def test_bf_score_batch_of_n_equals_n_updates_and_the_per_image_definition():
+    torch.manual_seed(3)
+    target = torch.randint(0, 4, (5, 10, 9))
+    target[2, :4] = 255
+    logits = torch.randn(5, 4, 10, 9)
+    batch, single = BoundaryF1(4, width=1), BoundaryF1(4, width=1)
+    batch.update(logits, target)
+    scores, per_class = [], [[] for _ in range(4)]
+    for i in range(5):
+        single.update(logits[i], target[i])
+        alone = BoundaryF1(4, width=1)  # one image: its per-image F1 is the pooled F1 of that image alone
+        alone.update(logits[i], target[i])
+        f1 = alone.compute()["f1"]
+        scores.append(alone.compute()["mean_f1"])
+        for c in range(4):
+            if not math.isnan(f1[c]):
+                per_class[c].append(f1[c])
+    rb, rs = batch.compute(), single.compute()
+    assert torch.equal(batch.counts, single.counts)
+    assert rb["bf_score"] == pytest.approx(rs["bf_score"], rel=1e-12)
+    assert rb["bf_score_per_class"] == pytest.approx(rs["bf_score_per_class"], rel=1e-12)
+    assert rb["bf_score"] == pytest.approx(sum(scores) / 5, rel=1e-12)
+    assert rb["bf_score_per_class"] == pytest.approx([sum(v) / len(v) for v in per_class], rel=1e-12)
+
+
+def test_evaluator_reports_bf_score_beside_boundary_f1(tmp_path):
+    from pixelwise.data import SegmentationDataset, build_transforms
+    from pixelwise.engine.evaluator import evaluate
+    from pixelwise.models import build_model
+
+    from .conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", splits={"val": 2}, num_classes=3).parent
+    torch.manual_seed(0)
+    model = build_model(name="unet", num_classes=3, base_channels=4, depth=2)
+    ds = SegmentationDataset(root, "toy", "val", transforms=build_transforms(train=False, mean=[0.5], std=[0.25]))
+    both = evaluate(model, ds, boundary_width=1, progress=False)["boundary"]
+    # shard=(i, 2) outside a process group scores image i alone (all_reduce is a no-op)
+    alone = [evaluate(model, ds, boundary_width=1, progress=False, shard=(i, 2))["boundary"] for i in range(2)]
+    assert {"mean_f1", "f1", "bf_score", "bf_score_per_class", "width"} <= set(both) and "counts" not in both
+    for a in alone:  # one image: the per-image score is that image's mean boundary F1
+        assert a["bf_score"] == pytest.approx(a["mean_f1"]) and a["bf_score_per_class"] == pytest.approx(a["f1"])
+    assert both["bf_score"] == pytest.approx((alone[0]["mean_f1"] + alone[1]["mean_f1"]) / 2)
+
+
+def _reduced_bf_score(rank: int) -> dict:
+    m = BoundaryF1(2, width=0)
+    m.update(_square((0, rank)), _square())  # rank 0: perfect; rank 1: one column off
+    m.all_reduce()
+    r = m.compute()
+    return {"bf_score": r["bf_score"], "per_class": r["bf_score_per_class"]}
+
+
+@pytest.mark.slow
+def test_all_reduce_averages_bf_score_over_the_images_of_all_processes():
+    results = run_in_processes(_reduced_bf_score)
+    # image scores 1 and (6/16 + 1/2) / 2 = 0.4375; class 0: (1 + 6/16) / 2, class 1: (1 + 1/2) / 2
+    for r in results.values():
+        assert r["bf_score"] == pytest.approx((1 + 0.4375) / 2)
+        assert r["per_class"] == pytest.approx([0.6875, 0.75])
+
+
+def test_the_eval_table_prints_the_bf_score_beside_the_pooled_boundary_f1():
+    from pixelwise.metrics.table import format_metrics_table
+
+    bf = BoundaryF1(2, width=2)
+    target = torch.zeros(2, 40, 40, dtype=torch.long)
+    target[0, 5:35, 5:35] = 1
+    target[1, 10:12, 10:12] = 1
+    pred = target.clone()
+    pred[1] = 0
+    pred[1, 30:32, 30:32] = 1
+    bf.update(pred, target)
+    metrics = {
+        **{k: 0.5 for k in ("pixel_accuracy", "mean_accuracy", "miou", "fwiou", "mean_f1")},
+        "iou": [0.5, 0.5], "accuracy": [0.5, 0.5], "f1": [0.5, 0.5],
+        "boundary": {**bf.compute(), "width": 2},
+    }  # fmt: skip
+    lines = format_metrics_table(metrics, ["a", "b"]).splitlines()
+    pooled = next(line for line in lines if line.startswith("boundary_f1@2px"))
+    per_image = next(line for line in lines if line.startswith("bf_score@2px"))
+    assert pooled.split() == ["boundary_f1@2px", "95.21"]  # the small square's miss weighs little, pooled
+    assert per_image.split() == ["bf_score@2px", "50.00"]  # per image (Csurka et al.): 1.0 and 0.0

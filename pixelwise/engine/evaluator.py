@@ -89,7 +89,9 @@ def evaluate(
     and cell) ``"challenge_pixel_error"`` (:class:`pixelwise.metrics.ChallengePixelError`: the challenge's and
     the U-Net paper's pixel error, 1 - the best F-score of class 1 over thresholds of its probability), plus
     ``"boundary"`` (per-class
-    boundary F1 within ``boundary_width`` pixels, :class:`pixelwise.metrics.BoundaryF1`) and
+    boundary F1 within ``boundary_width`` pixels, :class:`pixelwise.metrics.BoundaryF1`: ``f1`` / ``mean_f1``
+    from the counts pooled over the split, and Csurka et al.'s per-image BF score ``bf_score`` with
+    ``bf_score_per_class``) and
     ``"instances"`` (ISBI 2012 V_rand / V_info of the connected components, or watershed
     regions, of class ``instances`` against those of the ground truth), when asked for.
     ``crf=(settings, mean, std)`` refines the probabilities with the dense CRF first (``mean``/``std``

@@ -2,8 +2,10 @@
 
 Reference: I. Arganda-Carreras, S. C. Turaga, D. R. Berger et al., "Crowdsourcing the creation of image
 segmentation algorithms for connectomics", Frontiers in Neuroanatomy 9:142, 2015 (the ISBI 2012 EM
-segmentation challenge), and its reference implementation in Fiji's Trainable Weka Segmentation
-(``trainableSegmentation.metrics.RandError`` / ``VariationOfInformation``).
+segmentation challenge). The challenge was scored with Fiji's Trainable Weka Segmentation
+(``trainableSegmentation.metrics.RandError`` / ``VariationOfInformation``): V_rand here agrees with it, V_info
+follows the paper's definition and differs from Fiji's normalisation on slices with background (see "V_info and
+Fiji" below).
 
 The instance labelling can come from any method (:func:`pixelwise.inference.label_instances` makes one
 from a semantic map).
@@ -25,12 +27,21 @@ them. ``p_ij`` is the fraction of those pixels lying in predicted segment i and 
   merge score is the "precision".
 - **Predicted background inside GT foreground** (``S == 0`` where ``T > 0``): every such pixel is its own
   singleton segment. It adds ``(1/n)^2`` to both ``sum p_ij^2`` and ``sum s_i^2`` (and nothing to
-  ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and H(S,T) (as Fiji's foreground-restricted VI does). So
-  leaving cell pixels unassigned costs split score, as fragmenting them would. (SNEMI3D's Python ``adapted_rand``
-  adds only ``c / n`` in pixel-count units for the ``c`` unassigned pixels, not ``c``: with many unassigned
-  pixels its Rand scores are lower than these, as both the split and the merge score grow with what is added;
-  with none, the two agree.)
+  ``sum t_j^2``), and ``-(1/n) log(1/n)`` to both H(S) and H(S,T) (Fiji's singletons too, on its own scale: see
+  "V_info and Fiji"). So leaving cell pixels unassigned costs split score, as fragmenting them would.
+  (SNEMI3D's Python ``adapted_rand`` adds only ``c / n`` in pixel-count units for the ``c`` unassigned pixels,
+  not ``c``: with many unassigned pixels its Rand scores are lower than these, as both the split and the merge
+  score grow with what is added; with none, the two agree.)
 - Ground-truth background pixels (``T == 0``) are ignored whatever S says there.
+- **V_info and Fiji.** V_info follows the paper's definition: the ``p_ij`` above are probabilities over the
+  ``n`` ground-truth foreground pixels. Fiji's ``VariationOfInformation`` (the ISBI scorer) sums over the same
+  foreground rows but divides the counts by *all* ``N`` pixels of the slice, background included, so on a slice
+  with background (``N > n``) its "entropies" are of a measure of total ``n / N``, not of a distribution. With
+  ``L = ln(N / n)`` its parts are ``(I + L) / (H + L)`` where these are ``I / H`` (H = H(S) or H(T) > 0):
+  closer to 1 than this module's (e.g. a slice ``T = [1, 1, 0, 2, 2]``, ``S = [1, 1, 1, 1, 1]``: here
+  ``v_info_merge`` 0, in Fiji 0.244). On slices without ground-truth background the two agree. So V_info here
+  does not equal the leaderboard's V_info on ISBI slices (whose membranes are background); V_rand does agree
+  with Fiji (its ratios of squared sums do not depend on the normalisation).
 - Degenerate cases: with no GT foreground every score is NaN. If H(S) = 0 (one predicted segment, nothing can
   be split) ``v_info_split`` is 1; if H(T) = 0 (one GT segment, nothing can be merged) ``v_info_merge`` is 1
   (Fiji sets that part to 0 instead, so it scores an exact one-segment match 0). A harmonic mean of two zeros

@@ -16,6 +16,8 @@ def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str]) ->
     summary = [(k, metrics[k]) for k in SUMMARY_KEYS]
     if boundary:
         summary.append((f"boundary_f1@{boundary['width']}px", boundary["mean_f1"]))
+        if "bf_score" in boundary:  # Csurka et al.'s per-image mean (the pooled F1 above weighs images by boundary)
+            summary.append((f"bf_score@{boundary['width']}px", boundary["bf_score"]))
     if metrics.get("challenge_pixel_error"):
         summary.append(("pixel_error", 1 - metrics["pixel_accuracy"]))
         summary.append(("challenge_pixel_error", metrics["challenge_pixel_error"]["pixel_error"]))
