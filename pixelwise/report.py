@@ -140,6 +140,16 @@ def write_report(
             f"Best validation {scores} at iteration {best['iter']} "
             f"(pixel accuracy {_fmt(best.get('pixel_accuracy'))}, mean F1 {_fmt(best.get('mean_f1'))}, "
             f"fwIoU {_fmt(best.get('fwiou'))}).",
+            *(  # a two-class run (ISBI 2012): the measures its papers report, of the last validation
+                [
+                    "",
+                    f"Last validation (iteration {val[-1]['iter']}): pixel error "
+                    f"{1 - val[-1]['pixel_accuracy']:.4f}; 1 - best F-score (the ISBI challenge's measure) "
+                    f"{val[-1]['challenge_pixel_error']:.4f}.",
+                ]
+                if val[-1].get("challenge_pixel_error") is not None
+                else []
+            ),
             "",
             "| class | IoU (%) |",
             "|---|---:|",

@@ -71,6 +71,16 @@ def test_train_eval_predict_on_isbi(data_root, tmp_path):
         in trained.stdout
     )
     assert all(0 <= r["challenge_pixel_error"] <= 1 for r in records if r["type"] == "val")
+    # the validation's own line names both measures too (it said "challenge pixel error", the closing line
+    # "pixel error", of two different numbers); and the closing lines say what to run next
+    assert (
+        f"iter 4: val pixel error {1 - last_val['pixel_accuracy']:.4f}; 1 - best F-score (the ISBI challenge's "
+        f"measure) {last_val['challenge_pixel_error']:.4f}" in trained.stderr + trained.stdout
+    )
+    assert trained.stdout.strip().splitlines()[-1] == (
+        f"next: pixelwise eval {run / 'last.pt'} (add --json F) | pixelwise predict {run / 'last.pt'} IMAGES --out "
+        f"DIR | pixelwise report {run}"
+    )
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 4
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["meta"]["classes"] == ["membrane", "cell"] and ckpt["meta"]["model"]["in_channels"] == 1

@@ -275,3 +275,18 @@ def test_confusion_row_of_a_class_without_pixels_is_grey(tmp_path):
         pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).reshape(-1, 3)
         pictures[name] = int((pixels == grey).all(1).sum())
     assert pictures["full"] < 100 and pictures["empty"] > 10000  # the whole lower row, not "0 %" white
+
+
+def test_the_report_of_a_two_class_run_gives_the_measures_its_papers_report(tmp_path):
+    """The README quotes the ISBI job's pixel error and 1 - best F-score; the report's summary showed neither."""
+    run = _run_dir(tmp_path / "run", [1.0, 0.5], [([0.6, 0.9], [[5, 1], [1, 9]]), ([0.7, 0.9], [[6, 0], [1, 9]])])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record, error in zip([r for r in records if r["type"] == "val"], (0.08, 0.07), strict=True):
+        record["pixel_accuracy"], record["challenge_pixel_error"] = 0.92, error
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report(run).read_text()
+    assert (
+        "Last validation (iteration 2): pixel error 0.0800; 1 - best F-score (the ISBI challenge's measure) 0.0700."
+        in text
+    )
+    assert "ISBI challenge" not in write_report(_run_dir(tmp_path / "other", [1.0], [([0.5, 0.5], None)])).read_text()

@@ -54,6 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"last val pixel error {plain:.4f}; 1 - best F-score of {positive!r} "
             f"(the ISBI challenge's measure) {challenge['pixel_error']:.4f}"
         )
+    last = Path(run_dir) / "last.pt"
+    print(
+        f"next: pixelwise eval {last} (add --json F) | pixelwise predict {last} IMAGES --out DIR | "
+        f"pixelwise report {run_dir}"
+    )
     return 0
 
 

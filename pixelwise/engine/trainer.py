@@ -564,7 +564,12 @@ def _train(
                 tensorboard_val(files.tensorboard, scored, val_ds, last_metrics, meta, device, it)
         log.info("iter %d: val mIoU %.4f  pixel acc %.4f", it, last_metrics["miou"], last_metrics["pixel_accuracy"])
         if challenge:
-            log.info("iter %d: val challenge pixel error %.4f", it, challenge["pixel_error"])
+            log.info(
+                "iter %d: val pixel error %.4f; 1 - best F-score (the ISBI challenge's measure) %.4f",
+                it,
+                1 - last_metrics["pixel_accuracy"],
+                challenge["pixel_error"],
+            )
         # best.pt: the best val mIoU, or for an instance method the best mean matching AP (tau 0.5..0.9)
         score = counted["mean_ap"] if method.enabled else last_metrics["miou"]
         if method.enabled:
