@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pixelwise"
 
 # lowest first; a module may import from its own layer or below
 LAYERS = [
-    {"errors", "fileio", "device", "cpu_threads", "argmax", "visualize", "lazy_imports"},
+    {"errors", "fileio", "device", "cpu_threads", "argmax", "visualize", "lazy_imports", "argument_types"},
     {"data"},
     {"models"},
     {"losses"},

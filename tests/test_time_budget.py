@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 
 import pytest
@@ -144,10 +145,11 @@ def test_a_budgeted_run_says_so_counts_its_seconds_and_warns_when_iters_end_it_f
     text = caplog.text
     assert "train.max_minutes 10 (the schedule follows the clock), at most 3 iterations" in text
     assert "train.warmup_iters=5 is not below train.iters=3: the run ends inside its warmup" in text
-    assert (
-        "train.iters=3 ended the run with 600 s of train.max_minutes=10 left: the learning rate follows the clock"
-        in text
+    left = re.search(
+        r"train.iters=3 ended the run with (\d+) s of train.max_minutes=10 left: the learning rate follows the clock",
+        text,
     )
+    assert left and 540 <= int(left.group(1)) <= 600, text  # 3 toy steps: well under a minute, even on a busy machine
     bar = capsys.readouterr().err
     assert "s of training" in bar and "/600 s" in bar and "it=3" in bar
 
