@@ -133,6 +133,9 @@ def test_gaussian_window_and_settings_errors():
         "inference stride 8 is larger than the crop 4: the windows would leave pixels unpredicted; give a stride at "
         "most the crop (default: 2/3 of it)"
     )
+    with pytest.raises(ConfigError) as cli:  # the CLI's --crop 4 --stride 8 come as one-element lists: as above
+        InferenceSettings(mode="slide", crop=[4], stride=[8])
+    assert str(cli.value) == str(e.value)
     with pytest.raises(ConfigError, match=r"^inference stride \[4, 9\] is larger than the crop \[8, 8\]"):
         InferenceSettings(mode="slide", crop=[8, 8], stride=[4, 9])
     assert InferenceSettings(mode="slide", crop=8, stride=8).stride == 8  # abutting windows cover everything

@@ -23,6 +23,11 @@ from ..models import model_logits
 from .sliding_window import slide_probs
 
 
+def _shown(size: Any) -> Any:
+    """A size as given: the CLI's one-element list ``[8]`` as ``8``, as a config would write it."""
+    return size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+
+
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(v, (int, float)):
         return int(v), int(v)
@@ -82,7 +87,8 @@ class InferenceSettings:
             if any(s > c for s, c in zip(_pair(self.stride), _pair(self.crop), strict=True)):
                 # windows further apart than their size leave pixels that no window predicts
                 raise ConfigError(
-                    f"inference stride {self.stride} is larger than the crop {self.crop}: the windows would leave "
+                    f"inference stride {_shown(self.stride)} is larger than the crop {_shown(self.crop)}: the windows "
+                    "would leave "
                     "pixels unpredicted; give a stride at most the crop (default: 2/3 of it)"
                 )
         numbers = all(isinstance(s, Real) and not isinstance(s, bool) for s in self.scales)
