@@ -144,9 +144,13 @@ _YAMLLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
     for first, resolvers in _YAMLLoader.yaml_implicit_resolvers.items()
 }
-_YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+_YAML12_INT = (
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
 )
+_YAMLLoader.add_implicit_resolver(*_YAML12_INT)
+_YAMLDumper.add_implicit_resolver(*_YAML12_INT)  # so that the strings "08" and "0o17" are quoted, and load back
 
 
 def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:

@@ -92,6 +92,13 @@ def test_damaged_bytes_inside_a_checkpoint_are_caught(tmp_path):
         "its checksum; a disk or copy error): use a good copy, or an earlier checkpoint"
     )
     assert torch.equal(torch_load(tmp_path / "last.pt", "checkpoint")["model"]["w"], weights["w"])
+    # a file torch wrote without checksums (torch.serialization.set_crc32_options(False)) loads, as in torch
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(weights, tmp_path / "unchecked.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(torch_load(tmp_path / "unchecked.pt", "checkpoint")["w"], weights["w"])
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

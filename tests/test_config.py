@@ -198,6 +198,12 @@ def test_yaml_integers_are_yaml_1_2s(tmp_path):
         "a": 10, "b": [256, 256], "c": 1000, "d": 8, "e": 31, "f": -5, "g": 3, "h": 0.001, "i": 1.5,
     }  # fmt: skip
     assert load_yaml("a: 1:30\nb: 0b11\nc: '010'") == {"a": "1:30", "b": "0b11", "c": "010"}
+    # and what a run writes into its config.yaml loads back the same: the strings "08" and "0o17" (a data root
+    # named after SemanticKITTI's sequence 08) were written bare and read back as 8 and 15
+    from pixelwise.fileio import dump_yaml
+
+    strings = {k: k for k in ("08", "09", "0o17", "0x1F", "1_0", "010", "+1", "-0", "1:30", "1e5", "x08")}
+    assert load_yaml(dump_yaml(strings)) == strings
     path = write(tmp_path, BASE)
     assert load_config(path, ["train.iters=010"])["train"]["iters"] == 10
     with pytest.raises(ConfigError) as e:

@@ -479,13 +479,18 @@ def _train(
         )
         files.save(checkpoint, state.iter, best=best)
 
-    def stop(signum: int, it: int, rng: dict[str, torch.Tensor] | None, eval_due: bool = False) -> NoReturn:
+    def stop(
+        signum: int, it: int, rng: dict[str, torch.Tensor] | None, eval_due: bool = False, agreed: bool = False
+    ) -> NoReturn:
         """Save ``last.pt`` and raise TrainingInterrupted. A finished step needs no RNG state to redo it (``rng``
         None); an unfinished one is redone from ``rng``. A finished step due for validation is validated first
-        thing on --resume."""
+        thing on --resume. ``agreed``: every process stops here (they agreed on the signal), and none leaves
+        before rank 0 has written last.pt (torchrun ends the job, rank 0 with it, when the first exits); not where
+        this process stops alone (a step cut short), where the others may be inside other collectives."""
         state.eval_due = eval_due
         save(best=False, rng=rng)
-        wait_for_all(ddp)  # no process exits (and ends the torchrun job) before rank 0 has written last.pt
+        if agreed:
+            wait_for_all(ddp)
         name = signal.Signals(int(signum)).name
         raise TrainingInterrupted(
             f"stopped by {name} at iteration {it}: {files.last} written; continue with --resume --run-dir {run_dir}",
@@ -655,7 +660,7 @@ def _train(
                 waited[0] = 0.0
                 state.log_loss_sum, state.log_steps, window_n, window_t = 0.0, 0, 0, time.perf_counter()
             if signum:  # after the step's log line (every process agreed on the signal: the same collectives)
-                stop(signum, it, None, eval_due=it % eval_interval == 0 or last)
+                stop(signum, it, None, eval_due=it % eval_interval == 0 or last, agreed=True)
             due = it % eval_interval == 0 or last
             try:
                 improved = due and validate(it, caught)
