@@ -63,6 +63,14 @@ def test_a_folder_of_inputs_says_what_it_leaves_out(tmp_path, caplog):
     ]
     twice = [folder, folder / "b.png", tmp_path / "in" / ".." / "in", folder / "c.gif"]
     assert expand_inputs(twice) == [folder / "a.jfif", folder / "b.png", folder / "c.gif"]
+    # two links to one file (DVC, git-annex, a Hugging Face cache) are two inputs, each predicted
+    blobs, linked = tmp_path / "blobs", tmp_path / "linked"
+    blobs.mkdir(), linked.mkdir()
+    picture.save(blobs / "abc123", format="PNG")
+    for name in ("a.png", "b.png"):
+        (linked / name).symlink_to(blobs / "abc123")
+    assert expand_inputs(linked) == [linked / "a.png", linked / "b.png"]
+    assert expand_inputs([linked / "b.png", linked / "a.png", linked / "b.png"]) == [linked / "b.png", linked / "a.png"]
     written = predict(tiny_checkpoint(tmp_path), twice, tmp_path / "out", progress=False)
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "b.png", "c.png"]
     assert len(written) == 3

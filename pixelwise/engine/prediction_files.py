@@ -4,12 +4,14 @@ its output folder made ready, and per input ``masks/``, ``color/``, ``overlay/``
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -68,8 +70,8 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             if not matches:
                 raise DataError(f"input {str(item)!r} is no file, folder or matching pattern")
             paths += [m for m in matches if m.is_file()]
-    seen: set[Path] = set()
-    once = [q for q in paths if not (q.resolve() in seen or seen.add(q.resolve()))]
+    seen: set[Path] = set()  # by folder and name: two links to one file (DVC, git-annex) are two inputs
+    once = [q for q in paths if not (_where(q) in seen or seen.add(_where(q)))]
     if len(once) < len(paths):
         log.info("%d input(s) named more than once: each predicted once", len(paths) - len(once))
     return once
@@ -194,39 +196,50 @@ def _unlisted_outputs(out_dir: Path, entries: list, keep: set[Path]) -> Iterable
     except OSError:
         return
     inputs = _earlier_inputs(out_dir, entries)
+    videos = [p for p in inputs if is_video(p)]
 
     def stems(paths: Iterable[Path]) -> str:
         return "|".join(sorted({re.escape(p.stem) for p in paths}, key=len, reverse=True)) or "(?!)"
 
-    tmp = rf"\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}"
-    image = re.compile(rf"(?:{stems(inputs)})_*(_z\d{{4}})?\.(png|tif)")
-    videos = [p for p in inputs if is_video(p)]
-    video = re.compile(rf"(?:{stems(videos)})_*_(overlay|effect|masks)")
-    frame = re.compile(r"\d{6}\.png")
-    root_files = [  # a video's outputs, as finished and as encoded; a temporary manifest or legend
-        re.compile(rf"{video.pattern}\.(mp4|mov|mkv)"),
-        re.compile(rf"\.{video.pattern}\.partial\.(mp4|mov|mkv)"),
-        re.compile(rf"\.({re.escape(MANIFEST)}|{re.escape(LEGEND)}){tmp}"),
-    ]
+    @functools.cache
+    def patterns(kind: str) -> list[re.Pattern]:
+        """The names a killed run's outputs of ``kind`` take; compiled only where a recent file needs them (one
+        alternation of every input's stem: a folder of 100 000 earlier outputs is not matched file by file)."""
+        tmp = rf"\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}"
+        if kind == "image":
+            image = rf"(?:{stems(inputs)})_*(_z\d{{4}})?\.(png|tif)"
+            return [re.compile(image), re.compile(rf"\.{image}{tmp}")]
+        video = rf"(?:{stems(videos)})_*_(overlay|effect|masks)"
+        if kind == "root":  # a video's outputs, as finished and as encoded; a temporary manifest or legend
+            return [
+                re.compile(rf"{video}\.(mp4|mov|mkv)"),
+                re.compile(rf"\.{video}\.partial\.(mp4|mov|mkv)"),
+                re.compile(rf"\.({re.escape(MANIFEST)}|{re.escape(LEGEND)}){tmp}"),
+            ]
+        if kind == "frame":
+            return [re.compile(r"\d{6}\.png"), re.compile(rf"\.\d{{6}}\.png{tmp}")]
+        return [re.compile(rf"(?:{stems(videos)})_*")]  # a video's frames folder
 
-    def ours(folder: Path, names: list[re.Pattern]) -> Iterable[Path]:
+    def ours(folder: Path, kind: str) -> Iterable[Path]:
         if folder.is_symlink() or not folder.is_dir():
             return
         for path in folder.iterdir():
-            if not any(n.fullmatch(path.name) for n in names) or path.is_symlink() or not path.is_file():
+            try:
+                st = path.lstat()  # first: a run that ended normally listed everything older than its manifest
+            except OSError:
                 continue
-            if _where(path) not in keep and path.stat().st_mtime_ns >= saved:
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime_ns < saved:
+                continue
+            if any(n.fullmatch(path.name) for n in patterns(kind)) and _where(path) not in keep:
                 yield path
 
-    image_files = [image, re.compile(rf"\.{image.pattern}{tmp}")]
-    yield from ours(out_dir, root_files)
+    yield from ours(out_dir, "root")
     for sub in OUTPUT_KEYS:
-        yield from ours(out_dir / sub, image_files)
+        yield from ours(out_dir / sub, "image")
     masks = out_dir / "masks"
     if videos and masks.is_dir() and not masks.is_symlink():  # a video's masks as PNGs: masks/<stem>/000000.png
-        video_folder = re.compile(rf"(?:{stems(videos)})_*")
-        for folder in sorted(p for p in masks.iterdir() if video_folder.fullmatch(p.name)):
-            yield from ours(folder, [frame, re.compile(rf"\.{frame.pattern}{tmp}")])
+        for folder in sorted(p for p in masks.iterdir() if patterns("folder")[0].fullmatch(p.name)):
+            yield from ours(folder, "frame")
 
 
 def _remove_earlier_prediction(out_dir: Path, keep: Iterable[Path] = ()) -> None:
