@@ -201,11 +201,16 @@ def test_matches_brute_force_reference(width):
         assert m.counts.tolist() == _reference_counts(pred, target, 4, 255, width).tolist()
 
 
+def _random_batch(seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random 4-class targets (image 1's top rows ignored) and scores."""
+    torch.manual_seed(seed)
+    target = torch.randint(0, 4, (n, height, width))
+    target[1, : height // 3] = 255
+    return target, torch.randn(n, 4, height, width)
+
+
 def test_streaming_equals_one_batch():
-    torch.manual_seed(2)
-    target = torch.randint(0, 4, (4, 10, 7))
-    target[1, :3] = 255
-    logits = torch.randn(4, 4, 10, 7)
+    target, logits = _random_batch(2, 4, 10, 7)
     a, b = BoundaryF1(4, width=1), BoundaryF1(4, width=1)
     a.update(logits, target)
     b.update(logits[:2].argmax(1), target[:2])
@@ -324,10 +329,7 @@ def test_bf_score_streams_over_updates():
 
 
 def test_bf_score_batch_of_n_equals_n_updates_and_the_per_image_definition():
-    torch.manual_seed(3)
-    target = torch.randint(0, 4, (5, 10, 9))
-    target[2, :4] = 255
-    logits = torch.randn(5, 4, 10, 9)
+    target, logits = _random_batch(3, 5, 10, 9)
     batch, single = BoundaryF1(4, width=1), BoundaryF1(4, width=1)
     batch.update(logits, target)
     scores, per_class = [], [[] for _ in range(4)]
