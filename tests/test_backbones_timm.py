@@ -351,6 +351,24 @@ def test_pretrained_true_offline_is_one_line(monkeypatch):
     # the architecture is checked before any download
     with pytest.raises(ConfigError, match="does not support output_stride 16"):
         build_model("deeplabv3plus", num_classes=K, backbone="timm/densenet121", pretrained_backbone=True)
+    # an empty path (a config's `pretrained_backbone: ""`) built without weights, without a word
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError) as info:
+            build_model("unet", num_classes=K, backbone="timm/convnext_atto", pretrained_backbone=empty)
+        assert str(info.value) == (
+            "model.pretrained_backbone is an empty path: give a weights file, true (the library's weights) or false"
+        )
+
+
+def test_a_backbone_without_a_feature_pyramid_says_why():
+    """A plain ViT said only "it supports none of 8, 16, 32", and users tried other strides."""
+    with pytest.raises(ConfigError) as info:
+        build_model("deeplabv3plus", num_classes=K, backbone="timm/vit_tiny_patch16_224")
+    assert str(info.value) == (
+        "backbone timm/vit_tiny_patch16_224 does not support output_stride 16; it supports none of 8, 16, 32: it has "
+        "no feature pyramid (stages at 1/8 to 1/32, which a plain ViT lacks); choose a convolutional or hierarchical "
+        "one (e.g. timm/convnext_tiny, timm/resnet50)"
+    )
 
 
 def test_checkpoint_rebuilds_without_the_pretrained_file(tmp_path):
@@ -412,6 +430,12 @@ def test_models_backbones_lists_ours_and_the_checked_timm_families(capsys):
     assert main(["models", "--backbones"]) == 0
     text = capsys.readouterr().out
     assert "ConvNeXt" in text and "timm/convnext_tiny" in text and "Known not to work" in text
+    # the builders named as taking backbone= are the registry's (lraspp was left out)
+    from pixelwise.models import list_models, model_arguments
+
+    named = text.split("backbone=... in ")[1].split(" (FCN")[0].replace("fcn8s/16s/32s", "fcn8s, fcn16s, fcn32s")
+    takes = {n for n in list_models() if "backbone" in model_arguments(n)}
+    assert set(named.replace(" and ", ", ").split(", ")) == takes
     ours = {r["name"]: r["output_strides"] for r in rows if r["kind"] == "pixelwise"}
     assert ours["resnet101"] == [8, 16, 32] and ours["vgg16"] == [8, 32] and "xception65" in ours
     timm_rows = {r["name"]: r for r in rows if r["kind"] == "timm"}

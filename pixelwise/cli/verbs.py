@@ -213,7 +213,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"{r['name']:<{width}} {', '.join(map(str, r['output_strides'])):<15} {r['details']}")
             print()
         print(
-            "backbone=... in deeplabv3, deeplabv3plus, pspnet, fcn8s/16s/32s and unet (FCN and U-Net at output "
+            "backbone=... in deeplabv3, deeplabv3plus, lraspp, pspnet, fcn8s/16s/32s and unet (FCN and U-Net at output "
             "stride 32); timm/<model> takes any timm model with features_only, the families above are checked. "
             f"Known not to work: {TIMM_NOT_WORKING}."
         )

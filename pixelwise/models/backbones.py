@@ -324,7 +324,13 @@ def check_output_stride(output_stride: int) -> int:
 
 def stride_message(label: str, output_stride: int, supported: Sequence[int]) -> str:
     """The one-line error for a backbone asked for an output stride it is not built at."""
-    have = ", ".join(map(str, supported)) if supported else f"none of {', '.join(map(str, OUTPUT_STRIDES))}"
+    if not supported:  # e.g. a plain ViT: one resolution throughout, no stages to dilate
+        return (
+            f"backbone {label} does not support output_stride {output_stride}; it supports none of "
+            f"{', '.join(map(str, OUTPUT_STRIDES))}: it has no feature pyramid (stages at 1/8 to 1/32, which a plain "
+            "ViT lacks); choose a convolutional or hierarchical one (e.g. timm/convnext_tiny, timm/resnet50)"
+        )
+    have = ", ".join(map(str, supported))
     return f"backbone {label} does not support output_stride {output_stride}; it supports {have}"
 
 

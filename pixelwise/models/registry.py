@@ -85,6 +85,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     pretrained = kwargs.get("pretrained_backbone")
     if not (pretrained is None or isinstance(pretrained, (bool, str, os.PathLike))):  # 1 was a TypeError in Path()
         raise ConfigError(f"model.pretrained_backbone must be true, false or a weights file path, not {pretrained!r}")
+    if isinstance(pretrained, (str, os.PathLike)) and not os.fspath(pretrained).strip():  # built without weights
+        raise ConfigError(
+            "model.pretrained_backbone is an empty path: give a weights file, true (the library's weights) or false"
+        )
     check_argument_types(f"model {name!r}", builder, kwargs)
     try:
         return builder(**kwargs)
