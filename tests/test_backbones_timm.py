@@ -220,6 +220,14 @@ def test_bad_values_are_one_line_config_errors():
         "unknown backbone 'resnet77'; valid: resnet18, resnet34, resnet50, resnet101, vgg16, xception65, mobilenetv2, "
         "or timm/<model> for a timm model with features_only (pixelwise models --backbones)"
     )
+    # a plain ViT said only "it supports none of 8, 16, 32", and users tried other strides
+    with pytest.raises(ConfigError) as info:
+        build_model("deeplabv3plus", num_classes=K, backbone="timm/vit_tiny_patch16_224")
+    assert str(info.value) == (
+        "backbone timm/vit_tiny_patch16_224 does not support output_stride 16; it supports none of 8, 16, 32: it has "
+        "no feature pyramid (stages at 1/8 to 1/32, which a plain ViT lacks); choose a convolutional or hierarchical "
+        "one (e.g. timm/convnext_tiny, timm/resnet50)"
+    )
     cases = [
         (dict(backbone="timm/no_such_model"), "timm .* has no model 'no_such_model'"),
         (dict(backbone="timm/convnext_atto", multi_grid=[1, 2, 4]), "multi_grid applies to the backbones resnet18"),
@@ -358,17 +366,6 @@ def test_pretrained_true_offline_is_one_line(monkeypatch):
         assert str(info.value) == (
             "model.pretrained_backbone is an empty path: give a weights file, true (the library's weights) or false"
         )
-
-
-def test_a_backbone_without_a_feature_pyramid_says_why():
-    """A plain ViT said only "it supports none of 8, 16, 32", and users tried other strides."""
-    with pytest.raises(ConfigError) as info:
-        build_model("deeplabv3plus", num_classes=K, backbone="timm/vit_tiny_patch16_224")
-    assert str(info.value) == (
-        "backbone timm/vit_tiny_patch16_224 does not support output_stride 16; it supports none of 8, 16, 32: it has "
-        "no feature pyramid (stages at 1/8 to 1/32, which a plain ViT lacks); choose a convolutional or hierarchical "
-        "one (e.g. timm/convnext_tiny, timm/resnet50)"
-    )
 
 
 def test_checkpoint_rebuilds_without_the_pretrained_file(tmp_path):
