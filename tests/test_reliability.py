@@ -1228,7 +1228,7 @@ def test_eval_can_score_the_first_images_of_a_split(toy_run):
 def test_predict_overwrite_removes_only_what_an_earlier_manifest_lists(tmp_path):
     """The first --overwrite cleared every file under masks/, color/, ... (a data set's ground truth when --out
     was its folder) and took an input video lying in --out for an output."""
-    from pixelwise.engine.prediction_files import prepare_out_dir
+    from pixelwise.engine.prediction_out_dir import prepare_out_dir
 
     data = tmp_path / "dataset"
     (data / "masks").mkdir(parents=True)
@@ -1349,7 +1349,7 @@ def _slices(root, folder, count):
 
 def _listed(out):
     """The files the manifest in ``out`` lists (every output key and slice), as paths."""
-    from pixelwise.engine.prediction_files import OUTPUT_KEYS
+    from pixelwise.engine.prediction_out_dir import OUTPUT_KEYS
 
     listed = set()
     for entry in json.loads((out / "manifest.json").read_text())["files"]:

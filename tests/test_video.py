@@ -24,7 +24,7 @@ from .test_engine import toy_config
 av = pytest.importorskip("av", reason="video needs PyAV: pip install 'pixelwise[video]'")
 
 from pixelwise.data.video import VideoWriter, choose_codec, is_video, probe_video, read_frames  # noqa: E402
-from pixelwise.engine.prediction_files import check_inputs_kept, earlier_outputs_left_out  # noqa: E402
+from pixelwise.engine.prediction_out_dir import check_inputs_kept, earlier_outputs_left_out  # noqa: E402
 from pixelwise.engine.video import (  # noqa: E402
     SCENE_CUT_THRESHOLD,
     FlickerMeter,
